@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything metamesh and its test suite need on a fresh Debian machine:
+# Debian packages (real peers: Thrift compiler, Caucho Hessian for Java interop), a virtualenv in
+# .venv with metamesh and its dev/test dependencies, and the Node peers under tests/peers/node.
+# Idempotent: each step is skipped when already satisfied. Set METAMESH_SKIP_APT=1 to skip apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(thrift-compiler libhessian-java)
+
+if [[ "${METAMESH_SKIP_APT:-0}" != 1 ]]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "setup: apt-get install ${missing[*]}"
+    SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.metamesh-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  echo "setup: pip install -e .[dev,fast]"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev,fast]"
+  touch "$stamp"
+fi
+
+if [[ -f tests/peers/node/package.json ]]; then
+  if [[ ! -d tests/peers/node/node_modules || tests/peers/node/package.json -nt tests/peers/node/node_modules ]]; then
+    echo "setup: npm install (tests/peers/node)"
+    (cd tests/peers/node && npm install --no-audit --no-fund --loglevel=error >/dev/null && touch node_modules)
+  fi
+fi

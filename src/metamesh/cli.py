@@ -1,0 +1,53 @@
+"""The ``metamesh`` command line.
+
+Each subcommand lives in its own small function and imports what it needs lazily, so
+``metamesh --help`` stays instant and a subcommand's dependencies are only loaded when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from metamesh import __version__
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from metamesh.demo import run_demo
+
+    return run_demo(out=sys.stdout)
+
+
+def _cmd_codecs(args: argparse.Namespace) -> int:
+    from metamesh.codecs import available_codecs
+
+    for name in available_codecs():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metamesh",
+        description="metamesh: a service mesh for any layer-7 protocol.",
+    )
+    parser.add_argument("--version", action="version", version=f"metamesh {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the demo (codec round trips through Dubbo and Thrift)")
+    demo.set_defaults(func=_cmd_demo)
+
+    codecs = sub.add_parser("codecs", help="list the registered codecs")
+    codecs.set_defaults(func=_cmd_codecs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,71 @@
+"""The codec contract: what a protocol must implement to be proxied by metamesh.
+
+A codec is sans-IO: bytes in, :class:`~metamesh.codecs.message.Message` out, and back. It never
+touches sockets, asyncio, the clock or logging, so it can be tested from byte strings, fuzzed and
+benchmarked alone. One instance serves one direction of one connection, which lets it keep
+per-connection state (Thrift learns the transport and protocol from the first frame).
+
+The four operations mirror Aeraki's MetaProtocol codec (decode / encode / onError, plus the
+heartbeat reply that Aeraki folds into encode), plus a cheap request-id rewrite so the proxy can
+multiplex many downstream connections onto one upstream connection.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+from metamesh.codecs.message import LocalError, Message, Mutation
+
+DEFAULT_MAX_FRAME_SIZE = 8 * 1024 * 1024
+
+
+class Codec(abc.ABC):
+    """Base class of every codec. Subclasses set :attr:`name` and implement the abstract methods.
+
+    Counters a codec keeps (plain ints, read by the proxy's stats) live on the instance:
+    ``dropped_mutations`` counts mutations that the framing could not carry.
+    """
+
+    #: Registry name, e.g. ``"dubbo"``.
+    name: ClassVar[str] = ""
+    #: Width of the protocol's request id in bits; ``None`` when the protocol has no ids and
+    #: responses come back in request order (the proxy then pipelines instead of multiplexing).
+    request_id_bits: ClassVar[int | None] = None
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size <= 0:
+            raise ValueError("max_frame_size must be positive")
+        self.max_frame_size = max_frame_size
+        self.dropped_mutations = 0
+
+    @abc.abstractmethod
+    def decode(self, buffer: bytearray) -> Message | None:
+        """Take one complete frame off the front of ``buffer``.
+
+        Returns ``None`` when the buffer holds only part of a frame; then nothing is consumed.
+        Several pipelined frames come out one per call. Invalid bytes raise
+        :class:`~metamesh.codecs.message.CodecError` and nothing else.
+        """
+
+    @abc.abstractmethod
+    def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
+        """The frame to send for ``message`` with ``mutation`` applied.
+
+        With no mutation (``None`` or empty) the result is ``message.frame``, byte for byte.
+        """
+
+    @abc.abstractmethod
+    def error_reply(self, request: Message, error: LocalError) -> bytes:
+        """A protocol-native error response to ``request``, carrying its request id."""
+
+    def heartbeat_reply(self, message: Message) -> bytes | None:
+        """The reply to a heartbeat request, or ``None`` if the protocol has none to send."""
+        return None
+
+    def rewrite_request_id(self, message: Message, request_id: int) -> bytes:
+        """``message.frame`` with its request id replaced by ``request_id``.
+
+        Only meaningful when :attr:`request_id_bits` is set; the proxy uses it to multiplex.
+        """
+        raise NotImplementedError(f"codec {self.name!r} has no request ids to rewrite")

@@ -1,0 +1,152 @@
+"""The protocol-neutral message every codec produces, and the errors codecs deal in.
+
+A codec turns bytes into :class:`Message` objects and back. The proxy core only ever looks at
+what is here: the message type, the protocol's own request id, a ``str -> str`` metadata map
+(what routes, rate limits and authorization match on), and the raw frame, which is forwarded
+byte-for-byte unless a mutation has to be applied.
+
+``Message`` is a plain ``__slots__`` class rather than a frozen dataclass because one is built
+per proxied frame: attribute assignment in ``__init__`` is the cheapest construction Python
+offers. Treat it as read-only after decode. Metadata may be *lazy*: a codec can hand over a
+loader that fills the map on first access (Dubbo keeps attachments behind the arguments, so it
+only walks them when something actually asks for metadata).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class MessageType(enum.IntEnum):
+    """What a frame is, in MetaProtocol's vocabulary."""
+
+    REQUEST = 0
+    RESPONSE = 1
+    ONEWAY = 2
+    STREAM_INIT = 3
+    STREAM_DATA = 4
+    STREAM_CLOSE_ONE_WAY = 5
+    STREAM_CLOSE_TWO_WAY = 6
+    HEARTBEAT = 7
+    ERROR = 8
+
+
+class ResponseStatus(enum.IntEnum):
+    """Outcome carried by a response; ``OK`` for requests and heartbeats."""
+
+    OK = 0
+    ERROR = 1
+    BUSINESS_EXCEPTION = 2
+
+
+class ErrorKind(enum.Enum):
+    """Why the proxy answers a request itself instead of forwarding it."""
+
+    ROUTE_NOT_FOUND = "route_not_found"
+    CLUSTER_NOT_FOUND = "cluster_not_found"
+    NO_HEALTHY_UPSTREAM = "no_healthy_upstream"
+    OVER_LIMIT = "over_limit"
+    TIMEOUT = "timeout"
+    UPSTREAM_RESET = "upstream_reset"
+    BAD_REQUEST = "bad_request"
+    BAD_RESPONSE = "bad_response"
+    UNAUTHORIZED = "unauthorized"
+    FAULT_ABORT = "fault_abort"
+    UNSPECIFIED = "unspecified"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalError:
+    """A local reply's reason and human-readable message (sent to the client)."""
+
+    kind: ErrorKind
+    message: str
+
+
+class CodecError(Exception):
+    """The only exception a codec raises: the bytes are not a valid frame of its protocol.
+
+    The message says what was wrong and where, so it can go straight into a log line.
+    """
+
+
+#: A mutation: metadata keys to set on the outgoing frame (empty = forward unchanged).
+Mutation = Mapping[str, str]
+
+MetadataLoader = Callable[["Message"], dict[str, str]]
+
+
+class Message:
+    """One decoded frame.
+
+    ``frame`` is the complete frame as received (header and body). ``request_id`` is the
+    protocol's own id (Dubbo request id, Thrift seqid), or ``None`` for protocols that
+    have none and must be pipelined in order. ``codec_state`` is private to the codec that
+    made the message (offsets it needs for a cheap re-encode).
+    """
+
+    __slots__ = (
+        "_loader",
+        "_metadata",
+        "body_size",
+        "codec_state",
+        "frame",
+        "header_size",
+        "request_id",
+        "status",
+        "type",
+    )
+
+    def __init__(
+        self,
+        type: MessageType,
+        request_id: int | None,
+        frame: bytes,
+        header_size: int,
+        body_size: int,
+        metadata: dict[str, str] | None = None,
+        status: ResponseStatus = ResponseStatus.OK,
+        codec_state: Any = None,
+        loader: MetadataLoader | None = None,
+    ) -> None:
+        self.type = type
+        self.request_id = request_id
+        self.frame = frame
+        self.header_size = header_size
+        self.body_size = body_size
+        self.status = status
+        self.codec_state = codec_state
+        self._metadata = metadata
+        self._loader = loader
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The routable ``str -> str`` attributes; loaded on first access if the codec is lazy."""
+        md = self._metadata
+        if md is None:
+            loader = self._loader
+            md = loader(self) if loader is not None else {}
+            self._metadata = md
+            self._loader = None
+        return md
+
+    @property
+    def size(self) -> int:
+        """Whole frame size in bytes (header + body)."""
+        return self.header_size + self.body_size
+
+    @property
+    def is_request(self) -> bool:
+        return self.type in _REQUEST_TYPES
+
+    def __repr__(self) -> str:
+        return (
+            f"Message({self.type.name}, id={self.request_id}, status={self.status.name}, "
+            f"size={self.size}, metadata={self.metadata!r})"
+        )
+
+
+_REQUEST_TYPES = frozenset({MessageType.REQUEST, MessageType.ONEWAY, MessageType.STREAM_INIT})
