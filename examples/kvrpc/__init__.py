@@ -1,0 +1,1 @@
+"""KV-RPC, the example protocol: see kvrpc_codec.py."""
