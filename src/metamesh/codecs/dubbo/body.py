@@ -1,0 +1,232 @@
+"""The Hessian2 body of Dubbo requests and responses: where things are, read as little as possible.
+
+Request body, one Hessian2 value after another::
+
+    dubbo version, service path, service version, method name     (four strings: the "head")
+    parameter descriptor  (string, e.g. "Ljava/lang/String;[IJ")
+    N arguments           (N = parameters in the descriptor)
+    attachments           (map string -> string; absent or null in some old clients)
+
+Response body (status 20 only; other statuses carry an error string)::
+
+    result kind (int): 0 exception, 1 value, 2 null, 3/4/5 the same plus attachments
+    exception or value    (absent for kinds 2 and 5)
+    attachments           (kinds 3-5)
+
+Routing needs only the head, so that is what decode reads. Attachments sit behind the
+arguments and are found by *skipping* the arguments (never building them); the walk is done on
+demand and its offsets are kept in a :class:`BodyLayout` (the message's ``codec_state``), so
+that re-encoding with a mutation copies the arguments by offset and re-serialises only the
+attachments map. Map entries that are not mutated are copied byte for byte too, so values that
+are not strings survive untouched.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+
+from metamesh.codecs.dubbo.descriptor import count_parameters
+from metamesh.codecs.dubbo.header import HEADER_SIZE
+from metamesh.codecs.hessian2 import Hessian2Decoder, Hessian2Encoder
+from metamesh.codecs.message import CodecError
+
+# Hessian2 tags the codec must recognise itself (everything else is the decoder's business).
+_MAP_UNTYPED = 0x48  # 'H'
+_MAP_TYPED = 0x4D  # 'M'
+_MAP_END = 0x5A  # 'Z'
+_NULL = 0x4E  # 'N'
+
+#: Exceptions a malformed body could provoke in a decoder; always re-raised as CodecError.
+DECODE_ERRORS = (IndexError, ValueError, TypeError, KeyError, struct.error, RecursionError)
+
+RESULT_EXCEPTION = 0
+RESULT_VALUE = 1
+RESULT_NULL = 2
+RESULT_WITH_ATTACHMENTS = 3  # kinds 3, 4, 5 = 0, 1, 2 plus an attachments map
+
+
+def _is_string_tag(tag: int) -> bool:
+    return tag < 0x20 or 0x30 <= tag <= 0x33 or tag == 0x52 or tag == 0x53
+
+
+class AttachmentMap:
+    """Where an attachments map sits in a frame, entry by entry.
+
+    ``prefix`` is the map's opening bytes (``H``, or ``M`` + type) copied verbatim on
+    re-encode; ``entries`` holds ``(key, key_start, value_start, value_end, value)`` with
+    ``key``/``value`` ``None`` when they are not strings. ``start == end`` means no map at all.
+    """
+
+    __slots__ = ("end", "entries", "prefix", "start")
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        prefix: bytes,
+        entries: list[tuple[str | None, int, int, int, str | None]],
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.prefix = prefix
+        self.entries = entries
+
+    def strings(self) -> dict[str, str]:
+        """The string -> string entries (later duplicates win, as in a Java map)."""
+        return {k: v for k, _, _, _, v in self.entries if k is not None and v is not None}
+
+
+class BodyLayout:
+    """Offsets of one frame's body, filled in as far as they were needed (``codec_state``).
+
+    ``tail_start`` is where the attachments map starts (after the arguments for a request,
+    after the value for a response) and ``attachments`` the map; both unset (``-1``/``None``)
+    until the arguments/value have been walked.
+    ``head_end`` is where a request's four head strings end; ``kind`` is the response result
+    kind (``-1`` for requests) and ``kind_end`` where the value starts.
+    """
+
+    __slots__ = ("attachments", "head_end", "kind", "kind_end", "tail_start")
+
+    def __init__(
+        self, head_end: int = -1, kind: int = -1, kind_end: int = -1, tail_start: int = -1
+    ) -> None:
+        self.head_end = head_end
+        self.kind = kind
+        self.kind_end = kind_end
+        self.tail_start = tail_start
+        self.attachments: AttachmentMap | None = None
+
+
+def read_request_head(frame: bytes) -> tuple[str, str, str, str, int]:
+    """``(dubbo_version, interface, version, method, head_end)`` of a request frame."""
+    try:
+        d = Hessian2Decoder(frame, HEADER_SIZE)
+        dubbo_version = d.read_string_or_none() or ""
+        interface = d.read_string_or_none()
+        version = d.read_string_or_none() or ""
+        method = d.read_string_or_none()
+    except DECODE_ERRORS as e:
+        raise CodecError(f"dubbo: malformed request body: {e}") from e
+    if not interface or not method:
+        raise CodecError("dubbo: request has no service path or method name")
+    return dubbo_version, interface, version, method, d.offset
+
+
+def read_result_kind(frame: bytes) -> tuple[int, int]:
+    """``(kind, kind_end)`` of an OK response frame."""
+    try:
+        d = Hessian2Decoder(frame, HEADER_SIZE)
+        kind = d.read_int()
+    except DECODE_ERRORS as e:
+        raise CodecError(f"dubbo: malformed response body: {e}") from e
+    if not 0 <= kind <= 5:
+        raise CodecError(f"dubbo: unknown response result kind {kind} (expected 0-5)")
+    return kind, d.offset
+
+
+def request_attachments(frame: bytes, layout: BodyLayout) -> AttachmentMap:
+    """The attachments map of a request, walking past the arguments the first time."""
+    if layout.attachments is None:
+        try:
+            d = Hessian2Decoder(frame, layout.head_end)
+            n_args = count_parameters(d.read_string_or_none() or "")
+            for _ in range(n_args):
+                d.skip()
+            layout.tail_start = d.offset
+            layout.attachments = _read_map(frame, d)
+        except DECODE_ERRORS as e:
+            raise CodecError(f"dubbo: malformed request arguments or attachments: {e}") from e
+    return layout.attachments
+
+
+def response_attachments(frame: bytes, layout: BodyLayout) -> AttachmentMap:
+    """The attachments map of an OK response (empty for kinds 0-2), skipping the value."""
+    if layout.attachments is None:
+        try:
+            d = Hessian2Decoder(frame, layout.kind_end)
+            if layout.kind % 3 != RESULT_NULL:
+                d.skip()
+            layout.tail_start = d.offset
+            if layout.kind >= RESULT_WITH_ATTACHMENTS:
+                layout.attachments = _read_map(frame, d)
+            else:
+                end = layout.tail_start
+                layout.attachments = AttachmentMap(end, end, b"", [])
+        except DECODE_ERRORS as e:
+            raise CodecError(f"dubbo: malformed response value or attachments: {e}") from e
+    return layout.attachments
+
+
+def _read_map(frame: bytes, d: Hessian2Decoder) -> AttachmentMap:
+    """Walk the map at ``d.offset``; ``d`` has read the arguments, so back-references to
+    class definitions and types made there still resolve."""
+    start = d.offset
+    if start >= len(frame):
+        return AttachmentMap(start, start, b"", [])
+    tag = frame[start]
+    if tag == _NULL:
+        return AttachmentMap(start, start + 1, b"", [])
+    if tag == _MAP_UNTYPED:
+        d.offset = start + 1
+    elif tag == _MAP_TYPED:
+        d.offset = start + 1
+        d.skip()  # the map's type (a string, or an int reference to an earlier type)
+    else:
+        raise CodecError(f"dubbo: attachments at offset {start} are not a map (tag 0x{tag:02x})")
+    prefix = frame[start : d.offset]
+    entries: list[tuple[str | None, int, int, int, str | None]] = []
+    end = len(frame)
+    while True:
+        key_start = d.offset
+        if key_start >= end:
+            raise CodecError("dubbo: attachments map is not terminated")
+        if frame[key_start] == _MAP_END:
+            break
+        key = d.read_string() if _is_string_tag(frame[key_start]) else None
+        if key is None:
+            d.skip()
+        value_start = d.offset
+        if value_start >= end:
+            raise CodecError("dubbo: attachments map entry has no value")
+        value = d.read_string() if _is_string_tag(frame[value_start]) else None
+        if value is None:
+            d.skip()
+        entries.append((key, key_start, value_start, d.offset, value))
+    return AttachmentMap(start, key_start + 1, prefix, entries)
+
+
+def encode_string(value: str) -> bytes:
+    """``value`` as one Hessian2 string."""
+    enc = Hessian2Encoder()
+    enc.write_string(value)
+    return enc.getvalue()
+
+
+def encode_int(value: int) -> bytes:
+    """``value`` as one Hessian2 int."""
+    enc = Hessian2Encoder()
+    enc.write_int(value)
+    return enc.getvalue()
+
+
+def merged_map(frame: bytes, amap: AttachmentMap, mutation: Mapping[str, str]) -> bytes:
+    """The attachments map with ``mutation`` set: untouched entries copied byte for byte,
+    replaced values re-encoded in place, new keys appended before the end marker."""
+    parts = [amap.prefix or b"H"]
+    present: set[str] = set()
+    for key, key_start, value_start, value_end, _ in amap.entries:
+        if key is not None and key in mutation:
+            present.add(key)
+            parts.append(frame[key_start:value_start])
+            parts.append(encode_string(mutation[key]))
+        else:
+            parts.append(frame[key_start:value_end])
+    for key, value in mutation.items():
+        if key in present:
+            continue
+        parts.append(encode_string(key))
+        parts.append(encode_string(value))
+    parts.append(b"Z")
+    return b"".join(parts)

@@ -1,0 +1,209 @@
+"""The Dubbo 2 codec: 16-byte header + Hessian2 body, framed and routed without decoding args.
+
+``decode`` parses the header with one ``struct.unpack_from`` (bad magic, foreign serialization
+and oversized bodies are refused right there, before the body is buffered), waits for the whole
+frame, then reads only what routing needs:
+
+* request: the first four strings of the body (dubbo version, service path, service version,
+  method) eagerly; the attachments lazily, through :class:`RequestMetadata` (see
+  :mod:`.metadata`);
+* response: the status byte, and for status 20 the result kind (business exception or not);
+  the response attachments (kinds 3-5) through ``Message``'s ``loader``;
+* heartbeat / event frames: nothing.
+
+``encode`` with a mutation rewrites only the attachments map (see :mod:`.body`); every other
+byte, arguments and value included, is copied from the original frame by offset.
+
+Metadata keys: ``interface`` (service path), ``method``, ``version`` (service version from the
+body), ``dubbo_version``, plus every string -> string attachment (``group``, ``application``,
+``path``, ``timeout``, ...). Responses expose their string attachments.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from metamesh.codecs.base import DEFAULT_MAX_FRAME_SIZE, Codec
+from metamesh.codecs.dubbo.body import (
+    RESULT_EXCEPTION,
+    RESULT_WITH_ATTACHMENTS,
+    BodyLayout,
+    encode_int,
+    encode_string,
+    merged_map,
+    read_request_head,
+    read_result_kind,
+    request_attachments,
+    response_attachments,
+)
+from metamesh.codecs.dubbo.header import (
+    FLAG_EVENT,
+    FLAG_REQUEST,
+    FLAG_TWO_WAY,
+    HEADER_SIZE,
+    HESSIAN2_ID,
+    MAGIC_BYTES,
+    DubboStatus,
+    pack_header,
+    parse_header,
+    with_body_length,
+    with_request_id,
+)
+from metamesh.codecs.dubbo.metadata import RequestMetadata
+from metamesh.codecs.message import (
+    CodecError,
+    ErrorKind,
+    LocalError,
+    Message,
+    MessageType,
+    Mutation,
+    ResponseStatus,
+)
+
+#: Status of a local error reply, per reason. Every Dubbo client turns a non-20 status into an
+#: error carrying the body string; the status tells Java clients how to classify it.
+ERROR_STATUS: dict[ErrorKind, DubboStatus] = {
+    ErrorKind.ROUTE_NOT_FOUND: DubboStatus.SERVICE_NOT_FOUND,
+    ErrorKind.CLUSTER_NOT_FOUND: DubboStatus.SERVICE_NOT_FOUND,
+    ErrorKind.TIMEOUT: DubboStatus.SERVER_TIMEOUT,
+    ErrorKind.OVER_LIMIT: DubboStatus.SERVER_THREADPOOL_EXHAUSTED_ERROR,
+    ErrorKind.BAD_REQUEST: DubboStatus.BAD_REQUEST,
+    ErrorKind.BAD_RESPONSE: DubboStatus.BAD_RESPONSE,
+}
+
+_HEARTBEAT_BODY = b"N"  # Hessian null
+_OK = int(DubboStatus.OK)
+
+
+class DubboCodec(Codec):
+    """Dubbo 2 over Hessian2 (serialization id 2)."""
+
+    name: ClassVar[str] = "dubbo"
+    request_id_bits: ClassVar[int | None] = 64
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        super().__init__(max_frame_size=max_frame_size)
+
+    # -- decode ---------------------------------------------------------------------------------
+    def decode(self, buffer: bytearray) -> Message | None:
+        available = len(buffer)
+        if available < HEADER_SIZE:
+            if available and buffer[:2] != MAGIC_BYTES[:available]:
+                raise CodecError(f"dubbo: bad magic {bytes(buffer[:2]).hex()} (expected dabb)")
+            return None
+        flags, status, request_id, body_length = parse_header(buffer, self.max_frame_size)
+        size = HEADER_SIZE + body_length
+        if available < size:
+            return None
+        frame = bytes(buffer[:size])
+        if flags & FLAG_EVENT:
+            message = Message(MessageType.HEARTBEAT, request_id, frame, HEADER_SIZE, body_length)
+        elif flags & FLAG_REQUEST:
+            message = _decode_request(flags, request_id, frame, body_length)
+        else:
+            message = _decode_response(status, request_id, frame, body_length)
+        del buffer[:size]
+        return message
+
+    # -- encode ---------------------------------------------------------------------------------
+    def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
+        if not mutation:
+            return message.frame
+        layout = message.codec_state
+        if not isinstance(layout, BodyLayout):
+            self.dropped_mutations += 1  # heartbeats and error responses carry no attachments
+            return message.frame
+        frame = message.frame
+        if layout.kind < 0:
+            amap = request_attachments(frame, layout)
+            body = b"".join(
+                (
+                    frame[HEADER_SIZE : amap.start],
+                    merged_map(frame, amap, mutation),
+                    frame[amap.end :],
+                )
+            )
+        else:
+            amap = response_attachments(frame, layout)
+            kind = layout.kind
+            if kind >= RESULT_WITH_ATTACHMENTS:
+                head = frame[HEADER_SIZE : amap.start]
+            else:  # upgrade 0/1/2 to 3/4/5 so the body can carry attachments
+                head = (
+                    encode_int(kind + RESULT_WITH_ATTACHMENTS) + frame[layout.kind_end : amap.start]
+                )
+            body = b"".join((head, merged_map(frame, amap, mutation), frame[amap.end :]))
+        return with_body_length(frame[:HEADER_SIZE], len(body)) + body
+
+    # -- local replies --------------------------------------------------------------------------
+    def error_reply(self, request: Message, error: LocalError) -> bytes:
+        status = ERROR_STATUS.get(error.kind, DubboStatus.SERVER_ERROR)
+        body = encode_string(error.message)
+        return pack_header(HESSIAN2_ID, status, request.request_id or 0, len(body)) + body
+
+    def heartbeat_reply(self, message: Message) -> bytes | None:
+        if message.type is not MessageType.HEARTBEAT:
+            return None
+        flags = message.frame[2]
+        if not flags & FLAG_REQUEST or not flags & FLAG_TWO_WAY:
+            return None
+        return (
+            pack_header(HESSIAN2_ID | FLAG_EVENT, _OK, message.request_id or 0, 1) + _HEARTBEAT_BODY
+        )
+
+    def rewrite_request_id(self, message: Message, request_id: int) -> bytes:
+        return with_request_id(message.frame, request_id)
+
+
+def _decode_request(flags: int, request_id: int, frame: bytes, body_length: int) -> Message:
+    dubbo_version, interface, version, method, head_end = read_request_head(frame)
+    state = BodyLayout(head_end)
+
+    def load_attachments() -> dict[str, str]:
+        return request_attachments(frame, state).strings()
+
+    metadata = RequestMetadata(
+        {
+            "interface": interface,
+            "method": method,
+            "version": version,
+            "dubbo_version": dubbo_version,
+        },
+        load_attachments,
+    )
+    kind = MessageType.REQUEST if flags & FLAG_TWO_WAY else MessageType.ONEWAY
+    return Message(kind, request_id, frame, HEADER_SIZE, body_length, metadata, codec_state=state)
+
+
+def _decode_response(status: int, request_id: int, frame: bytes, body_length: int) -> Message:
+    if status != _OK:
+        return Message(
+            MessageType.RESPONSE,
+            request_id,
+            frame,
+            HEADER_SIZE,
+            body_length,
+            {},
+            ResponseStatus.ERROR,
+        )
+    kind, kind_end = read_result_kind(frame)
+    layout = BodyLayout(kind=kind, kind_end=kind_end)
+    outcome = (
+        ResponseStatus.BUSINESS_EXCEPTION
+        if kind % RESULT_WITH_ATTACHMENTS == RESULT_EXCEPTION
+        else ResponseStatus.OK
+    )
+    if kind < RESULT_WITH_ATTACHMENTS:
+        return Message(
+            MessageType.RESPONSE, request_id, frame, HEADER_SIZE, body_length, {}, outcome, layout
+        )
+    return Message(
+        MessageType.RESPONSE,
+        request_id,
+        frame,
+        HEADER_SIZE,
+        body_length,
+        status=outcome,
+        codec_state=layout,
+        loader=lambda m: response_attachments(m.frame, layout).strings(),
+    )

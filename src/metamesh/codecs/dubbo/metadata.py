@@ -1,0 +1,141 @@
+"""Request metadata that costs only what is looked at.
+
+A Dubbo request's cheap fields (``interface``, ``method``, ``version``, ``dubbo_version``) are
+the first four strings of the body; its attachments sit behind the arguments and need a walk
+over every argument. :class:`RequestMetadata` is a real ``dict`` holding the cheap fields from
+the start; the first lookup of any *other* key, or anything that needs the whole map
+(iteration, ``len``, ``items``, equality, copying), walks the body once and adds the
+attachments. So ``md["interface"]`` and ``md.get("method")`` stay dict-speed, while a route that
+matches ``group`` or a custom attachment still sees it.
+
+The four body fields win over attachments of the same name (a client cannot make a request
+look like another service by adding an ``interface`` attachment). A malformed attachment
+section surfaces as :class:`~metamesh.codecs.message.CodecError` from that first full access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _collections_abc import dict_items, dict_keys, dict_values
+
+_MISSING: Any = object()
+
+
+class RequestMetadata(dict[str, str]):
+    """A ``dict`` of the request's cheap fields that loads the attachments on demand."""
+
+    __slots__ = ("_loader",)
+
+    def __init__(self, cheap: dict[str, str], loader: Callable[[], dict[str, str]]) -> None:
+        dict.__init__(self, cheap)
+        self._loader: Callable[[], dict[str, str]] | None = loader
+
+    def _load(self) -> None:
+        loader = self._loader
+        if loader is not None:
+            attachments = loader()  # may raise CodecError; then nothing changes
+            self._loader = None
+            for key, value in attachments.items():
+                dict.setdefault(self, key, value)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the attachments have been walked."""
+        return self._loader is None
+
+    # -- lookups: cheap fields answer without loading --------------------------------------
+    def __missing__(self, key: str) -> str:
+        if self._loader is None:
+            raise KeyError(key)
+        self._load()
+        return dict.__getitem__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = dict.get(self, key, _MISSING)
+        if value is _MISSING and self._loader is not None:
+            self._load()
+            value = dict.get(self, key, _MISSING)
+        return default if value is _MISSING else value
+
+    def __contains__(self, key: object) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        if self._loader is None:
+            return False
+        self._load()
+        return dict.__contains__(self, key)
+
+    # -- whole-map views: load first ---------------------------------------------------------
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._load()
+        return dict.__len__(self)
+
+    def keys(self) -> dict_keys[str, str]:
+        self._load()
+        return dict.keys(self)
+
+    def values(self) -> dict_values[str, str]:
+        self._load()
+        return dict.values(self)
+
+    def items(self) -> dict_items[str, str]:
+        self._load()
+        return dict.items(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._load()
+        if isinstance(other, RequestMetadata):
+            other._load()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        self._load()
+        return dict.__repr__(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self.copy(),))
+
+    def copy(self) -> dict[str, str]:
+        self._load()
+        return dict(dict.items(self))
+
+    # -- mutators: load first so attachments cannot reappear later -----------------------------
+    def __setitem__(self, key: str, value: str) -> None:
+        self._load()
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._load()
+        dict.__delitem__(self, key)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._load()
+        return dict.setdefault(self, key, default)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._load()
+        return dict.pop(self, key, *default)
+
+    def popitem(self) -> tuple[str, str]:
+        self._load()
+        return dict.popitem(self)
+
+    def update(self, *args: Any, **kwargs: str) -> None:
+        self._load()
+        dict.update(self, *args, **kwargs)
+
+    def clear(self) -> None:
+        self._loader = None
+        dict.clear(self)
