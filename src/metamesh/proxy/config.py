@@ -1,0 +1,192 @@
+"""The proxy's configuration snapshot: immutable, Envoy-v3-shaped, swapped as a whole.
+
+A :class:`Snapshot` holds every listener, cluster and route configuration the data plane needs.
+The classes are frozen, slotted dataclasses that follow Envoy's v3 resources (``Listener``,
+``Cluster`` with ``ClusterLoadAssignment`` and circuit-breaker thresholds, Aeraki's MetaProtocol
+``RouteConfiguration``), with field names in Envoy's snake_case, so the static YAML loader
+(:mod:`metamesh.proxy.config_yaml`) and a later xDS client can both produce the same objects.
+
+Nothing here is mutated after construction: the runtime builds a new snapshot and hands it to the
+core, which swaps its compiled tables in one assignment. In-flight requests keep the route they
+matched; open connections are never closed by a swap.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+class LbPolicy(enum.Enum):
+    """Envoy's ``Cluster.LbPolicy`` names (the subset metamesh implements)."""
+
+    ROUND_ROBIN = "ROUND_ROBIN"
+    RANDOM = "RANDOM"
+    LEAST_REQUEST = "LEAST_REQUEST"
+    RING_HASH = "RING_HASH"
+
+
+class MatchKind(enum.Enum):
+    """How a metadata matcher compares (Envoy ``HeaderMatcher`` variants)."""
+
+    EXACT = "exact"
+    PREFIX = "prefix"
+    SAFE_REGEX = "safe_regex"
+    PRESENT = "present"
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataMatcher:
+    """One condition on a request's metadata key; ``invert`` negates it (``invert_match``)."""
+
+    name: str
+    kind: MatchKind
+    value: str = ""
+    invert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedCluster:
+    name: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMirrorPolicy:
+    """Send a copy of the request to ``cluster`` for ``percent`` of requests (0-100)."""
+
+    cluster: str
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAction:
+    """Where a matched request goes: exactly one of ``cluster`` / ``weighted_clusters``."""
+
+    cluster: str = ""
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    hash_policy: tuple[str, ...] = ()
+    request_mirror_policies: tuple[RequestMirrorPolicy, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A MetaProtocol route: all matchers ANDed (none = match all), then the action."""
+
+    name: str
+    match: tuple[MetadataMatcher, ...]
+    route: RouteAction
+    request_mutation: tuple[tuple[str, str], ...] = ()
+    response_mutation: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfiguration:
+    name: str
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str
+    port: int
+    weight: int = 1
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakers:
+    """Envoy's default-priority thresholds (Envoy's defaults: 1024 each)."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """An upstream cluster; ``name`` follows Istio: ``outbound|<port>|<subset>|<host>``."""
+
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    connect_timeout: float = 5.0
+
+    @property
+    def service(self) -> str:
+        """Host part (after the last ``|``): Istio's ``destination_service``."""
+        return self.name.rsplit("|", 1)[-1]
+
+    @property
+    def subset(self) -> str:
+        """Subset part of an ``outbound|port|subset|host`` name, else ``""``."""
+        parts = self.name.split("|")
+        return parts[2] if len(parts) == 4 else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A MetaProtocol listener: address, codec and the route configuration it uses."""
+
+    name: str
+    address: str
+    port: int
+    codec: str
+    route_config_name: str
+    stat_prefix: str = ""
+    filters: tuple[str, ...] = ("aeraki.meta_protocol.filters.router",)
+    max_frame_size: int | None = None
+
+
+def _frozen_map(items: Mapping[str, object] | None = None) -> Mapping[str, object]:
+    return MappingProxyType(dict(items or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the data plane runs on, indexed by name; replaced, never edited."""
+
+    version: str = "0"
+    listeners: Mapping[str, Listener] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    clusters: Mapping[str, Cluster] = field(default_factory=_frozen_map)  # type: ignore[arg-type]
+    route_configs: Mapping[str, RouteConfiguration] = field(
+        default_factory=_frozen_map  # type: ignore[arg-type]
+    )
+
+    @staticmethod
+    def build(
+        listeners: tuple[Listener, ...] | list[Listener],
+        clusters: tuple[Cluster, ...] | list[Cluster],
+        route_configs: tuple[RouteConfiguration, ...] | list[RouteConfiguration],
+        version: str = "0",
+    ) -> Snapshot:
+        """A snapshot from resource lists (names must be unique per kind)."""
+        return Snapshot(
+            version=version,
+            listeners=MappingProxyType({x.name: x for x in listeners}),
+            clusters=MappingProxyType({x.name: x for x in clusters}),
+            route_configs=MappingProxyType({x.name: x for x in route_configs}),
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready view (admin ``/config_dump``)."""
+        from dataclasses import asdict
+
+        def conv(obj: object) -> object:
+            if isinstance(obj, enum.Enum):
+                return obj.value
+            if isinstance(obj, dict):
+                return {k: conv(v) for k, v in obj.items()}
+            if isinstance(obj, list | tuple):
+                return [conv(v) for v in obj]
+            return obj
+
+        return {
+            "version": self.version,
+            "listeners": [conv(asdict(x)) for x in self.listeners.values()],
+            "clusters": [conv(asdict(x)) for x in self.clusters.values()],
+            "route_configs": [conv(asdict(x)) for x in self.route_configs.values()],
+        }
