@@ -1,0 +1,324 @@
+"""``ThriftCodec``: Thrift framed / unframed / THeader x binary / non-strict binary / compact.
+
+One instance serves one direction of one connection. The first bytes decide the transport and
+protocol (:func:`.transport.detect`, which consumes nothing) and the choice is kept for the
+connection. Per frame the codec reads only what routing and multiplexing need:
+
+* framed / THeader: the length, then the message header (name, type, seqid); for replies the
+  first field id of the result struct. The body is never walked.
+* unframed: the whole message must be walked to find its end (:func:`.protocol.skip_struct`),
+  no value is decoded. When the walk runs out of bytes the codec remembers how many bytes it
+  knows it needs and does not walk again until the buffer has grown that far.
+
+``Message.frame`` is the exact bytes received. ``Message.codec_state`` is a :class:`FrameState`
+with the offsets that make :meth:`ThriftCodec.rewrite_request_id` and THeader mutations cheap.
+
+Metadata keys (built lazily, on first access):
+
+* ``method``: the method name without a multiplexing prefix (``add`` for ``Calc:add``);
+* ``service``: the part before ``:`` when the name is multiplexed (absent otherwise);
+* ``full_method``: the name exactly as on the wire (``Calc:add``, or ``add``);
+* THeader connections: every info key/value header (KEYVALUE and PKEYVALUE) as strings. The
+  three keys above win if a header uses the same name.
+
+Message types: call -> REQUEST, oneway -> ONEWAY, reply -> RESPONSE (status BUSINESS_EXCEPTION
+when the result struct's first field id is not 0, i.e. a declared exception), exception ->
+ERROR with status ERROR.
+
+Request ids: ``request_id`` is the seqid as an unsigned 32-bit number (the i32's bit pattern),
+so every id in ``[0, 2**32)`` survives :meth:`~ThriftCodec.rewrite_request_id` and decode
+unchanged; a client's negative seqid shows up as ``seqid + 2**32`` and is restored exactly.
+
+Local errors are ``TApplicationException`` replies in the request's own transport and protocol,
+named with the bare method name (as Apache's multiplexed processor answers). ErrorKind mapping:
+ROUTE_NOT_FOUND -> UNKNOWN_METHOD (1), BAD_REQUEST -> PROTOCOL_ERROR (7), every other kind
+(no healthy upstream, over limit, timeout, upstream reset, cluster not found, unauthorized,
+fault abort, bad response, unspecified) -> INTERNAL_ERROR (6). A oneway request gets no reply
+(``b""``): its client is not reading one.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from metamesh.codecs.base import DEFAULT_MAX_FRAME_SIZE, Codec
+from metamesh.codecs.message import (
+    CodecError,
+    ErrorKind,
+    LocalError,
+    Message,
+    MessageType,
+    Mutation,
+    ResponseStatus,
+)
+from metamesh.codecs.thrift import header as theader
+from metamesh.codecs.thrift.protocol import (
+    AppExceptionType,
+    Header,
+    Protocol,
+    Short,
+    encode_seqid,
+    first_field_id,
+    parse_header,
+    skip_struct,
+    sniff,
+    write_application_exception,
+)
+from metamesh.codecs.thrift.transport import Transport, detect
+
+_I32 = struct.Struct(">i")
+
+_MESSAGE_TYPES = {
+    1: MessageType.REQUEST,
+    2: MessageType.RESPONSE,
+    3: MessageType.ERROR,
+    4: MessageType.ONEWAY,
+}
+
+_APP_EXCEPTION_TYPES = {
+    ErrorKind.ROUTE_NOT_FOUND: AppExceptionType.UNKNOWN_METHOD,
+    ErrorKind.BAD_REQUEST: AppExceptionType.PROTOCOL_ERROR,
+}
+
+
+class FrameState:
+    """What a codec remembers about one decoded frame (``Message.codec_state``).
+
+    ``seqid_offset`` is into ``frame``, or into ``payload`` when the THeader payload was
+    zlib-compressed (``payload`` then holds the inflated message).
+    """
+
+    __slots__ = ("layout", "name", "payload", "protocol", "seqid_offset", "seqid_size", "transport")
+
+    def __init__(
+        self,
+        transport: Transport,
+        protocol: Protocol,
+        name: bytes,
+        seqid_offset: int,
+        seqid_size: int,
+        layout: theader.HeaderFrame | None = None,
+        payload: bytes | None = None,
+    ) -> None:
+        self.transport = transport
+        self.protocol = protocol
+        self.name = name
+        self.seqid_offset = seqid_offset
+        self.seqid_size = seqid_size
+        self.layout = layout
+        self.payload = payload
+
+
+def _load_metadata(message: Message) -> dict[str, str]:
+    state: FrameState = message.codec_state
+    metadata: dict[str, str] = {}
+    if state.layout is not None:
+        metadata.update(theader.info_headers(message.frame, state.layout))
+    full = state.name.decode("utf-8", "replace")
+    service, sep, method = full.partition(":")
+    metadata["full_method"] = full
+    if sep:
+        metadata["service"] = service
+        metadata["method"] = method
+    else:
+        metadata["method"] = full
+    return metadata
+
+
+class ThriftCodec(Codec):
+    """Thrift over TCP, transport and protocol detected per connection."""
+
+    name = "thrift"
+    request_id_bits = 32
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        super().__init__(max_frame_size=max_frame_size)
+        #: Learnt from the first frame and kept for the connection (``None`` until then).
+        self.transport: Transport | None = None
+        self.protocol: Protocol | None = None
+        self._need = 0  # unframed: don't re-walk until the buffer holds this many bytes
+
+    # --- decode -----------------------------------------------------------------------------
+
+    def decode(self, buffer: bytearray) -> Message | None:
+        transport = self.transport
+        if transport is None:
+            detected = detect(buffer, self.max_frame_size)
+            if detected is None:
+                return None
+            transport, self.protocol = detected
+            self.transport = transport
+        if transport is Transport.FRAMED:
+            return self._decode_framed(buffer)
+        if transport is Transport.HEADER:
+            return self._decode_header(buffer)
+        return self._decode_unframed(buffer)
+
+    def _take_frame(self, buffer: bytearray) -> bytes | None:
+        if len(buffer) < 4:
+            return None
+        (size,) = _I32.unpack_from(buffer, 0)
+        if size <= 0:
+            raise CodecError(f"thrift: invalid frame length {size}")
+        if size > self.max_frame_size:
+            raise CodecError(
+                f"thrift: frame of {size} bytes exceeds the {self.max_frame_size} limit"
+            )
+        total = size + 4
+        if len(buffer) < total:
+            return None
+        frame = bytes(buffer[:total])
+        del buffer[:total]
+        return frame
+
+    def _decode_framed(self, buffer: bytearray) -> Message | None:
+        frame = self._take_frame(buffer)
+        if frame is None:
+            return None
+        protocol = self.protocol
+        assert protocol is not None
+        head = _header_in_frame(frame, 4, protocol)
+        state = FrameState(
+            Transport.FRAMED, protocol, head.name, head.seqid_offset, head.seqid_size
+        )
+        return _message(frame, frame, head, protocol, state)
+
+    def _decode_header(self, buffer: bytearray) -> Message | None:
+        frame = self._take_frame(buffer)
+        if frame is None:
+            return None
+        layout, payload = theader.parse_frame(frame, self.max_frame_size)
+        data, start = (frame, layout.payload_offset) if payload is None else (payload, 0)
+        protocol = layout.protocol
+        if protocol is Protocol.BINARY and len(data) - start >= 2 and sniff(data, start) is None:
+            protocol = Protocol.BINARY_NON_STRICT
+        head = _header_in_frame(data, start, protocol)
+        state = FrameState(
+            Transport.HEADER,
+            protocol,
+            head.name,
+            head.seqid_offset,
+            head.seqid_size,
+            layout,
+            payload,
+        )
+        return _message(frame, data, head, protocol, state)
+
+    def _decode_unframed(self, buffer: bytearray) -> Message | None:
+        available = len(buffer)
+        if available < self._need:
+            return None
+        protocol = self.protocol
+        assert protocol is not None
+        try:
+            head = parse_header(buffer, 0, available, protocol)
+            end = skip_struct(buffer, head.body_offset, available, protocol)
+        except Short as short:
+            if short.needed > self.max_frame_size:
+                raise CodecError(
+                    f"thrift: unframed message needs over {self.max_frame_size} bytes"
+                ) from None
+            self._need = short.needed
+            return None
+        if end > self.max_frame_size:
+            raise CodecError(
+                f"thrift: message of {end} bytes exceeds the {self.max_frame_size} limit"
+            )
+        self._need = 0
+        frame = bytes(buffer[:end])
+        del buffer[:end]
+        state = FrameState(
+            Transport.UNFRAMED, protocol, head.name, head.seqid_offset, head.seqid_size
+        )
+        return _message(frame, frame, head, protocol, state)
+
+    # --- encode -----------------------------------------------------------------------------
+
+    def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
+        if not mutation:
+            return message.frame
+        state = message.codec_state
+        if not isinstance(state, FrameState) or state.layout is None:
+            self.dropped_mutations += 1
+            return message.frame
+        return theader.with_headers(message.frame, state.layout, mutation)
+
+    def rewrite_request_id(self, message: Message, request_id: int) -> bytes:
+        if not -(2**31) <= request_id < 2**32:
+            raise ValueError(f"thrift seqid {request_id} does not fit in 32 bits")
+        state = _state_of(message)
+        new = encode_seqid(state.protocol, request_id)
+        start, stop = state.seqid_offset, state.seqid_offset + state.seqid_size
+        layout = state.layout
+        if state.payload is not None and layout is not None:
+            payload = state.payload[:start] + new + state.payload[stop:]
+            for _ in range(theader.transform_count(message.frame)):
+                payload = theader.deflate(payload)
+            frame = bytearray(message.frame[: layout.payload_offset])
+            frame += payload
+        else:
+            frame = bytearray(message.frame)
+            frame[start:stop] = new
+        if state.transport is not Transport.UNFRAMED:
+            theader.set_lengths(frame)
+        if layout is not None:
+            frame[theader.SEQID_OFFSET : theader.SEQID_OFFSET + 4] = encode_seqid(
+                Protocol.BINARY, request_id
+            )
+        return bytes(frame)
+
+    def error_reply(self, request: Message, error: LocalError) -> bytes:
+        state = _state_of(request)
+        if request.type is MessageType.ONEWAY:
+            return b""
+        kind = _APP_EXCEPTION_TYPES.get(error.kind, AppExceptionType.INTERNAL_ERROR)
+        name = state.name.rpartition(b":")[2]
+        seqid = request.request_id or 0
+        payload = write_application_exception(state.protocol, name, seqid, error.message, kind)
+        if state.transport is Transport.UNFRAMED:
+            return payload
+        if state.layout is not None:
+            wire = Protocol.COMPACT if state.protocol is Protocol.COMPACT else Protocol.BINARY
+            return theader.build_frame(state.layout.flags, state.layout.seqid, wire, payload)
+        return _I32.pack(len(payload)) + payload
+
+
+def _state_of(message: Message) -> FrameState:
+    state = message.codec_state
+    if not isinstance(state, FrameState):
+        raise CodecError("thrift: message was not decoded by a ThriftCodec")
+    return state
+
+
+def _header_in_frame(data: bytes, start: int, protocol: Protocol) -> Header:
+    try:
+        return parse_header(data, start, len(data), protocol)
+    except Short:
+        raise CodecError("thrift: message header runs past the end of its frame") from None
+
+
+def _message(
+    frame: bytes, data: bytes, head: Header, protocol: Protocol, state: FrameState
+) -> Message:
+    mtype = head.mtype
+    status = ResponseStatus.OK
+    if mtype == 2:
+        try:
+            if first_field_id(data, head.body_offset, len(data), protocol):
+                status = ResponseStatus.BUSINESS_EXCEPTION
+        except Short:
+            raise CodecError("thrift: reply body runs past the end of its frame") from None
+    elif mtype == 3:
+        status = ResponseStatus.ERROR
+    header_size = head.body_offset if data is frame else len(frame) - len(data) + head.body_offset
+    header_size = min(header_size, len(frame))
+    return Message(
+        _MESSAGE_TYPES[mtype],
+        head.seqid & 0xFFFFFFFF,
+        frame,
+        header_size,
+        len(frame) - header_size,
+        status=status,
+        codec_state=state,
+        loader=_load_metadata,
+    )
