@@ -114,5 +114,5 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_snapshot(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("static_resources: [")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
         load_snapshot(bad)
