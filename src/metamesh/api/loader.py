@@ -1,0 +1,256 @@
+"""Loading resources from YAML: files, multi-document streams and whole directories.
+
+Each document is dispatched on ``kind`` (and its ``apiVersion`` checked) to a model class from
+:data:`KINDS`; a Kubernetes ``List`` is unpacked. Every failure becomes a :class:`Problem`
+rather than an exception: unreadable files, YAML syntax errors (with the parser's line), unknown
+kinds and model errors (with the field path and the line of the offending key), and loading goes
+on with the next document, so one run reports everything.
+
+YAML is *composed* into nodes before it is constructed into Python values; the node tree is kept
+in each item's :class:`Origin`, which is how a field path found later by validation is mapped
+back to a line number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import ValidationError
+
+from metamesh.api.authz import DubboAuthorizationPolicy, MetaAuthorizationPolicy
+from metamesh.api.base import DEFAULT_NAMESPACE, Resource, fqdn
+from metamesh.api.istio import DestinationRule, ServiceEntry
+from metamesh.api.metaprotocol import ApplicationProtocol, MetaRouter
+from metamesh.api.problems import FieldPath, Problem, Severity, format_path
+
+__all__ = ["KINDS", "Loaded", "Origin", "ResourceSet", "fqdn", "load_paths", "load_text"]
+
+KINDS: dict[str, type[Resource]] = {
+    cls.KIND: cls
+    for cls in (
+        ServiceEntry,
+        DestinationRule,
+        ApplicationProtocol,
+        MetaRouter,
+        MetaAuthorizationPolicy,
+        DubboAuthorizationPolicy,
+    )
+}
+YAML_SUFFIXES = (".yaml", ".yml")
+
+R = TypeVar("R", bound=Resource)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a resource came from; ``node`` is its composed YAML tree (None if not from YAML)."""
+
+    file: str
+    document: int
+    node: yaml.Node | None = None
+    base: FieldPath = ()
+
+    def line_of(self, path: FieldPath = ()) -> int | None:
+        """1-based line of the deepest part of ``path`` present in the YAML (the key's line)."""
+        node = self.node
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        for element in (*self.base, *path):
+            child = _child(node, element)
+            if child is None:
+                break
+            key_node, node = child
+            line = key_node.start_mark.line + 1
+        return line
+
+
+def _child(node: yaml.Node, element: str | int) -> tuple[yaml.Node, yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == str(element):
+                return key, value
+    elif isinstance(node, yaml.SequenceNode) and isinstance(element, int):
+        items: list[yaml.Node] = node.value
+        if 0 <= element < len(items):
+            return items[element], items[element]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    resource: Resource
+    origin: Origin
+
+    def problem(self, path: FieldPath, message: str, severity: Severity = "error") -> Problem:
+        """A problem about this resource at ``path`` (YAML spelling), with its line."""
+        return Problem(
+            file=self.origin.file,
+            kind=self.resource.KIND,
+            name=self.resource.ref,
+            field_path=format_path(path),
+            message=message,
+            severity=severity,
+            line=self.origin.line_of(path),
+            document=self.origin.document,
+        )
+
+
+@dataclass(slots=True)
+class ResourceSet:
+    """Everything loaded, in load order, plus the problems met while loading."""
+
+    items: list[Loaded] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def of_kind(self, cls: type[R]) -> list[R]:
+        return [item.resource for item in self.items if isinstance(item.resource, cls)]
+
+    def loaded(self, cls: type[Resource]) -> Iterator[Loaded]:
+        return (item for item in self.items if isinstance(item.resource, cls))
+
+    def extend(self, other: ResourceSet) -> None:
+        self.items.extend(other.items)
+        self.problems.extend(other.problems)
+
+
+def load_paths(
+    paths: Iterable[str | Path], default_namespace: str = DEFAULT_NAMESPACE
+) -> ResourceSet:
+    """Load files and directories (``*.yaml``/``*.yml``, recursively, in sorted order)."""
+    result = ResourceSet()
+    for path in paths:
+        for file in _expand(Path(path), result):
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                result.problems.append(Problem(str(file), "", "", "", f"cannot read: {exc}"))
+                continue
+            result.extend(load_text(text, str(file), default_namespace))
+    return result
+
+
+def _expand(path: Path, result: ResourceSet) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES)
+    if path.is_file():
+        return [path]
+    result.problems.append(Problem(str(path), "", "", "", "no such file or directory"))
+    return []
+
+
+def load_text(
+    text: str, file: str = "<string>", default_namespace: str = DEFAULT_NAMESPACE
+) -> ResourceSet:
+    """Load every document of one YAML stream; a syntax error ends the stream, not the run."""
+    result = ResourceSet()
+    loader = yaml.SafeLoader(text)
+    index = 0
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            data = loader.construct_document(node)
+            _load_document(data, Origin(file, index, node), default_namespace, result)
+            index += 1
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        result.problems.append(
+            Problem(file, "", "", "", f"invalid YAML: {reason}", line=line, document=index)
+        )
+    finally:
+        loader.dispose()
+    return result
+
+
+def _load_document(data: Any, origin: Origin, namespace: str, result: ResourceSet) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        result.problems.append(_raw_problem(origin, {}, (), "document is not a mapping"))
+        return
+    if data.get("kind") == "List" and isinstance(data.get("items"), list):
+        for i, item in enumerate(data["items"]):
+            _load_document(
+                item,
+                Origin(origin.file, origin.document, origin.node, ("items", i)),
+                namespace,
+                result,
+            )
+        return
+    cls = _resource_class(data, origin, result)
+    if cls is None:
+        return
+    data = _with_namespace(data, namespace)
+    try:
+        resource = cls.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            result.problems.append(_raw_problem(origin, data, loc, _error_message(error)))
+        return
+    result.items.append(Loaded(resource, origin))
+
+
+def _resource_class(
+    data: dict[str, Any], origin: Origin, result: ResourceSet
+) -> type[Resource] | None:
+    kind = data.get("kind")
+    if not isinstance(kind, str) or not kind:
+        result.problems.append(_raw_problem(origin, data, ("kind",), "missing kind"))
+        return None
+    cls = KINDS.get(kind)
+    if cls is None:
+        known = ", ".join(sorted(KINDS))
+        message = f"unknown kind {kind!r} (metamesh reads {known})"
+        result.problems.append(_raw_problem(origin, data, ("kind",), message))
+        return None
+    api_version = data.get("apiVersion")
+    if api_version not in cls.API_VERSIONS:
+        message = f"apiVersion {api_version!r} is not one of {', '.join(cls.API_VERSIONS)}"
+        result.problems.append(_raw_problem(origin, data, ("apiVersion",), message))
+        return None
+    return cls
+
+
+def _with_namespace(data: dict[str, Any], namespace: str) -> dict[str, Any]:
+    metadata = data.get("metadata")
+    if isinstance(metadata, dict) and not metadata.get("namespace"):
+        return {**data, "metadata": {**metadata, "namespace": namespace}}
+    return data
+
+
+def _raw_problem(
+    origin: Origin, data: dict[str, Any], path: Sequence[str | int], message: str
+) -> Problem:
+    kind = data.get("kind") if isinstance(data.get("kind"), str) else ""
+    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    assert isinstance(metadata, dict)
+    name = str(metadata.get("name") or "")
+    if name and kind in KINDS and KINDS[kind].NAMESPACED:
+        name = f"{metadata.get('namespace') or DEFAULT_NAMESPACE}/{name}"
+    return Problem(
+        file=origin.file,
+        kind=str(kind),
+        name=name,
+        field_path=format_path(path),
+        message=message,
+        line=origin.line_of(tuple(path)),
+        document=origin.document,
+    )
+
+
+def _error_message(error: Any) -> str:
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "extra_forbidden":
+        return f"unknown field {loc[-1]!r}"
+    if kind == "missing":
+        return "required field is missing"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

@@ -1,0 +1,158 @@
+"""Checks across the whole resource set: do the names resources use point at something?
+
+- a route (or mirror) destination's host is declared by some ServiceEntry, its subset by a
+  DestinationRule for that host, and its port, when given, is one of the service's ports;
+- a ServiceEntry port name selects a protocol that resolves: ``tcp-metaprotocol-<app>-...``
+  needs an ApplicationProtocol ``<app>`` (dubbo and thrift are built in);
+- an ApplicationProtocol's codec is registered (:mod:`metamesh.codecs.registry`);
+- no two resources of one kind share a namespace and name; at most one MetaRouter per host
+  (Aeraki honours only one); a MetaRouter's or DestinationRule's host has a ServiceEntry.
+
+Host names are compared after Istio's short-name expansion (:func:`metamesh.api.base.fqdn`),
+each in its own resource's namespace. exportTo visibility across namespaces is not checked.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+
+from metamesh.api.base import fqdn
+from metamesh.api.istio import DestinationRule, ServiceEntry
+from metamesh.api.loader import Loaded, ResourceSet
+from metamesh.api.metaprotocol import ApplicationProtocol, Destination, MetaRouter
+from metamesh.api.problems import FieldPath, Problem
+from metamesh.api.protocol import (
+    METAPROTOCOL,
+    PortProtocolError,
+    application_codecs,
+    protocol_for_port,
+)
+from metamesh.codecs.registry import available_codecs, canonical_name
+
+
+class _Index:
+    """Services and destination rules by FQDN, and the application protocol table."""
+
+    def __init__(self, resources: ResourceSet) -> None:
+        self.services: dict[str, list[ServiceEntry]] = defaultdict(list)
+        for se in resources.of_kind(ServiceEntry):
+            for host in se.spec.hosts:
+                self.services[fqdn(host, se.namespace)].append(se)
+        self.rules: dict[str, list[DestinationRule]] = defaultdict(list)
+        for dr in resources.of_kind(DestinationRule):
+            self.rules[fqdn(dr.spec.host, dr.namespace)].append(dr)
+        self.app_codecs = application_codecs(resources.of_kind(ApplicationProtocol))
+
+    def subsets(self, host: str) -> set[str]:
+        return {s.name for dr in self.rules.get(host, []) for s in dr.spec.subsets}
+
+    def ports(self, host: str) -> set[int]:
+        return {p.number for se in self.services.get(host, []) for p in se.spec.ports}
+
+
+def check_references(resources: ResourceSet) -> list[Problem]:
+    index = _Index(resources)
+    problems = list(_duplicates(resources))
+    routed_hosts: dict[str, str] = {}
+    for item in resources.items:
+        resource = item.resource
+        if isinstance(resource, MetaRouter):
+            problems.extend(_router(item, resource, index, routed_hosts))
+        elif isinstance(resource, ServiceEntry):
+            problems.extend(_service_ports(item, resource, index))
+        elif isinstance(resource, ApplicationProtocol):
+            problems.extend(_codec(item, resource))
+        elif isinstance(resource, DestinationRule) and resource.spec.host:
+            host = fqdn(resource.spec.host, resource.namespace)
+            if host not in index.services:
+                message = f"no ServiceEntry declares host {host!r}"
+                problems.append(item.problem(("spec", "host"), message, "warning"))
+    return problems
+
+
+def _duplicates(resources: ResourceSet) -> Iterator[Problem]:
+    seen: dict[tuple[str, str], Loaded] = {}
+    for item in resources.items:
+        key = (item.resource.KIND, item.resource.ref)
+        first = seen.setdefault(key, item)
+        if first is not item:
+            where = f"{first.origin.file}:{first.origin.line_of()}"
+            yield item.problem(
+                ("metadata", "name"), f"duplicate resource (first defined at {where})"
+            )
+
+
+def _router(
+    item: Loaded, router: MetaRouter, index: _Index, routed_hosts: dict[str, str]
+) -> Iterator[Problem]:
+    if len(router.spec.hosts) == 1:
+        host = fqdn(router.spec.hosts[0], router.namespace)
+        if host not in index.services:
+            message = f"no ServiceEntry declares host {host!r}; this router applies to nothing"
+            yield item.problem(("spec", "hosts", 0), message, "warning")
+        elif host in routed_hosts:
+            message = f"MetaRouter {routed_hosts[host]} already routes {host!r}; only one is used"
+            yield item.problem(("spec", "hosts", 0), message, "warning")
+        routed_hosts.setdefault(host, router.ref)
+    for i, route in enumerate(router.spec.routes):
+        path: FieldPath = ("spec", "routes", i)
+        for j, weighted in enumerate(route.route):
+            if weighted.destination is not None:
+                where = (*path, "route", j, "destination")
+                yield from _destination(item, where, weighted.destination, router, index)
+        if route.mirror is not None:
+            yield from _destination(item, (*path, "mirror"), route.mirror, router, index)
+
+
+def _destination(
+    item: Loaded, path: FieldPath, dest: Destination, router: MetaRouter, index: _Index
+) -> Iterator[Problem]:
+    if not dest.host:
+        return
+    host = fqdn(dest.host, router.namespace)
+    if host not in index.services:
+        yield item.problem((*path, "host"), f"no ServiceEntry declares host {host!r}")
+        return
+    if dest.subset and dest.subset not in index.subsets(host):
+        known = ", ".join(sorted(index.subsets(host))) or "none"
+        message = f"no DestinationRule for {host!r} defines subset {dest.subset!r} (known: {known})"
+        yield item.problem((*path, "subset"), message)
+    if dest.port is not None and dest.port.number not in index.ports(host):
+        known = ", ".join(str(p) for p in sorted(index.ports(host))) or "none"
+        message = f"port {dest.port.number} is not a port of {host!r} (ports: {known})"
+        yield item.problem((*path, "port", "number"), message)
+
+
+def _service_ports(item: Loaded, se: ServiceEntry, index: _Index) -> Iterator[Problem]:
+    for i, port in enumerate(se.spec.ports):
+        path: FieldPath = ("spec", "ports", i, "name")
+        try:
+            protocol = protocol_for_port(port.name, index.app_codecs)
+        except PortProtocolError as exc:
+            yield item.problem(path, str(exc))
+            continue
+        if protocol is None:
+            continue
+        if not port.name.lower().startswith("tcp-"):
+            message = (
+                f"port name {port.name!r} selects {protocol.protocol} but does not start with "
+                "'tcp-', so Istio would not treat the port as opaque TCP"
+            )
+            yield item.problem(path, message, "warning")
+        if protocol.protocol == METAPROTOCOL and protocol.codec not in available_codecs():
+            message = (
+                f"application protocol {protocol.application!r} uses codec "
+                f"{protocol.codec!r}, which is not registered"
+            )
+            yield item.problem(path, message)
+
+
+def _codec(item: Loaded, ap: ApplicationProtocol) -> Iterator[Problem]:
+    if not ap.spec.codec:
+        return
+    name = canonical_name(ap.spec.codec)
+    known = available_codecs()
+    if name not in known:
+        message = f"unknown codec {ap.spec.codec!r} (registered: {', '.join(known)})"
+        yield item.problem(("spec", "codec"), message)
