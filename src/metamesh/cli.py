@@ -27,6 +27,12 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from metamesh.api.validate import report
+
+    return report(args.paths, sys.stdout, default_namespace=args.namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metamesh",
@@ -40,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     codecs = sub.add_parser("codecs", help="list the registered codecs")
     codecs.set_defaults(func=_cmd_codecs)
+
+    validate = sub.add_parser(
+        "validate",
+        help="check resource manifests (YAML files or directories); exit 1 on any error",
+    )
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="YAML file or directory")
+    validate.add_argument(
+        "-n", "--namespace", default="default", help="namespace for resources without one"
+    )
+    validate.set_defaults(func=_cmd_validate)
     return parser
 
 
