@@ -31,7 +31,10 @@ class Long(int):
     __slots__ = ()
 
     def __repr__(self) -> str:
-        return f"Long({int(self)})"
+        return f"Long({int.__repr__(self)})"
+
+    def __str__(self) -> str:
+        return int.__repr__(self)
 
 
 class TypedList(list[Any]):
