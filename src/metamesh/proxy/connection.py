@@ -1,0 +1,653 @@
+"""The connection manager: the one place the request lifecycle lives (sans-IO).
+
+A :class:`ConnectionManager` is one worker's proxy core. The runtime feeds it events (a client
+connected, bytes from a client or an upstream, an upstream connected, failed or closed, a timer
+tick) together with ``now``; the core updates its state and leaves its output in two places:
+
+* bytes to send, appended to the ``out`` bytearray of each :class:`Downstream` / ``Upstream``,
+  which is listed once in :attr:`ConnectionManager.dirty`, so the runtime can write everything a
+  peer gets in one loop turn with a single ``write`` (coalescing is what keeps syscalls per
+  request low);
+* control actions, plain tuples in :attr:`ConnectionManager.actions`: ``(CONNECT, upstream)``,
+  ``(CLOSE_DOWNSTREAM, downstream)``, ``(CLOSE_UPSTREAM, upstream)``, ``(LOG, level, text)``
+  and ``(ACCESS_LOG, record)``.
+
+Request path: decode -> route (first match) -> cluster (fixed or weighted) -> circuit breakers
+-> load balancer -> mutation (``codec.encode``) -> upstream. Protocols whose codec has request ids
+are multiplexed: every downstream shares one upstream connection per endpoint, each request gets
+a fresh upstream id (``codec.rewrite_request_id``) and the client's id is restored on the reply.
+Protocols without ids get a dedicated upstream connection per client and endpoint, requests
+pipeline in order, and replies are released to the client strictly in request order.
+
+Failures stay as small as possible: a bad client frame closes that client only; an upstream
+that fails, resets or sends garbage answers each affected request with a protocol-native error
+reply (``codec.error_reply``) and nothing else. A config swap (:meth:`apply_snapshot`) replaces
+route tables and cluster settings in one step; connections stay open and requests in flight keep
+the route they matched.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from metamesh.codecs import Codec, CodecError, ErrorKind, LocalError, Message, MessageType
+from metamesh.codecs.message import ResponseStatus
+from metamesh.proxy.config import Listener, Snapshot
+from metamesh.proxy.lb import hash_metadata
+from metamesh.proxy.router import CompiledRoute, RouteTable
+from metamesh.proxy.stats import ProxyStats, RequestStats
+from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream, UpstreamState
+
+CONNECT, CLOSE_DOWNSTREAM, CLOSE_UPSTREAM, LOG, ACCESS_LOG = range(5)
+INFO, WARNING = 20, 30
+
+CodecFactoryResolver = Callable[[str], Callable[..., Codec]]
+
+_REQUEST, _ONEWAY, _HEARTBEAT = MessageType.REQUEST, MessageType.ONEWAY, MessageType.HEARTBEAT
+_RESPONSE, _ERROR = MessageType.RESPONSE, MessageType.ERROR
+_OK = ResponseStatus.OK
+
+
+class ListenerState:
+    """A listener's live settings; ``table`` is replaced on a config swap."""
+
+    __slots__ = ("codec_factory", "config", "multiplexed", "protocol", "table")
+
+    def __init__(self, config: Listener, table: RouteTable, factory: Callable[..., Codec]) -> None:
+        self.config = config
+        self.table = table
+        self.codec_factory = factory
+        probe = self.new_codec()
+        self.protocol = probe.name or config.codec
+        self.multiplexed = probe.request_id_bits is not None
+
+    def new_codec(self) -> Codec:
+        size = self.config.max_frame_size
+        return self.codec_factory(max_frame_size=size) if size else self.codec_factory()
+
+
+class Downstream:
+    """One client connection."""
+
+    __slots__ = (
+        "closed",
+        "codec",
+        "dirty",
+        "handle",
+        "id",
+        "inbuf",
+        "listener",
+        "order",
+        "out",
+        "peer",
+        "pipelines",
+    )
+
+    def __init__(self, conn_id: int, listener: ListenerState, peer: str) -> None:
+        self.id = conn_id
+        self.listener = listener
+        self.codec = listener.new_codec()
+        self.peer = peer
+        self.inbuf = bytearray()
+        self.out = bytearray()
+        self.dirty = False
+        self.closed = False
+        self.handle: Any = None
+        #: Non-multiplexed protocols: replies wait here until every earlier one is sent.
+        self.order: deque[ActiveRequest] = deque()
+        #: Non-multiplexed protocols: dedicated upstreams by (cluster name, endpoint index).
+        self.pipelines: dict[tuple[str, int], Upstream] = {}
+
+    def __repr__(self) -> str:
+        return f"Downstream#{self.id}({self.listener.config.name} from {self.peer})"
+
+
+class ConnectionManager:
+    """One worker's proxy core. See the module docstring for the event/action contract."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        resolve_codec: CodecFactoryResolver,
+        rng: random.Random | None = None,
+        *,
+        access_log: bool = False,
+    ) -> None:
+        self.rng = rng or random.Random()
+        self.resolve_codec = resolve_codec
+        self.access_log = access_log
+        self.stats = ProxyStats()
+        self.actions: list[tuple[Any, ...]] = []
+        self.dirty: list[Downstream | Upstream] = []
+        self.listeners: dict[str, ListenerState] = {}
+        self.clusters: dict[str, ClusterState] = {}
+        self.snapshot = snapshot
+        self.downstreams: set[Downstream] = set()
+        self.upstreams: set[Upstream] = set()
+        self._next_conn_id = 0
+        self.apply_snapshot(snapshot)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Swap in a new config: routes and clusters change, no connection is closed."""
+        clusters: dict[str, ClusterState] = {}
+        for name, cluster in snapshot.clusters.items():
+            state = self.clusters.get(name)
+            if state is None:
+                state = ClusterState(cluster, self.rng)
+            elif state.config != cluster:
+                for up in state.reconfigure(cluster, self.rng):
+                    self._retire(up)
+            clusters[name] = state
+        for name, state in self.clusters.items():
+            if name not in clusters:
+                for up in list(state.mux.values()):
+                    self._retire(up)
+                state.mux.clear()
+        listeners: dict[str, ListenerState] = {}
+        for name, listener in snapshot.listeners.items():
+            table = RouteTable(snapshot.route_configs[listener.route_config_name])
+            current = self.listeners.get(name)
+            if current is not None and current.config.codec == listener.codec:
+                current.config = listener
+                current.table = table
+                listeners[name] = current
+            else:
+                factory = self.resolve_codec(listener.codec)
+                listeners[name] = ListenerState(listener, table, factory)
+        self.listeners = listeners
+        self.clusters = clusters
+        self.snapshot = snapshot
+
+    def _retire(self, up: Upstream) -> None:
+        """Take ``up`` out of its pool; it closes once its requests are answered."""
+        if up.key is not None and up.cluster.mux.get(up.key) is up:
+            del up.cluster.mux[up.key]
+        up.retired = True
+        if up.in_flight == 0 and up.state is not UpstreamState.CLOSED:
+            self._close_upstream(up)
+
+    # -- downstream events ---------------------------------------------------------------
+
+    def downstream_connected(self, listener_name: str, peer: str = "") -> Downstream:
+        self._next_conn_id += 1
+        d = Downstream(self._next_conn_id, self.listeners[listener_name], peer)
+        self.downstreams.add(d)
+        self.stats.downstream_connections_total += 1
+        self.stats.active_downstream_connections += 1
+        return d
+
+    def downstream_data(self, d: Downstream, data: bytes, now: float) -> None:
+        if d.closed:
+            return
+        buf = d.inbuf
+        buf += data
+        codec = d.codec
+        while buf:
+            try:
+                msg = codec.decode(buf)
+            except CodecError as e:
+                self.stats.downstream_decode_errors += 1
+                self._close_downstream(d, f"{d}: closing, bad frame: {e}")
+                return
+            if msg is None:
+                if len(buf) > codec.max_frame_size:
+                    self.stats.downstream_frame_too_large += 1
+                    self._close_downstream(d, f"{d}: closing, frame over {codec.max_frame_size}")
+                return
+            mtype = msg.type
+            if mtype is _REQUEST or mtype is _ONEWAY:
+                self._on_request(d, msg, now)
+            elif mtype is _HEARTBEAT:
+                self.stats.heartbeats += 1
+                reply = codec.heartbeat_reply(msg)
+                if reply:
+                    self._reply_in_order(d, None, reply)
+            else:
+                self.stats.downstream_unexpected_frames += 1
+
+    def downstream_closed(self, d: Downstream, now: float) -> None:
+        """The client went away (EOF or reset); its requests in flight are abandoned."""
+        d.handle = None
+        if d.closed:
+            return
+        if d.inbuf:
+            self.stats.downstream_truncated += 1
+            self.actions.append((LOG, INFO, f"{d}: closed mid-frame ({len(d.inbuf)} bytes)"))
+        self._forget_downstream(d)
+
+    def _close_downstream(self, d: Downstream, reason: str) -> None:
+        self.actions.append((LOG, WARNING, reason))
+        self.actions.append((CLOSE_DOWNSTREAM, d))
+        self._forget_downstream(d)
+
+    def _forget_downstream(self, d: Downstream) -> None:
+        d.closed = True
+        d.inbuf.clear()
+        d.order.clear()
+        self.downstreams.discard(d)
+        self.stats.active_downstream_connections -= 1
+        self.stats.mutations_dropped += d.codec.dropped_mutations
+        for up in list(d.pipelines.values()):
+            self._abandon_upstream(up)
+        d.pipelines.clear()
+
+    # -- request path --------------------------------------------------------------------
+
+    def _on_request(self, d: Downstream, msg: Message, now: float) -> None:
+        listener = d.listener
+        route = listener.table.match(msg)
+        if route is None:
+            self._local_reply(d, msg, ErrorKind.ROUTE_NOT_FOUND, "no matched route", now)
+            return
+        cluster_name = route.pick_cluster(self.rng)
+        cs = self.clusters.get(cluster_name)
+        if cs is None:
+            self._local_reply(
+                d, msg, ErrorKind.CLUSTER_NOT_FOUND, f"unknown cluster {cluster_name}", now, route
+            )
+            return
+        cfg = cs.config
+        stats = self.stats.request_stats(cfg.service, cfg.subset, listener.protocol)
+        if cs.active_requests >= cfg.circuit_breakers.max_requests:
+            self._local_reply(
+                d, msg, ErrorKind.OVER_LIMIT, "max_requests reached", now, route, stats
+            )
+            return
+        hash_key = None
+        if route.hash_keys:
+            md = msg.metadata
+            hash_key = hash_metadata([md.get(k, "") for k in route.hash_keys])
+        idx = cs.lb.pick(hash_key)
+        if idx is None:
+            self._local_reply(
+                d, msg, ErrorKind.NO_HEALTHY_UPSTREAM, "no healthy upstream", now, route, stats
+            )
+            return
+        up = self._upstream_for(d, cs, idx, now)
+        if up is None:
+            self._local_reply(
+                d, msg, ErrorKind.OVER_LIMIT, "max_connections reached", now, route, stats
+            )
+            return
+        pending_limit = cfg.circuit_breakers.max_pending_requests
+        if up.state is UpstreamState.CONNECTING and cs.pending_requests >= pending_limit:
+            self._local_reply(
+                d, msg, ErrorKind.OVER_LIMIT, "max_pending_requests reached", now, route, stats
+            )
+            return
+        if route.request_mutation is not None:
+            msg = self._mutated(d.codec, msg, route.request_mutation)
+        req = ActiveRequest(d, msg, route, cs, now, stats)
+        self._send(up, req, d.codec, idx)
+        if route.mirrors:
+            self._mirror(d, msg, route, now)
+
+    def _send(self, up: Upstream, req: ActiveRequest, codec: Codec, idx: int) -> None:
+        """Write ``req`` to ``up`` and account for it (mirror copies included)."""
+        msg = req.request
+        if msg.type is _ONEWAY:
+            frame = msg.frame
+            if not req.mirror:
+                self.stats.oneway_requests += 1
+                if req.stats is not None:
+                    req.stats.observe(0, 0.0)
+        elif up.id_limit:
+            rid = up.allocate_id()
+            frame = codec.rewrite_request_id(msg, rid)
+            up.pending[rid] = req
+            self._track(up, req, idx)
+        else:
+            frame = msg.frame
+            up.fifo.append(req)
+            self._track(up, req, idx)
+            if not req.mirror:
+                req.downstream.order.append(req)
+        up.out += frame
+        if up.state is UpstreamState.READY:
+            if not up.dirty:
+                up.dirty = True
+                self.dirty.append(up)
+        elif up.state is UpstreamState.CONNECTING and msg.type is not _ONEWAY:
+            up.queued += 1
+            up.cluster.pending_requests += 1
+
+    def _track(self, up: Upstream, req: ActiveRequest, idx: int) -> None:
+        cs = up.cluster
+        cs.active_requests += 1
+        lb = cs.lb
+        lb.active[idx] += 1
+        req.lb = lb
+        req.endpoint_index = idx
+        req.upstream = up
+        self.stats.active_requests += 1
+
+    def _untrack(self, req: ActiveRequest) -> None:
+        cs = req.cluster
+        if cs is not None:
+            cs.active_requests -= 1
+        lb = req.lb
+        if lb is not None and req.endpoint_index < len(lb.active):
+            lb.active[req.endpoint_index] -= 1
+        self.stats.active_requests -= 1
+
+    def _mirror(self, d: Downstream, msg: Message, route: CompiledRoute, now: float) -> None:
+        for name in route.mirror_clusters(self.rng):
+            cs = self.clusters.get(name)
+            if cs is None or cs.active_requests >= cs.config.circuit_breakers.max_requests:
+                continue
+            idx = cs.lb.pick(None)
+            if idx is None:
+                continue
+            up = self._upstream_for(d, cs, idx, now, mirror=True)
+            if up is None:
+                continue
+            self.stats.mirrored_requests += 1
+            self._send(up, ActiveRequest(None, msg, route, cs, now, None, True), d.codec, idx)
+
+    def _mutated(self, codec: Codec, msg: Message, mutation: dict[str, str]) -> Message:
+        """``msg`` with ``mutation`` applied, re-decoded so ids can still be rewritten."""
+        frame = codec.encode(msg, mutation)
+        if frame is msg.frame:
+            return msg
+        again = codec.decode(bytearray(frame))
+        if again is None:  # pragma: no cover - a codec bug, never expected
+            raise CodecError("codec could not decode its own mutated frame")
+        return again
+
+    def _upstream_for(
+        self, d: Downstream, cs: ClusterState, idx: int, now: float, mirror: bool = False
+    ) -> Upstream | None:
+        listener = d.listener
+        if listener.multiplexed:
+            key = (listener.protocol, idx)
+            up = cs.mux.get(key)
+            if up is not None:
+                return up
+        else:
+            pkey = ((cs.config.name + "\x00mirror") if mirror else cs.config.name, idx)
+            up = d.pipelines.get(pkey)
+            if up is not None:
+                return up
+        if cs.connections >= cs.config.circuit_breakers.max_connections:
+            return None
+        self._next_conn_id += 1
+        up = Upstream(
+            self._next_conn_id,
+            cs,
+            idx,
+            listener.new_codec(),
+            listener.protocol,
+            None if listener.multiplexed else d,
+            now + cs.config.connect_timeout,
+        )
+        if listener.multiplexed:
+            up.key = key
+            cs.mux[key] = up
+        else:
+            d.pipelines[pkey] = up
+        cs.connections += 1
+        self.upstreams.add(up)
+        self.stats.active_upstream_connections += 1
+        self.actions.append((CONNECT, up))
+        return up
+
+    # -- replies -------------------------------------------------------------------------
+
+    def _local_reply(
+        self,
+        d: Downstream,
+        msg: Message,
+        kind: ErrorKind,
+        text: str,
+        now: float,
+        route: CompiledRoute | None = None,
+        stats: RequestStats | None = None,
+    ) -> None:
+        self.stats.local_replies[kind] += 1
+        if stats is None:
+            stats = self.stats.request_stats("unknown", "", d.listener.protocol)
+        stats.observe(1, 0.0)
+        if self.access_log:
+            self._access_log(d, msg, route, None, None, kind.value, now, now)
+        if msg.type is _ONEWAY:
+            return
+        self._reply_in_order(d, None, d.codec.error_reply(msg, LocalError(kind, text)))
+
+    def _reply_in_order(self, d: Downstream, req: ActiveRequest | None, data: bytes) -> None:
+        """Queue ``data`` for the client; pipelined protocols keep request order."""
+        if d.closed:
+            return
+        if not d.listener.multiplexed:
+            order = d.order
+            if req is None:
+                if order:  # an immediate reply must wait behind earlier requests
+                    placeholder = ActiveRequest(d, _PLACEHOLDER, None, None, 0.0, None)
+                    placeholder.reply = data
+                    order.append(placeholder)
+                    return
+            else:
+                req.reply = data
+                if order[0] is not req:
+                    return
+                order.popleft()
+                while order and order[0].reply is not None:
+                    data += order.popleft().reply  # type: ignore[operator]
+        d.out += data
+        if not d.dirty:
+            d.dirty = True
+            self.dirty.append(d)
+
+    def _fail_request(self, req: ActiveRequest, kind: ErrorKind, text: str, now: float) -> None:
+        self._untrack(req)
+        if req.mirror:
+            return
+        d = req.downstream
+        self.stats.local_replies[kind] += 1
+        if req.stats is not None:
+            req.stats.observe(1, (now - req.start) * 1000.0)
+        if self.access_log:
+            self._access_log(
+                d, req.request, req.route, req.upstream, None, kind.value, req.start, now
+            )
+        if not d.closed:
+            self._reply_in_order(d, req, d.codec.error_reply(req.request, LocalError(kind, text)))
+
+    # -- upstream events -----------------------------------------------------------------
+
+    def upstream_connected(self, up: Upstream, now: float) -> None:
+        if up.state is not UpstreamState.CONNECTING:
+            return
+        up.state = UpstreamState.READY
+        self.stats.upstream_connects += 1
+        up.cluster.pending_requests -= up.queued
+        up.queued = 0
+        if up.out and not up.dirty:
+            up.dirty = True
+            self.dirty.append(up)
+
+    def upstream_connect_failed(self, up: Upstream, reason: str, now: float) -> None:
+        if up.state is not UpstreamState.CONNECTING:
+            return
+        self.stats.upstream_connect_failures += 1
+        e = up.endpoint
+        self.actions.append(
+            (LOG, WARNING, f"{up}: connect to {e.address}:{e.port} failed: {reason}")
+        )
+        self._drop_upstream(
+            up, ErrorKind.NO_HEALTHY_UPSTREAM, f"upstream connect failed: {reason}", now
+        )
+
+    def upstream_data(self, up: Upstream, data: bytes, now: float) -> None:
+        if up.state is UpstreamState.CLOSED:
+            return
+        buf = up.inbuf
+        buf += data
+        codec = up.codec
+        while buf:
+            try:
+                msg = codec.decode(buf)
+            except CodecError as e:
+                self.stats.upstream_decode_errors += 1
+                self.actions.append((LOG, WARNING, f"{up}: bad frame from upstream: {e}"))
+                self._drop_upstream(up, ErrorKind.BAD_RESPONSE, f"bad upstream response: {e}", now)
+                self.actions.append((CLOSE_UPSTREAM, up))
+                return
+            if msg is None:
+                return
+            mtype = msg.type
+            if mtype is _RESPONSE or mtype is _ERROR:
+                self._on_response(up, msg, now)
+            # Upstream heartbeats and anything else are swallowed.
+        if up.retired and up.in_flight == 0:
+            self._close_upstream(up)
+
+    def _on_response(self, up: Upstream, msg: Message, now: float) -> None:
+        if up.id_limit:
+            req = up.pending.pop(msg.request_id, None)  # type: ignore[arg-type]
+            if req is None:
+                self.stats.upstream_unmatched_responses += 1
+                return
+        elif up.fifo:
+            req = up.fifo.popleft()
+        else:
+            self.stats.upstream_unmatched_responses += 1
+            return
+        self._untrack(req)
+        if req.mirror:
+            return
+        code = 0 if (msg.status is _OK and msg.type is _RESPONSE) else 1
+        req.stats.observe(code, (now - req.start) * 1000.0)  # type: ignore[union-attr]
+        d = req.downstream
+        if self.access_log:
+            self._access_log(d, req.request, req.route, up, msg, str(code), req.start, now)
+        if d.closed:
+            return
+        route = req.route
+        if route is not None and route.response_mutation is not None:
+            msg = self._mutated(up.codec, msg, route.response_mutation)
+        if up.id_limit:
+            data = up.codec.rewrite_request_id(msg, req.request.request_id)  # type: ignore[arg-type]
+        else:
+            data = msg.frame
+        self._reply_in_order(d, req, data)
+
+    def upstream_closed(self, up: Upstream, now: float) -> None:
+        """The upstream connection closed (peer EOF, reset, or after CLOSE_UPSTREAM)."""
+        up.handle = None
+        if up.state is UpstreamState.CLOSED:
+            return
+        if up.in_flight:
+            self.stats.upstream_resets += 1
+            self.actions.append((LOG, WARNING, f"{up}: reset with {up.in_flight} in flight"))
+        self._drop_upstream(up, ErrorKind.UPSTREAM_RESET, "upstream connection reset", now)
+
+    def _drop_upstream(self, up: Upstream, kind: ErrorKind, text: str, now: float) -> None:
+        """Mark ``up`` closed, remove it from pools and fail what it had in flight."""
+        if up.state is UpstreamState.CONNECTING:
+            up.cluster.pending_requests -= up.queued
+            up.queued = 0
+        up.state = UpstreamState.CLOSED
+        self._unpool(up)
+        failed = list(up.pending.values()) + list(up.fifo)
+        up.pending.clear()
+        up.fifo.clear()
+        up.out.clear()
+        for req in failed:
+            self._fail_request(req, kind, text, now)
+
+    def _unpool(self, up: Upstream) -> None:
+        if up not in self.upstreams:
+            return
+        self.upstreams.discard(up)
+        cs = up.cluster
+        cs.connections -= 1
+        self.stats.active_upstream_connections -= 1
+        self.stats.mutations_dropped += up.codec.dropped_mutations
+        if up.key is not None and cs.mux.get(up.key) is up:
+            del cs.mux[up.key]
+        owner = up.owner
+        if owner is not None:
+            for k, v in list(owner.pipelines.items()):
+                if v is up:
+                    del owner.pipelines[k]
+
+    def _close_upstream(self, up: Upstream) -> None:
+        """Close an idle upstream we no longer need."""
+        up.state = UpstreamState.CLOSED
+        self._unpool(up)
+        self.actions.append((CLOSE_UPSTREAM, up))
+
+    def _abandon_upstream(self, up: Upstream) -> None:
+        """Close a dedicated upstream whose client left; its requests are dropped silently."""
+        for req in list(up.pending.values()) + list(up.fifo):
+            self._untrack(req)
+        up.pending.clear()
+        up.fifo.clear()
+        if up.state is UpstreamState.CONNECTING:
+            up.cluster.pending_requests -= up.queued
+            up.queued = 0
+        self._close_upstream(up)
+
+    # -- time and shutdown ---------------------------------------------------------------
+
+    def on_timer(self, now: float) -> None:
+        """Fail upstream connection attempts that are past their connect timeout."""
+        for up in list(self.upstreams):
+            if up.state is UpstreamState.CONNECTING and now >= up.connect_deadline:
+                self.upstream_connect_failed(up, "connect timeout", now)
+                self.actions.append((CLOSE_UPSTREAM, up))
+
+    def close_all(self) -> None:
+        """Close every connection (end of a drain)."""
+        for d in list(self.downstreams):
+            self._close_downstream(d, f"{d}: closing for shutdown")
+        for up in list(self.upstreams):
+            self._close_upstream(up)
+
+    def take_actions(self) -> list[tuple[Any, ...]]:
+        actions = self.actions
+        self.actions = []
+        return actions
+
+    # -- access log ----------------------------------------------------------------------
+
+    def _access_log(
+        self,
+        d: Downstream,
+        request: Message,
+        route: CompiledRoute | None,
+        up: Upstream | None,
+        response: Message | None,
+        status: str,
+        start: float,
+        now: float,
+    ) -> None:
+        md = request.metadata
+        endpoint = f"{up.endpoint.address}:{up.endpoint.port}" if up is not None else None
+        self.actions.append(
+            (
+                ACCESS_LOG,
+                {
+                    "protocol": d.listener.protocol,
+                    "listener": d.listener.config.name,
+                    "downstream": d.peer,
+                    "interface": md.get("interface", ""),
+                    "method": md.get("method", ""),
+                    "route": route.name if route is not None else None,
+                    "cluster": up.cluster.config.name if up is not None else None,
+                    "endpoint": endpoint,
+                    "response_code": status,
+                    "duration_ms": round((now - start) * 1000.0, 3),
+                    "request_id": request.request_id,
+                    "oneway": request.type is _ONEWAY,
+                },
+            )
+        )
+
+
+_PLACEHOLDER = Message(MessageType.HEARTBEAT, None, b"", 0, 0, metadata={})

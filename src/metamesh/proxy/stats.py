@@ -1,0 +1,140 @@
+"""Every proxy statistic, declared in one place as plain integers.
+
+The request path only does ``+= 1`` on attributes of objects it already holds (no locks, no
+label lookups, no prometheus objects): one :class:`ProxyStats` per worker core, and one
+:class:`RequestStats` per (cluster, protocol) pair that the router resolves once per request.
+The admin endpoint turns these into Prometheus text at scrape time
+(:mod:`metamesh.runtime.admin`), using Istio's standard metric and label names:
+
+* ``istio_requests_total`` and ``istio_request_duration_milliseconds`` (histogram) with
+  ``destination_service`` (cluster host, after the last ``|``), ``destination_version`` (subset),
+  ``response_code`` (``0`` ok / ``1`` error, as MetaProtocol reports), ``request_protocol``
+  (codec name) and ``reporter`` (``source``: this is an outbound proxy);
+* ``metamesh_*`` counters and gauges below (names are stable; see :data:`COUNTERS`).
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from metamesh.codecs import ErrorKind
+
+#: Istio's default duration buckets, in milliseconds.
+DURATION_BUCKETS_MS: tuple[float, ...] = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+    300000, 600000, 1800000, 3600000,
+)  # fmt: skip
+
+#: metamesh counters: attribute of ProxyStats -> (metric name, help).
+COUNTERS: dict[str, tuple[str, str]] = {
+    "downstream_decode_errors": (
+        "metamesh_downstream_decode_errors_total",
+        "Client connections closed because their bytes were not a valid frame",
+    ),
+    "downstream_frame_too_large": (
+        "metamesh_downstream_frame_too_large_total",
+        "Client connections closed because a frame exceeded the size limit",
+    ),
+    "downstream_truncated": (
+        "metamesh_downstream_truncated_frames_total",
+        "Client connections that closed in the middle of a frame",
+    ),
+    "downstream_unexpected_frames": (
+        "metamesh_downstream_unexpected_frames_total",
+        "Frames from clients that are neither requests nor heartbeats (dropped)",
+    ),
+    "upstream_decode_errors": (
+        "metamesh_upstream_decode_errors_total",
+        "Upstream connections reset because their bytes were not a valid frame",
+    ),
+    "upstream_connects": ("metamesh_upstream_connects_total", "Upstream connections opened"),
+    "upstream_connect_failures": (
+        "metamesh_upstream_connect_failures_total",
+        "Upstream connection attempts that failed or timed out",
+    ),
+    "upstream_resets": (
+        "metamesh_upstream_resets_total",
+        "Upstream connections that closed with requests in flight",
+    ),
+    "upstream_unmatched_responses": (
+        "metamesh_upstream_unmatched_responses_total",
+        "Upstream responses whose request id matched no request in flight (dropped)",
+    ),
+    "heartbeats": ("metamesh_heartbeats_total", "Client heartbeats answered by the proxy"),
+    "oneway_requests": ("metamesh_oneway_requests_total", "One-way requests forwarded"),
+    "mirrored_requests": ("metamesh_mirrored_requests_total", "Request copies sent to mirrors"),
+    "downstream_connections_total": (
+        "metamesh_downstream_connections_total",
+        "Client connections accepted",
+    ),
+}
+
+#: metamesh gauges: attribute of ProxyStats -> (metric name, help).
+GAUGES: dict[str, tuple[str, str]] = {
+    "active_downstream_connections": (
+        "metamesh_active_downstream_connections",
+        "Open client connections",
+    ),
+    "active_upstream_connections": (
+        "metamesh_active_upstream_connections",
+        "Open or connecting upstream connections",
+    ),
+    "active_requests": ("metamesh_active_requests", "Requests waiting for an upstream response"),
+}
+
+
+class ProxyStats:
+    """Worker-wide counters; attribute names are the keys of :data:`COUNTERS` / :data:`GAUGES`.
+
+    ``local_replies`` counts local replies by reason (``metamesh_local_replies_total``);
+    ``mutations_dropped`` accumulates codecs' ``dropped_mutations`` when connections close.
+    """
+
+    __slots__ = (*COUNTERS, *GAUGES, "local_replies", "mutations_dropped", "requests")
+
+    def __init__(self) -> None:
+        self.downstream_decode_errors = 0
+        self.downstream_frame_too_large = 0
+        self.downstream_truncated = 0
+        self.downstream_unexpected_frames = 0
+        self.upstream_decode_errors = 0
+        self.upstream_connects = 0
+        self.upstream_connect_failures = 0
+        self.upstream_resets = 0
+        self.upstream_unmatched_responses = 0
+        self.heartbeats = 0
+        self.oneway_requests = 0
+        self.mirrored_requests = 0
+        self.downstream_connections_total = 0
+        self.active_downstream_connections = 0
+        self.active_upstream_connections = 0
+        self.active_requests = 0
+        self.local_replies: dict[ErrorKind, int] = dict.fromkeys(ErrorKind, 0)
+        self.mutations_dropped = 0
+        #: (destination_service, destination_version, request_protocol) -> RequestStats
+        self.requests: dict[tuple[str, str, str], RequestStats] = {}
+
+    def request_stats(self, service: str, version: str, protocol: str) -> RequestStats:
+        """The (created on first use) request counters for one destination and protocol."""
+        key = (service, version, protocol)
+        rs = self.requests.get(key)
+        if rs is None:
+            rs = self.requests[key] = RequestStats()
+        return rs
+
+
+class RequestStats:
+    """Request counts and a duration histogram for one destination/protocol pair."""
+
+    __slots__ = ("buckets", "count", "sum_ms")
+
+    def __init__(self) -> None:
+        self.count = [0, 0]  # by response_code 0 / 1
+        # Non-cumulative counts per bucket (+1 for +Inf), for each response code.
+        self.buckets = [[0] * (len(DURATION_BUCKETS_MS) + 1) for _ in range(2)]
+        self.sum_ms = [0.0, 0.0]
+
+    def observe(self, code: int, duration_ms: float) -> None:
+        self.count[code] += 1
+        self.sum_ms[code] += duration_ms
+        self.buckets[code][bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1

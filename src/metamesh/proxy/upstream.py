@@ -1,0 +1,183 @@
+"""Upstream side of the core: cluster runtime state, upstream connections, in-flight requests.
+
+These are plain slotted objects that :class:`metamesh.proxy.connection.ConnectionManager`
+drives; they hold state but make no decisions. Each cluster has a :class:`ClusterState` (its
+config, its load balancer, circuit-breaker counters and its pool of multiplexed upstream
+connections, one per endpoint and protocol). An :class:`Upstream` is one connection: for
+protocols with request ids its ``pending`` dict maps the proxy-assigned upstream id to the
+:class:`ActiveRequest`; for protocols without ids ``fifo`` holds requests in send order.
+
+The runtime attaches its transport adapter to ``handle`` and writes ``out`` when the core lists
+the connection as dirty; the core never performs I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from typing import Any
+
+from metamesh.codecs import Codec, Message
+from metamesh.proxy.config import Cluster, Endpoint
+from metamesh.proxy.lb import LoadBalancer, create_load_balancer
+from metamesh.proxy.router import CompiledRoute
+from metamesh.proxy.stats import RequestStats
+
+
+class UpstreamState(enum.IntEnum):
+    CONNECTING = 0
+    READY = 1
+    CLOSED = 2
+
+
+class ClusterState:
+    """Runtime state of one cluster; survives config swaps that keep the cluster's name."""
+
+    __slots__ = ("active_requests", "config", "connections", "lb", "mux", "pending_requests")
+
+    def __init__(self, config: Cluster, rng: random.Random) -> None:
+        self.config = config
+        self.lb: LoadBalancer = create_load_balancer(config.lb_policy, config.endpoints, rng)
+        self.active_requests = 0
+        self.pending_requests = 0  # waiting for an upstream connection to be established
+        self.connections = 0
+        #: (protocol, endpoint index) -> shared multiplexed upstream connection
+        self.mux: dict[tuple[str, int], Upstream] = {}
+
+    def reconfigure(self, config: Cluster, rng: random.Random) -> list[Upstream]:
+        """Adopt a new config; returns pooled connections whose endpoint disappeared."""
+        old_endpoints = self.config.endpoints
+        self.config = config
+        self.lb = create_load_balancer(config.lb_policy, config.endpoints, rng)
+        index = {(e.address, e.port): i for i, e in enumerate(config.endpoints)}
+        kept: dict[tuple[str, int], Upstream] = {}
+        retired: list[Upstream] = []
+        for (protocol, i), up in self.mux.items():
+            e = old_endpoints[i] if i < len(old_endpoints) else up.endpoint
+            j = index.get((e.address, e.port))
+            if j is None:
+                retired.append(up)
+            else:
+                up.endpoint_index = j
+                kept[(protocol, j)] = up
+        self.mux = kept
+        return retired
+
+
+class Upstream:
+    """One upstream connection (multiplexed, or dedicated to one downstream when ``owner``)."""
+
+    __slots__ = (
+        "cluster",
+        "codec",
+        "connect_deadline",
+        "dirty",
+        "endpoint",
+        "endpoint_index",
+        "fifo",
+        "handle",
+        "id",
+        "id_limit",
+        "inbuf",
+        "key",
+        "next_id",
+        "out",
+        "owner",
+        "pending",
+        "protocol",
+        "queued",
+        "retired",
+        "state",
+    )
+
+    def __init__(
+        self,
+        conn_id: int,
+        cluster: ClusterState,
+        endpoint_index: int,
+        codec: Codec,
+        protocol: str,
+        owner: Any,
+        connect_deadline: float,
+    ) -> None:
+        self.id = conn_id
+        self.cluster = cluster
+        self.endpoint_index = endpoint_index
+        self.endpoint: Endpoint = cluster.config.endpoints[endpoint_index]
+        self.codec = codec
+        self.protocol = protocol
+        self.owner = owner  # the Downstream for dedicated (pipelined) connections, else None
+        self.inbuf = bytearray()
+        self.out = bytearray()
+        self.dirty = False
+        self.handle: Any = None
+        self.state = UpstreamState.CONNECTING
+        self.connect_deadline = connect_deadline
+        self.pending: dict[int, ActiveRequest] = {}
+        self.fifo: deque[ActiveRequest] = deque()
+        bits = codec.request_id_bits
+        # Positive ids only, so signed 32-bit seqids (Thrift) never go negative.
+        self.id_limit = (1 << (bits - 1)) if bits else 0
+        self.next_id = 1
+        self.queued = 0  # requests counted in cluster.pending_requests while connecting
+        self.retired = False
+        self.key: tuple[str, int] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending) + len(self.fifo)
+
+    def allocate_id(self) -> int:
+        """A fresh upstream request id not currently in flight on this connection."""
+        rid = self.next_id
+        pending = self.pending
+        limit = self.id_limit
+        while rid in pending:
+            rid = rid + 1 if rid + 1 < limit else 1
+        self.next_id = rid + 1 if rid + 1 < limit else 1
+        return rid
+
+    def __repr__(self) -> str:
+        e = self.endpoint
+        return f"Upstream#{self.id}({self.cluster.config.name} {e.address}:{e.port})"
+
+
+class ActiveRequest:
+    """A request forwarded upstream and not yet answered (or a reply waiting its turn)."""
+
+    __slots__ = (
+        "cluster",
+        "downstream",
+        "endpoint_index",
+        "lb",
+        "mirror",
+        "reply",
+        "request",
+        "route",
+        "start",
+        "stats",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        downstream: Any,
+        request: Message,
+        route: CompiledRoute | None,
+        cluster: ClusterState | None,
+        start: float,
+        stats: RequestStats | None,
+        mirror: bool = False,
+    ) -> None:
+        self.downstream = downstream
+        self.request = request
+        self.route = route
+        self.cluster = cluster
+        self.lb: LoadBalancer | None = None
+        self.endpoint_index = -1
+        self.upstream: Upstream | None = None
+        self.start = start
+        self.stats = stats
+        self.mirror = mirror
+        self.reply: bytes | None = None  # set when answered; used to keep pipelined order
