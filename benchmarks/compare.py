@@ -1,0 +1,359 @@
+"""Side-by-side benchmark: direct vs metamesh vs Envoy L7 vs Envoy tcp_proxy, in one run.
+
+Usage (after ``benchmarks/setup.sh``)::
+
+    .venv/bin/python benchmarks/compare.py --protocol thrift --shapes c4k32,c16k1,r20000,r5000
+
+One responder (``benchmarks/responder.py``) is the upstream for every target; every target
+(``benchmarks/targets.py``) is started once and checked with a few requests whose reply ids must
+match. Then, for each load shape, the targets are measured interleaved (A B C D A B C D ...) for
+``--reps`` repetitions, each measurement a fresh ``benchmarks/loadgen.py`` process (warm-up, then
+a window) that also reads the proxy's and the responder's CPU time at the window's edges. Medians
+over the repetitions go into a Markdown table (printed, and saved under ``benchmarks/results/``
+with the command line, date and machine facts) and a JSON file next to it.
+
+Columns: req/s completed in the window; p50/p99 latency as the load generator saw it; the same
+minus the direct path's (latency the proxy adds); the proxy process's CPU time (utime+stime, all
+threads) per completed request -- the number to compare on a noisy shared box.
+
+Everything binds to 127.0.0.1 on fresh ports; every child dies with this process (its own
+session, PDEATHSIG) and is stopped on exit or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.loadgen import parse_shape
+from benchmarks.targets import (
+    ROOT,
+    TARGET_KINDS,
+    Target,
+    Unavailable,
+    die_with_parent,
+    find_envoy,
+    python_facts,
+    spawn,
+    stop_process,
+)
+
+HERE = Path(__file__).resolve().parent
+NA = "\u2013"  # en dash: "no value" in the table
+
+
+def start_responder(protocol: str, workdir: Path, lifetime: float) -> tuple[Any, int]:
+    log = workdir / f"responder-{protocol}.log"
+    script = str(HERE / "responder.py")
+    proc = spawn(
+        [sys.executable, script, "--protocol", protocol, "--max-seconds", str(lifetime)], log
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("PORT "):
+                return proc, int(line.split()[1])
+        if proc.poll() is not None:
+            raise RuntimeError(f"responder exited: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    stop_process(proc)
+    raise RuntimeError("responder did not report its port")
+
+
+def run_loadgen(
+    protocol: str, port: int, shape: str, args: argparse.Namespace, watch: dict[str, int]
+) -> dict[str, Any]:
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--protocol", protocol, "--port", str(port)]
+    cmd += ["--shape", shape, "--warmup", str(args.warmup), "--duration", str(args.duration)]
+    cmd += ["--rate-connections", str(args.rate_connections)]
+    for name, pid in watch.items():
+        cmd += ["--watch", f"{name}={pid}"]
+    run = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=args.warmup + args.duration + 60,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        result: dict[str, Any] = json.loads(run.stdout)
+    except json.JSONDecodeError:
+        return {"failed": f"loadgen exit {run.returncode}: {run.stderr.strip()[-500:]}"}
+    if run.returncode != 0:
+        result["failed"] = f"loadgen exit {run.returncode}"
+    return result
+
+
+def median(values: list[float]) -> float:
+    values = [v for v in values if v == v]  # drop NaN
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if "failed" not in r]
+    summary: dict[str, Any] = {"reps": len(runs), "failed_reps": len(runs) - len(ok)}
+    if not ok:
+        summary["failed"] = runs[0].get("failed", "no runs") if runs else "no runs"
+        return summary
+    summary["rps"] = median([r["rps"] for r in ok])
+    summary["p50_us"] = median([r["latency_us"]["p50"] for r in ok])
+    summary["p99_us"] = median([r["latency_us"]["p99"] for r in ok])
+    for who in ("proxy", "responder", "loadgen"):
+        if who in ok[0]["cpu"]:
+            summary[f"{who}_cpu_us_per_req"] = median([r["cpu"][who]["us_per_req"] for r in ok])
+    summary["errors"] = sum(r["errors"] for r in ok)
+    summary["id_mismatches"] = sum(r["id_mismatches"] for r in ok)
+    summary["connections_lost"] = sum(r["connections_lost"] for r in ok)
+    summary["not_sent"] = sum(r["not_sent"] for r in ok)
+    cx = [r["upstream_cx_opened"] for r in ok if "upstream_cx_opened" in r]
+    if cx:
+        summary["upstream_cx_opened"] = max(cx)
+    return summary
+
+
+def machine_facts(targets: list[Target]) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "cpu": _cpu_model(),
+        "loadavg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    facts |= python_facts()
+    for t in targets:
+        if t.kind.startswith("envoy") and t.version:
+            facts["envoy"] = t.version
+        if t.kind == "metamesh" and t.version:
+            facts["metamesh"] = t.version
+    git = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    facts["git_commit"] = git.stdout.strip() or "unknown"
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None or value != value:
+        return NA
+    return f"{value:,.{digits}f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    facts = report["machine"]
+    lines = [
+        f"# {report['protocol']}: direct vs metamesh vs Envoy ({report['date']})",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()),
+        "",
+        f"Method: warm-up {report['warmup_s']} s, window {report['duration_s']} s, "
+        f"{report['reps']} interleaved repetition(s), medians; one responder for all targets; "
+        "proxy CPU = utime+stime (all threads) over the window / requests completed in it.",
+        "",
+        "| load | target | req/s | p50 µs | p99 µs | +p50 µs | +p99 µs | proxy CPU µs/req "
+        "| responder µs/req | loadgen µs/req | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for shape, rows in report["results"].items():
+        direct = rows.get("direct", {})
+        for label, s in rows.items():
+            if "failed" in s:
+                lines.append(f"| {shape} | {label} |" + f" {NA} |" * 8 + f" {s['failed']} |")
+                continue
+            add50 = s["p50_us"] - direct["p50_us"] if "p50_us" in direct else None
+            add99 = s["p99_us"] - direct["p99_us"] if "p99_us" in direct else None
+            notes = []
+            for key in ("errors", "id_mismatches", "connections_lost", "not_sent", "failed_reps"):
+                if s.get(key):
+                    notes.append(f"{key} {s[key]}")
+            if "upstream_cx_opened" in s:
+                notes.append(f"upstream conns opened {s['upstream_cx_opened']}")
+            lines.append(
+                f"| {shape} | {label} | {_fmt(s['rps'])} | {_fmt(s['p50_us'])} "
+                f"| {_fmt(s['p99_us'])} | {_fmt(add50) if label != 'direct' else NA} "
+                f"| {_fmt(add99) if label != 'direct' else NA} "
+                f"| {_fmt(s.get('proxy_cpu_us_per_req'), 2)} "
+                f"| {_fmt(s.get('responder_cpu_us_per_req'), 2)} "
+                f"| {_fmt(s.get('loadgen_cpu_us_per_req'), 2)} | {'; '.join(notes)} |"
+            )
+    if report["unavailable"]:
+        lines += ["", "Unavailable targets:", ""]
+        lines += [f"- {k}: {v}" for k, v in report["unavailable"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def measure(args: argparse.Namespace, workdir: Path, children: list[Any]) -> dict[str, Any]:
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    for s in shapes:
+        parse_shape(s)  # fail fast on a typo
+    kinds = [k.strip() for k in args.targets.split(",") if k.strip()]
+    per_run = args.warmup + args.duration + 3
+    lifetime = len(shapes) * len(kinds) * args.reps * per_run + 300
+    responder, upstream_port = start_responder(args.protocol, workdir, lifetime)
+    children.append(responder)
+
+    options = {
+        "envoy_bin": args.envoy_bin or find_envoy(),
+        "metamesh_bin": args.metamesh_bin,
+        "metamesh_config": args.metamesh_config,
+        "metamesh_args": shlex.split(args.metamesh_args or ""),
+    }
+    targets: list[Target] = []
+    unavailable: dict[str, str] = {}
+    for kind in kinds:
+        target = Target(kind, args.protocol, workdir)
+        children.append(target)
+        try:
+            target.start(upstream_port, options)
+        except Unavailable as exc:
+            unavailable[target.label] = str(exc).strip().replace("\n", " ")[:500]
+            target.stop()
+            print(f"[bench] {target.label}: unavailable: {exc}", file=sys.stderr)
+            continue
+        print(f"[bench] {target.label}: ready on port {target.port}", file=sys.stderr)
+        targets.append(target)
+
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for shape in shapes:
+        raw[shape] = {t.label: [] for t in targets}
+        for rep in range(args.reps):
+            for t in targets:
+                watch = {"responder": responder.pid}
+                if t.pid is not None:
+                    watch["proxy"] = t.pid
+                cx_before = _upstream_cx(t)
+                result = run_loadgen(args.protocol, t.port, shape, args, watch)
+                cx_after = _upstream_cx(t)
+                if cx_before is not None and cx_after is not None:
+                    result["upstream_cx_opened"] = cx_after - cx_before
+                raw[shape][t.label].append(result)
+                print(
+                    f"[bench] {shape} rep {rep + 1}/{args.reps} {t.label}: {_brief(result)}",
+                    file=sys.stderr,
+                )
+    return {
+        "protocol": args.protocol,
+        "warmup_s": args.warmup,
+        "duration_s": args.duration,
+        "reps": args.reps,
+        "machine": machine_facts(targets),
+        "unavailable": unavailable,
+        "results": {s: {label: summarize(rs) for label, rs in by.items()} for s, by in raw.items()},
+        "runs": raw,
+    }
+
+
+def _upstream_cx(t: Target) -> int | None:
+    if not t.kind.startswith("envoy"):
+        return None
+    try:
+        return t.envoy_stats("cluster.upstream.upstream_cx_total").get(
+            "cluster.upstream.upstream_cx_total"
+        )
+    except OSError:
+        return None
+
+
+def _brief(r: dict[str, Any]) -> str:
+    if "failed" in r and "rps" not in r:
+        return r["failed"]
+    cpu = r["cpu"].get("proxy", {}).get("us_per_req")
+    return (
+        f"{r['rps']:,.0f} req/s p50 {r['latency_us']['p50']:.0f} p99 "
+        f"{r['latency_us']['p99']:.0f} µs proxy {cpu} µs/req"
+        + (f" [{r['failed']}]" if "failed" in r else "")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", choices=["thrift", "dubbo"], default="thrift")
+    parser.add_argument("--shapes", default="c4k32,c16k1,r20000,r5000")
+    parser.add_argument(
+        "--targets", default=",".join(TARGET_KINDS), help=f"comma list of {', '.join(TARGET_KINDS)}"
+    )
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--rate-connections", type=int, default=4)
+    parser.add_argument("--envoy-bin", help="Envoy binary (default: from .venv-envoy)")
+    parser.add_argument("--metamesh-bin", help="metamesh executable (default: .venv/bin/metamesh)")
+    parser.add_argument(
+        "--metamesh-config",
+        help="string.Template YAML with ${listen_port} ${upstream_port} ${protocol}"
+        " (default: generated)",
+    )
+    parser.add_argument("--metamesh-args", help="extra arguments for `metamesh proxy`")
+    parser.add_argument("--results-dir", default=str(HERE / "results"))
+    parser.add_argument("--no-save", action="store_true", help="print only, write no files")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
+    args = parser.parse_args(argv)
+    command = shlex.join(
+        [
+            Path(sys.executable).relative_to(ROOT).as_posix()
+            if Path(sys.executable).is_relative_to(ROOT)
+            else sys.executable,
+            "benchmarks/compare.py",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    workdir = Path(tempfile.mkdtemp(prefix="metamesh-bench-"))
+    children: list[Any] = []
+    started = datetime.datetime.now().astimezone()
+    try:
+        report = measure(args, workdir, children)
+    except KeyboardInterrupt:
+        print("[bench] interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for child in reversed(children):
+            child.stop() if isinstance(child, Target) else stop_process(child)
+        if args.keep_workdir:
+            print(f"[bench] configs and logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report = {"command": command, "date": started.isoformat(timespec="seconds")} | report
+    markdown = render_markdown(report)
+    print(markdown)
+    if not args.no_save:
+        out = Path(args.results_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"{started:%Y-%m-%d-%H%M%S}-{args.protocol}"
+        (out / f"{stem}.md").write_text(markdown)
+        (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+        print(f"[bench] wrote {out / stem}.md and .json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

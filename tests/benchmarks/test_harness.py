@@ -1,0 +1,115 @@
+"""Smoke tests for the benchmark harness (benchmarks/), so CI notices when it rots.
+
+They run the real scripts on 127.0.0.1 for about a second each at tiny shapes, with no Envoy and
+no timing assertions: requests complete, every reply id matches, the JSON/Markdown come out, and
+a responder that answers with the wrong id is caught.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import frames, loadgen
+from benchmarks.compare import start_responder
+from benchmarks.targets import probe, stop_process
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=["thrift", "dubbo"])
+def responder(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    proc, port = start_responder(request.param, tmp_path, lifetime=60)
+    yield request.param, proc, port
+    stop_process(proc)
+
+
+@pytest.mark.parametrize("shape", ["c2k8", "r500"])
+def test_loadgen_against_responder(responder, shape: str) -> None:  # type: ignore[no-untyped-def]
+    protocol, proc, port = responder
+    probe(protocol, port)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--protocol", protocol,
+         "--port", str(port), "--shape", shape, "--warmup", "0.2", "--duration", "0.8",
+         "--watch", f"responder={proc.pid}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["completed"] > 0
+    assert result["id_mismatches"] == 0
+    assert result["errors"] == 0
+    assert result["connections_lost"] == 0
+    assert result["frame_errors"] == []
+    assert result["latency_us"]["p50"] <= result["latency_us"]["p99"]
+    assert set(result["cpu"]) == {"loadgen", "responder"}
+
+
+def test_scanners_keep_partial_frames() -> None:
+    for protocol in ("thrift", "dubbo"):
+        template = frames.request_template(protocol)
+        if protocol == "thrift":
+            replies = b"".join(frames.thrift_reply(b"add", i, 42) for i in (5, 6))
+            scan = frames.scan_thrift
+        else:
+            replies = b"".join(
+                frames.DUBBO_REPLY_HEAD + i.to_bytes(8, "big") + frames.DUBBO_REPLY_TAIL
+                for i in (5, 6)
+            )
+            scan = frames.scan_dubbo
+        assert template.build(1) != template.build(2)
+        ids: list[int] = []
+        used, errors = scan(replies[:-1], ids)
+        assert (ids, errors) == ([5], 0)
+        used2, _ = scan(replies[used:], ids)
+        assert ids == [5, 6] and used + used2 == len(replies)
+
+
+def test_wrong_reply_ids_are_counted() -> None:
+    """A 'responder' that answers every Thrift call with seqid + 1 must show up as mismatches."""
+
+    class OffByOne(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            ids: list[int] = []
+            frames.scan_thrift(data, ids)  # a CALL is shaped like a REPLY up to its seqid
+            out = b"".join(frames.thrift_reply(b"add", i + 1, 0) for i in ids)
+            self.transport.write(out)  # type: ignore[attr-defined]
+
+    async def scenario() -> dict[str, object]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(OffByOne, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        shape = loadgen.parse_shape("c1k1")
+        cfg = loadgen.Config("thrift", "127.0.0.1", port, shape, warmup=0.1, duration=0.3)
+        try:
+            return await loadgen.run(cfg)
+        finally:
+            server.close()
+
+    result = asyncio.run(scenario())
+    assert result["id_mismatches"] > 0  # type: ignore[operator]
+    assert result["completed"] == 0
+
+
+def test_compare_direct_only(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--protocol", "dubbo",
+         "--targets", "direct", "--shapes", "c2k2", "--warmup", "0.2", "--duration", "0.5",
+         "--reps", "1", "--results-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "| c2k2 | direct |" in run.stdout
+    (md,) = tmp_path.glob("*-dubbo.md")
+    (js,) = tmp_path.glob("*-dubbo.json")
+    assert "Command: `" in md.read_text()
+    report = json.loads(js.read_text())
+    assert report["results"]["c2k2"]["direct"]["id_mismatches"] == 0
