@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 from metamesh.codecs.dubbo.descriptor import count_parameters
 from metamesh.codecs.dubbo.header import HEADER_SIZE
-from metamesh.codecs.hessian2 import Hessian2Decoder, Hessian2Encoder
+from metamesh.codecs.hessian2 import Hessian2Decoder, Hessian2Encoder, HessianError
 from metamesh.codecs.message import CodecError
 
 # Hessian2 tags the codec must recognise itself (everything else is the decoder's business).
@@ -37,8 +37,17 @@ _MAP_TYPED = 0x4D  # 'M'
 _MAP_END = 0x5A  # 'Z'
 _NULL = 0x4E  # 'N'
 
-#: Exceptions a malformed body could provoke in a decoder; always re-raised as CodecError.
-DECODE_ERRORS = (IndexError, ValueError, TypeError, KeyError, struct.error, RecursionError)
+#: Errors a malformed body provokes in the Hessian decoder; re-raised as CodecError that says
+#: which part of the Dubbo body was wrong (the built-in ones only as a safety net).
+DECODE_ERRORS = (
+    HessianError,
+    IndexError,
+    ValueError,
+    TypeError,
+    KeyError,
+    struct.error,
+    RecursionError,
+)
 
 RESULT_EXCEPTION = 0
 RESULT_VALUE = 1

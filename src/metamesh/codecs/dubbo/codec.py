@@ -144,8 +144,13 @@ class DubboCodec(Codec):
     def heartbeat_reply(self, message: Message) -> bytes | None:
         if message.type is not MessageType.HEARTBEAT:
             return None
-        flags = message.frame[2]
-        if not flags & FLAG_REQUEST or not flags & FLAG_TWO_WAY:
+        frame = message.frame
+        flags = frame[2]
+        if not flags & FLAG_REQUEST:
+            return None
+        # Java and Node clients mark heartbeats two-way; dubbo-py does not, but sends a null
+        # body. Other one-way events (the provider's "R" read-only notice) get no reply.
+        if not flags & FLAG_TWO_WAY and frame[HEADER_SIZE:] not in (b"", _HEARTBEAT_BODY):
             return None
         return (
             pack_header(HESSIAN2_ID | FLAG_EVENT, _OK, message.request_id or 0, 1) + _HEARTBEAT_BODY

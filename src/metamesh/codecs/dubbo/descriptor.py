@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from metamesh.codecs.message import CodecError
 
+#: JVM primitive codes; ``V`` (void) is not a parameter type in Java, but dubbo-py writes it for a
+#: ``None`` argument, so it counts as one parameter here.
 _PRIMITIVES = frozenset("ZBCSIJFDV")
 _MAX_CACHED = 4096
 _cache: dict[str, int] = {"": 0}
@@ -42,7 +44,7 @@ def _scan(descriptor: str) -> int:
             if end <= i + 1:
                 raise CodecError(f"dubbo: unterminated class name in descriptor {descriptor!r}")
             i = end + 1
-        elif c in _PRIMITIVES and c != "V":
+        elif c in _PRIMITIVES:
             i += 1
         else:
             raise CodecError(
