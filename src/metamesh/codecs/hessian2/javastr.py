@@ -32,7 +32,7 @@ def utf8_end(data: bytes | bytearray, start: int, units: int) -> int:
         chunk = data[pos : pos + remaining]
         if len(chunk) < remaining:
             raise HessianError(
-                f"string at offset {start} needs {units} chars but the data ends at {len(data)}"
+                f"truncated string at offset {start}: {units} chars run past the end"
             )
         pos += remaining
         leads = len(chunk.translate(None, _CONTINUATION))
@@ -51,10 +51,10 @@ def _complete_last_char(data: bytes | bytearray, start: int, pos: int) -> int:
     while lead_pos > start and pos - lead_pos < 4 and 0x80 <= data[lead_pos] < 0xC0:
         lead_pos -= 1
     lead = data[lead_pos]
-    size = 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    size = 1 if lead < 0xC0 or lead >= 0xF8 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
     end = max(pos, lead_pos + size)
     if end > len(data):
-        raise HessianError(f"string at offset {start} is cut inside a UTF-8 sequence")
+        raise HessianError(f"truncated string at offset {start}: cut inside a UTF-8 sequence")
     return end
 
 
