@@ -160,6 +160,9 @@ def load_text(
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None and start.line + 1 != line:
+            reason += f" ({context} started at line {start.line + 1})"
         result.problems.append(
             Problem(file, "", "", "", f"invalid YAML: {reason}", line=line, document=index)
         )
