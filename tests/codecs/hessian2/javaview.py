@@ -42,11 +42,13 @@ ARRAY_COMPONENTS = {
 
 
 def same_types(a: Any, b: Any) -> bool:
-    """Equality that also compares types all the way down (NaN equals NaN)."""
+    """Equality that also compares types all the way down (NaN equals NaN, strings as Java)."""
     if type(a) is not type(b):
         return False
     if isinstance(a, float):
         return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, str):  # equal as Java strings: a surrogate pair is its character
+        return to_java_chars(a) == to_java_chars(b)
     if isinstance(a, dict):
         if getattr(a, "type", None) != getattr(b, "type", None) or a.keys() != b.keys():
             return False

@@ -19,7 +19,9 @@ double (all forms)            ``float``; Java's ``short``/``float`` are written 
                               ``ShortHandle``/``FloatHandle`` objects and decode as such
 String                        ``str``; lengths count UTF-16 code units, non-BMP characters travel
                               as two 3-byte surrogates (chunks may split them: they are joined);
-                              lone surrogates survive as lone surrogate code points
+                              lone surrogates survive as lone surrogate code points (so a
+                              Python str holding a valid pair as two code points decodes back
+                              as the one character: they are the same Java string)
 byte[]                        ``bytes`` (``bytearray``/``memoryview`` also encode)
 java.util.Date                ``datetime`` in UTC (a naive one encodes as UTC; ``date`` as
                               midnight UTC); dates outside Python's years 1-9999 raise
