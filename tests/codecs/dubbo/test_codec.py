@@ -272,7 +272,7 @@ def test_request_mutation_keeps_non_string_attachments_byte_for_byte() -> None:
 def test_request_without_attachments_gets_a_new_map() -> None:
     data = frames.request(raw_attachments=b"")
     out = DubboCodec().encode(decode_one(data), {"group": "g2"})
-    assert out[16:] .startswith(data[16:])
+    assert out[16:].startswith(data[16:])
     assert decode_one(out).metadata["group"] == "g2"
     null_map = frames.request(raw_attachments=b"N")
     assert decode_one(DubboCodec().encode(decode_one(null_map), {"a": "b"})).metadata["a"] == "b"
@@ -329,7 +329,11 @@ def test_error_reply(kind: ErrorKind, status: int) -> None:
     reply = DubboCodec().error_reply(request, LocalError(kind, "no route for sayHello ü"))
     assert reply[:4] == bytes([0xDA, 0xBB, 0x02, status])
     m = decode_one(reply)
-    assert (m.type, m.request_id, m.status) == (MessageType.RESPONSE, 2**63 + 5, ResponseStatus.ERROR)
+    assert (m.type, m.request_id, m.status) == (
+        MessageType.RESPONSE,
+        2**63 + 5,
+        ResponseStatus.ERROR,
+    )
     assert loads(reply[16:]) == "no route for sayHello ü"
 
 

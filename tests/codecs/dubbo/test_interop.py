@@ -14,6 +14,8 @@ answered by the codec and accepted.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +30,23 @@ from tests.support.relay import Relay
 pytestmark = pytest.mark.interop
 
 needs_node = pytest.mark.skipif(peers.node() is None, reason="node is not on PATH")
+
+
+@contextlib.contextmanager
+def relay_to(port: int, **options: Any) -> Iterator[Relay]:
+    relay = Relay(DubboCodec, ("127.0.0.1", port), **options).__enter__()
+    try:
+        yield relay
+    finally:
+        close_relay(relay)
+
+
+def close_relay(relay: Relay) -> None:
+    # Relay.close() closes its listener, which does not wake a thread blocked in accept() on
+    # Linux, then waits 5 s for it; shutting the listener down first wakes it at once.
+    with contextlib.suppress(OSError):
+        relay._listener.shutdown(socket.SHUT_RDWR)
+    relay.close()
 
 
 def only(requests: list[Message], method: str) -> Message:
@@ -72,7 +91,7 @@ def dubbopy_call(client: Any, method: str, *args: Any, **attachment: str) -> Any
 
 
 def test_dubbopy_calls_and_metadata(dubbopy_provider: peers.Peer) -> None:
-    with Relay(DubboCodec, ("127.0.0.1", dubbopy_provider.port)) as relay:
+    with relay_to(dubbopy_provider.port) as relay:
         client = dubbopy_client(relay.port)
         r = dubbopy_call(client, "sayHello", "world", application="py-consumer", group="g1")
         assert (r.status, r.data) == (20, "Hello world")
@@ -92,9 +111,8 @@ def test_dubbopy_calls_and_metadata(dubbopy_provider: peers.Peer) -> None:
 
 def test_dubbopy_provider_sees_attachment_mutation(dubbopy_provider: peers.Peer) -> None:
     mutation = {"x-mesh": "metamesh", "application": "rewritten"}
-    with Relay(
-        DubboCodec,
-        ("127.0.0.1", dubbopy_provider.port),
+    with relay_to(
+        dubbopy_provider.port,
         on_request=mutate_when("getAttachment", mutation),
     ) as relay:
         client = dubbopy_client(relay.port)
@@ -119,9 +137,8 @@ def test_dubbopy_consumer_surfaces_error_replies(
     dubbopy_provider: peers.Peer, kind: ErrorKind, status: int
 ) -> None:
     error = LocalError(kind, f"metamesh: {kind.value} for sayHello")
-    with Relay(
-        DubboCodec,
-        ("127.0.0.1", dubbopy_provider.port),
+    with relay_to(
+        dubbopy_provider.port,
         on_request=refuse_when("sayHello", error),
     ) as relay:
         client = dubbopy_client(relay.port)
@@ -132,7 +149,7 @@ def test_dubbopy_consumer_surfaces_error_replies(
 
 
 def test_dubbopy_heartbeat_is_answered_by_the_codec(dubbopy_provider: peers.Peer) -> None:
-    with Relay(DubboCodec, ("127.0.0.1", dubbopy_provider.port)) as relay:
+    with relay_to(dubbopy_provider.port) as relay:
         client = dubbopy_client(relay.port)
         client.send_heartbeat_request(99)
         assert dubbopy_call(client, "add", 20, 22).data == 42
@@ -154,21 +171,36 @@ def node_provider() -> Iterator[peers.Peer]:
     provider.stop()
 
 
-@pytest.fixture
-def relay_factory(node_provider: peers.Peer) -> Iterator[Any]:
-    started: list[tuple[Relay, peers.Peer]] = []
+@pytest.fixture(scope="module")
+def node_consumers(node_provider: peers.Peer) -> Iterator[dict[str, tuple[Relay, peers.Peer]]]:
+    """One relay + one long-lived consumer per Node client; tests swap the relay's policy."""
+    relays: list[Relay] = []
+    consumers: list[peers.Peer] = []
+    try:
+        started: dict[str, tuple[Relay, peers.Peer]] = {}
+        for kind in ("sofa", "adj"):
+            relays.append(Relay(DubboCodec, ("127.0.0.1", node_provider.port)).__enter__())
+            consumers.append(peers.start_node_consumer(kind, relays[-1].port))
+            started[kind] = (relays[-1], consumers[-1])
+        yield started
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+        for relay in relays:
+            close_relay(relay)
 
-    def start(kind: str, **relay_options: Any) -> tuple[Relay, peers.Peer]:
-        relay = Relay(DubboCodec, ("127.0.0.1", node_provider.port), **relay_options)
-        relay.__enter__()
-        consumer = peers.start_node_consumer(kind, relay.port)
-        started.append((relay, consumer))
+
+@pytest.fixture
+def relay_factory(node_consumers: dict[str, tuple[Relay, peers.Peer]]) -> Any:
+    def configure(kind: str, **policy: Any) -> tuple[Relay, peers.Peer]:
+        relay, consumer = node_consumers[kind]
+        relay.on_request = policy.get("on_request", lambda _m: None)
+        relay.response_mutation = policy.get("response_mutation")
+        relay.requests.clear()
+        relay.responses.clear()
         return relay, consumer
 
-    yield start
-    for relay, consumer in started:
-        consumer.stop()
-        relay.close()
+    return configure
 
 
 @needs_node
@@ -194,7 +226,10 @@ def test_sofa_provider_sees_attachment_mutation(relay_factory: Any) -> None:
     relay, consumer = relay_factory(
         "sofa", on_request=mutate_when("getAttachment", {"x-mesh": "metamesh", "team": "new"})
     )
-    assert consumer.call("getAttachment", ("string", "x-mesh")) == {"ok": True, "result": "metamesh"}
+    assert consumer.call("getAttachment", ("string", "x-mesh")) == {
+        "ok": True,
+        "result": "metamesh",
+    }
     assert consumer.call("getAttachment", ("string", "team"), team="old") == {
         "ok": True,
         "result": "new",
