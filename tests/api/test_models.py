@@ -210,3 +210,15 @@ def test_models_are_frozen() -> None:
     se = ServiceEntry.model_validate(SE)
     with pytest.raises(ValidationError):
         se.spec.hosts = []
+
+
+def test_null_values_mean_absent() -> None:
+    router = MetaRouter.model_validate(
+        {
+            "apiVersion": "metaprotocol.aeraki.io/v1alpha1",
+            "kind": "MetaRouter",
+            "metadata": {"name": "r"},
+            "spec": {"hosts": ["a"], "routes": None, "exportTo": None},
+        }
+    )
+    assert router.spec.routes == [] and router.spec.export_to == []

@@ -3,7 +3,8 @@
 Users write Kubernetes-style YAML with camelCase keys (``exportTo``, ``targetPort``); the Python
 attributes are snake_case. :class:`SpecModel` makes the camelCase name the alias, accepts the
 snake_case name as well (protobuf JSON also accepts the original field names), rejects unknown
-keys (a typo such as ``weigth`` must not silently vanish) and freezes instances, because loaded
+keys (a typo such as ``weigth`` must not silently vanish), treats a null value as an absent
+key (``routes:`` with nothing after it) and freezes instances, because loaded
 resources feed immutable config snapshots.
 
 The alias generator is hand-written rather than pydantic's ``to_camel``, which would turn
@@ -40,6 +41,14 @@ class SpecModel(BaseModel):
         extra="forbid",
         frozen=True,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """``routes:`` with no value (YAML null) means "not set", as in Kubernetes."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 class Metadata(BaseModel):
