@@ -344,3 +344,20 @@ def test_rewrite_request_id_patches_only_the_id() -> None:
     assert out[:4] == data[:4] and out[12:] == data[12:]
     assert decode_one(out).request_id == 2**64 - 1
     assert decode_one(DubboCodec().rewrite_request_id(m, 77)).request_id == 77
+
+
+def test_lazy_metadata_behaves_like_a_full_dict() -> None:
+    md = decode_one(frames.request(attachments={"group": "g", "path": IFACE})).metadata
+    full = {
+        "interface": IFACE,
+        "method": "sayHello",
+        "version": "0.0.0",
+        "dubbo_version": "2.0.2",
+        "group": "g",
+        "path": IFACE,
+    }
+    assert md | {} == full
+    assert {} | md == full
+    assert sorted(md) == sorted(full) and len(md) == 6
+    assert md.copy() == full and type(md.copy()) is dict
+    assert next(reversed(md)) == "path"

@@ -111,6 +111,16 @@ class RequestMetadata(dict[str, str]):
         self._load()
         return dict(dict.items(self))
 
+    def __or__(self, other: Any) -> Any:
+        return self.copy() | other
+
+    def __ror__(self, other: Any) -> Any:
+        return other | self.copy()
+
+    def __reversed__(self) -> Iterator[str]:
+        self._load()
+        return dict.__reversed__(self)
+
     # -- mutators: load first so attachments cannot reappear later -----------------------------
     def __setitem__(self, key: str, value: str) -> None:
         self._load()
