@@ -33,6 +33,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return report(args.paths, sys.stdout, default_namespace=args.namespace)
 
 
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from metamesh.runtime.main import run_proxy
+
+    return run_proxy(
+        args.config,
+        admin_port=None if args.admin_port < 0 else args.admin_port,
+        access_log=args.access_log,
+        drain_timeout=args.drain_timeout,
+        log_level=args.log_level,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metamesh",
@@ -56,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--namespace", default="default", help="namespace for resources without one"
     )
     validate.set_defaults(func=_cmd_validate)
+
+    proxy = sub.add_parser("proxy", help="run the MetaProtocol proxy from a static YAML config")
+    proxy.add_argument("--config", required=True, metavar="FILE", help="static config (YAML)")
+    proxy.add_argument(
+        "--admin-port", type=int, default=15000, help="admin HTTP port on 127.0.0.1 (-1: off)"
+    )
+    proxy.add_argument("--access-log", metavar="PATH", help="JSON-lines access log ('-': stdout)")
+    proxy.add_argument(
+        "--drain-timeout", type=float, default=10.0, help="seconds to drain on SIGTERM"
+    )
+    proxy.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    proxy.set_defaults(func=_cmd_proxy)
     return parser
 
 

@@ -220,8 +220,8 @@ class ConnectionManager:
             self.actions.append((LOG, INFO, f"{d}: closed mid-frame ({len(d.inbuf)} bytes)"))
         self._forget_downstream(d)
 
-    def _close_downstream(self, d: Downstream, reason: str) -> None:
-        self.actions.append((LOG, WARNING, reason))
+    def _close_downstream(self, d: Downstream, reason: str, level: int = WARNING) -> None:
+        self.actions.append((LOG, level, reason))
         self.actions.append((CLOSE_DOWNSTREAM, d))
         self._forget_downstream(d)
 
@@ -605,7 +605,7 @@ class ConnectionManager:
     def close_all(self) -> None:
         """Close every connection (end of a drain)."""
         for d in list(self.downstreams):
-            self._close_downstream(d, f"{d}: closing for shutdown")
+            self._close_downstream(d, f"{d}: closing for shutdown", INFO)
         for up in list(self.upstreams):
             self._close_upstream(up)
 

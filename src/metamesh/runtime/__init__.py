@@ -1,0 +1,1 @@
+"""asyncio runtime: sockets, timers and the admin server around the sans-IO proxy core."""

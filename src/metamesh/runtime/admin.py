@@ -1,0 +1,211 @@
+"""The admin HTTP server (default 127.0.0.1:15000): readiness, config, clusters, metrics.
+
+A deliberately small asyncio HTTP/1.1 handler (GET only, one request per connection) so the
+proxy needs no web framework. Endpoints, named as in Envoy's admin API:
+
+* ``/ready``: ``200 LIVE`` when serving, ``503 DRAINING`` / ``503 PRE_INITIALIZING`` otherwise;
+* ``/config_dump``: the live snapshot as JSON;
+* ``/clusters``: per endpoint ``cluster::host:port::<stat>::<value>`` lines (Envoy's text form:
+  health, weight, active requests, upstream connections); ``?format=json`` for JSON;
+* ``/stats/prometheus``: Prometheus text exposition, rendered at scrape time by a custom
+  collector over the core's plain-int counters (``prometheus_client.generate_latest``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from metamesh.proxy.stats import COUNTERS, DURATION_BUCKETS_MS, GAUGES
+
+if TYPE_CHECKING:
+    from metamesh.runtime.server import ProxyServer
+
+ISTIO_LABELS = [
+    "reporter",
+    "destination_service",
+    "destination_version",
+    "response_code",
+    "request_protocol",
+]
+
+
+class ProxyCollector:
+    """Turns the core's counters into metric families on every scrape."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        core = self.server.core
+        stats = core.stats
+        total = CounterMetricFamily(
+            "istio_requests", "Requests handled by the proxy", labels=ISTIO_LABELS
+        )
+        duration = HistogramMetricFamily(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds",
+            labels=ISTIO_LABELS,
+        )
+        bounds = [*(repr(float(b)) for b in DURATION_BUCKETS_MS), "+Inf"]
+        for (service, version, protocol), rs in sorted(stats.requests.items()):
+            for code in (0, 1):
+                if not rs.count[code]:
+                    continue
+                labels = ["source", service, version or "unknown", str(code), protocol]
+                total.add_metric(labels, rs.count[code])
+                cumulative, buckets = 0, []
+                for bound, n in zip(bounds, rs.buckets[code], strict=True):
+                    cumulative += n
+                    buckets.append((bound, float(cumulative)))
+                duration.add_metric(labels, buckets, rs.sum_ms[code])
+        yield total
+        yield duration
+        for attr, (name, doc) in COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
+        for attr, (name, doc) in GAUGES.items():
+            yield GaugeMetricFamily(name, doc, value=getattr(stats, attr))
+        replies = CounterMetricFamily(
+            "metamesh_local_replies", "Requests answered by the proxy itself", labels=["reason"]
+        )
+        for kind, n in stats.local_replies.items():
+            replies.add_metric([kind.value], n)
+        yield replies
+        live = sum(d.codec.dropped_mutations for d in core.downstreams) + sum(
+            u.codec.dropped_mutations for u in core.upstreams
+        )
+        yield CounterMetricFamily(
+            "metamesh_mutations_dropped",
+            "Mutations a codec could not carry in its framing",
+            value=stats.mutations_dropped + live,
+        )
+        active = GaugeMetricFamily(
+            "metamesh_cluster_active_requests", "Requests in flight per cluster", labels=["cluster"]
+        )
+        conns = GaugeMetricFamily(
+            "metamesh_cluster_upstream_connections",
+            "Upstream connections per cluster",
+            labels=["cluster"],
+        )
+        for name, cs in sorted(core.clusters.items()):
+            active.add_metric([name], cs.active_requests)
+            conns.add_metric([name], cs.connections)
+        yield active
+        yield conns
+
+
+def render_prometheus(server: ProxyServer) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(server))
+    return generate_latest(registry)
+
+
+def clusters_view(server: ProxyServer) -> list[dict[str, Any]]:
+    out = []
+    for name, cs in sorted(server.core.clusters.items()):
+        conns: dict[int, int] = {}
+        for up in server.core.upstreams:
+            if up.cluster is cs:
+                conns[up.endpoint_index] = conns.get(up.endpoint_index, 0) + 1
+        hosts = [
+            {
+                "address": f"{e.address}:{e.port}",
+                "weight": e.weight,
+                "labels": dict(e.labels),
+                "health": "healthy" if cs.lb.healthy[i] else "unhealthy",
+                "rq_active": cs.lb.active[i],
+                "cx_active": conns.get(i, 0),
+            }
+            for i, e in enumerate(cs.config.endpoints)
+        ]
+        out.append(
+            {
+                "name": name,
+                "lb_policy": cs.config.lb_policy.value,
+                "rq_active": cs.active_requests,
+                "rq_pending": cs.pending_requests,
+                "cx_active": cs.connections,
+                "hosts": hosts,
+            }
+        )
+    return out
+
+
+def clusters_text(view: list[dict[str, Any]]) -> str:
+    lines = []
+    for c in view:
+        for h in c["hosts"]:
+            prefix = f"{c['name']}::{h['address']}"
+            lines.append(f"{prefix}::health_flags::{h['health']}")
+            lines.append(f"{prefix}::weight::{h['weight']}")
+            lines.append(f"{prefix}::rq_active::{h['rq_active']}")
+            lines.append(f"{prefix}::cx_active::{h['cx_active']}")
+    return "\n".join(lines) + "\n"
+
+
+def handle(server: ProxyServer, target: str) -> tuple[int, str, bytes]:
+    """(status, content type, body) for a GET of ``target``."""
+    path, _, query = target.partition("?")
+    if path == "/ready":
+        if server.ready:
+            return 200, "text/plain", b"LIVE\n"
+        state = "DRAINING" if server.draining else "PRE_INITIALIZING"
+        return 503, "text/plain", f"{state}\n".encode()
+    if path == "/config_dump":
+        body = json.dumps(server.core.snapshot.to_dict(), indent=2).encode()
+        return 200, "application/json", body
+    if path == "/clusters":
+        view = clusters_view(server)
+        if "format=json" in query:
+            return 200, "application/json", json.dumps({"clusters": view}, indent=2).encode()
+        return 200, "text/plain", clusters_text(view).encode()
+    if path in ("/stats/prometheus", "/metrics"):
+        return 200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(server)
+    return 404, "text/plain", b"not found\n"
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+async def _serve(
+    server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = request_line.split()
+        if len(parts) != 3:
+            status, ctype, body = 400, "text/plain", b"bad request\n"
+        elif parts[0] != "GET":
+            status, ctype, body = 405, "text/plain", b"GET only\n"
+        else:
+            status, ctype, body = handle(server, parts[1])
+        reason = _REASONS.get(status, "Service Unavailable")
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def start_admin(server: ProxyServer, host: str, port: int) -> asyncio.Server:
+    """Start the admin HTTP server for ``server`` on ``host:port``."""
+    return await asyncio.start_server(lambda r, w: _serve(server, r, w), host, port)

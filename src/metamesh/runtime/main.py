@@ -1,0 +1,68 @@
+"""``metamesh proxy``: load a static config and serve it until SIGTERM/SIGINT.
+
+Uses uvloop when it is installed (within 5-15% of plain asyncio in the reference runs, but
+free). Exit codes: 0 after a clean drain, 2 for an invalid config (the message names the file,
+resource and field), 1 when a listener cannot bind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Callable
+from typing import IO
+
+from metamesh.proxy.config_yaml import ConfigError, load_snapshot
+from metamesh.runtime.server import ProxyServer
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_proxy(
+    config: str,
+    *,
+    admin_port: int | None = 15000,
+    access_log: str | None = None,
+    drain_timeout: float = 10.0,
+    log_level: str = "INFO",
+) -> int:
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        snapshot = load_snapshot(config)
+    except ConfigError as e:
+        print(f"metamesh proxy: invalid config:\n{e}", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        log_file: IO[str] | None = None
+        if access_log is not None:
+            log_file = (
+                sys.stdout
+                if access_log == "-"
+                else stack.enter_context(open(access_log, "a", buffering=1 << 16))
+            )
+        server = ProxyServer(snapshot, admin_port=admin_port, access_log=log_file)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            try:
+                runner.run(server.start())
+            except OSError as e:
+                print(f"metamesh proxy: cannot listen: {e}", file=sys.stderr)
+                runner.run(server.close())
+                return 1
+            log = logging.getLogger("metamesh.proxy")
+            for name in server.core.listeners:
+                log.info("listener %s on port %d", name, server.listener_port(name))
+            if server.bound_admin_port is not None:
+                log.info("admin on 127.0.0.1:%d", server.bound_admin_port)
+            runner.run(server.serve_forever(drain_timeout))
+    return 0

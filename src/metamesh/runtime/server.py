@@ -1,0 +1,275 @@
+"""The proxy process: listeners, upstream connects, per-turn flushing, timers and drain.
+
+:class:`ProxyServer` runs one :class:`~metamesh.proxy.connection.ConnectionManager` on the
+current event loop (uvloop when the CLI finds it). Its job is mechanical:
+
+* **Time once per turn.** :meth:`now` reads the loop clock on first use in a loop turn and
+  caches it until the end-of-turn flush, so a batch of events shares one clock read.
+* **Coalesced writes.** The core appends output to each peer's ``out`` buffer; the first event
+  of a turn schedules :meth:`flush` with ``call_soon``, which then writes each dirty peer once
+  (one syscall per peer per turn instead of one per frame) and executes the core's actions.
+* **Tasks are owned.** Every connect task is kept in a set until done and cancelled on close.
+* **Drain.** :meth:`drain` stops accepting, waits for in-flight requests up to a deadline, then
+  closes every connection; SIGTERM and SIGINT trigger it in :meth:`serve_forever`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import signal
+from collections.abc import Coroutine
+from typing import IO, Any
+
+from metamesh.proxy.codec_ref import resolve_codec
+from metamesh.proxy.config import Snapshot
+from metamesh.proxy.connection import (
+    ACCESS_LOG,
+    CLOSE_DOWNSTREAM,
+    CLOSE_UPSTREAM,
+    CONNECT,
+    LOG,
+    ConnectionManager,
+)
+from metamesh.proxy.upstream import Upstream, UpstreamState
+from metamesh.runtime.protocols import DownstreamProtocol, UpstreamProtocol
+
+log = logging.getLogger("metamesh.proxy")
+
+TIMER_INTERVAL = 0.1
+
+
+class ProxyServer:
+    """Serve ``snapshot``'s listeners; see the module docstring."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        admin_port: int | None = 15000,
+        admin_host: str = "127.0.0.1",
+        access_log: IO[str] | None = None,
+        rng: random.Random | None = None,
+        high_water: int = 256 * 1024,
+        low_water: int = 64 * 1024,
+    ) -> None:
+        self.core = ConnectionManager(
+            snapshot, resolve_codec, rng, access_log=access_log is not None
+        )
+        self.admin_port = admin_port
+        self.admin_host = admin_host
+        self.access_log = access_log
+        self.high_water = high_water
+        self.low_water = low_water
+        self.readers: set[DownstreamProtocol] = set()
+        self.upstream_congested = 0
+        self.draining = False
+        self.ready = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._now: float | None = None
+        self._flush_scheduled = False
+        self._servers: dict[str, asyncio.Server] = {}
+        self._admin: asyncio.Server | None = None
+        self._connects: dict[Upstream, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every listener (and the admin server) on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        for name in self.core.listeners:
+            await self._listen(name)
+        if self.admin_port is not None:
+            from metamesh.runtime.admin import start_admin
+
+            self._admin = await start_admin(self, self.admin_host, self.admin_port)
+        self._timer = self._loop.call_later(TIMER_INTERVAL, self._on_timer)
+        self.ready = True
+
+    async def _listen(self, name: str) -> None:
+        cfg = self.core.listeners[name].config
+        loop = self._loop
+        assert loop is not None
+        self._servers[name] = await loop.create_server(
+            lambda: DownstreamProtocol(self, name), cfg.address, cfg.port, reuse_address=True
+        )
+
+    def listener_port(self, name: str) -> int:
+        """The port a listener is bound to (useful when configured with port 0)."""
+        port: int = self._servers[name].sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def bound_admin_port(self) -> int | None:
+        if self._admin is None:
+            return None
+        port: int = self._admin.sockets[0].getsockname()[1]
+        return port
+
+    async def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Swap config; opens new listeners, stops accepting on removed ones."""
+        self.core.apply_snapshot(snapshot)
+        for name in list(self._servers):
+            if name not in self.core.listeners:
+                self._servers.pop(name).close()
+        for name in self.core.listeners:
+            if name not in self._servers:
+                await self._listen(name)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish (up to ``timeout``), then close all."""
+        if self.draining:
+            await self._stopped.wait()
+            return
+        self.draining = True
+        self.ready = False
+        for server in self._servers.values():
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.core.stats.active_requests > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        self.core.close_all()
+        self.flush()
+        for server in self._servers.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        await self.close()
+
+    async def close(self) -> None:
+        """Release everything immediately (no drain)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for server in self._servers.values():
+            server.close()
+        self.core.close_all()
+        self.flush()
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._admin is not None:
+            self._admin.close()
+        if self.access_log is not None:
+            self.access_log.flush()
+        self._stopped.set()
+
+    async def serve_forever(self, drain_timeout: float = 10.0) -> None:
+        """Run until SIGTERM/SIGINT, then drain."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_drain, drain_timeout)
+        await self._stopped.wait()
+
+    def request_drain(self, timeout: float = 10.0) -> None:
+        log.info("draining (deadline %.1fs)", timeout)
+        self._spawn(self.drain(timeout))
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # -- per-turn machinery --------------------------------------------------------------
+
+    def now(self) -> float:
+        """The loop time of this turn (read once, reset by the end-of-turn flush)."""
+        now = self._now
+        if now is None:
+            loop = self._loop
+            assert loop is not None
+            now = self._now = loop.time()
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self.flush)
+        return now
+
+    def flush(self) -> None:
+        """Write every dirty peer's output once, then execute the core's actions."""
+        self._flush_scheduled = False
+        self._now = None
+        core = self.core
+        dirty = core.dirty
+        if dirty:
+            core.dirty = []
+            for peer in dirty:
+                peer.dirty = False
+                handle = peer.handle
+                if handle is None or handle.transport is None:
+                    continue
+                data = peer.out
+                peer.out = bytearray()
+                handle.transport.write(data)
+        if core.actions:
+            for action in core.take_actions():
+                self._execute(action)
+
+    def _execute(self, action: tuple[Any, ...]) -> None:
+        op = action[0]
+        if op == CONNECT:
+            up: Upstream = action[1]
+            self._connects[up] = self._spawn(self._connect(up))
+        elif op == CLOSE_DOWNSTREAM:
+            handle = action[1].handle
+            if handle is not None and handle.transport is not None:
+                handle.transport.close()
+        elif op == CLOSE_UPSTREAM:
+            up = action[1]
+            task = self._connects.get(up)
+            if task is not None and not task.done():
+                task.cancel()
+            if up.handle is not None and up.handle.transport is not None:
+                up.handle.transport.close()
+        elif op == LOG:
+            log.log(action[1], "%s", action[2])
+        elif op == ACCESS_LOG and self.access_log is not None:
+            self.access_log.write(json.dumps(action[1], separators=(",", ":")) + "\n")
+
+    async def _connect(self, up: Upstream) -> None:
+        loop = self._loop
+        assert loop is not None
+        e = up.endpoint
+        try:
+            transport, _ = await loop.create_connection(
+                lambda: UpstreamProtocol(self, up), e.address, e.port
+            )
+        except OSError as exc:
+            self.core.upstream_connect_failed(up, exc.strerror or str(exc), self.now())
+        else:
+            if up.state is UpstreamState.CLOSED:  # timed out or closed while connecting
+                transport.close()
+        finally:
+            self._connects.pop(up, None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _on_timer(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self.core.on_timer(self.now())
+        if self.access_log is not None:
+            self.access_log.flush()
+        self._timer = loop.call_later(TIMER_INTERVAL, self._on_timer)
+
+    def set_upstream_congested(self, delta: int) -> None:
+        """Pause reading from every client while any upstream's write buffer is full."""
+        before = self.upstream_congested
+        self.upstream_congested += delta
+        if before == 0 and self.upstream_congested > 0:
+            for reader in self.readers:
+                if reader.transport is not None:
+                    reader.transport.pause_reading()
+        elif before > 0 and self.upstream_congested == 0:
+            for reader in self.readers:
+                if reader.transport is not None and not reader.paused_by_self:
+                    reader.transport.resume_reading()
