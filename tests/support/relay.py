@@ -57,6 +57,8 @@ class Relay:
 
     def close(self) -> None:
         self._closed = True
+        with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         for s in list(self._socks):
             with contextlib.suppress(OSError):
