@@ -71,6 +71,20 @@ def test_read_string_contract() -> None:
         decoder.read_string()
 
 
+@pytest.mark.parametrize("data", [b"\x30", b"\x31\x00", b"\x05ab", b"S\x00", b"R"])
+def test_read_string_on_truncated_data_raises_hessian_error(data: bytes) -> None:
+    with pytest.raises(HessianError):
+        Hessian2Decoder(data).read_string()
+
+
+def test_read_string_fast_path_for_medium_ascii_strings() -> None:
+    name = "org.apache.dubbo.demo.DemoService"
+    decoder = Hessian2Decoder(dumps(name) + dumps("é" * 40))
+    assert decoder.read_string() == name
+    assert decoder.read_string() == "é" * 40
+    assert decoder.at_end()
+
+
 def test_read_int_takes_every_int_and_long_form() -> None:
     values = [0, -16, 2047, 262143, 1 << 30, Long(5), Long(-2048), Long(1 << 40), Long(1 << 20)]
     encoder = Hessian2Encoder()

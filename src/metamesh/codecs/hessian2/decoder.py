@@ -125,9 +125,10 @@ class Hessian2Decoder:
         if pos >= self._end:
             raise HessianError(f"expected a string at offset {pos}, found the end of the data")
         code = data[pos]
-        if code < 0x20:  # fast path: short ASCII string
-            end = pos + 1 + code
-            raw = data[pos + 1 : end]
+        if code < 0x20 or (0x30 <= code < 0x34 and pos + 1 < self._end):  # fast: ASCII
+            start = pos + 1 if code < 0x20 else pos + 2
+            end = start + (code if code < 0x20 else ((code - 0x30) << 8) + data[start - 1])
+            raw = data[start:end]
             if raw.isascii() and end <= self._end:
                 self.offset = end
                 return raw.decode("ascii")
@@ -169,6 +170,11 @@ class Hessian2Decoder:
                 raise self._truncated(pos)
             self.offset = pos + size
             return
+        if code < 0x20:  # fast path: short ASCII string
+            end = pos + 1 + code
+            if end <= self._end and self._data[pos + 1 : end].isascii():
+                self.offset = end
+                return
         self.offset = pos + 1
         _SKIPPERS[code](self, code)
 
