@@ -120,6 +120,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary["id_mismatches"] = sum(r["id_mismatches"] for r in ok)
     summary["connections_lost"] = sum(r["connections_lost"] for r in ok)
     summary["not_sent"] = sum(r["not_sent"] for r in ok)
+    offered = ok[0].get("offered_rps")
+    if offered and summary["rps"] < 0.97 * offered:
+        summary["below_offered_rate"] = f"{summary['rps'] / offered:.0%} of {offered:,.0f}/s"
     cx = [r["upstream_cx_opened"] for r in ok if "upstream_cx_opened" in r]
     if cx:
         summary["upstream_cx_opened"] = max(cx)
@@ -191,8 +194,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             for key in ("errors", "id_mismatches", "connections_lost", "not_sent", "failed_reps"):
                 if s.get(key):
                     notes.append(f"{key} {s[key]}")
+            if "below_offered_rate" in s:
+                notes.append(f"fell behind: {s['below_offered_rate']}")
             if "upstream_cx_opened" in s:
-                notes.append(f"upstream conns opened {s['upstream_cx_opened']}")
+                notes.append(f"new upstream conns {s['upstream_cx_opened']}")
             lines.append(
                 f"| {shape} | {label} | {_fmt(s['rps'])} | {_fmt(s['p50_us'])} "
                 f"| {_fmt(s['p99_us'])} | {_fmt(add50) if label != 'direct' else NA} "

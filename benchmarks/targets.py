@@ -219,13 +219,19 @@ class Target:
             )
         else:
             config.write_text(
-                yaml.safe_dump(metamesh_config(self.protocol, self.port, upstream_port))
+                yaml.safe_dump(
+                    metamesh_config(self.protocol, self.port, upstream_port), sort_keys=False
+                )
             )
         cmd = [str(binary), "proxy", "--config", str(config)]
         if "--admin-port" in help_run.stdout:
             admin = free_port()
             cmd += ["--admin-port", str(admin)]
             self.extra["admin_port"] = admin
+        if "--drain-timeout" in help_run.stdout:
+            cmd += ["--drain-timeout", "1"]
+        if "--log-level" in help_run.stdout:
+            cmd += ["--log-level", "WARNING"]
         cmd += list(options.get("metamesh_args") or [])
         log = self.workdir / f"metamesh-{self.protocol}.log"
         self.proc = spawn(cmd, log)
