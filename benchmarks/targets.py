@@ -47,7 +47,10 @@ from benchmarks.frames import (
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIGS = Path(__file__).resolve().parent / "envoy_configs"
 TARGET_KINDS = ("direct", "metamesh", "envoy", "envoy-tcp")
-_base_ids = itertools.count(int(os.environ.get("BENCH_ENVOY_BASE_ID", "4100")))
+# Distinct per Envoy and per harness process, so two runs at once do not clash on hot-restart ids.
+_base_ids = itertools.count(
+    int(os.environ.get("BENCH_ENVOY_BASE_ID", 10_000 + (os.getpid() % 100_000) * 8))
+)
 
 
 class Unavailable(RuntimeError):
