@@ -49,6 +49,7 @@ CodecFactoryResolver = Callable[[str], Callable[..., Codec]]
 _REQUEST, _ONEWAY, _HEARTBEAT = MessageType.REQUEST, MessageType.ONEWAY, MessageType.HEARTBEAT
 _RESPONSE, _ERROR = MessageType.RESPONSE, MessageType.ERROR
 _OK = ResponseStatus.OK
+_CONNECTING, _READY, _CLOSED = UpstreamState.CONNECTING, UpstreamState.READY, UpstreamState.CLOSED
 
 
 class ListenerState:
@@ -244,19 +245,21 @@ class ConnectionManager:
         if route is None:
             self._local_reply(d, msg, ErrorKind.ROUTE_NOT_FOUND, "no matched route", now)
             return
-        cluster_name = route.pick_cluster(self.rng)
+        cluster_name = route.cluster or route.pick_cluster(self.rng)
         cs = self.clusters.get(cluster_name)
         if cs is None:
-            self._local_reply(
-                d, msg, ErrorKind.CLUSTER_NOT_FOUND, f"unknown cluster {cluster_name}", now, route
-            )
+            text = f"unknown cluster {cluster_name}"
+            self._local_reply(d, msg, ErrorKind.CLUSTER_NOT_FOUND, text, now, route)
             return
-        cfg = cs.config
-        stats = self.stats.request_stats(cfg.service, cfg.subset, listener.protocol)
-        if cs.active_requests >= cfg.circuit_breakers.max_requests:
-            self._local_reply(
-                d, msg, ErrorKind.OVER_LIMIT, "max_requests reached", now, route, stats
+        protocol = listener.protocol
+        stats = cs.request_stats.get(protocol)
+        if stats is None:
+            stats = cs.request_stats[protocol] = self.stats.request_stats(
+                cs.service, cs.subset, protocol
             )
+        if cs.active_requests >= cs.max_requests:
+            kind = ErrorKind.OVER_LIMIT
+            self._local_reply(d, msg, kind, "max_requests reached", now, route, stats)
             return
         hash_key = None
         if route.hash_keys:
@@ -264,67 +267,63 @@ class ConnectionManager:
             hash_key = hash_metadata([md.get(k, "") for k in route.hash_keys])
         idx = cs.lb.pick(hash_key)
         if idx is None:
-            self._local_reply(
-                d, msg, ErrorKind.NO_HEALTHY_UPSTREAM, "no healthy upstream", now, route, stats
-            )
+            kind = ErrorKind.NO_HEALTHY_UPSTREAM
+            self._local_reply(d, msg, kind, "no healthy upstream", now, route, stats)
             return
-        up = self._upstream_for(d, cs, idx, now)
+        up = cs.mux.get((protocol, idx)) if listener.multiplexed else None
         if up is None:
-            self._local_reply(
-                d, msg, ErrorKind.OVER_LIMIT, "max_connections reached", now, route, stats
-            )
-            return
-        pending_limit = cfg.circuit_breakers.max_pending_requests
-        if up.state is UpstreamState.CONNECTING and cs.pending_requests >= pending_limit:
-            self._local_reply(
-                d, msg, ErrorKind.OVER_LIMIT, "max_pending_requests reached", now, route, stats
-            )
+            up = self._upstream_for(d, cs, idx, now)
+            if up is None:
+                kind = ErrorKind.OVER_LIMIT
+                self._local_reply(d, msg, kind, "max_connections reached", now, route, stats)
+                return
+        if up.state is _CONNECTING and cs.pending_requests >= cs.max_pending:
+            kind = ErrorKind.OVER_LIMIT
+            self._local_reply(d, msg, kind, "max_pending_requests reached", now, route, stats)
             return
         if route.request_mutation is not None:
             msg = self._mutated(d.codec, msg, route.request_mutation)
-        req = ActiveRequest(d, msg, route, cs, now, stats)
-        self._send(up, req, d.codec, idx)
+        self._send(up, ActiveRequest(d, msg, route, cs, now, stats), d.codec, idx)
         if route.mirrors:
             self._mirror(d, msg, route, now)
 
     def _send(self, up: Upstream, req: ActiveRequest, codec: Codec, idx: int) -> None:
         """Write ``req`` to ``up`` and account for it (mirror copies included)."""
         msg = req.request
-        if msg.type is _ONEWAY:
+        oneway = msg.type is _ONEWAY
+        if oneway:
             frame = msg.frame
             if not req.mirror:
                 self.stats.oneway_requests += 1
                 if req.stats is not None:
                     req.stats.observe(0, 0.0)
-        elif up.id_limit:
-            rid = up.allocate_id()
-            frame = codec.rewrite_request_id(msg, rid)
-            up.pending[rid] = req
-            self._track(up, req, idx)
         else:
-            frame = msg.frame
-            up.fifo.append(req)
-            self._track(up, req, idx)
-            if not req.mirror:
-                req.downstream.order.append(req)
+            if up.id_limit:
+                rid = up.allocate_id()
+                frame = codec.rewrite_request_id(msg, rid)
+                up.pending[rid] = req
+            else:
+                frame = msg.frame
+                up.fifo.append(req)
+                if not req.mirror:
+                    req.downstream.order.append(req)
+            cs = up.cluster
+            cs.active_requests += 1
+            lb = cs.lb
+            lb.active[idx] += 1
+            req.lb = lb
+            req.endpoint_index = idx
+            req.upstream = up
+            self.stats.active_requests += 1
         up.out += frame
-        if up.state is UpstreamState.READY:
+        state = up.state
+        if state is _READY:
             if not up.dirty:
                 up.dirty = True
                 self.dirty.append(up)
-        elif up.state is UpstreamState.CONNECTING and msg.type is not _ONEWAY:
+        elif state is _CONNECTING and not oneway:
             up.queued += 1
             up.cluster.pending_requests += 1
-
-    def _track(self, up: Upstream, req: ActiveRequest, idx: int) -> None:
-        cs = up.cluster
-        cs.active_requests += 1
-        lb = cs.lb
-        lb.active[idx] += 1
-        req.lb = lb
-        req.endpoint_index = idx
-        req.upstream = up
-        self.stats.active_requests += 1
 
     def _untrack(self, req: ActiveRequest) -> None:
         cs = req.cluster
@@ -338,7 +337,7 @@ class ConnectionManager:
     def _mirror(self, d: Downstream, msg: Message, route: CompiledRoute, now: float) -> None:
         for name in route.mirror_clusters(self.rng):
             cs = self.clusters.get(name)
-            if cs is None or cs.active_requests >= cs.config.circuit_breakers.max_requests:
+            if cs is None or cs.active_requests >= cs.max_requests:
                 continue
             idx = cs.lb.pick(None)
             if idx is None:
@@ -373,7 +372,7 @@ class ConnectionManager:
             up = d.pipelines.get(pkey)
             if up is not None:
                 return up
-        if cs.connections >= cs.config.circuit_breakers.max_connections:
+        if cs.connections >= cs.max_connections:
             return None
         self._next_conn_id += 1
         up = Upstream(
@@ -460,7 +459,7 @@ class ConnectionManager:
     # -- upstream events -----------------------------------------------------------------
 
     def upstream_connected(self, up: Upstream, now: float) -> None:
-        if up.state is not UpstreamState.CONNECTING:
+        if up.state is not _CONNECTING:
             return
         up.state = UpstreamState.READY
         self.stats.upstream_connects += 1
@@ -471,7 +470,7 @@ class ConnectionManager:
             self.dirty.append(up)
 
     def upstream_connect_failed(self, up: Upstream, reason: str, now: float) -> None:
-        if up.state is not UpstreamState.CONNECTING:
+        if up.state is not _CONNECTING:
             return
         self.stats.upstream_connect_failures += 1
         e = up.endpoint
@@ -483,7 +482,7 @@ class ConnectionManager:
         )
 
     def upstream_data(self, up: Upstream, data: bytes, now: float) -> None:
-        if up.state is UpstreamState.CLOSED:
+        if up.state is _CLOSED:
             return
         buf = up.inbuf
         buf += data
@@ -498,7 +497,7 @@ class ConnectionManager:
                 self.actions.append((CLOSE_UPSTREAM, up))
                 return
             if msg is None:
-                return
+                break
             mtype = msg.type
             if mtype is _RESPONSE or mtype is _ERROR:
                 self._on_response(up, msg, now)
@@ -507,17 +506,21 @@ class ConnectionManager:
             self._close_upstream(up)
 
     def _on_response(self, up: Upstream, msg: Message, now: float) -> None:
-        if up.id_limit:
+        multiplexed = up.id_limit
+        if multiplexed:
             req = up.pending.pop(msg.request_id, None)  # type: ignore[arg-type]
-            if req is None:
-                self.stats.upstream_unmatched_responses += 1
-                return
-        elif up.fifo:
-            req = up.fifo.popleft()
         else:
+            req = up.fifo.popleft() if up.fifo else None
+        if req is None:
             self.stats.upstream_unmatched_responses += 1
             return
-        self._untrack(req)
+        # Inline _untrack: this runs once per proxied request.
+        cs = up.cluster
+        cs.active_requests -= 1
+        lb = req.lb
+        if lb is not None and req.endpoint_index < len(lb.active):
+            lb.active[req.endpoint_index] -= 1
+        self.stats.active_requests -= 1
         if req.mirror:
             return
         code = 0 if (msg.status is _OK and msg.type is _RESPONSE) else 1
@@ -530,16 +533,18 @@ class ConnectionManager:
         route = req.route
         if route is not None and route.response_mutation is not None:
             msg = self._mutated(up.codec, msg, route.response_mutation)
-        if up.id_limit:
-            data = up.codec.rewrite_request_id(msg, req.request.request_id)  # type: ignore[arg-type]
+        if multiplexed:
+            d.out += up.codec.rewrite_request_id(msg, req.request.request_id)  # type: ignore[arg-type]
+            if not d.dirty:
+                d.dirty = True
+                self.dirty.append(d)
         else:
-            data = msg.frame
-        self._reply_in_order(d, req, data)
+            self._reply_in_order(d, req, msg.frame)
 
     def upstream_closed(self, up: Upstream, now: float) -> None:
         """The upstream connection closed (peer EOF, reset, or after CLOSE_UPSTREAM)."""
         up.handle = None
-        if up.state is UpstreamState.CLOSED:
+        if up.state is _CLOSED:
             return
         if up.in_flight:
             self.stats.upstream_resets += 1
@@ -548,7 +553,7 @@ class ConnectionManager:
 
     def _drop_upstream(self, up: Upstream, kind: ErrorKind, text: str, now: float) -> None:
         """Mark ``up`` closed, remove it from pools and fail what it had in flight."""
-        if up.state is UpstreamState.CONNECTING:
+        if up.state is _CONNECTING:
             up.cluster.pending_requests -= up.queued
             up.queued = 0
         up.state = UpstreamState.CLOSED
@@ -588,7 +593,7 @@ class ConnectionManager:
             self._untrack(req)
         up.pending.clear()
         up.fifo.clear()
-        if up.state is UpstreamState.CONNECTING:
+        if up.state is _CONNECTING:
             up.cluster.pending_requests -= up.queued
             up.queued = 0
         self._close_upstream(up)
@@ -598,7 +603,7 @@ class ConnectionManager:
     def on_timer(self, now: float) -> None:
         """Fail upstream connection attempts that are past their connect timeout."""
         for up in list(self.upstreams):
-            if up.state is UpstreamState.CONNECTING and now >= up.connect_deadline:
+            if up.state is _CONNECTING and now >= up.connect_deadline:
                 self.upstream_connect_failed(up, "connect timeout", now)
                 self.actions.append((CLOSE_UPSTREAM, up))
 

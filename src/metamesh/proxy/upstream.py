@@ -34,11 +34,27 @@ class UpstreamState(enum.IntEnum):
 class ClusterState:
     """Runtime state of one cluster; survives config swaps that keep the cluster's name."""
 
-    __slots__ = ("active_requests", "config", "connections", "lb", "mux", "pending_requests")
+    __slots__ = (
+        "active_requests",
+        "config",
+        "connections",
+        "lb",
+        "max_connections",
+        "max_pending",
+        "max_requests",
+        "mux",
+        "pending_requests",
+        "request_stats",
+        "service",
+        "subset",
+    )
 
     def __init__(self, config: Cluster, rng: random.Random) -> None:
         self.config = config
         self.lb: LoadBalancer = create_load_balancer(config.lb_policy, config.endpoints, rng)
+        self._cache_settings()
+        #: request_protocol -> the stats object for (service, subset, protocol)
+        self.request_stats: dict[str, RequestStats] = {}
         self.active_requests = 0
         self.pending_requests = 0  # waiting for an upstream connection to be established
         self.connections = 0
@@ -50,6 +66,8 @@ class ClusterState:
         old_endpoints = self.config.endpoints
         self.config = config
         self.lb = create_load_balancer(config.lb_policy, config.endpoints, rng)
+        self._cache_settings()
+        self.request_stats = {}
         index = {(e.address, e.port): i for i, e in enumerate(config.endpoints)}
         kept: dict[tuple[str, int], Upstream] = {}
         retired: list[Upstream] = []
@@ -63,6 +81,15 @@ class ClusterState:
                 kept[(protocol, j)] = up
         self.mux = kept
         return retired
+
+    def _cache_settings(self) -> None:
+        """Copy what the request path reads into flat attributes (one lookup each)."""
+        config = self.config
+        self.service = config.service
+        self.subset = config.subset
+        self.max_requests = config.circuit_breakers.max_requests
+        self.max_pending = config.circuit_breakers.max_pending_requests
+        self.max_connections = config.circuit_breakers.max_connections
 
 
 class Upstream:
