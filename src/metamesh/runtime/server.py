@@ -150,6 +150,8 @@ class ProxyServer:
             server.close()
         self.core.close_all()
         self.flush()
+        for _ in range(3):  # let the transports run their connection_lost callbacks
+            await asyncio.sleep(0)
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for task in tasks:

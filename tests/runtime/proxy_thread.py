@@ -1,0 +1,54 @@
+"""Run a ProxyServer on its own event loop in a background thread (for blocking real clients)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import TracebackType
+
+from metamesh.proxy.config import Snapshot
+from metamesh.runtime.server import ProxyServer
+
+
+class ProxyThread:
+    """``with ProxyThread(snapshot) as p:`` then connect to ``p.port(listener)``."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.loop = asyncio.new_event_loop()
+        self.server: ProxyServer | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.server = ProxyServer(self.snapshot, admin_port=None)
+            self.loop.run_until_complete(self.server.start())
+        except BaseException as e:  # reported to the test thread
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_until_complete(self.server.wait_stopped())
+        self.loop.close()
+
+    def __enter__(self) -> ProxyThread:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def port(self, listener: str) -> int:
+        assert self.server is not None
+        return self.server.listener_port(listener)
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        server = self.server
+        if server is not None and not self.loop.is_closed():
+            asyncio.run_coroutine_threadsafe(server.close(), self.loop).result(10)
+        self._thread.join(10)
