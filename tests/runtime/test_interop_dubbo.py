@@ -1,0 +1,125 @@
+"""Real dubbo-py consumers -> ``metamesh`` proxy (DubboCodec) -> two real dubbo-py providers.
+
+Requests are routed on an attachment (``group``) to two provider processes; each route adds an
+attachment naming its version, which the provider echoes back (``getAttachment``), so the test
+sees both the routing and the request mutation. A method without a route comes back as Dubbo
+status 60 (service not found), heartbeats are answered by the proxy, and several consumers
+share one upstream connection per provider.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from metamesh.proxy.config_yaml import parse_snapshot
+from tests.codecs.dubbo import peers
+from tests.codecs.dubbo.frames import IFACE
+from tests.runtime.proxy_thread import ProxyThread
+
+pytestmark = [pytest.mark.interop, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+@pytest.fixture(scope="module")
+def providers() -> Iterator[tuple[peers.Peer, peers.Peer]]:
+    a, b = peers.start_dubbopy_provider(), peers.start_dubbopy_provider()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def proxy_config(v1: int, v2: int) -> str:
+    def cluster(version: str, port: int) -> str:
+        return f"""
+  - name: outbound|20880|{version}|demo.test
+    load_assignment:
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}"""
+
+    return f"""
+static_resources:
+  listeners:
+  - name: dubbo
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    meta_protocol_proxy:
+      codec: {{name: dubbo}}
+      route_config_name: demo
+  clusters:{cluster("v1", v1)}{cluster("v2", v2)}
+  route_configs:
+  - name: demo
+    routes:
+    - name: canary
+      match:
+        metadata:
+        - {{name: interface, exact_match: {IFACE}}}
+        - {{name: group, exact_match: canary}}
+      route: {{cluster: outbound|20880|v2|demo.test}}
+      request_mutation: [{{key: x-routed-to, value: v2}}]
+    - name: stable
+      match:
+        metadata:
+        - {{name: interface, exact_match: {IFACE}}}
+        - {{name: method, safe_regex_match: {{regex: "sayHello|add|getAttachment"}}}}
+      route: {{cluster: outbound|20880|v1|demo.test}}
+      request_mutation: [{{key: x-routed-to, value: v1}}]
+"""
+
+
+def client(port: int) -> Any:
+    from dubbo.client import DubboClient
+
+    return DubboClient("127.0.0.1", port, dubbo_version="2.0.2")
+
+
+def call(c: Any, method: str, *args: Any, **attachment: str) -> Any:
+    return c.send_request_and_return_response(
+        service_name=IFACE,
+        method_name=method,
+        args=list(args),
+        service_version="1.0.0",
+        attachment=dict(attachment),
+    )
+
+
+def test_routes_mutates_and_multiplexes_real_dubbo_clients(
+    providers: tuple[peers.Peer, peers.Peer],
+) -> None:
+    v1, v2 = providers
+    with ProxyThread(parse_snapshot(proxy_config(v1.port, v2.port))) as proxy:
+        port = proxy.port("dubbo")
+        errors: list[BaseException] = []
+
+        def consumer(i: int) -> None:
+            try:
+                c = client(port)
+                r = call(c, "sayHello", f"user{i}")
+                assert (r.status, r.data) == (20, f"Hello user{i}")
+                assert call(c, "add", i, 40).data == i + 40
+                assert call(c, "getAttachment", "x-routed-to").data == "v1"
+                canary = call(c, "getAttachment", "x-routed-to", group="canary")
+                assert canary.data == "v2"
+                c.send_heartbeat_request(1000 + i)
+                missing = call(c, "noSuchMethod", 1)
+                assert (missing.ok, missing.status) == (False, 60)
+                assert call(c, "add", 1, 1).data == 2  # the connection is still usable
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=consumer, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        server = proxy.server
+        assert server is not None
+        stats = server.core.stats
+        assert stats.requests[("demo.test", "v1", "dubbo")].count == [24, 0]
+        assert stats.requests[("demo.test", "v2", "dubbo")].count == [6, 0]
+        assert stats.heartbeats == 6
+        conns = {name: cs.connections for name, cs in server.core.clusters.items()}
+        assert conns == {"outbound|20880|v1|demo.test": 1, "outbound|20880|v2|demo.test": 1}
