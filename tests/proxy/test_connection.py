@@ -80,7 +80,7 @@ def test_oneway_is_forwarded_without_waiting_for_a_reply() -> None:
     assert h.core.stats.oneway_requests == 1
 
 
-def test_client_heartbeat_answered_upstream_heartbeat_swallowed() -> None:
+def test_client_heartbeat_answered_upstream_heartbeat_not_forwarded() -> None:
     from examples.kvrpc.kvrpc_codec import build_frame
 
     h = two_versions()
@@ -93,8 +93,10 @@ def test_client_heartbeat_answered_upstream_heartbeat_swallowed() -> None:
     h.connect(up)
     [(_, _, uid, _, _)] = h.take(up)
     h.respond(up, build_frame(4, 99, {}, b"") + reply(uid, b"ok"))  # upstream ping, then reply
-    assert h.take(d) == [(2, 0, 1, {}, b"ok")]
-    assert h.take(up) == []
+    assert h.take(d) == [(2, 0, 1, {}, b"ok")]  # the ping never reaches the client
+    assert h.take(up) == [(5, 0, 99, {}, b"")]  # the proxy answers it upstream
+    h.respond(up, build_frame(5, 98, {}, b""))  # an upstream pong is swallowed
+    assert h.take(up) == [] and h.take(d) == []
 
 
 def test_mirror_gets_a_copy_with_its_own_id_and_never_delays_primary() -> None:

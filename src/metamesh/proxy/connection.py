@@ -501,7 +501,15 @@ class ConnectionManager:
             mtype = msg.type
             if mtype is _RESPONSE or mtype is _ERROR:
                 self._on_response(up, msg, now)
-            # Upstream heartbeats and anything else are swallowed.
+            elif mtype is _HEARTBEAT:
+                # Never forwarded to clients; a server's ping is answered so that servers
+                # which drop silent connections (Dubbo) keep our shared connection.
+                pong = codec.heartbeat_reply(msg)
+                if pong:
+                    up.out += pong
+                    if not up.dirty:
+                        up.dirty = True
+                        self.dirty.append(up)
         if up.retired and up.in_flight == 0:
             self._close_upstream(up)
 
