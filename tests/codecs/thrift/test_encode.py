@@ -3,6 +3,8 @@ own THeaderTransport / protocol readers (and by decoding it again)."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from thrift.Thrift import TApplicationException
 
@@ -140,3 +142,12 @@ def test_foreign_message_rejected() -> None:
     with pytest.raises(CodecError):
         ThriftCodec().error_reply(foreign, LocalError(ErrorKind.TIMEOUT, "t"))
     assert ThriftCodec().heartbeat_reply(foreign) is None
+
+
+def test_rewrite_compact_seqid_written_non_minimally() -> None:
+    # seqid 1 written as the two-byte varint 81 00 (legal, if unusual): both bytes are replaced
+    body = b"\x82\x21\x81\x00\x03add\x00"
+    m = _decode(struct.pack(">i", len(body)) + body)
+    assert m.request_id == 1
+    out = ThriftCodec().rewrite_request_id(m, 5)
+    assert out == struct.pack(">i", len(body) - 1) + b"\x82\x21\x05\x03add\x00"

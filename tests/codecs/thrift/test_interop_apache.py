@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from thrift.Thrift import TApplicationException
 from thrift.TMultiplexedProcessor import TMultiplexedProcessor
+from thrift.transport.THeaderTransport import THeaderTransformID
 
 from metamesh.codecs import (
     ErrorKind,
@@ -27,6 +28,7 @@ from metamesh.codecs import (
     ResponseStatus,
 )
 from metamesh.codecs.thrift import ThriftCodec
+from metamesh.codecs.thrift import header as theader
 from tests.codecs.thrift.apache_peer import (
     FLAVOURS,
     ApacheServer,
@@ -244,3 +246,42 @@ def test_rewrite_request_id_round_trip(
     assert [m.request_id for m in relay.responses] == ids.upstream_ids
     assert ids.upstream_ids == [2**31 + 17, 300, 2**32 - 1, 0]
     assert ids.pending == {}
+
+
+@pytest.mark.parametrize("protocol", ["binary", "compact"])
+def test_header_zlib_client_with_mutation_and_id_rewrite(
+    calc_gen: types.ModuleType, protocol: str
+) -> None:
+    ids = _IdMap()
+    remapping = _remapping_codec(ids)
+
+    class MutatingRemapping(remapping):  # type: ignore[valid-type,misc]
+        def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
+            rewritten = super().encode(message)
+            if not mutation:
+                return rewritten
+            again = ThriftCodec().decode(bytearray(rewritten))
+            assert again is not None
+            return ThriftCodec().encode(again, mutation)
+
+    with (
+        calc_stack(
+            calc_gen,
+            "header",
+            protocol,
+            on_request=lambda _m: {"x-mesh": "zlib"},
+            codec_factory=MutatingRemapping,
+        ) as (_h, server, relay),
+        connect(calc_gen.Calc, "header", protocol, relay.port, seqid=77) as peer,
+    ):
+        peer.protocol.add_transform(THeaderTransformID.ZLIB)
+        peer.protocol.set_header(b"x-user", b"zed")
+        assert peer.client.echo("compressed " * 50) == "compressed " * 50
+        assert peer.client.add(3, 4) == 7
+        assert peer.seqids_read == [77, 77]
+    assert relay.errors == []
+    assert theader.transform_count(relay.requests[0].frame) == 1  # the client did compress
+    assert relay.requests[0].metadata["x-user"] == "zed"
+    assert relay.requests[0].metadata["method"] == "echo"
+    assert server.headers[0] == {b"x-user": b"zed", b"x-mesh": b"zlib"}
+    assert [m.request_id for m in relay.responses] == ids.upstream_ids[:2]

@@ -136,9 +136,12 @@ def _compact_header(data: bytes | bytearray, pos: int, end: int) -> Header:
     mtype = data[pos + 1] >> 5
     _check_type(mtype)
     seqid_at = pos + 2
-    seqid, pos = read_varint(data, seqid_at, end, 5)
-    seqid_size = pos - seqid_at
-    size, pos = read_varint(data, pos, end, 5)
+    if seqid_at + 2 <= end and data[seqid_at] < 0x80 and data[seqid_at + 1] < 0x80:
+        seqid, size, seqid_size, pos = data[seqid_at], data[seqid_at + 1], 1, seqid_at + 2
+    else:  # multi-byte varints (the common case above is one byte each)
+        seqid, pos = read_varint(data, seqid_at, end, 5)
+        seqid_size = pos - seqid_at
+        size, pos = read_varint(data, pos, end, 5)
     name_at = pos
     pos += size
     if pos > end:
