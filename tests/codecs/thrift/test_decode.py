@@ -202,3 +202,11 @@ def test_transport_is_kept_for_the_connection() -> None:
     assert codec.decode(bytearray(wire.frame("framed", "compact"))) is not None
     with pytest.raises(CodecError):  # a binary frame on a connection that spoke compact
         codec.decode(bytearray(wire.frame("framed", "binary")))
+
+
+def test_zlib_frame_sizes_add_up() -> None:
+    data = wire.frame("header", "binary", "echo", size=200, zlib=True)
+    m = ThriftCodec().decode(bytearray(data))
+    assert m is not None
+    assert 14 <= m.header_size < len(data)
+    assert m.header_size + m.body_size == len(data)

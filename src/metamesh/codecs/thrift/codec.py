@@ -310,8 +310,10 @@ def _message(
             raise CodecError("thrift: reply body runs past the end of its frame") from None
     elif mtype == 3:
         status = ResponseStatus.ERROR
-    header_size = head.body_offset if data is frame else len(frame) - len(data) + head.body_offset
-    header_size = min(header_size, len(frame))
+    header_size = head.body_offset
+    if data is not frame and state.layout is not None:
+        # a zlib payload: the message header is inside the compressed bytes; count the THeader
+        header_size = state.layout.header_end
     return Message(
         _MESSAGE_TYPES[mtype],
         head.seqid & 0xFFFFFFFF,
