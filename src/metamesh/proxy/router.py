@@ -68,6 +68,7 @@ class CompiledRoute:
         "_total",
         "cluster",
         "config",
+        "exact",
         "hash_keys",
         "matchers",
         "mirrors",
@@ -80,6 +81,10 @@ class CompiledRoute:
         self.config = route
         self.name = route.name
         self.matchers = tuple(compile_matcher(m) for m in route.match)
+        #: The common case (only non-inverted exact matchers) as plain (key, value) pairs.
+        self.exact: tuple[tuple[str, str], ...] | None = None
+        if all(m.kind is MatchKind.EXACT and not m.invert for m in route.match):
+            self.exact = tuple((m.name, m.value) for m in route.match)
         action = route.route
         self.cluster = action.cluster  # "" when weighted
         self._names = tuple(w.name for w in action.weighted_clusters)
@@ -117,7 +122,16 @@ class RouteTable:
         if self.catch_all is not None:
             return self.catch_all
         metadata = message.metadata
+        get = metadata.get
         for route in self.routes:
-            if matches(route.matchers, metadata):
+            exact = route.exact
+            if exact is None:
+                if matches(route.matchers, metadata):
+                    return route
+                continue
+            for key, value in exact:
+                if get(key) != value:
+                    break
+            else:
                 return route
         return None
