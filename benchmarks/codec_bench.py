@@ -2,9 +2,15 @@
 
 Measures the sans-IO codecs alone (no sockets) on small, realistic requests: a Dubbo
 ``sayHello("world")`` with four attachments as apache-dubbo-js writes it, and Thrift
-``add(2, 40)`` calls in framed binary, framed compact and THeader. Each case is timed with
-``timeit`` (best of ``--repeat`` runs of ``--number`` iterations) so the figure is the steady
-state on this machine, not a noisy mean.
+``add(2, 40)`` calls in framed binary, framed compact and THeader; and on their responses (a
+Dubbo value response with the ``dubbo`` attachment as Java providers send it, Thrift replies).
+Each case is timed with ``timeit`` (best of ``--repeat`` runs of ``--number`` iterations) so the
+figure is the steady state on this machine, not a noisy mean.
+
+``proxy round trip`` is the codec work the proxy does per multiplexed request: decode the
+request, look up the routed keys (Thrift ``method``; Dubbo ``interface`` and ``method``), rewrite
+the request id for the upstream connection, decode the upstream's response and rewrite its id
+back. Every decode includes copying the frame into a fresh ``bytearray`` (as a read buffer).
 
 Run: ``.venv/bin/python benchmarks/codec_bench.py`` (``--json`` for machine-readable output).
 """
@@ -18,7 +24,16 @@ import struct
 import timeit
 from collections.abc import Callable
 
-from metamesh.codecs import Codec, ErrorKind, LocalError, Message, create_codec
+from metamesh.codecs import (
+    Codec,
+    ErrorKind,
+    LocalError,
+    Message,
+    MessageType,
+    ResponseStatus,
+    create_codec,
+)
+from metamesh.codecs.hessian2 import Hessian2Encoder
 from metamesh.demo import dubbo_request, thrift_call, thrift_header_call
 
 ATTACHMENTS = {
@@ -46,12 +61,65 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _cases() -> dict[str, tuple[str, bytes]]:
+def _dubbo_response(request_id: int) -> bytes:
+    body = Hessian2Encoder()
+    body.write_int(4)  # RESPONSE_VALUE_WITH_ATTACHMENTS, what Dubbo 2.7+ providers send
+    body.write_string("Hello world")
+    body.write_map({"dubbo": "2.0.2"})
+    payload = body.getvalue()
+    return struct.pack(">HBBQi", 0xDABB, 0x02, 20, request_id, len(payload)) + payload
+
+
+def _binary_reply(seqid: int) -> bytes:
+    name = b"add"
+    msg = struct.pack(">Ii", 0x80010002, len(name)) + name + struct.pack(">i", seqid)
+    msg += struct.pack(">bhq", 10, 0, 42) + b"\x00"  # success: i64 field 0, stop
+    return struct.pack(">i", len(msg)) + msg
+
+
+def _compact_reply(seqid: int) -> bytes:
+    name = b"add"
+    msg = bytes([0x82, 0x41]) + _varint(seqid) + _varint(len(name)) + name
+    msg += bytes([0x06, 0, 84, 0])  # i64 field 0 (long form: type, zigzag id 0), 42, stop
+    return struct.pack(">i", len(msg)) + msg
+
+
+def _header_reply(seqid: int) -> bytes:
+    call = thrift_header_call(seqid, "add", {"tenant": "blue"})
+    return call.replace(b"\x80\x01\x00\x01", b"\x80\x01\x00\x02", 1)
+
+
+#: label -> (codec, request frame, response frame, metadata keys the route reads)
+Case = tuple[str, bytes, bytes, tuple[str, ...]]
+
+
+def _cases() -> dict[str, Case]:
+    dubbo_keys = ("interface", "method")
     return {
-        "dubbo sayHello": ("dubbo", dubbo_request(1, "sayHello", "world", ATTACHMENTS)),
-        "thrift framed/binary add": ("thrift", thrift_call(1, "add", 2, 40)),
-        "thrift framed/compact add": ("thrift", _compact_call(1)),
-        "thrift THeader add": ("thrift", thrift_header_call(1, "add", {"tenant": "blue"})),
+        "dubbo sayHello": (
+            "dubbo",
+            dubbo_request(1, "sayHello", "world", ATTACHMENTS),
+            _dubbo_response(12345),
+            dubbo_keys,
+        ),
+        "thrift framed/binary add": (
+            "thrift",
+            thrift_call(1, "add", 2, 40),
+            _binary_reply(12345),
+            ("method",),
+        ),
+        "thrift framed/compact add": (
+            "thrift",
+            _compact_call(1),
+            _compact_reply(12345),
+            ("method",),
+        ),
+        "thrift THeader add": (
+            "thrift",
+            thrift_header_call(1, "add", {"tenant": "blue"}),
+            _header_reply(12345),
+            ("method",),
+        ),
     }
 
 
@@ -62,10 +130,34 @@ def _decode_once(codec: Codec, frame: bytes) -> Callable[[], Message | None]:
     return run
 
 
+def _round_trip(
+    name: str, request: bytes, response: bytes, keys: tuple[str, ...]
+) -> Callable[[], object]:
+    downstream = create_codec(name)
+    upstream = create_codec(name)
+
+    def run() -> object:
+        req = downstream.decode(bytearray(request))
+        assert req is not None
+        md = req.metadata
+        route = [md[k] for k in keys]
+        up = downstream.rewrite_request_id(req, 12345)
+        resp = upstream.decode(bytearray(response))
+        assert resp is not None
+        back = upstream.rewrite_request_id(resp, req.request_id or 0)
+        return route, up, back
+
+    return run
+
+
+def _timed(fn: Callable[[], object], number: int, repeat: int) -> float:
+    return round(min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6, 2)
+
+
 def measure(number: int, repeat: int) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     err = LocalError(ErrorKind.ROUTE_NOT_FOUND, "no route")
-    for label, (codec_name, frame) in _cases().items():
+    for label, (codec_name, frame, reply, keys) in _cases().items():
         codec = create_codec(codec_name)
         msg = codec.decode(bytearray(frame))
         assert msg is not None
@@ -78,9 +170,29 @@ def measure(number: int, repeat: int) -> list[dict[str, object]]:
             "rewrite id": lambda c=codec, m=msg: c.rewrite_request_id(m, 12345),
             "error reply": lambda c=codec, m=msg: c.error_reply(m, err),
         }
+        ops["proxy round trip"] = _round_trip(codec_name, frame, reply, keys)
         for op, fn in ops.items():
-            best = min(timeit.repeat(fn, number=number, repeat=repeat)) / number
-            rows.append({"case": label, "op": op, "us": round(best * 1e6, 2), "bytes": len(frame)})
+            rows.append(
+                {"case": label, "op": op, "us": _timed(fn, number, repeat), "bytes": len(frame)}
+            )
+        rcodec = create_codec(codec_name)
+        rmsg = rcodec.decode(bytearray(reply))
+        assert rmsg is not None and rmsg.type is MessageType.RESPONSE and rmsg.request_id == 12345
+        assert rmsg.status is ResponseStatus.OK
+        rops: dict[str, Callable[[], object]] = {
+            "decode": _decode_once(rcodec, reply),
+            "decode+all metadata": lambda c=rcodec, f=reply: dict(c.decode(bytearray(f)).metadata),  # type: ignore[union-attr]
+            "rewrite id": lambda c=rcodec, m=rmsg: c.rewrite_request_id(m, 1),
+        }
+        for op, fn in rops.items():
+            rows.append(
+                {
+                    "case": f"{label} reply",
+                    "op": op,
+                    "us": _timed(fn, number, repeat),
+                    "bytes": len(reply),
+                }
+            )
     return rows
 
 
