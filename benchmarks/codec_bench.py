@@ -154,10 +154,12 @@ def _timed(fn: Callable[[], object], number: int, repeat: int) -> float:
     return round(min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6, 2)
 
 
-def measure(number: int, repeat: int) -> list[dict[str, object]]:
+def measure(number: int, repeat: int, only: str = "") -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     err = LocalError(ErrorKind.ROUTE_NOT_FOUND, "no route")
     for label, (codec_name, frame, reply, keys) in _cases().items():
+        if only not in label:
+            continue
         codec = create_codec(codec_name)
         msg = codec.decode(bytearray(frame))
         assert msg is not None
@@ -201,8 +203,9 @@ def main() -> None:
     ap.add_argument("--number", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", default="", help="run only the cases whose label contains this")
     args = ap.parse_args()
-    rows = measure(args.number, args.repeat)
+    rows = measure(args.number, args.repeat, args.only)
     if args.json:
         print(json.dumps(rows, indent=1))
         return

@@ -10,8 +10,21 @@ connection. Per frame the codec reads only what routing and multiplexing need:
   no value is decoded. When the walk runs out of bytes the codec remembers how many bytes it
   knows it needs and does not walk again until the buffer has grown that far.
 
-``Message.frame`` is the exact bytes received. ``Message.codec_state`` is a :class:`FrameState`
-with the offsets that make :meth:`ThriftCodec.rewrite_request_id` and THeader mutations cheap.
+``Message.frame`` is the exact bytes received. ``Message.codec_state`` holds the offsets that
+make :meth:`ThriftCodec.rewrite_request_id` and THeader mutations cheap: a plain
+``(name, seqid_offset, seqid_size, protocol)`` tuple (:data:`FramedState`) for the framed
+transport, a :class:`FrameState` for unframed and THeader messages.
+
+Fast path. The proxy pays one request decode, one reply decode and two id rewrites per call, and
+framed strict binary is what most Thrift clients speak, so that case gets straight-line code in
+:meth:`ThriftCodec.decode`: one ``struct.unpack_from(">iIi")`` reads frame length, version word
+and name length; a handful of integer comparisons prove the header is well formed and inside the
+frame; the name is sliced and the seqid read without building a ``Header`` or ``FrameState``.
+Anything it does not vouch for (a partial header, a bad version, a negative or oversized name
+length, an unknown message type) falls through to the general code, which returns ``None`` or
+raises the precise ``CodecError``, so both paths give identical results. Framed compact has a
+similar short path (:meth:`ThriftCodec._decode_framed`); rewriting a framed binary seqid is a
+fixed 4-byte patch. Method-name metadata is memoised per name (a service has few methods).
 
 Metadata keys (built lazily, on first access):
 
@@ -63,10 +76,23 @@ from metamesh.codecs.thrift.protocol import (
     skip_struct,
     sniff,
     write_application_exception,
+    write_varint,
 )
 from metamesh.codecs.thrift.transport import Transport, detect
 
 _I32 = struct.Struct(">i")
+_pack_i32 = _I32.pack
+_U32 = struct.Struct(">I")
+_pack_u32 = _U32.pack
+_unpack_u32 = _U32.unpack_from
+#: Frame length, strict-binary version word (0x8001 | type), method name length.
+_unpack_binary_head = struct.Struct(">iIi").unpack_from
+
+_BINARY = Protocol.BINARY
+_COMPACT = Protocol.COMPACT
+_OK = ResponseStatus.OK
+_BUSINESS_EXCEPTION = ResponseStatus.BUSINESS_EXCEPTION
+_ERROR = ResponseStatus.ERROR
 
 _MESSAGE_TYPES = {
     1: MessageType.REQUEST,
@@ -74,6 +100,14 @@ _MESSAGE_TYPES = {
     3: MessageType.ERROR,
     4: MessageType.ONEWAY,
 }
+#: The same, indexed by wire type (index 0 is never used: the fast path checks 1 <= type <= 4).
+_WIRE_TYPES = (MessageType.ERROR, *_MESSAGE_TYPES.values())
+_STATUS_BY_WIRE_TYPE = (_OK, _OK, _OK, _ERROR, _OK)
+
+#: ``codec_state`` of a framed message: ``(name, seqid_offset, seqid_size, protocol)``, offsets
+#: into ``Message.frame``. A tuple because it is built per frame and a tuple is the cheapest
+#: record Python has.
+FramedState = tuple[bytes, int, int, Protocol]
 
 _APP_EXCEPTION_TYPES = {
     ErrorKind.ROUTE_NOT_FOUND: AppExceptionType.UNKNOWN_METHOD,
@@ -109,20 +143,53 @@ class FrameState:
         self.payload = payload
 
 
+_MAX_CACHED_NAMES = 4096
+_name_cache: dict[bytes, dict[str, str]] = {}
+
+
+def _name_metadata(name: bytes) -> dict[str, str]:
+    """``method`` / ``service`` / ``full_method`` of a wire name, as a new dict.
+
+    Memoised by name: a connection calls a handful of methods over and over, and copying a
+    small dict is several times cheaper than decoding and splitting the name again.
+    """
+    cached = _name_cache.get(name)
+    if cached is None:
+        full = name.decode("utf-8", "replace")
+        service, sep, method = full.partition(":")
+        cached = {"full_method": full, "service": service, "method": method}
+        if not sep:
+            del cached["service"]
+            cached["method"] = full
+        if len(_name_cache) < _MAX_CACHED_NAMES:
+            _name_cache[name] = cached
+    return cached.copy()
+
+
+def _framed_metadata(message: Message) -> dict[str, str]:
+    return _name_metadata(message.codec_state[0])
+
+
 def _load_metadata(message: Message) -> dict[str, str]:
     state: FrameState = message.codec_state
-    metadata: dict[str, str] = {}
-    if state.layout is not None:
-        metadata.update(theader.info_headers(message.frame, state.layout))
-    full = state.name.decode("utf-8", "replace")
-    service, sep, method = full.partition(":")
-    metadata["full_method"] = full
-    if sep:
-        metadata["service"] = service
-        metadata["method"] = method
-    else:
-        metadata["method"] = full
+    if state.layout is None:
+        return _name_metadata(state.name)
+    metadata = theader.info_headers(message.frame, state.layout)
+    metadata.update(_name_metadata(state.name))
     return metadata
+
+
+def _binary_reply_status(frame: bytes, pos: int, end: int) -> ResponseStatus:
+    """OK or BUSINESS_EXCEPTION from the result struct at ``pos`` (binary protocol).
+
+    Inline twin of :func:`.protocol.first_field_id` for the fast path: an empty struct (STOP)
+    or field id 0 is the return value, any other id a declared exception.
+    """
+    if pos < end and not frame[pos]:
+        return _OK
+    if pos + 3 > end:
+        raise CodecError("thrift: reply body runs past the end of its frame")
+    return _BUSINESS_EXCEPTION if frame[pos + 1] or frame[pos + 2] else _OK
 
 
 class ThriftCodec(Codec):
@@ -137,10 +204,52 @@ class ThriftCodec(Codec):
         self.transport: Transport | None = None
         self.protocol: Protocol | None = None
         self._need = 0  # unframed: don't re-walk until the buffer holds this many bytes
+        #: framed strict binary: :meth:`decode` takes the fast path
+        self._framed_binary = False
+
+    @property
+    def wire_variant(self) -> tuple[Transport, Protocol | None] | None:
+        """``(transport, protocol)`` once the first frame was seen, else ``None``."""
+        transport = self.transport
+        return None if transport is None else (transport, self.protocol)
 
     # --- decode -----------------------------------------------------------------------------
 
     def decode(self, buffer: bytearray) -> Message | None:
+        if self._framed_binary and len(buffer) >= 12:
+            # Fast path (see the module docstring): framed strict binary, header in the buffer.
+            size, version, name_size = _unpack_binary_head(buffer)
+            body_at = name_size + 16  # length, version, name length, name, seqid
+            wire = version & 0xFF
+            if (
+                version >> 16 == 0x8001
+                and name_size >= 0
+                and body_at <= size + 4
+                and size <= self.max_frame_size
+                and 1 <= wire <= 4
+            ):
+                total = size + 4
+                if len(buffer) < total:
+                    return None
+                frame = bytes(buffer[:total])
+                del buffer[:total]
+                seqid_at = body_at - 4
+                status = (
+                    _binary_reply_status(frame, body_at, total)
+                    if wire == 2
+                    else _STATUS_BY_WIRE_TYPE[wire]
+                )
+                return Message(
+                    _WIRE_TYPES[wire],
+                    _unpack_u32(frame, seqid_at)[0],
+                    frame,
+                    body_at,
+                    total - body_at,
+                    None,
+                    status,
+                    (frame[12:seqid_at], seqid_at, 4, _BINARY),
+                    _framed_metadata,
+                )
         transport = self.transport
         if transport is None:
             detected = detect(buffer, self.max_frame_size)
@@ -148,6 +257,7 @@ class ThriftCodec(Codec):
                 return None
             transport, self.protocol = detected
             self.transport = transport
+            self._framed_binary = transport is Transport.FRAMED and self.protocol is _BINARY
         if transport is Transport.FRAMED:
             return self._decode_framed(buffer)
         if transport is Transport.HEADER:
@@ -178,9 +288,7 @@ class ThriftCodec(Codec):
         protocol = self.protocol
         assert protocol is not None
         head = _header_in_frame(frame, 4, protocol)
-        state = FrameState(
-            Transport.FRAMED, protocol, head.name, head.seqid_offset, head.seqid_size
-        )
+        state = (head.name, head.seqid_offset, head.seqid_size, protocol)
         return _message(frame, frame, head, protocol, state)
 
     def _decode_header(self, buffer: bytearray) -> Message | None:
@@ -244,43 +352,72 @@ class ThriftCodec(Codec):
         return theader.with_headers(message.frame, state.layout, mutation)
 
     def rewrite_request_id(self, message: Message, request_id: int) -> bytes:
-        if not -(2**31) <= request_id < 2**32:
+        if not -0x80000000 <= request_id <= 0xFFFFFFFF:
             raise ValueError(f"thrift seqid {request_id} does not fit in 32 bits")
-        state = _state_of(message)
-        new = encode_seqid(state.protocol, request_id)
-        start, stop = state.seqid_offset, state.seqid_offset + state.seqid_size
-        layout = state.layout
-        if state.payload is not None and layout is not None:
-            payload = state.payload[:start] + new + state.payload[stop:]
-            for _ in range(theader.transform_count(message.frame)):
-                payload = theader.deflate(payload)
-            frame = bytearray(message.frame[: layout.payload_offset])
-            frame += payload
-        else:
-            frame = bytearray(message.frame)
-            frame[start:stop] = new
-        if state.transport is not Transport.UNFRAMED:
-            theader.set_lengths(frame)
-        if layout is not None:
-            frame[theader.SEQID_OFFSET : theader.SEQID_OFFSET + 4] = encode_seqid(
-                Protocol.BINARY, request_id
-            )
-        return bytes(frame)
+        state = message.codec_state
+        if state.__class__ is tuple:  # framed: patch the seqid in place
+            _, start, size, protocol = state
+            frame: bytes = message.frame
+            if protocol is not _COMPACT:
+                return frame[:start] + _pack_u32(request_id & 0xFFFFFFFF) + frame[start + 4 :]
+            new = write_varint(request_id & 0xFFFFFFFF)
+            if len(new) == size:
+                return frame[:start] + new + frame[start + size :]
+            body = frame[4:start] + new + frame[start + size :]
+            return _pack_i32(len(body)) + body
+        return _rewrite_in_frame_state(message, _state_of(message), request_id)
 
     def error_reply(self, request: Message, error: LocalError) -> bytes:
-        state = _state_of(request)
+        state = request.codec_state
+        framed = state.__class__ is tuple
+        if not framed:
+            state = _state_of(request)
         if request.type is MessageType.ONEWAY:
             return b""
         kind = _APP_EXCEPTION_TYPES.get(error.kind, AppExceptionType.INTERNAL_ERROR)
-        name = state.name.rpartition(b":")[2]
         seqid = request.request_id or 0
-        payload = write_application_exception(state.protocol, name, seqid, error.message, kind)
-        if state.transport is Transport.UNFRAMED:
-            return payload
-        if state.layout is not None:
-            wire = Protocol.COMPACT if state.protocol is Protocol.COMPACT else Protocol.BINARY
-            return theader.build_frame(state.layout.flags, state.layout.seqid, wire, payload)
-        return _I32.pack(len(payload)) + payload
+        if framed:
+            name, _, _, protocol = state
+            payload = write_application_exception(
+                protocol, name.rpartition(b":")[2], seqid, error.message, kind
+            )
+            return _pack_i32(len(payload)) + payload
+        return _error_in_frame_state(state, seqid, error.message, kind)
+
+
+def _rewrite_in_frame_state(message: Message, state: FrameState, request_id: int) -> bytes:
+    new = encode_seqid(state.protocol, request_id)
+    start, stop = state.seqid_offset, state.seqid_offset + state.seqid_size
+    layout = state.layout
+    if state.payload is not None and layout is not None:
+        payload = state.payload[:start] + new + state.payload[stop:]
+        for _ in range(theader.transform_count(message.frame)):
+            payload = theader.deflate(payload)
+        frame = bytearray(message.frame[: layout.payload_offset])
+        frame += payload
+    else:
+        frame = bytearray(message.frame)
+        frame[start:stop] = new
+    if state.transport is not Transport.UNFRAMED:
+        theader.set_lengths(frame)
+    if layout is not None:
+        frame[theader.SEQID_OFFSET : theader.SEQID_OFFSET + 4] = encode_seqid(
+            Protocol.BINARY, request_id
+        )
+    return bytes(frame)
+
+
+def _error_in_frame_state(
+    state: FrameState, seqid: int, text: str, kind: AppExceptionType
+) -> bytes:
+    name = state.name.rpartition(b":")[2]
+    payload = write_application_exception(state.protocol, name, seqid, text, kind)
+    if state.transport is Transport.UNFRAMED:
+        return payload
+    if state.layout is not None:
+        wire = Protocol.COMPACT if state.protocol is Protocol.COMPACT else Protocol.BINARY
+        return theader.build_frame(state.layout.flags, state.layout.seqid, wire, payload)
+    return _I32.pack(len(payload)) + payload
 
 
 def _state_of(message: Message) -> FrameState:
@@ -298,7 +435,7 @@ def _header_in_frame(data: bytes, start: int, protocol: Protocol) -> Header:
 
 
 def _message(
-    frame: bytes, data: bytes, head: Header, protocol: Protocol, state: FrameState
+    frame: bytes, data: bytes, head: Header, protocol: Protocol, state: FrameState | FramedState
 ) -> Message:
     mtype = head.mtype
     status = ResponseStatus.OK
@@ -311,7 +448,7 @@ def _message(
     elif mtype == 3:
         status = ResponseStatus.ERROR
     header_size = head.body_offset
-    if data is not frame and state.layout is not None:
+    if data is not frame and isinstance(state, FrameState) and state.layout is not None:
         # a zlib payload: the message header is inside the compressed bytes; count the THeader
         header_size = state.layout.header_end
     return Message(
@@ -322,5 +459,5 @@ def _message(
         len(frame) - header_size,
         status=status,
         codec_state=state,
-        loader=_load_metadata,
+        loader=_load_metadata if isinstance(state, FrameState) else _framed_metadata,
     )
