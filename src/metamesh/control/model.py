@@ -1,0 +1,423 @@
+"""The mesh model: what the loaded resources mean, resolved once, before any xDS is built.
+
+:func:`build_model` turns a :class:`~metamesh.api.ResourceSet` into a :class:`MeshModel`, a
+frozen tree that :mod:`metamesh.control.translate` reads without looking at YAML again:
+
+- one :class:`Service` per ServiceEntry host (an entry with two hosts gives two services that
+  share its addresses, ports and endpoints, as in Istio);
+- each :class:`ServicePort` carries the protocol its *name* selects (Aeraki's rule,
+  :func:`metamesh.api.protocol_for_port`; ApplicationProtocols add codecs);
+- :class:`Endpoint` s with the port they serve each service port on (``endpoint.ports[name]``,
+  else ``targetPort``, else the service port), labels, weight and locality;
+- :class:`Subset` s from the host's DestinationRule, and a :class:`ClusterPolicy` for every
+  ``(port, subset)`` pair, merged the way Istio merges them: top level, then the top-level
+  ``portLevelSettings`` for that port, then the subset's policy, then the subset's port-level
+  settings; ``loadBalancer``, ``connectionPool`` and ``outlierDetection`` each replace the
+  less specific one as a whole;
+- the MetaRouter of each host (the first one loaded; validation warns about a second).
+
+Address allocation
+------------------
+A ServiceEntry without ``addresses`` still needs a listener address, so one is allocated from
+``127.240.0.0/16`` (loopback, so the embedded proxy can listen on it without privileges, like
+Istio's smart-DNS auto-allocation). The address is derived from the host name, not from a
+counter: ``sha256(host)`` picks a slot among the 65,024 addresses whose last octet is 1..254,
+so a restart with the same manifests gives every host the same address, and adding a service
+does not move the others. Collisions (two hosts hashing to one slot, or a slot an explicit
+``addresses`` entry already uses) are resolved by probing the next slots, hosts taken in sorted
+order; only the hosts involved in a collision depend on which other hosts exist.
+
+Problems (an unresolvable port name, an endpoint without an address) are collected in
+:attr:`MeshModel.problems` as messages, never raised: the rest of the mesh still works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TypeVar
+
+from metamesh.api import (
+    ApplicationProtocol,
+    DestinationRule,
+    MetaRouter,
+    PortProtocolError,
+    ResourceSet,
+    ServiceEntry,
+    application_codecs,
+    fqdn,
+    protocol_for_port,
+)
+from metamesh.api.istio import (
+    ConnectionPoolSettings,
+    LoadBalancerSettings,
+    TrafficPolicy,
+)
+from metamesh.api.istio import (
+    OutlierDetection as IstioOutlierDetection,
+)
+
+T = TypeVar("T")
+
+VIP_NETWORK = ipaddress.IPv4Network("127.240.0.0/16")
+_VIP_SLOTS = 256 * 254  # third octet 0..255, last octet 1..254
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    """A service port; ``protocol`` is the Aeraki family or None when metamesh ignores it."""
+
+    number: int
+    name: str
+    protocol: str | None = None
+    application: str | None = None
+    codec: str | None = None
+    target_port: int | None = None
+
+    @property
+    def is_metaprotocol(self) -> bool:
+        return self.protocol == "metaprotocol" and self.codec is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One workload; ``ports`` maps a service port name to the port it listens on."""
+
+    address: str
+    ports: tuple[tuple[str, int], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    weight: int = 1
+    locality: str = ""
+
+    def port_for(self, port: ServicePort) -> int:
+        return dict(self.ports).get(port.name) or port.target_port or port.number
+
+    def matches(self, selector: Mapping[str, str]) -> bool:
+        labels = dict(self.labels)
+        return all(labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierPolicy:
+    consecutive_5xx: int | None = None
+    consecutive_gateway_errors: int | None = None
+    consecutive_local_origin_failures: int | None = None
+    split_external_local_origin_errors: bool = False
+    interval: float | None = None
+    base_ejection_time: float | None = None
+    max_ejection_percent: int | None = None
+    min_health_percent: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPolicy:
+    """A DestinationRule traffic policy resolved for one cluster, in Envoy's terms.
+
+    ``lb_policy`` is an Envoy ``Cluster.LbPolicy`` name (``LEAST_CONN`` becomes
+    ``LEAST_REQUEST`` and ``PASSTHROUGH`` ``CLUSTER_PROVIDED``, as Istio does; a consistent
+    hash becomes ``RING_HASH`` or ``MAGLEV``). ``hash_key`` is Aeraki's
+    ``consistentHash.httpHeaderName``: the request metadata key a route hashes on.
+    """
+
+    lb_policy: str = "ROUND_ROBIN"
+    hash_key: str | None = None
+    minimum_ring_size: int | None = None
+    connect_timeout: float | None = None
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+    max_requests_per_connection: int | None = None
+    idle_timeout: float | None = None
+    outlier: OutlierPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One host of a ServiceEntry, with everything its clusters and routes need."""
+
+    host: str
+    namespace: str
+    addresses: tuple[str, ...]
+    ports: tuple[ServicePort, ...]
+    endpoints: tuple[Endpoint, ...] = ()
+    subsets: tuple[Subset, ...] = ()
+    policies: Mapping[tuple[int, str], ClusterPolicy] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    router: MetaRouter | None = None
+    resolution: str = "STATIC"
+    export_to: tuple[str, ...] = ()
+    allocated_address: bool = False
+
+    def port(self, number: int) -> ServicePort | None:
+        return next((p for p in self.ports if p.number == number), None)
+
+    def subset(self, name: str) -> Subset | None:
+        return next((s for s in self.subsets if s.name == name), None)
+
+    def policy(self, port: int, subset: str = "") -> ClusterPolicy:
+        """The policy of cluster ``outbound|port|subset|host`` (defaults when no rule)."""
+        return self.policies.get((port, subset)) or ClusterPolicy()
+
+    def endpoints_for(self, subset: str = "") -> tuple[Endpoint, ...]:
+        """The endpoints a subset selects by labels (all of them for ``""``)."""
+        chosen = self.subset(subset) if subset else None
+        if chosen is None:
+            return self.endpoints if not subset else ()
+        selector = dict(chosen.labels)
+        return tuple(e for e in self.endpoints if e.matches(selector))
+
+    def visible_to(self, namespace: str | None) -> bool:
+        """Istio ``exportTo``: empty or ``*`` = everyone, ``.`` = own namespace, ``~`` = none."""
+        if namespace is None or not self.export_to or "*" in self.export_to:
+            return True
+        own = {self.namespace if e == "." else e for e in self.export_to if e != "~"}
+        return namespace in own
+
+
+@dataclass(frozen=True, slots=True)
+class MeshModel:
+    """Every service by host, in a stable (sorted) order, plus what could not be used."""
+
+    services: Mapping[str, Service] = field(default_factory=lambda: MappingProxyType({}))
+    problems: tuple[str, ...] = ()
+
+
+def build_model(resources: ResourceSet) -> MeshModel:
+    """The mesh model of ``resources`` (validate them first; this only skips what is unusable)."""
+    problems: list[str] = []
+    codecs = application_codecs(resources.of_kind(ApplicationProtocol))
+    rules = _by_host(
+        (fqdn(dr.spec.host, dr.namespace), dr) for dr in resources.of_kind(DestinationRule)
+    )
+    routers = _by_host(
+        (fqdn(mr.spec.hosts[0], mr.namespace), mr)
+        for mr in resources.of_kind(MetaRouter)
+        if mr.spec.hosts
+    )
+    entries: list[tuple[str, ServiceEntry]] = []
+    for se in resources.of_kind(ServiceEntry):
+        for host in se.spec.hosts:
+            entries.append((fqdn(host, se.namespace), se))
+    entries.sort(key=lambda pair: pair[0])
+    vips = allocate_addresses(
+        [host for host, se in entries if not se.spec.addresses],
+        taken=[a for _, se in entries for a in se.spec.addresses],
+    )
+    services: dict[str, Service] = {}
+    for host, se in entries:
+        if host in services:
+            problems.append(f"ServiceEntry {se.ref}: host {host} already defined; ignored")
+            continue
+        addresses = tuple(se.spec.addresses) or (vips[host],)
+        services[host] = _service(
+            host, se, addresses, codecs, rules.get(host), routers.get(host), problems
+        )
+    return MeshModel(MappingProxyType(services), tuple(problems))
+
+
+def _by_host(pairs: Iterable[tuple[str, T]]) -> dict[str, T]:
+    """First resource per host, in load order (validation warns about the others)."""
+    table: dict[str, T] = {}
+    for host, item in pairs:
+        table.setdefault(host, item)
+    return table
+
+
+def _service(
+    host: str,
+    se: ServiceEntry,
+    addresses: tuple[str, ...],
+    codecs: Mapping[str, str],
+    rule: DestinationRule | None,
+    router: MetaRouter | None,
+    problems: list[str],
+) -> Service:
+    ports = tuple(
+        _port(p.number, p.name, p.target_port, codecs, se, problems) for p in se.spec.ports
+    )
+    endpoints = []
+    for entry in se.spec.endpoints:
+        if not entry.address:
+            problems.append(f"ServiceEntry {se.ref}: endpoint without address ignored")
+            continue
+        endpoints.append(
+            Endpoint(
+                address=entry.address,
+                ports=tuple(sorted(entry.ports.items())),
+                labels=tuple(sorted(entry.labels.items())),
+                weight=entry.weight or 1,
+                locality=entry.locality or "",
+            )
+        )
+    subsets = (
+        tuple(Subset(s.name, tuple(sorted(s.labels.items()))) for s in rule.spec.subsets)
+        if rule
+        else ()
+    )
+    policies: dict[tuple[int, str], ClusterPolicy] = {}
+    for port in ports:
+        for subset_name in ("", *(s.name for s in subsets)):
+            policies[(port.number, subset_name)] = _policy_for(rule, port.number, subset_name)
+    return Service(
+        host=host,
+        namespace=se.namespace,
+        addresses=addresses,
+        ports=ports,
+        endpoints=tuple(endpoints),
+        subsets=subsets,
+        policies=MappingProxyType(policies),
+        router=router,
+        resolution=se.spec.resolution,
+        export_to=tuple(se.spec.export_to),
+        allocated_address=not se.spec.addresses,
+    )
+
+
+def _port(
+    number: int,
+    name: str,
+    target_port: int | None,
+    codecs: Mapping[str, str],
+    se: ServiceEntry,
+    problems: list[str],
+) -> ServicePort:
+    try:
+        proto = protocol_for_port(name, codecs)
+    except PortProtocolError as e:
+        problems.append(f"ServiceEntry {se.ref}: {e}")
+        proto = None
+    if proto is None:
+        return ServicePort(number, name, target_port=target_port)
+    return ServicePort(number, name, proto.protocol, proto.application, proto.codec, target_port)
+
+
+# --- DestinationRule policies ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Layers:
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: IstioOutlierDetection | None = None
+
+    def apply(self, policy: TrafficPolicy | None, port: int) -> None:
+        if policy is None:
+            return
+        self._take(policy.load_balancer, policy.connection_pool, policy.outlier_detection)
+        for level in policy.port_level_settings:
+            if level.port is not None and level.port.number == port:
+                self._take(level.load_balancer, level.connection_pool, level.outlier_detection)
+
+    def _take(
+        self,
+        lb: LoadBalancerSettings | None,
+        pool: ConnectionPoolSettings | None,
+        outlier: IstioOutlierDetection | None,
+    ) -> None:
+        self.load_balancer = lb or self.load_balancer
+        self.connection_pool = pool or self.connection_pool
+        self.outlier_detection = outlier or self.outlier_detection
+
+
+_SIMPLE_LB = {
+    "UNSPECIFIED": "ROUND_ROBIN",
+    "ROUND_ROBIN": "ROUND_ROBIN",
+    "LEAST_REQUEST": "LEAST_REQUEST",
+    "LEAST_CONN": "LEAST_REQUEST",
+    "RANDOM": "RANDOM",
+    "PASSTHROUGH": "CLUSTER_PROVIDED",
+}
+
+
+def _policy_for(rule: DestinationRule | None, port: int, subset: str) -> ClusterPolicy:
+    if rule is None:
+        return ClusterPolicy()
+    layers = _Layers()
+    layers.apply(rule.spec.traffic_policy, port)
+    chosen = rule.spec.subset(subset) if subset else None
+    if chosen is not None:
+        layers.apply(chosen.traffic_policy, port)
+    lb_policy, hash_key, ring = "ROUND_ROBIN", None, None
+    lb = layers.load_balancer
+    if lb is not None and lb.consistent_hash is not None:
+        ch = lb.consistent_hash
+        lb_policy = "MAGLEV" if ch.maglev is not None else "RING_HASH"
+        hash_key = ch.http_header_name
+        ring = (ch.ring_hash.minimum_ring_size if ch.ring_hash else None) or ch.minimum_ring_size
+    elif lb is not None and lb.simple is not None:
+        lb_policy = _SIMPLE_LB[lb.simple]
+    pool = layers.connection_pool
+    tcp = pool.tcp if pool else None
+    http = pool.http if pool else None
+    return ClusterPolicy(
+        lb_policy=lb_policy,
+        hash_key=hash_key,
+        minimum_ring_size=ring,
+        connect_timeout=tcp.connect_timeout if tcp else None,
+        max_connections=tcp.max_connections if tcp else None,
+        max_pending_requests=http.http1_max_pending_requests if http else None,
+        max_requests=http.http2_max_requests if http else None,
+        max_retries=http.max_retries if http else None,
+        max_requests_per_connection=http.max_requests_per_connection or None if http else None,
+        idle_timeout=(http.idle_timeout if http else None) or (tcp.idle_timeout if tcp else None),
+        outlier=_outlier(layers.outlier_detection),
+    )
+
+
+def _outlier(od: IstioOutlierDetection | None) -> OutlierPolicy | None:
+    if od is None:
+        return None
+    return OutlierPolicy(
+        consecutive_5xx=od.consecutive_5xx_errors
+        if od.consecutive_5xx_errors is not None
+        else od.consecutive_errors,
+        consecutive_gateway_errors=od.consecutive_gateway_errors,
+        consecutive_local_origin_failures=od.consecutive_local_origin_failures,
+        split_external_local_origin_errors=bool(od.split_external_local_origin_errors),
+        interval=od.interval,
+        base_ejection_time=od.base_ejection_time,
+        max_ejection_percent=od.max_ejection_percent,
+        min_health_percent=od.min_health_percent,
+    )
+
+
+# --- address allocation ------------------------------------------------------------------
+
+
+def vip_slot(host: str) -> int:
+    """The preferred slot of ``host`` in 127.240.0.0/16 (0 .. 65,023)."""
+    digest = hashlib.sha256(host.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % _VIP_SLOTS
+
+
+def slot_address(slot: int) -> str:
+    third, last = divmod(slot % _VIP_SLOTS, 254)
+    return str(VIP_NETWORK.network_address + third * 256 + last + 1)
+
+
+def allocate_addresses(hosts: Iterable[str], taken: Iterable[str] = ()) -> dict[str, str]:
+    """A stable address in 127.240.0.0/16 for each host (see the module docstring)."""
+    used = set(taken)
+    allocated: dict[str, str] = {}
+    for host in sorted(set(hosts)):
+        slot = vip_slot(host)
+        for probe in range(_VIP_SLOTS):
+            address = slot_address(slot + probe)
+            if address not in used:
+                break
+        else:  # pragma: no cover - 65,024 services without addresses
+            raise ValueError("127.240.0.0/16 is exhausted")
+        used.add(address)
+        allocated[host] = address
+    return allocated

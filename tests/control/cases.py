@@ -1,0 +1,47 @@
+"""Shared inputs for the control-plane tests: the example mesh and small hand-made sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from metamesh.api import load_paths, load_text
+from metamesh.control.model import MeshModel, build_model
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mesh"
+DUBBO = "org.apache.dubbo.samples.basic.api.demoservice"
+THRIFT = "thrift-sample-server.meta-thrift.svc.cluster.local"
+
+
+def example_model() -> MeshModel:
+    resources = load_paths([EXAMPLES])
+    assert not resources.problems
+    return build_model(resources)
+
+
+def model_of(text: str) -> MeshModel:
+    resources = load_text(text)
+    assert not resources.problems, resources.problems
+    return build_model(resources)
+
+
+def service_entry(
+    host: str = "kv",
+    addresses: str = "[127.0.10.9]",
+    port_name: str = "tcp-metaprotocol-thrift-kv",
+    namespace: str = "ns",
+    extra: str = "",
+) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: {host}, namespace: {namespace}}}
+spec:
+  hosts: [{host}]
+  addresses: {addresses}
+  ports: [{{number: 7000, name: {port_name}}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.30.1, labels: {{version: v1}}}}
+  - {{address: 127.0.30.2, ports: {{{port_name}: 7001}}, labels: {{version: v2}}, weight: 3}}
+{extra}
+"""
