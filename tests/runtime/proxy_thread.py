@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from types import TracebackType
+from typing import Any
 
 from metamesh.proxy.config import Snapshot
 from metamesh.runtime.server import ProxyServer
@@ -13,8 +14,9 @@ from metamesh.runtime.server import ProxyServer
 class ProxyThread:
     """``with ProxyThread(snapshot) as p:`` then connect to ``p.port(listener)``."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, **server_options: Any) -> None:
         self.snapshot = snapshot
+        self.server_options: dict[str, Any] = {"admin_port": None, **server_options}
         self.loop = asyncio.new_event_loop()
         self.server: ProxyServer | None = None
         self._ready = threading.Event()
@@ -24,7 +26,7 @@ class ProxyThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            self.server = ProxyServer(self.snapshot, admin_port=None)
+            self.server = ProxyServer(self.snapshot, **self.server_options)
             self.loop.run_until_complete(self.server.start())
         except BaseException as e:  # reported to the test thread
             self._error = e
@@ -45,6 +47,11 @@ class ProxyThread:
         assert self.server is not None
         return self.server.listener_port(listener)
 
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the proxy's loop thread (to read core state safely)."""
+        fut: asyncio.Future[Any] = asyncio.run_coroutine_threadsafe(_call(fn, *args), self.loop)
+        return fut.result(10)
+
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
@@ -52,3 +59,7 @@ class ProxyThread:
         if server is not None and not self.loop.is_closed():
             asyncio.run_coroutine_threadsafe(server.close(), self.loop).result(10)
         self._thread.join(10)
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    return fn(*args)

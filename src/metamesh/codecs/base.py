@@ -13,6 +13,7 @@ multiplex many downstream connections onto one upstream connection.
 from __future__ import annotations
 
 import abc
+from collections.abc import Hashable
 from typing import ClassVar
 
 from metamesh.codecs.message import LocalError, Message, Mutation
@@ -58,6 +59,17 @@ class Codec(abc.ABC):
     @abc.abstractmethod
     def error_reply(self, request: Message, error: LocalError) -> bytes:
         """A protocol-native error response to ``request``, carrying its request id."""
+
+    @property
+    def wire_variant(self) -> Hashable | None:
+        """Which variant of the protocol's wire format this connection speaks, once known.
+
+        ``None`` (the default) for protocols with one wire format, or before the first frame.
+        Protocols that detect a variant per connection (Thrift: transport x protocol) return a
+        hashable naming it, so the proxy never multiplexes clients that speak different
+        variants onto one upstream connection (the server would see mixed framings).
+        """
+        return None
 
     def heartbeat_reply(self, message: Message) -> bytes | None:
         """The reply to a heartbeat request, or ``None`` if the protocol has none to send."""

@@ -270,7 +270,9 @@ class ConnectionManager:
             kind = ErrorKind.NO_HEALTHY_UPSTREAM
             self._local_reply(d, msg, kind, "no healthy upstream", now, route, stats)
             return
-        up = cs.mux.get((protocol, idx)) if listener.multiplexed else None
+        # Pool key: clients speaking different wire variants (Thrift framed vs THeader, ...)
+        # must not share an upstream connection, whose server would see mixed framings.
+        up = cs.mux.get((protocol, d.codec.wire_variant, idx)) if listener.multiplexed else None
         if up is None:
             up = self._upstream_for(d, cs, idx, now)
             if up is None:
@@ -363,7 +365,7 @@ class ConnectionManager:
     ) -> Upstream | None:
         listener = d.listener
         if listener.multiplexed:
-            key = (listener.protocol, idx)
+            key = (listener.protocol, d.codec.wire_variant, idx)
             up = cs.mux.get(key)
             if up is not None:
                 return up

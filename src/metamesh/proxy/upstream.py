@@ -3,8 +3,9 @@
 These are plain slotted objects that :class:`metamesh.proxy.connection.ConnectionManager`
 drives; they hold state but make no decisions. Each cluster has a :class:`ClusterState` (its
 config, its load balancer, circuit-breaker counters and its pool of multiplexed upstream
-connections, one per endpoint and protocol). An :class:`Upstream` is one connection: for
-protocols with request ids its ``pending`` dict maps the proxy-assigned upstream id to the
+connections, one per endpoint, protocol and codec ``wire_variant``, so a Thrift framed client
+and a THeader client never share one). An :class:`Upstream` is one connection: for protocols
+with request ids its ``pending`` dict maps the proxy-assigned upstream id to the
 :class:`ActiveRequest`; for protocols without ids ``fifo`` holds requests in send order.
 
 The runtime attaches its transport adapter to ``handle`` and writes ``out`` when the core lists
@@ -16,6 +17,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import deque
+from collections.abc import Hashable
 from typing import Any
 
 from metamesh.codecs import Codec, Message
@@ -23,6 +25,9 @@ from metamesh.proxy.config import Cluster, Endpoint
 from metamesh.proxy.lb import LoadBalancer, create_load_balancer
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import RequestStats
+
+#: Key of a shared multiplexed connection: (protocol, codec wire variant, endpoint index).
+PoolKey = tuple[str, Hashable, int]
 
 
 class UpstreamState(enum.IntEnum):
@@ -58,8 +63,8 @@ class ClusterState:
         self.active_requests = 0
         self.pending_requests = 0  # waiting for an upstream connection to be established
         self.connections = 0
-        #: (protocol, endpoint index) -> shared multiplexed upstream connection
-        self.mux: dict[tuple[str, int], Upstream] = {}
+        #: (protocol, codec wire variant, endpoint index) -> shared multiplexed connection
+        self.mux: dict[PoolKey, Upstream] = {}
 
     def reconfigure(self, config: Cluster, rng: random.Random) -> list[Upstream]:
         """Adopt a new config; returns pooled connections whose endpoint disappeared."""
@@ -69,16 +74,17 @@ class ClusterState:
         self._cache_settings()
         self.request_stats = {}
         index = {(e.address, e.port): i for i, e in enumerate(config.endpoints)}
-        kept: dict[tuple[str, int], Upstream] = {}
+        kept: dict[PoolKey, Upstream] = {}
         retired: list[Upstream] = []
-        for (protocol, i), up in self.mux.items():
+        for (protocol, variant, i), up in self.mux.items():
             e = old_endpoints[i] if i < len(old_endpoints) else up.endpoint
             j = index.get((e.address, e.port))
             if j is None:
                 retired.append(up)
             else:
                 up.endpoint_index = j
-                kept[(protocol, j)] = up
+                kept[(protocol, variant, j)] = up
+                up.key = (protocol, variant, j)
         self.mux = kept
         return retired
 
@@ -149,7 +155,7 @@ class Upstream:
         self.next_id = 1
         self.queued = 0  # requests counted in cluster.pending_requests while connecting
         self.retired = False
-        self.key: tuple[str, int] | None = None
+        self.key: PoolKey | None = None
 
     @property
     def in_flight(self) -> int:
