@@ -1,0 +1,293 @@
+"""Received xDS resources -> the proxy's own config snapshot (:mod:`metamesh.proxy.config`).
+
+This is the reverse of :mod:`metamesh.control.translate`, for the proxy's xDS client: it reads
+Envoy v3 messages (whoever produced them) and builds the frozen dataclasses the proxy core runs
+on. Anything it cannot use raises :class:`XdsConversionError` with a message naming the
+resource, which the client sends back as a NACK's ``error_detail``.
+
+- Listener: the ``envoy.filters.network.meta_protocol_proxy`` filter's ``TypedStruct``
+  (``udpa.type.v1`` or ``xds.type.v3``) gives codec (``codec.name`` or
+  ``protocol.codec.name``), ``rds.routeConfigName`` (or an inline ``routeConfig.name``),
+  ``statPrefix`` and the filter names.
+- Cluster: lb policy (``MAGLEV`` runs as ``RING_HASH``, anything else unknown as round robin),
+  connect timeout (Envoy's 5 s default when unset), the default-priority circuit-breaker
+  thresholds (Envoy's 1024 default per unset limit), endpoints from the matching
+  ClusterLoadAssignment (EDS) or the inline ``load_assignment``; labels from the endpoint's
+  ``filter_metadata["envoy.lb"]``.
+- RouteConfiguration: every route of every virtual host, in order; header matchers become
+  metadata matchers (``exact``/``prefix``/``safe_regex``/``present``, also the ``string_match``
+  forms, ``invert_match`` kept); ``hash_policy`` header names; mirror percentages from
+  ``runtime_fraction``; ``request/response_headers_to_add`` become mutations.
+
+The proxy snapshot has no fields yet for outlier detection, route timeouts, retries or faults;
+they are read by :func:`route_extensions` for when it does, and otherwise not carried over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import json_format, struct_pb2
+from udpa.type.v1 import typed_struct_pb2 as udpa_typed_struct
+from xds.type.v3 import typed_struct_pb2 as xds_typed_struct
+
+from metamesh.proxy import config as cfg
+
+META_PROTOCOL_FILTER = "envoy.filters.network.meta_protocol_proxy"
+DEFAULT_CONNECT_TIMEOUT = 5.0
+_DENOMINATORS = {
+    percent_pb2.FractionalPercent.HUNDRED: 100,
+    percent_pb2.FractionalPercent.TEN_THOUSAND: 10_000,
+    percent_pb2.FractionalPercent.MILLION: 1_000_000,
+}
+_LB = {
+    cluster_pb2.Cluster.ROUND_ROBIN: cfg.LbPolicy.ROUND_ROBIN,
+    cluster_pb2.Cluster.RANDOM: cfg.LbPolicy.RANDOM,
+    cluster_pb2.Cluster.LEAST_REQUEST: cfg.LbPolicy.LEAST_REQUEST,
+    cluster_pb2.Cluster.RING_HASH: cfg.LbPolicy.RING_HASH,
+    cluster_pb2.Cluster.MAGLEV: cfg.LbPolicy.RING_HASH,
+}
+
+
+class XdsConversionError(ValueError):
+    """An xDS resource the proxy cannot run; the message names it."""
+
+
+def to_snapshot(
+    listeners: Iterable[Any],
+    clusters: Iterable[Any],
+    load_assignments: Mapping[str, Any],
+    route_configs: Iterable[Any],
+    version: str = "0",
+) -> cfg.Snapshot:
+    """A proxy snapshot from Listener, Cluster, ClusterLoadAssignment and RouteConfiguration."""
+    return cfg.Snapshot.build(
+        [to_listener(x) for x in listeners],
+        [to_cluster(c, load_assignments.get(c.name)) for c in clusters],
+        [to_route_configuration(r) for r in route_configs],
+        version=version,
+    )
+
+
+# --- listeners ---------------------------------------------------------------------------
+
+
+def typed_struct_value(packed: Any, where: str) -> dict[str, Any]:
+    """The ``value`` of a packed ``TypedStruct`` (either package) as a plain dict."""
+    for cls in (udpa_typed_struct.TypedStruct, xds_typed_struct.TypedStruct):
+        if packed.Is(cls.DESCRIPTOR):
+            message = cls()
+            packed.Unpack(message)
+            value: dict[str, Any] = json_format.MessageToDict(message.value)
+            return value
+    raise XdsConversionError(f"{where}: typed_config is {packed.type_url}, expected a TypedStruct")
+
+
+def to_listener(listener: Any) -> cfg.Listener:
+    where = f"Listener {listener.name!r}"
+    found = [
+        f
+        for chain in listener.filter_chains
+        for f in chain.filters
+        if f.name == META_PROTOCOL_FILTER
+    ]
+    if not found:
+        raise XdsConversionError(f"{where}: no {META_PROTOCOL_FILTER} filter")
+    proxy = typed_struct_value(found[0].typed_config, where)
+    codec = (proxy.get("protocol") or {}).get("codec") or proxy.get("codec") or {}
+    if not codec.get("name"):
+        raise XdsConversionError(f"{where}: MetaProtocolProxy has no codec name")
+    routes = (proxy.get("rds") or {}).get("routeConfigName") or (
+        proxy.get("routeConfig") or {}
+    ).get("name")
+    if not routes:
+        raise XdsConversionError(f"{where}: MetaProtocolProxy has no rds.routeConfigName")
+    filters = tuple(f.get("name", "") for f in proxy.get("metaProtocolFilters") or [])
+    socket = listener.address.socket_address
+    extra: dict[str, Any] = {}
+    if "maxFrameSize" in codec:
+        extra["max_frame_size"] = int(codec["maxFrameSize"])
+    return cfg.Listener(
+        name=listener.name,
+        address=socket.address,
+        port=socket.port_value,
+        codec=codec["name"],
+        route_config_name=routes,
+        stat_prefix=proxy.get("statPrefix", ""),
+        filters=filters or ("aeraki.meta_protocol.filters.router",),
+        **extra,
+    )
+
+
+# --- clusters ----------------------------------------------------------------------------
+
+
+def to_cluster(cluster: Any, assignment: Any | None) -> cfg.Cluster:
+    if assignment is None and cluster.type != cluster_pb2.Cluster.EDS:
+        assignment = cluster.load_assignment  # EDS not received yet: no endpoints until it is
+    thresholds = next(
+        (t for t in cluster.circuit_breakers.thresholds if t.priority == 0),
+        None,
+    )
+    breakers = cfg.CircuitBreakers()
+    if thresholds is not None:
+        defaults = cfg.CircuitBreakers()
+        breakers = cfg.CircuitBreakers(
+            max_connections=_u32(thresholds, "max_connections", defaults.max_connections),
+            max_pending_requests=_u32(
+                thresholds, "max_pending_requests", defaults.max_pending_requests
+            ),
+            max_requests=_u32(thresholds, "max_requests", defaults.max_requests),
+        )
+    return cfg.Cluster(
+        name=cluster.name,
+        endpoints=to_endpoints(assignment) if assignment is not None else (),
+        lb_policy=_LB.get(cluster.lb_policy, cfg.LbPolicy.ROUND_ROBIN),
+        circuit_breakers=breakers,
+        connect_timeout=cluster.connect_timeout.ToNanoseconds() / 1e9
+        if cluster.HasField("connect_timeout")
+        else DEFAULT_CONNECT_TIMEOUT,
+    )
+
+
+def _u32(message: Any, field: str, default: int) -> int:
+    return int(getattr(message, field).value) if message.HasField(field) else default
+
+
+def to_endpoints(assignment: Any) -> tuple[cfg.Endpoint, ...]:
+    out = []
+    for group in assignment.endpoints:
+        for lb in group.lb_endpoints:
+            socket = lb.endpoint.address.socket_address
+            labels = (
+                lb.metadata.filter_metadata.get("envoy.lb") if lb.HasField("metadata") else None
+            )
+            out.append(
+                cfg.Endpoint(
+                    address=socket.address,
+                    port=socket.port_value,
+                    weight=lb.load_balancing_weight.value
+                    if lb.HasField("load_balancing_weight")
+                    else 1,
+                    labels=_labels(labels),
+                )
+            )
+    return tuple(out)
+
+
+def _labels(struct: struct_pb2.Struct | None) -> tuple[tuple[str, str], ...]:
+    if struct is None:
+        return ()
+    return tuple(sorted((k, str(v)) for k, v in json_format.MessageToDict(struct).items()))
+
+
+# --- routes ------------------------------------------------------------------------------
+
+
+def to_route_configuration(config: Any) -> cfg.RouteConfiguration:
+    return cfg.RouteConfiguration(
+        name=config.name,
+        routes=tuple(
+            to_route(route, f"RouteConfiguration {config.name!r}")
+            for vhost in config.virtual_hosts
+            for route in vhost.routes
+        ),
+    )
+
+
+def to_matcher(header: Any, where: str) -> cfg.MetadataMatcher:
+    kind = header.WhichOneof("header_match_specifier")
+    name, invert = header.name, header.invert_match
+    if kind == "exact_match":
+        return cfg.MetadataMatcher(name, cfg.MatchKind.EXACT, header.exact_match, invert)
+    if kind == "prefix_match":
+        return cfg.MetadataMatcher(name, cfg.MatchKind.PREFIX, header.prefix_match, invert)
+    if kind == "safe_regex_match":
+        regex = header.safe_regex_match.regex
+        return cfg.MetadataMatcher(name, cfg.MatchKind.SAFE_REGEX, regex, invert)
+    if kind == "present_match":
+        return cfg.MetadataMatcher(name, cfg.MatchKind.PRESENT, "", invert == header.present_match)
+    if kind == "string_match":
+        sm = header.string_match
+        which = sm.WhichOneof("match_pattern")
+        if which == "exact":
+            return cfg.MetadataMatcher(name, cfg.MatchKind.EXACT, sm.exact, invert)
+        if which == "prefix":
+            return cfg.MetadataMatcher(name, cfg.MatchKind.PREFIX, sm.prefix, invert)
+        if which == "safe_regex":
+            return cfg.MetadataMatcher(name, cfg.MatchKind.SAFE_REGEX, sm.safe_regex.regex, invert)
+    raise XdsConversionError(f"{where}: header matcher {name!r} uses unsupported {kind}")
+
+
+def to_route(route: Any, where: str) -> cfg.Route:
+    where = f"{where} route {route.name!r}"
+    action = route.route
+    mirrors = tuple(
+        cfg.RequestMirrorPolicy(m.cluster, _percent(m)) for m in action.request_mirror_policies
+    )
+    return cfg.Route(
+        name=route.name,
+        match=tuple(to_matcher(h, where) for h in route.match.headers),
+        route=cfg.RouteAction(
+            cluster=action.cluster,
+            weighted_clusters=tuple(
+                cfg.WeightedCluster(c.name, c.weight.value)
+                for c in action.weighted_clusters.clusters
+            ),
+            hash_policy=tuple(
+                h.header.header_name for h in action.hash_policy if h.HasField("header")
+            ),
+            request_mirror_policies=mirrors,
+        ),
+        request_mutation=tuple(
+            (h.header.key, h.header.value) for h in route.request_headers_to_add
+        ),
+        response_mutation=tuple(
+            (h.header.key, h.header.value) for h in route.response_headers_to_add
+        ),
+    )
+
+
+def _percent(mirror: Any) -> float:
+    if not mirror.HasField("runtime_fraction"):
+        return 100.0
+    fraction = mirror.runtime_fraction.default_value
+    return float(fraction.numerator * 100.0 / _DENOMINATORS.get(fraction.denominator, 100))
+
+
+def route_extensions(route: Any) -> dict[str, Any]:
+    """metamesh's route extensions as carried by :mod:`metamesh.control.routes`.
+
+    ``{"timeout": s, "retries": {...}, "fault": {...}, "retryNonIdempotent": bool}``, only
+    the keys present.
+    """
+    out: dict[str, Any] = {}
+    action = route.route
+    if action.HasField("timeout"):
+        out["timeout"] = action.timeout.ToNanoseconds() / 1e9
+    if action.HasField("retry_policy"):
+        policy = action.retry_policy
+        retries: dict[str, Any] = {
+            "attempts": policy.num_retries.value,
+            "retryOn": [x for x in policy.retry_on.split(",") if x],
+        }
+        if policy.HasField("per_try_timeout"):
+            retries["perTryTimeout"] = policy.per_try_timeout.ToNanoseconds() / 1e9
+        out["retries"] = retries
+    meta = route.metadata.filter_metadata.get("metamesh") if route.HasField("metadata") else None
+    if meta is not None:
+        out.update(json_format.MessageToDict(meta))
+    return out
+
+
+__all__ = [
+    "XdsConversionError",
+    "route_extensions",
+    "to_cluster",
+    "to_listener",
+    "to_route_configuration",
+    "to_snapshot",
+]

@@ -1,0 +1,359 @@
+"""The pure translation: mesh model + proxy identity -> Envoy v3 xDS resources.
+
+:func:`translate` reads a :class:`~metamesh.control.model.MeshModel` and a :class:`ProxyNode`
+and returns :class:`XdsResources`: protobuf messages from ``xds-protos``, keyed by type URL and
+resource name. No I/O, no clock, no globals: the same inputs always give equal messages, which
+is what the table tests check and what lets the ADS server skip pushes that change nothing.
+
+For every service visible to the node (Istio ``exportTo``) and every MetaProtocol port:
+
+Listener ``<address>_<port>``
+    one per service address, with the network filter ``envoy.filters.network.meta_protocol_proxy``
+    whose ``typed_config`` is a ``udpa.type.v1.TypedStruct`` (as Aeraki's EnvoyFilter patches
+    write it) of type ``aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy``: ``statPrefix``,
+    ``applicationProtocol``, ``codec.name`` (``aeraki.meta_protocol.codec.<name>``, or the
+    import path of an unpackaged codec), ``rds`` (``routeConfigName: <host>_<port>`` over ADS)
+    and ``metaProtocolFilters`` (a ``local_ratelimit`` filter when the MetaRouter has one, then
+    the router).
+Cluster ``outbound|<port>||<host>`` and ``outbound|<port>|<subset>|<host>``
+    EDS over ADS (``STRICT_DNS`` with an inline assignment for ``resolution: DNS``), lb policy,
+    ring-hash size, connect timeout, circuit breakers from ``connectionPool`` (only the limits
+    that are set), outlier detection (Istio's mapping: a 5xx or gateway threshold is enforced at
+    100%, consecutive 5xx is switched off when only gateway errors are asked for;
+    ``minHealthPercent`` is the healthy panic threshold).
+ClusterLoadAssignment for every EDS cluster
+    the endpoints its subset's labels select; labels in ``filter_metadata["envoy.lb"]``.
+RouteConfiguration ``<host>_<port>``
+    exactly Aeraki's MetaProtocol RDS shape (see :mod:`metamesh.control.routes`).
+
+:class:`ProxyNode` carries the node id, namespace and workload labels. The namespace filters
+services by ``exportTo``; ``None`` (the embedded proxy) sees every service. Labels are carried
+for the inbound side, which metamesh does not generate yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+from udpa.type.v1 import typed_struct_pb2
+
+from metamesh.codecs.registry import AERAKI_PREFIX
+from metamesh.control.model import ClusterPolicy, MeshModel, Service, ServicePort
+from metamesh.control.routes import route_configuration
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+TYPE_URLS = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+
+META_PROTOCOL_FILTER = "envoy.filters.network.meta_protocol_proxy"
+META_PROTOCOL_PROXY_TYPE = (
+    "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy"
+)
+LOCAL_RATELIMIT_TYPE = (
+    "type.googleapis.com/aeraki.meta_protocol_proxy.filters.local_ratelimit.v1alpha.LocalRateLimit"
+)
+ROUTER_FILTER = "aeraki.meta_protocol.filters.router"
+LOCAL_RATELIMIT_FILTER = "aeraki.meta_protocol.filters.local_ratelimit"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyNode:
+    """Who asks: Envoy ``node.id``, the workload namespace (None = all) and its labels."""
+
+    node_id: str = ""
+    namespace: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class XdsResources:
+    """``{type_url: {name: message}}`` for the four resource types, names sorted."""
+
+    by_type: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def of(self, type_url: str) -> Mapping[str, Any]:
+        return self.by_type.get(type_url, MappingProxyType({}))
+
+    @property
+    def listeners(self) -> Mapping[str, Any]:
+        return self.of(LISTENER_TYPE)
+
+    @property
+    def clusters(self) -> Mapping[str, Any]:
+        return self.of(CLUSTER_TYPE)
+
+    @property
+    def endpoints(self) -> Mapping[str, Any]:
+        return self.of(ENDPOINT_TYPE)
+
+    @property
+    def routes(self) -> Mapping[str, Any]:
+        return self.of(ROUTE_TYPE)
+
+
+def cluster_name(port: int, subset: str, host: str) -> str:
+    """Istio's outbound cluster name."""
+    return f"outbound|{port}|{subset}|{host}"
+
+
+def route_config_name(host: str, port: int) -> str:
+    """Aeraki's ``BuildMetaProtocolRouteName``."""
+    return f"{host}_{port}"
+
+
+def translate(model: MeshModel, node: ProxyNode | None = None) -> XdsResources:
+    """Every resource ``node`` needs (see the module docstring)."""
+    node = node or ProxyNode()
+    tables: dict[str, dict[str, Any]] = {url: {} for url in TYPE_URLS}
+    for host in sorted(model.services):
+        service = model.services[host]
+        if not service.visible_to(node.namespace):
+            continue
+        for port in service.ports:
+            if not port.is_metaprotocol:
+                continue
+            for address in service.addresses:
+                listener = build_listener(service, port, address)
+                tables[LISTENER_TYPE].setdefault(listener.name, listener)
+            for subset in ("", *(s.name for s in service.subsets)):
+                cluster = build_cluster(service, port.number, subset)
+                tables[CLUSTER_TYPE][cluster.name] = cluster
+                if cluster.type == cluster_pb2.Cluster.EDS:
+                    tables[ENDPOINT_TYPE][cluster.name] = build_load_assignment(
+                        cluster.name, service, port, subset
+                    )
+            routes = route_configuration(model, service, port.number)
+            tables[ROUTE_TYPE][routes.name] = routes
+    return XdsResources(
+        MappingProxyType(
+            {url: MappingProxyType(dict(sorted(t.items()))) for url, t in tables.items()}
+        )
+    )
+
+
+# --- listeners ---------------------------------------------------------------------------
+
+
+def ads_config_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.V3,
+    )
+
+
+def codec_name(codec: str) -> str:
+    """Aeraki's spelling for registered codecs; import paths (``pkg.mod:Class``) unchanged."""
+    return codec if ":" in codec or codec.startswith(AERAKI_PREFIX) else AERAKI_PREFIX + codec
+
+
+def meta_protocol_proxy(service: Service, port: ServicePort) -> dict[str, Any]:
+    """The ``MetaProtocolProxy`` fields, in protojson spelling, as Aeraki writes them."""
+    filters: list[dict[str, Any]] = []
+    router = service.router
+    if router is not None and router.spec.local_rate_limit is not None:
+        filters.append(
+            {
+                "name": LOCAL_RATELIMIT_FILTER,
+                "config": local_rate_limit_config(service.host, router.spec.local_rate_limit),
+            }
+        )
+    filters.append({"name": ROUTER_FILTER})
+    return {
+        "statPrefix": cluster_name(port.number, "", service.host),
+        "applicationProtocol": port.application or "",
+        "codec": {"name": codec_name(port.codec or "")},
+        "rds": {
+            "routeConfigName": route_config_name(service.host, port.number),
+            "configSource": {"ads": {}, "resourceApiVersion": "V3"},
+        },
+        "metaProtocolFilters": filters,
+    }
+
+
+def local_rate_limit_config(host: str, limit: Any) -> dict[str, Any]:
+    """Aeraki's LocalRateLimit filter config as a JSON ``Any`` (``@type`` + fields)."""
+    from metamesh.control.routes import header_matchers_json
+
+    def bucket(tb: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"maxTokens": tb.max_tokens}
+        if tb.tokens_per_fill is not None:
+            out["tokensPerFill"] = tb.tokens_per_fill
+        if tb.fill_interval is not None:
+            out["fillInterval"] = f"{tb.fill_interval:g}s"
+        return out
+
+    config: dict[str, Any] = {"@type": LOCAL_RATELIMIT_TYPE, "statPrefix": host}
+    if limit.token_bucket is not None:
+        config["tokenBucket"] = bucket(limit.token_bucket)
+    conditions = [
+        {
+            "match": {"metadata": header_matchers_json(c.match)},
+            "tokenBucket": bucket(c.token_bucket),
+        }
+        for c in limit.conditions
+        if c.token_bucket is not None
+    ]
+    if conditions:
+        config["conditions"] = conditions
+    return config
+
+
+def typed_struct(type_url: str, value: Mapping[str, Any]) -> any_pb2.Any:
+    struct = struct_pb2.Struct()
+    struct.update(dict(value))
+    packed = any_pb2.Any()
+    packed.Pack(typed_struct_pb2.TypedStruct(type_url=type_url, value=struct))
+    return packed
+
+
+def build_listener(service: Service, port: ServicePort, address: str) -> listener_pb2.Listener:
+    proxy = meta_protocol_proxy(service, port)
+    return listener_pb2.Listener(
+        name=f"{address}_{port.number}",
+        address=socket_address(address, port.number),
+        traffic_direction=base_pb2.OUTBOUND,
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name=META_PROTOCOL_FILTER,
+                        typed_config=typed_struct(META_PROTOCOL_PROXY_TYPE, proxy),
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def socket_address(address: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=address, port_value=port)
+    )
+
+
+# --- clusters and endpoints --------------------------------------------------------------
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
+def build_cluster(service: Service, port: int, subset: str) -> cluster_pb2.Cluster:
+    name = cluster_name(port, subset, service.host)
+    policy = service.policy(port, subset)
+    cluster = cluster_pb2.Cluster(
+        name=name, lb_policy=cluster_pb2.Cluster.LbPolicy.Value(policy.lb_policy)
+    )
+    if service.resolution in ("DNS", "DNS_ROUND_ROBIN"):
+        cluster.type = cluster_pb2.Cluster.STRICT_DNS
+        service_port = service.port(port)
+        assert service_port is not None
+        cluster.load_assignment.CopyFrom(
+            build_load_assignment(name, service, service_port, subset, dns_fallback=True)
+        )
+    else:
+        cluster.type = cluster_pb2.Cluster.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
+    if policy.connect_timeout is not None:
+        cluster.connect_timeout.CopyFrom(duration(policy.connect_timeout))
+    if policy.minimum_ring_size is not None and policy.lb_policy == "RING_HASH":
+        cluster.ring_hash_lb_config.minimum_ring_size.value = policy.minimum_ring_size
+    _circuit_breakers(cluster, policy)
+    _outlier_detection(cluster, policy)
+    return cluster
+
+
+def _circuit_breakers(cluster: cluster_pb2.Cluster, policy: ClusterPolicy) -> None:
+    limits = {
+        "max_connections": policy.max_connections,
+        "max_pending_requests": policy.max_pending_requests,
+        "max_requests": policy.max_requests,
+        "max_retries": policy.max_retries,
+    }
+    if all(v is None for v in limits.values()):
+        return
+    thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds()
+    for key, value in limits.items():
+        if value is not None:
+            getattr(thresholds, key).value = value
+    cluster.circuit_breakers.thresholds.append(thresholds)
+
+
+def _outlier_detection(cluster: cluster_pb2.Cluster, policy: ClusterPolicy) -> None:
+    od = policy.outlier
+    if od is None:
+        return
+    out = outlier_detection_pb2.OutlierDetection()
+    if od.consecutive_5xx is not None:
+        out.consecutive_5xx.value = od.consecutive_5xx
+        out.enforcing_consecutive_5xx.value = 100 if od.consecutive_5xx else 0
+    else:
+        out.enforcing_consecutive_5xx.value = 0
+    if od.consecutive_gateway_errors is not None:
+        out.consecutive_gateway_failure.value = od.consecutive_gateway_errors
+        out.enforcing_consecutive_gateway_failure.value = (
+            100 if od.consecutive_gateway_errors else 0
+        )
+    if od.consecutive_local_origin_failures is not None:
+        out.consecutive_local_origin_failure.value = od.consecutive_local_origin_failures
+    out.split_external_local_origin_errors = od.split_external_local_origin_errors
+    if od.interval is not None:
+        out.interval.CopyFrom(duration(od.interval))
+    if od.base_ejection_time is not None:
+        out.base_ejection_time.CopyFrom(duration(od.base_ejection_time))
+    if od.max_ejection_percent is not None:
+        out.max_ejection_percent.value = od.max_ejection_percent
+    cluster.outlier_detection.CopyFrom(out)
+    if od.min_health_percent is not None:
+        cluster.common_lb_config.healthy_panic_threshold.CopyFrom(
+            percent_pb2.Percent(value=float(od.min_health_percent))
+        )
+
+
+def build_load_assignment(
+    name: str, service: Service, port: ServicePort, subset: str, *, dns_fallback: bool = False
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """The endpoints of one cluster, grouped by locality (in first-seen order)."""
+    groups: dict[str, list[endpoint_components_pb2.LbEndpoint]] = {}
+    chosen = service.endpoints_for(subset)
+    for ep in chosen:
+        lb_endpoint = endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(
+                address=socket_address(ep.address, ep.port_for(port))
+            ),
+            load_balancing_weight=wrappers_pb2.UInt32Value(value=ep.weight),
+        )
+        if ep.labels:
+            lb_endpoint.metadata.filter_metadata["envoy.lb"].update(dict(ep.labels))
+        groups.setdefault(ep.locality, []).append(lb_endpoint)
+    if dns_fallback and not chosen and not subset:
+        groups[""] = [
+            endpoint_components_pb2.LbEndpoint(
+                endpoint=endpoint_components_pb2.Endpoint(
+                    address=socket_address(service.host, port.number)
+                )
+            )
+        ]
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    for locality, lb_endpoints in groups.items():
+        group = cla.endpoints.add()
+        if locality:
+            region, _, rest = locality.partition("/")
+            zone, _, sub_zone = rest.partition("/")
+            group.locality.region, group.locality.zone = region, zone
+            group.locality.sub_zone = sub_zone
+        group.lb_endpoints.extend(lb_endpoints)
+    return cla
