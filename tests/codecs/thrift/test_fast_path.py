@@ -1,9 +1,10 @@
 """The framed fast paths against the general decoder: same results, same errors, at every edge.
 
 A codec decodes its first frame with the general code (it has to detect the transport); once a
-connection is known to be framed strict binary, later frames take the fast path. Below, "warm"
-is such a codec and "general" the same codec with its fast path switched off (the private flag
-``_framed_binary``), so both see the frame on a connection already known to be strict binary:
+connection is known to be framed strict binary (or framed compact), later frames take the fast
+path. Below, "warm" is such a codec and "general" the same codec with its fast paths switched off
+(the private flags ``_framed_binary`` / ``_framed_compact``), so both see the frame on a
+connection whose protocol is already known:
 every case is decoded both ways and must agree field by field, and every malformed frame must
 raise the same ``CodecError`` whichever path sees it.
 """
@@ -51,7 +52,7 @@ def _primed(protocol: str = "binary", max_frame_size: int | None = None) -> Thri
 
 def _general(protocol: str = "binary") -> ThriftCodec:
     codec = _primed(protocol)
-    codec._framed_binary = False
+    codec._framed_binary = codec._framed_compact = False
     return codec
 
 
@@ -101,9 +102,10 @@ def test_fast_path_agrees_with_the_general_path(
 
 
 def test_a_strict_binary_connection_uses_the_fast_path() -> None:
-    assert _primed("binary")._framed_binary
-    assert not _primed("compact")._framed_binary
-    assert not _primed("binary-nonstrict")._framed_binary
+    assert _primed("binary")._framed_binary and not _primed("binary")._framed_compact
+    assert _primed("compact")._framed_compact and not _primed("compact")._framed_binary
+    nonstrict = _primed("binary-nonstrict")
+    assert not nonstrict._framed_binary and not nonstrict._framed_compact
 
 
 @pytest.mark.parametrize(
@@ -130,6 +132,78 @@ def test_malformed_frames_raise_the_same_error_on_both_paths(data: bytes, error:
     with pytest.raises(CodecError) as general:
         _general("binary").decode(bytearray(data))
     assert str(fast.value) == str(general.value)
+
+
+def _compact(head: bytes, body: bytes = b"\x00") -> bytes:
+    return struct.pack(">i", len(head) + len(body)) + head + body
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (_compact(b"\x82\x01\x01\x01a"), "unknown message type 0"),
+        (_compact(b"\x82\xa1\x01\x01a"), "unknown message type 5"),
+        (_compact(b"\x82\x22\x01\x01a"), "bad protocol bytes"),
+        (_compact(b"\x80\x01\x00\x01"), "bad protocol bytes"),
+        (_compact(b"\x82\x21\x01\x05a"), "runs past the end of its frame"),
+        (_compact(b"\x82\x21\x01\x85", b""), "runs past the end of its frame"),
+        (_compact(b"\x82\x21\x81", b""), "runs past the end of its frame"),
+        (_compact(b"\x82\x21\x81\x81\x81", b""), "runs past the end of its frame"),
+        (_compact(b"\x82\x21\xff\xff\xff\xff\xff\x01\x01a"), "varint longer than 5"),
+        (_compact(b"\x82\x21\x01\xff\xff\xff\xff\xff\x01a"), "varint longer than 5"),
+        (_compact(b"\x82\x41\x01\x01a", b""), "reply body runs past"),
+        (_compact(b"\x82\x41\x01\x01a", b"\x06"), "reply body runs past"),
+        (_compact(b"\x82\x41\x01\x01a", b"\x06\x80"), "reply body runs past"),
+    ],
+)
+def test_malformed_compact_frames_raise_the_same_error_on_both_paths(
+    data: bytes, error: str
+) -> None:
+    with pytest.raises(CodecError, match=error) as fast:
+        _primed("compact").decode(bytearray(data))
+    with pytest.raises(CodecError) as general:
+        _general("compact").decode(bytearray(data))
+    assert str(fast.value) == str(general.value)
+
+
+@pytest.mark.parametrize(
+    ("head", "request_id", "name"),
+    [
+        (b"\x82\x21\x00\x00", 0, ""),  # empty name, no body: the smallest frame
+        (b"\x82\x21\x7f\x01a", 127, "a"),
+        (b"\x82\x21\x80\x01\x01a", 128, "a"),
+        (b"\x82\x21\xff\x7f\x01a", 16383, "a"),
+        (b"\x82\x21\x80\x80\x01\x01a", 16384, "a"),
+        (b"\x82\x21\x81\x00\x01a", 1, "a"),  # non-minimal varints are accepted
+        (b"\x82\x21\x01\x80\x00", 1, ""),
+        (b"\x82\x21\x01\x81\x01" + b"m" * 129, 1, "m" * 129),
+        (b"\x82\x21\xff\xff\xff\xff\x0f\x01a", 2**32 - 1, "a"),
+        (b"\x82\x21\xff\xff\xff\xff\x7f\x01a", 2**32 - 1, "a"),  # bits past 32 dropped
+    ],
+)
+def test_compact_varint_edges(head: bytes, request_id: int, name: str) -> None:
+    data = _compact(head, b"")
+    cold, warm = _both_ways(data, "compact")
+    assert _summary(warm) == _summary(cold)
+    assert warm.request_id == request_id and warm.metadata["method"] == name
+    assert _outputs(warm) == _outputs(cold)
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"\x00", ResponseStatus.OK),
+        (b"\x06\x00\x54\x00", ResponseStatus.OK),  # field 0, long form
+        (b"\x06\x80\x00\x54\x00", ResponseStatus.OK),  # field 0, non-minimal zigzag id
+        (b"\x1c\x00\x00", ResponseStatus.BUSINESS_EXCEPTION),  # field 1, short form
+        (b"\x0c\x02\x00\x00", ResponseStatus.BUSINESS_EXCEPTION),  # field 1, long form
+        (b"\x0c\x01\x00\x00", ResponseStatus.BUSINESS_EXCEPTION),  # field -1, long form
+    ],
+)
+def test_compact_reply_status(body: bytes, status: ResponseStatus) -> None:
+    cold, warm = _both_ways(_compact(b"\x82\x41\x05\x03add", body), "compact")
+    assert warm.type is MessageType.RESPONSE and warm.status is status
+    assert _summary(warm) == _summary(cold)
 
 
 def test_oversized_frame_is_refused_before_it_is_buffered() -> None:

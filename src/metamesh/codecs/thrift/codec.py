@@ -73,6 +73,7 @@ from metamesh.codecs.thrift.protocol import (
     encode_seqid,
     first_field_id,
     parse_header,
+    read_varint,
     skip_struct,
     sniff,
     write_application_exception,
@@ -179,6 +180,68 @@ def _load_metadata(message: Message) -> dict[str, str]:
     return metadata
 
 
+def _compact_message(frame: bytes) -> Message | None:
+    """A framed compact message, read inline; ``None`` if the first two bytes are not a valid
+    compact call/reply/exception/oneway (the general parser then says what is wrong)."""
+    end = len(frame)
+    if end < 8 or frame[4] != 0x82:
+        return None
+    wire = frame[5]
+    if wire & 0x1F != 1 or not 1 <= wire >> 5 <= 4:
+        return None
+    wire >>= 5
+    try:
+        seqid = frame[6]
+        seqid_end = 7
+        if seqid > 0x7F:  # two bytes inline (ids up to 16383), longer ones the general way
+            high = frame[7]
+            if high < 0x80:
+                seqid, seqid_end = (seqid & 0x7F) | high << 7, 8
+            else:
+                seqid, seqid_end = read_varint(frame, 6, end, 5)
+        name_size = frame[seqid_end]
+        pos = seqid_end + 1
+        if name_size > 0x7F:
+            name_size, pos = read_varint(frame, seqid_end, end, 5)
+    except (IndexError, Short):
+        raise CodecError("thrift: message header runs past the end of its frame") from None
+    body_at = pos + name_size
+    if body_at > end:
+        raise CodecError("thrift: message header runs past the end of its frame")
+    status = _compact_reply_status(frame, body_at, end) if wire == 2 else _STATUS_BY_WIRE_TYPE[wire]
+    return Message(
+        _WIRE_TYPES[wire],
+        seqid & 0xFFFFFFFF,
+        frame,
+        body_at,
+        end - body_at,
+        None,
+        status,
+        (frame[pos:body_at], 6, seqid_end - 6, _COMPACT),
+        _framed_metadata,
+    )
+
+
+def _compact_reply_status(frame: bytes, pos: int, end: int) -> ResponseStatus:
+    """OK or BUSINESS_EXCEPTION from the result struct at ``pos`` (compact protocol).
+
+    The success field (id 0) is always in long form (type byte, then zigzag id ``00``); a short
+    form header (id delta in the high nibble) can only be a declared exception. Anything else
+    (non-minimal varints, truncation) goes to :func:`.protocol.first_field_id`.
+    """
+    if pos < end:
+        b = frame[pos]
+        if b >> 4:
+            return _BUSINESS_EXCEPTION
+        if not b or (pos + 1 < end and not frame[pos + 1]):
+            return _OK
+    try:
+        field_id = first_field_id(frame, pos, end, _COMPACT)
+    except Short:
+        raise CodecError("thrift: reply body runs past the end of its frame") from None
+    return _BUSINESS_EXCEPTION if field_id else _OK
+
+
 def _binary_reply_status(frame: bytes, pos: int, end: int) -> ResponseStatus:
     """OK or BUSINESS_EXCEPTION from the result struct at ``pos`` (binary protocol).
 
@@ -206,6 +269,8 @@ class ThriftCodec(Codec):
         self._need = 0  # unframed: don't re-walk until the buffer holds this many bytes
         #: framed strict binary: :meth:`decode` takes the fast path
         self._framed_binary = False
+        #: framed compact: :meth:`decode` goes straight to :meth:`_decode_framed_compact`
+        self._framed_compact = False
 
     @property
     def wire_variant(self) -> tuple[Transport, Protocol | None] | None:
@@ -250,6 +315,8 @@ class ThriftCodec(Codec):
                     (frame[12:seqid_at], seqid_at, 4, _BINARY),
                     _framed_metadata,
                 )
+        if self._framed_compact:
+            return self._decode_framed_compact(buffer)
         transport = self.transport
         if transport is None:
             detected = detect(buffer, self.max_frame_size)
@@ -258,6 +325,7 @@ class ThriftCodec(Codec):
             transport, self.protocol = detected
             self.transport = transport
             self._framed_binary = transport is Transport.FRAMED and self.protocol is _BINARY
+            self._framed_compact = transport is Transport.FRAMED and self.protocol is _COMPACT
         if transport is Transport.FRAMED:
             return self._decode_framed(buffer)
         if transport is Transport.HEADER:
@@ -290,6 +358,16 @@ class ThriftCodec(Codec):
         head = _header_in_frame(frame, 4, protocol)
         state = (head.name, head.seqid_offset, head.seqid_size, protocol)
         return _message(frame, frame, head, protocol, state)
+
+    def _decode_framed_compact(self, buffer: bytearray) -> Message | None:
+        frame = self._take_frame(buffer)
+        if frame is None:
+            return None
+        message = _compact_message(frame)
+        if message is not None:
+            return message
+        head = _header_in_frame(frame, 4, _COMPACT)  # raises the precise CodecError
+        return _message(frame, frame, head, _COMPACT, (head.name, 6, head.seqid_size, _COMPACT))
 
     def _decode_header(self, buffer: bytearray) -> Message | None:
         frame = self._take_frame(buffer)

@@ -172,8 +172,15 @@ def read_varint(data: bytes | bytearray, pos: int, end: int, max_bytes: int) -> 
     raise CodecError(f"thrift compact: varint longer than {max_bytes} bytes at offset {pos}")
 
 
+_ONE_BYTE_VARINTS = tuple(bytes((i,)) for i in range(0x80))
+
+
 def write_varint(value: int) -> bytes:
     """``value`` (non-negative) as an unsigned LEB128 varint."""
+    if value < 0x80:  # seqids and lengths are mostly one or two bytes: no loop for those
+        return _ONE_BYTE_VARINTS[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
