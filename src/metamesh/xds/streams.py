@@ -1,0 +1,139 @@
+"""The state-of-the-world xDS protocol for one ADS stream, without I/O.
+
+:class:`StreamState` is fed :class:`DiscoveryRequest` s and new snapshots and returns the
+:class:`DiscoveryResponse` s to send; the gRPC adapter (:mod:`metamesh.xds.server`) only moves
+messages. Keeping the protocol here makes every rule testable without a socket:
+
+- **Nonces.** Every response carries a fresh nonce. A request whose ``response_nonce`` is not
+  the last one sent for its type is stale (Envoy may still be answering an older response) and
+  is ignored, as go-control-plane does.
+- **ACK / NACK.** A request answering the latest nonce ACKs when ``error_detail`` is empty
+  (``acked_version`` := its ``version_info``) and NACKs otherwise: the rejected version and the
+  error are kept in :class:`TypeStatus` and nothing is resent until the snapshot changes (a
+  NACKed config is reported, never retried blindly).
+- **Subscriptions.** CDS and LDS are wildcard when ``resource_names`` is empty (or holds
+  ``*``); EDS and RDS return only the names asked for. A request that changes the names is
+  answered with the current resources even when they did not change.
+- **Ordering.** A snapshot change is sent as CDS, EDS, LDS, RDS (only the types the client
+  subscribed to whose content changed), the order Envoy's ADS documentation asks for so that
+  clusters exist before endpoints and listeners before routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+
+from metamesh.control.translate import (
+    CLUSTER_TYPE,
+    LISTENER_TYPE,
+    TYPE_URLS,
+    XdsResources,
+)
+
+WILDCARD_TYPES = frozenset({CLUSTER_TYPE, LISTENER_TYPE})
+DiscoveryRequest = Any  # envoy.service.discovery.v3.DiscoveryRequest (untyped generated code)
+DiscoveryResponse = Any
+
+
+@dataclass(slots=True)
+class TypeStatus:
+    """What one node holds of one resource type (shown by admin/CLI)."""
+
+    subscribed: bool = False
+    wildcard: bool = False
+    names: frozenset[str] = frozenset()
+    sent_version: str = ""
+    sent_nonce: str = ""
+    sent_names: tuple[str, ...] = ()
+    acked_version: str = ""
+    nack_version: str = ""
+    nack_error: str = ""
+    sent_content: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def view(self) -> dict[str, object]:
+        return {
+            "subscribed": sorted(self.names) if not self.wildcard else ["*"],
+            "sent_version": self.sent_version,
+            "sent_names": list(self.sent_names),
+            "acked_version": self.acked_version,
+            "nack": {"version": self.nack_version, "error": self.nack_error}
+            if self.nack_error
+            else None,
+        }
+
+
+@dataclass(slots=True)
+class StreamState:
+    """One ADS stream: subscriptions, sent versions and ACK state per type URL."""
+
+    node_id: str
+    version: str = ""
+    resources: XdsResources = field(default_factory=XdsResources)
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+    on_nack: Callable[[str, str, str, str], None] | None = None
+    _nonce: int = 0
+
+    def status(self, type_url: str) -> TypeStatus:
+        return self.types.setdefault(type_url, TypeStatus())
+
+    def set_snapshot(self, version: str, resources: XdsResources) -> list[DiscoveryResponse]:
+        """Adopt a new snapshot; the responses for every subscribed type whose content changed."""
+        self.version, self.resources = version, resources
+        out = []
+        for type_url in TYPE_URLS:
+            status = self.types.get(type_url)
+            if status is not None and status.subscribed:
+                response = self._respond(type_url, force=False)
+                if response is not None:
+                    out.append(response)
+        return out
+
+    def on_request(self, request: DiscoveryRequest) -> list[DiscoveryResponse]:
+        """Handle one request (see the module docstring); the responses to send."""
+        type_url = request.type_url
+        status = self.status(type_url)
+        if request.response_nonce:
+            if request.response_nonce != status.sent_nonce:
+                return []  # stale: answers a response that has since been superseded
+            if request.HasField("error_detail"):
+                status.nack_version = status.sent_version
+                status.nack_error = request.error_detail.message
+                if self.on_nack is not None:
+                    self.on_nack(self.node_id, type_url, status.sent_version, status.nack_error)
+            else:
+                status.acked_version = request.version_info
+                status.nack_version = status.nack_error = ""
+        names = frozenset(request.resource_names)
+        wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
+        changed = not status.subscribed or names != status.names or wildcard != status.wildcard
+        status.subscribed, status.names, status.wildcard = True, names, wildcard
+        if not changed:
+            return []
+        response = self._respond(type_url, force=True)
+        return [response] if response is not None else []
+
+    def _respond(self, type_url: str, *, force: bool) -> DiscoveryResponse | None:
+        status = self.status(type_url)
+        table = self.resources.of(type_url)
+        names = sorted(table) if status.wildcard else sorted(n for n in status.names if n in table)
+        content = {name: table[name].SerializeToString(deterministic=True) for name in names}
+        if not force and content == status.sent_content and status.sent_version:
+            return None
+        if not self.version:
+            return None  # no snapshot yet: answer once the first one arrives
+        self._nonce += 1
+        status.sent_version, status.sent_nonce = self.version, str(self._nonce)
+        status.sent_names, status.sent_content = tuple(names), content
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=self.version, type_url=type_url, nonce=status.sent_nonce
+        )
+        for name in names:
+            packed = any_pb2.Any()
+            packed.Pack(table[name])
+            response.resources.append(packed)
+        return response

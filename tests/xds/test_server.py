@@ -1,0 +1,115 @@
+"""The ADS server over real gRPC on 127.0.0.1, driven by a grpc.aio client stub."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from metamesh.control.model import MeshModel
+from metamesh.control.translate import CLUSTER_TYPE, ENDPOINT_TYPE
+from metamesh.xds.server import AdsServer, node_identity
+from tests.control.cases import THRIFT, example_model
+
+
+def node(node_id: str, namespace: str | None = None) -> Any:
+    n = base_pb2.Node(id=node_id)
+    if namespace:
+        n.metadata.update({"NAMESPACE": namespace, "LABELS": {"app": "x"}})
+    return n
+
+
+class Client:
+    """One ADS stream: ``send`` requests, ``recv`` responses."""
+
+    def __init__(self, channel: grpc.aio.Channel, node_id: str, namespace: str | None = None):
+        self.node = node(node_id, namespace)
+        self.outbox: asyncio.Queue[Any] = asyncio.Queue()
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        self.call = stub.StreamAggregatedResources(self._requests())
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        while True:
+            item = await self.outbox.get()
+            if item is None:
+                return
+            yield item
+
+    def send(self, type_url: str, names: tuple[str, ...] = (), **kw: Any) -> None:
+        req = discovery_pb2.DiscoveryRequest(
+            node=self.node, type_url=type_url, resource_names=list(names), **kw
+        )
+        self.outbox.put_nowait(req)
+
+    async def recv(self) -> Any:
+        return await asyncio.wait_for(self.call.read(), 5)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in 5 s")
+
+
+async def scenario() -> None:
+    server = AdsServer(example_model(), quiet=0.05, max_delay=0.2)
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        meshwide = Client(channel, "a")
+        meshwide.send(CLUSTER_TYPE)
+        cds = await meshwide.recv()
+        assert (cds.type_url, cds.version_info, len(cds.resources)) == (CLUSTER_TYPE, "1", 6)
+        meshwide.send(CLUSTER_TYPE, version_info="1", response_nonce=cds.nonce)
+        meshwide.send(ENDPOINT_TYPE, (f"outbound|9090|v1|{THRIFT}",))
+        eds = await meshwide.recv()
+        assert eds.type_url == ENDPOINT_TYPE and len(eds.resources) == 1
+        meshwide.send(
+            ENDPOINT_TYPE,
+            (f"outbound|9090|v1|{THRIFT}",),
+            version_info="0",
+            response_nonce=eds.nonce,
+            error_detail={"message": "rejected on purpose"},
+        )
+
+        # a second node, in another namespace, has its own stream and snapshot
+        other = Client(channel, "b", namespace="elsewhere")
+        other.send(CLUSTER_TYPE)
+        assert len((await other.recv()).resources) == 6
+
+        # a burst of model changes becomes one push with one new version
+        model = example_model()
+        for _ in range(5):
+            server.set_model(MeshModel({THRIFT: model.services[THRIFT]}))
+        pushed = await meshwide.recv()
+        assert (pushed.type_url, pushed.version_info, len(pushed.resources)) == (
+            CLUSTER_TYPE,
+            "2",
+            3,
+        )
+        meshwide.send(CLUSTER_TYPE, version_info="2", response_nonce=pushed.nonce)
+        assert (await other.recv()).version_info == "2"
+        await until(lambda: server.acked_version("a", CLUSTER_TYPE) == "2")
+        status = server.status()["a"]
+        assert status[ENDPOINT_TYPE]["nack"] == {"version": "1", "error": "rejected on purpose"}
+        assert server.nacks() == [("a", ENDPOINT_TYPE, "1", "rejected on purpose")]
+        meshwide.outbox.put_nowait(None)
+        other.outbox.put_nowait(None)
+    await server.stop()
+
+
+def test_ads_over_grpc() -> None:
+    asyncio.run(scenario())
+
+
+def test_node_identity_from_metadata_and_istio_id() -> None:
+    identity = node_identity(node("n1", "ns"))
+    assert (identity.node_id, identity.namespace, identity.labels) == ("n1", "ns", (("app", "x"),))
+    istio = node_identity(base_pb2.Node(id="sidecar~10.0.0.1~pod-1.shop~shop.svc.cluster.local"))
+    assert istio.namespace == "shop"
+    assert node_identity(base_pb2.Node(id="plain")).namespace is None
