@@ -23,7 +23,7 @@ import pytest
 
 from metamesh.api import load_text
 from metamesh.control.model import MeshModel, build_model
-from metamesh.control.translate import CLUSTER_TYPE, ENDPOINT_TYPE
+from metamesh.control.translate import CLUSTER_TYPE, ENDPOINT_TYPE, translate
 from metamesh.xds.server import AdsServer
 from tests.control.cases import DUBBO, EXAMPLES, THRIFT, example_model
 
@@ -71,7 +71,7 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = self.call(lambda: AdsServer(model, quiet=0.05, max_delay=0.5))
+        self.server = self.call(lambda: AdsServer(translate, model, quiet=0.05, max_delay=0.5))
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
 
     def call(self, fn: Callable[[], Any]) -> Any:

@@ -11,7 +11,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from metamesh.control.model import MeshModel
-from metamesh.control.translate import CLUSTER_TYPE, ENDPOINT_TYPE
+from metamesh.control.translate import CLUSTER_TYPE, ENDPOINT_TYPE, translate
 from metamesh.xds.server import AdsServer, node_identity
 from tests.control.cases import THRIFT, example_model
 
@@ -58,7 +58,7 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 async def scenario() -> None:
-    server = AdsServer(example_model(), quiet=0.05, max_delay=0.2)
+    server = AdsServer(translate, example_model(), quiet=0.05, max_delay=0.2)
     port = await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         meshwide = Client(channel, "a")

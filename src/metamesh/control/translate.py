@@ -34,7 +34,6 @@ for the inbound side, which metamesh does not generate yet.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -49,12 +48,28 @@ from udpa.type.v1 import typed_struct_pb2
 from metamesh.codecs.registry import AERAKI_PREFIX
 from metamesh.control.model import ClusterPolicy, MeshModel, Service, ServicePort
 from metamesh.control.routes import route_configuration
+from metamesh.xds.resources import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    TYPE_URLS,
+    ProxyNode,
+    XdsResources,
+)
 
-LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-TYPE_URLS = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+__all__ = [
+    "CLUSTER_TYPE",
+    "ENDPOINT_TYPE",
+    "LISTENER_TYPE",
+    "ROUTE_TYPE",
+    "TYPE_URLS",
+    "ProxyNode",
+    "XdsResources",
+    "cluster_name",
+    "route_config_name",
+    "translate",
+]
 
 META_PROTOCOL_FILTER = "envoy.filters.network.meta_protocol_proxy"
 META_PROTOCOL_PROXY_TYPE = (
@@ -65,41 +80,6 @@ LOCAL_RATELIMIT_TYPE = (
 )
 ROUTER_FILTER = "aeraki.meta_protocol.filters.router"
 LOCAL_RATELIMIT_FILTER = "aeraki.meta_protocol.filters.local_ratelimit"
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyNode:
-    """Who asks: Envoy ``node.id``, the workload namespace (None = all) and its labels."""
-
-    node_id: str = ""
-    namespace: str | None = None
-    labels: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class XdsResources:
-    """``{type_url: {name: message}}`` for the four resource types, names sorted."""
-
-    by_type: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
-
-    def of(self, type_url: str) -> Mapping[str, Any]:
-        return self.by_type.get(type_url, MappingProxyType({}))
-
-    @property
-    def listeners(self) -> Mapping[str, Any]:
-        return self.of(LISTENER_TYPE)
-
-    @property
-    def clusters(self) -> Mapping[str, Any]:
-        return self.of(CLUSTER_TYPE)
-
-    @property
-    def endpoints(self) -> Mapping[str, Any]:
-        return self.of(ENDPOINT_TYPE)
-
-    @property
-    def routes(self) -> Mapping[str, Any]:
-        return self.of(ROUTE_TYPE)
 
 
 def cluster_name(port: int, subset: str, host: str) -> str:

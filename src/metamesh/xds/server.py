@@ -2,12 +2,16 @@
 
 How it works:
 
-- :meth:`AdsServer.set_model` records a new :class:`~metamesh.control.model.MeshModel` and
+- The server is given a ``translate(model, node)`` function (the control plane passes
+  :func:`metamesh.control.translate.translate`; the xds layer never imports the control
+  layer above it) and a first model.
+- :meth:`AdsServer.set_model` records a new model (a
+  :class:`~metamesh.control.model.MeshModel`) and
   pokes a :class:`Debouncer`; bursts of changes (a directory rewritten file by file) coalesce
   into one push after ``quiet`` seconds without a change, or ``max_delay`` after the first one,
   whichever comes first (Aeraki uses 1 s / 10 s). :meth:`AdsServer.flush` applies at once.
 - Applying a model bumps the version (``"1"``, ``"2"``, ...), translates it for each connected
-  node's identity (:func:`metamesh.control.translate.translate`, node id plus ``NAMESPACE`` and
+  node's identity (the ``translate`` function; node id plus ``NAMESPACE`` and
   ``LABELS`` from ``node.metadata`` as Istio's agent sends them) and hands the result to each
   stream's :class:`~metamesh.xds.streams.StreamState`, which decides what to send.
 - Each stream is an async generator: a reader task turns incoming requests into queue events,
@@ -32,12 +36,12 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import json_format
 
-from metamesh.control.model import MeshModel
-from metamesh.control.translate import ProxyNode, XdsResources, translate
+from metamesh.xds.resources import ProxyNode, XdsResources
 from metamesh.xds.streams import StreamState
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
+Translate = Callable[[Any, ProxyNode], XdsResources]
 
 
 @dataclass(slots=True)
@@ -97,14 +101,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     def __init__(
         self,
-        model: MeshModel | None = None,
+        translate: Translate,
+        model: Any,
         *,
         quiet: float = 0.1,
         max_delay: float = 1.0,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._model = model or MeshModel()
-        self._pending: MeshModel | None = None
+        self._translate = translate
+        self._model = model
+        self._pending: Any = None
         self._generation = 1
         self._debouncer = Debouncer(quiet, max_delay)
         self._clock = clock
@@ -139,7 +145,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     def version(self) -> str:
         return str(self._generation)
 
-    def set_model(self, model: MeshModel) -> None:
+    def set_model(self, model: Any) -> None:
         """Schedule ``model`` (debounced); call from the server's event loop."""
         self._pending = model
         self._debouncer.submit(self._clock())
@@ -170,7 +176,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             if self._debouncer.take(self._clock()) and self._pending is not None:
                 self._apply(self._pending)
 
-    def _apply(self, model: MeshModel) -> None:
+    def _apply(self, model: Any) -> None:
         self._pending = None
         self._model = model
         self._generation += 1
@@ -179,7 +185,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     def snapshot_for(self, node: ProxyNode) -> XdsResources:
         """What ``node`` gets from the current model."""
-        return translate(self._model, node)
+        return self._translate(self._model, node)
 
     # --- status ---------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from typing import Any
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from metamesh.control.translate import (
+from metamesh.xds.resources import (
     CLUSTER_TYPE,
     LISTENER_TYPE,
     TYPE_URLS,

@@ -1,0 +1,53 @@
+"""The xDS resource tables the server serves: type URLs, a node's identity, a snapshot.
+
+These live in the xds layer, below the control plane, so that the ADS server depends only on
+the shape of what it serves; :mod:`metamesh.control.translate` produces them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+TYPE_URLS = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyNode:
+    """Who asks: Envoy ``node.id``, the workload namespace (None = all) and its labels."""
+
+    node_id: str = ""
+    namespace: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class XdsResources:
+    """``{type_url: {name: message}}`` for the four resource types, names sorted."""
+
+    by_type: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def of(self, type_url: str) -> Mapping[str, Any]:
+        return self.by_type.get(type_url, MappingProxyType({}))
+
+    @property
+    def listeners(self) -> Mapping[str, Any]:
+        return self.of(LISTENER_TYPE)
+
+    @property
+    def clusters(self) -> Mapping[str, Any]:
+        return self.of(CLUSTER_TYPE)
+
+    @property
+    def endpoints(self) -> Mapping[str, Any]:
+        return self.of(ENDPOINT_TYPE)
+
+    @property
+    def routes(self) -> Mapping[str, Any]:
+        return self.of(ROUTE_TYPE)
