@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from metamesh.codecs.message import ErrorKind
+
 
 class LbPolicy(enum.Enum):
     """Envoy's ``Cluster.LbPolicy`` names (the subset metamesh implements)."""
@@ -61,14 +63,68 @@ class RequestMirrorPolicy:
     percent: float = 100.0
 
 
+#: What a retry policy may retry on (metamesh's ``retryOn`` values).
+RETRY_ON_VALUES = ("connect-failure", "reset", "error-response", "timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Envoy-shaped ``RouteAction.retry_policy`` (metamesh's retry conditions).
+
+    ``num_retries`` extra attempts after the first; ``per_try_timeout`` bounds each attempt;
+    the wait before retry *n* is drawn uniformly from ``[0, min(backoff_max, backoff_base *
+    2**(n-1))]`` (Envoy's fully jittered exponential back-off). A request that already
+    reached an upstream is only retried when ``retry_non_idempotent`` is set; a connect
+    failure never reached one, so it is always safe to retry.
+    """
+
+    num_retries: int = 1
+    retry_on: tuple[str, ...] = ("connect-failure", "reset")
+    per_try_timeout: float | None = None
+    backoff_base: float = 0.025
+    backoff_max: float | None = None  # None: 10 x backoff_base, as in Envoy
+    retry_non_idempotent: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class RouteAction:
-    """Where a matched request goes: exactly one of ``cluster`` / ``weighted_clusters``."""
+    """Where a matched request goes: exactly one of ``cluster`` / ``weighted_clusters``.
+
+    ``timeout`` (seconds, ``None`` = no limit) bounds the whole request, retries included;
+    ``retry_policy`` says when a failed attempt is tried again.
+    """
 
     cluster: str = ""
     weighted_clusters: tuple[WeightedCluster, ...] = ()
     hash_policy: tuple[str, ...] = ()
     request_mirror_policies: tuple[RequestMirrorPolicy, ...] = ()
+    timeout: float | None = None
+    retry_policy: RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDelay:
+    """Hold ``percent`` of the route's requests for ``fixed_delay`` seconds."""
+
+    fixed_delay: float
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAbort:
+    """Answer ``percent`` of the route's requests with a local ``kind`` error reply."""
+
+    kind: ErrorKind = ErrorKind.FAULT_ABORT
+    message: str = "fault injected"
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class FaultInjection:
+    """metamesh's route-level fault injection (applied by ``metamesh.filters.fault``)."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +136,7 @@ class Route:
     route: RouteAction
     request_mutation: tuple[tuple[str, str], ...] = ()
     response_mutation: tuple[tuple[str, str], ...] = ()
+    fault: FaultInjection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +163,23 @@ class CircuitBreakers:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Passive health checking (Envoy ``OutlierDetection``, consecutive-errors flavour).
+
+    An endpoint that fails ``consecutive_errors`` requests in a row (error responses, resets,
+    connect failures, per-try timeouts) is ejected for ``base_ejection_time`` x the number of
+    times it has been ejected; that count drops by one for every ``interval`` the endpoint
+    stays in service. At most ``max_ejection_percent`` of the endpoints are ejected at once,
+    but always at least one may be (Envoy's rule).
+    """
+
+    consecutive_errors: int = 5
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     """An upstream cluster; ``name`` follows Istio: ``outbound|<port>|<subset>|<host>``."""
 
@@ -114,6 +188,7 @@ class Cluster:
     lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     connect_timeout: float = 5.0
+    outlier_detection: OutlierDetection | None = None
 
     @property
     def service(self) -> str:
@@ -139,6 +214,87 @@ class Listener:
     stat_prefix: str = ""
     filters: tuple[str, ...] = ("aeraki.meta_protocol.filters.router",)
     max_frame_size: int | None = None
+    #: Typed configs of the filters in ``filters`` that take one: (filter name, config).
+    filter_configs: tuple[tuple[str, object], ...] = ()
+
+    def filter_config(self, name: str) -> object | None:
+        """The config given for filter ``name``, or ``None``."""
+        return next((c for n, c in self.filter_configs if n == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucket:
+    """Envoy's ``TokenBucket``: starts full; ``tokens_per_fill`` every ``fill_interval`` s."""
+
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRateLimitConfig:
+    """Aeraki ``LocalRateLimit``: the first matching condition's bucket, else the default."""
+
+    token_bucket: TokenBucket | None = None
+    conditions: tuple[tuple[tuple[MetadataMatcher, ...], TokenBucket], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzSource:
+    """A rule's ``from.source`` (Istio): every field that is set must match."""
+
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzOperation:
+    """A rule's ``to.operation``: every ``attributes`` key matches one of its alternatives and
+    no ``not_attributes`` alternative matches (matchers never inverted here)."""
+
+    attributes: tuple[tuple[str, tuple[MetadataMatcher, ...]], ...] = ()
+    not_attributes: tuple[tuple[str, tuple[MetadataMatcher, ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRule:
+    """Matches when one ``sources`` entry and one ``operations`` entry match (empty = any)."""
+
+    sources: tuple[AuthzSource, ...] = ()
+    operations: tuple[AuthzOperation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzPolicy:
+    """One MetaAuthorizationPolicy as the proxy runs it (``action`` ALLOW or DENY)."""
+
+    name: str
+    action: str
+    rules: tuple[AuthzRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RbacConfig:
+    """``metamesh.filters.rbac``: the policies that select this listener's workload."""
+
+    policies: tuple[AuthzPolicy, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalRateLimitConfig:
+    """Aeraki ``RateLimit`` (global): ask a rate limit service, per request, with
+    descriptors built from request metadata (``(descriptor_key, metadata property)``)."""
+
+    domain: str
+    match: tuple[MetadataMatcher, ...] = ()
+    descriptors: tuple[tuple[str, str], ...] = ()
+    timeout: float = 0.02
+    failure_mode_deny: bool = False
+    rate_limit_service: str = ""
 
 
 def _frozen_map(items: Mapping[str, object] | None = None) -> Mapping[str, object]:

@@ -36,7 +36,24 @@ from typing import Any
 from metamesh.codecs import Codec, CodecError, ErrorKind, LocalError, Message, MessageType
 from metamesh.codecs.message import ResponseStatus
 from metamesh.proxy.config import Listener, Snapshot
+from metamesh.proxy.filters.base import FilterContext, LocalReply, Stop
+from metamesh.proxy.filters.chain import ListenerFilters, RouteExtras
 from metamesh.proxy.lb import hash_metadata
+from metamesh.proxy.policy import (
+    CONNECT_FAILURE,
+    CONNECT_TIMEOUT,
+    ERROR_RESPONSE,
+    RESET,
+    RESUME,
+    RETRY,
+    ROUTE_TIMEOUT,
+    TIMEOUT,
+    TRY_TIMEOUT,
+    UNEJECT,
+    DeadlineQueue,
+    RequestExt,
+    pick_excluding,
+)
 from metamesh.proxy.router import CompiledRoute, RouteTable
 from metamesh.proxy.stats import ProxyStats, RequestStats
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream, UpstreamState
@@ -48,18 +65,29 @@ CodecFactoryResolver = Callable[[str], Callable[..., Codec]]
 
 _REQUEST, _ONEWAY, _HEARTBEAT = MessageType.REQUEST, MessageType.ONEWAY, MessageType.HEARTBEAT
 _RESPONSE, _ERROR = MessageType.RESPONSE, MessageType.ERROR
-_OK = ResponseStatus.OK
+_OK, _STATUS_ERROR = ResponseStatus.OK, ResponseStatus.ERROR
 _CONNECTING, _READY, _CLOSED = UpstreamState.CONNECTING, UpstreamState.READY, UpstreamState.CLOSED
 
 
 class ListenerState:
     """A listener's live settings; ``table`` is replaced on a config swap."""
 
-    __slots__ = ("codec_factory", "config", "multiplexed", "protocol", "table")
+    __slots__ = (
+        "codec_factory",
+        "config",
+        "extras",
+        "filters",
+        "multiplexed",
+        "protocol",
+        "table",
+    )
 
     def __init__(self, config: Listener, table: RouteTable, factory: Callable[..., Codec]) -> None:
         self.config = config
         self.table = table
+        #: Filter instances, and per-route filter chains and policies (None: nothing at all).
+        self.filters: ListenerFilters | None = None
+        self.extras: dict[CompiledRoute | None, RouteExtras] | None = None
         self.codec_factory = factory
         probe = self.new_codec()
         self.protocol = probe.name or config.codec
@@ -129,6 +157,9 @@ class ConnectionManager:
         self.downstreams: set[Downstream] = set()
         self.upstreams: set[Upstream] = set()
         self._next_conn_id = 0
+        #: Every timed event: request/per-try timeouts, retries, paused filters, ejections.
+        self.deadlines = DeadlineQueue()
+        self.filter_context = FilterContext(self.stats, self.rng, self._emit)
         self.apply_snapshot(snapshot)
 
     # -- configuration -------------------------------------------------------------------
@@ -153,13 +184,18 @@ class ConnectionManager:
         for name, listener in snapshot.listeners.items():
             table = RouteTable(snapshot.route_configs[listener.route_config_name])
             current = self.listeners.get(name)
+            previous = current.filters if current is not None else None
+            filters = ListenerFilters(listener, self.filter_context, previous)
             if current is not None and current.config.codec == listener.codec:
                 current.config = listener
-                current.table = table
-                listeners[name] = current
+                state_ = current
             else:
                 factory = self.resolve_codec(listener.codec)
-                listeners[name] = ListenerState(listener, table, factory)
+                state_ = ListenerState(listener, table, factory)
+            # Table and extras are swapped together: extras are keyed by the table's routes.
+            state_.table, state_.extras = table, filters.compile(table)
+            state_.filters = filters
+            listeners[name] = state_
         self.listeners = listeners
         self.clusters = clusters
         self.snapshot = snapshot
@@ -242,6 +278,12 @@ class ConnectionManager:
     def _on_request(self, d: Downstream, msg: Message, now: float) -> None:
         listener = d.listener
         route = listener.table.match(msg)
+        extras = listener.extras
+        if extras is not None:
+            ex = extras.get(route)
+            if ex is not None:
+                self._start(d, msg, route, ex, now)
+                return
         if route is None:
             self._local_reply(d, msg, ErrorKind.ROUTE_NOT_FOUND, "no matched route", now)
             return
@@ -308,7 +350,12 @@ class ConnectionManager:
                 frame = msg.frame
                 up.fifo.append(req)
                 if not req.mirror:
-                    req.downstream.order.append(req)
+                    ext = req.ext
+                    if ext is None:
+                        req.downstream.order.append(req)
+                    elif not ext.ordered:
+                        ext.ordered = True
+                        req.downstream.order.append(req)
             cs = up.cluster
             cs.active_requests += 1
             lb = cs.lb
@@ -395,7 +442,288 @@ class ConnectionManager:
         self.upstreams.add(up)
         self.stats.active_upstream_connections += 1
         self.actions.append((CONNECT, up))
+        self.deadlines.push(up.connect_deadline, CONNECT_TIMEOUT, up)
         return up
+
+    # -- filter chain and route policies (timeouts, retries) -----------------------------
+
+    def _emit(self, action: tuple[Any, ...]) -> None:
+        self.actions.append(action)
+
+    def _start(
+        self, d: Downstream, msg: Message, route: CompiledRoute | None, ex: RouteExtras, now: float
+    ) -> None:
+        """A request on a route with filters or policies: run the chain, then route."""
+        req = ActiveRequest(d, msg, route, None, now, None)
+        ext = req.ext = RequestExt(ex.policy, ex.chain)
+        if ex.chain:
+            self._run_chain(req, ext, 0, now)
+        else:
+            self._dispatch(req, ext, now)
+
+    def _run_chain(self, req: ActiveRequest, ext: RequestExt, start: int, now: float) -> None:
+        chain = ext.chain
+        for k in range(start, len(chain)):
+            result = chain[k].on_request(req, now)
+            if result is None:
+                continue
+            if type(result) is Stop:
+                ext.filter_index = k + 1
+                ext.then = result.then
+                ext.wait_token += 1
+                d = req.downstream
+                if not d.listener.multiplexed and not ext.ordered:
+                    ext.ordered = True  # hold this request's place in the reply order
+                    d.order.append(req)
+                if result.resume_at is not None:
+                    self.deadlines.push(result.resume_at, RESUME, req, ext.wait_token)
+                return
+            assert isinstance(result, LocalReply)
+            self._policy_reply(req, ext, result.kind, result.message, now)
+            return
+        self._dispatch(req, ext, now)
+
+    def resume_request(
+        self, req: ActiveRequest, token: int, allowed: bool | None, now: float
+    ) -> None:
+        """An asynchronous filter answer (global rate limit) for a stopped request.
+
+        ``allowed`` True continues the chain, False answers ``OVER_LIMIT``, None (the check
+        failed) applies the filter's failure mode. Answers that come after the filter's own
+        timeout (or for a request already answered) are ignored.
+        """
+        ext = req.ext
+        if ext is None or ext.done or token != ext.wait_token:
+            return
+        ext.wait_token += 1
+        if allowed is None:
+            self.stats.ratelimit_errors += 1
+            self._after_stop(req, ext, ext.then, now)
+        elif allowed:
+            self.stats.ratelimit_ok += 1
+            self._after_stop(req, ext, None, now)
+        else:
+            self.stats.ratelimit_over_limit += 1
+            over = LocalReply(ErrorKind.OVER_LIMIT, "global rate limit exceeded")
+            self._after_stop(req, ext, over, now)
+
+    def _after_stop(
+        self, req: ActiveRequest, ext: RequestExt, then: LocalReply | None, now: float
+    ) -> None:
+        if req.downstream.closed:
+            ext.done = True
+        elif then is not None:
+            self._policy_reply(req, ext, then.kind, then.message, now)
+        else:
+            self._run_chain(req, ext, ext.filter_index, now)
+
+    def _dispatch(self, req: ActiveRequest, ext: RequestExt, now: float) -> None:
+        """The router for requests with filters or policies (first attempt and retries)."""
+        d = req.downstream
+        if d.closed:
+            ext.done = True
+            return
+        route = req.route
+        if route is None:
+            self._policy_reply(req, ext, ErrorKind.ROUTE_NOT_FOUND, "no matched route", now)
+            return
+        listener = d.listener
+        protocol = listener.protocol
+        cs = req.cluster
+        first = cs is None
+        if cs is None:
+            cluster_name = route.cluster or route.pick_cluster(self.rng)
+            cs = self.clusters.get(cluster_name)
+            if cs is None:
+                text = f"unknown cluster {cluster_name}"
+                self._policy_reply(req, ext, ErrorKind.CLUSTER_NOT_FOUND, text, now)
+                return
+            req.cluster = cs
+            stats = cs.request_stats.get(protocol)
+            if stats is None:
+                stats = cs.request_stats[protocol] = self.stats.request_stats(
+                    cs.service, cs.subset, protocol
+                )
+            req.stats = stats
+            policy = ext.policy
+            if policy is not None and policy.timeout is not None and req.request.type is _REQUEST:
+                ext.deadline = now + policy.timeout
+                self.deadlines.push(ext.deadline, ROUTE_TIMEOUT, req)
+            if route.request_mutation is not None:
+                req.request = self._mutated(d.codec, req.request, route.request_mutation)
+        msg = req.request
+        if cs.active_requests >= cs.max_requests:
+            self._policy_reply(req, ext, ErrorKind.OVER_LIMIT, "max_requests reached", now)
+            return
+        hash_key = None
+        if route.hash_keys:
+            md = msg.metadata
+            hash_key = hash_metadata([md.get(k, "") for k in route.hash_keys])
+        idx = pick_excluding(cs.lb, hash_key, ext.excluded)
+        if idx is None:
+            kind = ErrorKind.NO_HEALTHY_UPSTREAM
+            self._policy_reply(req, ext, kind, "no healthy upstream", now)
+            return
+        up = self._upstream_for(d, cs, idx, now)
+        if up is None:
+            self._policy_reply(req, ext, ErrorKind.OVER_LIMIT, "max_connections reached", now)
+            return
+        if up.state is _CONNECTING and cs.pending_requests >= cs.max_pending:
+            kind = ErrorKind.OVER_LIMIT
+            self._policy_reply(req, ext, kind, "max_pending_requests reached", now)
+            return
+        ext.sent = up.state is _READY
+        self._send(up, req, d.codec, idx)
+        if msg.type is _ONEWAY:
+            ext.done = True
+            if ext.ordered:  # a stopped one-way request held a place in the reply order
+                self._reply_in_order(d, req, b"")
+        else:
+            policy = ext.policy
+            if policy is not None and policy.per_try_timeout is not None:
+                when = now + policy.per_try_timeout
+                self.deadlines.push(when, TRY_TIMEOUT, req, ext.attempt)
+        if first and route.mirrors:
+            self._mirror(d, msg, route, now)
+
+    def _retry(self, req: ActiveRequest, condition: str, now: float) -> bool:
+        """Try ``req`` again after a failed attempt, if its policy allows; True if so."""
+        ext = req.ext
+        if ext is None or ext.done:
+            return False
+        policy = ext.policy
+        if policy is None or req.downstream.closed or not policy.may_retry(ext, condition):
+            return False
+        if ext.deadline is not None and now >= ext.deadline:
+            return False
+        if req.endpoint_index >= 0:
+            ext.excluded.add(req.endpoint_index)
+        req.upstream = None
+        ext.attempt += 1
+        self.stats.retries += 1
+        delay = policy.backoff(ext.attempt, self.rng)
+        if delay > 0:
+            self.deadlines.push(now + delay, RETRY, req, ext.attempt)
+        else:
+            self._dispatch(req, ext, now)
+        return True
+
+    def _abort_attempt(self, req: ActiveRequest) -> None:
+        """Take a timed-out attempt off its upstream; its id stays reserved until the late
+        reply comes (which is then dropped), so the id is never reused too early."""
+        up = req.upstream
+        if up is None:
+            return
+        req.upstream = None
+        if up.state is not _CLOSED:
+            pending = up.pending
+            for rid, r in pending.items():
+                if r is req:
+                    pending[rid] = _GONE
+                    up.dead += 1
+                    break
+            else:
+                fifo = up.fifo
+                for i, r in enumerate(fifo):
+                    if r is req:
+                        fifo[i] = _GONE
+                        up.dead += 1
+                        break
+            if up.dead > _MAX_DEAD:  # an upstream that stopped answering: stop using it
+                self._retire(up)
+        self._untrack(req)
+
+    def _endpoint_failed(self, cs: ClusterState, idx: int, now: float) -> None:
+        """Outlier detection: count a failure of endpoint ``idx``; maybe eject it."""
+        od = cs.outlier
+        if od is None or idx < 0:
+            return
+        until = od.failure(idx, cs.lb, now)
+        if until is not None:
+            self.stats.outlier_ejections += 1
+            e = cs.config.endpoints[idx]
+            text = f"{cs.config.name}: ejected {e.address}:{e.port} until {until:.3f}"
+            self.actions.append((LOG, WARNING, text))
+            self.deadlines.push(until, UNEJECT, cs)
+
+    def _policy_reply(
+        self, req: ActiveRequest, ext: RequestExt, kind: ErrorKind, text: str, now: float
+    ) -> None:
+        """Answer a request that is not in flight upstream with a local error."""
+        ext.done = True
+        d = req.downstream
+        msg = req.request
+        self.stats.local_replies[kind] += 1
+        stats = req.stats
+        if stats is None:
+            stats = self.stats.request_stats("unknown", "", d.listener.protocol)
+        stats.observe(1, (now - req.start) * 1000.0)
+        if self.access_log:
+            self._access_log(d, msg, req.route, None, None, kind.value, req.start, now)
+        if d.closed:
+            return
+        data = b"" if msg.type is _ONEWAY else d.codec.error_reply(msg, LocalError(kind, text))
+        if ext.ordered:
+            self._reply_in_order(d, req, data)
+        elif data:
+            self._reply_in_order(d, None, data)
+
+    def _on_deadline(self, kind: int, obj: Any, token: int, now: float) -> None:
+        if kind == CONNECT_TIMEOUT:
+            up: Upstream = obj
+            if up.state is _CONNECTING and now >= up.connect_deadline:
+                self.upstream_connect_failed(up, "connect timeout", now)
+                self.actions.append((CLOSE_UPSTREAM, up))
+            return
+        if kind == UNEJECT:
+            state: ClusterState = obj
+            if state.outlier is not None:
+                state.outlier.expire(state.lb, now)
+            return
+        req: ActiveRequest = obj
+        ext = req.ext
+        if ext is None or ext.done:
+            return
+        if kind == RESUME:
+            if token == ext.wait_token:
+                ext.wait_token += 1
+                self._after_stop(req, ext, ext.then, now)
+        elif kind == RETRY:
+            if token == ext.attempt:
+                self._dispatch(req, ext, now)
+        elif kind == TRY_TIMEOUT:
+            if token == ext.attempt and req.upstream is not None:
+                self.stats.timeouts += 1
+                cs = req.cluster
+                if cs is not None:
+                    self._endpoint_failed(cs, req.endpoint_index, now)
+                self._abort_attempt(req)
+                if not self._retry(req, TIMEOUT, now):
+                    self._timed_out(req, ext, "per-try timeout", now)
+        elif kind == ROUTE_TIMEOUT:
+            self.stats.timeouts += 1
+            if req.upstream is not None:
+                cs = req.cluster
+                if cs is not None:
+                    self._endpoint_failed(cs, req.endpoint_index, now)
+                self._abort_attempt(req)
+            self._timed_out(req, ext, "route timeout", now)
+
+    def _timed_out(self, req: ActiveRequest, ext: RequestExt, text: str, now: float) -> None:
+        ext.done = True
+        d = req.downstream
+        self.stats.local_replies[ErrorKind.TIMEOUT] += 1
+        if req.stats is not None:
+            req.stats.observe(1, (now - req.start) * 1000.0)
+        if self.access_log:
+            self._access_log(d, req.request, req.route, None, None, "timeout", req.start, now)
+        if not d.closed:
+            data = d.codec.error_reply(req.request, LocalError(ErrorKind.TIMEOUT, text))
+            self._reply_in_order(d, req if ext.ordered else None, data)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` next has something to do (the runtime arms one timer)."""
+        return self.deadlines.next_deadline()
 
     # -- replies -------------------------------------------------------------------------
 
@@ -443,10 +771,17 @@ class ConnectionManager:
             d.dirty = True
             self.dirty.append(d)
 
-    def _fail_request(self, req: ActiveRequest, kind: ErrorKind, text: str, now: float) -> None:
+    def _fail_request(
+        self, req: ActiveRequest, kind: ErrorKind, text: str, now: float, condition: str = ""
+    ) -> None:
         self._untrack(req)
         if req.mirror:
             return
+        ext = req.ext
+        if ext is not None:
+            if condition and self._retry(req, condition, now):
+                return
+            ext.done = True
         d = req.downstream
         self.stats.local_replies[kind] += 1
         if req.stats is not None:
@@ -467,6 +802,9 @@ class ConnectionManager:
         self.stats.upstream_connects += 1
         up.cluster.pending_requests -= up.queued
         up.queued = 0
+        for req in (*up.pending.values(), *up.fifo) if up.out else ():
+            if req.ext is not None:
+                req.ext.sent = True
         if up.out and not up.dirty:
             up.dirty = True
             self.dirty.append(up)
@@ -479,8 +817,13 @@ class ConnectionManager:
         self.actions.append(
             (LOG, WARNING, f"{up}: connect to {e.address}:{e.port} failed: {reason}")
         )
+        self._endpoint_failed(up.cluster, up.endpoint_index, now)
         self._drop_upstream(
-            up, ErrorKind.NO_HEALTHY_UPSTREAM, f"upstream connect failed: {reason}", now
+            up,
+            ErrorKind.NO_HEALTHY_UPSTREAM,
+            f"upstream connect failed: {reason}",
+            now,
+            CONNECT_FAILURE,
         )
 
     def upstream_data(self, up: Upstream, data: bytes, now: float) -> None:
@@ -495,7 +838,9 @@ class ConnectionManager:
             except CodecError as e:
                 self.stats.upstream_decode_errors += 1
                 self.actions.append((LOG, WARNING, f"{up}: bad frame from upstream: {e}"))
-                self._drop_upstream(up, ErrorKind.BAD_RESPONSE, f"bad upstream response: {e}", now)
+                self._endpoint_failed(up.cluster, up.endpoint_index, now)
+                text = f"bad upstream response: {e}"
+                self._drop_upstream(up, ErrorKind.BAD_RESPONSE, text, now, RESET)
                 self.actions.append((CLOSE_UPSTREAM, up))
                 return
             if msg is None:
@@ -524,6 +869,10 @@ class ConnectionManager:
         if req is None:
             self.stats.upstream_unmatched_responses += 1
             return
+        if req is _GONE:  # the request timed out; its id was kept reserved until now
+            up.dead -= 1
+            self.stats.late_responses += 1
+            return
         # Inline _untrack: this runs once per proxied request.
         cs = up.cluster
         cs.active_requests -= 1
@@ -533,6 +882,21 @@ class ConnectionManager:
         self.stats.active_requests -= 1
         if req.mirror:
             return
+        ext = req.ext
+        if ext is not None or cs.outlier is not None:
+            failed = msg.type is _ERROR or msg.status is _STATUS_ERROR
+            od = cs.outlier
+            if od is not None:
+                if failed:
+                    self._endpoint_failed(cs, req.endpoint_index, now)
+                elif req.endpoint_index < len(od.consecutive):
+                    od.success(req.endpoint_index)
+            if ext is not None:
+                if ext.done:
+                    return
+                if failed and self._retry(req, ERROR_RESPONSE, now):
+                    return
+                ext.done = True
         code = 0 if (msg.status is _OK and msg.type is _RESPONSE) else 1
         req.stats.observe(code, (now - req.start) * 1000.0)  # type: ignore[union-attr]
         d = req.downstream
@@ -559,21 +923,26 @@ class ConnectionManager:
         if up.in_flight:
             self.stats.upstream_resets += 1
             self.actions.append((LOG, WARNING, f"{up}: reset with {up.in_flight} in flight"))
-        self._drop_upstream(up, ErrorKind.UPSTREAM_RESET, "upstream connection reset", now)
+            self._endpoint_failed(up.cluster, up.endpoint_index, now)
+        text = "upstream connection reset"
+        self._drop_upstream(up, ErrorKind.UPSTREAM_RESET, text, now, RESET)
 
-    def _drop_upstream(self, up: Upstream, kind: ErrorKind, text: str, now: float) -> None:
+    def _drop_upstream(
+        self, up: Upstream, kind: ErrorKind, text: str, now: float, condition: str = ""
+    ) -> None:
         """Mark ``up`` closed, remove it from pools and fail what it had in flight."""
         if up.state is _CONNECTING:
             up.cluster.pending_requests -= up.queued
             up.queued = 0
         up.state = UpstreamState.CLOSED
         self._unpool(up)
-        failed = list(up.pending.values()) + list(up.fifo)
+        failed = [r for r in (*up.pending.values(), *up.fifo) if r is not _GONE]
         up.pending.clear()
         up.fifo.clear()
         up.out.clear()
+        up.dead = 0
         for req in failed:
-            self._fail_request(req, kind, text, now)
+            self._fail_request(req, kind, text, now, condition)
 
     def _unpool(self, up: Upstream) -> None:
         if up not in self.upstreams:
@@ -599,9 +968,11 @@ class ConnectionManager:
 
     def _abandon_upstream(self, up: Upstream) -> None:
         """Close a dedicated upstream whose client left; its requests are dropped silently."""
-        for req in list(up.pending.values()) + list(up.fifo):
-            self._untrack(req)
+        for req in (*up.pending.values(), *up.fifo):
+            if req is not _GONE:
+                self._untrack(req)
         up.pending.clear()
+        up.dead = 0
         up.fifo.clear()
         if up.state is _CONNECTING:
             up.cluster.pending_requests -= up.queued
@@ -611,11 +982,10 @@ class ConnectionManager:
     # -- time and shutdown ---------------------------------------------------------------
 
     def on_timer(self, now: float) -> None:
-        """Fail upstream connection attempts that are past their connect timeout."""
-        for up in list(self.upstreams):
-            if up.state is _CONNECTING and now >= up.connect_deadline:
-                self.upstream_connect_failed(up, "connect timeout", now)
-                self.actions.append((CLOSE_UPSTREAM, up))
+        """Fire every deadline that has passed: connect timeouts, request and per-try
+        timeouts, delayed retries, paused filters, ends of outlier ejections."""
+        for kind, obj, token in self.deadlines.pop_due(now):
+            self._on_deadline(kind, obj, token, now)
 
     def close_all(self) -> None:
         """Close every connection (end of a drain)."""
@@ -666,3 +1036,7 @@ class ConnectionManager:
 
 
 _PLACEHOLDER = Message(MessageType.HEARTBEAT, None, b"", 0, 0, metadata={})
+#: Stands in an upstream's pending/fifo for a timed-out request until its late reply arrives.
+_GONE = ActiveRequest(None, _PLACEHOLDER, None, None, 0.0, None, True)
+#: Timed-out requests an upstream may owe us before we stop sending it new ones.
+_MAX_DEAD = 1024

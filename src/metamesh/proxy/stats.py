@@ -67,6 +67,35 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "metamesh_downstream_connections_total",
         "Client connections accepted",
     ),
+    "retries": ("metamesh_retries_total", "Request attempts retried by a route retry policy"),
+    "timeouts": (
+        "metamesh_timeouts_total",
+        "Request attempts that ran past a route timeout or per-try timeout",
+    ),
+    "late_responses": (
+        "metamesh_late_responses_total",
+        "Upstream responses that arrived after their request timed out (dropped)",
+    ),
+    "outlier_ejections": (
+        "metamesh_outlier_ejections_total",
+        "Endpoints ejected by outlier detection",
+    ),
+    "ratelimit_ok": (
+        "metamesh_ratelimit_ok_total",
+        "Requests admitted by a rate limit filter",
+    ),
+    "ratelimit_over_limit": (
+        "metamesh_ratelimit_over_limit_total",
+        "Requests refused by a rate limit filter",
+    ),
+    "ratelimit_errors": (
+        "metamesh_ratelimit_errors_total",
+        "Global rate limit checks that failed or timed out",
+    ),
+    "rbac_allowed": ("metamesh_rbac_allowed_total", "Requests allowed by authorization"),
+    "rbac_denied": ("metamesh_rbac_denied_total", "Requests denied by authorization"),
+    "fault_delays": ("metamesh_fault_delays_total", "Requests delayed by fault injection"),
+    "fault_aborts": ("metamesh_fault_aborts_total", "Requests aborted by fault injection"),
 }
 
 #: metamesh gauges: attribute of ProxyStats -> (metric name, help).
@@ -106,6 +135,17 @@ class ProxyStats:
         self.oneway_requests = 0
         self.mirrored_requests = 0
         self.downstream_connections_total = 0
+        self.retries = 0
+        self.timeouts = 0
+        self.late_responses = 0
+        self.outlier_ejections = 0
+        self.ratelimit_ok = 0
+        self.ratelimit_over_limit = 0
+        self.ratelimit_errors = 0
+        self.rbac_allowed = 0
+        self.rbac_denied = 0
+        self.fault_delays = 0
+        self.fault_aborts = 0
         self.active_downstream_connections = 0
         self.active_upstream_connections = 0
         self.active_requests = 0

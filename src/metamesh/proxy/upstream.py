@@ -23,6 +23,7 @@ from typing import Any
 from metamesh.codecs import Codec, Message
 from metamesh.proxy.config import Cluster, Endpoint
 from metamesh.proxy.lb import LoadBalancer, create_load_balancer
+from metamesh.proxy.policy import OutlierDetector, RequestExt
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import RequestStats
 
@@ -48,6 +49,7 @@ class ClusterState:
         "max_pending",
         "max_requests",
         "mux",
+        "outlier",
         "pending_requests",
         "request_stats",
         "service",
@@ -57,6 +59,7 @@ class ClusterState:
     def __init__(self, config: Cluster, rng: random.Random) -> None:
         self.config = config
         self.lb: LoadBalancer = create_load_balancer(config.lb_policy, config.endpoints, rng)
+        self.outlier: OutlierDetector | None = None
         self._cache_settings()
         #: request_protocol -> the stats object for (service, subset, protocol)
         self.request_stats: dict[str, RequestStats] = {}
@@ -70,8 +73,11 @@ class ClusterState:
         """Adopt a new config; returns pooled connections whose endpoint disappeared."""
         old_endpoints = self.config.endpoints
         self.config = config
+        old_outlier = self.outlier
         self.lb = create_load_balancer(config.lb_policy, config.endpoints, rng)
         self._cache_settings()
+        if self.outlier is not None:
+            self.outlier.adopt(old_outlier, self.lb)
         self.request_stats = {}
         index = {(e.address, e.port): i for i, e in enumerate(config.endpoints)}
         kept: dict[PoolKey, Upstream] = {}
@@ -96,6 +102,8 @@ class ClusterState:
         self.max_requests = config.circuit_breakers.max_requests
         self.max_pending = config.circuit_breakers.max_pending_requests
         self.max_connections = config.circuit_breakers.max_connections
+        od = config.outlier_detection
+        self.outlier = OutlierDetector(od, config.endpoints) if od is not None else None
 
 
 class Upstream:
@@ -105,6 +113,7 @@ class Upstream:
         "cluster",
         "codec",
         "connect_deadline",
+        "dead",
         "dirty",
         "endpoint",
         "endpoint_index",
@@ -154,12 +163,13 @@ class Upstream:
         self.id_limit = (1 << (bits - 1)) if bits else 0
         self.next_id = 1
         self.queued = 0  # requests counted in cluster.pending_requests while connecting
+        self.dead = 0  # timed-out requests whose slot is kept until their late reply
         self.retired = False
         self.key: PoolKey | None = None
 
     @property
     def in_flight(self) -> int:
-        return len(self.pending) + len(self.fifo)
+        return len(self.pending) + len(self.fifo) - self.dead
 
     def allocate_id(self) -> int:
         """A fresh upstream request id not currently in flight on this connection."""
@@ -183,6 +193,7 @@ class ActiveRequest:
         "cluster",
         "downstream",
         "endpoint_index",
+        "ext",
         "lb",
         "mirror",
         "reply",
@@ -214,3 +225,4 @@ class ActiveRequest:
         self.stats = stats
         self.mirror = mirror
         self.reply: bytes | None = None  # set when answered; used to keep pipelined order
+        self.ext: RequestExt | None = None  # timeouts/retries/filter state, when the route has any

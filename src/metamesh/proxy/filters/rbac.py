@@ -1,0 +1,137 @@
+"""``metamesh.filters.rbac``: MetaAuthorizationPolicy enforcement (Istio's semantics).
+
+DENY policies are evaluated first: if any matches, the request is denied. Then, if there is at
+least one ALLOW policy, the request must match one of them; with no ALLOW policy it passes. A
+policy matches when one of its rules matches; a rule matches when one of its sources and one of
+its operations match (an empty list matches everything); inside a source or an operation every
+field that is set must hold. A policy without rules matches nothing (Istio's "allow nothing").
+
+Sources match on the downstream peer address (``ipBlocks``/``notIpBlocks``, CIDR or single
+address, IPv4 and IPv6). Peer identities (``principals``, ``namespaces``) need mTLS, which the
+proxy does not terminate yet: the peer has no identity, so a source that *requires* principals
+or namespaces never matches, and ``notPrincipals``/``notNamespaces`` always hold. Operations
+match request metadata: ``attributes`` (each key must match one of its alternatives) and
+``notAttributes`` (no alternative may match). Denied requests get an ``UNAUTHORIZED`` reply.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+from metamesh.codecs import ErrorKind
+from metamesh.proxy.config import AuthzOperation, AuthzPolicy, AuthzSource, RbacConfig
+from metamesh.proxy.filters.base import CONTINUE, Filter, FilterContext, FilterResult, LocalReply
+from metamesh.proxy.router import compile_matcher, matches
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from metamesh.proxy.upstream import ActiveRequest
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def peer_ip(peer: str) -> IpAddress | None:
+    """The address part of a runtime peer string (``1.2.3.4:5``, ``::1:5``, ``[::1]:5``)."""
+    host = peer.rsplit(":", 1)[0] if peer.count(":") >= 1 else peer
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+class _Source:
+    __slots__ = ("needs_identity", "nets", "not_nets")
+
+    def __init__(self, src: AuthzSource) -> None:
+        self.nets = tuple(ipaddress.ip_network(b, strict=False) for b in src.ip_blocks)
+        self.not_nets = tuple(ipaddress.ip_network(b, strict=False) for b in src.not_ip_blocks)
+        self.needs_identity = bool(src.principals or src.namespaces)
+
+    def match(self, ip: IpAddress | None) -> bool:
+        if self.needs_identity:
+            return False
+        if self.nets and (ip is None or not any(ip in n for n in self.nets)):
+            return False
+        return not (self.not_nets and ip is not None and any(ip in n for n in self.not_nets))
+
+
+class _Operation:
+    __slots__ = ("attributes", "not_attributes")
+
+    def __init__(self, op: AuthzOperation) -> None:
+        self.attributes = tuple(
+            tuple((compile_matcher(m),) for m in alternatives) for _, alternatives in op.attributes
+        )
+        self.not_attributes = tuple(
+            (compile_matcher(m),) for _, alternatives in op.not_attributes for m in alternatives
+        )
+
+    def match(self, metadata: Mapping[str, str]) -> bool:
+        for alternatives in self.attributes:
+            if not any(matches(alt, metadata) for alt in alternatives):
+                return False
+        return not any(matches(alt, metadata) for alt in self.not_attributes)
+
+
+class _Policy:
+    __slots__ = ("name", "rules")
+
+    def __init__(self, policy: AuthzPolicy) -> None:
+        self.name = policy.name
+        self.rules = tuple(
+            (tuple(_Source(s) for s in r.sources), tuple(_Operation(o) for o in r.operations))
+            for r in policy.rules
+        )
+
+    def match(self, ip: IpAddress | None, metadata: Mapping[str, str]) -> bool:
+        for sources, operations in self.rules:
+            if sources and not any(s.match(ip) for s in sources):
+                continue
+            if operations and not any(o.match(metadata) for o in operations):
+                continue
+            return True
+        return False
+
+
+class RbacFilter(Filter):
+    __slots__ = ("_ips", "allows", "ctx", "denies")
+
+    def __init__(self, config: RbacConfig, ctx: FilterContext) -> None:
+        self.ctx = ctx
+        self.denies = tuple(_Policy(p) for p in config.policies if p.action == "DENY")
+        self.allows = tuple(_Policy(p) for p in config.policies if p.action == "ALLOW")
+        self._ips: dict[str, IpAddress | None] = {}
+
+    def _peer_ip(self, peer: str) -> IpAddress | None:
+        ips = self._ips
+        ip = ips.get(peer, False)
+        if ip is False:
+            if len(ips) > 4096:
+                ips.clear()
+            ip = ips[peer] = peer_ip(peer)
+        return ip  # type: ignore[return-value]
+
+    def on_request(self, req: ActiveRequest, now: float) -> FilterResult:
+        ip = self._peer_ip(req.downstream.peer)
+        metadata = req.request.metadata
+        stats = self.ctx.stats
+        for policy in self.denies:
+            if policy.match(ip, metadata):
+                stats.rbac_denied += 1
+                return LocalReply(ErrorKind.UNAUTHORIZED, f"denied by policy {policy.name}")
+        if self.allows and not any(p.match(ip, metadata) for p in self.allows):
+            stats.rbac_denied += 1
+            return LocalReply(ErrorKind.UNAUTHORIZED, "no ALLOW policy matched")
+        stats.rbac_allowed += 1
+        return CONTINUE
+
+
+def create_rbac(config: object | None, ctx: FilterContext) -> Filter | None:
+    if config is None:
+        return None  # no policy selects this workload: everything is allowed
+    if not isinstance(config, RbacConfig):
+        raise TypeError(f"rbac needs an RbacConfig, got {type(config)}")
+    return RbacFilter(config, ctx)
