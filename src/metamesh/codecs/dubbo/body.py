@@ -109,7 +109,68 @@ class BodyLayout:
 
 
 def read_request_head(frame: bytes) -> tuple[str, str, str, str, int]:
-    """``(dubbo_version, interface, version, method, head_end)`` of a request frame."""
+    """``(dubbo_version, interface, version, method, head_end)`` of a request frame.
+
+    Fast path: in practice the four strings are short ASCII, so each is a Hessian short (tag
+    ``0x00-0x1f`` = length) or medium (``0x30-0x33`` + one length byte) string whose character
+    count equals its byte count. The spans are found from the tags alone (four unrolled steps:
+    this runs for every request), the whole head, tags included, is decoded once as latin-1 and,
+    if that text is ASCII, sliced into the four strings. Anything else goes to the full Hessian2
+    decoder, which returns the same values or raises the precise error: null, chunked or
+    non-ASCII strings, a medium length byte >= 0x80 (128-255 characters), an empty service path
+    or method, a head running past the frame (``IndexError`` or ``h > len(frame)``).
+    """
+    try:
+        n = frame[HEADER_SIZE]
+        if n < 0x20:
+            a, b = HEADER_SIZE + 1, HEADER_SIZE + 1 + n
+        else:
+            a, b = _medium_string(frame, HEADER_SIZE)
+        n = frame[b]
+        if n < 0x20:
+            c, d = b + 1, b + 1 + n
+        else:
+            c, d = _medium_string(frame, b)
+        n = frame[d]
+        if n < 0x20:
+            e, f = d + 1, d + 1 + n
+        else:
+            e, f = _medium_string(frame, d)
+        n = frame[f]
+        if n < 0x20:
+            g, h = f + 1, f + 1 + n
+        else:
+            g, h = _medium_string(frame, f)
+    except (IndexError, _NotInline):
+        return _read_request_head(frame)
+    text = frame[HEADER_SIZE:h].decode("latin-1")
+    if not text.isascii() or h > len(frame) or c == d or g == h:
+        return _read_request_head(frame)
+    base = HEADER_SIZE
+    return (
+        text[a - base : b - base],
+        text[c - base : d - base],
+        text[e - base : f - base],
+        text[g - base : h - base],
+        h,
+    )
+
+
+class _NotInline(Exception):
+    """A head string the inline reader does not handle (the full decoder takes over)."""
+
+
+def _medium_string(frame: bytes, pos: int) -> tuple[int, int]:
+    """``(start, end)`` of a Hessian medium string (tag ``0x30-0x33`` + one length byte)."""
+    tag = frame[pos]
+    if 0x30 <= tag <= 0x33:
+        start = pos + 2
+        return start, start + ((tag - 0x30) << 8 | frame[pos + 1])
+    raise _NotInline
+
+
+def _read_request_head(frame: bytes) -> tuple[str, str, str, str, int]:
+    """The general reader behind :func:`read_request_head`."""
     try:
         d = Hessian2Decoder(frame, HEADER_SIZE)
         dubbo_version = d.read_string_or_none() or ""
@@ -125,6 +186,8 @@ def read_request_head(frame: bytes) -> tuple[str, str, str, str, int]:
 
 def read_result_kind(frame: bytes) -> tuple[int, int]:
     """``(kind, kind_end)`` of an OK response frame."""
+    if len(frame) > HEADER_SIZE and 0x90 <= frame[HEADER_SIZE] <= 0x95:
+        return frame[HEADER_SIZE] - 0x90, HEADER_SIZE + 1  # the one-byte int every client writes
     try:
         d = Hessian2Decoder(frame, HEADER_SIZE)
         kind = d.read_int()

@@ -21,6 +21,7 @@ body), ``dubbo_version``, plus every string -> string attachment (``group``, ``a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from metamesh.codecs.base import DEFAULT_MAX_FRAME_SIZE, Codec
@@ -42,14 +43,18 @@ from metamesh.codecs.dubbo.header import (
     FLAG_TWO_WAY,
     HEADER_SIZE,
     HESSIAN2_ID,
+    KNOWN_STATUSES,
+    MAGIC,
     MAGIC_BYTES,
+    SERIALIZATION_MASK,
     DubboStatus,
     pack_header,
     parse_header,
+    unpack_header,
     with_body_length,
     with_request_id,
 )
-from metamesh.codecs.dubbo.metadata import RequestMetadata
+from metamesh.codecs.dubbo.metadata import request_metadata
 from metamesh.codecs.message import (
     CodecError,
     ErrorKind,
@@ -73,6 +78,16 @@ ERROR_STATUS: dict[ErrorKind, DubboStatus] = {
 
 _HEARTBEAT_BODY = b"N"  # Hessian null
 _OK = int(DubboStatus.OK)
+_HEARTBEAT = MessageType.HEARTBEAT
+_REQUEST = MessageType.REQUEST
+_ONEWAY = MessageType.ONEWAY
+_RESPONSE = MessageType.RESPONSE
+_OK_STATUS = ResponseStatus.OK
+#: Result kinds 0-5: 0 and 3 carry an exception the service declared or threw.
+_OUTCOME_BY_KIND = tuple(
+    ResponseStatus.BUSINESS_EXCEPTION if kind % 3 == RESULT_EXCEPTION else ResponseStatus.OK
+    for kind in range(6)
+)
 
 
 class DubboCodec(Codec):
@@ -83,6 +98,10 @@ class DubboCodec(Codec):
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         super().__init__(max_frame_size=max_frame_size)
+        #: The last request head seen on this connection: its bytes (from offset 16) and what
+        #: they parse to. See :meth:`_request_head`.
+        self._head_bytes = b"\xff"  # never a valid head start: the first request parses
+        self._head: tuple[str, str, str, str, int] = ("", "", "", "", 0)
 
     # -- decode ---------------------------------------------------------------------------------
     def decode(self, buffer: bytearray) -> Message | None:
@@ -91,19 +110,47 @@ class DubboCodec(Codec):
             if available and buffer[:2] != MAGIC_BYTES[:available]:
                 raise CodecError(f"dubbo: bad magic {bytes(buffer[:2]).hex()} (expected dabb)")
             return None
-        flags, status, request_id, body_length = parse_header(buffer, self.max_frame_size)
+        magic, flags, status, request_id, body_length = unpack_header(buffer, 0)
         size = HEADER_SIZE + body_length
+        if (
+            magic != MAGIC
+            or flags & SERIALIZATION_MASK != HESSIAN2_ID
+            or body_length < 0
+            or size > self.max_frame_size
+            or (not flags & FLAG_REQUEST and status not in KNOWN_STATUSES)
+        ):
+            parse_header(buffer, self.max_frame_size)  # raises the precise error
         if available < size:
             return None
-        frame = bytes(buffer[:size])
+        # one copy when the buffer holds exactly this frame (the usual case), two otherwise
+        frame = bytes(buffer) if available == size else bytes(buffer[:size])
         if flags & FLAG_EVENT:
-            message = Message(MessageType.HEARTBEAT, request_id, frame, HEADER_SIZE, body_length)
+            message = Message(_HEARTBEAT, request_id, frame, HEADER_SIZE, body_length)
         elif flags & FLAG_REQUEST:
-            message = _decode_request(flags, request_id, frame, body_length)
+            message = _decode_request(flags, request_id, frame, body_length, self._request_head)
         else:
             message = _decode_response(status, request_id, frame, body_length)
-        del buffer[:size]
+        if available == size:
+            buffer.clear()
+        else:
+            del buffer[:size]
         return message
+
+    def _request_head(self, frame: bytes) -> tuple[str, str, str, str, int]:
+        """:func:`.body.read_request_head`, memoised for the last head seen.
+
+        A connection carries calls from one consumer, mostly to the same method of the same
+        service, so the head bytes repeat. The head is self-delimiting (four length-prefixed
+        strings), so a frame whose bytes from offset 16 start with the previous head's bytes
+        parses to the same four strings and the same end: one ``bytes.startswith`` replaces
+        the parse.
+        """
+        if frame.startswith(self._head_bytes, HEADER_SIZE):
+            return self._head
+        head = read_request_head(frame)
+        self._head_bytes = frame[HEADER_SIZE : head[4]]
+        self._head = head
+        return head
 
     # -- encode ---------------------------------------------------------------------------------
     def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
@@ -160,55 +207,54 @@ class DubboCodec(Codec):
         return with_request_id(message.frame, request_id)
 
 
-def _decode_request(flags: int, request_id: int, frame: bytes, body_length: int) -> Message:
-    dubbo_version, interface, version, method, head_end = read_request_head(frame)
-    state = BodyLayout(head_end)
+def _decode_request(
+    flags: int,
+    request_id: int,
+    frame: bytes,
+    body_length: int,
+    read_head: Callable[[bytes], tuple[str, str, str, str, int]],
+) -> Message:
+    dubbo_version, interface, version, method, head_end = read_head(frame)
+    layout = BodyLayout(head_end)
 
     def load_attachments() -> dict[str, str]:
-        return request_attachments(frame, state).strings()
+        return request_attachments(frame, layout).strings()
 
-    metadata = RequestMetadata(
-        {
-            "interface": interface,
-            "method": method,
-            "version": version,
-            "dubbo_version": dubbo_version,
-        },
-        load_attachments,
+    metadata = request_metadata(interface, method, version, dubbo_version, load_attachments)
+    return Message(
+        _REQUEST if flags & FLAG_TWO_WAY else _ONEWAY,
+        request_id,
+        frame,
+        HEADER_SIZE,
+        body_length,
+        metadata,
+        _OK_STATUS,
+        layout,
     )
-    kind = MessageType.REQUEST if flags & FLAG_TWO_WAY else MessageType.ONEWAY
-    return Message(kind, request_id, frame, HEADER_SIZE, body_length, metadata, codec_state=state)
+
+
+def _response_metadata(message: Message) -> dict[str, str]:
+    return response_attachments(message.frame, message.codec_state).strings()
 
 
 def _decode_response(status: int, request_id: int, frame: bytes, body_length: int) -> Message:
     if status != _OK:
         return Message(
-            MessageType.RESPONSE,
-            request_id,
-            frame,
-            HEADER_SIZE,
-            body_length,
-            {},
-            ResponseStatus.ERROR,
+            _RESPONSE, request_id, frame, HEADER_SIZE, body_length, {}, ResponseStatus.ERROR
         )
     kind, kind_end = read_result_kind(frame)
-    layout = BodyLayout(kind=kind, kind_end=kind_end)
-    outcome = (
-        ResponseStatus.BUSINESS_EXCEPTION
-        if kind % RESULT_WITH_ATTACHMENTS == RESULT_EXCEPTION
-        else ResponseStatus.OK
-    )
+    layout = BodyLayout(-1, kind, kind_end)
+    outcome = _OUTCOME_BY_KIND[kind]
     if kind < RESULT_WITH_ATTACHMENTS:
-        return Message(
-            MessageType.RESPONSE, request_id, frame, HEADER_SIZE, body_length, {}, outcome, layout
-        )
+        return Message(_RESPONSE, request_id, frame, HEADER_SIZE, body_length, {}, outcome, layout)
     return Message(
-        MessageType.RESPONSE,
+        _RESPONSE,
         request_id,
         frame,
         HEADER_SIZE,
         body_length,
-        status=outcome,
-        codec_state=layout,
-        loader=lambda m: response_attachments(m.frame, layout).strings(),
+        None,
+        outcome,
+        layout,
+        _response_metadata,
     )

@@ -33,7 +33,9 @@ SERIALIZATION_MASK = 0x1F
 HESSIAN2_ID = 2
 
 _HEADER = struct.Struct(">HBBQi")
-_unpack_header = _HEADER.unpack_from
+#: ``(magic, flags, status, request_id, body_length)`` at the front of a buffer, unchecked.
+unpack_header = _HEADER.unpack_from
+_unpack_header = unpack_header
 _pack_header = _HEADER.pack
 
 
@@ -52,7 +54,7 @@ class DubboStatus(enum.IntEnum):
     SERVER_THREADPOOL_EXHAUSTED_ERROR = 100
 
 
-_KNOWN_STATUSES = frozenset(int(s) for s in DubboStatus)
+KNOWN_STATUSES = frozenset(int(s) for s in DubboStatus)
 
 #: Serialization ids Dubbo defines, for error messages only.
 _SERIALIZATION_NAMES = {
@@ -96,7 +98,7 @@ def parse_header(buffer: bytes | bytearray, max_frame_size: int) -> tuple[int, i
             f"dubbo: frame of {body_length + HEADER_SIZE} bytes exceeds max_frame_size "
             f"{max_frame_size}"
         )
-    if not flags & FLAG_REQUEST and status not in _KNOWN_STATUSES:
+    if not flags & FLAG_REQUEST and status not in KNOWN_STATUSES:
         raise CodecError(f"dubbo: unknown response status {status}")
     return flags, status, request_id, body_length
 

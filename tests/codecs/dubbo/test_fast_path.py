@@ -1,0 +1,166 @@
+"""The Dubbo decode fast paths against the general Hessian2 reader, at every edge.
+
+``read_request_head`` reads ASCII short/medium strings inline and hands everything else to the
+full decoder (``_read_request_head``); the codec also remembers the last head per connection.
+Each case checks that the inline reader returns exactly what the full decoder returns, or
+raises the same ``CodecError``, and that the memo never answers for a head it did not parse.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from metamesh.codecs import CodecError, MessageType, ResponseStatus
+from metamesh.codecs.dubbo import DubboCodec
+from metamesh.codecs.dubbo.body import _read_request_head, read_request_head
+from tests.codecs.dubbo.frames import IFACE, frame, hstr, request, response
+
+_NAMES = [
+    "",
+    "a",
+    "x" * 31,  # longest short string
+    "x" * 32,  # shortest medium string
+    "x" * 127,
+    "x" * 128,  # medium length byte 0x80: not ASCII, general path
+    "x" * 255,
+    "x" * 256,
+    "x" * 383,
+    "x" * 1023,  # longest medium string
+    "x" * 1024,  # long string tag 'S': general path
+    "\u00e9t\u00e9",
+    "\u4e2d\u6587",
+    "emoji\U0001f600",
+]
+
+
+def _head_body(*strings: str) -> bytes:
+    return b"".join(hstr(s) for s in strings) + hstr("Ljava/lang/String;") + hstr("w") + b"H" + b"Z"
+
+
+@pytest.mark.parametrize("name", _NAMES)
+@pytest.mark.parametrize("field", range(4))
+def test_inline_head_reader_agrees_with_the_hessian_decoder(name: str, field: int) -> None:
+    strings = ["2.0.2", IFACE, "1.0.0", "sayHello"]
+    strings[field] = name
+    data = frame(0xC2, 0, 1, _head_body(*strings))
+    if name == "" and field in (1, 3):
+        for reader in (read_request_head, _read_request_head):
+            with pytest.raises(CodecError, match="no service path or method name"):
+                reader(data)
+        return
+    expected = _read_request_head(data)
+    assert expected[:4] == tuple(strings)
+    assert read_request_head(data) == expected
+    m = DubboCodec().decode(bytearray(data))
+    assert m is not None
+    assert (m.metadata["dubbo_version"], m.metadata["interface"]) == tuple(strings[:2])
+    assert (m.metadata["version"], m.metadata["method"]) == tuple(strings[2:])
+
+
+def test_null_head_strings_fall_back() -> None:
+    body = hstr("2.0.2") + hstr(IFACE) + b"N" + hstr("m") + hstr("") + b"H" + b"Z"
+    data = frame(0xC2, 0, 1, body)
+    assert read_request_head(data) == _read_request_head(data) == ("2.0.2", IFACE, "", "m", 60)
+    body = b"N" + body[6:]
+    data = frame(0xC2, 0, 1, body)
+    assert read_request_head(data) == _read_request_head(data)
+
+
+@pytest.mark.parametrize("cut", range(17, 80))
+def test_truncated_heads_raise_the_general_error(cut: int) -> None:
+    data = request(1)
+    head_end = _read_request_head(data)[4]
+    truncated = data[:cut]
+    if cut >= head_end:
+        assert read_request_head(truncated) == _read_request_head(truncated)
+        return
+    with pytest.raises(CodecError) as general:
+        _read_request_head(truncated)
+    with pytest.raises(CodecError) as inline:
+        read_request_head(truncated)
+    assert str(inline.value) == str(general.value)
+
+
+def test_a_frame_whose_body_ends_inside_the_head_is_a_codec_error() -> None:
+    full = request(1)
+    body = full[16:40]  # ends inside the service path
+    with pytest.raises(CodecError, match="malformed request body"):
+        DubboCodec().decode(bytearray(frame(0xC2, 0, 1, body)))
+
+
+def test_head_memo_follows_the_connection() -> None:
+    codec = DubboCodec()
+    frames = [
+        request(1, method="say"),
+        request(2, method="sayHello"),  # the previous method's name is a prefix of this one
+        request(3, method="sayHello"),
+        request(4, method="sayHello", interface="a.B"),
+        request(5, method="say", version="2.0.0"),
+        request(6, method="say", version="2.0.0", descriptor="", args=[]),
+    ]
+    buf = bytearray(b"".join(frames))
+    got = []
+    while (m := codec.decode(buf)) is not None:
+        md = m.metadata
+        got.append((m.request_id, md["interface"], md["method"], md["version"], md["path"]))
+    assert got == [
+        (1, IFACE, "say", "0.0.0", IFACE),
+        (2, IFACE, "sayHello", "0.0.0", IFACE),
+        (3, IFACE, "sayHello", "0.0.0", IFACE),
+        (4, "a.B", "sayHello", "0.0.0", "a.B"),
+        (5, IFACE, "say", "2.0.0", IFACE),
+        (6, IFACE, "say", "2.0.0", IFACE),
+    ]
+
+
+def test_head_memo_does_not_hide_a_later_bad_frame() -> None:
+    codec = DubboCodec()
+    assert codec.decode(bytearray(request(1))) is not None
+    bad = request(2, method="")
+    with pytest.raises(CodecError, match="no service path or method name"):
+        codec.decode(bytearray(bad))
+
+
+@pytest.mark.parametrize("kind", range(6))
+def test_result_kind_inline_and_as_a_long_int(kind: int) -> None:
+    short = response(7, kind=kind, attachments={"k": "v"})
+    long_form = short[:16] + b"I" + kind.to_bytes(4, "big") + short[17:]
+    long_form = long_form[:12] + (len(long_form) - 16).to_bytes(4, "big") + long_form[16:]
+    for data in (short, long_form):
+        m = DubboCodec().decode(bytearray(data))
+        assert m is not None and m.type is MessageType.RESPONSE and m.request_id == 7
+        exception = kind % 3 == 0
+        expected = ResponseStatus.BUSINESS_EXCEPTION if exception else ResponseStatus.OK
+        assert m.status is expected
+        assert m.metadata == ({"k": "v"} if kind >= 3 else {})
+
+
+@pytest.mark.parametrize("tag", [b"\x96", b"\x8f", b"I\x00\x00\x00\x06"])
+def test_unknown_result_kind_is_refused(tag: bytes) -> None:
+    with pytest.raises(CodecError, match="unknown response result kind"):
+        DubboCodec().decode(bytearray(frame(0x02, 20, 1, tag + b"N")))
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (frame(0x02, 21, 1, b"N")[:16], "unknown response status 21"),  # header only
+        (frame(0x22, 21, 1, b"N"), "unknown response status 21"),  # event
+        (frame(0xC3, 0, 1, b"N"), "unsupported serialization id 3"),
+        (b"\xda\xbc" + frame(0xC2, 0, 1, b"N")[2:], "bad magic"),
+    ],
+)
+def test_header_errors_are_raised_before_the_body(data: bytes, match: str) -> None:
+    with pytest.raises(CodecError, match=match):
+        DubboCodec().decode(bytearray(data))
+
+
+def test_pipelined_and_exact_buffers_consume_the_same() -> None:
+    one = request(1)
+    codec = DubboCodec()
+    buf = bytearray(one + one[:20])
+    m = codec.decode(buf)
+    assert m is not None and m.frame == one and buf == one[:20]
+    buf += one[20:]
+    m = codec.decode(buf)
+    assert m is not None and m.frame == one and buf == b""
