@@ -13,11 +13,25 @@ what xDS will later deliver. Layout (see ``examples/proxy-static.yaml``)::
           stat_prefix: kv
           codec: {name: aeraki.meta_protocol.codec.dubbo}   # or protocol: {name, codec: {name}}
           route_config_name: kv-routes                      # or rds: {route_config_name: ...}
-          meta_protocol_filters: [{name: aeraki.meta_protocol.filters.router}]
+          meta_protocol_filters:       # in order; the router is the last one that runs
+          - name: metamesh.filters.rbac
+            config:                    # MetaAuthorizationPolicy specs (Istio semantics)
+              policies:
+              - name: no-put-from-10
+                action: DENY
+                rules: [{from: [{source: {ip_blocks: [10.0.0.0/8]}}],
+                         to: [{operation: {attributes: {method: {exact: put}}}}]}]
+          - name: aeraki.meta_protocol.filters.local_ratelimit
+            config: {token_bucket: {max_tokens: 100, tokens_per_fill: 100, fill_interval: 1s},
+                     conditions: [{match: {metadata: [{name: method, exact_match: put}]},
+                                   token_bucket: {max_tokens: 10, fill_interval: 1s}}]}
+          - name: aeraki.meta_protocol.filters.router
       clusters:
       - name: outbound|19000|v1|kv.example
         connect_timeout: 1s            # "250ms", "1.5s" or seconds as a number
         lb_policy: ROUND_ROBIN         # RANDOM, LEAST_REQUEST, RING_HASH
+        outlier_detection: {consecutive_errors: 5, interval: 10s, base_ejection_time: 30s,
+                            max_ejection_percent: 10}
         circuit_breakers: {thresholds: [{max_connections: 1024, max_pending_requests: 1024,
                                          max_requests: 1024}]}
         load_assignment:
@@ -39,6 +53,12 @@ what xDS will later deliver. Layout (see ``examples/proxy-static.yaml``)::
             request_mirror_policies:
             - cluster: outbound|19000|v2|kv.example
               runtime_fraction: {default_value: {numerator: 10, denominator: HUNDRED}}
+            timeout: 2s                # whole request, retries included
+            retry_policy: {num_retries: 2, retry_on: "connect-failure,reset,timeout",
+                           per_try_timeout: 500ms, retry_back_off: {base_interval: 25ms},
+                           retry_non_idempotent: false}
+          fault: {delay: {fixed_delay: 1s, percentage: {numerator: 5}},
+                  abort: {error_kind: unauthorized, message: denied, percentage: {numerator: 1}}}
           request_mutation: [{key: x-env, value: prod}]
           response_mutation: [{key: x-served-by, value: mesh}]
 
@@ -50,6 +70,7 @@ are checked after the schema.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -57,8 +78,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from metamesh.api.authz import Rule as _AuthzRule
+from metamesh.api.base import StringMatch
+from metamesh.codecs.message import ErrorKind
 from metamesh.proxy import config as cfg
 from metamesh.proxy.codec_ref import resolve_codec
+from metamesh.proxy.filters import (
+    FAULT,
+    GLOBAL_RATELIMIT,
+    LOCAL_RATELIMIT,
+    RBAC,
+    UnknownFilterError,
+    lookup_filter,
+)
 
 
 class ConfigError(ValueError):
@@ -97,6 +129,31 @@ class _Rds(_Model):
 class _Filter(_Model):
     name: str
     config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _known_with_valid_config(self) -> _Filter:
+        try:
+            lookup_filter(self.name)
+        except UnknownFilterError as e:
+            raise ValueError(str(e)) from None
+        self.typed_config()
+        return self
+
+    def typed_config(self) -> object | None:
+        """The filter's config as the proxy's dataclass (``None`` when it takes none)."""
+        model = _FILTER_CONFIGS.get(self.name)
+        if model is None or self.config is None:
+            return None
+        try:
+            parsed = model.model_validate(self.config)
+        except ValidationError as e:
+            raise ValueError(
+                "; ".join(
+                    f"config.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+                    for err in e.errors()
+                )
+            ) from None
+        return parsed.convert()
 
 
 class _MetaProtocolProxy(_Model):
@@ -174,6 +231,33 @@ def _parse_duration(value: object) -> float:
     return seconds
 
 
+_Duration = float | str
+
+
+class _OutlierDetection(_Model):
+    consecutive_errors: int | None = Field(default=None, ge=1)
+    consecutive_5xx: int | None = Field(default=None, ge=1)  # Envoy's name for the same
+    interval: _Duration = 10.0
+    base_ejection_time: _Duration = 30.0
+    max_ejection_percent: float = Field(default=10.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> _OutlierDetection:
+        if self.consecutive_errors is not None and self.consecutive_5xx is not None:
+            raise ValueError("set only one of consecutive_errors, consecutive_5xx")
+        _parse_duration(self.interval)
+        _parse_duration(self.base_ejection_time)
+        return self
+
+    def convert(self) -> cfg.OutlierDetection:
+        return cfg.OutlierDetection(
+            consecutive_errors=self.consecutive_errors or self.consecutive_5xx or 5,
+            interval=_parse_duration(self.interval),
+            base_ejection_time=_parse_duration(self.base_ejection_time),
+            max_ejection_percent=self.max_ejection_percent,
+        )
+
+
 class _Cluster(_Model):
     name: str = Field(min_length=1)
     connect_timeout: float | str = 5.0
@@ -181,6 +265,7 @@ class _Cluster(_Model):
     type: str | None = None
     circuit_breakers: _CircuitBreakers = _CircuitBreakers()
     load_assignment: _LoadAssignment = _LoadAssignment()
+    outlier_detection: _OutlierDetection | None = None
 
     @model_validator(mode="after")
     def _check_timeout(self) -> _Cluster:
@@ -289,17 +374,117 @@ class _MirrorPolicy(_Model):
     runtime_fraction: _RuntimeFraction | None = None
 
 
+class _RetryBackOff(_Model):
+    base_interval: _Duration = 0.025
+    max_interval: _Duration | None = None
+
+
+class _RetryPolicy(_Model):
+    """Envoy's ``RetryPolicy`` with metamesh's conditions (comma-separated or a list)."""
+
+    retry_on: str | list[str] = "connect-failure,reset"
+    num_retries: int = Field(default=1, ge=0)
+    per_try_timeout: _Duration | None = None
+    retry_back_off: _RetryBackOff | None = None
+    retry_non_idempotent: bool = False
+
+    def conditions(self) -> tuple[str, ...]:
+        items = self.retry_on.split(",") if isinstance(self.retry_on, str) else self.retry_on
+        return tuple(x.strip() for x in items if x.strip())
+
+    @model_validator(mode="after")
+    def _check(self) -> _RetryPolicy:
+        for c in self.conditions():
+            if c not in cfg.RETRY_ON_VALUES:
+                raise ValueError(
+                    f"retry_on: unknown condition {c!r} (one of {', '.join(cfg.RETRY_ON_VALUES)})"
+                )
+        self.convert()
+        return self
+
+    def convert(self) -> cfg.RetryPolicy:
+        back = self.retry_back_off or _RetryBackOff()
+        base = _parse_duration(back.base_interval)
+        limit = _parse_duration(back.max_interval) if back.max_interval is not None else None
+        if limit is not None and limit < base:
+            raise ValueError("retry_back_off: max_interval must be >= base_interval")
+        per_try = self.per_try_timeout
+        return cfg.RetryPolicy(
+            num_retries=self.num_retries,
+            retry_on=self.conditions(),
+            per_try_timeout=_parse_duration(per_try) if per_try is not None else None,
+            backoff_base=base,
+            backoff_max=limit,
+            retry_non_idempotent=self.retry_non_idempotent,
+        )
+
+
 class _RouteAction(_Model):
     cluster: str | None = None
     weighted_clusters: _WeightedClusters | None = None
     hash_policy: list[str] = Field(default=[], max_length=100)
     request_mirror_policies: list[_MirrorPolicy] = []
+    timeout: _Duration | None = None
+    retry_policy: _RetryPolicy | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> _RouteAction:
         if (self.cluster is None) == (self.weighted_clusters is None):
             raise ValueError("needs exactly one of 'cluster' or 'weighted_clusters'")
+        if self.timeout is not None:
+            _parse_duration(self.timeout)
         return self
+
+
+class _FaultDelay(_Model):
+    fixed_delay: _Duration
+    percentage: _FractionalPercent | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> _FaultDelay:
+        _parse_duration(self.fixed_delay)
+        return self
+
+
+class _FaultAbort(_Model):
+    error_kind: str = ErrorKind.FAULT_ABORT.value
+    message: str = "fault injected"
+    percentage: _FractionalPercent | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> _FaultAbort:
+        known = [k.value for k in ErrorKind]
+        if self.error_kind.lower() not in known:
+            raise ValueError(f"error_kind: unknown {self.error_kind!r} (one of {', '.join(known)})")
+        return self
+
+
+class _Fault(_Model):
+    delay: _FaultDelay | None = None
+    abort: _FaultAbort | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> _Fault:
+        if self.delay is None and self.abort is None:
+            raise ValueError("a fault needs a delay or an abort")
+        return self
+
+    def convert(self) -> cfg.FaultInjection:
+        d, a = self.delay, self.abort
+        return cfg.FaultInjection(
+            delay=cfg.FaultDelay(
+                _parse_duration(d.fixed_delay), d.percentage.percent() if d.percentage else 100.0
+            )
+            if d is not None
+            else None,
+            abort=cfg.FaultAbort(
+                ErrorKind(a.error_kind.lower()),
+                a.message,
+                a.percentage.percent() if a.percentage else 100.0,
+            )
+            if a is not None
+            else None,
+        )
 
 
 class _KeyValue(_Model):
@@ -313,6 +498,7 @@ class _Route(_Model):
     route: _RouteAction
     request_mutation: list[_KeyValue] = Field(default=[], max_length=1000)
     response_mutation: list[_KeyValue] = Field(default=[], max_length=1000)
+    fault: _Fault | None = None
 
 
 class _RouteConfiguration(_Model):
@@ -331,6 +517,164 @@ class _File(_Model):
     static_resources: _StaticResources
     admin: dict[str, Any] | None = None
 
+
+# --- filter configs -----------------------------------------------------------------------
+
+
+class _TokenBucket(_Model):
+    max_tokens: int = Field(ge=1)
+    tokens_per_fill: int = Field(default=1, ge=1)
+    fill_interval: _Duration
+
+    @model_validator(mode="after")
+    def _check(self) -> _TokenBucket:
+        _parse_duration(self.fill_interval)
+        return self
+
+    def convert(self) -> cfg.TokenBucket:
+        interval = _parse_duration(self.fill_interval)
+        return cfg.TokenBucket(self.max_tokens, self.tokens_per_fill, interval)
+
+
+class _LocalRateLimitCondition(_Model):
+    match: _RouteMatch
+    token_bucket: _TokenBucket
+
+
+class _LocalRateLimit(_Model):
+    """Aeraki ``LocalRateLimit``."""
+
+    stat_prefix: str = ""
+    token_bucket: _TokenBucket | None = None
+    conditions: list[_LocalRateLimitCondition] = []
+
+    def convert(self) -> cfg.LocalRateLimitConfig:
+        return cfg.LocalRateLimitConfig(
+            token_bucket=self.token_bucket.convert() if self.token_bucket else None,
+            conditions=tuple(
+                (tuple(m.to_matcher() for m in c.match.metadata), c.token_bucket.convert())
+                for c in self.conditions
+            ),
+        )
+
+
+def _string_matcher(key: str, sm: StringMatch) -> cfg.MetadataMatcher:
+    if sm.is_presence:
+        return cfg.MetadataMatcher(key, cfg.MatchKind.PRESENT)
+    if sm.exact is not None:
+        return cfg.MetadataMatcher(key, cfg.MatchKind.EXACT, sm.exact)
+    if sm.prefix is not None:
+        return cfg.MetadataMatcher(key, cfg.MatchKind.PREFIX, sm.prefix)
+    try:
+        re.compile(sm.regex or "")
+    except re.error as e:
+        raise ValueError(f"attribute {key!r}: regex does not compile: {e}") from None
+    return cfg.MetadataMatcher(key, cfg.MatchKind.SAFE_REGEX, sm.regex or "")
+
+
+class _AuthzPolicy(_Model):
+    name: str = ""
+    action: Literal["ALLOW", "DENY"] = "ALLOW"
+    rules: list[_AuthzRule] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> _AuthzPolicy:
+        self.convert()
+        return self
+
+    def convert(self) -> cfg.AuthzPolicy:
+        rules = []
+        for rule in self.rules:
+            sources = []
+            for f in rule.from_:
+                src = f.source
+                for block in (*src.ip_blocks, *src.not_ip_blocks):
+                    try:
+                        ipaddress.ip_network(block, strict=False)
+                    except ValueError:
+                        raise ValueError(f"not an IP address or CIDR block: {block!r}") from None
+                sources.append(
+                    cfg.AuthzSource(
+                        ip_blocks=tuple(src.ip_blocks),
+                        not_ip_blocks=tuple(src.not_ip_blocks),
+                        principals=tuple(src.principals),
+                        not_principals=tuple(src.not_principals),
+                        namespaces=tuple(src.namespaces),
+                        not_namespaces=tuple(src.not_namespaces),
+                    )
+                )
+            operations = [
+                cfg.AuthzOperation(
+                    attributes=tuple(
+                        (k, tuple(_string_matcher(k, m) for m in alts))
+                        for k, alts in t.operation.attributes.items()
+                    ),
+                    not_attributes=tuple(
+                        (k, tuple(_string_matcher(k, m) for m in alts))
+                        for k, alts in t.operation.not_attributes.items()
+                    ),
+                )
+                for t in rule.to
+            ]
+            rules.append(cfg.AuthzRule(tuple(sources), tuple(operations)))
+        return cfg.AuthzPolicy(self.name, self.action, tuple(rules))
+
+
+class _Rbac(_Model):
+    """``metamesh.filters.rbac``: MetaAuthorizationPolicy specs (name, action, rules)."""
+
+    policies: list[_AuthzPolicy] = []
+
+    def convert(self) -> cfg.RbacConfig:
+        return cfg.RbacConfig(tuple(p.convert() for p in self.policies))
+
+
+class _Descriptor(_Model):
+    property: str = Field(min_length=1)
+    descriptor_key: str = Field(min_length=1)
+
+
+class _GlobalRateLimit(_Model):
+    """Aeraki ``RateLimit`` (global); ``rate_limit_service`` as Envoy's config or a cluster."""
+
+    match: _RouteMatch = _RouteMatch()
+    domain: str = Field(min_length=1)
+    timeout: _Duration = 0.02
+    failure_mode_deny: bool = False
+    rate_limit_service: dict[str, Any] | str = ""
+    descriptors: list[_Descriptor] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> _GlobalRateLimit:
+        _parse_duration(self.timeout)
+        return self
+
+    def convert(self) -> cfg.GlobalRateLimitConfig:
+        service = self.rate_limit_service
+        if isinstance(service, dict):
+            grpc = service.get("grpc_service") or {}
+            service = str((grpc.get("envoy_grpc") or {}).get("cluster_name", ""))
+        return cfg.GlobalRateLimitConfig(
+            domain=self.domain,
+            match=tuple(m.to_matcher() for m in self.match.metadata),
+            descriptors=tuple((d.descriptor_key, d.property) for d in self.descriptors),
+            timeout=_parse_duration(self.timeout),
+            failure_mode_deny=self.failure_mode_deny,
+            rate_limit_service=service,
+        )
+
+
+class _NoConfig(_Model):
+    def convert(self) -> None:
+        return None
+
+
+_FILTER_CONFIGS: dict[str, type[_LocalRateLimit | _Rbac | _GlobalRateLimit | _NoConfig]] = {
+    LOCAL_RATELIMIT: _LocalRateLimit,
+    RBAC: _Rbac,
+    GLOBAL_RATELIMIT: _GlobalRateLimit,
+    FAULT: _NoConfig,
+}
 
 _StringMatch.model_rebuild()
 
@@ -410,6 +754,11 @@ def _listener(x: _Listener) -> cfg.Listener:
     filters = tuple(f.name for f in mpp.meta_protocol_filters) or (
         "aeraki.meta_protocol.filters.router",
     )
+    filter_configs = tuple(
+        (f.name, typed)
+        for f in mpp.meta_protocol_filters
+        if (typed := f.typed_config()) is not None
+    )
     return cfg.Listener(
         name=x.name,
         address=x.address.socket_address.address,
@@ -419,6 +768,7 @@ def _listener(x: _Listener) -> cfg.Listener:
         stat_prefix=mpp.stat_prefix,
         filters=filters,
         max_frame_size=codec.max_frame_size,
+        filter_configs=filter_configs,
     )
 
 
@@ -442,6 +792,7 @@ def _cluster(x: _Cluster) -> cfg.Cluster:
             th.max_connections, th.max_pending_requests, th.max_requests
         ),
         connect_timeout=_parse_duration(x.connect_timeout),
+        outlier_detection=x.outlier_detection.convert() if x.outlier_detection else None,
     )
 
 
@@ -463,6 +814,8 @@ def _route_config(x: _RouteConfiguration) -> cfg.RouteConfiguration:
                 )
                 for m in a.request_mirror_policies
             ),
+            timeout=_parse_duration(a.timeout) if a.timeout is not None else None,
+            retry_policy=a.retry_policy.convert() if a.retry_policy is not None else None,
         )
         routes.append(
             cfg.Route(
@@ -471,6 +824,7 @@ def _route_config(x: _RouteConfiguration) -> cfg.RouteConfiguration:
                 route=action,
                 request_mutation=tuple((kv.key, kv.value) for kv in r.request_mutation),
                 response_mutation=tuple((kv.key, kv.value) for kv in r.response_mutation),
+                fault=r.fault.convert() if r.fault is not None else None,
             )
         )
     return cfg.RouteConfiguration(x.name, tuple(routes))

@@ -9,6 +9,11 @@ current event loop (uvloop when the CLI finds it). Its job is mechanical:
   of a turn schedules :meth:`flush` with ``call_soon``, which then writes each dirty peer once
   (one syscall per peer per turn instead of one per frame) and executes the core's actions.
 * **Tasks are owned.** Every connect task is kept in a set until done and cancelled on close.
+* **One precise timer.** After each flush the server asks the core for its
+  :meth:`~metamesh.proxy.connection.ConnectionManager.next_deadline` (request timeouts, retry
+  back-offs, delayed faults, ends of ejections, connect timeouts) and arms a single
+  ``call_at`` for it, re-armed only when an earlier deadline appears; a slow housekeeping tick
+  flushes the access log.
 * **Drain.** :meth:`drain` stops accepting, waits for in-flight requests up to a deadline, then
   closes every connection; SIGTERM and SIGINT trigger it in :meth:`serve_forever`.
 """
@@ -34,6 +39,7 @@ from metamesh.proxy.connection import (
     LOG,
     ConnectionManager,
 )
+from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
 from metamesh.proxy.upstream import Upstream, UpstreamState
 from metamesh.runtime.protocols import DownstreamProtocol, UpstreamProtocol
 
@@ -76,6 +82,8 @@ class ProxyServer:
         self._connects: dict[Upstream, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at: float | None = None
         self._stopped = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -146,6 +154,8 @@ class ProxyServer:
         """Release everything immediately (no drain)."""
         if self._timer is not None:
             self._timer.cancel()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         for server in self._servers.values():
             server.close()
         self.core.close_all()
@@ -211,6 +221,23 @@ class ProxyServer:
         if core.actions:
             for action in core.take_actions():
                 self._execute(action)
+        deadline = core.deadlines.next_deadline()
+        if deadline is not None and (self._deadline_at is None or deadline < self._deadline_at):
+            self._arm_deadline(deadline)
+
+    def _arm_deadline(self, when: float) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = when
+        self._deadline_timer = loop.call_at(when, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline_timer = None
+        self._deadline_at = None
+        self.core.on_timer(self.now())  # now() schedules the flush, which re-arms the timer
 
     def _execute(self, action: tuple[Any, ...]) -> None:
         op = action[0]
@@ -232,6 +259,10 @@ class ProxyServer:
             log.log(action[1], "%s", action[2])
         elif op == ACCESS_LOG and self.access_log is not None:
             self.access_log.write(json.dumps(action[1], separators=(",", ":")) + "\n")
+        elif op == RATELIMIT_CHECK:
+            # No rate limit service client yet: report a failed check, so the filter's
+            # failure mode (deny or allow) applies right away.
+            self.core.resume_request(action[1], action[2], None, self.now())
 
     async def _connect(self, up: Upstream) -> None:
         loop = self._loop
@@ -258,7 +289,7 @@ class ProxyServer:
     def _on_timer(self) -> None:
         loop = self._loop
         assert loop is not None
-        self.core.on_timer(self.now())
+        self.core.on_timer(self.now())  # a safety net; deadlines normally fire on their own
         if self.access_log is not None:
             self.access_log.flush()
         self._timer = loop.call_later(TIMER_INTERVAL, self._on_timer)
