@@ -294,10 +294,15 @@ class ThriftCodec(Codec):
                 and 1 <= wire <= 4
             ):
                 total = size + 4
-                if len(buffer) < total:
+                available = len(buffer)
+                if available < total:
                     return None
-                frame = bytes(buffer[:total])
-                del buffer[:total]
+                if available == total:  # the usual case: one copy instead of two
+                    frame = bytes(buffer)
+                    buffer.clear()
+                else:
+                    frame = bytes(buffer[:total])
+                    del buffer[:total]
                 seqid_at = body_at - 4
                 status = (
                     _binary_reply_status(frame, body_at, total)
