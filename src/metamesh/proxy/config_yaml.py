@@ -73,10 +73,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from metamesh.api.authz import Rule as _AuthzRule
 from metamesh.api.base import StringMatch
@@ -231,7 +238,8 @@ def _parse_duration(value: object) -> float:
     return seconds
 
 
-_Duration = float | str
+#: A duration field ("1s", "250ms" or seconds), checked where it stands so errors name it.
+_Duration = Annotated[float, BeforeValidator(_parse_duration)]
 
 
 class _OutlierDetection(_Model):
