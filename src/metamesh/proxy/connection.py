@@ -615,6 +615,8 @@ class ConnectionManager:
         if up is None:
             return
         req.upstream = None
+        if up.state is _CONNECTING and req.ext is not None:
+            req.ext.sent = True  # its bytes are queued and will still go out on connect
         if up.state is not _CLOSED:
             pending = up.pending
             for rid, r in pending.items():
