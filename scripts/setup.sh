@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything metamesh and its test suite need on a fresh Debian machine:
-# Debian packages (real peers: Thrift compiler, Caucho Hessian for Java interop), a virtualenv in
+# Debian packages (real peers: Thrift compiler, Caucho Hessian for Java interop, Redis for the
+# rate limit service), a virtualenv in
 # .venv with metamesh and its dev/test dependencies, and the Node peers under tests/peers/node.
 # Idempotent: each step is skipped when already satisfied. Set METAMESH_SKIP_APT=1 to skip apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(thrift-compiler libhessian-java)
+APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools)
 
 if [[ "${METAMESH_SKIP_APT:-0}" != 1 ]]; then
   missing=()
