@@ -34,6 +34,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
+    if args.xds is not None:
+        return _proxy_xds(args)
+    if args.config is None:
+        print("metamesh proxy: give --config FILE or --xds HOST:PORT", file=sys.stderr)
+        return 2
     from metamesh.runtime.main import run_proxy
 
     return run_proxy(
@@ -43,6 +48,63 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         log_level=args.log_level,
     )
+
+
+def _proxy_xds(args: argparse.Namespace) -> int:
+    import os
+
+    from metamesh.control.embedded import parse_labels, run, serve_proxy_xds
+    from metamesh.xds.resources import ProxyNode
+
+    try:
+        labels = parse_labels(args.labels)
+    except ValueError as e:
+        print(f"metamesh proxy: --labels: {e}", file=sys.stderr)
+        return 2
+    node = ProxyNode(args.node_id or f"metamesh-{os.getpid()}", args.namespace, labels)
+    admin = None if args.admin_port < 0 else args.admin_port
+    main = serve_proxy_xds(args.xds, node, admin_port=admin, drain_timeout=args.drain_timeout)
+    return run(main, args.log_level)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from metamesh.control.embedded import run, serve_up
+
+    admin = None if args.admin_port < 0 else args.admin_port
+    main = serve_up(
+        args.directory, xds_port=args.xds_port, admin_port=admin, namespace=args.namespace
+    )
+    return run(main, args.log_level)
+
+
+def _cmd_control_plane(args: argparse.Namespace) -> int:
+    from metamesh.control.embedded import run, serve_control_plane
+
+    main = serve_control_plane(
+        args.config_dir, host=args.xds_address, xds_port=args.xds_port, namespace=args.namespace
+    )
+    return run(main, args.log_level)
+
+
+def _cmd_proxy_config(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+
+    from metamesh.runtime.proxy_config import fetch_config_dump, render
+
+    try:
+        dump = fetch_config_dump(args.admin)
+    except (OSError, urllib.error.URLError, ValueError) as e:
+        print(
+            f"metamesh proxy-config: cannot read http://{args.admin}/config_dump: {e}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.output == "json":
+        print(json.dumps(dump, indent=2))
+    else:
+        sys.stdout.write(render(args.view, dump))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(func=_cmd_validate)
 
-    proxy = sub.add_parser("proxy", help="run the MetaProtocol proxy from a static YAML config")
-    proxy.add_argument("--config", required=True, metavar="FILE", help="static config (YAML)")
+    proxy = sub.add_parser(
+        "proxy", help="run the MetaProtocol proxy (static YAML config, or xDS from a control plane)"
+    )
+    source = proxy.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="FILE", help="static config (YAML)")
+    source.add_argument("--xds", metavar="HOST:PORT", help="follow this control plane (ADS)")
+    proxy.add_argument("--node-id", default="", help="xDS node id (default: metamesh-<pid>)")
+    proxy.add_argument("--namespace", help="the workload's namespace (xDS node metadata)")
+    proxy.add_argument("--labels", default="", help="workload labels k=v,k=v (node metadata)")
     proxy.add_argument(
         "--admin-port", type=int, default=15000, help="admin HTTP port on 127.0.0.1 (-1: off)"
     )
@@ -80,6 +149,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     proxy.set_defaults(func=_cmd_proxy)
+
+    up = sub.add_parser(
+        "up", help="run an embedded mesh: control plane watching DIR plus one proxy, over xDS"
+    )
+    up.add_argument("directory", metavar="DIR", help="directory of YAML manifests (watched)")
+    up.add_argument(
+        "--admin-port", type=int, default=15000, help="proxy admin port on 127.0.0.1 (-1: off)"
+    )
+    up.add_argument("--xds-port", type=int, default=0, help="xDS port on 127.0.0.1 (0: any)")
+    up.add_argument(
+        "-n", "--namespace", default="default", help="namespace for resources without one"
+    )
+    up.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    up.set_defaults(func=_cmd_up)
+
+    cp = sub.add_parser("control-plane", help="serve a watched config directory over xDS (ADS)")
+    cp.add_argument("--config-dir", required=True, metavar="DIR", help="YAML manifests (watched)")
+    cp.add_argument("--xds-port", type=int, default=15010, help="xDS port (default 15010)")
+    cp.add_argument("--xds-address", default="127.0.0.1", help="xDS address (default 127.0.0.1)")
+    cp.add_argument(
+        "-n", "--namespace", default="default", help="namespace for resources without one"
+    )
+    cp.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    cp.set_defaults(func=_cmd_control_plane)
+
+    pc = sub.add_parser("proxy-config", help="show a running proxy's config (from its admin)")
+    pc.add_argument("view", choices=("listeners", "routes", "clusters", "endpoints"))
+    pc.add_argument("--admin", default="127.0.0.1:15000", metavar="HOST:PORT", help="proxy admin")
+    pc.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    pc.set_defaults(func=_cmd_proxy_config)
     return parser
 
 

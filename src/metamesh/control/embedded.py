@@ -1,0 +1,277 @@
+"""The processes that wire sources, the ADS server, the proxy and its xDS client together.
+
+- ``metamesh up DIR`` (:func:`serve_up`): the embedded mesh. A :class:`FileSource` watches
+  ``DIR`` and feeds an :class:`AdsServer` on 127.0.0.1; one proxy in the same event loop runs an
+  :class:`XdsClient` pointed at it, so even the embedded proxy gets its config over real xDS
+  (one code path for both modes). Each MetaProtocol service is served on its ServiceEntry
+  address or its allocated 127.240.x.y VIP; what is served is printed at start and whenever it
+  changes.
+- ``metamesh control-plane --config-dir DIR`` (:func:`serve_control_plane`): source + server.
+- ``metamesh proxy --xds HOST:PORT`` (:func:`serve_proxy_xds`): proxy + client, identified by
+  node id, namespace and labels.
+
+All three stop cleanly on SIGINT/SIGTERM (or when ``stop`` is set, in tests): the source and
+client loops end, the proxy drains, the gRPC server stops. The default asyncio loop is used
+(grpc.aio integrates with it; uvloop is not supported by grpc.aio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TextIO
+
+from metamesh.control.model import MeshModel
+from metamesh.control.sources import FileSource
+from metamesh.control.to_proxy import to_snapshot
+from metamesh.control.translate import translate
+from metamesh.proxy.config import Snapshot
+from metamesh.runtime.server import ProxyServer
+from metamesh.runtime.xds_client import XdsClient
+from metamesh.runtime.xds_state import resources_to_snapshot
+from metamesh.xds.resources import ProxyNode
+from metamesh.xds.server import AdsServer
+
+log = logging.getLogger("metamesh")
+
+SERVER_QUIET = 0.02  # s of quiet before a push (the file watcher already groups edits)
+SERVER_MAX_DELAY = 0.25
+
+
+# --- what the proxy serves -------------------------------------------------------------
+
+
+def _short_cluster(name: str) -> str:
+    parts = name.split("|")
+    return (parts[2] or "all") if len(parts) == 4 else name
+
+
+def serving_lines(snapshot: Snapshot) -> list[str]:
+    """One line per listener: service, address:port, protocol, routes (for humans)."""
+    rows = []
+    for listener in sorted(snapshot.listeners.values(), key=lambda x: (x.address, x.port)):
+        service = listener.route_config_name.rpartition("_")[0] or listener.name
+        routes = []
+        config = snapshot.route_configs.get(listener.route_config_name)
+        for route in config.routes if config else ():
+            action = route.route
+            if action.weighted_clusters:
+                total = sum(c.weight for c in action.weighted_clusters) or 1
+                dest = ", ".join(
+                    f"{_short_cluster(c.name)} {round(100 * c.weight / total)}%"
+                    for c in action.weighted_clusters
+                )
+            else:
+                dest = _short_cluster(action.cluster)
+            routes.append(f"{route.name or '(unnamed)'} -> {dest}")
+        codec = listener.codec.rpartition(".")[2]
+        where = f"{listener.address}:{listener.port}"
+        rows.append(f"  {service}  {where}  {codec}  {'; '.join(routes) or '(no routes)'}")
+    return rows
+
+
+class ServingPrinter:
+    """Prints :func:`serving_lines` when they change."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.last: list[str] | None = None
+
+    def __call__(self, snapshot: Snapshot) -> None:
+        lines = serving_lines(snapshot)
+        if lines == self.last:
+            return
+        self.last = lines
+        header = f"metamesh: serving {len(lines)} listener(s), config version {snapshot.version}"
+        print("\n".join([header, *lines]), file=self.out, flush=True)
+
+
+# --- building blocks --------------------------------------------------------------------
+
+
+def _on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+
+    def remove() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+async def _start_control_plane(
+    directory: Path, host: str, port: int, namespace: str
+) -> tuple[AdsServer, FileSource, int]:
+    holder: list[AdsServer] = []
+    source = FileSource(directory, lambda m: holder[0].set_model(m), namespace=namespace)
+    ads = AdsServer(translate, MeshModel(), quiet=SERVER_QUIET, max_delay=SERVER_MAX_DELAY)
+    holder.append(ads)
+    if source.load() is not None:
+        ads.flush()
+    bound = await ads.start(host, port)
+    return ads, source, bound
+
+
+async def _start_proxy(
+    target: str, node: ProxyNode, admin_port: int | None, on_applied: Callable[[Snapshot], None]
+) -> tuple[ProxyServer, XdsClient]:
+    proxy = ProxyServer(Snapshot(), admin_port=admin_port)
+    await proxy.start()
+    proxy.ready = False  # ready once the first config from the control plane is in force
+
+    def applied(snapshot: Snapshot) -> None:
+        proxy.ready = True
+        on_applied(snapshot)
+
+    client = XdsClient(
+        target, node, resources_to_snapshot(to_snapshot), proxy.apply_snapshot, on_applied=applied
+    )
+    return proxy, client
+
+
+# --- the three processes ------------------------------------------------------------------
+
+
+async def serve_up(
+    directory: str | Path,
+    *,
+    xds_port: int = 0,
+    admin_port: int | None = 15000,
+    namespace: str = "default",
+    out: TextIO = sys.stdout,
+    stop: asyncio.Event | None = None,
+    drain_timeout: float = 5.0,
+) -> int:
+    """``metamesh up``: control plane and one proxy in this event loop (module docstring)."""
+    stop = stop or asyncio.Event()
+    remove_signals = _on_signals(stop)
+    ads, source, port = await _start_control_plane(
+        Path(directory), "127.0.0.1", xds_port, namespace
+    )
+    print(f"metamesh: control plane (xDS) on 127.0.0.1:{port}, watching {directory}", file=out)
+    printer = ServingPrinter(out)
+    try:
+        proxy, client = await _start_proxy(
+            f"127.0.0.1:{port}", ProxyNode("metamesh-up"), admin_port, printer
+        )
+    except OSError as exc:
+        print(f"metamesh up: cannot start the proxy: {exc}", file=sys.stderr)
+        await ads.stop(0)
+        remove_signals()
+        return 1
+    if proxy.bound_admin_port is not None:
+        print(f"metamesh: proxy admin on 127.0.0.1:{proxy.bound_admin_port}", file=out, flush=True)
+    tasks = [asyncio.create_task(source.run()), asyncio.create_task(client.run())]
+    try:
+        await stop.wait()
+    finally:
+        print("metamesh: stopping", file=out, flush=True)
+        source.stop()
+        client.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await proxy.drain(drain_timeout)
+        await ads.stop(0)
+        remove_signals()
+    return 0
+
+
+async def serve_control_plane(
+    directory: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    xds_port: int = 15010,
+    namespace: str = "default",
+    out: TextIO = sys.stdout,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """``metamesh control-plane``: the watched directory served over ADS."""
+    stop = stop or asyncio.Event()
+    remove_signals = _on_signals(stop)
+    ads, source, port = await _start_control_plane(Path(directory), host, xds_port, namespace)
+    print(f"metamesh: control plane (xDS) on {host}:{port}, watching {directory}", file=out)
+    out.flush()
+    task = asyncio.create_task(source.run())
+    try:
+        await stop.wait()
+    finally:
+        source.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await ads.stop(0)
+        remove_signals()
+    return 0
+
+
+async def serve_proxy_xds(
+    target: str,
+    node: ProxyNode,
+    *,
+    admin_port: int | None = 15000,
+    out: TextIO = sys.stdout,
+    stop: asyncio.Event | None = None,
+    drain_timeout: float = 10.0,
+) -> int:
+    """``metamesh proxy --xds``: a proxy configured by the control plane at ``target``."""
+    stop = stop or asyncio.Event()
+    remove_signals = _on_signals(stop)
+    try:
+        proxy, client = await _start_proxy(target, node, admin_port, ServingPrinter(out))
+    except OSError as exc:
+        print(f"metamesh proxy: cannot start: {exc}", file=sys.stderr)
+        remove_signals()
+        return 1
+    print(
+        f"metamesh: proxy {node.node_id} following {target}, admin on "
+        f"127.0.0.1:{proxy.bound_admin_port}",
+        file=out,
+        flush=True,
+    )
+    task = asyncio.create_task(client.run())
+    try:
+        await stop.wait()
+    finally:
+        client.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await proxy.drain(drain_timeout)
+        remove_signals()
+    return 0
+
+
+def run(main: Coroutine[Any, Any, int], log_level: str = "INFO") -> int:
+    """Run an async entry point with logging to stderr; its exit code."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(main)
+
+
+def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
+    """``app=a,version=v1`` -> sorted pairs; raises ValueError on a malformed item."""
+    pairs = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"label {item!r} is not key=value")
+        pairs.append((key, value))
+    return tuple(sorted(pairs))
+
+
+__all__ = [
+    "ServingPrinter",
+    "parse_labels",
+    "serve_control_plane",
+    "serve_proxy_xds",
+    "serve_up",
+    "serving_lines",
+]
