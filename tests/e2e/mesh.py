@@ -1,0 +1,172 @@
+"""Helpers for the end-to-end tests: ``metamesh`` subprocesses, config files, Thrift clients.
+
+:class:`Metamesh` runs one ``metamesh`` command with stdout/stderr in files, waits for a line,
+and always ends the process (SIGTERM, then SIGKILL) when its ``with`` block ends. ``thrift_mesh``
+writes a ServiceEntry (on a 127.0.10.x address and a free port), a DestinationRule with v1/v2
+subsets over two real servers on 127.0.0.1, and a MetaRouter whose text the test passes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from thrift.protocol.TBinaryProtocol import TBinaryProtocolAccelerated
+from thrift.transport import TSocket
+from thrift.transport.TTransport import TFramedTransport
+
+HOST = "thrift-e2e.demo.svc.cluster.local"
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def free_address() -> tuple[str, int]:
+    """A 127.0.10.x address and a port free on it (lo holds all of 127/8 on Linux)."""
+    address = f"127.0.10.{random.randint(100, 250)}"
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port: int = s.getsockname()[1]
+    return address, port
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+class Metamesh:
+    """One ``metamesh`` subprocess; see the module docstring."""
+
+    def __init__(self, tmp: Path, name: str, *args: str) -> None:
+        self.out_path, self.err_path = tmp / f"{name}.out", tmp / f"{name}.err"
+        self.args = [sys.executable, "-m", "metamesh", *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Metamesh:
+        with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=err, env=env)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc else None
+        proc.send_signal(sig)
+        try:
+            return proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(5)
+
+    def stdout(self) -> str:
+        return self.out_path.read_text()
+
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+        def seen() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.stderr()
+            return text in self.stdout()
+
+        wait_until(seen, repr(text), timeout)
+
+    def admin(self) -> str:
+        self.wait_for("admin on 127.0.0.1:")
+        line = next(x for x in self.stdout().splitlines() if "admin on 127.0.0.1:" in x)
+        return "127.0.0.1:" + line.rsplit("127.0.0.1:", 1)[1].split()[0].strip(",")
+
+
+def write(path: Path, text: str) -> None:
+    """Replace ``path`` atomically, as an editor's save does."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def thrift_mesh(directory: Path, address: str, port: int, v1: int, v2: int) -> None:
+    write(
+        directory / "service.yaml",
+        f"""
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: thrift-e2e, namespace: demo}}
+spec:
+  hosts: [{HOST}]
+  addresses: [{address}]
+  ports: [{{number: {port}, name: tcp-metaprotocol-thrift-e2e}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{tcp-metaprotocol-thrift-e2e: {v1}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{tcp-metaprotocol-thrift-e2e: {v2}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: thrift-e2e, namespace: demo}}
+spec:
+  host: {HOST}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+""",
+    )
+
+
+def router(routes: str) -> str:
+    """A MetaRouter for the e2e service; ``routes`` is its YAML list of routes."""
+    return f"""
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: thrift-e2e, namespace: demo}}
+spec:
+  hosts: [{HOST}]
+  routes:
+{routes}
+"""
+
+
+def to(subset: str, weight: int | None = None) -> str:
+    w = f", weight: {weight}" if weight is not None else ""
+    return f"{{destination: {{host: {HOST}, subset: {subset}}}{w}}}"
+
+
+class ThriftClient:
+    """An Apache framed/binary Calc client on one TCP connection to ``address:port``."""
+
+    def __init__(self, gen: types.ModuleType, address: str, port: int) -> None:
+        self.socket = TSocket.TSocket(address, port)
+        self.socket.setTimeout(10_000)
+        self.transport = TFramedTransport(self.socket)
+        self.transport.open()
+        self.client: Any = gen.Calc.Client(TBinaryProtocolAccelerated(self.transport))
+        self.local = self.socket.handle.getsockname()
+
+    def echo(self, text: str) -> str:
+        answer: str = self.client.echo(text)
+        return answer
+
+    def same_connection(self) -> bool:
+        return self.socket.handle is not None and self.socket.handle.getsockname() == self.local
+
+    def close(self) -> None:
+        self.transport.close()
