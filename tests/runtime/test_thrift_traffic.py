@@ -5,7 +5,7 @@ Apache's generated ``Calc`` clients and Apache servers whose ``echo`` answers ``
 so the client itself sees which server answered. Covered: weighted splits (checked against
 binomial bounds of +-5 sigma, which a correct 20/80 split leaves about once in 1.7 million
 runs), ring-hash stickiness on a THeader header, mirroring (copies arrive, the client gets the
-primary's reply, a held or dead mirror does not hold the primary up), THeader request and
+primary's reply, a held, congested or dead mirror does not hold the primary up), THeader request and
 response mutation seen by the real server and client, 200 concurrent clients on one upstream
 connection, and the admin endpoints after real traffic.
 """
@@ -186,6 +186,28 @@ def test_held_mirror_does_not_delay_the_primary(
         assert not shadow.release.is_set() and len(shadow.echoes()) <= 1
     shadow.release.set()
     wait_until(lambda: shadow.echoes() == texts, "the held mirror copies")
+
+
+def test_mirror_that_stops_reading_drops_copies_instead_of_stalling_clients(
+    calc_gen: types.ModuleType, stack: ExitStack
+) -> None:
+    (primary, p), (shadow, m) = servers(stack, calc_gen, "primary", "shadow")
+    shadow.release.clear()  # held in its handler: the mirror stops reading its socket
+    proxy = stack.enter_context(ProxyThread(mirror_snapshot(p.port, m.port)))
+    payload = "y" * (256 * 1024)
+    calls = 80  # 20 MiB of copies: far past what the kernel buffers for the held mirror
+    with connect(calc_gen.Calc, "framed", "binary", proxy.port("calc")) as peer:
+        c: Any = peer.client
+        for i in range(calls):
+            assert c.echo(f"{i} {payload}") == f"primary:{i} {payload}"
+    server = proxy.server
+    assert server is not None
+    stats = proxy.call(lambda: server.core.stats)
+    assert len(primary.echoes()) == calls
+    assert stats.mirror_dropped > 0  # the mirror's connection did congest...
+    assert stats.mirrored_requests + stats.mirror_dropped == calls  # ...and lost copies
+    shadow.release.set()
+    wait_until(lambda: len(shadow.echoes()) == stats.mirrored_requests, "the sent copies")
 
 
 def test_dead_mirror_does_not_fail_the_primary(

@@ -394,6 +394,9 @@ class ConnectionManager:
             up = self._upstream_for(d, cs, idx, now, mirror=True)
             if up is None:
                 continue
+            if up.congested:  # a mirror that cannot keep up loses copies; clients never wait
+                self.stats.mirror_dropped += 1
+                continue
             self.stats.mirrored_requests += 1
             self._send(up, ActiveRequest(None, msg, route, cs, now, None, True), d.codec, idx)
 
@@ -412,7 +415,10 @@ class ConnectionManager:
     ) -> Upstream | None:
         listener = d.listener
         if listener.multiplexed:
-            key = (listener.protocol, d.codec.wire_variant, idx)
+            # Mirror copies get connections of their own, so a slow mirror's backpressure
+            # (see runtime.protocols) never touches primary traffic to the same cluster.
+            pool = (listener.protocol + "\x00mirror") if mirror else listener.protocol
+            key = (pool, d.codec.wire_variant, idx)
             up = cs.mux.get(key)
             if up is not None:
                 return up
@@ -433,6 +439,7 @@ class ConnectionManager:
             None if listener.multiplexed else d,
             now + cs.config.connect_timeout,
         )
+        up.mirror = mirror
         if listener.multiplexed:
             up.key = key
             cs.mux[key] = up

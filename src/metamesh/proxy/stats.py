@@ -63,6 +63,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "heartbeats": ("metamesh_heartbeats_total", "Client heartbeats answered by the proxy"),
     "oneway_requests": ("metamesh_oneway_requests_total", "One-way requests forwarded"),
     "mirrored_requests": ("metamesh_mirrored_requests_total", "Request copies sent to mirrors"),
+    "mirror_dropped": (
+        "metamesh_mirror_dropped_total",
+        "Request copies not sent because the mirror's connection was congested",
+    ),
     "downstream_connections_total": (
         "metamesh_downstream_connections_total",
         "Client connections accepted",
@@ -134,6 +138,7 @@ class ProxyStats:
         self.heartbeats = 0
         self.oneway_requests = 0
         self.mirrored_requests = 0
+        self.mirror_dropped = 0
         self.downstream_connections_total = 0
         self.retries = 0
         self.timeouts = 0

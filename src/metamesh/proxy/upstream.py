@@ -112,6 +112,7 @@ class Upstream:
     __slots__ = (
         "cluster",
         "codec",
+        "congested",
         "connect_deadline",
         "dead",
         "dirty",
@@ -123,6 +124,7 @@ class Upstream:
         "id_limit",
         "inbuf",
         "key",
+        "mirror",
         "next_id",
         "out",
         "owner",
@@ -165,6 +167,10 @@ class Upstream:
         self.queued = 0  # requests counted in cluster.pending_requests while connecting
         self.dead = 0  # timed-out requests whose slot is kept until their late reply
         self.retired = False
+        #: Carries only mirror copies (never shares a connection with primary traffic).
+        self.mirror = False
+        #: Set by the runtime while the write buffer is over its high-water mark.
+        self.congested = False
         self.key: PoolKey | None = None
 
     @property

@@ -3,9 +3,10 @@
 They only translate callbacks into core events (with the loop turn's ``now``) and own
 backpressure, uvicorn-style: a client that does not read its replies gets its own reading paused
 (``pause_writing`` on its transport), and an upstream whose write buffer fills pauses reading
-from every client until it drains, since any client may be feeding it. The write buffer limits
-are the high/low water marks. Writes never happen here: the server flushes each peer's
-coalesced output once per loop turn.
+from every client until it drains, since any client may be feeding it. A mirror's connection
+(which carries only request copies) never pauses clients: while it is congested the core drops
+further copies for it instead. The write buffer limits are the high/low water marks. Writes
+never happen here: the server flushes each peer's coalesced output once per loop turn.
 """
 
 from __future__ import annotations
@@ -105,10 +106,12 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if not self.congested:
-            self.congested = True
-            self.server.set_upstream_congested(+1)
+            self.congested = self.up.congested = True
+            if not self.up.mirror:  # a mirror's copies are dropped instead (core._mirror)
+                self.server.set_upstream_congested(+1)
 
     def resume_writing(self) -> None:
         if self.congested:
-            self.congested = False
-            self.server.set_upstream_congested(-1)
+            self.congested = self.up.congested = False
+            if not self.up.mirror:
+                self.server.set_upstream_congested(-1)
