@@ -107,6 +107,18 @@ def _cmd_proxy_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ratelimit_server(args: argparse.Namespace) -> int:
+    from metamesh.ratelimit.service import run_ratelimit_server
+
+    return run_ratelimit_server(
+        args.config,
+        port=args.port,
+        host=args.host,
+        redis_url=args.redis,
+        log_level=args.log_level,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metamesh",
@@ -179,6 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--admin", default="127.0.0.1:15000", metavar="HOST:PORT", help="proxy admin")
     pc.add_argument("-o", "--output", choices=("table", "json"), default="table")
     pc.set_defaults(func=_cmd_proxy_config)
+    rls = sub.add_parser(
+        "ratelimit-server",
+        help="run the global rate limit service (Envoy RLS gRPC API, counters in Redis)",
+    )
+    rls.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        metavar="FILE",
+        help="limits YAML (Envoy ratelimit format); repeat for more domains",
+    )
+    rls.add_argument("--port", type=int, default=8081, help="gRPC port (default 8081; 0: any)")
+    rls.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    rls.add_argument(
+        "--redis", default="redis://127.0.0.1:6379/0", help="Redis URL shared by all servers"
+    )
+    rls.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    rls.set_defaults(func=_cmd_ratelimit_server)
     return parser
 
 
