@@ -13,10 +13,14 @@ Routes: by attachment (``lane: py``), by interface (``GreetingService``), by met
 a default for the other DemoService methods on the Node provider, and a ``lane: doomed`` route
 to a provider that the test kills. Errors (no route, no healthy upstream) must reach each real
 consumer as a Dubbo error carrying the proxy's message, and the connection must keep working.
+Finally 200 raw Dubbo clients, all using the same request ids, share one connection to the
+dubbo-py provider and each gets its own answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -26,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.codecs.dubbo import peers
+from tests.codecs.dubbo import frames, peers
 from tests.codecs.dubbo.frames import IFACE
 from tests.runtime import mesh_config as mc
 from tests.runtime.proxy_thread import ProxyThread
@@ -250,3 +254,40 @@ def test_heartbeats_from_both_consumers_are_answered_by_the_proxy(
     assert ok(py_call(c, "add", 20, 22)) == 42
     assert sofa.call("add", ("int", 1), ("int", 1)) == {"ok": True, "result": 2}
     assert mesh.stats().heartbeats >= before + 2
+
+
+# -- 200 clients on one upstream connection ---------------------------------------------------
+
+
+def test_200_dubbo_clients_share_one_provider_connection(mesh: Mesh) -> None:
+    """Raw Dubbo clients (all using request ids 1..3) -> proxy -> the real dubbo-py provider."""
+    n, calls = 200, 3
+
+    async def client(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", mesh.port)
+        for k in range(calls):  # pipelined, the same ids in every client
+            args = (f"client {i} call {k}",)
+            writer.write(frames.request(k + 1, args=args, attachments={"lane": "py"}))
+        got: dict[int, bytes] = {}
+        for _ in range(calls):
+            head = await asyncio.wait_for(reader.readexactly(16), 30)
+            magic, flags, status, rid, size = struct.unpack(">HBBQI", head)
+            body = await reader.readexactly(size)
+            assert (magic, flags & 0x80, status) == (0xDABB, 0, 20)
+            got[rid] = body
+        writer.close()
+        for k in range(calls):
+            # hessian2 carries a short ASCII string as its raw bytes, so the content shows
+            assert f"Hello client {i} call {k} from dubbo-py".encode() in got[k + 1]
+
+    async def everyone() -> None:
+        await asyncio.gather(*(client(i) for i in range(n)))
+
+    def answered_by_py() -> int:
+        counts = mesh.stats().requests.get(("demo.test", "py", "dubbo"))
+        return 0 if counts is None else int(counts.count[0])
+
+    before = answered_by_py()
+    asyncio.run(everyone())
+    assert answered_by_py() == before + n * calls
+    assert mesh.connections(PY) == 1
