@@ -643,7 +643,9 @@ class _Descriptor(_Model):
 
 
 class _GlobalRateLimit(_Model):
-    """Aeraki ``RateLimit`` (global); ``rate_limit_service`` as Envoy's config or a cluster."""
+    """Aeraki ``RateLimit`` (global); ``rate_limit_service`` as Envoy's config
+    (``grpc_service.envoy_grpc.cluster_name`` or ``grpc_service.google_grpc.target_uri``), a
+    cluster name or a ``host:port`` gRPC target."""
 
     match: _RouteMatch = _RouteMatch()
     domain: str = Field(min_length=1)
@@ -661,7 +663,10 @@ class _GlobalRateLimit(_Model):
         service = self.rate_limit_service
         if isinstance(service, dict):
             grpc = service.get("grpc_service") or {}
-            service = str((grpc.get("envoy_grpc") or {}).get("cluster_name", ""))
+            service = str(
+                (grpc.get("envoy_grpc") or {}).get("cluster_name")
+                or (grpc.get("google_grpc") or {}).get("target_uri", "")
+            )
         return cfg.GlobalRateLimitConfig(
             domain=self.domain,
             match=tuple(m.to_matcher() for m in self.match.metadata),

@@ -8,7 +8,8 @@ current event loop (uvloop when the CLI finds it). Its job is mechanical:
 * **Coalesced writes.** The core appends output to each peer's ``out`` buffer; the first event
   of a turn schedules :meth:`flush` with ``call_soon``, which then writes each dirty peer once
   (one syscall per peer per turn instead of one per frame) and executes the core's actions.
-* **Tasks are owned.** Every connect task is kept in a set until done and cancelled on close.
+* **Tasks are owned.** Every connect task and rate limit check (:mod:`.ratelimit_client`) is
+  kept in a set until done and cancelled on close.
 * **One precise timer.** After each flush the server asks the core for its
   :meth:`~metamesh.proxy.connection.ConnectionManager.next_deadline` (request timeouts, retry
   back-offs, delayed faults, ends of ejections, connect timeouts) and arms a single
@@ -42,6 +43,7 @@ from metamesh.proxy.connection import (
 from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
 from metamesh.proxy.upstream import Upstream, UpstreamState
 from metamesh.runtime.protocols import DownstreamProtocol, UpstreamProtocol
+from metamesh.runtime.ratelimit_client import RateLimitClient
 
 log = logging.getLogger("metamesh.proxy")
 
@@ -85,6 +87,7 @@ class ProxyServer:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
         self._stopped = asyncio.Event()
+        self.ratelimit = RateLimitClient(lambda: self.core.snapshot.clusters)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class ProxyServer:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.ratelimit.close()
         if self._admin is not None:
             self._admin.close()
         if self.access_log is not None:
@@ -259,10 +263,11 @@ class ProxyServer:
             log.log(action[1], "%s", action[2])
         elif op == ACCESS_LOG and self.access_log is not None:
             self.access_log.write(json.dumps(action[1], separators=(",", ":")) + "\n")
-        elif op == RATELIMIT_CHECK:
-            # No rate limit service client yet: report a failed check, so the filter's
-            # failure mode (deny or allow) applies right away.
-            self.core.resume_request(action[1], action[2], None, self.now())
+        elif op == RATELIMIT_CHECK:  # an owned task per check; answers resume the request
+            self._spawn(self.ratelimit.check(action, self._resume_request))
+
+    def _resume_request(self, req: Any, token: int, allowed: bool | None) -> None:
+        self.core.resume_request(req, token, allowed, self.now())
 
     async def _connect(self, up: Upstream) -> None:
         loop = self._loop

@@ -2,8 +2,8 @@
 
 This is the asynchronous slot of the filter chain. For each matching request the filter builds
 the descriptors (``descriptor_key`` = value of metadata ``property``), emits a
-``(RATELIMIT_CHECK, request, token, domain, descriptors, service)`` action and stops the
-request; the connection keeps serving other requests. The runtime asks the service (Envoy's
+``(RATELIMIT_CHECK, request, token, domain, descriptors, service, timeout)`` action and stops
+the request; the connection keeps serving other requests. The runtime asks the service (Envoy's
 RLS ``ShouldRateLimit``) and reports the answer with
 :meth:`~metamesh.proxy.connection.ConnectionManager.resume_request`: allowed continues,
 over limit answers ``OVER_LIMIT``. If no answer comes within ``timeout`` (Aeraki's default
@@ -56,7 +56,15 @@ class GlobalRateLimitFilter(Filter):
         ext = req.ext
         token = ext.wait_token + 1 if ext is not None else 0
         self.ctx.emit(
-            (RATELIMIT_CHECK, req, token, config.domain, descriptors, config.rate_limit_service)
+            (
+                RATELIMIT_CHECK,
+                req,
+                token,
+                config.domain,
+                descriptors,
+                config.rate_limit_service,
+                config.timeout,
+            )
         )
         return Stop(now + config.timeout, _FAILED_CLOSED if config.failure_mode_deny else None)
 
