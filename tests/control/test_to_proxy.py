@@ -46,6 +46,19 @@ def test_example_round_trip() -> None:
             "aeraki.meta_protocol.filters.local_ratelimit",
             "aeraki.meta_protocol.filters.router",
         ),
+        filter_configs=(
+            (
+                "aeraki.meta_protocol.filters.local_ratelimit",
+                cfg.LocalRateLimitConfig(
+                    conditions=(
+                        (
+                            (cfg.MetadataMatcher("method", cfg.MatchKind.EXACT, "sayHello"),),
+                            cfg.TokenBucket(100, 100, 1.0),
+                        ),
+                    )
+                ),
+            ),
+        ),
     )
     assert snap.clusters[V2] == cfg.Cluster(
         name=V2,
@@ -57,6 +70,7 @@ def test_example_round_trip() -> None:
         lb_policy=cfg.LbPolicy.RING_HASH,
         circuit_breakers=cfg.CircuitBreakers(max_connections=16, max_requests=1000),
         connect_timeout=1.0,
+        outlier_detection=cfg.OutlierDetection(5, 5.0, 30.0, 10.0),
     )
     thrift = snap.clusters[f"outbound|9090||{THRIFT}"]
     assert [(e.address, e.port) for e in thrift.endpoints] == [
@@ -64,6 +78,8 @@ def test_example_round_trip() -> None:
         ("127.0.20.2", 19090),
     ]
     assert thrift.lb_policy is cfg.LbPolicy.LEAST_REQUEST
+    # consecutiveGatewayErrors only: the gateway threshold is the enforced one
+    assert thrift.outlier_detection == cfg.OutlierDetection(5, 10.0, 30.0, 50.0)
     assert snap.route_configs[f"{DUBBO}_20880"] == cfg.RouteConfiguration(
         name=f"{DUBBO}_20880",
         routes=(
@@ -84,7 +100,11 @@ def test_example_round_trip() -> None:
                 name="split",
                 match=(),
                 route=cfg.RouteAction(
-                    weighted_clusters=(cfg.WeightedCluster(V1, 20), cfg.WeightedCluster(V2, 80))
+                    weighted_clusters=(cfg.WeightedCluster(V1, 20), cfg.WeightedCluster(V2, 80)),
+                    timeout=2.0,
+                    retry_policy=cfg.RetryPolicy(
+                        num_retries=2, retry_on=("connect-failure", "reset"), per_try_timeout=0.5
+                    ),
                 ),
             ),
         ),

@@ -14,7 +14,20 @@ frozen tree that :mod:`metamesh.control.translate` reads without looking at YAML
   ``portLevelSettings`` for that port, then the subset's policy, then the subset's port-level
   settings; ``loadBalancer``, ``connectionPool`` and ``outlierDetection`` each replace the
   less specific one as a whole;
-- the MetaRouter of each host (the first one loaded; validation warns about a second).
+- the MetaRouter of each host (the first one loaded; validation warns about a second);
+- the authorization policies that select each service (:attr:`Service.authorization`):
+  every MetaAuthorizationPolicy, and every DubboAuthorizationPolicy converted by
+  :func:`metamesh.api.dubbo_to_meta_policy`.
+
+Authorization scope
+-------------------
+Istio selects *workloads* by ``selector.matchLabels``; in metamesh the proxy is outbound (it
+sits in front of the services), so a policy applies to the *services* whose workloads it
+selects: a service is selected when at least one of its endpoints carries every label of
+``matchLabels``. A policy without a selector (or with empty ``matchLabels``) selects every
+service. As in Istio, a policy only reaches services of its own namespace, except one in the
+root namespace (:data:`ROOT_NAMESPACE`, Istio's ``istio-system``), which reaches every
+namespace. Policies are kept in (namespace, name) order, so the translation is stable.
 
 Address allocation
 ------------------
@@ -36,18 +49,21 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TypeVar
 
 from metamesh.api import (
     ApplicationProtocol,
     DestinationRule,
+    DubboAuthorizationPolicy,
+    MetaAuthorizationPolicy,
     MetaRouter,
     PortProtocolError,
     ResourceSet,
     ServiceEntry,
     application_codecs,
+    dubbo_to_meta_policy,
     fqdn,
     protocol_for_port,
 )
@@ -63,6 +79,7 @@ from metamesh.api.istio import (
 T = TypeVar("T")
 
 VIP_NETWORK = ipaddress.IPv4Network("127.240.0.0/16")
+ROOT_NAMESPACE = "istio-system"  # a policy here applies to every namespace (Istio's rule)
 _VIP_SLOTS = 256 * 254  # third octet 0..255, last octet 1..254
 
 
@@ -155,6 +172,7 @@ class Service:
         default_factory=lambda: MappingProxyType({})
     )
     router: MetaRouter | None = None
+    authorization: tuple[MetaAuthorizationPolicy, ...] = ()
     resolution: str = "STATIC"
     export_to: tuple[str, ...] = ()
     allocated_address: bool = False
@@ -210,6 +228,7 @@ def build_model(resources: ResourceSet) -> MeshModel:
         for host in se.spec.hosts:
             entries.append((fqdn(host, se.namespace), se))
     entries.sort(key=lambda pair: pair[0])
+    policies = authorization_policies(resources)
     vips = allocate_addresses(
         [host for host, se in entries if not se.spec.addresses],
         taken=[a for _, se in entries for a in se.spec.addresses],
@@ -220,10 +239,28 @@ def build_model(resources: ResourceSet) -> MeshModel:
             problems.append(f"ServiceEntry {se.ref}: host {host} already defined; ignored")
             continue
         addresses = tuple(se.spec.addresses) or (vips[host],)
-        services[host] = _service(
+        service = _service(
             host, se, addresses, codecs, rules.get(host), routers.get(host), problems
         )
+        selected = tuple(p for p in policies if policy_selects(p, service))
+        services[host] = replace(service, authorization=selected) if selected else service
     return MeshModel(MappingProxyType(services), tuple(problems))
+
+
+def authorization_policies(resources: ResourceSet) -> list[MetaAuthorizationPolicy]:
+    """Every authorization policy in the general form, in (namespace, name) order."""
+    policies = list(resources.of_kind(MetaAuthorizationPolicy))
+    policies += [dubbo_to_meta_policy(p) for p in resources.of_kind(DubboAuthorizationPolicy)]
+    return sorted(policies, key=lambda p: (p.namespace, p.name))
+
+
+def policy_selects(policy: MetaAuthorizationPolicy, service: Service) -> bool:
+    """Whether ``policy`` applies to ``service`` (see "Authorization scope" above)."""
+    if policy.namespace not in (service.namespace, ROOT_NAMESPACE):
+        return False
+    selector = policy.spec.selector
+    labels = selector.match_labels if selector is not None else {}
+    return not labels or any(e.matches(labels) for e in service.endpoints)
 
 
 def _by_host(pairs: Iterable[tuple[str, T]]) -> dict[str, T]:

@@ -8,19 +8,30 @@ resource, which the client sends back as a NACK's ``error_detail``.
 - Listener: the ``envoy.filters.network.meta_protocol_proxy`` filter's ``TypedStruct``
   (``udpa.type.v1`` or ``xds.type.v3``) gives codec (``codec.name`` or
   ``protocol.codec.name``), ``rds.routeConfigName`` (or an inline ``routeConfig.name``),
-  ``statPrefix`` and the filter names.
+  ``statPrefix``, the filter names and the configs of the filters that take one (local and
+  global rate limit, RBAC; see :mod:`metamesh.control.filter_configs`).
 - Cluster: lb policy (``MAGLEV`` runs as ``RING_HASH``, anything else unknown as round robin),
   connect timeout (Envoy's 5 s default when unset), the default-priority circuit-breaker
-  thresholds (Envoy's 1024 default per unset limit), endpoints from the matching
-  ClusterLoadAssignment (EDS) or the inline ``load_assignment``; labels from the endpoint's
-  ``filter_metadata["envoy.lb"]``.
+  thresholds (Envoy's 1024 default per unset limit), outlier detection (below), endpoints
+  from the matching ClusterLoadAssignment (EDS) or the inline ``load_assignment``; labels from
+  the endpoint's ``filter_metadata["envoy.lb"]``.
 - RouteConfiguration: every route of every virtual host, in order; header matchers become
   metadata matchers (``exact``/``prefix``/``safe_regex``/``present``, also the ``string_match``
   forms, ``invert_match`` kept); ``hash_policy`` header names; mirror percentages from
-  ``runtime_fraction``; ``request/response_headers_to_add`` become mutations.
+  ``runtime_fraction``; ``request/response_headers_to_add`` become mutations; ``timeout``,
+  ``retry_policy`` (``retry_on`` must name metamesh conditions; Envoy's default of one retry
+  when ``num_retries`` is unset) and, from ``metadata.filter_metadata["metamesh"]``,
+  ``retryNonIdempotent`` and ``fault``.
 
-The proxy snapshot has no fields yet for outlier detection, route timeouts, retries or faults;
-they are read by :func:`route_extensions` for when it does, and otherwise not carried over.
+Outlier detection: the proxy counts every failure kind (error responses, resets, connect
+failures, timeouts) against one ``consecutive_errors`` threshold, so the smallest *enforced*
+Envoy threshold is taken: ``consecutive_5xx`` (Envoy's default 5, enforced at 100% unless
+``enforcing_consecutive_5xx`` is 0), ``consecutive_gateway_failure`` (only when its
+enforcement is set above 0, Envoy's default being 0) and ``consecutive_local_origin_failure``
+(with ``split_external_local_origin_errors``). Nothing enforced means no detection. Interval,
+base ejection time and max ejection percent keep Envoy's defaults (10 s, 30 s, 10%).
+Envoy's ``max_requests_per_connection`` is not carried: the proxy multiplexes many requests on
+each upstream connection and has no per-connection request budget.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ from google.protobuf import json_format, struct_pb2
 from udpa.type.v1 import typed_struct_pb2 as udpa_typed_struct
 from xds.type.v3 import typed_struct_pb2 as xds_typed_struct
 
+from metamesh.codecs.message import ErrorKind
+from metamesh.control.filter_configs import parse_duration, proxy_filter_config
 from metamesh.proxy import config as cfg
 
 META_PROTOCOL_FILTER = "envoy.filters.network.meta_protocol_proxy"
@@ -105,7 +118,17 @@ def to_listener(listener: Any) -> cfg.Listener:
     ).get("name")
     if not routes:
         raise XdsConversionError(f"{where}: MetaProtocolProxy has no rds.routeConfigName")
-    filters = tuple(f.get("name", "") for f in proxy.get("metaProtocolFilters") or [])
+    items = proxy.get("metaProtocolFilters") or []
+    filters = tuple(f.get("name", "") for f in items)
+    configs = []
+    for i, item in enumerate(items):
+        at = f"{where}: metaProtocolFilters[{i}] ({item.get('name', '')}).config"
+        try:
+            config = proxy_filter_config(item.get("name", ""), item.get("config"), at)
+        except ValueError as e:
+            raise XdsConversionError(str(e)) from None
+        if config is not None:
+            configs.append((item["name"], config))
     socket = listener.address.socket_address
     extra: dict[str, Any] = {}
     if "maxFrameSize" in codec:
@@ -118,6 +141,7 @@ def to_listener(listener: Any) -> cfg.Listener:
         route_config_name=routes,
         stat_prefix=proxy.get("statPrefix", ""),
         filters=filters or ("aeraki.meta_protocol.filters.router",),
+        filter_configs=tuple(configs),
         **extra,
     )
 
@@ -150,7 +174,42 @@ def to_cluster(cluster: Any, assignment: Any | None) -> cfg.Cluster:
         connect_timeout=cluster.connect_timeout.ToNanoseconds() / 1e9
         if cluster.HasField("connect_timeout")
         else DEFAULT_CONNECT_TIMEOUT,
+        outlier_detection=to_outlier_detection(cluster.outlier_detection)
+        if cluster.HasField("outlier_detection")
+        else None,
     )
+
+
+def to_outlier_detection(od: Any) -> cfg.OutlierDetection | None:
+    """Envoy's outlier detection as the proxy's (see the module docstring)."""
+    thresholds = []
+    if _u32(od, "enforcing_consecutive_5xx", 100) > 0:
+        thresholds.append(_u32(od, "consecutive_5xx", 5))
+    if _u32(od, "enforcing_consecutive_gateway_failure", 0) > 0:
+        thresholds.append(_u32(od, "consecutive_gateway_failure", 5))
+    if (
+        od.split_external_local_origin_errors
+        and _u32(od, "enforcing_consecutive_local_origin_failure", 100) > 0
+    ):
+        thresholds.append(_u32(od, "consecutive_local_origin_failure", 5))
+    thresholds = [t for t in thresholds if t > 0]
+    if not thresholds:
+        return None
+    defaults = cfg.OutlierDetection()
+    return cfg.OutlierDetection(
+        consecutive_errors=min(thresholds),
+        interval=_seconds(od, "interval", defaults.interval),
+        base_ejection_time=_seconds(od, "base_ejection_time", defaults.base_ejection_time),
+        max_ejection_percent=float(
+            _u32(od, "max_ejection_percent", int(defaults.max_ejection_percent))
+        ),
+    )
+
+
+def _seconds(message: Any, field: str, default: float) -> float:
+    if not message.HasField(field):
+        return default
+    return float(getattr(message, field).ToNanoseconds() / 1e9)
 
 
 def _u32(message: Any, field: str, default: int) -> int:
@@ -228,6 +287,7 @@ def to_route(route: Any, where: str) -> cfg.Route:
     mirrors = tuple(
         cfg.RequestMirrorPolicy(m.cluster, _percent(m)) for m in action.request_mirror_policies
     )
+    meta = route_metadata(route)
     return cfg.Route(
         name=route.name,
         match=tuple(to_matcher(h, where) for h in route.match.headers),
@@ -241,6 +301,10 @@ def to_route(route: Any, where: str) -> cfg.Route:
                 h.header.header_name for h in action.hash_policy if h.HasField("header")
             ),
             request_mirror_policies=mirrors,
+            timeout=_seconds(action, "timeout", 0.0) or None,
+            retry_policy=to_retry_policy(action, meta, where)
+            if action.HasField("retry_policy")
+            else None,
         ),
         request_mutation=tuple(
             (h.header.key, h.header.value) for h in route.request_headers_to_add
@@ -248,7 +312,61 @@ def to_route(route: Any, where: str) -> cfg.Route:
         response_mutation=tuple(
             (h.header.key, h.header.value) for h in route.response_headers_to_add
         ),
+        fault=to_fault(meta["fault"], f"{where} fault") if meta.get("fault") else None,
     )
+
+
+def route_metadata(route: Any) -> dict[str, Any]:
+    """The route's ``filter_metadata["metamesh"]`` as a dict (empty when absent)."""
+    if not route.HasField("metadata") or "metamesh" not in route.metadata.filter_metadata:
+        return {}
+    value: dict[str, Any] = json_format.MessageToDict(route.metadata.filter_metadata["metamesh"])
+    return value
+
+
+def to_retry_policy(action: Any, meta: Mapping[str, Any], where: str) -> cfg.RetryPolicy:
+    policy = action.retry_policy
+    retry_on = tuple(x.strip() for x in policy.retry_on.split(",") if x.strip())
+    unknown = [x for x in retry_on if x not in cfg.RETRY_ON_VALUES]
+    if unknown:
+        raise XdsConversionError(
+            f"{where}: retry_on {', '.join(unknown)} not supported "
+            f"(metamesh retries on {', '.join(cfg.RETRY_ON_VALUES)})"
+        )
+    default = cfg.RetryPolicy()
+    back = policy.retry_back_off
+    return cfg.RetryPolicy(
+        num_retries=_u32(policy, "num_retries", 1),
+        retry_on=retry_on or default.retry_on,
+        per_try_timeout=_seconds(policy, "per_try_timeout", 0.0) or None,
+        backoff_base=_seconds(back, "base_interval", default.backoff_base),
+        backoff_max=_seconds(back, "max_interval", 0.0) or None,
+        retry_non_idempotent=bool(meta.get("retryNonIdempotent", False)),
+    )
+
+
+def to_fault(fault: Mapping[str, Any], where: str) -> cfg.FaultInjection:
+    """metamesh's ``fault`` route metadata (:func:`metamesh.control.routes.fault_json`)."""
+    delay = fault.get("delay")
+    abort = fault.get("abort")
+    try:
+        return cfg.FaultInjection(
+            delay=cfg.FaultDelay(
+                parse_duration(delay["fixedDelay"], f"{where}.delay.fixedDelay"),
+                float(delay.get("percentage", 100.0)),
+            )
+            if delay and "fixedDelay" in delay
+            else None,
+            abort=cfg.FaultAbort(
+                ErrorKind(str(abort.get("errorKind", ErrorKind.FAULT_ABORT.value)).lower()),
+                str(abort.get("message") or cfg.FaultAbort().message),
+                float(abort.get("percentage", 100.0)),
+            )
+            if abort
+            else None,
+        )
+    except ValueError as e:
+        raise XdsConversionError(f"{where}: {e}") from None
 
 
 def _percent(mirror: Any) -> float:

@@ -13,18 +13,24 @@ Listener ``<address>_<port>``
     write it) of type ``aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy``: ``statPrefix``,
     ``applicationProtocol``, ``codec.name`` (``aeraki.meta_protocol.codec.<name>``, or the
     import path of an unpackaged codec), ``rds`` (``routeConfigName: <host>_<port>`` over ADS)
-    and ``metaProtocolFilters`` (a ``local_ratelimit`` filter when the MetaRouter has one, then
-    the router).
+    and ``metaProtocolFilters``, in order: ``metamesh.filters.rbac`` when authorization
+    policies select the service, ``local_ratelimit`` and ``ratelimit`` (global) when the
+    MetaRouter has them, then the router (configs: :mod:`metamesh.control.filter_configs`).
 Cluster ``outbound|<port>||<host>`` and ``outbound|<port>|<subset>|<host>``
     EDS over ADS (``STRICT_DNS`` with an inline assignment for ``resolution: DNS``), lb policy,
     ring-hash size, connect timeout, circuit breakers from ``connectionPool`` (only the limits
-    that are set), outlier detection (Istio's mapping: a 5xx or gateway threshold is enforced at
-    100%, consecutive 5xx is switched off when only gateway errors are asked for;
-    ``minHealthPercent`` is the healthy panic threshold).
+    that are set), ``max_requests_per_connection`` (the v3 ``Cluster`` field; Envoy has since
+    moved it into ``HttpProtocolOptions``, which only HTTP clusters take), outlier detection
+    (Istio's mapping: a 5xx or gateway threshold is enforced at 100%, consecutive 5xx is
+    switched off when only gateway errors are asked for; ``minHealthPercent`` is the healthy
+    panic threshold).
 ClusterLoadAssignment for every EDS cluster
     the endpoints its subset's labels select; labels in ``filter_metadata["envoy.lb"]``.
 RouteConfiguration ``<host>_<port>``
     exactly Aeraki's MetaProtocol RDS shape (see :mod:`metamesh.control.routes`).
+The rate limit service of a global rate limit
+    when ``rateLimitService`` names ``outbound|<port>||<host>`` of a known service (any port
+    protocol): that cluster, with HTTP/2 upstream options (gRPC), and its endpoints.
 
 :class:`ProxyNode` carries the node id, namespace and workload labels. The namespace filters
 services by ``exportTo``; ``None`` (the embedded proxy) sees every service. Labels are carried
@@ -41,11 +47,17 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_de
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from udpa.type.v1 import typed_struct_pb2
 
 from metamesh.codecs.registry import AERAKI_PREFIX
+from metamesh.control.filter_configs import (
+    global_rate_limit_json,
+    local_rate_limit_json,
+    rbac_json,
+)
 from metamesh.control.model import ClusterPolicy, MeshModel, Service, ServicePort
 from metamesh.control.routes import route_configuration
 from metamesh.xds.resources import (
@@ -75,11 +87,11 @@ META_PROTOCOL_FILTER = "envoy.filters.network.meta_protocol_proxy"
 META_PROTOCOL_PROXY_TYPE = (
     "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy"
 )
-LOCAL_RATELIMIT_TYPE = (
-    "type.googleapis.com/aeraki.meta_protocol_proxy.filters.local_ratelimit.v1alpha.LocalRateLimit"
-)
 ROUTER_FILTER = "aeraki.meta_protocol.filters.router"
 LOCAL_RATELIMIT_FILTER = "aeraki.meta_protocol.filters.local_ratelimit"
+GLOBAL_RATELIMIT_FILTER = "aeraki.meta_protocol.filters.ratelimit"
+RBAC_FILTER = "metamesh.filters.rbac"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def cluster_name(port: int, subset: str, host: str) -> str:
@@ -115,11 +127,42 @@ def translate(model: MeshModel, node: ProxyNode | None = None) -> XdsResources:
                     )
             routes = route_configuration(model, service, port.number)
             tables[ROUTE_TYPE][routes.name] = routes
+        _rate_limit_service_cluster(model, service, tables)
     return XdsResources(
         MappingProxyType(
             {url: MappingProxyType(dict(sorted(t.items()))) for url, t in tables.items()}
         )
     )
+
+
+def _rate_limit_service_cluster(
+    model: MeshModel, service: Service, tables: dict[str, dict[str, Any]]
+) -> None:
+    """The gRPC cluster a global rate limit names, when it is a known service's port.
+
+    ``rateLimitService`` names a cluster (``outbound|<port>||<host>``); its port is usually a
+    plain gRPC port, for which no MetaProtocol cluster exists, so it is emitted here (HTTP/2
+    upstream, as Envoy needs for gRPC). Unknown names are left to whoever defines them.
+    """
+    limit = service.router.spec.global_rate_limit if service.router is not None else None
+    if limit is None:
+        return
+    parts = limit.rate_limit_service.split("|")
+    if len(parts) != 4 or parts[0] != "outbound" or not parts[1].isdigit():
+        return
+    target = model.services.get(parts[3])
+    port = target.port(int(parts[1])) if target is not None else None
+    if target is None or port is None or limit.rate_limit_service in tables[CLUSTER_TYPE]:
+        return
+    cluster = build_cluster(target, port.number, parts[2])
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    options.explicit_http_config.http2_protocol_options.SetInParent()
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(options)
+    tables[CLUSTER_TYPE][cluster.name] = cluster
+    if cluster.type == cluster_pb2.Cluster.EDS:
+        tables[ENDPOINT_TYPE][cluster.name] = build_load_assignment(
+            cluster.name, target, port, parts[2]
+        )
 
 
 # --- listeners ---------------------------------------------------------------------------
@@ -137,18 +180,25 @@ def codec_name(codec: str) -> str:
     return codec if ":" in codec or codec.startswith(AERAKI_PREFIX) else AERAKI_PREFIX + codec
 
 
+def meta_protocol_filters(service: Service) -> list[dict[str, Any]]:
+    """The listener's filters, in the order they run: authorization first (a denied request
+    spends no rate limit token), then the local and the global rate limit, then the router."""
+    filters: list[dict[str, Any]] = []
+    if service.authorization:
+        filters.append({"name": RBAC_FILTER, "config": rbac_json(service.authorization)})
+    spec = service.router.spec if service.router is not None else None
+    if spec is not None and spec.local_rate_limit is not None:
+        config = local_rate_limit_json(service.host, spec.local_rate_limit)
+        filters.append({"name": LOCAL_RATELIMIT_FILTER, "config": config})
+    if spec is not None and spec.global_rate_limit is not None:
+        config = global_rate_limit_json(spec.global_rate_limit)
+        filters.append({"name": GLOBAL_RATELIMIT_FILTER, "config": config})
+    filters.append({"name": ROUTER_FILTER})
+    return filters
+
+
 def meta_protocol_proxy(service: Service, port: ServicePort) -> dict[str, Any]:
     """The ``MetaProtocolProxy`` fields, in protojson spelling, as Aeraki writes them."""
-    filters: list[dict[str, Any]] = []
-    router = service.router
-    if router is not None and router.spec.local_rate_limit is not None:
-        filters.append(
-            {
-                "name": LOCAL_RATELIMIT_FILTER,
-                "config": local_rate_limit_config(service.host, router.spec.local_rate_limit),
-            }
-        )
-    filters.append({"name": ROUTER_FILTER})
     return {
         "statPrefix": cluster_name(port.number, "", service.host),
         "applicationProtocol": port.application or "",
@@ -157,36 +207,8 @@ def meta_protocol_proxy(service: Service, port: ServicePort) -> dict[str, Any]:
             "routeConfigName": route_config_name(service.host, port.number),
             "configSource": {"ads": {}, "resourceApiVersion": "V3"},
         },
-        "metaProtocolFilters": filters,
+        "metaProtocolFilters": meta_protocol_filters(service),
     }
-
-
-def local_rate_limit_config(host: str, limit: Any) -> dict[str, Any]:
-    """Aeraki's LocalRateLimit filter config as a JSON ``Any`` (``@type`` + fields)."""
-    from metamesh.control.routes import header_matchers_json
-
-    def bucket(tb: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"maxTokens": tb.max_tokens}
-        if tb.tokens_per_fill is not None:
-            out["tokensPerFill"] = tb.tokens_per_fill
-        if tb.fill_interval is not None:
-            out["fillInterval"] = f"{tb.fill_interval:g}s"
-        return out
-
-    config: dict[str, Any] = {"@type": LOCAL_RATELIMIT_TYPE, "statPrefix": host}
-    if limit.token_bucket is not None:
-        config["tokenBucket"] = bucket(limit.token_bucket)
-    conditions = [
-        {
-            "match": {"metadata": header_matchers_json(c.match)},
-            "tokenBucket": bucket(c.token_bucket),
-        }
-        for c in limit.conditions
-        if c.token_bucket is not None
-    ]
-    if conditions:
-        config["conditions"] = conditions
-    return config
 
 
 def typed_struct(type_url: str, value: Mapping[str, Any]) -> any_pb2.Any:
@@ -249,6 +271,8 @@ def build_cluster(service: Service, port: int, subset: str) -> cluster_pb2.Clust
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
     if policy.connect_timeout is not None:
         cluster.connect_timeout.CopyFrom(duration(policy.connect_timeout))
+    if policy.max_requests_per_connection is not None:
+        cluster.max_requests_per_connection.value = policy.max_requests_per_connection
     if policy.minimum_ring_size is not None and policy.lb_policy == "RING_HASH":
         cluster.ring_hash_lb_config.minimum_ring_size.value = policy.minimum_ring_size
     _circuit_breakers(cluster, policy)
