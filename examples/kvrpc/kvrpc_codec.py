@@ -25,6 +25,7 @@ import struct
 from metamesh.codecs import (
     Codec,
     CodecError,
+    FrameTooLargeError,
     LocalError,
     Message,
     MessageType,
@@ -98,7 +99,7 @@ class KvRpcCodec(Codec):
             raise CodecError(f"unknown KV-RPC frame type {wire_type}")
         total = HEADER.size + hlen + blen
         if total > self.max_frame_size:
-            raise CodecError(f"KV-RPC frame of {total} bytes exceeds {self.max_frame_size}")
+            raise FrameTooLargeError(f"KV-RPC frame of {total} bytes exceeds {self.max_frame_size}")
         if len(buffer) < total:
             return None
         frame = bytes(buffer[:total])

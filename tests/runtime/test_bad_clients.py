@@ -126,7 +126,8 @@ def test_bad_frames_close_only_their_connection(
         )
         status, metrics = http_get(admin, "/stats/prometheus")
         assert status == 200
-        assert f"metamesh_downstream_decode_errors_total {2 * rounds}.0" in metrics
+        assert f"metamesh_downstream_decode_errors_total {rounds}.0" in metrics
+        assert f"metamesh_downstream_frame_too_large_total {rounds}.0" in metrics
         assert f"metamesh_downstream_truncated_frames_total {rounds}.0" in metrics
         good_total = sum(good_calls)
         assert (

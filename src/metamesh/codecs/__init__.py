@@ -8,6 +8,7 @@ from metamesh.codecs.base import DEFAULT_MAX_FRAME_SIZE, Codec
 from metamesh.codecs.message import (
     CodecError,
     ErrorKind,
+    FrameTooLargeError,
     LocalError,
     Message,
     MessageType,
@@ -27,6 +28,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "ErrorKind",
+    "FrameTooLargeError",
     "LocalError",
     "Message",
     "MessageType",

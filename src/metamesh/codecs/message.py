@@ -73,6 +73,14 @@ class CodecError(Exception):
     """
 
 
+class FrameTooLargeError(CodecError):
+    """A frame declares (or needs) more bytes than the codec's ``max_frame_size``.
+
+    Raised as soon as the length is known, before the bytes are buffered, so the proxy can count
+    oversized frames apart from malformed ones.
+    """
+
+
 #: A mutation: metadata keys to set on the outgoing frame (empty = forward unchanged).
 Mutation = Mapping[str, str]
 

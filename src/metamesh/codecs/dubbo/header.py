@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import struct
 
-from metamesh.codecs.message import CodecError
+from metamesh.codecs.message import CodecError, FrameTooLargeError
 
 HEADER_SIZE = 16
 MAGIC = 0xDABB
@@ -94,7 +94,7 @@ def parse_header(buffer: bytes | bytearray, max_frame_size: int) -> tuple[int, i
     if body_length < 0:
         raise CodecError(f"dubbo: negative body length {body_length}")
     if body_length + HEADER_SIZE > max_frame_size:
-        raise CodecError(
+        raise FrameTooLargeError(
             f"dubbo: frame of {body_length + HEADER_SIZE} bytes exceeds max_frame_size "
             f"{max_frame_size}"
         )

@@ -58,6 +58,7 @@ from metamesh.codecs.base import DEFAULT_MAX_FRAME_SIZE, Codec
 from metamesh.codecs.message import (
     CodecError,
     ErrorKind,
+    FrameTooLargeError,
     LocalError,
     Message,
     MessageType,
@@ -344,7 +345,7 @@ class ThriftCodec(Codec):
         if size <= 0:
             raise CodecError(f"thrift: invalid frame length {size}")
         if size > self.max_frame_size:
-            raise CodecError(
+            raise FrameTooLargeError(
                 f"thrift: frame of {size} bytes exceeds the {self.max_frame_size} limit"
             )
         total = size + 4
@@ -406,13 +407,13 @@ class ThriftCodec(Codec):
             end = skip_struct(buffer, head.body_offset, available, protocol)
         except Short as short:
             if short.needed > self.max_frame_size:
-                raise CodecError(
+                raise FrameTooLargeError(
                     f"thrift: unframed message needs over {self.max_frame_size} bytes"
                 ) from None
             self._need = short.needed
             return None
         if end > self.max_frame_size:
-            raise CodecError(
+            raise FrameTooLargeError(
                 f"thrift: message of {end} bytes exceeds the {self.max_frame_size} limit"
             )
         self._need = 0

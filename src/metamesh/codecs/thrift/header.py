@@ -23,7 +23,7 @@ import struct
 import zlib
 from collections.abc import Mapping
 
-from metamesh.codecs.message import CodecError
+from metamesh.codecs.message import CodecError, FrameTooLargeError
 from metamesh.codecs.thrift.protocol import Protocol, Short, read_varint, write_varint
 
 MAGIC = 0x0FFF
@@ -105,7 +105,7 @@ def _inflate(data: bytes, max_size: int) -> bytes:
     except zlib.error as e:
         raise CodecError(f"thrift header: bad zlib payload ({e})") from None
     if inflater.unconsumed_tail:
-        raise CodecError(f"thrift header: zlib payload inflates past {max_size} bytes")
+        raise FrameTooLargeError(f"thrift header: zlib payload inflates past {max_size} bytes")
     return out
 
 

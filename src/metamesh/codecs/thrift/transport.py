@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import struct
 
-from metamesh.codecs.message import CodecError
+from metamesh.codecs.message import CodecError, FrameTooLargeError
 from metamesh.codecs.thrift.header import MAGIC
 from metamesh.codecs.thrift.protocol import Protocol, sniff
 
@@ -53,7 +53,9 @@ def detect(buf: bytearray, max_frame_size: int) -> tuple[Transport, Protocol] | 
     if length < 0:
         raise CodecError(f"thrift: cannot detect transport from first bytes {bytes(buf[:8])!r}")
     if length > max_frame_size:
-        raise CodecError(f"thrift: frame of {length} bytes exceeds the {max_frame_size} limit")
+        raise FrameTooLargeError(
+            f"thrift: frame of {length} bytes exceeds the {max_frame_size} limit"
+        )
     if buf[4] << 8 | buf[5] == MAGIC:
         return Transport.HEADER, Protocol.BINARY  # per-frame protocol id in the header
     protocol = sniff(buf, 4)
