@@ -33,7 +33,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from metamesh.codecs import Codec, CodecError, ErrorKind, LocalError, Message, MessageType
+from metamesh.codecs import (
+    Codec,
+    CodecError,
+    ErrorKind,
+    FrameTooLargeError,
+    LocalError,
+    Message,
+    MessageType,
+)
 from metamesh.codecs.message import ResponseStatus
 from metamesh.proxy.config import Listener, Snapshot
 from metamesh.proxy.filters.base import FilterContext, LocalReply, Stop
@@ -227,6 +235,10 @@ class ConnectionManager:
         while buf:
             try:
                 msg = codec.decode(buf)
+            except FrameTooLargeError as e:
+                self.stats.downstream_frame_too_large += 1
+                self._close_downstream(d, f"{d}: closing, frame too large: {e}")
+                return
             except CodecError as e:
                 self.stats.downstream_decode_errors += 1
                 self._close_downstream(d, f"{d}: closing, bad frame: {e}")
