@@ -141,3 +141,11 @@ def test_load_limits_from_files(tmp_path: Path) -> None:
         load_limits([a, b])
     with pytest.raises(LimitsError, match=r"missing\.yaml: cannot read"):
         load_limits([tmp_path / "missing.yaml"])
+
+
+def test_example_limits_file_loads() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "ratelimit" / "limits.yaml"
+    limits = load_limits([example])
+    node = limits.find("kv", [("user", "beta-7"), ("method", "put")])
+    assert node is not None and node.rate_limit is not None
+    assert node.rate_limit.requests_per_unit == 1000

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +18,8 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from metamesh.ratelimit.service import RateLimitServer
 from tests.ratelimit.conftest import RedisProcess, free_port
 from tests.ratelimit.support import (
+    ENV,
+    ROOT,
     request,
     should_rate_limit,
     start_ratelimit_server,
@@ -190,3 +195,35 @@ def test_two_server_processes_share_one_redis(tmp_path: Path, redis_server: Redi
     assert codes.count(OK) == 7
     assert codes == [OK] * 7 + [OVER] * 5
     assert first.returncode == 0 and second.returncode == 0
+
+
+def test_file_change_is_picked_up_by_the_watcher(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    limits = write_limits(tmp_path, "watched")
+
+    async def body(stub: rls_pb2_grpc.RateLimitServiceStub, server: RateLimitServer) -> None:
+        watcher = asyncio.get_running_loop().create_task(server.watch(interval=0.01))
+        try:
+            limits.write_text("domain: renamed\ndescriptors: []\n")
+            os.utime(limits, (1, 1))  # a different mtime, whatever the clock's resolution
+            for _ in range(1000):
+                if "renamed" in server.service.limits.domains:
+                    break
+                await asyncio.sleep(0.01)
+            assert list(server.service.limits.domains) == ["renamed"]
+        finally:
+            watcher.cancel()
+
+    with_server(limits, redis_server.url, Clock(0.0), body)
+
+
+def test_cli_rejects_invalid_limits_naming_file_and_field(tmp_path: Path) -> None:
+    limits = tmp_path / "bad.yaml"
+    limits.write_text("domain: d\ndescriptors: [{key: a, rate_limit: {unit: week}}]\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "metamesh", "ratelimit-server", "--config", str(limits)],
+        capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert f"{limits}: field 'descriptors[0].rate_limit.unit': must be one of" in out.stderr
