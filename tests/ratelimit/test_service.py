@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -227,3 +229,27 @@ def test_cli_rejects_invalid_limits_naming_file_and_field(tmp_path: Path) -> Non
     )  # fmt: skip
     assert out.returncode == 2
     assert f"{limits}: field 'descriptors[0].rate_limit.unit': must be one of" in out.stderr
+
+
+def test_sighup_reloads_the_limits(tmp_path: Path, redis_server: RedisProcess) -> None:
+    domain = f"hup-{uuid.uuid4().hex[:8]}"
+    limits = tmp_path / "limits.yaml"
+    rule = "descriptors: [{{key: k, rate_limit: {{unit: hour, requests_per_unit: {n}}}}}]\n"
+    limits.write_text(f"domain: {domain}\n" + rule.format(n=0))
+    before = limits.stat()
+    proc, port = start_ratelimit_server(limits, redis_server.url)
+    try:
+        wait_clear_of_window_end(3600)
+        assert should_rate_limit(port, request(domain, [("k", "v")])).overall_code == OVER
+        limits.write_text(f"domain: {domain}\n" + rule.format(n=1000))
+        os.utime(limits, ns=(before.st_atime_ns, before.st_mtime_ns))  # only SIGHUP can tell
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(500):
+            if should_rate_limit(port, request(domain, [("k", "v")])).overall_code == OK:
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("SIGHUP did not reload the limits")
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0
