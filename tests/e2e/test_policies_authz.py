@@ -193,3 +193,4 @@ def test_dubbo_authorization_policy_allows_listed_methods_only(mesh: Mesh) -> No
     assert not echo.ok and echo.status != 20
     assert "no ALLOW policy matched" in str(echo.error)
     assert mesh.metric("metamesh_rbac_denied_total") - denied_before == 1
+    client._sock.shutdown(socket.SHUT_RDWR)  # dubbo-py has no close()
