@@ -14,9 +14,13 @@ from metamesh import __version__
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from metamesh.demo import run_demo
+    from metamesh.demo import run_demo, run_live
 
-    return run_demo(out=sys.stdout)
+    if args.codecs:
+        return run_demo(out=sys.stdout)
+    return run_live(
+        step_seconds=args.step_seconds, keep_running=args.keep_running, admin_port=args.admin_port
+    )
 
 
 def _cmd_codecs(args: argparse.Namespace) -> int:
@@ -127,7 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"metamesh {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run the demo (codec round trips through Dubbo and Thrift)")
+    demo = sub.add_parser(
+        "demo",
+        help="run the live demo: an embedded mesh routing real Thrift and Dubbo traffic",
+    )
+    demo.add_argument(
+        "--step-seconds", type=float, default=5.0, help="seconds of traffic per step (default 5)"
+    )
+    demo.add_argument("--keep-running", action="store_true", help="stay up at the end until Ctrl-C")
+    demo.add_argument(
+        "--admin-port", type=int, help="proxy admin port (default 15000, or any free one)"
+    )
+    demo.add_argument(
+        "--codecs", action="store_true", help="walk through the codec layer instead (no network)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     codecs = sub.add_parser("codecs", help="list the registered codecs")
