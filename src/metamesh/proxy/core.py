@@ -1,0 +1,157 @@
+"""Shared state of the sans-IO core, and how the core is layered.
+
+The core is one object, :class:`metamesh.proxy.connection.ConnectionManager`, built from layers
+that each own one part of the request lifecycle and may call the layers below them:
+
+====================================  =========================================================
+:mod:`~metamesh.proxy.downstream`     client connections: decode loop, heartbeats, close
+:mod:`~metamesh.proxy.request_path`   plain request path (route -> cluster -> LB -> send) and
+                                      every response
+:mod:`~metamesh.proxy.attempts`       filter chains, retries, timeouts, outlier reporting
+:mod:`~metamesh.proxy.mirror`         request copies to mirror clusters
+:mod:`~metamesh.proxy.pool`           upstream pool/multiplexer, connect/close/reset handling
+:mod:`~metamesh.proxy.replies`        local error replies, reply order, failing requests
+this module                           shared state, accounting, access log records
+====================================  =========================================================
+
+Layers are classes stacked by inheritance (each subclasses the one below), so the hot path
+calls plain methods on one object; the only calls that go up a layer are the two hooks
+declared here (retry after a failure, report an endpoint failure), implemented by
+:class:`~metamesh.proxy.attempts.Attempts`.
+
+Output contract: bytes to send are appended to the ``out`` bytearray of each peer, which is
+listed once in :attr:`CoreState.dirty` (the runtime writes each dirty peer once per loop turn);
+control actions are plain tuples in :attr:`CoreState.actions`: ``(CONNECT, upstream)``,
+``(CLOSE_DOWNSTREAM, downstream)``, ``(CLOSE_UPSTREAM, upstream)``, ``(LOG, level, text)``
+and ``(ACCESS_LOG, record)``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from metamesh.codecs import Codec, CodecError, Message, MessageType
+from metamesh.codecs.message import ResponseStatus
+from metamesh.proxy.config import Snapshot
+from metamesh.proxy.filters.base import FilterContext
+from metamesh.proxy.listener import Downstream, ListenerState
+from metamesh.proxy.policy import DeadlineQueue
+from metamesh.proxy.router import CompiledRoute
+from metamesh.proxy.stats import ProxyStats
+from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream, UpstreamState
+
+CONNECT, CLOSE_DOWNSTREAM, CLOSE_UPSTREAM, LOG, ACCESS_LOG = range(5)
+INFO, WARNING = 20, 30
+
+CodecFactoryResolver = Callable[[str], Callable[..., Codec]]
+
+_REQUEST, _ONEWAY, _HEARTBEAT = MessageType.REQUEST, MessageType.ONEWAY, MessageType.HEARTBEAT
+_RESPONSE, _ERROR = MessageType.RESPONSE, MessageType.ERROR
+_OK, _STATUS_ERROR = ResponseStatus.OK, ResponseStatus.ERROR
+_CONNECTING, _READY, _CLOSED = UpstreamState.CONNECTING, UpstreamState.READY, UpstreamState.CLOSED
+
+PLACEHOLDER = Message(MessageType.HEARTBEAT, None, b"", 0, 0, metadata={})
+#: Stands in an upstream's pending/fifo for a timed-out request until its late reply arrives.
+GONE = ActiveRequest(None, PLACEHOLDER, None, None, 0.0, None, True)
+#: Timed-out requests an upstream may owe us before we stop sending it new ones.
+MAX_DEAD = 1024
+
+
+class CoreState:
+    """The core's state, shared by every layer; see the module docstring."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        resolve_codec: CodecFactoryResolver,
+        rng: random.Random | None = None,
+        *,
+        access_log: bool = False,
+    ) -> None:
+        self.rng = rng or random.Random()
+        self.resolve_codec = resolve_codec
+        self.access_log = access_log
+        self.stats = ProxyStats()
+        self.actions: list[tuple[Any, ...]] = []
+        self.dirty: list[Downstream | Upstream] = []
+        self.listeners: dict[str, ListenerState] = {}
+        self.clusters: dict[str, ClusterState] = {}
+        self.snapshot = snapshot
+        self.downstreams: set[Downstream] = set()
+        self.upstreams: set[Upstream] = set()
+        self._next_conn_id = 0
+        #: Every timed event: request/per-try timeouts, retries, paused filters, ejections.
+        self.deadlines = DeadlineQueue()
+        self.filter_context = FilterContext(self.stats, self.rng, self._emit)
+
+    # -- hooks implemented by the attempts layer -------------------------------------------
+
+    def _retry(self, req: ActiveRequest, condition: str, now: float) -> bool:
+        raise NotImplementedError
+
+    def _endpoint_failed(self, cs: ClusterState, idx: int, now: float) -> None:
+        raise NotImplementedError
+
+    # -- shared helpers --------------------------------------------------------------------
+
+    def _emit(self, action: tuple[Any, ...]) -> None:
+        self.actions.append(action)
+
+    def take_actions(self) -> list[tuple[Any, ...]]:
+        actions = self.actions
+        self.actions = []
+        return actions
+
+    def _untrack(self, req: ActiveRequest) -> None:
+        cs = req.cluster
+        if cs is not None:
+            cs.active_requests -= 1
+        lb = req.lb
+        if lb is not None and req.endpoint_index < len(lb.active):
+            lb.active[req.endpoint_index] -= 1
+        self.stats.active_requests -= 1
+
+    def _mutated(self, codec: Codec, msg: Message, mutation: dict[str, str]) -> Message:
+        """``msg`` with ``mutation`` applied, re-decoded so ids can still be rewritten."""
+        frame = codec.encode(msg, mutation)
+        if frame is msg.frame:
+            return msg
+        again = codec.decode(bytearray(frame))
+        if again is None:  # pragma: no cover - a codec bug, never expected
+            raise CodecError("codec could not decode its own mutated frame")
+        return again
+
+    def _access_log(
+        self,
+        d: Downstream,
+        request: Message,
+        route: CompiledRoute | None,
+        up: Upstream | None,
+        response: Message | None,
+        status: str,
+        start: float,
+        now: float,
+    ) -> None:
+        md = request.metadata
+        endpoint = f"{up.endpoint.address}:{up.endpoint.port}" if up is not None else None
+        self.actions.append(
+            (
+                ACCESS_LOG,
+                {
+                    "protocol": d.listener.protocol,
+                    "listener": d.listener.config.name,
+                    "downstream": d.peer,
+                    "interface": md.get("interface", ""),
+                    "method": md.get("method", ""),
+                    "route": route.name if route is not None else None,
+                    "cluster": up.cluster.config.name if up is not None else None,
+                    "endpoint": endpoint,
+                    "response_code": status,
+                    "duration_ms": round((now - start) * 1000.0, 3),
+                    "request_id": request.request_id,
+                    "oneway": request.type is _ONEWAY,
+                },
+            )
+        )

@@ -1,0 +1,98 @@
+"""The client side of the core: accept, decode loop, heartbeats, close (sans-IO).
+
+:meth:`DownstreamSide.downstream_data` appends bytes to the client's buffer and decodes every
+complete frame: requests go to the request path, heartbeats are answered locally, anything else
+is counted and dropped. A frame the codec rejects or one over ``max_frame_size`` closes that
+client only. A client that goes away (EOF, reset, or closed by us) abandons its requests in
+flight and its dedicated (pipelined) upstream connections; one that leaves mid-frame is counted
+as truncated.
+"""
+
+from __future__ import annotations
+
+from metamesh.codecs import (
+    CodecError,
+    FrameTooLargeError,
+)
+from metamesh.proxy.core import (
+    _HEARTBEAT,
+    _ONEWAY,
+    _REQUEST,
+    CLOSE_DOWNSTREAM,
+    INFO,
+    LOG,
+    WARNING,
+)
+from metamesh.proxy.listener import Downstream
+from metamesh.proxy.request_path import RequestPath
+
+
+class DownstreamSide(RequestPath):
+    """Client connections: accept, decode loop, heartbeats, close and truncation."""
+
+    def downstream_connected(self, listener_name: str, peer: str = "") -> Downstream:
+        self._next_conn_id += 1
+        d = Downstream(self._next_conn_id, self.listeners[listener_name], peer)
+        self.downstreams.add(d)
+        self.stats.downstream_connections_total += 1
+        self.stats.active_downstream_connections += 1
+        return d
+
+    def downstream_data(self, d: Downstream, data: bytes, now: float) -> None:
+        if d.closed:
+            return
+        buf = d.inbuf
+        buf += data
+        codec = d.codec
+        while buf:
+            try:
+                msg = codec.decode(buf)
+            except FrameTooLargeError as e:
+                self.stats.downstream_frame_too_large += 1
+                self._close_downstream(d, f"{d}: closing, frame too large: {e}")
+                return
+            except CodecError as e:
+                self.stats.downstream_decode_errors += 1
+                self._close_downstream(d, f"{d}: closing, bad frame: {e}")
+                return
+            if msg is None:
+                if len(buf) > codec.max_frame_size:
+                    self.stats.downstream_frame_too_large += 1
+                    self._close_downstream(d, f"{d}: closing, frame over {codec.max_frame_size}")
+                return
+            mtype = msg.type
+            if mtype is _REQUEST or mtype is _ONEWAY:
+                self._on_request(d, msg, now)
+            elif mtype is _HEARTBEAT:
+                self.stats.heartbeats += 1
+                reply = codec.heartbeat_reply(msg)
+                if reply:
+                    self._reply_in_order(d, None, reply)
+            else:
+                self.stats.downstream_unexpected_frames += 1
+
+    def downstream_closed(self, d: Downstream, now: float) -> None:
+        """The client went away (EOF or reset); its requests in flight are abandoned."""
+        d.handle = None
+        if d.closed:
+            return
+        if d.inbuf:
+            self.stats.downstream_truncated += 1
+            self.actions.append((LOG, INFO, f"{d}: closed mid-frame ({len(d.inbuf)} bytes)"))
+        self._forget_downstream(d)
+
+    def _close_downstream(self, d: Downstream, reason: str, level: int = WARNING) -> None:
+        self.actions.append((LOG, level, reason))
+        self.actions.append((CLOSE_DOWNSTREAM, d))
+        self._forget_downstream(d)
+
+    def _forget_downstream(self, d: Downstream) -> None:
+        d.closed = True
+        d.inbuf.clear()
+        d.order.clear()
+        self.downstreams.discard(d)
+        self.stats.active_downstream_connections -= 1
+        self.stats.mutations_dropped += d.codec.dropped_mutations
+        for up in list(d.pipelines.values()):
+            self._abandon_upstream(up)
+        d.pipelines.clear()

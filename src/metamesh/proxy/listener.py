@@ -1,0 +1,84 @@
+"""Listener-side state of the core: a listener's live settings and one client connection.
+
+Plain slotted objects, like :mod:`metamesh.proxy.upstream` on the other side: they hold state
+and make no decisions. A :class:`ListenerState` survives config swaps (its route ``table`` and
+compiled per-route ``extras`` are replaced together); a :class:`Downstream` is one accepted
+client, with its own codec instance, input buffer and coalesced output buffer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from metamesh.codecs import Codec
+from metamesh.proxy.config import Listener
+from metamesh.proxy.filters.chain import ListenerFilters, RouteExtras
+from metamesh.proxy.router import CompiledRoute, RouteTable
+from metamesh.proxy.upstream import ActiveRequest, Upstream
+
+
+class ListenerState:
+    """A listener's live settings; ``table`` is replaced on a config swap."""
+
+    __slots__ = (
+        "codec_factory",
+        "config",
+        "extras",
+        "filters",
+        "multiplexed",
+        "protocol",
+        "table",
+    )
+
+    def __init__(self, config: Listener, table: RouteTable, factory: Callable[..., Codec]) -> None:
+        self.config = config
+        self.table = table
+        #: Filter instances, and per-route filter chains and policies (None: nothing at all).
+        self.filters: ListenerFilters | None = None
+        self.extras: dict[CompiledRoute | None, RouteExtras] | None = None
+        self.codec_factory = factory
+        probe = self.new_codec()
+        self.protocol = probe.name or config.codec
+        self.multiplexed = probe.request_id_bits is not None
+
+    def new_codec(self) -> Codec:
+        size = self.config.max_frame_size
+        return self.codec_factory(max_frame_size=size) if size else self.codec_factory()
+
+
+class Downstream:
+    """One client connection."""
+
+    __slots__ = (
+        "closed",
+        "codec",
+        "dirty",
+        "handle",
+        "id",
+        "inbuf",
+        "listener",
+        "order",
+        "out",
+        "peer",
+        "pipelines",
+    )
+
+    def __init__(self, conn_id: int, listener: ListenerState, peer: str) -> None:
+        self.id = conn_id
+        self.listener = listener
+        self.codec = listener.new_codec()
+        self.peer = peer
+        self.inbuf = bytearray()
+        self.out = bytearray()
+        self.dirty = False
+        self.closed = False
+        self.handle: Any = None
+        #: Non-multiplexed protocols: replies wait here until every earlier one is sent.
+        self.order: deque[ActiveRequest] = deque()
+        #: Non-multiplexed protocols: dedicated upstreams by (cluster name, endpoint index).
+        self.pipelines: dict[tuple[str, int], Upstream] = {}
+
+    def __repr__(self) -> str:
+        return f"Downstream#{self.id}({self.listener.config.name} from {self.peer})"

@@ -1,0 +1,233 @@
+"""The upstream connection pool and multiplexer (sans-IO).
+
+Protocols with request ids share one upstream connection per pool key (protocol, the codec's
+``wire_variant`` and endpoint index, see :data:`metamesh.proxy.upstream.PoolKey`): a Thrift
+framed client and a THeader client never share one, whose server would see mixed framings.
+Each request gets a fresh upstream id (``Upstream.allocate_id``) and is kept in the
+connection's ``pending`` map until its reply; protocols without ids get a connection per
+client and endpoint and a ``fifo`` of requests in send order.
+
+This layer also owns the connection lifecycle events: connected (queued bytes go out),
+connect failure, close/reset (everything in flight fails, possibly into a retry), and
+retirement: a connection taken out of its pool (endpoint removed, too many dead ids, its
+``max_requests_per_connection`` used up) takes no new requests and closes when its last
+request is answered.
+"""
+
+from __future__ import annotations
+
+from metamesh.codecs import (
+    Codec,
+    ErrorKind,
+)
+from metamesh.proxy.core import (
+    _CLOSED,
+    _CONNECTING,
+    _ONEWAY,
+    _READY,
+    CLOSE_UPSTREAM,
+    CONNECT,
+    GONE,
+    LOG,
+    WARNING,
+)
+from metamesh.proxy.listener import Downstream
+from metamesh.proxy.policy import (
+    CONNECT_FAILURE,
+    CONNECT_TIMEOUT,
+    RESET,
+)
+from metamesh.proxy.replies import Replies
+from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream, UpstreamState
+
+
+class UpstreamPool(Replies):
+    """Upstream connections: pooling, sending, connect/close/reset handling."""
+
+    def _upstream_for(
+        self, d: Downstream, cs: ClusterState, idx: int, now: float, mirror: bool = False
+    ) -> Upstream | None:
+        listener = d.listener
+        if listener.multiplexed:
+            # Mirror copies get connections of their own, so a slow mirror's backpressure
+            # (see runtime.protocols) never touches primary traffic to the same cluster.
+            pool = (listener.protocol + "\x00mirror") if mirror else listener.protocol
+            key = (pool, d.codec.wire_variant, idx)
+            up = cs.mux.get(key)
+            if up is not None:
+                return up
+        else:
+            pkey = ((cs.config.name + "\x00mirror") if mirror else cs.config.name, idx)
+            up = d.pipelines.get(pkey)
+            if up is not None:
+                return up
+        if cs.connections >= cs.max_connections:
+            return None
+        self._next_conn_id += 1
+        up = Upstream(
+            self._next_conn_id,
+            cs,
+            idx,
+            listener.new_codec(),
+            listener.protocol,
+            None if listener.multiplexed else d,
+            now + cs.config.connect_timeout,
+        )
+        up.mirror = mirror
+        if listener.multiplexed:
+            up.key = key
+            cs.mux[key] = up
+        else:
+            d.pipelines[pkey] = up
+        cs.connections += 1
+        self.upstreams.add(up)
+        self.stats.active_upstream_connections += 1
+        self.actions.append((CONNECT, up))
+        self.deadlines.push(up.connect_deadline, CONNECT_TIMEOUT, up)
+        return up
+
+    def _send(self, up: Upstream, req: ActiveRequest, codec: Codec, idx: int) -> None:
+        """Write ``req`` to ``up`` and account for it (mirror copies included)."""
+        msg = req.request
+        oneway = msg.type is _ONEWAY
+        if oneway:
+            frame = msg.frame
+            if not req.mirror:
+                self.stats.oneway_requests += 1
+                if req.stats is not None:
+                    req.stats.observe(0, 0.0)
+        else:
+            if up.id_limit:
+                rid = up.allocate_id()
+                frame = codec.rewrite_request_id(msg, rid)
+                up.pending[rid] = req
+            else:
+                frame = msg.frame
+                up.fifo.append(req)
+                if not req.mirror:
+                    ext = req.ext
+                    if ext is None:
+                        req.downstream.order.append(req)
+                    elif not ext.ordered:
+                        ext.ordered = True
+                        req.downstream.order.append(req)
+            cs = up.cluster
+            cs.active_requests += 1
+            lb = cs.lb
+            lb.active[idx] += 1
+            req.lb = lb
+            req.endpoint_index = idx
+            req.upstream = up
+            self.stats.active_requests += 1
+        up.out += frame
+        state = up.state
+        if state is _READY:
+            if not up.dirty:
+                up.dirty = True
+                self.dirty.append(up)
+        elif state is _CONNECTING and not oneway:
+            up.queued += 1
+            up.cluster.pending_requests += 1
+
+    def _retire(self, up: Upstream) -> None:
+        """Take ``up`` out of its pool; it closes once its requests are answered."""
+        if up.key is not None and up.cluster.mux.get(up.key) is up:
+            del up.cluster.mux[up.key]
+        up.retired = True
+        if up.in_flight == 0 and up.state is not UpstreamState.CLOSED:
+            self._close_upstream(up)
+
+    def upstream_connected(self, up: Upstream, now: float) -> None:
+        if up.state is not _CONNECTING:
+            return
+        up.state = UpstreamState.READY
+        self.stats.upstream_connects += 1
+        up.cluster.pending_requests -= up.queued
+        up.queued = 0
+        for req in (*up.pending.values(), *up.fifo) if up.out else ():
+            if req.ext is not None:
+                req.ext.sent = True
+        if up.out and not up.dirty:
+            up.dirty = True
+            self.dirty.append(up)
+
+    def upstream_connect_failed(self, up: Upstream, reason: str, now: float) -> None:
+        if up.state is not _CONNECTING:
+            return
+        self.stats.upstream_connect_failures += 1
+        e = up.endpoint
+        self.actions.append(
+            (LOG, WARNING, f"{up}: connect to {e.address}:{e.port} failed: {reason}")
+        )
+        self._endpoint_failed(up.cluster, up.endpoint_index, now)
+        self._drop_upstream(
+            up,
+            ErrorKind.NO_HEALTHY_UPSTREAM,
+            f"upstream connect failed: {reason}",
+            now,
+            CONNECT_FAILURE,
+        )
+
+    def upstream_closed(self, up: Upstream, now: float) -> None:
+        """The upstream connection closed (peer EOF, reset, or after CLOSE_UPSTREAM)."""
+        up.handle = None
+        if up.state is _CLOSED:
+            return
+        if up.in_flight:
+            self.stats.upstream_resets += 1
+            self.actions.append((LOG, WARNING, f"{up}: reset with {up.in_flight} in flight"))
+            self._endpoint_failed(up.cluster, up.endpoint_index, now)
+        text = "upstream connection reset"
+        self._drop_upstream(up, ErrorKind.UPSTREAM_RESET, text, now, RESET)
+
+    def _drop_upstream(
+        self, up: Upstream, kind: ErrorKind, text: str, now: float, condition: str = ""
+    ) -> None:
+        """Mark ``up`` closed, remove it from pools and fail what it had in flight."""
+        if up.state is _CONNECTING:
+            up.cluster.pending_requests -= up.queued
+            up.queued = 0
+        up.state = UpstreamState.CLOSED
+        self._unpool(up)
+        failed = [r for r in (*up.pending.values(), *up.fifo) if r is not GONE]
+        up.pending.clear()
+        up.fifo.clear()
+        up.out.clear()
+        up.dead = 0
+        for req in failed:
+            self._fail_request(req, kind, text, now, condition)
+
+    def _unpool(self, up: Upstream) -> None:
+        if up not in self.upstreams:
+            return
+        self.upstreams.discard(up)
+        cs = up.cluster
+        cs.connections -= 1
+        self.stats.active_upstream_connections -= 1
+        self.stats.mutations_dropped += up.codec.dropped_mutations
+        if up.key is not None and cs.mux.get(up.key) is up:
+            del cs.mux[up.key]
+        owner = up.owner
+        if owner is not None:
+            for k, v in list(owner.pipelines.items()):
+                if v is up:
+                    del owner.pipelines[k]
+
+    def _close_upstream(self, up: Upstream) -> None:
+        """Close an idle upstream we no longer need."""
+        up.state = UpstreamState.CLOSED
+        self._unpool(up)
+        self.actions.append((CLOSE_UPSTREAM, up))
+
+    def _abandon_upstream(self, up: Upstream) -> None:
+        """Close a dedicated upstream whose client left; its requests are dropped silently."""
+        for req in (*up.pending.values(), *up.fifo):
+            if req is not GONE:
+                self._untrack(req)
+        up.pending.clear()
+        up.dead = 0
+        up.fifo.clear()
+        if up.state is _CONNECTING:
+            up.cluster.pending_requests -= up.queued
+            up.queued = 0
+        self._close_upstream(up)

@@ -1,0 +1,137 @@
+"""Replies the proxy makes itself, and the order replies reach a client (sans-IO).
+
+The bottom layer of the core (see :mod:`metamesh.proxy.core` for how the layers stack). Every
+way a request can end without an upstream answer goes through here: a local error before the
+request left (no route, no cluster, a circuit breaker, a filter's local reply), a failure
+while it was in flight (reset, connect failure, bad response: maybe retried first) and a
+timeout. Each one counts ``local_replies`` by kind, records the request in the Istio
+statistics and the access log, and writes ``codec.error_reply`` for the client.
+
+Protocols without request ids are pipelined, so replies must reach the client in request
+order: :meth:`Replies._reply_in_order` parks a reply on its request until every earlier one
+is answered (an immediate local reply takes a placeholder place in that queue).
+"""
+
+from __future__ import annotations
+
+from metamesh.codecs import (
+    ErrorKind,
+    LocalError,
+    Message,
+)
+from metamesh.proxy.core import (
+    _ONEWAY,
+    PLACEHOLDER,
+    CoreState,
+)
+from metamesh.proxy.listener import Downstream
+from metamesh.proxy.policy import (
+    RequestExt,
+)
+from metamesh.proxy.router import CompiledRoute
+from metamesh.proxy.stats import RequestStats
+from metamesh.proxy.upstream import ActiveRequest
+
+
+class Replies(CoreState):
+    """Local error replies, reply ordering, and failing requests that were in flight."""
+
+    def _local_reply(
+        self,
+        d: Downstream,
+        msg: Message,
+        kind: ErrorKind,
+        text: str,
+        now: float,
+        route: CompiledRoute | None = None,
+        stats: RequestStats | None = None,
+    ) -> None:
+        self.stats.local_replies[kind] += 1
+        if stats is None:
+            stats = self.stats.request_stats("unknown", "", d.listener.protocol)
+        stats.observe(1, 0.0)
+        if self.access_log:
+            self._access_log(d, msg, route, None, None, kind.value, now, now)
+        if msg.type is _ONEWAY:
+            return
+        self._reply_in_order(d, None, d.codec.error_reply(msg, LocalError(kind, text)))
+
+    def _reply_in_order(self, d: Downstream, req: ActiveRequest | None, data: bytes) -> None:
+        """Queue ``data`` for the client; pipelined protocols keep request order."""
+        if d.closed:
+            return
+        if not d.listener.multiplexed:
+            order = d.order
+            if req is None:
+                if order:  # an immediate reply must wait behind earlier requests
+                    placeholder = ActiveRequest(d, PLACEHOLDER, None, None, 0.0, None)
+                    placeholder.reply = data
+                    order.append(placeholder)
+                    return
+            else:
+                req.reply = data
+                if order[0] is not req:
+                    return
+                order.popleft()
+                while order and order[0].reply is not None:
+                    data += order.popleft().reply  # type: ignore[operator]
+        d.out += data
+        if not d.dirty:
+            d.dirty = True
+            self.dirty.append(d)
+
+    def _fail_request(
+        self, req: ActiveRequest, kind: ErrorKind, text: str, now: float, condition: str = ""
+    ) -> None:
+        self._untrack(req)
+        if req.mirror:
+            return
+        ext = req.ext
+        if ext is not None:
+            if condition and self._retry(req, condition, now):
+                return
+            ext.done = True
+        d = req.downstream
+        self.stats.local_replies[kind] += 1
+        if req.stats is not None:
+            req.stats.observe(1, (now - req.start) * 1000.0)
+        if self.access_log:
+            self._access_log(
+                d, req.request, req.route, req.upstream, None, kind.value, req.start, now
+            )
+        if not d.closed:
+            self._reply_in_order(d, req, d.codec.error_reply(req.request, LocalError(kind, text)))
+
+    def _policy_reply(
+        self, req: ActiveRequest, ext: RequestExt, kind: ErrorKind, text: str, now: float
+    ) -> None:
+        """Answer a request that is not in flight upstream with a local error."""
+        ext.done = True
+        d = req.downstream
+        msg = req.request
+        self.stats.local_replies[kind] += 1
+        stats = req.stats
+        if stats is None:
+            stats = self.stats.request_stats("unknown", "", d.listener.protocol)
+        stats.observe(1, (now - req.start) * 1000.0)
+        if self.access_log:
+            self._access_log(d, msg, req.route, None, None, kind.value, req.start, now)
+        if d.closed:
+            return
+        data = b"" if msg.type is _ONEWAY else d.codec.error_reply(msg, LocalError(kind, text))
+        if ext.ordered:
+            self._reply_in_order(d, req, data)
+        elif data:
+            self._reply_in_order(d, None, data)
+
+    def _timed_out(self, req: ActiveRequest, ext: RequestExt, text: str, now: float) -> None:
+        ext.done = True
+        d = req.downstream
+        self.stats.local_replies[ErrorKind.TIMEOUT] += 1
+        if req.stats is not None:
+            req.stats.observe(1, (now - req.start) * 1000.0)
+        if self.access_log:
+            self._access_log(d, req.request, req.route, None, None, "timeout", req.start, now)
+        if not d.closed:
+            data = d.codec.error_reply(req.request, LocalError(ErrorKind.TIMEOUT, text))
+            self._reply_in_order(d, req if ext.ordered else None, data)

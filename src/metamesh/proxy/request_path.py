@@ -1,0 +1,191 @@
+"""The plain request path and the response path: the per-request hot loop (sans-IO).
+
+Request: route (first match on metadata) -> cluster (fixed or weighted) -> circuit breakers ->
+load balancer -> pooled upstream -> mutation -> send. Routes with filters or policies leave
+for :mod:`metamesh.proxy.attempts` right after the route match, so plain requests allocate one
+:class:`~metamesh.proxy.upstream.ActiveRequest` and nothing else.
+
+Response: matched by upstream id (multiplexed) or by order (pipelined), accounted (circuit
+breaker and load balancer counters, outlier detection, Istio statistics), maybe retried, and
+written back with the client's own request id restored.
+
+This code runs once per proxied request, so it binds locals and inlines small steps on purpose.
+"""
+
+from __future__ import annotations
+
+from metamesh.codecs import (
+    CodecError,
+    ErrorKind,
+    Message,
+)
+from metamesh.proxy.attempts import Attempts
+from metamesh.proxy.core import (
+    _CLOSED,
+    _CONNECTING,
+    _ERROR,
+    _HEARTBEAT,
+    _OK,
+    _RESPONSE,
+    _STATUS_ERROR,
+    CLOSE_UPSTREAM,
+    GONE,
+    LOG,
+    WARNING,
+)
+from metamesh.proxy.lb import hash_metadata
+from metamesh.proxy.listener import Downstream
+from metamesh.proxy.policy import (
+    ERROR_RESPONSE,
+    RESET,
+)
+from metamesh.proxy.upstream import ActiveRequest, Upstream
+
+
+class RequestPath(Attempts):
+    """The plain request path and every response."""
+
+    def _on_request(self, d: Downstream, msg: Message, now: float) -> None:
+        listener = d.listener
+        route = listener.table.match(msg)
+        extras = listener.extras
+        if extras is not None:
+            ex = extras.get(route)
+            if ex is not None:
+                self._start(d, msg, route, ex, now)
+                return
+        if route is None:
+            self._local_reply(d, msg, ErrorKind.ROUTE_NOT_FOUND, "no matched route", now)
+            return
+        cluster_name = route.cluster or route.pick_cluster(self.rng)
+        cs = self.clusters.get(cluster_name)
+        if cs is None:
+            text = f"unknown cluster {cluster_name}"
+            self._local_reply(d, msg, ErrorKind.CLUSTER_NOT_FOUND, text, now, route)
+            return
+        protocol = listener.protocol
+        stats = cs.request_stats.get(protocol)
+        if stats is None:
+            stats = cs.request_stats[protocol] = self.stats.request_stats(
+                cs.service, cs.subset, protocol
+            )
+        if cs.active_requests >= cs.max_requests:
+            kind = ErrorKind.OVER_LIMIT
+            self._local_reply(d, msg, kind, "max_requests reached", now, route, stats)
+            return
+        hash_key = None
+        if route.hash_keys:
+            md = msg.metadata
+            hash_key = hash_metadata([md.get(k, "") for k in route.hash_keys])
+        idx = cs.lb.pick(hash_key)
+        if idx is None:
+            kind = ErrorKind.NO_HEALTHY_UPSTREAM
+            self._local_reply(d, msg, kind, "no healthy upstream", now, route, stats)
+            return
+        # Pool key: clients speaking different wire variants (Thrift framed vs THeader, ...)
+        # must not share an upstream connection, whose server would see mixed framings.
+        up = cs.mux.get((protocol, d.codec.wire_variant, idx)) if listener.multiplexed else None
+        if up is None:
+            up = self._upstream_for(d, cs, idx, now)
+            if up is None:
+                kind = ErrorKind.OVER_LIMIT
+                self._local_reply(d, msg, kind, "max_connections reached", now, route, stats)
+                return
+        if up.state is _CONNECTING and cs.pending_requests >= cs.max_pending:
+            kind = ErrorKind.OVER_LIMIT
+            self._local_reply(d, msg, kind, "max_pending_requests reached", now, route, stats)
+            return
+        if route.request_mutation is not None:
+            msg = self._mutated(d.codec, msg, route.request_mutation)
+        self._send(up, ActiveRequest(d, msg, route, cs, now, stats), d.codec, idx)
+        if route.mirrors:
+            self._mirror(d, msg, route, now)
+
+    def upstream_data(self, up: Upstream, data: bytes, now: float) -> None:
+        if up.state is _CLOSED:
+            return
+        buf = up.inbuf
+        buf += data
+        codec = up.codec
+        while buf:
+            try:
+                msg = codec.decode(buf)
+            except CodecError as e:
+                self.stats.upstream_decode_errors += 1
+                self.actions.append((LOG, WARNING, f"{up}: bad frame from upstream: {e}"))
+                self._endpoint_failed(up.cluster, up.endpoint_index, now)
+                text = f"bad upstream response: {e}"
+                self._drop_upstream(up, ErrorKind.BAD_RESPONSE, text, now, RESET)
+                self.actions.append((CLOSE_UPSTREAM, up))
+                return
+            if msg is None:
+                break
+            mtype = msg.type
+            if mtype is _RESPONSE or mtype is _ERROR:
+                self._on_response(up, msg, now)
+            elif mtype is _HEARTBEAT:
+                # Never forwarded to clients; a server's ping is answered so that servers
+                # which drop silent connections (Dubbo) keep our shared connection.
+                pong = codec.heartbeat_reply(msg)
+                if pong:
+                    up.out += pong
+                    if not up.dirty:
+                        up.dirty = True
+                        self.dirty.append(up)
+        if up.retired and up.in_flight == 0:
+            self._close_upstream(up)
+
+    def _on_response(self, up: Upstream, msg: Message, now: float) -> None:
+        multiplexed = up.id_limit
+        if multiplexed:
+            req = up.pending.pop(msg.request_id, None)  # type: ignore[arg-type]
+        else:
+            req = up.fifo.popleft() if up.fifo else None
+        if req is None:
+            self.stats.upstream_unmatched_responses += 1
+            return
+        if req is GONE:  # the request timed out; its id was kept reserved until now
+            up.dead -= 1
+            self.stats.late_responses += 1
+            return
+        # Inline _untrack: this runs once per proxied request.
+        cs = up.cluster
+        cs.active_requests -= 1
+        lb = req.lb
+        if lb is not None and req.endpoint_index < len(lb.active):
+            lb.active[req.endpoint_index] -= 1
+        self.stats.active_requests -= 1
+        if req.mirror:
+            return
+        ext = req.ext
+        if ext is not None or cs.outlier is not None:
+            failed = msg.type is _ERROR or msg.status is _STATUS_ERROR
+            od = cs.outlier
+            if od is not None:
+                if failed:
+                    self._endpoint_failed(cs, req.endpoint_index, now)
+                elif req.endpoint_index < len(od.consecutive):
+                    od.success(req.endpoint_index)
+            if ext is not None:
+                if ext.done:
+                    return
+                if failed and self._retry(req, ERROR_RESPONSE, now):
+                    return
+                ext.done = True
+        code = 0 if (msg.status is _OK and msg.type is _RESPONSE) else 1
+        req.stats.observe(code, (now - req.start) * 1000.0)  # type: ignore[union-attr]
+        d = req.downstream
+        if self.access_log:
+            self._access_log(d, req.request, req.route, up, msg, str(code), req.start, now)
+        if d.closed:
+            return
+        route = req.route
+        if route is not None and route.response_mutation is not None:
+            msg = self._mutated(up.codec, msg, route.response_mutation)
+        if multiplexed:
+            d.out += up.codec.rewrite_request_id(msg, req.request.request_id)  # type: ignore[arg-type]
+            if not d.dirty:
+                d.dirty = True
+                self.dirty.append(d)
+        else:
+            self._reply_in_order(d, req, msg.frame)
