@@ -3,7 +3,9 @@
 The demo runs exactly what a user runs: ``python -m metamesh up DIR --admin-port N`` (the
 embedded control plane and proxy, config pushed over xDS). Running it as a child keeps the
 proxy on its own core, apart from the demo's servers and clients, and makes its clean-up a
-matter of one process. Its stdout is read line by line: ``metamesh up`` prints what it serves
+matter of one process; the child is also told to exit if the demo dies without cleaning up
+(``PR_SET_PDEATHSIG``; set in ``preexec_fn``, so the demo spawns it before starting any thread
+of its own). Its stdout is read line by line: ``metamesh up`` prints what it serves
 (one block per config version, one line per listener with its routes), which is how the demo
 knows that a MetaRouter edit is in force. Its stderr is kept for error messages.
 
@@ -16,6 +18,7 @@ from the admin's ``/stats/prometheus``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -32,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+PR_SET_PDEATHSIG = 1
 SERVING_HEADER = "metamesh: serving "
 ADMIN_LINE = re.compile(r"admin on 127\.0\.0\.1:(\d+)")
 LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -83,6 +87,12 @@ class ConfigDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the demo dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class MeshProcess:
     """``metamesh up`` as a child process; see the module docstring."""
 
@@ -97,6 +107,7 @@ class MeshProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             self.args,
+            preexec_fn=_die_with_parent,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -5,8 +5,9 @@ Order of events (:func:`run_live_demo`):
 1. pick ports: the admin port (15000 unless taken, or ``--admin-port``) and the two service
    addresses 127.0.10.1:9090 (Thrift) and 127.0.10.2:20880 (Dubbo), any free port on the same
    address if those are taken;
-2. start the sample servers (:mod:`metamesh.demo.services`: Apache thrift and dubbo-py, v1 and
-   v2 each, on 127.0.20.x);
+2. bind the sample servers (:mod:`metamesh.demo.services`: Apache thrift and dubbo-py, v1 and
+   v2 each, on 127.0.20.x); their threads start right after ``metamesh up`` is spawned, so that
+   the child is forked from a process with one thread;
 3. write the config directory (packaged manifests) and start ``metamesh up`` on it
    (:mod:`metamesh.demo.mesh`), waiting until it serves the first step's routes;
 4. open one connection per client (thriftpy2, dubbo-py) to the service addresses and start the
@@ -120,7 +121,6 @@ class LiveDemo:
                 if protocol == "thrift"
                 else DubboDemoProvider(version, host)
             )
-            server.start()
             self.pieces.servers[protocol, version] = server
         self.say("Sample services (real libraries, two versions each, on loopback):")
         for protocol, label in (("thrift", "Apache thrift"), ("dubbo", "dubbo-py provider")):
@@ -143,6 +143,8 @@ class LiveDemo:
         config = self.pieces.config = ConfigDir(values)
         config.set_routes(STEPS[0].manifest)
         mesh = self.pieces.mesh = MeshProcess(config.path, admin)
+        for server in self.pieces.servers.values():  # threads only now: see MeshProcess
+            server.start()
         self.say("", f"The mesh: metamesh up {config.path} --admin-port {admin}")
         self.admin_port = mesh.admin_port()
         mesh.wait_serving(self._expected(STEPS[0]), after=0)
