@@ -91,6 +91,7 @@ def test_connection_pool_becomes_circuit_breakers_timeout_and_requests_per_conne
     proxy = snapshot(model).clusters[ALL]
     assert proxy.circuit_breakers == cfg.CircuitBreakers(10, 5, 20)
     assert (proxy.connect_timeout, proxy.lb_policy) == (0.25, cfg.LbPolicy.RANDOM)
+    assert proxy.max_requests_per_connection == 7
 
 
 @pytest.mark.parametrize(

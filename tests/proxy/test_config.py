@@ -32,6 +32,17 @@ static_resources:
 """
 
 
+def test_max_requests_per_connection() -> None:
+    assert parse_snapshot(MINIMAL).clusters["outbound|1|v1|svc"].max_requests_per_connection is None
+    text = MINIMAL.replace(
+        "  - name: outbound|1|v1|svc\n",
+        "  - name: outbound|1|v1|svc\n    max_requests_per_connection: 100\n",
+    )
+    assert parse_snapshot(text).clusters["outbound|1|v1|svc"].max_requests_per_connection == 100
+    with pytest.raises(ConfigError, match="max_requests_per_connection"):
+        parse_snapshot(text.replace(": 100", ": -1"))
+
+
 def test_sample_file_loads() -> None:
     snap = load_snapshot(SAMPLE)
     assert snap.version == "1"

@@ -305,6 +305,42 @@ def test_removed_endpoint_connection_retires_after_its_last_reply() -> None:
     assert up in h.closed and h.take(d)[0][2] == 1
 
 
+def test_max_requests_per_connection_drains_then_closes_a_shared_connection() -> None:
+    routes = [Route("all", (), RouteAction(cluster=V1))]
+    h = Harness(snapshot(routes, [cluster(V1, 1001, max_requests_per_connection=2)]))
+    a, b = h.client(), h.client()
+    h.send(a, call(1, b"first"))
+    h.send(b, call(1, b"second"))  # the second request uses up the first connection
+    [up1] = h.connects
+    h.connect(up1)
+    first_ids = [f[2] for f in h.take(up1)]
+    assert len(first_ids) == 2 and up1 not in h.closed
+    h.send(a, call(2, b"third"))  # a new request goes to a fresh connection
+    assert len(h.connects) == 2
+    up2 = h.connects[1]
+    h.connect(up2)
+    assert [f[4] for f in h.take(up2)] == [b"third"] and h.take(up1) == []
+    h.respond(up1, reply(first_ids[0], b"r1"))
+    assert up1 not in h.closed  # still draining: one request in flight
+    h.respond(up1, reply(first_ids[1], b"r2"))
+    assert up1 in h.closed and up2 not in h.closed
+    assert h.take(a) == [(2, 0, 1, {}, b"r1")] and h.take(b) == [(2, 0, 1, {}, b"r2")]
+    assert h.core.stats.active_upstream_connections == 1
+
+
+def test_max_requests_per_connection_pipelined_and_oneway_budget() -> None:
+    routes = [Route("all", (), RouteAction(cluster=V1))]
+    snap = snapshot(routes, [cluster(V1, 1001, max_requests_per_connection=1)], "kvrpc-pipelined")
+    h = Harness(snap)
+    d = h.client()
+    h.send(d, call(1, b"oneway", oneway=True))  # queued while connecting, then sent and closed
+    [up1] = h.connects
+    h.connect(up1)
+    assert [f[4] for f in h.take(up1)] == [b"oneway"] and up1 in h.closed
+    h.send(d, call(2, b"next"))
+    assert len(h.connects) == 2 and h.connects[1] is not up1
+
+
 def test_access_log_records() -> None:
     h = two_versions(access_log=True)
     d = h.client()

@@ -30,8 +30,8 @@ Envoy threshold is taken: ``consecutive_5xx`` (Envoy's default 5, enforced at 10
 enforcement is set above 0, Envoy's default being 0) and ``consecutive_local_origin_failure``
 (with ``split_external_local_origin_errors``). Nothing enforced means no detection. Interval,
 base ejection time and max ejection percent keep Envoy's defaults (10 s, 30 s, 10%).
-Envoy's ``max_requests_per_connection`` is not carried: the proxy multiplexes many requests on
-each upstream connection and has no per-connection request budget.
+Envoy's ``max_requests_per_connection`` is carried (0 = unlimited): an upstream connection that
+has carried that many requests takes no more, drains and closes (a fresh one takes over).
 """
 
 from __future__ import annotations
@@ -176,6 +176,9 @@ def to_cluster(cluster: Any, assignment: Any | None) -> cfg.Cluster:
         else DEFAULT_CONNECT_TIMEOUT,
         outlier_detection=to_outlier_detection(cluster.outlier_detection)
         if cluster.HasField("outlier_detection")
+        else None,
+        max_requests_per_connection=cluster.max_requests_per_connection.value or None
+        if cluster.HasField("max_requests_per_connection")
         else None,
     )
 

@@ -189,6 +189,9 @@ class Cluster:
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     connect_timeout: float = 5.0
     outlier_detection: OutlierDetection | None = None
+    #: Requests one upstream connection carries before it is drained and replaced (Envoy's
+    #: ``Cluster.max_requests_per_connection``); ``None`` or 0: unlimited.
+    max_requests_per_connection: int | None = None
 
     @property
     def service(self) -> str:

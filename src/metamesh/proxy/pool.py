@@ -128,14 +128,31 @@ class UpstreamPool(Replies):
         elif state is _CONNECTING and not oneway:
             up.queued += 1
             up.cluster.pending_requests += 1
+        left = up.requests_left
+        if left:  # max_requests_per_connection: the last one retires the connection
+            up.requests_left = left - 1
+            if left == 1:
+                self._retire(up)
 
     def _retire(self, up: Upstream) -> None:
-        """Take ``up`` out of its pool; it closes once its requests are answered."""
-        if up.key is not None and up.cluster.mux.get(up.key) is up:
-            del up.cluster.mux[up.key]
+        """Take ``up`` out of its pool: it takes no new requests and closes once drained
+        (a connection still connecting first sends what it has queued)."""
+        self._leave_pool(up)
         up.retired = True
-        if up.in_flight == 0 and up.state is not UpstreamState.CLOSED:
+        state = up.state
+        if up.in_flight == 0 and state is not _CLOSED and not (state is _CONNECTING and up.out):
             self._close_upstream(up)
+
+    def _leave_pool(self, up: Upstream) -> None:
+        """New requests no longer find ``up`` (shared pool or its client's pipelines)."""
+        cs = up.cluster
+        if up.key is not None and cs.mux.get(up.key) is up:
+            del cs.mux[up.key]
+        owner = up.owner
+        if owner is not None:
+            for k, v in list(owner.pipelines.items()):
+                if v is up:
+                    del owner.pipelines[k]
 
     def upstream_connected(self, up: Upstream, now: float) -> None:
         if up.state is not _CONNECTING:
@@ -150,6 +167,8 @@ class UpstreamPool(Replies):
         if up.out and not up.dirty:
             up.dirty = True
             self.dirty.append(up)
+        if up.retired and up.in_flight == 0:  # queued bytes are flushed before the close
+            self._close_upstream(up)
 
     def upstream_connect_failed(self, up: Upstream, reason: str, now: float) -> None:
         if up.state is not _CONNECTING:
@@ -205,13 +224,7 @@ class UpstreamPool(Replies):
         cs.connections -= 1
         self.stats.active_upstream_connections -= 1
         self.stats.mutations_dropped += up.codec.dropped_mutations
-        if up.key is not None and cs.mux.get(up.key) is up:
-            del cs.mux[up.key]
-        owner = up.owner
-        if owner is not None:
-            for k, v in list(owner.pipelines.items()):
-                if v is up:
-                    del owner.pipelines[k]
+        self._leave_pool(up)
 
     def _close_upstream(self, up: Upstream) -> None:
         """Close an idle upstream we no longer need."""

@@ -48,6 +48,7 @@ class ClusterState:
         "max_connections",
         "max_pending",
         "max_requests",
+        "max_requests_per_connection",
         "mux",
         "outlier",
         "pending_requests",
@@ -102,6 +103,7 @@ class ClusterState:
         self.max_requests = config.circuit_breakers.max_requests
         self.max_pending = config.circuit_breakers.max_pending_requests
         self.max_connections = config.circuit_breakers.max_connections
+        self.max_requests_per_connection = config.max_requests_per_connection or 0
         od = config.outlier_detection
         self.outlier = OutlierDetector(od, config.endpoints) if od is not None else None
 
@@ -131,6 +133,7 @@ class Upstream:
         "pending",
         "protocol",
         "queued",
+        "requests_left",
         "retired",
         "state",
     )
@@ -167,6 +170,8 @@ class Upstream:
         self.queued = 0  # requests counted in cluster.pending_requests while connecting
         self.dead = 0  # timed-out requests whose slot is kept until their late reply
         self.retired = False
+        #: Requests this connection may still carry (max_requests_per_connection); 0: no limit.
+        self.requests_left = cluster.max_requests_per_connection
         #: Carries only mirror copies (never shares a connection with primary traffic).
         self.mirror = False
         #: Set by the runtime while the write buffer is over its high-water mark.

@@ -77,6 +77,7 @@ class _OutlierDetection(_Model):
 class _Cluster(_Model):
     name: str = Field(min_length=1)
     connect_timeout: float | str = 5.0
+    max_requests_per_connection: int | None = Field(default=None, ge=0)
     lb_policy: Literal["ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "RING_HASH"] = "ROUND_ROBIN"
     type: str | None = None
     circuit_breakers: _CircuitBreakers = _CircuitBreakers()
@@ -109,5 +110,6 @@ def _cluster(x: _Cluster) -> cfg.Cluster:
             th.max_connections, th.max_pending_requests, th.max_requests
         ),
         connect_timeout=_parse_duration(x.connect_timeout),
+        max_requests_per_connection=x.max_requests_per_connection or None,
         outlier_detection=x.outlier_detection.convert() if x.outlier_detection else None,
     )
