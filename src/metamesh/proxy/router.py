@@ -58,6 +58,9 @@ def matches(matchers: tuple[_Matcher, ...], metadata: Mapping[str, str]) -> bool
     return True
 
 
+_dict_get = dict.get
+
+
 class CompiledRoute:
     """One route, ready for the request path. Requests keep a reference to the route they
     matched, so a config swap never changes the handling of a request already in flight."""
@@ -130,7 +133,10 @@ class RouteTable:
                     return route
                 continue
             for key, value in exact:
-                if get(key) != value:
+                # dict's C lookup first: lazy maps (Dubbo attachments) override ``get`` in
+                # Python, and the keys routes use are usually present from the start.
+                found = _dict_get(metadata, key)
+                if found != value and (found is not None or get(key) != value):
                     break
             else:
                 return route
