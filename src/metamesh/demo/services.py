@@ -194,6 +194,7 @@ class DubboDemoProvider:
             (host, 0), dubbo_server._get_dubbo_request_handler(handlers)
         )
         self.port: int = server.server_address[1]
+        self._server = server
         self._thread = dubbo_server._ServerThread(server)
 
     def start(self) -> None:
@@ -201,7 +202,10 @@ class DubboDemoProvider:
 
     def stop(self) -> None:
         """Stop accepting; open connections end when their peer (the proxy) closes them."""
-        self._thread.stop()
+        if self._thread.is_alive():
+            self._thread.stop()  # shutdown() waits for serve_forever, so only once started
+        else:
+            self._server.server_close()
 
 
 SampleServer = ThriftHelloServer | DubboDemoProvider

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -173,6 +174,11 @@ class LiveDemo:
             "Traffic: a thriftpy2 client and a dubbo-py consumer, one connection each, call",
             f"sayHello and echo in turn through the addresses above (~{self.options.rate:.0f}"
             " calls/s each).",
+            "Each table counts one step's requests per service version, three ways:",
+            "  proxy   istio_requests_total{destination_service, destination_version} from the",
+            "          proxy admin's /stats/prometheus",
+            "  server  calls the server itself handled (sayHello, echo: per method)",
+            "  client  replies that named that version (every reply starts with it)",
         )
 
     def stop(self) -> None:
@@ -372,6 +378,10 @@ def run_live_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     except KeyboardInterrupt:
         demo.say("", "metamesh demo: interrupted")
         return 130
+    except BrokenPipeError:  # e.g. `metamesh demo | head`: stop quietly
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return 1
     finally:
         demo.stop()
         signal.signal(signal.SIGTERM, previous)
