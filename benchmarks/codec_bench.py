@@ -37,7 +37,7 @@ from metamesh.codecs import (
     create_codec,
 )
 from metamesh.codecs.hessian2 import Hessian2Encoder
-from metamesh.demo import dubbo_request, thrift_call, thrift_header_call
+from metamesh.demo.codec_tour import dubbo_request, thrift_call, thrift_header_call
 
 ATTACHMENTS = {
     "application": "bench-consumer",

@@ -3,7 +3,7 @@
 import pytest
 
 from metamesh.codecs import CodecError, FrameTooLargeError, create_codec
-from metamesh.demo import dubbo_request, thrift_call
+from metamesh.demo.codec_tour import dubbo_request, thrift_call
 
 
 @pytest.mark.parametrize(
