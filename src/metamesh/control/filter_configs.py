@@ -36,10 +36,10 @@ from google.protobuf import duration_pb2, json_format
 from pydantic import ValidationError
 
 from metamesh.api.authz import MetaAuthorizationPolicy, Rule
-from metamesh.api.base import StringMatch
 from metamesh.api.metaprotocol import GlobalRateLimit, LocalRateLimit, TokenBucket
 from metamesh.control.routes import header_matchers_json
 from metamesh.proxy import config as cfg
+from metamesh.proxy.config_schema.filter_configs import authz_rule
 from metamesh.proxy.filters import GLOBAL_RATELIMIT, LOCAL_RATELIMIT, RBAC
 
 LOCAL_RATELIMIT_TYPE = (
@@ -208,44 +208,6 @@ def _global_rate_limit(config: dict[str, Any], where: str) -> cfg.GlobalRateLimi
     )
 
 
-def _string_matcher(key: str, sm: StringMatch) -> cfg.MetadataMatcher:
-    if sm.is_presence:
-        return cfg.MetadataMatcher(key, cfg.MatchKind.PRESENT)
-    if sm.exact is not None:
-        return cfg.MetadataMatcher(key, cfg.MatchKind.EXACT, sm.exact)
-    if sm.prefix is not None:
-        return cfg.MetadataMatcher(key, cfg.MatchKind.PREFIX, sm.prefix)
-    return cfg.MetadataMatcher(key, cfg.MatchKind.SAFE_REGEX, sm.regex or "")
-
-
-def _authz_rule(rule: Rule) -> cfg.AuthzRule:
-    sources = tuple(
-        cfg.AuthzSource(
-            ip_blocks=tuple(s.ip_blocks),
-            not_ip_blocks=tuple(s.not_ip_blocks),
-            principals=tuple(s.principals),
-            not_principals=tuple(s.not_principals),
-            namespaces=tuple(s.namespaces),
-            not_namespaces=tuple(s.not_namespaces),
-        )
-        for s in (f.source for f in rule.from_)
-    )
-    operations = tuple(
-        cfg.AuthzOperation(
-            attributes=tuple(
-                (k, tuple(_string_matcher(k, m) for m in alts))
-                for k, alts in t.operation.attributes.items()
-            ),
-            not_attributes=tuple(
-                (k, tuple(_string_matcher(k, m) for m in alts))
-                for k, alts in t.operation.not_attributes.items()
-            ),
-        )
-        for t in rule.to
-    )
-    return cfg.AuthzRule(sources, operations)
-
-
 def _rbac(config: dict[str, Any], where: str) -> cfg.RbacConfig:
     value = config.get("value", config) if config.get("@type") == STRUCT_TYPE else config
     policies = []
@@ -255,12 +217,14 @@ def _rbac(config: dict[str, Any], where: str) -> cfg.RbacConfig:
         if action not in ("ALLOW", "DENY"):
             raise ValueError(f"{at}.action: {action!r} is not ALLOW or DENY")
         try:
-            rules = tuple(_authz_rule(Rule.model_validate(r)) for r in p.get("rules") or [])
+            rules = tuple(authz_rule(Rule.model_validate(r)) for r in p.get("rules") or [])
         except ValidationError as e:
             detail = "; ".join(
                 f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()
             )
             raise ValueError(f"{at}.rules: {detail}") from None
+        except ValueError as e:  # a bad IP block or regex (authz_rule)
+            raise ValueError(f"{at}.rules: {e}") from None
         policies.append(cfg.AuthzPolicy(str(p.get("name", "")), action, rules))
     return cfg.RbacConfig(tuple(policies))
 

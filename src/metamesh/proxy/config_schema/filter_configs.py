@@ -3,7 +3,8 @@
 filter. Each model converts into the proxy's frozen config dataclass; :data:`_FILTER_CONFIGS`
 maps a filter name to its model.
 
-The models are private to the loader (:mod:`metamesh.proxy.config_yaml`).
+The models are private to the loader (:mod:`metamesh.proxy.config_yaml`); :func:`authz_rule`
+is also the control plane's conversion when it reads an rbac filter config back from xDS.
 """
 
 from __future__ import annotations
@@ -77,6 +78,43 @@ def _string_matcher(key: str, sm: StringMatch) -> cfg.MetadataMatcher:
     return cfg.MetadataMatcher(key, cfg.MatchKind.SAFE_REGEX, sm.regex or "")
 
 
+def authz_rule(rule: _AuthzRule) -> cfg.AuthzRule:
+    """One MetaAuthorizationPolicy rule as the proxy's config (shared with the control plane's
+    xDS read-back); :class:`ValueError` names a bad IP block or a regex that does not compile."""
+    sources = []
+    for f in rule.from_:
+        src = f.source
+        for block in (*src.ip_blocks, *src.not_ip_blocks):
+            try:
+                ipaddress.ip_network(block, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR block: {block!r}") from None
+        sources.append(
+            cfg.AuthzSource(
+                ip_blocks=tuple(src.ip_blocks),
+                not_ip_blocks=tuple(src.not_ip_blocks),
+                principals=tuple(src.principals),
+                not_principals=tuple(src.not_principals),
+                namespaces=tuple(src.namespaces),
+                not_namespaces=tuple(src.not_namespaces),
+            )
+        )
+    operations = tuple(
+        cfg.AuthzOperation(
+            attributes=tuple(
+                (k, tuple(_string_matcher(k, m) for m in alts))
+                for k, alts in t.operation.attributes.items()
+            ),
+            not_attributes=tuple(
+                (k, tuple(_string_matcher(k, m) for m in alts))
+                for k, alts in t.operation.not_attributes.items()
+            ),
+        )
+        for t in rule.to
+    )
+    return cfg.AuthzRule(tuple(sources), operations)
+
+
 class _AuthzPolicy(_Model):
     name: str = ""
     action: Literal["ALLOW", "DENY"] = "ALLOW"
@@ -88,41 +126,7 @@ class _AuthzPolicy(_Model):
         return self
 
     def convert(self) -> cfg.AuthzPolicy:
-        rules = []
-        for rule in self.rules:
-            sources = []
-            for f in rule.from_:
-                src = f.source
-                for block in (*src.ip_blocks, *src.not_ip_blocks):
-                    try:
-                        ipaddress.ip_network(block, strict=False)
-                    except ValueError:
-                        raise ValueError(f"not an IP address or CIDR block: {block!r}") from None
-                sources.append(
-                    cfg.AuthzSource(
-                        ip_blocks=tuple(src.ip_blocks),
-                        not_ip_blocks=tuple(src.not_ip_blocks),
-                        principals=tuple(src.principals),
-                        not_principals=tuple(src.not_principals),
-                        namespaces=tuple(src.namespaces),
-                        not_namespaces=tuple(src.not_namespaces),
-                    )
-                )
-            operations = [
-                cfg.AuthzOperation(
-                    attributes=tuple(
-                        (k, tuple(_string_matcher(k, m) for m in alts))
-                        for k, alts in t.operation.attributes.items()
-                    ),
-                    not_attributes=tuple(
-                        (k, tuple(_string_matcher(k, m) for m in alts))
-                        for k, alts in t.operation.not_attributes.items()
-                    ),
-                )
-                for t in rule.to
-            ]
-            rules.append(cfg.AuthzRule(tuple(sources), tuple(operations)))
-        return cfg.AuthzPolicy(self.name, self.action, tuple(rules))
+        return cfg.AuthzPolicy(self.name, self.action, tuple(authz_rule(r) for r in self.rules))
 
 
 class _Rbac(_Model):
