@@ -30,11 +30,39 @@ from metamesh.proxy.policy import (
 )
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import RequestStats
-from metamesh.proxy.upstream import ActiveRequest
+from metamesh.proxy.upstream import ActiveRequest, Upstream
 
 
 class Replies(CoreState):
     """Local error replies, reply ordering, and failing requests that were in flight."""
+
+    def _local_error(
+        self,
+        d: Downstream,
+        msg: Message,
+        kind: ErrorKind,
+        text: str,
+        route: CompiledRoute | None,
+        up: Upstream | None,
+        stats: RequestStats | None,
+        start: float,
+        now: float,
+    ) -> bytes | None:
+        """The bookkeeping every local reply shares: count it by kind, record it in the Istio
+        statistics (a request that never reached a cluster under ``unknown``) and the access
+        log. Returns the protocol's error reply for the client (``b""`` for a one-way
+        request), or None when the client is already gone."""
+        self.stats.local_replies[kind] += 1
+        if stats is None:
+            stats = self.stats.request_stats("unknown", "", d.listener.protocol)
+        stats.observe(1, (now - start) * 1000.0)
+        if self.access_log:
+            self._access_log(d, msg, route, up, None, kind.value, start, now)
+        if d.closed:
+            return None
+        if msg.type is _ONEWAY:
+            return b""
+        return d.codec.error_reply(msg, LocalError(kind, text))
 
     def _local_reply(
         self,
@@ -46,15 +74,10 @@ class Replies(CoreState):
         route: CompiledRoute | None = None,
         stats: RequestStats | None = None,
     ) -> None:
-        self.stats.local_replies[kind] += 1
-        if stats is None:
-            stats = self.stats.request_stats("unknown", "", d.listener.protocol)
-        stats.observe(1, 0.0)
-        if self.access_log:
-            self._access_log(d, msg, route, None, None, kind.value, now, now)
-        if msg.type is _ONEWAY:
-            return
-        self._reply_in_order(d, None, d.codec.error_reply(msg, LocalError(kind, text)))
+        """Answer a plain request that never got an ``ActiveRequest`` with a local error."""
+        data = self._local_error(d, msg, kind, text, route, None, stats, now, now)
+        if data:
+            self._reply_in_order(d, None, data)
 
     def _reply_in_order(self, d: Downstream, req: ActiveRequest | None, data: bytes) -> None:
         """Queue ``data`` for the client; pipelined protocols keep request order."""
@@ -92,15 +115,11 @@ class Replies(CoreState):
                 return
             ext.done = True
         d = req.downstream
-        self.stats.local_replies[kind] += 1
-        if req.stats is not None:
-            req.stats.observe(1, (now - req.start) * 1000.0)
-        if self.access_log:
-            self._access_log(
-                d, req.request, req.route, req.upstream, None, kind.value, req.start, now
-            )
-        if not d.closed:
-            self._reply_in_order(d, req, d.codec.error_reply(req.request, LocalError(kind, text)))
+        data = self._local_error(
+            d, req.request, kind, text, req.route, req.upstream, req.stats, req.start, now
+        )
+        if data is not None:
+            self._reply_in_order(d, req, data)
 
     def _policy_reply(
         self, req: ActiveRequest, ext: RequestExt, kind: ErrorKind, text: str, now: float
@@ -108,17 +127,11 @@ class Replies(CoreState):
         """Answer a request that is not in flight upstream with a local error."""
         ext.done = True
         d = req.downstream
-        msg = req.request
-        self.stats.local_replies[kind] += 1
-        stats = req.stats
-        if stats is None:
-            stats = self.stats.request_stats("unknown", "", d.listener.protocol)
-        stats.observe(1, (now - req.start) * 1000.0)
-        if self.access_log:
-            self._access_log(d, msg, req.route, None, None, kind.value, req.start, now)
-        if d.closed:
+        data = self._local_error(
+            d, req.request, kind, text, req.route, None, req.stats, req.start, now
+        )
+        if data is None:
             return
-        data = b"" if msg.type is _ONEWAY else d.codec.error_reply(msg, LocalError(kind, text))
         if ext.ordered:
             self._reply_in_order(d, req, data)
         elif data:
@@ -127,11 +140,9 @@ class Replies(CoreState):
     def _timed_out(self, req: ActiveRequest, ext: RequestExt, text: str, now: float) -> None:
         ext.done = True
         d = req.downstream
-        self.stats.local_replies[ErrorKind.TIMEOUT] += 1
-        if req.stats is not None:
-            req.stats.observe(1, (now - req.start) * 1000.0)
-        if self.access_log:
-            self._access_log(d, req.request, req.route, None, None, "timeout", req.start, now)
-        if not d.closed:
-            data = d.codec.error_reply(req.request, LocalError(ErrorKind.TIMEOUT, text))
+        kind = ErrorKind.TIMEOUT
+        data = self._local_error(
+            d, req.request, kind, text, req.route, None, req.stats, req.start, now
+        )
+        if data is not None:
             self._reply_in_order(d, req if ext.ordered else None, data)
