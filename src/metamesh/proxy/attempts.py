@@ -33,7 +33,6 @@ from metamesh.proxy.core import (
 )
 from metamesh.proxy.filters.base import LocalReply, Stop
 from metamesh.proxy.filters.chain import RouteExtras
-from metamesh.proxy.lb import hash_metadata
 from metamesh.proxy.listener import Downstream
 from metamesh.proxy.mirror import Mirroring
 from metamesh.proxy.policy import (
@@ -45,7 +44,6 @@ from metamesh.proxy.policy import (
     TRY_TIMEOUT,
     UNEJECT,
     RequestExt,
-    pick_excluding,
 )
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream
@@ -131,53 +129,19 @@ class Attempts(Mirroring):
         if route is None:
             self._policy_reply(req, ext, ErrorKind.ROUTE_NOT_FOUND, "no matched route", now)
             return
-        listener = d.listener
-        protocol = listener.protocol
         cs = req.cluster
         first = cs is None
         if cs is None:
-            cluster_name = route.cluster or route.pick_cluster(self.rng)
-            cs = self.clusters.get(cluster_name)
+            cs = self._first_attempt(req, ext, route, now)
             if cs is None:
-                text = f"unknown cluster {cluster_name}"
-                self._policy_reply(req, ext, ErrorKind.CLUSTER_NOT_FOUND, text, now)
                 return
-            req.cluster = cs
-            stats = cs.request_stats.get(protocol)
-            if stats is None:
-                stats = cs.request_stats[protocol] = self.stats.request_stats(
-                    cs.service, cs.subset, protocol
-                )
-            req.stats = stats
-            policy = ext.policy
-            if policy is not None and policy.timeout is not None and req.request.type is _REQUEST:
-                ext.deadline = now + policy.timeout
-                self.deadlines.push(ext.deadline, ROUTE_TIMEOUT, req)
-            if route.request_mutation is not None:
-                req.request = self._mutated(d.codec, req.request, route.request_mutation)
         msg = req.request
-        if cs.active_requests >= cs.max_requests:
-            self._policy_reply(req, ext, ErrorKind.OVER_LIMIT, "max_requests reached", now)
-            return
-        hash_key = None
-        if route.hash_keys:
-            md = msg.metadata
-            hash_key = hash_metadata([md.get(k, "") for k in route.hash_keys])
-        idx = pick_excluding(cs.lb, hash_key, ext.excluded)
-        if idx is None:
-            kind = ErrorKind.NO_HEALTHY_UPSTREAM
-            self._policy_reply(req, ext, kind, "no healthy upstream", now)
-            return
-        up = self._upstream_for(d, cs, idx, now)
-        if up is None:
-            self._policy_reply(req, ext, ErrorKind.OVER_LIMIT, "max_connections reached", now)
-            return
-        if up.state is _CONNECTING and cs.pending_requests >= cs.max_pending:
-            kind = ErrorKind.OVER_LIMIT
-            self._policy_reply(req, ext, kind, "max_pending_requests reached", now)
+        up = self._pick_upstream(d, msg, route, cs, ext.excluded, now)
+        if isinstance(up, tuple):
+            self._policy_reply(req, ext, up[0], up[1], now)
             return
         ext.sent = up.state is _READY
-        self._send(up, req, d.codec, idx)
+        self._send(up, req, d.codec, up.endpoint_index)
         if msg.type is _ONEWAY:
             ext.done = True
             if ext.ordered:  # a stopped one-way request held a place in the reply order
@@ -189,6 +153,30 @@ class Attempts(Mirroring):
                 self.deadlines.push(when, TRY_TIMEOUT, req, ext.attempt)
         if first and route.mirrors:
             self._mirror(d, msg, route, now)
+
+    def _first_attempt(
+        self, req: ActiveRequest, ext: RequestExt, route: CompiledRoute, now: float
+    ) -> ClusterState | None:
+        """What a request's first attempt settles for all: its cluster (None: answered with
+        ``CLUSTER_NOT_FOUND``), statistics, route timeout and request mutation."""
+        cluster_name = route.cluster or route.pick_cluster(self.rng)
+        cs = self.clusters.get(cluster_name)
+        if cs is None:
+            text = f"unknown cluster {cluster_name}"
+            self._policy_reply(req, ext, ErrorKind.CLUSTER_NOT_FOUND, text, now)
+            return None
+        req.cluster = cs
+        d = req.downstream
+        protocol = d.listener.protocol
+        stats = cs.request_stats.get(protocol)
+        req.stats = stats if stats is not None else self._request_stats(cs, protocol)
+        policy = ext.policy
+        if policy is not None and policy.timeout is not None and req.request.type is _REQUEST:
+            ext.deadline = now + policy.timeout
+            self.deadlines.push(ext.deadline, ROUTE_TIMEOUT, req)
+        if route.request_mutation is not None:
+            req.request = self._mutated(d.codec, req.request, route.request_mutation)
+        return cs
 
     def _retry(self, req: ActiveRequest, condition: str, now: float) -> bool:
         """Try ``req`` again after a failed attempt, if its policy allows; True if so."""

@@ -39,7 +39,7 @@ from metamesh.proxy.filters.base import FilterContext
 from metamesh.proxy.listener import Downstream, ListenerState
 from metamesh.proxy.policy import DeadlineQueue
 from metamesh.proxy.router import CompiledRoute
-from metamesh.proxy.stats import ProxyStats
+from metamesh.proxy.stats import ProxyStats, RequestStats
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream, UpstreamState
 
 CONNECT, CLOSE_DOWNSTREAM, CLOSE_UPSTREAM, LOG, ACCESS_LOG = range(5)
@@ -103,6 +103,13 @@ class CoreState:
         actions = self.actions
         self.actions = []
         return actions
+
+    def _request_stats(self, cs: ClusterState, protocol: str) -> RequestStats:
+        """Istio request statistics of ``cs`` for ``protocol``, created on first use."""
+        stats = cs.request_stats[protocol] = self.stats.request_stats(
+            cs.service, cs.subset, protocol
+        )
+        return stats
 
     def _untrack(self, req: ActiveRequest) -> None:
         cs = req.cluster

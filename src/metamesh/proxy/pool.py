@@ -19,6 +19,7 @@ from __future__ import annotations
 from metamesh.codecs import (
     Codec,
     ErrorKind,
+    Message,
 )
 from metamesh.proxy.core import (
     _CLOSED,
@@ -31,18 +32,65 @@ from metamesh.proxy.core import (
     LOG,
     WARNING,
 )
+from metamesh.proxy.lb import hash_metadata
 from metamesh.proxy.listener import Downstream
 from metamesh.proxy.policy import (
     CONNECT_FAILURE,
     CONNECT_TIMEOUT,
     RESET,
+    pick_excluding,
 )
 from metamesh.proxy.replies import Replies
+from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream, UpstreamState
+
+#: Why :meth:`UpstreamPool._pick_upstream` found no upstream: the local reply's kind and text.
+Refusal = tuple[ErrorKind, str]
+MAX_REQUESTS: Refusal = (ErrorKind.OVER_LIMIT, "max_requests reached")
+NO_HEALTHY: Refusal = (ErrorKind.NO_HEALTHY_UPSTREAM, "no healthy upstream")
+MAX_CONNECTIONS: Refusal = (ErrorKind.OVER_LIMIT, "max_connections reached")
+MAX_PENDING: Refusal = (ErrorKind.OVER_LIMIT, "max_pending_requests reached")
 
 
 class UpstreamPool(Replies):
     """Upstream connections: pooling, sending, connect/close/reset handling."""
+
+    def _pick_upstream(
+        self,
+        d: Downstream,
+        msg: Message,
+        route: CompiledRoute,
+        cs: ClusterState,
+        excluded: set[int] | None,
+        now: float,
+    ) -> Upstream | Refusal:
+        """Circuit breakers -> load balancer (skipping ``excluded`` endpoints, which already
+        failed this request) -> pooled upstream for ``msg`` on cluster ``cs``, or the
+        :data:`Refusal` to answer with. Both request paths route through here."""
+        if cs.active_requests >= cs.max_requests:
+            return MAX_REQUESTS
+        hash_key = None
+        if route.hash_keys:
+            md = msg.metadata
+            hash_key = hash_metadata([md.get(k, "") for k in route.hash_keys])
+        idx = pick_excluding(cs.lb, hash_key, excluded) if excluded else cs.lb.pick(hash_key)
+        if idx is None:
+            return NO_HEALTHY
+        listener = d.listener
+        # Pool key: clients speaking different wire variants (Thrift framed vs THeader, ...)
+        # must not share an upstream connection, whose server would see mixed framings.
+        up = (
+            cs.mux.get((listener.protocol, d.codec.wire_variant, idx))
+            if listener.multiplexed
+            else None
+        )
+        if up is None:
+            up = self._upstream_for(d, cs, idx, now)
+            if up is None:
+                return MAX_CONNECTIONS
+        if up.state is _CONNECTING and cs.pending_requests >= cs.max_pending:
+            return MAX_PENDING
+        return up
 
     def _upstream_for(
         self, d: Downstream, cs: ClusterState, idx: int, now: float, mirror: bool = False

@@ -24,7 +24,6 @@ from metamesh.codecs import (
 from metamesh.proxy.attempts import Attempts
 from metamesh.proxy.core import (
     _CLOSED,
-    _CONNECTING,
     _ERROR,
     _HEARTBEAT,
     _OK,
@@ -35,7 +34,6 @@ from metamesh.proxy.core import (
     LOG,
     WARNING,
 )
-from metamesh.proxy.lb import hash_metadata
 from metamesh.proxy.listener import Downstream
 from metamesh.proxy.policy import (
     ERROR_RESPONSE,
@@ -71,38 +69,14 @@ class RequestPath(Attempts):
         protocol = listener.protocol
         stats = cs.request_stats.get(protocol)
         if stats is None:
-            stats = cs.request_stats[protocol] = self.stats.request_stats(
-                cs.service, cs.subset, protocol
-            )
-        if cs.active_requests >= cs.max_requests:
-            kind = ErrorKind.OVER_LIMIT
-            self._local_reply(d, msg, kind, "max_requests reached", now, route, stats)
-            return
-        hash_key = None
-        if route.hash_keys:
-            md = msg.metadata
-            hash_key = hash_metadata([md.get(k, "") for k in route.hash_keys])
-        idx = cs.lb.pick(hash_key)
-        if idx is None:
-            kind = ErrorKind.NO_HEALTHY_UPSTREAM
-            self._local_reply(d, msg, kind, "no healthy upstream", now, route, stats)
-            return
-        # Pool key: clients speaking different wire variants (Thrift framed vs THeader, ...)
-        # must not share an upstream connection, whose server would see mixed framings.
-        up = cs.mux.get((protocol, d.codec.wire_variant, idx)) if listener.multiplexed else None
-        if up is None:
-            up = self._upstream_for(d, cs, idx, now)
-            if up is None:
-                kind = ErrorKind.OVER_LIMIT
-                self._local_reply(d, msg, kind, "max_connections reached", now, route, stats)
-                return
-        if up.state is _CONNECTING and cs.pending_requests >= cs.max_pending:
-            kind = ErrorKind.OVER_LIMIT
-            self._local_reply(d, msg, kind, "max_pending_requests reached", now, route, stats)
+            stats = self._request_stats(cs, protocol)
+        up = self._pick_upstream(d, msg, route, cs, None, now)
+        if isinstance(up, tuple):
+            self._local_reply(d, msg, up[0], up[1], now, route, stats)
             return
         if route.request_mutation is not None:
             msg = self._mutated(d.codec, msg, route.request_mutation)
-        self._send(up, ActiveRequest(d, msg, route, cs, now, stats), d.codec, idx)
+        self._send(up, ActiveRequest(d, msg, route, cs, now, stats), d.codec, up.endpoint_index)
         if route.mirrors:
             self._mirror(d, msg, route, now)
 
@@ -163,21 +137,8 @@ class RequestPath(Attempts):
         self.stats.active_requests -= 1
         if req.mirror:
             return
-        ext = req.ext
-        if ext is not None or cs.outlier is not None:
-            failed = msg.type is _ERROR or msg.status is _STATUS_ERROR
-            od = cs.outlier
-            if od is not None:
-                if failed:
-                    self._endpoint_failed(cs, req.endpoint_index, now)
-                elif req.endpoint_index < len(od.consecutive):
-                    od.success(req.endpoint_index)
-            if ext is not None:
-                if ext.done:
-                    return
-                if failed and self._retry(req, ERROR_RESPONSE, now):
-                    return
-                ext.done = True
+        if (req.ext is not None or cs.outlier is not None) and self._settled(up, req, msg, now):
+            return
         code = 0 if (msg.status is _OK and msg.type is _RESPONSE) else 1
         stats = req.stats
         assert stats is not None
@@ -200,3 +161,24 @@ class RequestPath(Attempts):
                 self.dirty.append(d)
         else:
             self._reply_in_order(d, req, msg.frame)
+
+    def _settled(self, up: Upstream, req: ActiveRequest, msg: Message, now: float) -> bool:
+        """A reply on a cluster with outlier detection or for a request with policies:
+        report the endpoint's success or failure; True when nothing more is to be done
+        (the request was already answered, or a failure is being retried)."""
+        cs = up.cluster
+        failed = msg.type is _ERROR or msg.status is _STATUS_ERROR
+        od = cs.outlier
+        if od is not None:
+            if failed:
+                self._endpoint_failed(cs, req.endpoint_index, now)
+            elif req.endpoint_index < len(od.consecutive):
+                od.success(req.endpoint_index)
+        ext = req.ext
+        if ext is not None:
+            if ext.done:
+                return True
+            if failed and self._retry(req, ERROR_RESPONSE, now):
+                return True
+            ext.done = True
+        return False
