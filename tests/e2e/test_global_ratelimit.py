@@ -23,7 +23,9 @@ get ``TApplicationException`` "global rate limit exceeded"; ``echo`` (no limit f
 limits file) always passes; each proxy's ``/stats/prometheus`` counts what it admitted and
 refused and the counts add up to what the clients saw. Then the rate limit service is stopped:
 with ``denyOnFail: true`` every call is refused with "rate limit service unavailable" and
-counted in ``metamesh_ratelimit_errors_total``.
+counted in ``metamesh_ratelimit_errors_total``. Started again on the same port, it is used
+again without any proxy restart, and ``add`` is still over the limit: the spent budget lives
+in Redis, not in the service.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -133,6 +136,10 @@ def outcome(call: Callable[..., object], *args: object) -> object:
         return e.message
 
 
+def answers_echo(client: ThriftClient) -> bool:
+    return outcome(client.echo, "back") == "v1:back"
+
+
 def test_two_proxies_share_one_global_limit_from_the_control_plane(
     calc_gen: types.ModuleType, redis: RedisProcess, tmp_path: Path
 ) -> None:
@@ -216,6 +223,17 @@ def test_two_proxies_share_one_global_limit_from_the_control_plane(
         assert len(handler.calls) == LIMIT + 6  # nothing more reached the server
         assert [metric(admin, "metamesh_ratelimit_errors_total") for admin in admins] == [2, 2]
         assert [metric(admin, "metamesh_ratelimit_ok_total") for admin in admins] == ok
+
+        # back on the same port: the proxies use it again by themselves, and the budget spent
+        # is still spent (the counts live in Redis, not in the service)
+        rls2 = stack.enter_context(
+            Metamesh(tmp_path, "rls2", "ratelimit-server", "--config", str(limits), "--port",
+                     str(rls_port), "--redis", redis.url)
+        )  # fmt: skip
+        wait_until(lambda: "rate limit service on 127.0.0.1:" in rls2.stderr(), "the RLS again")
+        for client in clients:
+            wait_until(partial(answers_echo, client), "the RLS in use again")
+            assert outcome(client.client.add, 1, 1) == over
         for proxy in proxies:
             assert proxy.stop() == 0
         assert cp.stop() == 0
