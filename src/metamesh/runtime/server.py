@@ -145,14 +145,21 @@ class ProxyServer:
         return port
 
     async def apply_snapshot(self, snapshot: Snapshot) -> None:
-        """Swap config; opens new listeners, stops accepting on removed ones."""
+        """Swap config; opens new listeners, stops accepting on removed ones. A listener that
+        cannot bind raises OSError after every other new listener is bound."""
         self.core.apply_snapshot(snapshot)
         for name in list(self._servers):
             if name not in self.core.listeners:
                 self._servers.pop(name).close()
+        failed: OSError | None = None
         for name in self.core.listeners:
             if name not in self._servers:
-                await self._listen(name)
+                try:
+                    await self._listen(name)
+                except OSError as exc:  # bind the others anyway, then report the first failure
+                    failed = failed or exc
+        if failed is not None:
+            raise failed
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish (up to ``timeout``), then close all."""
