@@ -87,7 +87,14 @@ class RateLimitClient:
     def _stub(self, target: str) -> rls_pb2_grpc.RateLimitServiceStub:
         stub = self._stubs.get(target)
         if stub is None:
-            options = [("grpc.lb_policy_name", "round_robin")]
+            # gRPC's default reconnect backoff grows to 2 minutes; a rate-limit service that
+            # comes back should be used again within a second, whatever the outage length.
+            options = [
+                ("grpc.lb_policy_name", "round_robin"),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ]
             channel = self._channels[target] = grpc.aio.insecure_channel(target, options=options)
             stub = self._stubs[target] = rls_pb2_grpc.RateLimitServiceStub(channel)
         return stub
