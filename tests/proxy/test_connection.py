@@ -56,6 +56,22 @@ def test_multiplexes_downstreams_onto_one_upstream_and_restores_ids() -> None:
     assert len(h.connects) == 1 and len(h.take(up)) == 1
 
 
+def test_a_free_client_id_goes_upstream_unchanged_and_a_taken_one_is_rewritten() -> None:
+    h = two_versions()
+    a, b = h.client(), h.client()
+    h.send(a, call(40, b"a", method="get"))
+    up = h.connects[0]
+    h.connect(up)
+    h.send(b, call(41, b"b", method="get") + call(40, b"b2", method="get"))
+    frames = h.take(up)
+    ids = [f[2] for f in frames]
+    assert ids[:2] == [40, 41] and ids[2] not in (40, 41)  # 40 is in flight for client a
+    h.respond(up, b"".join(reply(rid, b"re:" + f[4]) for rid, f in zip(ids, frames, strict=True)))
+    assert h.take(a) == [(2, 0, 40, {}, b"re:a")]
+    assert h.take(b) == [(2, 0, 41, {}, b"re:b"), (2, 0, 40, {}, b"re:b2")]
+    assert h.core.stats.active_requests == 0
+
+
 def test_route_not_found_replies_locally_and_connection_stays_usable() -> None:
     h = two_versions()
     d = h.client()

@@ -145,10 +145,19 @@ class UpstreamPool(Replies):
                 if req.stats is not None:
                     req.stats.observe(0, 0.0)
         else:
-            if up.id_limit:
-                rid = up.allocate_id()
-                frame = codec.rewrite_request_id(msg, rid)
-                up.pending[rid] = req
+            limit = up.id_limit
+            if limit:
+                # The client's own id travels unchanged while no other request in flight on
+                # this connection holds it (ids from one client, or a JVM-wide counter, are
+                # distinct): no rewrite here, none on the way back. Otherwise a fresh one.
+                rid = msg.request_id
+                pending = up.pending
+                if rid is not None and 0 <= rid < limit and rid not in pending:
+                    frame = msg.frame
+                else:
+                    rid = up.allocate_id()
+                    frame = codec.rewrite_request_id(msg, rid)
+                pending[rid] = req
             else:
                 frame = msg.frame
                 up.fifo.append(req)

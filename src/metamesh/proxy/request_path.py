@@ -155,7 +155,11 @@ class RequestPath(Attempts):
         if route is not None and route.response_mutation is not None:
             msg = self._mutated(up.codec, msg, route.response_mutation)
         if multiplexed:
-            d.out += up.codec.rewrite_request_id(msg, req.request.request_id)  # type: ignore[arg-type]
+            rid = req.request.request_id
+            if msg.request_id == rid:  # the client's id went upstream unchanged (see _send)
+                d.out += msg.frame
+            else:
+                d.out += up.codec.rewrite_request_id(msg, rid)  # type: ignore[arg-type]
             if not d.dirty:
                 d.dirty = True
                 self.dirty.append(d)
