@@ -3,9 +3,11 @@
 Protocols with request ids share one upstream connection per pool key (protocol, the codec's
 ``wire_variant`` and endpoint index, see :data:`metamesh.proxy.upstream.PoolKey`): a Thrift
 framed client and a THeader client never share one, whose server would see mixed framings.
-Each request gets a fresh upstream id (``Upstream.allocate_id``) and is kept in the
-connection's ``pending`` map until its reply; protocols without ids get a connection per
-client and endpoint and a ``fifo`` of requests in send order.
+Each request keeps its client's id upstream while no request in flight on that connection
+holds it (then neither direction rewrites the frame), else gets a fresh one
+(``Upstream.allocate_id``), and is kept in the connection's ``pending`` map until its
+reply; protocols without ids get a connection per client and endpoint and a ``fifo`` of
+requests in send order.
 
 This layer also owns the connection lifecycle events: connected (queued bytes go out),
 connect failure, close/reset (everything in flight fails, possibly into a retry), and

@@ -7,7 +7,7 @@ for :mod:`metamesh.proxy.attempts` right after the route match, so plain request
 
 Response: matched by upstream id (multiplexed) or by order (pipelined), accounted (circuit
 breaker and load balancer counters, outlier detection, Istio statistics), maybe retried, and
-written back with the client's own request id restored.
+written back with the client's own request id (restored if it was rewritten).
 
 This code runs once per proxied request, so it binds locals and inlines small steps on purpose.
 """
