@@ -46,3 +46,32 @@ def test_a_listener_that_cannot_bind_leaves_the_others_bound() -> None:
             await server.close()
 
     asyncio.run(main())
+
+
+def test_an_unbound_listener_is_retried_until_its_address_frees_up() -> None:
+    async def main() -> None:
+        server = ProxyServer(Snapshot(), admin_port=None)
+        await server.start()
+        try:
+            taken = socket.socket()
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            with pytest.raises(OSError):
+                await server.apply_snapshot(two_listeners(port))
+            assert set(server.unbound) == {"busy"}
+            await asyncio.sleep(0.8)  # a retry or two fail while the address is still taken
+            assert set(server.unbound) == {"busy"}
+            taken.close()
+            for _ in range(100):  # backoff doubles from 0.5 s; well within 5 s
+                if not server.unbound:
+                    break
+                await asyncio.sleep(0.1)
+            assert not server.unbound and server.listener_port("busy") == port
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            await server.close()
+
+    asyncio.run(main())

@@ -76,6 +76,11 @@ class ProxyCollector:
             yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
         for attr, (name, doc) in GAUGES.items():
             yield GaugeMetricFamily(name, doc, value=getattr(stats, attr))
+        yield GaugeMetricFamily(
+            "metamesh_listeners_unbound",
+            "Configured listeners whose address could not be bound (retried with backoff)",
+            value=len(self.server.unbound),
+        )
         replies = CounterMetricFamily(
             "metamesh_local_replies", "Requests answered by the proxy itself", labels=["reason"]
         )

@@ -56,6 +56,7 @@ from metamesh.runtime.ratelimit_client import RateLimitClient
 log = logging.getLogger("metamesh.proxy")
 
 TIMER_INTERVAL = 0.1
+MAX_REBIND_BACKOFF = 5.0  # seconds between attempts to bind a listener whose address is taken
 #: Collector thresholds while serving (CPython's defaults are 700, 10, 10).
 GC_THRESHOLDS = (10_000, 20, 20)
 
@@ -106,6 +107,8 @@ class ProxyServer:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
         self._stopped = asyncio.Event()
+        #: listeners in the config that could not bind yet: name -> (next attempt, backoff s)
+        self.unbound: dict[str, tuple[float, float]] = {}
         self.ratelimit = RateLimitClient(lambda: self.core.snapshot.clusters)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -151,6 +154,9 @@ class ProxyServer:
         for name in list(self._servers):
             if name not in self.core.listeners:
                 self._servers.pop(name).close()
+        for name in list(self.unbound):
+            if name not in self.core.listeners:
+                del self.unbound[name]
         failed: OSError | None = None
         for name in self.core.listeners:
             if name not in self._servers:
@@ -158,8 +164,30 @@ class ProxyServer:
                     await self._listen(name)
                 except OSError as exc:  # bind the others anyway, then report the first failure
                     failed = failed or exc
+                    self._bind_failed(name)
         if failed is not None:
             raise failed
+
+    def _bind_failed(self, name: str) -> None:
+        """Retry a listener that could not bind (address in use...) with a capped backoff."""
+        backoff = (
+            min(self.unbound[name][1] * 2, MAX_REBIND_BACKOFF) if name in self.unbound else 0.5
+        )
+        self.unbound[name] = (self.now() + backoff, backoff)
+
+    async def _rebind(self, name: str) -> None:
+        if name not in self.core.listeners or name in self._servers or self.draining:
+            self.unbound.pop(name, None)
+            return
+        try:
+            await self._listen(name)
+        except OSError as exc:
+            self._bind_failed(name)
+            log.debug("listener %s still cannot bind: %s", name, exc)
+            return
+        self.unbound.pop(name, None)
+        cfg = self.core.listeners[name].config
+        log.info("listener %s bound on %s:%s after a retry", name, cfg.address, cfg.port)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish (up to ``timeout``), then close all."""
@@ -322,9 +350,14 @@ class ProxyServer:
     def _on_timer(self) -> None:
         loop = self._loop
         assert loop is not None
-        self.core.on_timer(self.now())  # a safety net; deadlines normally fire on their own
+        now = self.now()
+        self.core.on_timer(now)  # a safety net; deadlines normally fire on their own
         if self.access_log is not None:
             self.access_log.flush()
+        for name, (due, backoff) in list(self.unbound.items()):
+            if now >= due:
+                self.unbound[name] = (now + backoff, backoff)  # one attempt in flight at a time
+                self._spawn(self._rebind(name))
         self._timer = loop.call_later(TIMER_INTERVAL, self._on_timer)
 
     def set_upstream_congested(self, delta: int) -> None:
