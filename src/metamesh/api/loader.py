@@ -118,19 +118,43 @@ class ResourceSet:
         self.problems.extend(other.problems)
 
 
+#: Per-file results kept between loads: path -> ((inode, mtime ns, size), what it loaded).
+LoadCache = dict[Path, tuple[tuple[int, int, int], "ResourceSet"]]
+
+
 def load_paths(
-    paths: Iterable[str | Path], default_namespace: str = DEFAULT_NAMESPACE
+    paths: Iterable[str | Path],
+    default_namespace: str = DEFAULT_NAMESPACE,
+    cache: LoadCache | None = None,
 ) -> ResourceSet:
-    """Load files and directories (``*.yaml``/``*.yml``, recursively, in sorted order)."""
+    """Load files and directories (``*.yaml``/``*.yml``, recursively, in sorted order).
+
+    With a ``cache`` (kept by the caller between loads, e.g. a watched directory), a file whose
+    inode, modification time and size are unchanged is not parsed again: its resources (frozen
+    models) and problems are reused. The cache is pruned to the files of this load.
+    """
     result = ResourceSet()
+    seen: LoadCache = {}
     for path in paths:
         for file in _expand(Path(path), result):
             try:
-                text = file.read_text(encoding="utf-8")
+                st = file.stat()
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                hit = cache.get(file) if cache is not None else None
+                if hit is not None and hit[0] == key:
+                    loaded = hit[1]
+                else:
+                    loaded = load_text(
+                        file.read_text(encoding="utf-8"), str(file), default_namespace
+                    )
             except (OSError, UnicodeDecodeError) as exc:
                 result.problems.append(Problem(str(file), "", "", "", f"cannot read: {exc}"))
                 continue
-            result.extend(load_text(text, str(file), default_namespace))
+            seen[file] = (key, loaded)
+            result.extend(loaded)
+    if cache is not None:
+        cache.clear()
+        cache.update(seen)
     return result
 
 
