@@ -1,9 +1,11 @@
 """Helpers for the end-to-end tests: ``metamesh`` subprocesses, config files, Thrift clients.
 
 :class:`Metamesh` runs one ``metamesh`` command with stdout/stderr in files, waits for a line,
-and always ends the process (SIGTERM, then SIGKILL) when its ``with`` block ends. ``thrift_mesh``
-writes a ServiceEntry (on a 127.0.10.x address and a free port), a DestinationRule with v1/v2
-subsets over two real servers on 127.0.0.1, and a MetaRouter whose text the test passes.
+and always ends the process (SIGTERM, then SIGKILL) when its ``with`` block ends.
+``service_with_subsets`` is the ServiceEntry + DestinationRule every e2e mesh starts from;
+``thrift_mesh`` writes it for the Thrift service (on a 127.0.10.x address and a free port, v1/v2
+subsets over two real servers on 127.0.0.1), and ``router`` a MetaRouter whose routes the test
+passes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from thrift.transport import TSocket
 from thrift.transport.TTransport import TFramedTransport
 
 HOST = "thrift-e2e.demo.svc.cluster.local"
+THRIFT_META = "{name: thrift-e2e, namespace: demo}"
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -104,50 +107,66 @@ def write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def thrift_mesh(directory: Path, address: str, port: int, v1: int, v2: int) -> None:
-    write(
-        directory / "service.yaml",
-        f"""
+def service_with_subsets(
+    meta: str, host: str, address: tuple[str, int], port_name: str, subsets: dict[str, int]
+) -> str:
+    """A ServiceEntry on ``address`` and a DestinationRule, one subset per 127.0.0.1 endpoint.
+
+    ``meta`` is the YAML metadata mapping (``{name: x, namespace: y}``); ``subsets`` maps each
+    subset name to its endpoint's port, and the endpoint is labelled ``version: <subset>``.
+    """
+    endpoints = "".join(
+        f"  - {{address: 127.0.0.1, ports: {{{port_name}: {p}}}, labels: {{version: {v}}}}}\n"
+        for v, p in subsets.items()
+    )
+    names = "".join(f"  - {{name: {v}, labels: {{version: {v}}}}}\n" for v in subsets)
+    return f"""
 apiVersion: networking.istio.io/v1beta1
 kind: ServiceEntry
-metadata: {{name: thrift-e2e, namespace: demo}}
+metadata: {meta}
 spec:
-  hosts: [{HOST}]
-  addresses: [{address}]
-  ports: [{{number: {port}, name: tcp-metaprotocol-thrift-e2e}}]
+  hosts: [{host}]
+  addresses: [{address[0]}]
+  ports: [{{number: {address[1]}, name: {port_name}}}]
   resolution: STATIC
   endpoints:
-  - {{address: 127.0.0.1, ports: {{tcp-metaprotocol-thrift-e2e: {v1}}}, labels: {{version: v1}}}}
-  - {{address: 127.0.0.1, ports: {{tcp-metaprotocol-thrift-e2e: {v2}}}, labels: {{version: v2}}}}
----
+{endpoints}---
 apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
-metadata: {{name: thrift-e2e, namespace: demo}}
+metadata: {meta}
 spec:
-  host: {HOST}
+  host: {host}
   subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
-""",
+{names}"""
+
+
+def thrift_mesh(directory: Path, address: str, port: int, v1: int, v2: int) -> None:
+    text = service_with_subsets(
+        THRIFT_META,
+        HOST,
+        (address, port),
+        "tcp-metaprotocol-thrift-e2e",
+        {"v1": v1, "v2": v2},
     )
+    write(directory / "service.yaml", text)
 
 
-def router(routes: str) -> str:
-    """A MetaRouter for the e2e service; ``routes`` is its YAML list of routes."""
+def router(routes: str, host: str = HOST, meta: str = THRIFT_META) -> str:
+    """A MetaRouter for ``host`` (the Thrift e2e service unless told); ``routes``: its YAML list."""
     return f"""
 apiVersion: metaprotocol.aeraki.io/v1alpha1
 kind: MetaRouter
-metadata: {{name: thrift-e2e, namespace: demo}}
+metadata: {meta}
 spec:
-  hosts: [{HOST}]
+  hosts: [{host}]
   routes:
 {routes}
 """
 
 
-def to(subset: str, weight: int | None = None) -> str:
+def to(subset: str, weight: int | None = None, host: str = HOST) -> str:
     w = f", weight: {weight}" if weight is not None else ""
-    return f"{{destination: {{host: {HOST}, subset: {subset}}}{w}}}"
+    return f"{{destination: {{host: {host}, subset: {subset}}}{w}}}"
 
 
 class ThriftClient:

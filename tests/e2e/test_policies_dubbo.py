@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 
 from tests.codecs.dubbo import peers
-from tests.e2e.mesh import Metamesh, free_address, write
+from tests.e2e.mesh import Metamesh, free_address, router, service_with_subsets, to, write
 
 pytestmark = [pytest.mark.interop, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 IFACE = "org.apache.dubbo.demo.DemoService"
 HOST = IFACE.lower()
+META = "{name: demo, namespace: dubbo}"
 
 
 class HungServer:
@@ -54,42 +55,16 @@ class HungServer:
 
 
 def manifests(address: tuple[str, int], provider: int, hung: int) -> str:
-    name = "tcp-metaprotocol-dubbo-demo"
-    return f"""
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {{name: demo, namespace: dubbo}}
-spec:
-  hosts: [{HOST}]
-  addresses: [{address[0]}]
-  ports: [{{number: {address[1]}, name: {name}}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{{name}: {provider}}}, labels: {{version: live}}}}
-  - {{address: 127.0.0.1, ports: {{{name}: {hung}}}, labels: {{version: hung}}}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {{name: demo, namespace: dubbo}}
-spec:
-  host: {HOST}
-  subsets:
-  - {{name: live, labels: {{version: live}}}}
-  - {{name: hung, labels: {{version: hung}}}}
----
-apiVersion: metaprotocol.aeraki.io/v1alpha1
-kind: MetaRouter
-metadata: {{name: demo, namespace: dubbo}}
-spec:
-  hosts: [{HOST}]
-  routes:
-  - name: hello
+    subsets = {"live": provider, "hung": hung}
+    port_name = "tcp-metaprotocol-dubbo-demo"
+    routes = f"""  - name: hello
     match: {{attributes: {{method: {{exact: sayHello}}}}}}
-    route: [{{destination: {{host: {HOST}, subset: live}}}}]
+    route: [{to("live", host=HOST)}]
   - name: rest
-    route: [{{destination: {{host: {HOST}, subset: hung}}}}]
-    timeout: 300ms
-"""
+    route: [{to("hung", host=HOST)}]
+    timeout: 300ms"""
+    service = service_with_subsets(META, HOST, address, port_name, subsets)
+    return service + "---" + router(routes, host=HOST, meta=META)
 
 
 @pytest.fixture

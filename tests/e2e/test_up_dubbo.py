@@ -11,7 +11,6 @@ connection with no failed call.
 
 from __future__ import annotations
 
-import math
 import socket
 import sys
 import time
@@ -24,57 +23,31 @@ from typing import Any
 import pytest
 
 from metamesh.demo.mesh import parse_prometheus
+from metamesh.demo.steps import within_5_sigma
 from tests.codecs.dubbo.peers import Peer
-from tests.e2e.mesh import Metamesh, free_address, write
+from tests.e2e import mesh
+from tests.e2e.mesh import Metamesh, free_address, service_with_subsets, write
 
 pytestmark = [pytest.mark.interop, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 IFACE = "org.apache.dubbo.demo.DemoService"
 HOST = IFACE.lower()
+META = "{name: demo, namespace: dubbo}"
 PROVIDER = Path(__file__).with_name("dubbopy_versioned.py")
 ROUTE_CHANGE_BUDGET = 2.0  # seconds from the file write to the new route in force
 
 
 def services(address: tuple[str, int], v1: int, v2: int) -> str:
-    name = "tcp-metaprotocol-dubbo-e2e"
-    return f"""
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {{name: demo, namespace: dubbo}}
-spec:
-  hosts: [{HOST}]
-  addresses: [{address[0]}]
-  ports: [{{number: {address[1]}, name: {name}}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{{name}: {v1}}}, labels: {{version: v1}}}}
-  - {{address: 127.0.0.1, ports: {{{name}: {v2}}}, labels: {{version: v2}}}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {{name: demo, namespace: dubbo}}
-spec:
-  host: {HOST}
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
-"""
+    return service_with_subsets(
+        META, HOST, address, "tcp-metaprotocol-dubbo-e2e", {"v1": v1, "v2": v2}
+    )
 
 
 def to(subset: str, weight: int | None = None) -> str:
-    w = f", weight: {weight}" if weight is not None else ""
-    return f"{{destination: {{host: {HOST}, subset: {subset}}}{w}}}"
+    return mesh.to(subset, weight, host=HOST)
 
 
 def router(routes: str) -> str:
-    return f"""
-apiVersion: metaprotocol.aeraki.io/v1alpha1
-kind: MetaRouter
-metadata: {{name: demo, namespace: dubbo}}
-spec:
-  hosts: [{HOST}]
-  routes:
-{routes}
-"""
+    return mesh.router(routes, host=HOST, meta=META)
 
 
 FIRST_ROUTES = f"""  - name: hello-to-v2
@@ -136,10 +109,6 @@ def providers() -> Iterator[tuple[int, int]]:
     finally:
         for peer in started:
             peer.stop()
-
-
-def within_5_sigma(count: int, n: int, p: float) -> bool:
-    return abs(count - n * p) <= 5 * math.sqrt(n * p * (1 - p))
 
 
 def proxy_requests(admin: str) -> dict[str, int]:

@@ -10,7 +10,6 @@ the last good route) and check ``metamesh proxy-config`` shows the served addres
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from metamesh.demo.steps import within_5_sigma
 from tests.codecs.thrift.apache_peer import ApacheServer
 from tests.e2e.mesh import (
     Metamesh,
@@ -46,10 +46,6 @@ def servers(calc_gen: types.ModuleType) -> Iterator[tuple[NamedCalc, NamedCalc, 
         s1 = stack.enter_context(ApacheServer(calc_gen.Calc.Processor(v1), "framed", "binary"))
         s2 = stack.enter_context(ApacheServer(calc_gen.Calc.Processor(v2), "framed", "binary"))
         yield v1, v2, s1.port, s2.port
-
-
-def within_5_sigma(count: int, n: int, p: float) -> bool:
-    return abs(count - n * p) <= 5 * math.sqrt(n * p * (1 - p))
 
 
 def first_version_after(client: ThriftClient, version: str) -> float:
