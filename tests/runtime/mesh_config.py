@@ -42,11 +42,14 @@ def cluster(name: str, *ports: int, lb_policy: str = "ROUND_ROBIN", **extra: Any
     }
 
 
-def route(name: str, target: str | dict[str, int], **match: str) -> dict[str, Any]:
+def route(
+    name: str, target: str | dict[str, int], mutation: dict[str, str] | None = None, **match: str
+) -> dict[str, Any]:
     """A route matching metadata ``key == value`` for each ``match`` item.
 
     ``target`` is a cluster name, or ``{cluster: weight}`` for a weighted split. A value
-    starting with ``~`` is a regular expression.
+    starting with ``~`` is a regular expression. ``mutation`` becomes the route's
+    ``request_mutation`` (key -> value).
     """
     matchers = [
         {"name": k, "safe_regex_match": {"regex": v[1:]}}
@@ -60,7 +63,10 @@ def route(name: str, target: str | dict[str, int], **match: str) -> dict[str, An
     else:
         clusters = [{"name": c, "weight": w} for c, w in target.items()]
         action = {"weighted_clusters": {"clusters": clusters}}
-    return {"name": name, "match": {"metadata": matchers}, "route": action}
+    r: dict[str, Any] = {"name": name, "match": {"metadata": matchers}, "route": action}
+    if mutation:
+        r["request_mutation"] = [{"key": k, "value": v} for k, v in mutation.items()]
+    return r
 
 
 def snapshot(

@@ -51,9 +51,7 @@ def start_two_services() -> peers.Peer:
 
 
 def tagged(name: str, cluster: str, tag: str, **match: str) -> dict[str, Any]:
-    r = mc.route(name, cluster, **match)
-    r["request_mutation"] = [{"key": "x-routed-by", "value": tag}]
-    return r
+    return mc.route(name, cluster, {"x-routed-by": tag}, **match)
 
 
 @dataclass

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from metamesh.proxy.config_yaml import parse_snapshot
+from metamesh.proxy.config import Snapshot
 from tests.codecs.dubbo import peers
 from tests.codecs.dubbo.frames import IFACE
+from tests.runtime import mesh_config as mc
 from tests.runtime.proxy_thread import ProxyThread
 
 pytestmark = [pytest.mark.interop, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -31,42 +32,16 @@ def providers() -> Iterator[tuple[peers.Peer, peers.Peer]]:
     b.stop()
 
 
-def proxy_config(v1: int, v2: int) -> str:
-    def cluster(version: str, port: int) -> str:
-        return f"""
-  - name: outbound|20880|{version}|demo.test
-    load_assignment:
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}"""
-
-    return f"""
-static_resources:
-  listeners:
-  - name: dubbo
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    meta_protocol_proxy:
-      codec: {{name: dubbo}}
-      route_config_name: demo
-  clusters:{cluster("v1", v1)}{cluster("v2", v2)}
-  route_configs:
-  - name: demo
-    routes:
-    - name: canary
-      match:
-        metadata:
-        - {{name: interface, exact_match: {IFACE}}}
-        - {{name: group, exact_match: canary}}
-      route: {{cluster: outbound|20880|v2|demo.test}}
-      request_mutation: [{{key: x-routed-to, value: v2}}]
-    - name: stable
-      match:
-        metadata:
-        - {{name: interface, exact_match: {IFACE}}}
-        - {{name: method, safe_regex_match: {{regex: "sayHello|add|getAttachment"}}}}
-      route: {{cluster: outbound|20880|v1|demo.test}}
-      request_mutation: [{{key: x-routed-to, value: v1}}]
-"""
+def proxy_config(v1: int, v2: int) -> Snapshot:
+    c1, c2 = "outbound|20880|v1|demo.test", "outbound|20880|v2|demo.test"
+    canary = mc.route("canary", c2, {"x-routed-to": "v2"}, interface=IFACE, group="canary")
+    stable_methods = "~sayHello|add|getAttachment"
+    stable = mc.route("stable", c1, {"x-routed-to": "v1"}, interface=IFACE, method=stable_methods)
+    return mc.snapshot(
+        [mc.listener("dubbo", "dubbo", "demo")],
+        [mc.cluster(c1, v1), mc.cluster(c2, v2)],
+        {"demo": [canary, stable]},
+    )
 
 
 def client(port: int) -> Any:
@@ -89,7 +64,7 @@ def test_routes_mutates_and_multiplexes_real_dubbo_clients(
     providers: tuple[peers.Peer, peers.Peer],
 ) -> None:
     v1, v2 = providers
-    with ProxyThread(parse_snapshot(proxy_config(v1.port, v2.port))) as proxy:
+    with ProxyThread(proxy_config(v1.port, v2.port)) as proxy:
         port = proxy.port("dubbo")
         errors: list[BaseException] = []
 

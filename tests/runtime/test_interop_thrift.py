@@ -14,18 +14,12 @@ from typing import Any
 import pytest
 from thrift.Thrift import TApplicationException
 
-from metamesh.proxy.config_yaml import parse_snapshot
+from metamesh.proxy.config import Snapshot
 from tests.codecs.thrift.apache_peer import ApacheServer, CalcHandler, connect
+from tests.runtime import mesh_config as mc
 from tests.runtime.proxy_thread import ProxyThread
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture(scope="module")
-def calc_gen(tmp_path_factory: pytest.TempPathFactory) -> types.ModuleType:
-    from tests.codecs.thrift import apache_peer
-
-    return apache_peer.generate(tmp_path_factory.mktemp("thrift-gen-proxy"))
 
 
 class CountingCalc(CalcHandler):
@@ -45,34 +39,18 @@ class CountingCalc(CalcHandler):
         return s
 
 
-def proxy_config(v1: int, v2: int) -> str:
-    def cluster(version: str, port: int) -> str:
-        return f"""
-  - name: outbound|9090|{version}|calc.test
-    load_assignment:
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}"""
-
-    return f"""
-static_resources:
-  listeners:
-  - name: calc
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    meta_protocol_proxy:
-      codec: {{name: aeraki.meta_protocol.codec.thrift}}
-      route_config_name: calc
-  clusters:{cluster("v1", v1)}{cluster("v2", v2)}
-  route_configs:
-  - name: calc
-    routes:
-    - name: add-v1
-      match: {{metadata: [{{name: method, exact_match: add}}]}}
-      route: {{cluster: outbound|9090|v1|calc.test}}
-    - name: rest-v2
-      match: {{metadata: [{{name: method, safe_regex_match: {{regex: "echo|ping|fire"}}}}]}}
-      route: {{cluster: outbound|9090|v2|calc.test}}
-"""
+def proxy_config(v1: int, v2: int) -> Snapshot:
+    c1, c2 = "outbound|9090|v1|calc.test", "outbound|9090|v2|calc.test"
+    return mc.snapshot(
+        [mc.listener("calc", "aeraki.meta_protocol.codec.thrift", "calc")],
+        [mc.cluster(c1, v1), mc.cluster(c2, v2)],
+        {
+            "calc": [
+                mc.route("add-v1", c1, method="add"),
+                mc.route("rest-v2", c2, method="~echo|ping|fire"),
+            ]
+        },
+    )
 
 
 @pytest.mark.parametrize(
@@ -85,7 +63,7 @@ def test_routes_by_method_and_multiplexes_real_clients(
     with (
         ApacheServer(calc_gen.Calc.Processor(v1h), transport, protocol) as v1,
         ApacheServer(calc_gen.Calc.Processor(v2h), transport, protocol) as v2,
-        ProxyThread(parse_snapshot(proxy_config(v1.port, v2.port))) as proxy,
+        ProxyThread(proxy_config(v1.port, v2.port)) as proxy,
     ):
         port = proxy.port("calc")
         errors: list[BaseException] = []

@@ -234,8 +234,7 @@ def test_theader_request_and_response_mutation(
     calc_gen: types.ModuleType, stack: ExitStack, protocol: str
 ) -> None:
     [(_handler, server)] = servers(stack, calc_gen, "s")
-    r = mc.route("mutating", "outbound|9090||calc.test", method="echo")
-    r["request_mutation"] = [{"key": "x-mesh", "value": "metamesh"}]
+    r = mc.route("mutating", "outbound|9090||calc.test", {"x-mesh": "metamesh"}, method="echo")
     r["response_mutation"] = [{"key": "x-served-by", "value": "metamesh-proxy"}]
     snap = mc.snapshot(
         [mc.listener("calc", "thrift", "calc")],
