@@ -11,7 +11,6 @@ import socket
 import threading
 import types
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import thriftpy2
@@ -27,7 +26,7 @@ from thriftpy2.transport import (
 
 from metamesh.codecs import ErrorKind, LocalError, Message, MessageType, ResponseStatus
 from metamesh.codecs.thrift import ThriftCodec
-from tests.codecs.thrift.apache_peer import IDL
+from tests.codecs.thrift.apache_peer import IDL, CalcHandler
 from tests.support.relay import Relay
 
 pytestmark = pytest.mark.interop
@@ -45,28 +44,11 @@ def calc_idl() -> types.ModuleType:
     return thriftpy2.load(str(IDL), module_name="metamesh_calc_tp2_thrift")
 
 
-class _Handler:
-    def __init__(self, idl: types.ModuleType) -> None:
-        self._idl = idl
-        self.fired: list[str] = []
-
-    def ping(self) -> None:
-        return None
-
-    def add(self, a: int, b: int) -> int:
-        return a + b
-
-    def echo(self, s: str) -> str:
-        return s
-
-    def addPair(self, p: Any) -> int:
-        return int(p.a + p.b)
+class _Handler(CalcHandler):
+    """The Apache peer's Calc handler; thriftpy2 keeps the declared exception on the IDL module."""
 
     def fail(self, code: int) -> int:
-        raise self._idl.CalcError(code=code, message="boom")
-
-    def fire(self, s: str) -> None:
-        self.fired.append(s)
+        raise self._gen.CalcError(code=code, message="boom")
 
 
 @contextlib.contextmanager
