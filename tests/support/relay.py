@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from metamesh.codecs import Codec, LocalError, Message, MessageType, Mutation
+from tests.support.thread_group import ThreadGroup
 
 #: Decides what to do with a request: ``None`` forwards unchanged, a mapping forwards with that
 #: mutation, a :class:`LocalError` answers locally with the codec's error reply.
@@ -43,13 +44,13 @@ class Relay:
     def __post_init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        self._threads: list[threading.Thread] = []
+        self._threads = ThreadGroup()
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
 
     def __enter__(self) -> Relay:
-        self._spawn(self._accept_loop)
+        self._threads.spawn(self._accept_loop)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -64,13 +65,7 @@ class Relay:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
-        for t in self._threads:
-            t.join(timeout=5)
-
-    def _spawn(self, target: Callable[..., None], *args: object) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(t)
-        t.start()
+        self._threads.join()
 
     def _accept_loop(self) -> None:
         while not self._closed:
@@ -80,8 +75,8 @@ class Relay:
                 return
             up = socket.create_connection(self.upstream)
             self._socks += [down, up]
-            self._spawn(self._pump_requests, down, up)
-            self._spawn(self._pump_responses, up, down)
+            self._threads.spawn(self._pump_requests, down, up)
+            self._threads.spawn(self._pump_responses, up, down)
 
     def _pump_requests(self, down: socket.socket, up: socket.socket) -> None:
         codec = self.codec_factory()

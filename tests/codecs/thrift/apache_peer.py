@@ -15,9 +15,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,8 @@ from thrift.transport.TTransport import (
     TTransportException,
     TTransportFactoryBase,
 )
+
+from tests.support.thread_group import ThreadGroup
 
 IDL = Path(__file__).resolve().parents[2] / "peers" / "thrift" / "calc.thrift"
 
@@ -135,11 +136,11 @@ class ApacheServer:
         self._listener.listen()
         self.port = self._listener.handle.getsockname()[1]
         self._clients: list[TTransportBase] = []
-        self._threads: list[threading.Thread] = []
+        self._threads = ThreadGroup()
         self._closed = False
 
     def __enter__(self) -> ApacheServer:
-        self._spawn(self._accept_loop)
+        self._threads.spawn(self._accept_loop)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -151,13 +152,7 @@ class ApacheServer:
         self._listener.close()
         for client in self._clients:
             client.close()
-        for t in self._threads:
-            t.join(timeout=5)
-
-    def _spawn(self, target: Callable[..., None], *args: object) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(t)
-        t.start()
+        self._threads.join()
 
     def _accept_loop(self) -> None:
         while not self._closed:
@@ -168,7 +163,7 @@ class ApacheServer:
             if client is None:
                 return
             self._clients.append(client)
-            self._spawn(self._serve, client)
+            self._threads.spawn(self._serve, client)
 
     def _serve(self, client: TTransportBase) -> None:
         tf, pf = _server_factories(self.transport, self.protocol)
