@@ -14,7 +14,9 @@ The benchmark must measure the proxy, not its own codecs, so nothing here decode
 
 A request is built as ``head + id + tail`` from precomputed byte strings, which costs one bytes
 concatenation per request. Reply scanners walk a buffer and return the ids of complete frames plus
-how many bytes they used, so a caller can batch everything that arrived in one ``data_received``.
+how many bytes they used, so a caller can batch everything that arrived in one ``data_received``;
+``join_pending`` and ``keep_unused`` carry a partial frame from one read to the next without
+copying a read that holds only whole frames.
 """
 
 from __future__ import annotations
@@ -197,3 +199,19 @@ ReplyScanner = Callable[[bytes | bytearray, list[int]], tuple[int, int]]
 
 def reply_scanner(protocol: str) -> ReplyScanner:
     return scan_thrift if protocol == "thrift" else scan_dubbo
+
+
+def join_pending(pending: bytearray, data: bytes) -> bytes | bytearray:
+    """``data`` if no partial frame is pending (no copy), else ``pending`` with ``data`` added."""
+    if pending:
+        pending += data
+        return pending
+    return data
+
+
+def keep_unused(pending: bytearray, scanned: bytes | bytearray, used: int) -> None:
+    """Keep in ``pending`` what a scan of ``scanned`` (from :func:`join_pending`) left unused."""
+    if scanned is pending:
+        del pending[:used]
+    elif used < len(scanned):
+        pending += scanned[used:]

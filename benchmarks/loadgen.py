@@ -39,7 +39,13 @@ from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.frames import RequestTemplate, reply_scanner, request_template
+from benchmarks.frames import (
+    RequestTemplate,
+    join_pending,
+    keep_unused,
+    reply_scanner,
+    request_template,
+)
 from benchmarks.responder import install_event_loop
 
 HIST_MAX_US = 200_000  # latencies at or above 200 ms go to a (sorted later) overflow list
@@ -138,12 +144,7 @@ class LoadConnection(asyncio.Protocol):
         transport.write(b"".join(frames) if n > 1 else frames[0])
 
     def data_received(self, data: bytes) -> None:
-        buf: bytes | bytearray
-        if self._buf:
-            self._buf += data
-            buf = self._buf
-        else:
-            buf = data
+        buf = join_pending(self._buf, data)
         ids: list[int] = []
         try:
             used, errors = self._scan(buf, ids)
@@ -152,10 +153,7 @@ class LoadConnection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
             return
-        if buf is self._buf:
-            del self._buf[:used]
-        elif used < len(data):
-            self._buf = bytearray(data[used:])
+        keep_unused(self._buf, buf, used)
         if not ids:
             return
         now = time.perf_counter()

@@ -37,6 +37,8 @@ from benchmarks.frames import (
     THRIFT_CALL,
     THRIFT_VERSION_1,
     FrameError,
+    join_pending,
+    keep_unused,
 )
 
 _THRIFT_HEAD = struct.Struct(">iIi")
@@ -116,12 +118,7 @@ class ResponderProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        buf: bytes | bytearray
-        if self._buf:
-            self._buf += data
-            buf = self._buf
-        else:
-            buf = data
+        buf = join_pending(self._buf, data)
         out: list[bytes] = []
         try:
             used = (
@@ -132,10 +129,7 @@ class ResponderProtocol(asyncio.Protocol):
             assert self._transport is not None
             self._transport.close()
             return
-        if buf is self._buf:
-            del self._buf[:used]
-        elif used < len(data):
-            self._buf = bytearray(data[used:])
+        keep_unused(self._buf, buf, used)
         if out:
             assert self._transport is not None
             self._transport.write(b"".join(out))
