@@ -20,6 +20,7 @@ dubbo-py provider and each gets its own answers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
 import sys
 import time
@@ -120,20 +121,7 @@ def sofa(mesh: Mesh) -> Iterator[peers.Peer]:
     consumer.stop()
 
 
-def dubbopy(port: int) -> Any:
-    from dubbo.client import DubboClient
-
-    return DubboClient("127.0.0.1", port, dubbo_version="2.0.2")
-
-
-def py_call(client: Any, method: str, *args: Any, iface: str = IFACE, **attachment: str) -> Any:
-    return client.send_request_and_return_response(
-        service_name=iface,
-        method_name=method,
-        args=list(args),
-        service_version="0.0.0",
-        attachment=dict(attachment),
-    )
+py_call = functools.partial(peers.dubbopy_call, service_version="0.0.0")
 
 
 def ok(answer: Any) -> Any:
@@ -145,7 +133,7 @@ def ok(answer: Any) -> Any:
 
 
 def test_dubbopy_consumer_routes_by_attachment_interface_and_method(mesh: Mesh) -> None:
-    c = dubbopy(mesh.port)
+    c = peers.dubbopy_client(mesh.port)
     assert ok(py_call(c, "sayHello", "ann")) == "Hello ann"  # default -> Node provider
     assert ok(py_call(c, "getAttachment", "x-routed-by")) == "default"
     assert ok(py_call(c, "sayHello", "ann", lane="py")) == "Hello ann from dubbo-py"
@@ -199,7 +187,7 @@ def test_apache_dubbo_js_consumer_through_the_proxy(mesh: Mesh) -> None:
 def test_route_not_found_reaches_both_consumers_with_the_message(
     mesh: Mesh, sofa: peers.Peer
 ) -> None:
-    c = dubbopy(mesh.port)
+    c = peers.dubbopy_client(mesh.port)
     missing = py_call(c, "noSuchMethod", 1)
     assert (missing.ok, missing.status) == (False, 60)
     assert "no matched route" in missing.error
@@ -213,7 +201,7 @@ def test_route_not_found_reaches_both_consumers_with_the_message(
 def test_provider_down_gives_no_healthy_upstream_with_the_message(
     mesh: Mesh, sofa: peers.Peer
 ) -> None:
-    c = dubbopy(mesh.port)
+    c = peers.dubbopy_client(mesh.port)
     assert ok(py_call(c, "sayHello", "x", lane="doomed")) == "Hello x"
     assert sofa.call("sayHello", ("string", "y"), lane="doomed") == {
         "ok": True,
@@ -247,7 +235,7 @@ def test_heartbeats_from_both_consumers_are_answered_by_the_proxy(
     before = mesh.stats().heartbeats
     answer = sofa.command(op="heartbeat")  # waits for the heartbeat ack from the proxy
     assert answer["ok"] is True, answer
-    c = dubbopy(mesh.port)
+    c = peers.dubbopy_client(mesh.port)
     c.send_heartbeat_request(4242)
     assert ok(py_call(c, "add", 20, 22)) == 42
     assert sofa.call("add", ("int", 1), ("int", 1)) == {"ok": True, "result": 2}

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from metamesh.proxy.config import Snapshot
 from tests.codecs.dubbo import peers
 from tests.codecs.dubbo.frames import IFACE
+from tests.codecs.dubbo.peers import dubbopy_call, dubbopy_client
 from tests.runtime import mesh_config as mc
 from tests.runtime.proxy_thread import ProxyThread
 
@@ -44,22 +44,6 @@ def proxy_config(v1: int, v2: int) -> Snapshot:
     )
 
 
-def client(port: int) -> Any:
-    from dubbo.client import DubboClient
-
-    return DubboClient("127.0.0.1", port, dubbo_version="2.0.2")
-
-
-def call(c: Any, method: str, *args: Any, **attachment: str) -> Any:
-    return c.send_request_and_return_response(
-        service_name=IFACE,
-        method_name=method,
-        args=list(args),
-        service_version="1.0.0",
-        attachment=dict(attachment),
-    )
-
-
 def test_routes_mutates_and_multiplexes_real_dubbo_clients(
     providers: tuple[peers.Peer, peers.Peer],
 ) -> None:
@@ -70,17 +54,17 @@ def test_routes_mutates_and_multiplexes_real_dubbo_clients(
 
         def consumer(i: int) -> None:
             try:
-                c = client(port)
-                r = call(c, "sayHello", f"user{i}")
+                c = dubbopy_client(port)
+                r = dubbopy_call(c, "sayHello", f"user{i}")
                 assert (r.status, r.data) == (20, f"Hello user{i}")
-                assert call(c, "add", i, 40).data == i + 40
-                assert call(c, "getAttachment", "x-routed-to").data == "v1"
-                canary = call(c, "getAttachment", "x-routed-to", group="canary")
+                assert dubbopy_call(c, "add", i, 40).data == i + 40
+                assert dubbopy_call(c, "getAttachment", "x-routed-to").data == "v1"
+                canary = dubbopy_call(c, "getAttachment", "x-routed-to", group="canary")
                 assert canary.data == "v2"
                 c.send_heartbeat_request(1000 + i)
-                missing = call(c, "noSuchMethod", 1)
+                missing = dubbopy_call(c, "noSuchMethod", 1)
                 assert (missing.ok, missing.status) == (False, 60)
-                assert call(c, "add", 1, 1).data == 2  # the connection is still usable
+                assert dubbopy_call(c, "add", 1, 1).data == 2  # the connection is still usable
             except BaseException as e:
                 errors.append(e)
 

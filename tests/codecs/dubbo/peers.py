@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tests.codecs.dubbo.frames import REPO
+from tests.codecs.dubbo.frames import IFACE, REPO
 
 NODE_DIR = REPO / "tests/peers/node"
 DUBBOPY_PROVIDER = REPO / "tests/peers/dubbo/dubbopy_provider.py"
@@ -88,6 +88,31 @@ def node() -> str | None:
 
 def start_dubbopy_provider() -> Peer:
     return Peer([sys.executable, str(DUBBOPY_PROVIDER), "0"], DUBBOPY_PROVIDER.parent)
+
+
+def dubbopy_client(port: int) -> Any:
+    """A dubbo-py consumer on one connection to 127.0.0.1:``port``."""
+    from dubbo.client import DubboClient
+
+    return DubboClient("127.0.0.1", port, dubbo_version="2.0.2")
+
+
+def dubbopy_call(
+    client: Any,
+    method: str,
+    *args: Any,
+    iface: str = IFACE,
+    service_version: str = "1.0.0",
+    **attachment: str,
+) -> Any:
+    """One dubbo-py call; keyword arguments other than the two named are attachments."""
+    return client.send_request_and_return_response(
+        service_name=iface,
+        method_name=method,
+        args=list(args),
+        service_version=service_version,
+        attachment=dict(attachment),
+    )
 
 
 def start_node_provider() -> Peer:

@@ -25,6 +25,7 @@ from metamesh.codecs import ErrorKind, LocalError, Message, MessageType, Mutatio
 from metamesh.codecs.dubbo import DubboCodec
 from tests.codecs.dubbo import peers
 from tests.codecs.dubbo.frames import IFACE
+from tests.codecs.dubbo.peers import dubbopy_call, dubbopy_client
 from tests.support.relay import Relay
 
 pytestmark = pytest.mark.interop
@@ -72,22 +73,6 @@ def dubbopy_provider() -> Iterator[peers.Peer]:
     provider = peers.start_dubbopy_provider()
     yield provider
     provider.stop()
-
-
-def dubbopy_client(port: int) -> Any:
-    from dubbo.client import DubboClient
-
-    return DubboClient("127.0.0.1", port, dubbo_version="2.0.2")
-
-
-def dubbopy_call(client: Any, method: str, *args: Any, **attachment: str) -> Any:
-    return client.send_request_and_return_response(
-        service_name=IFACE,
-        method_name=method,
-        args=list(args),
-        service_version="1.0.0",
-        attachment=dict(attachment),
-    )
 
 
 def test_dubbopy_calls_and_metadata(dubbopy_provider: peers.Peer) -> None:
