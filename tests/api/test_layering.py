@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from tests.support.layering import loaded_under
 
 
 def test_api_imports_no_upper_layer() -> None:
-    code = (
-        "import sys, metamesh.api, metamesh.api.validate\n"
-        "upper = ('metamesh.proxy', 'metamesh.runtime', 'metamesh.xds', 'metamesh.control')\n"
-        "print(sorted(m for m in sys.modules if m.startswith(upper)))\n"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert run.stdout.strip() == "[]"
+    upper = ("metamesh.proxy", "metamesh.runtime", "metamesh.xds", "metamesh.control")
+    assert loaded_under("metamesh.api, metamesh.api.validate", upper) == "[]"
