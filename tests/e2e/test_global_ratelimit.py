@@ -31,7 +31,6 @@ in Redis, not in the service.
 from __future__ import annotations
 
 import re
-import shutil
 import types
 import urllib.request
 import uuid
@@ -45,7 +44,7 @@ from thrift.Thrift import TApplicationException
 
 from tests.codecs.thrift.apache_peer import ApacheServer
 from tests.e2e.mesh import Metamesh, ThriftClient, free_port, wait_until, write
-from tests.ratelimit.conftest import RedisProcess
+from tests.ratelimit.conftest import RedisProcess, running_redis
 from tests.ratelimit.support import wait_clear_of_window_end
 from tests.runtime.thrift_servers import NamedCalc
 
@@ -59,15 +58,8 @@ RLS_HOST = "ratelimit.ratelimit.svc.cluster.local"
 
 @pytest.fixture
 def redis() -> Iterator[RedisProcess]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
-    server = RedisProcess(binary)
-    server.start()
-    try:
+    with running_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def calc_manifests(namespace: str, address: str, port: int, upstream: int, rls: str) -> str:

@@ -6,6 +6,7 @@ reason only when the ``redis-server`` binary is missing (scripts/setup.sh instal
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -61,8 +62,9 @@ class RedisProcess:
         self.proc = None
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisProcess]:
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisProcess]:
+    """A started :class:`RedisProcess`, stopped on exit; skips when redis-server is missing."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
@@ -72,3 +74,9 @@ def redis_server() -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisProcess]:
+    with running_redis() as server:
+        yield server
