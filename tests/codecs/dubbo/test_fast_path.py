@@ -13,7 +13,7 @@ import pytest
 from metamesh.codecs import CodecError, MessageType, ResponseStatus
 from metamesh.codecs.dubbo import DubboCodec
 from metamesh.codecs.dubbo.body import _read_request_head, read_request_head
-from tests.codecs.dubbo.frames import IFACE, frame, hstr, request, response
+from tests.codecs.dubbo.frames import IFACE, error_response, frame, hstr, request, response
 
 _NAMES = [
     "",
@@ -164,3 +164,63 @@ def test_pipelined_and_exact_buffers_consume_the_same() -> None:
     buf += one[20:]
     m = codec.decode(buf)
     assert m is not None and m.frame == one and buf == b""
+
+
+def test_memoised_heads_give_each_request_its_own_metadata() -> None:
+    codec = DubboCodec()
+    first = codec.decode(bytearray(request(1, attachments={"group": "a"})))
+    second = codec.decode(bytearray(request(2, attachments={"group": "b"})))
+    assert first is not None and second is not None
+    assert first.metadata is not second.metadata
+    first.metadata["method"] = "changed"  # a filter editing one request's map
+    assert (first.metadata["group"], second.metadata["group"]) == ("a", "b")
+    assert second.metadata["method"] == "sayHello"
+    third = codec.decode(bytearray(request(3)))
+    assert third is not None and third.metadata["method"] == "sayHello"
+
+
+@pytest.mark.parametrize("lookup_first", [False, True])
+def test_request_mutation_with_and_without_an_attachment_lookup_first(lookup_first: bool) -> None:
+    data = request(5, attachments={"group": "g", "k": "old"})
+    codec = DubboCodec()
+    m = codec.decode(bytearray(data))
+    assert m is not None
+    if lookup_first:
+        assert m.metadata["group"] == "g"  # walks the arguments; encode reuses that walk
+    out = codec.encode(m, {"k": "new"})
+    again = DubboCodec().decode(bytearray(out))
+    assert again is not None
+    assert dict(again.metadata) == {**m.metadata, "k": "new"}
+    assert out[:4] == data[:4] and out[4:12] == data[4:12]
+
+
+@pytest.mark.parametrize("kind", range(6))
+@pytest.mark.parametrize("lookup_first", [False, True])
+def test_response_layout_made_on_demand_agrees_with_the_long_form(
+    kind: int, lookup_first: bool
+) -> None:
+    """The inline result kind leaves a bare kind as codec state; metadata and mutation turn it
+    into the same layout the general reader makes for a long-form kind."""
+    short = response(7, kind=kind, value="v", attachments={"k": "v"})
+    long_form = short[:16] + b"I" + kind.to_bytes(4, "big") + short[17:]
+    long_form = long_form[:12] + (len(long_form) - 16).to_bytes(4, "big") + long_form[16:]
+    outs = []
+    for data in (short, long_form):
+        codec = DubboCodec()
+        m = codec.decode(bytearray(data))
+        assert m is not None
+        if lookup_first:
+            assert m.metadata == ({"k": "v"} if kind >= 3 else {})
+        out = codec.encode(m, {"x": "y"})
+        again = DubboCodec().decode(bytearray(out))
+        assert again is not None and again.status is m.status
+        assert again.metadata == {"x": "y", **({"k": "v"} if kind >= 3 else {})}
+        # kinds 0-2 are rewritten as the one-byte 3-5; kinds 3-5 keep their bytes
+        outs.append(out[17:] if data is short or kind < 3 else out[21:])
+    assert outs[0] == outs[1]  # same value and attachments bytes either way
+
+
+def test_error_and_no_attachment_responses_have_empty_metadata() -> None:
+    for data in (response(8, kind=1, value="v"), error_response(9, 80, "boom")):
+        m = DubboCodec().decode(bytearray(data))
+        assert m is not None and m.metadata == {}

@@ -5,11 +5,18 @@ and oversized bodies are refused right there, before the body is buffered), wait
 frame, then reads only what routing needs:
 
 * request: the first four strings of the body (dubbo version, service path, service version,
-  method) eagerly; the attachments lazily, through :class:`RequestMetadata` (see
-  :mod:`.metadata`);
+  method) eagerly, parsed once per distinct head (the codec keeps the last head's bytes and
+  metadata; a request whose bytes repeat them copies that dict); the attachments lazily,
+  through :class:`RequestMetadata` (see :mod:`.metadata`), which also keeps the request's
+  :class:`~.body.BodyLayout` for ``encode``;
 * response: the status byte, and for status 20 the result kind (business exception or not);
-  the response attachments (kinds 3-5) through ``Message``'s ``loader``;
+  the codec state is the bare kind until a layout is needed (the usual one-byte kind puts the
+  value at offset 17); the response attachments (kinds 3-5) through ``Message``'s ``loader``;
 * heartbeat / event frames: nothing.
+
+Per request the proxy thus allocates the frame, the ``Message`` and the metadata dict, and per
+response the frame and the ``Message``: nothing else (no closures, no layout objects), which
+also keeps the collector quiet.
 
 ``encode`` with a mutation rewrites only the attachments map (see :mod:`.body`); every other
 byte, arguments and value included, is copied from the original frame by offset.
@@ -21,7 +28,6 @@ body), ``dubbo_version``, plus every string -> string attachment (``group``, ``a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 from metamesh.codecs.base import DEFAULT_MAX_FRAME_SIZE, Codec
@@ -54,7 +60,7 @@ from metamesh.codecs.dubbo.header import (
     with_body_length,
     with_request_id,
 )
-from metamesh.codecs.dubbo.metadata import request_metadata
+from metamesh.codecs.dubbo.metadata import RequestMetadata
 from metamesh.codecs.message import (
     CodecError,
     ErrorKind,
@@ -82,7 +88,9 @@ _HEARTBEAT = MessageType.HEARTBEAT
 _REQUEST = MessageType.REQUEST
 _ONEWAY = MessageType.ONEWAY
 _RESPONSE = MessageType.RESPONSE
-_OK_STATUS = ResponseStatus.OK
+_ERROR_STATUS = ResponseStatus.ERROR
+_RequestMetadata = RequestMetadata
+_unpack_header = unpack_header
 #: Result kinds 0-5: 0 and 3 carry an exception the service declared or threw.
 _OUTCOME_BY_KIND = tuple(
     ResponseStatus.BUSINESS_EXCEPTION if kind % 3 == RESULT_EXCEPTION else ResponseStatus.OK
@@ -98,19 +106,22 @@ class DubboCodec(Codec):
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         super().__init__(max_frame_size=max_frame_size)
-        #: The last request head seen on this connection: its bytes (from offset 16) and what
-        #: they parse to. See :meth:`_request_head`.
+        #: The last request head seen on this connection: its bytes (from offset 16), the
+        #: metadata dict of its four strings and where it ends. See :meth:`_parse_head`.
         self._head_bytes = b"\xff"  # never a valid head start: the first request parses
-        self._head: tuple[str, str, str, str, int] = ("", "", "", "", 0)
+        self._head_metadata: dict[str, str] = {}
+        self._head_end = 0
 
     # -- decode ---------------------------------------------------------------------------------
     def decode(self, buffer: bytearray) -> Message | None:
+        # One function on purpose: it runs twice per proxied request (request and response),
+        # so the request and response steps are inlined rather than called.
         available = len(buffer)
         if available < HEADER_SIZE:
             if available and buffer[:2] != MAGIC_BYTES[:available]:
                 raise CodecError(f"dubbo: bad magic {bytes(buffer[:2]).hex()} (expected dabb)")
             return None
-        magic, flags, status, request_id, body_length = unpack_header(buffer, 0)
+        magic, flags, status, request_id, body_length = _unpack_header(buffer, 0)
         size = HEADER_SIZE + body_length
         if (
             magic != MAGIC
@@ -127,37 +138,77 @@ class DubboCodec(Codec):
         if flags & FLAG_EVENT:
             message = Message(_HEARTBEAT, request_id, frame, HEADER_SIZE, body_length)
         elif flags & FLAG_REQUEST:
-            message = _decode_request(flags, request_id, frame, body_length, self._request_head)
+            # The head memo: a connection carries calls from one consumer, mostly to the same
+            # method of the same service, so the head bytes repeat. The head is self-delimiting
+            # (four length-prefixed strings), so a frame whose bytes from offset 16 start with
+            # the previous head's bytes parses to the same four strings and the same end: one
+            # ``bytes.startswith`` replaces the parse.
+            if frame.startswith(self._head_bytes, HEADER_SIZE):
+                metadata = _RequestMetadata(self._head_metadata)
+                metadata._head_end = self._head_end
+            else:
+                metadata = _RequestMetadata(self._parse_head(frame))
+                metadata._head_end = self._head_end
+            metadata._frame = frame
+            metadata._layout = None
+            message = Message(
+                _REQUEST if flags & FLAG_TWO_WAY else _ONEWAY,
+                request_id,
+                frame,
+                HEADER_SIZE,
+                body_length,
+                metadata,
+            )
+        elif status == _OK:
+            # The result kind: one byte (0x90-0x95, the compact int every client writes) read
+            # inline; the codec state is then the kind alone (the value starts at offset 17).
+            kind = frame[HEADER_SIZE] - 0x90 if body_length else -1
+            if 0 <= kind <= 5:
+                state: int | BodyLayout = kind
+            else:
+                state = _read_result_kind(frame)
+                kind = state.kind
+            message = Message(
+                _RESPONSE,
+                request_id,
+                frame,
+                HEADER_SIZE,
+                body_length,
+                None,  # no attachments before kind 3: empty metadata on access
+                _OUTCOME_BY_KIND[kind],
+                state,
+                _response_metadata if kind >= RESULT_WITH_ATTACHMENTS else None,
+            )
         else:
-            message = _decode_response(status, request_id, frame, body_length)
+            message = Message(
+                _RESPONSE, request_id, frame, HEADER_SIZE, body_length, None, _ERROR_STATUS
+            )
         if available == size:
             buffer.clear()
         else:
             del buffer[:size]
         return message
 
-    def _request_head(self, frame: bytes) -> tuple[str, str, str, str, int]:
-        """:func:`.body.read_request_head`, memoised for the last head seen.
-
-        A connection carries calls from one consumer, mostly to the same method of the same
-        service, so the head bytes repeat. The head is self-delimiting (four length-prefixed
-        strings), so a frame whose bytes from offset 16 start with the previous head's bytes
-        parses to the same four strings and the same end: one ``bytes.startswith`` replaces
-        the parse.
-        """
-        if frame.startswith(self._head_bytes, HEADER_SIZE):
-            return self._head
-        head = read_request_head(frame)
-        self._head_bytes = frame[HEADER_SIZE : head[4]]
-        self._head = head
+    def _parse_head(self, frame: bytes) -> dict[str, str]:
+        """Parse a request head that is not the memoised one and remember it instead."""
+        dubbo_version, interface, version, method, head_end = read_request_head(frame)
+        head = {
+            "interface": interface,
+            "method": method,
+            "version": version,
+            "dubbo_version": dubbo_version,
+        }
+        self._head_bytes = frame[HEADER_SIZE:head_end]
+        self._head_metadata = head
+        self._head_end = head_end
         return head
 
     # -- encode ---------------------------------------------------------------------------------
     def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
         if not mutation:
             return message.frame
-        layout = message.codec_state
-        if not isinstance(layout, BodyLayout):
+        layout = _layout(message)
+        if layout is None:
             self.dropped_mutations += 1  # heartbeats and error responses carry no attachments
             return message.frame
         frame = message.frame
@@ -207,54 +258,30 @@ class DubboCodec(Codec):
         return with_request_id(message.frame, request_id)
 
 
-def _decode_request(
-    flags: int,
-    request_id: int,
-    frame: bytes,
-    body_length: int,
-    read_head: Callable[[bytes], tuple[str, str, str, str, int]],
-) -> Message:
-    dubbo_version, interface, version, method, head_end = read_head(frame)
-    layout = BodyLayout(head_end)
+def _layout(message: Message) -> BodyLayout | None:
+    """The body layout of a request or OK response decoded by this codec, else ``None``.
 
-    def load_attachments() -> dict[str, str]:
-        return request_attachments(frame, layout).strings()
+    A request's lives in its :class:`RequestMetadata` (shared with the attachment lookup); an
+    OK response's codec state is its result kind alone until a layout is needed, then the
+    layout (kept, so the value is skipped only once).
+    """
+    mtype = message.type
+    if mtype is _REQUEST or mtype is _ONEWAY:
+        metadata = message.metadata
+        return metadata.layout() if isinstance(metadata, RequestMetadata) else None
+    state = message.codec_state
+    if isinstance(state, int) and mtype is _RESPONSE:
+        state = message.codec_state = BodyLayout(-1, state, HEADER_SIZE + 1)
+    return state if isinstance(state, BodyLayout) else None
 
-    metadata = request_metadata(interface, method, version, dubbo_version, load_attachments)
-    return Message(
-        _REQUEST if flags & FLAG_TWO_WAY else _ONEWAY,
-        request_id,
-        frame,
-        HEADER_SIZE,
-        body_length,
-        metadata,
-        _OK_STATUS,
-        layout,
-    )
+
+def _read_result_kind(frame: bytes) -> BodyLayout:
+    """The layout of an OK response whose result kind is not the one-byte int."""
+    kind, kind_end = read_result_kind(frame)
+    return BodyLayout(-1, kind, kind_end)
 
 
 def _response_metadata(message: Message) -> dict[str, str]:
-    return response_attachments(message.frame, message.codec_state).strings()
-
-
-def _decode_response(status: int, request_id: int, frame: bytes, body_length: int) -> Message:
-    if status != _OK:
-        return Message(
-            _RESPONSE, request_id, frame, HEADER_SIZE, body_length, {}, ResponseStatus.ERROR
-        )
-    kind, kind_end = read_result_kind(frame)
-    layout = BodyLayout(-1, kind, kind_end)
-    outcome = _OUTCOME_BY_KIND[kind]
-    if kind < RESULT_WITH_ATTACHMENTS:
-        return Message(_RESPONSE, request_id, frame, HEADER_SIZE, body_length, {}, outcome, layout)
-    return Message(
-        _RESPONSE,
-        request_id,
-        frame,
-        HEADER_SIZE,
-        body_length,
-        None,
-        outcome,
-        layout,
-        _response_metadata,
-    )
+    layout = _layout(message)
+    assert layout is not None  # only OK responses of kinds 3-5 have this loader
+    return response_attachments(message.frame, layout).strings()

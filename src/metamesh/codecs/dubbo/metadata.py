@@ -15,8 +15,10 @@ section surfaces as :class:`~metamesh.codecs.message.CodecError` from that first
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from metamesh.codecs.dubbo.body import BodyLayout, request_attachments
 
 if TYPE_CHECKING:
     from _collections_abc import dict_items, dict_keys, dict_values
@@ -24,55 +26,64 @@ if TYPE_CHECKING:
 _MISSING: Any = object()
 
 
-def request_metadata(
-    interface: str,
-    method: str,
-    version: str,
-    dubbo_version: str,
-    loader: Callable[[], dict[str, str]],
-) -> RequestMetadata:
-    """The metadata of one request: the four head fields now, ``loader()`` on demand."""
-    metadata = RequestMetadata(
-        interface=interface, method=method, version=version, dubbo_version=dubbo_version
-    )
-    metadata._loader = loader
+def request_metadata(head: dict[str, str], frame: bytes, head_end: int) -> RequestMetadata:
+    """The metadata of the request ``frame``: ``head`` (its four head fields) now, the
+    attachments on demand. The decoder builds the same thing inline (see ``DubboCodec``)."""
+    metadata = RequestMetadata(head)
+    metadata._frame = frame
+    metadata._head_end = head_end
+    metadata._layout = None
     return metadata
 
 
 class RequestMetadata(dict[str, str]):
     """A ``dict`` of the request's cheap fields that loads the attachments on demand.
 
-    Built by :func:`request_metadata`. The class has no ``__init__`` of its own: ``dict``'s C
-    constructor fills the cheap fields, which costs half of a Python-level ``__init__`` on a
-    path that runs for every request.
+    Built by :func:`request_metadata` (or inline by the decoder): ``dict``'s C constructor
+    copies the four head fields from the dict the codec keeps for the connection's last head,
+    then three slot stores say where the attachments are: ``_frame`` (``None`` once they are
+    loaded), ``_head_end`` (where the head strings end) and ``_layout``, the frame's
+    :class:`~metamesh.codecs.dubbo.body.BodyLayout`, made on first need (:meth:`layout`) and
+    shared with ``encode`` so a mutation after a lookup walks the arguments only once. The
+    class has no ``__init__`` of its own: this path runs for every request.
     """
 
-    __slots__ = ("_loader",)
-    _loader: Callable[[], dict[str, str]] | None
+    __slots__ = ("_frame", "_head_end", "_layout")
+    _frame: bytes | None
+    _head_end: int
+    _layout: BodyLayout | None
+
+    def layout(self) -> BodyLayout:
+        """The request body's layout (offsets found so far), created on first use."""
+        layout = self._layout
+        if layout is None:
+            layout = self._layout = BodyLayout(self._head_end)
+        return layout
 
     def _load(self) -> None:
-        loader = self._loader
-        if loader is not None:
-            attachments = loader()  # may raise CodecError; then nothing changes
-            self._loader = None
+        frame = self._frame
+        if frame is not None:
+            # may raise CodecError; then nothing changes
+            attachments = request_attachments(frame, self.layout()).strings()
+            self._frame = None
             for key, value in attachments.items():
                 dict.setdefault(self, key, value)
 
     @property
     def loaded(self) -> bool:
         """Whether the attachments have been walked."""
-        return self._loader is None
+        return self._frame is None
 
     # -- lookups: cheap fields answer without loading --------------------------------------
     def __missing__(self, key: str) -> str:
-        if self._loader is None:
+        if self._frame is None:
             raise KeyError(key)
         self._load()
         return dict.__getitem__(self, key)
 
     def get(self, key: str, default: Any = None) -> Any:
         value = dict.get(self, key, _MISSING)
-        if value is _MISSING and self._loader is not None:
+        if value is _MISSING and self._frame is not None:
             self._load()
             value = dict.get(self, key, _MISSING)
         return default if value is _MISSING else value
@@ -80,7 +91,7 @@ class RequestMetadata(dict[str, str]):
     def __contains__(self, key: object) -> bool:
         if dict.__contains__(self, key):
             return True
-        if self._loader is None:
+        if self._frame is None:
             return False
         self._load()
         return dict.__contains__(self, key)
@@ -164,5 +175,5 @@ class RequestMetadata(dict[str, str]):
         dict.update(self, *args, **kwargs)
 
     def clear(self) -> None:
-        self._loader = None
+        self._frame = None
         dict.clear(self)

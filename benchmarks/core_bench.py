@@ -1,0 +1,142 @@
+"""Sans-IO core benchmark: µs of proxy CPU per request, without sockets or an event loop.
+
+Drives one :class:`~metamesh.proxy.connection.ConnectionManager` with the same frames, config
+and load shape as ``compare.py``'s ``c<C>k<K>`` runs (default ``c4k32``: 4 clients, each sending
+32 pipelined requests per turn), playing the runtime and the upstream itself: per turn every
+client's batch arrives as one read, the one shared upstream connection's output is answered
+(one response per request, same id, as ``responder.py`` does) and delivered back as one read,
+and every dirty peer's output is taken, as the runtime's end-of-turn flush does. The config is
+``targets.metamesh_config`` (one route matching like the Envoy L7 config: Thrift ``method``,
+Dubbo ``interface`` + ``method``), so the route match, LB pick, pool, stats and both codecs run
+exactly as in ``metamesh proxy``.
+
+The figure is the minimum over ``--repeat`` runs of ``--turns`` turns, in µs per request
+(the responder's work included, about 0.2 µs/req; building requests and the runtime's
+socket calls excluded), with the
+collector tuned as ``metamesh proxy`` tunes it. It moves much less than the live numbers, so use
+it to confirm a change, and ``compare.py`` to report one.
+
+Run: ``.venv/bin/python -m benchmarks.core_bench --protocol dubbo`` (``--profile`` prints a
+cProfile of one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import time
+from typing import Any
+
+import yaml
+
+from benchmarks.frames import request_template
+from benchmarks.responder import _ThriftReplies, answer_dubbo, answer_thrift
+from benchmarks.targets import metamesh_config
+from metamesh.proxy.codec_ref import resolve_codec
+from metamesh.proxy.config_yaml import parse_snapshot
+from metamesh.proxy.connection import CONNECT, ConnectionManager
+
+
+def build(protocol: str, clients: int) -> tuple[ConnectionManager, list[Any], Any]:
+    """A core with ``clients`` connected clients and its (connected) upstream."""
+    snap = parse_snapshot(yaml.safe_dump(metamesh_config(protocol, 1, 2)))
+    core = ConnectionManager(snap, resolve_codec, random.Random(1))
+    listener = next(iter(snap.listeners))
+    downs = [core.downstream_connected(listener, f"c{i}") for i in range(clients)]
+    return core, downs, None
+
+
+def run(protocol: str, clients: int, depth: int, turns: int) -> float:
+    """Seconds per request over ``turns`` turns (after one warm-up turn)."""
+    core, downs, _ = build(protocol, clients)
+    template = request_template(protocol)
+    answer = answer_dubbo if protocol == "dubbo" else _thrift_answerer()
+    # Distinct ids across clients, as loadgen.py sends them; every turn is fully answered, so
+    # the same batches serve every turn (built once: the client's work is not measured).
+    batches = [
+        b"".join(template.build(1 + c * depth + i) for i in range(depth)) for c in range(clients)
+    ]
+    work = list(zip(downs, batches, strict=True))
+    upstream = None
+
+    def turn() -> int:
+        nonlocal upstream
+        for d, batch in work:
+            core.downstream_data(d, batch, 0.0)
+        for action in core.take_actions():
+            if action[0] == CONNECT:
+                upstream = action[1]
+                core.upstream_connected(upstream, 0.0)
+        replies = 0
+        for peer in core.dirty:
+            peer.dirty = False
+            if peer is upstream:
+                out: list[bytes] = []
+                answer(peer.out, out)
+                data = b"".join(out)
+                replies = len(out)
+            peer.out.clear()
+        core.dirty.clear()
+        if replies:
+            core.upstream_data(upstream, data, 0.0)
+        for peer in core.dirty:
+            peer.dirty = False
+            peer.out.clear()
+        core.dirty.clear()
+        return replies
+
+    turn()
+    turn()
+    start = time.perf_counter()
+    done = 0
+    for _ in range(turns):
+        done += turn()
+    elapsed = time.perf_counter() - start
+    assert done == turns * clients * depth, (done, turns * clients * depth)
+    return elapsed / done
+
+
+def _thrift_answerer() -> Any:
+    replies = _ThriftReplies()
+
+    def answer(buf: bytearray, out: list[bytes]) -> int:
+        return answer_thrift(buf, out, replies)
+
+    return answer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--protocol", choices=("dubbo", "thrift"), default="dubbo")
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--depth", type=int, default=32)
+    p.add_argument("--turns", type=int, default=400)
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10000, 20, 20)  # as metamesh.runtime.server tunes it
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        run(args.protocol, args.clients, args.depth, args.turns)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return 0
+    results = [
+        run(args.protocol, args.clients, args.depth, args.turns) * 1e6 for _ in range(args.repeat)
+    ]
+    print(
+        f"{args.protocol} c{args.clients}k{args.depth}: min {min(results):.3f} µs/req "
+        f"(median {sorted(results)[len(results) // 2]:.3f}, {args.repeat} x {args.turns} turns)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
