@@ -1,4 +1,4 @@
-"""The ADS server: per-node snapshots pushed over ``StreamAggregatedResources`` (grpc.aio).
+"""The ADS server: per-node snapshots pushed over ADS, state of the world and delta (grpc.aio).
 
 How it works:
 
@@ -14,13 +14,15 @@ How it works:
   node's identity (the ``translate`` function; node id plus ``NAMESPACE`` and
   ``LABELS`` from ``node.metadata`` as Istio's agent sends them) and hands the result to each
   stream's :class:`~metamesh.xds.streams.StreamState`, which decides what to send.
+- Both ``StreamAggregatedResources`` (state of the world, :class:`StreamState`) and
+  ``DeltaAggregatedResources`` (incremental, :class:`~metamesh.xds.delta.DeltaStreamState`)
+  run the same loop; only the protocol state object differs.
 - Each stream is an async generator: a reader task turns incoming requests into queue events,
   model changes add "snapshot" events, the generator yields whatever the state machine returns.
   Every task is owned and cancelled when the stream ends.
 - :meth:`AdsServer.status` reports per node and type URL the subscription, the version sent,
-  the version ACKed and the last NACK with its ``error_detail`` (also logged at WARNING).
-
-Only state-of-the-world ADS is served; incremental (delta) xDS answers UNIMPLEMENTED.
+  the version ACKed and the last NACK with its ``error_detail`` (also logged at WARNING), for
+  delta and state-of-the-world streams alike (``delta`` tells which).
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import json_format
 
+from metamesh.xds.delta import DeltaStreamState
 from metamesh.xds.resources import ProxyNode, XdsResources
-from metamesh.xds.streams import StreamState
+from metamesh.xds.streams import StreamState, TypeStatus
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -89,8 +92,18 @@ def node_identity(node: Any) -> ProxyNode:
     )
 
 
+class AdsProtocol(Protocol):
+    """What a stream's sans-IO protocol state offers: SotW or delta, the server moves messages."""
+
+    types: dict[str, TypeStatus]
+
+    def set_snapshot(self, version: str, resources: XdsResources) -> list[Any]: ...
+
+    def on_request(self, request: Any) -> list[Any]: ...
+
+
 class _Stream:
-    def __init__(self, node: ProxyNode, state: StreamState) -> None:
+    def __init__(self, node: ProxyNode, state: AdsProtocol) -> None:
         self.node = node
         self.state = state
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -115,7 +128,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._debouncer = Debouncer(quiet, max_delay)
         self._clock = clock
         self._streams: set[_Stream] = set()
-        self._status: dict[str, StreamState] = {}
+        self._status: dict[str, AdsProtocol] = {}
         self._nacks: list[tuple[str, str, str, str]] = []
         self._wakeup = asyncio.Event()
         self._server: grpc.aio.Server | None = None
@@ -214,13 +227,25 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
+        async for response in self._serve(request_iterator, StreamState):
+            yield response
+
+    async def DeltaAggregatedResources(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        async for response in self._serve(request_iterator, DeltaStreamState):
+            yield response
+
+    async def _serve(
+        self, request_iterator: AsyncIterator[Any], protocol: Callable[..., AdsProtocol]
+    ) -> AsyncIterator[Any]:
         iterator = request_iterator.__aiter__()
         try:
             first = await iterator.__anext__()
         except StopAsyncIteration:
             return
         node = node_identity(first.node)
-        state = StreamState(node.node_id, on_nack=self._record_nack)
+        state = protocol(node.node_id, on_nack=self._record_nack)
         self._status[node.node_id] = state
         stream = _Stream(node, state)
         self._streams.add(stream)

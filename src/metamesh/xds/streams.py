@@ -45,6 +45,7 @@ class TypeStatus:
     """What one node holds of one resource type (shown by admin/CLI)."""
 
     subscribed: bool = False
+    delta: bool = False
     wildcard: bool = False
     names: frozenset[str] = frozenset()
     sent_version: str = ""
@@ -57,6 +58,7 @@ class TypeStatus:
 
     def view(self) -> dict[str, object]:
         return {
+            "delta": self.delta,
             "subscribed": sorted(self.names) if not self.wildcard else ["*"],
             "sent_version": self.sent_version,
             "sent_names": list(self.sent_names),

@@ -1,0 +1,211 @@
+"""The incremental (delta) xDS protocol for one ADS stream, without I/O.
+
+:class:`DeltaStreamState` is the delta twin of :class:`~metamesh.xds.streams.StreamState`:
+fed :class:`DeltaDiscoveryRequest` s and new snapshots, it returns the
+:class:`DeltaDiscoveryResponse` s to send. Its per-type reporting is the same
+:class:`~metamesh.xds.streams.TypeStatus` (with ``delta=True``), so the server's ``status()``
+and ``nacks()`` show delta and state-of-the-world nodes alike.
+
+- **Per-resource versions.** A resource's version is the first 16 hex digits of the SHA-256 of
+  its deterministic serialization: equal content, equal version, across snapshots, restarts
+  and control planes. ``system_version_info`` is the server's snapshot version (``"1"``, ...).
+- **What the client has.** Per type, ``known`` maps each name to the version the client was
+  last sent (or declared in ``initial_resource_versions`` when it reconnects). A resource is
+  sent only when its version differs from that; a name the client has that left the snapshot
+  is listed in ``removed_resources``. A name explicitly subscribed that does not exist is
+  also listed there once (the protocol's "does not exist" signal), remembered as ``ABSENT``.
+  ``known`` is updated when a response is sent, not when it is ACKed: a NACKed resource is not
+  resent until its content changes again (reported, never retried blindly).
+- **Subscriptions.** CDS and LDS are wildcard when the first request of the type subscribes to
+  nothing (legacy wildcard); any type is wildcard while ``*`` is subscribed (until it is
+  unsubscribed). Newly subscribed names are answered at once; unsubscribed names are forgotten
+  and need no answer. The first request of a type is always answered (possibly with an empty
+  response) so that a client waiting for its first update can finish initialising.
+- **ACK / NACK.** Each response carries a fresh nonce; several may be in flight per type. A
+  request naming one of them ACKs it (``acked_version`` := that response's system version)
+  or, with ``error_detail``, NACKs it; older in-flight nonces of the type are dropped. An
+  unknown nonce is ignored; the request's subscription changes still apply.
+- **Ordering.** A snapshot change is sent as CDS, EDS, LDS, RDS, one response per type with
+  something added, changed or removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from metamesh.xds.resources import TYPE_URLS, XdsResources
+from metamesh.xds.streams import WILDCARD_TYPES, TypeStatus
+
+DeltaDiscoveryRequest = Any  # envoy.service.discovery.v3.DeltaDiscoveryRequest (untyped)
+DeltaDiscoveryResponse = Any
+WILDCARD = "*"
+ABSENT = ""  # in ``known``: the client was told this explicitly subscribed name does not exist
+
+
+def resource_version(message: Any) -> str:
+    """A resource's delta version: a hash of its deterministic serialization."""
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class DeltaType:
+    """One type URL on a delta stream: subscription, what the client has, nonces in flight."""
+
+    status: TypeStatus
+    answered: bool = False
+    known: dict[str, str] = field(default_factory=dict)
+    in_flight: dict[int, str] = field(default_factory=dict)  # nonce -> system version
+
+    def subscribe(self, names: Iterable[str], first: bool, type_url: str) -> bool:
+        """Apply subscribe names; True when something new was subscribed."""
+        names = set(names)
+        new = False
+        if WILDCARD in names or (first and not names and type_url in WILDCARD_TYPES):
+            new = not self.status.wildcard
+            self.status.wildcard = True
+        added = names - {WILDCARD} - self.status.names
+        for name in added:
+            if not first:
+                self.known.pop(name, None)  # a fresh subscription: the client has nothing
+        self.status.names = self.status.names | added
+        return new or bool(added)
+
+    def unsubscribe(self, names: Iterable[str]) -> None:
+        names = set(names)
+        if WILDCARD in names:
+            self.status.wildcard = False
+        self.status.names = self.status.names - names
+        for name in names:
+            if not self.status.wildcard or self.known.get(name) == ABSENT:
+                self.known.pop(name, None)
+
+
+@dataclass(slots=True)
+class DeltaStreamState:
+    """One delta ADS stream: per-type subscriptions, client versions and ACK state."""
+
+    node_id: str
+    version: str = ""
+    resources: XdsResources = field(default_factory=XdsResources)
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+    on_nack: Callable[[str, str, str, str], None] | None = None
+    _delta: dict[str, DeltaType] = field(default_factory=dict)
+    _versions: dict[str, dict[str, str]] = field(default_factory=dict)
+    _nonce: int = 0
+
+    def status(self, type_url: str) -> TypeStatus:
+        return self._type(type_url).status
+
+    def client_versions(self, type_url: str) -> Mapping[str, str]:
+        """The versions the client is believed to hold (after what was sent), by name."""
+        return dict(self._type(type_url).known)
+
+    def set_snapshot(self, version: str, resources: XdsResources) -> list[DeltaDiscoveryResponse]:
+        """Adopt a new snapshot; a response for every subscribed type with a difference."""
+        self.version, self.resources = version, resources
+        self._versions = {
+            url: {name: resource_version(msg) for name, msg in resources.of(url).items()}
+            for url in TYPE_URLS
+        }
+        out = []
+        for type_url in TYPE_URLS:
+            state = self._delta.get(type_url)
+            if state is not None and state.status.subscribed:
+                response = self._respond(type_url, state)
+                if response is not None:
+                    out.append(response)
+        return out
+
+    def on_request(self, request: DeltaDiscoveryRequest) -> list[DeltaDiscoveryResponse]:
+        """Handle one request (see the module docstring); the responses to send."""
+        type_url = request.type_url
+        state = self._type(type_url)
+        if request.response_nonce:
+            self._ack_or_nack(type_url, state, request)
+        first = not state.status.subscribed
+        if first:
+            state.known.update(request.initial_resource_versions)
+        state.status.subscribed = True
+        state.unsubscribe(request.resource_names_unsubscribe)
+        wants_more = state.subscribe(request.resource_names_subscribe, first, type_url)
+        if not (first or wants_more):
+            return []
+        response = self._respond(type_url, state)
+        return [response] if response is not None else []
+
+    def _type(self, type_url: str) -> DeltaType:
+        state = self._delta.get(type_url)
+        if state is None:
+            status = self.types.setdefault(type_url, TypeStatus(delta=True))
+            state = self._delta[type_url] = DeltaType(status)
+        return state
+
+    def _ack_or_nack(self, type_url: str, state: DeltaType, request: Any) -> None:
+        try:
+            nonce = int(request.response_nonce)
+        except ValueError:
+            return
+        version = state.in_flight.get(nonce)
+        if version is None:
+            return  # unknown or superseded nonce
+        state.in_flight = {n: v for n, v in state.in_flight.items() if n > nonce}
+        status = state.status
+        if request.HasField("error_detail"):
+            status.nack_version, status.nack_error = version, request.error_detail.message
+            if self.on_nack is not None:
+                self.on_nack(self.node_id, type_url, version, status.nack_error)
+        else:
+            status.acked_version = version
+            status.nack_version = status.nack_error = ""
+
+    def _respond(self, type_url: str, state: DeltaType) -> DeltaDiscoveryResponse | None:
+        if not self.version:
+            return None  # no snapshot yet: answer once the first one arrives
+        changed, removed = self._diff(type_url, state)
+        if not changed and not removed and state.answered:
+            return None
+        self._nonce += 1
+        state.answered = True
+        state.in_flight[self._nonce] = self.version
+        status = state.status
+        status.sent_version, status.sent_nonce = self.version, str(self._nonce)
+        status.sent_names = tuple(sorted(n for n, v in state.known.items() if v != ABSENT))
+        response = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=self.version,
+            type_url=type_url,
+            nonce=status.sent_nonce,
+            removed_resources=removed,
+        )
+        table = self.resources.of(type_url)
+        for name, version in changed:
+            entry = response.resources.add(name=name, version=version)
+            entry.resource.Pack(table[name])
+        return response
+
+    def _diff(self, type_url: str, state: DeltaType) -> tuple[list[tuple[str, str]], list[str]]:
+        """What to send (name, version) and remove; updates ``known`` as if sent."""
+        versions = self._versions.get(type_url, {})
+        explicit = state.status.names
+        scope = set(explicit)
+        if state.status.wildcard:
+            scope |= versions.keys() | state.known.keys()
+        changed, removed = [], []
+        for name in sorted(scope):
+            current = versions.get(name)
+            held = state.known.get(name)
+            if current is not None:
+                if held != current:
+                    changed.append((name, current))
+                    state.known[name] = current
+            elif held != ABSENT:
+                removed.append(name)
+                if name in explicit:
+                    state.known[name] = ABSENT
+                else:
+                    state.known.pop(name, None)
+        return changed, removed
