@@ -1,4 +1,4 @@
-"""The ADS server over real gRPC on 127.0.0.1, driven by a grpc.aio client stub."""
+"""The ADS server over real gRPC on 127.0.0.1, driven by grpc.aio client stubs (SotW and delta)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from metamesh.control.model import MeshModel
 from metamesh.control.translate import CLUSTER_TYPE, ENDPOINT_TYPE, translate
 from metamesh.xds.server import AdsServer, node_identity
-from tests.control.cases import THRIFT, example_model
+from tests.control.cases import DUBBO, THRIFT, example_model
 
 
 def node(node_id: str, namespace: str | None = None) -> Any:
@@ -24,13 +24,21 @@ def node(node_id: str, namespace: str | None = None) -> Any:
 
 
 class Client:
-    """One ADS stream: ``send`` requests, ``recv`` responses."""
+    """One ADS stream: ``send`` requests, ``recv`` responses (``delta`` picks the method)."""
 
-    def __init__(self, channel: grpc.aio.Channel, node_id: str, namespace: str | None = None):
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        node_id: str,
+        namespace: str | None = None,
+        *,
+        delta: bool = False,
+    ):
         self.node = node(node_id, namespace)
         self.outbox: asyncio.Queue[Any] = asyncio.Queue()
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        self.call = stub.StreamAggregatedResources(self._requests())
+        method = stub.DeltaAggregatedResources if delta else stub.StreamAggregatedResources
+        self.call = method(self._requests())
 
     async def _requests(self) -> AsyncIterator[Any]:
         while True:
@@ -42,6 +50,12 @@ class Client:
     def send(self, type_url: str, names: tuple[str, ...] = (), **kw: Any) -> None:
         req = discovery_pb2.DiscoveryRequest(
             node=self.node, type_url=type_url, resource_names=list(names), **kw
+        )
+        self.outbox.put_nowait(req)
+
+    def send_delta(self, type_url: str, subscribe: tuple[str, ...] = (), **kw: Any) -> None:
+        req = discovery_pb2.DeltaDiscoveryRequest(
+            node=self.node, type_url=type_url, resource_names_subscribe=list(subscribe), **kw
         )
         self.outbox.put_nowait(req)
 
@@ -113,3 +127,55 @@ def test_node_identity_from_metadata_and_istio_id() -> None:
     istio = node_identity(base_pb2.Node(id="sidecar~10.0.0.1~pod-1.shop~shop.svc.cluster.local"))
     assert istio.namespace == "shop"
     assert node_identity(base_pb2.Node(id="plain")).namespace is None
+
+
+async def delta_scenario() -> None:
+    server = AdsServer(translate, example_model(), quiet=0.05, max_delay=0.2)
+    port = await server.start()
+    v1, v2 = f"outbound|9090|v1|{THRIFT}", f"outbound|9090|v2|{THRIFT}"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        client = Client(channel, "d", delta=True)
+        client.send_delta(CLUSTER_TYPE)
+        cds = await client.recv()
+        assert (cds.type_url, cds.system_version_info, len(cds.resources)) == (CLUSTER_TYPE, "1", 6)
+        held = {r.name: r.version for r in cds.resources}
+        client.send_delta(CLUSTER_TYPE, response_nonce=cds.nonce)
+        client.send_delta(ENDPOINT_TYPE, (v1,))
+        eds = await client.recv()
+        assert [r.name for r in eds.resources] == [v1]
+        client.send_delta(
+            ENDPOINT_TYPE,
+            (v2,),
+            response_nonce=eds.nonce,
+            error_detail={"message": "rejected on purpose"},
+        )
+        assert [r.name for r in (await client.recv()).resources] == [v2]
+
+        # one model change: the dubbo clusters leave, thrift's are unchanged
+        model = example_model()
+        server.set_model(MeshModel({THRIFT: model.services[THRIFT]}))
+        pushed = await client.recv()
+        assert (pushed.type_url, pushed.system_version_info) == (CLUSTER_TYPE, "2")
+        assert list(pushed.resources) == [] and len(pushed.removed_resources) == 3
+        assert all(DUBBO in name for name in pushed.removed_resources)
+        client.send_delta(CLUSTER_TYPE, response_nonce=pushed.nonce)
+        await until(lambda: server.acked_version("d", CLUSTER_TYPE) == "2")
+        status = server.status()["d"]
+        assert status[CLUSTER_TYPE]["delta"] is True
+        assert status[ENDPOINT_TYPE]["nack"] == {"version": "1", "error": "rejected on purpose"}
+        assert server.nacks() == [("d", ENDPOINT_TYPE, "1", "rejected on purpose")]
+        client.outbox.put_nowait(None)
+
+        # a reconnect that declares what it holds gets only the removals
+        again = Client(channel, "d", delta=True)
+        again.send_delta(CLUSTER_TYPE, initial_resource_versions=held)
+        resync = await again.recv()
+        assert list(resync.resources) == [] and list(resync.removed_resources) == list(
+            pushed.removed_resources
+        )
+        again.outbox.put_nowait(None)
+    await server.stop()
+
+
+def test_delta_ads_over_grpc() -> None:
+    asyncio.run(delta_scenario())
