@@ -214,3 +214,14 @@ def test_request_before_the_first_snapshot_is_answered_when_it_arrives() -> None
     assert state.on_request(request(CLUSTER_TYPE)) == []
     (response,) = state.set_snapshot("1", translate(example_model()))
     assert response.type_url == CLUSTER_TYPE and len(response.resources) == 6
+
+
+def test_an_updated_cluster_has_its_unchanged_assignment_resent() -> None:
+    state, resources = subscribed_to_clusters()
+    (eds,) = state.on_request(request(ENDPOINT_TYPE, (V1, V2)))
+    state.on_request(request(ENDPOINT_TYPE, nonce=eds.nonce))
+    cds, again = state.set_snapshot(
+        "2", edited(resources, CLUSTER_TYPE, **{V1: slower(resources, V1)})
+    )
+    assert (list(sent(cds)), again.type_url) == ([V1], ENDPOINT_TYPE)
+    assert sent(again) == {V1: resource_version(resources.endpoints[V1])}

@@ -1,5 +1,7 @@
 """Real Envoy as an ADS client of metamesh's server: it ACKs our clusters and endpoints.
 
+Each test runs twice: ``api_type: GRPC`` (state of the world) and ``DELTA_GRPC`` (incremental).
+
 Envoy has no MetaProtocol filter, so the bootstrap takes only CDS (and, through the clusters,
 EDS) over ADS. The server runs on its own event loop in a thread; Envoy (from ``.venv-envoy``,
 installed by ``benchmarks/setup.sh``) runs in a new session with ``--concurrency 1`` and a
@@ -37,7 +39,7 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: metamesh_xds}}}}]
   cds_config: {{ads: {{}}, resource_api_version: V3}}
@@ -109,14 +111,20 @@ def ads() -> Iterator[ServerThread]:
     server.close()
 
 
+@pytest.fixture(params=["GRPC", "DELTA_GRPC"])
+def api_type(request: pytest.FixtureRequest) -> str:
+    """State-of-the-world or incremental ADS (``ads_config.api_type``)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def envoy(ads: ServerThread, tmp_path: Path) -> Iterator[str]:
+def envoy(ads: ServerThread, api_type: str, tmp_path: Path) -> Iterator[str]:
     """Starts Envoy against ``ads``; yields its admin base URL."""
     config = tmp_path / "bootstrap.yaml"
-    config.write_text(BOOTSTRAP.format(node=NODE, port=ads.port))
+    config.write_text(BOOTSTRAP.format(node=NODE, port=ads.port, api_type=api_type))
     admin_file = tmp_path / "admin-address"
     log = (tmp_path / "envoy.log").open("wb")
-    base_id = 1_000_000 + (os.getpid() % 100_000) * 4
+    base_id = 1_000_000 + (os.getpid() % 100_000) * 4 + (api_type == "DELTA_GRPC")
     proc = subprocess.Popen(
         [
             str(envoy_binary()),
@@ -162,16 +170,27 @@ def acked(ads: ServerThread, version: str) -> bool:
     return bool(status == (version, version))
 
 
-def changed_model() -> MeshModel:
-    """Only the thrift service, with v1 moved to a new endpoint address."""
-    text = (EXAMPLES / "thrift.yaml").read_text().replace("127.0.20.1", "127.0.20.9")
-    resources = load_text((EXAMPLES / "application-protocols.yaml").read_text() + "---\n" + text)
+def model_from(*texts: str) -> MeshModel:
+    protocols = (EXAMPLES / "application-protocols.yaml").read_text()
+    resources = load_text("\n---\n".join((protocols, *texts)))
     assert not resources.problems
     return build_model(resources)
 
 
+def changed_model() -> MeshModel:
+    """Only the thrift service, with v1 moved to a new endpoint address."""
+    return model_from((EXAMPLES / "thrift.yaml").read_text().replace("127.0.20.1", "127.0.20.9"))
+
+
+def warming_clusters(admin: str) -> str:
+    url = f"{admin}/config_dump?resource=dynamic_warming_clusters"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text: str = response.read().decode()
+        return text
+
+
 def test_envoy_acks_clusters_and_endpoints_then_a_new_version(
-    ads: ServerThread, envoy: str
+    ads: ServerThread, envoy: str, api_type: str
 ) -> None:
     wait_for(lambda: acked(ads, "1"), "Envoy to ACK CDS and EDS version 1")
     clusters = admin_clusters(envoy)
@@ -192,3 +211,25 @@ def test_envoy_acks_clusters_and_endpoints_then_a_new_version(
     assert "127.0.20.1:19090" not in clusters
     status = ads.call(lambda: ads.server.status())[NODE]
     assert status[CLUSTER_TYPE]["nack"] is None and status[ENDPOINT_TYPE]["nack"] is None
+    delta = api_type == "DELTA_GRPC"
+    assert status[CLUSTER_TYPE]["delta"] is delta and status[ENDPOINT_TYPE]["delta"] is delta
+
+
+def test_an_updated_cluster_gets_its_endpoints_again(ads: ServerThread, envoy: str) -> None:
+    """Envoy re-warms a changed EDS cluster: the server resends its (unchanged) endpoints.
+
+    Without that, Envoy would hold the new clusters warming, and the CDS ACK, until its
+    initial fetch timeout, and EDS would never be ACKed at version 2.
+    """
+    wait_for(lambda: acked(ads, "1"), "Envoy to ACK CDS and EDS version 1")
+    thrift = (EXAMPLES / "thrift.yaml").read_text()
+    assert "connectTimeout: 500ms" in thrift
+    slower = thrift.replace("connectTimeout: 500ms", "connectTimeout: 700ms")
+    ads.call(
+        lambda: ads.server.set_model(model_from((EXAMPLES / "dubbo.yaml").read_text(), slower))
+    )
+    wait_for(lambda: acked(ads, "2"), "Envoy to ACK CDS and EDS version 2")
+    assert warming_clusters(envoy).strip() in ("", "{}")
+    clusters = admin_clusters(envoy)
+    assert f"outbound|9090|v1|{THRIFT}::127.0.20.1:19090::" in clusters
+    assert f"outbound|20880|v2|{DUBBO}::127.0.20.4:20880::" in clusters

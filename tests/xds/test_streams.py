@@ -124,3 +124,22 @@ def test_debouncer_coalesces_and_caps_delay() -> None:
     for t in (20.0, 20.9, 21.8, 22.7):
         d.submit(t)
     assert d.deadline() == 23.0  # max_delay since the first change, not quiet after the last
+
+
+def test_an_updated_cluster_has_its_unchanged_endpoints_resent() -> None:
+    state = started()
+    for type_url, names in ((CLUSTER_TYPE, ()), (ENDPOINT_TYPE, (V1,))):
+        (response,) = state.on_request(request(type_url, names))
+        state.on_request(request(type_url, names, response.nonce, response.version_info))
+    resources = translate(example_model())
+    by_type = {url: dict(table) for url, table in resources.by_type.items()}
+    by_type[CLUSTER_TYPE][V1] = cluster_pb2.Cluster(name=V1)
+    cds, eds = state.set_snapshot("2", type(resources)(by_type))
+    assert (cds.type_url, eds.type_url, eds.version_info, len(eds.resources)) == (
+        CLUSTER_TYPE,
+        ENDPOINT_TYPE,
+        "2",
+        1,
+    )
+    # a cluster that did not change does not drag its endpoints along
+    assert state.set_snapshot("3", type(resources)(by_type)) == []

@@ -27,6 +27,10 @@ and ``nacks()`` show delta and state-of-the-world nodes alike.
   unknown nonce is ignored; the request's subscription changes still apply.
 - **Ordering.** A snapshot change is sent as CDS, EDS, LDS, RDS, one response per type with
   something added, changed or removed.
+- **Re-warming.** Envoy replaces an updated EDS cluster by a new one that waits for its
+  ClusterLoadAssignment (up to ``initial_fetch_timeout``, 15 s) although the name stays
+  subscribed; so when a cluster the client holds changes, its assignment is resent after it
+  even if the assignment itself did not change.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from metamesh.xds.resources import TYPE_URLS, XdsResources
+from metamesh.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, TYPE_URLS, XdsResources
 from metamesh.xds.streams import WILDCARD_TYPES, TypeStatus
 
 DeltaDiscoveryRequest = Any  # envoy.service.discovery.v3.DeltaDiscoveryRequest (untyped)
@@ -112,6 +116,7 @@ class DeltaStreamState:
             url: {name: resource_version(msg) for name, msg in resources.of(url).items()}
             for url in TYPE_URLS
         }
+        self._resend_assignments_of_updated_clusters()
         out = []
         for type_url in TYPE_URLS:
             state = self._delta.get(type_url)
@@ -137,6 +142,17 @@ class DeltaStreamState:
             return []
         response = self._respond(type_url, state)
         return [response] if response is not None else []
+
+    def _resend_assignments_of_updated_clusters(self) -> None:
+        """Envoy re-warms an updated EDS cluster and waits for its assignment: resend it."""
+        clusters, endpoints = self._delta.get(CLUSTER_TYPE), self._delta.get(ENDPOINT_TYPE)
+        if clusters is None or endpoints is None:
+            return
+        current = self._versions[CLUSTER_TYPE]
+        for name, held in clusters.known.items():
+            if held not in (ABSENT, current.get(name, held)):
+                cluster = self.resources.clusters[name]
+                endpoints.known.pop(cluster.eds_cluster_config.service_name or name, None)
 
     def _type(self, type_url: str) -> DeltaType:
         state = self._delta.get(type_url)

@@ -16,7 +16,9 @@ messages. Keeping the protocol here makes every rule testable without a socket:
   answered with the current resources even when they did not change.
 - **Ordering.** A snapshot change is sent as CDS, EDS, LDS, RDS (only the types the client
   subscribed to whose content changed), the order Envoy's ADS documentation asks for so that
-  clusters exist before endpoints and listeners before routes.
+  clusters exist before endpoints and listeners before routes. When a cluster already sent
+  changes, the endpoints are resent after it even if they did not change: Envoy re-warms the
+  updated cluster and waits for its ClusterLoadAssignment (up to ``initial_fetch_timeout``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from google.protobuf import any_pb2
 
 from metamesh.xds.resources import (
     CLUSTER_TYPE,
+    ENDPOINT_TYPE,
     LISTENER_TYPE,
     TYPE_URLS,
     XdsResources,
@@ -86,13 +89,27 @@ class StreamState:
     def set_snapshot(self, version: str, resources: XdsResources) -> list[DiscoveryResponse]:
         """Adopt a new snapshot; the responses for every subscribed type whose content changed."""
         self.version, self.resources = version, resources
+        rewarm = self._assignments_of_updated_clusters()
         out = []
         for type_url in TYPE_URLS:
             status = self.types.get(type_url)
             if status is not None and status.subscribed:
-                response = self._respond(type_url, force=False)
+                force = type_url == ENDPOINT_TYPE and bool(rewarm & set(status.sent_names))
+                response = self._respond(type_url, force=force)
                 if response is not None:
                     out.append(response)
+        return out
+
+    def _assignments_of_updated_clusters(self) -> set[str]:
+        """The assignments of sent clusters whose content changes (Envoy re-warms them)."""
+        status = self.types.get(CLUSTER_TYPE)
+        if status is None or not status.sent_content:
+            return set()
+        out = set()
+        for name, cluster in self.resources.clusters.items():
+            sent = status.sent_content.get(name)
+            if sent is not None and sent != cluster.SerializeToString(deterministic=True):
+                out.add(cluster.eds_cluster_config.service_name or name)
         return out
 
     def on_request(self, request: DiscoveryRequest) -> list[DiscoveryResponse]:
