@@ -313,6 +313,11 @@ class LiveDemo:
     def outro(self, total: Reading) -> None:
         admin = f"127.0.0.1:{self.admin_port}"
         assert self.pieces.config is not None
+        config_hint = (
+            "edit metarouter.yaml: it is live"
+            if self.options.keep_running
+            else "removed on exit; run with --keep-running to keep the mesh up and edit it"
+        )
         self.say(
             "",
             "== Where to look ==",
@@ -320,7 +325,7 @@ class LiveDemo:
             f"  metrics         curl -s http://{admin}/stats/prometheus | grep istio_requests",
             f"  config dump     curl -s http://{admin}/config_dump",
             f"  routes          metamesh proxy-config routes --admin {admin}",
-            f"  config dir      {self.pieces.config.path}  (edit metarouter.yaml: it is live)",
+            f"  config dir      {self.pieces.config.path}  ({config_hint})",
             "",
             f"In all: {sum(total.proxy.values())} requests through the mesh, "
             f"{total.errors()} errors.",
