@@ -124,7 +124,11 @@ class RouteTable:
     def match(self, message: Message) -> CompiledRoute | None:
         if self.catch_all is not None:
             return self.catch_all
-        metadata = message.metadata
+        # Message.metadata's common case read directly (once per request): codecs hand routed
+        # requests their metadata at decode; only lazy ones go through the property.
+        metadata = message._metadata
+        if metadata is None:
+            metadata = message.metadata
         get = metadata.get
         for route in self.routes:
             exact = route.exact

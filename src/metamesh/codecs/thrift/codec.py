@@ -26,7 +26,8 @@ raises the precise ``CodecError``, so both paths give identical results. Framed 
 similar short path (:meth:`ThriftCodec._decode_framed`); rewriting a framed binary seqid is a
 fixed 4-byte patch. Method-name metadata is memoised per name (a service has few methods).
 
-Metadata keys (built lazily, on first access):
+Metadata keys (built lazily, on first access; a framed binary call whose name is memoised gets
+a copy of the memo at decode, as routing reads it at once):
 
 * ``method``: the method name without a multiplexing prefix (``add`` for ``Calc:add``);
 * ``service``: the part before ``:`` when the name is multiplexed (absent otherwise);
@@ -261,6 +262,10 @@ class ThriftCodec(Codec):
 
     name = "thrift"
     request_id_bits = 32
+    #: ``(transport, protocol)`` once the first frame was seen, else ``None``. A plain
+    #: attribute (set on detection) shadowing :attr:`Codec.wire_variant`'s property: the
+    #: proxy reads it once per request.
+    wire_variant: tuple[Transport, Protocol | None] | None = None
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         super().__init__(max_frame_size=max_frame_size)
@@ -272,12 +277,6 @@ class ThriftCodec(Codec):
         self._framed_binary = False
         #: framed compact: :meth:`decode` goes straight to :meth:`_decode_framed_compact`
         self._framed_compact = False
-
-    @property
-    def wire_variant(self) -> tuple[Transport, Protocol | None] | None:
-        """``(transport, protocol)`` once the first frame was seen, else ``None``."""
-        transport = self.transport
-        return None if transport is None else (transport, self.protocol)
 
     # --- decode -----------------------------------------------------------------------------
 
@@ -305,20 +304,31 @@ class ThriftCodec(Codec):
                     frame = bytes(buffer[:total])
                     del buffer[:total]
                 seqid_at = body_at - 4
-                status = (
-                    _binary_reply_status(frame, body_at, total)
-                    if wire == 2
-                    else _STATUS_BY_WIRE_TYPE[wire]
-                )
+                name = frame[12:seqid_at]
+                metadata = None
+                if wire == 2:
+                    # A result struct starting with STOP or field 0 (the return value): OK,
+                    # read inline; the rest (exceptions, short bodies) in the helper.
+                    if body_at + 3 <= total and not (frame[body_at + 1] or frame[body_at + 2]):
+                        status = _OK
+                    else:
+                        status = _binary_reply_status(frame, body_at, total)
+                else:
+                    status = _STATUS_BY_WIRE_TYPE[wire]
+                    # A call is routed on its metadata: hand over the memoised name's copy
+                    # now rather than through the lazy loader (replies stay lazy).
+                    cached = _name_cache.get(name)
+                    if cached is not None:
+                        metadata = cached.copy()
                 return Message(
                     _WIRE_TYPES[wire],
                     _unpack_u32(frame, seqid_at)[0],
                     frame,
                     body_at,
                     total - body_at,
-                    None,
+                    metadata,
                     status,
-                    (frame[12:seqid_at], seqid_at, 4, _BINARY),
+                    (name, seqid_at, 4, _BINARY),
                     _framed_metadata,
                 )
         if self._framed_compact:
@@ -330,6 +340,7 @@ class ThriftCodec(Codec):
                 return None
             transport, self.protocol = detected
             self.transport = transport
+            self.wire_variant = (transport, self.protocol)
             self._framed_binary = transport is Transport.FRAMED and self.protocol is _BINARY
             self._framed_compact = transport is Transport.FRAMED and self.protocol is _COMPACT
         if transport is Transport.FRAMED:
