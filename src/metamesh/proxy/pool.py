@@ -68,7 +68,8 @@ class UpstreamPool(Replies):
     ) -> Upstream | Refusal:
         """Circuit breakers -> load balancer (skipping ``excluded`` endpoints, which already
         failed this request) -> pooled upstream for ``msg`` on cluster ``cs``, or the
-        :data:`Refusal` to answer with. Both request paths route through here."""
+        :data:`Refusal` to answer with. Both request paths route through here (the plain
+        one inlines the case with no hash key and no exclusions, see ``_on_request``)."""
         if cs.active_requests >= cs.max_requests:
             return MAX_REQUESTS
         hash_key = None
@@ -78,6 +79,13 @@ class UpstreamPool(Replies):
         idx = pick_excluding(cs.lb, hash_key, excluded) if excluded else cs.lb.pick(hash_key)
         if idx is None:
             return NO_HEALTHY
+        return self._pooled_upstream(d, cs, idx, now)
+
+    def _pooled_upstream(
+        self, d: Downstream, cs: ClusterState, idx: int, now: float
+    ) -> Upstream | Refusal:
+        """The pooled upstream for ``d``'s requests to endpoint ``idx`` of ``cs`` (a new one
+        if needed), or the :data:`Refusal` to answer with."""
         listener = d.listener
         # Pool key: clients speaking different wire variants (Thrift framed vs THeader, ...)
         # must not share an upstream connection, whose server would see mixed framings.
@@ -137,7 +145,11 @@ class UpstreamPool(Replies):
         return up
 
     def _send(self, up: Upstream, req: ActiveRequest, codec: Codec, idx: int) -> None:
-        """Write ``req`` to ``up`` and account for it (mirror copies included)."""
+        """Write ``req`` to ``up`` and account for it (mirror copies included).
+
+        Its commonest case (a call on a connected multiplexed upstream) is inlined in
+        :meth:`RequestPath._on_request <metamesh.proxy.request_path.RequestPath._on_request>`:
+        keep the two in step."""
         msg = req.request
         oneway = msg.type is _ONEWAY
         if oneway:
