@@ -69,7 +69,7 @@ class UpstreamPool(Replies):
         """Circuit breakers -> load balancer (skipping ``excluded`` endpoints, which already
         failed this request) -> pooled upstream for ``msg`` on cluster ``cs``, or the
         :data:`Refusal` to answer with. Both request paths route through here (the plain
-        one inlines the case with no hash key and no exclusions, see ``_on_request``)."""
+        one skips the call when there is no hash key and nothing to exclude: ``_on_request``)."""
         if cs.active_requests >= cs.max_requests:
             return MAX_REQUESTS
         hash_key = None
@@ -145,11 +145,7 @@ class UpstreamPool(Replies):
         return up
 
     def _send(self, up: Upstream, req: ActiveRequest, codec: Codec, idx: int) -> None:
-        """Write ``req`` to ``up`` and account for it (mirror copies included).
-
-        Its commonest case (a call on a connected multiplexed upstream) is inlined in
-        :meth:`RequestPath._on_request <metamesh.proxy.request_path.RequestPath._on_request>`:
-        keep the two in step."""
+        """Write ``req`` to ``up`` and account for it (mirror copies included)."""
         msg = req.request
         oneway = msg.type is _ONEWAY
         if oneway:

@@ -27,8 +27,6 @@ from metamesh.proxy.core import (
     _ERROR,
     _HEARTBEAT,
     _OK,
-    _READY,
-    _REQUEST,
     _RESPONSE,
     _STATUS_ERROR,
     CLOSE_UPSTREAM,
@@ -74,49 +72,13 @@ class RequestPath(Attempts):
         if stats is None:
             stats = self._request_stats(cs, protocol)
         codec = d.codec
-        if cs.active_requests < cs.max_requests and not route.hash_keys and listener.multiplexed:
-            # The plain multiplexed case: UpstreamPool._pick_upstream with no hash key and no
-            # excluded endpoint, then, for a call on a connected upstream with no request
-            # budget to count down, UpstreamPool._send inlined (see both for the why).
+        if cs.active_requests < cs.max_requests and not route.hash_keys:
+            # The common case of UpstreamPool._pick_upstream (breakers pass, no hash key, no
+            # endpoint to exclude), without the call.
             idx = cs.lb.pick(None)
-            if idx is None:
-                up: Upstream | Refusal = NO_HEALTHY
-            else:
-                conn = cs.mux.get((protocol, codec.wire_variant, idx))
-                if (
-                    conn is not None
-                    and conn.state is _READY
-                    and not conn.requests_left
-                    and msg.type is _REQUEST
-                    and conn.id_limit
-                ):
-                    if route.request_mutation is not None:
-                        msg = self._mutated(codec, msg, route.request_mutation)
-                    req = ActiveRequest(d, msg, route, cs, now, stats)
-                    rid = msg.request_id
-                    pending = conn.pending
-                    if rid is not None and 0 <= rid < conn.id_limit and rid not in pending:
-                        frame = msg.frame
-                    else:
-                        rid = conn.allocate_id()
-                        frame = codec.rewrite_request_id(msg, rid)
-                    pending[rid] = req
-                    cs.active_requests += 1
-                    lb = cs.lb
-                    idx = conn.endpoint_index
-                    lb.active[idx] += 1
-                    req.lb = lb
-                    req.endpoint_index = idx
-                    req.upstream = conn
-                    self.stats.active_requests += 1
-                    conn.out += frame
-                    if not conn.dirty:
-                        conn.dirty = True
-                        self.dirty.append(conn)
-                    if route.mirrors:
-                        self._mirror(d, msg, route, now)
-                    return
-                up = self._pooled_upstream(d, cs, idx, now)
+            up: Upstream | Refusal = (
+                NO_HEALTHY if idx is None else self._pooled_upstream(d, cs, idx, now)
+            )
         else:
             up = self._pick_upstream(d, msg, route, cs, None, now)
         if isinstance(up, tuple):
