@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from metamesh import __version__
+from metamesh import __version__, build_info
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="metamesh",
         description="metamesh: a service mesh for any layer-7 protocol.",
     )
-    parser.add_argument("--version", action="version", version=f"metamesh {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"metamesh {__version__}, {build_info.describe()}"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser(

@@ -9,6 +9,7 @@ a protocol without request ids.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from examples.kvrpc.kvrpc_codec import HEADER, KvRpcCodec, build_frame, decode_headers
@@ -86,6 +87,8 @@ class Harness:
         self.closed: list[Any] = []
         self.logs: list[str] = []
         self.access: list[dict[str, Any]] = []
+        #: Called with every action the core hands out, before the harness acts on it.
+        self.on_action: list[Callable[[tuple[Any, ...]], None]] = []
 
     def flush(self) -> None:
         for peer in self.core.dirty:
@@ -94,6 +97,8 @@ class Harness:
             peer.out.clear()
         self.core.dirty.clear()
         for action in self.core.take_actions():
+            for observe in self.on_action:
+                observe(action)
             op = action[0]
             if op == CONNECT:
                 self.connects.append(action[1])

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from examples.kvrpc.kvrpc_codec import KvRpcCodec, build_frame
+from metamesh import build_info
 from metamesh.codecs import Message
 from metamesh.proxy.config_yaml import parse_snapshot
 from metamesh.runtime.server import ProxyServer
@@ -175,6 +176,11 @@ def test_admin_endpoints_report_expected_counters() -> None:
         assert "istio_request_duration_milliseconds_bucket{" in body
         assert "metamesh_upstream_connects_total 1.0" in body
         assert "metamesh_active_downstream_connections 1.0" in body
+        status, body = await http_get(admin, "/server_info")
+        info = json.loads(body)
+        assert status == 200 and info["state"] == "LIVE"
+        assert info["build"] == build_info.describe()
+        assert info["compiled_modules"] == build_info.compiled_modules()
         status, body = await http_get(admin, "/config_dump")
         dump = json.loads(body)
         assert status == 200 and dump["version"] == "e2e"

@@ -16,11 +16,14 @@ import abc
 from collections.abc import Hashable
 from typing import ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from metamesh.codecs.message import LocalError, Message, Mutation
 
 DEFAULT_MAX_FRAME_SIZE = 8 * 1024 * 1024
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Codec(abc.ABC):
     """Base class of every codec. Subclasses set :attr:`name` and implement the abstract methods.
 
@@ -39,6 +42,13 @@ class Codec(abc.ABC):
             raise ValueError("max_frame_size must be positive")
         self.max_frame_size = max_frame_size
         self.dropped_mutations = 0
+        #: Which variant of the protocol's wire format this connection speaks, once known.
+        #: ``None`` for protocols with one wire format, or before the first frame. Protocols
+        #: that detect a variant per connection (Thrift: transport x protocol) set a hashable
+        #: naming it, so the proxy never multiplexes clients that speak different variants onto
+        #: one upstream connection (the server would see mixed framings). A plain attribute,
+        #: not a property: the proxy reads it once per request.
+        self.wire_variant: Hashable | None = None
 
     @abc.abstractmethod
     def decode(self, buffer: bytearray) -> Message | None:
@@ -59,17 +69,6 @@ class Codec(abc.ABC):
     @abc.abstractmethod
     def error_reply(self, request: Message, error: LocalError) -> bytes:
         """A protocol-native error response to ``request``, carrying its request id."""
-
-    @property
-    def wire_variant(self) -> Hashable | None:
-        """Which variant of the protocol's wire format this connection speaks, once known.
-
-        ``None`` (the default) for protocols with one wire format, or before the first frame.
-        Protocols that detect a variant per connection (Thrift: transport x protocol) return a
-        hashable naming it, so the proxy never multiplexes clients that speak different
-        variants onto one upstream connection (the server would see mixed framings).
-        """
-        return None
 
     def heartbeat_reply(self, message: Message) -> bytes | None:
         """The reply to a heartbeat request, or ``None`` if the protocol has none to send."""

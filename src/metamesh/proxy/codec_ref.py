@@ -28,7 +28,9 @@ def resolve_codec(name: str) -> CodecFactory:
         return factory
     try:
         return lookup_codec(name)
-    except UnknownCodecError as e:
-        raise LookupError(str(e)) from None
-    except (ImportError, AttributeError) as e:
-        raise LookupError(f"codec {name!r} is registered but cannot be imported: {e}") from None
+    except UnknownCodecError as unknown:
+        raise LookupError(str(unknown)) from None
+    except (ImportError, AttributeError) as broken:
+        raise LookupError(
+            f"codec {name!r} is registered but cannot be imported: {broken}"
+        ) from None

@@ -52,9 +52,9 @@ class DownstreamSide(RequestPath):
                 self.stats.downstream_frame_too_large += 1
                 self._close_downstream(d, f"{d}: closing, frame too large: {e}")
                 return
-            except CodecError as e:
+            except CodecError as bad:
                 self.stats.downstream_decode_errors += 1
-                self._close_downstream(d, f"{d}: closing, bad frame: {e}")
+                self._close_downstream(d, f"{d}: closing, bad frame: {bad}")
                 return
             if msg is None:
                 if len(buf) > codec.max_frame_size:

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from functools import reduce
 from itertools import accumulate
 
+from mypy_extensions import mypyc_attr
+
 from metamesh.proxy.config import Endpoint, LbPolicy
 
 RING_POINTS_PER_WEIGHT = 100
@@ -42,6 +44,7 @@ def hash_metadata(values: Iterable[str]) -> int:
     return stable_hash("\x00".join(values).encode())
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LoadBalancer:
     """Base class: ``healthy[i]`` gates endpoint ``i``; ``active[i]`` counts its requests."""
 

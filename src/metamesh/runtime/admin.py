@@ -4,6 +4,7 @@ A deliberately small asyncio HTTP/1.1 handler (GET only, one request per connect
 proxy needs no web framework. Endpoints, named as in Envoy's admin API:
 
 * ``/ready``: ``200 LIVE`` when serving, ``503 DRAINING`` / ``503 PRE_INITIALIZING`` otherwise;
+* ``/server_info``: version, state and build (pure Python or native, with the compiled modules);
 * ``/config_dump``: the live snapshot as JSON;
 * ``/clusters``: per endpoint ``cluster::host:port::<stat>::<value>`` lines (Envoy's text form:
   health, weight, active requests, upstream connections); ``?format=json`` for JSON;
@@ -27,6 +28,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from metamesh import __version__, build_info
 from metamesh.proxy.stats import COUNTERS, DURATION_BUCKETS_MS, GAUGES
 
 if TYPE_CHECKING:
@@ -159,6 +161,16 @@ def clusters_text(view: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def server_info(server: ProxyServer) -> dict[str, Any]:
+    state = "LIVE" if server.ready else "DRAINING" if server.draining else "PRE_INITIALIZING"
+    return {
+        "version": __version__,
+        "state": state,
+        "build": build_info.describe(),
+        "compiled_modules": build_info.compiled_modules(),
+    }
+
+
 def handle(server: ProxyServer, target: str) -> tuple[int, str, bytes]:
     """(status, content type, body) for a GET of ``target``."""
     path, _, query = target.partition("?")
@@ -167,6 +179,8 @@ def handle(server: ProxyServer, target: str) -> tuple[int, str, bytes]:
             return 200, "text/plain", b"LIVE\n"
         state = "DRAINING" if server.draining else "PRE_INITIALIZING"
         return 503, "text/plain", f"{state}\n".encode()
+    if path == "/server_info":
+        return 200, "application/json", json.dumps(server_info(server), indent=2).encode()
     if path == "/config_dump":
         body = json.dumps(server.core.snapshot.to_dict(), indent=2).encode()
         return 200, "application/json", body

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import IO
 
+from metamesh import build_info
 from metamesh.proxy.config_yaml import ConfigError, load_snapshot
 from metamesh.runtime.server import ProxyServer
 
@@ -60,6 +61,7 @@ def run_proxy(
                 runner.run(server.close())
                 return 1
             log = logging.getLogger("metamesh.proxy")
+            log.info("metamesh proxy, %s build", build_info.describe())
             for name in server.core.listeners:
                 log.info("listener %s on port %d", name, server.listener_port(name))
             if server.bound_admin_port is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from thrift.TMultiplexedProcessor import TMultiplexedProcessor
 from thrift.transport.THeaderTransport import THeaderTransformID
 
 from metamesh.codecs import (
+    Codec,
     ErrorKind,
     LocalError,
     Message,
@@ -48,7 +49,7 @@ def calc_stack(
     protocol: str,
     on_request: RequestPolicy = lambda _m: None,
     response_mutation: Mutation | None = None,
-    codec_factory: type[ThriftCodec] | None = None,
+    codec_factory: Callable[[], Codec] | None = None,
 ) -> Iterator[tuple[CalcHandler, ApacheServer, Relay]]:
     handler = CalcHandler(gen)
     processor = gen.Calc.Processor(handler)
@@ -183,14 +184,14 @@ def test_mutation_dropped_without_headers(
 ) -> None:
     codecs: list[ThriftCodec] = []
 
-    class Counting(ThriftCodec):
-        def __init__(self) -> None:
-            super().__init__()
-            codecs.append(self)
+    def counting() -> ThriftCodec:
+        codec = ThriftCodec()
+        codecs.append(codec)
+        return codec
 
     with (
         calc_stack(
-            calc_gen, transport, protocol, on_request=lambda _m: {"x": "y"}, codec_factory=Counting
+            calc_gen, transport, protocol, on_request=lambda _m: {"x": "y"}, codec_factory=counting
         ) as (_h, _s, relay),
         connect(calc_gen.Calc, transport, protocol, relay.port) as peer,
     ):
@@ -209,20 +210,45 @@ class _IdMap:
         self.upstream_ids: list[int] = []
 
 
-def _remapping_codec(ids: _IdMap) -> type[ThriftCodec]:
-    class Remapping(ThriftCodec):
-        def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
-            assert message.request_id is not None
-            with ids.lock:
-                if message.is_request:
-                    new = next(ids.next_ids)
-                    ids.pending[new] = message.request_id
-                    ids.upstream_ids.append(new)
-                else:
-                    new = ids.pending.pop(message.request_id)
-            return self.rewrite_request_id(message, new)
+class _Remapping(Codec):
+    """A Thrift codec whose ``encode`` sends the message under an id from ``ids``.
 
-    return Remapping
+    Wraps a :class:`ThriftCodec` rather than subclassing it: the native (mypyc) build keeps
+    the concrete codecs closed to Python subclasses. With ``mutate`` the request mutation is
+    applied to the re-decoded, rewritten frame; without it mutations are ignored.
+    """
+
+    name = "thrift"
+    request_id_bits = 32
+
+    def __init__(self, ids: _IdMap, mutate: bool = False) -> None:
+        super().__init__()
+        self.inner = ThriftCodec()
+        self.ids = ids
+        self.mutate = mutate
+
+    def decode(self, buffer: bytearray) -> Message | None:
+        return self.inner.decode(buffer)
+
+    def error_reply(self, request: Message, error: LocalError) -> bytes:
+        return self.inner.error_reply(request, error)
+
+    def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
+        ids = self.ids
+        assert message.request_id is not None
+        with ids.lock:
+            if message.is_request:
+                new = next(ids.next_ids)
+                ids.pending[new] = message.request_id
+                ids.upstream_ids.append(new)
+            else:
+                new = ids.pending.pop(message.request_id)
+        rewritten = self.inner.rewrite_request_id(message, new)
+        if not (self.mutate and mutation):
+            return rewritten
+        again = ThriftCodec().decode(bytearray(rewritten))
+        assert again is not None
+        return ThriftCodec().encode(again, mutation)
 
 
 @pytest.mark.parametrize(("transport", "protocol"), FLAVOURS)
@@ -230,9 +256,12 @@ def test_rewrite_request_id_round_trip(
     calc_gen: types.ModuleType, transport: str, protocol: str
 ) -> None:
     ids = _IdMap()
-    codec = _remapping_codec(ids)
     with (
-        calc_stack(calc_gen, transport, protocol, codec_factory=codec) as (_h, _s, relay),
+        calc_stack(calc_gen, transport, protocol, codec_factory=lambda: _Remapping(ids)) as (
+            _h,
+            _s,
+            relay,
+        ),
         connect(calc_gen.Calc, transport, protocol, relay.port, seqid=1234) as peer,
     ):
         assert peer.client.add(20, 22) == 42
@@ -253,24 +282,13 @@ def test_header_zlib_client_with_mutation_and_id_rewrite(
     calc_gen: types.ModuleType, protocol: str
 ) -> None:
     ids = _IdMap()
-    remapping = _remapping_codec(ids)
-
-    class MutatingRemapping(remapping):  # type: ignore[valid-type,misc]
-        def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
-            rewritten = super().encode(message)
-            if not mutation:
-                return rewritten
-            again = ThriftCodec().decode(bytearray(rewritten))
-            assert again is not None
-            return ThriftCodec().encode(again, mutation)
-
     with (
         calc_stack(
             calc_gen,
             "header",
             protocol,
             on_request=lambda _m: {"x-mesh": "zlib"},
-            codec_factory=MutatingRemapping,
+            codec_factory=lambda: _Remapping(ids, mutate=True),
         ) as (_h, server, relay),
         connect(calc_gen.Calc, "header", protocol, relay.port, seqid=77) as peer,
     ):

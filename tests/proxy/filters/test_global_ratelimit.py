@@ -19,14 +19,12 @@ def harness(deny: bool) -> tuple[Harness, list[tuple[object, ...]]]:
         filter_configs=((GLOBAL_RATELIMIT, config),),
     )
     checks: list[tuple[object, ...]] = []
-    original = h.core.take_actions
 
-    def take() -> list[tuple[object, ...]]:
-        actions = original()
-        checks.extend(a for a in actions if a[0] == RATELIMIT_CHECK)
-        return actions  # type: ignore[return-value]
+    def observe(action: tuple[object, ...]) -> None:
+        if action[0] == RATELIMIT_CHECK:
+            checks.append(action)
 
-    h.core.take_actions = take  # type: ignore[method-assign]
+    h.on_action.append(observe)
     return h, checks
 
 

@@ -103,9 +103,6 @@ class DubboCodec(Codec):
 
     name: ClassVar[str] = "dubbo"
     request_id_bits: ClassVar[int | None] = 64
-    #: One wire format: a plain ``None`` shadowing :attr:`Codec.wire_variant`'s property,
-    #: which the proxy reads once per request.
-    wire_variant: ClassVar[None] = None
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         super().__init__(max_frame_size=max_frame_size)

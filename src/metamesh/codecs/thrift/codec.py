@@ -262,10 +262,6 @@ class ThriftCodec(Codec):
 
     name = "thrift"
     request_id_bits = 32
-    #: ``(transport, protocol)`` once the first frame was seen, else ``None``. A plain
-    #: attribute (set on detection) shadowing :attr:`Codec.wire_variant`'s property: the
-    #: proxy reads it once per request.
-    wire_variant: tuple[Transport, Protocol | None] | None = None
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         super().__init__(max_frame_size=max_frame_size)

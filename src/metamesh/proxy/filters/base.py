@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from metamesh.codecs import ErrorKind, Message
 from metamesh.proxy.stats import ProxyStats
 
@@ -76,6 +78,7 @@ class FilterContext:
     listener: str = ""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Filter:
     """Base class of decoder/encoder filters (both hooks default to doing nothing)."""
 
