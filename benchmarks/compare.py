@@ -140,8 +140,8 @@ def machine_facts(targets: list[Target]) -> dict[str, Any]:
     for t in targets:
         if t.kind.startswith("envoy") and t.version:
             facts["envoy"] = t.version
-        if t.kind == "metamesh" and t.version:
-            facts["metamesh"] = t.version
+        if t.kind.startswith("metamesh") and t.version:
+            facts[t.kind] = t.version
     git = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )

@@ -7,6 +7,9 @@ X". Kinds:
 - ``metamesh``: ``.venv/bin/metamesh proxy --config <generated yaml>``, one MetaProtocol listener
   with the built-in codec and one route (Thrift: method ``add``; Dubbo: interface + method), like
   the Envoy L7 configs. Reported as unavailable (with the reason) while the CLI cannot run it.
+- ``metamesh-native``: the same command and config on the native build (hot path compiled with
+  mypyc; ``scripts/build_mypyc.sh`` builds it into ``build/native`` first, then the proxy runs
+  with ``PYTHONPATH=build/native``). Refused unless ``metamesh --version`` reports "native".
 - ``envoy``: Envoy's own L7 filter for the protocol (thrift_proxy or dubbo_proxy), from
   ``benchmarks/envoy_configs/<filter>.yaml``.
 - ``envoy-tcp``: Envoy tcp_proxy, the layer-4 floor.
@@ -46,7 +49,7 @@ from benchmarks.frames import (
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIGS = Path(__file__).resolve().parent / "envoy_configs"
-TARGET_KINDS = ("direct", "metamesh", "envoy", "envoy-tcp")
+TARGET_KINDS = ("direct", "metamesh", "metamesh-native", "envoy", "envoy-tcp")
 # Distinct per Envoy and per harness process, so two runs at once do not clash on hot-restart ids.
 _base_ids = itertools.count(
     int(os.environ.get("BENCH_ENVOY_BASE_ID", 10_000 + (os.getpid() % 100_000) * 8))
@@ -160,6 +163,8 @@ class Target:
             self._start_envoy(upstream_port, options)
         elif self.kind == "metamesh":
             self._start_metamesh(upstream_port, options)
+        elif self.kind == "metamesh-native":
+            self._start_metamesh(upstream_port, options, native=True)
         else:
             raise ValueError(f"unknown target {self.kind!r}; known: {', '.join(TARGET_KINDS)}")
         probe(self.protocol, self.port)
@@ -202,17 +207,28 @@ class Target:
 
     # -- metamesh -------------------------------------------------------------------------------
 
-    def _start_metamesh(self, upstream_port: int, options: dict[str, Any]) -> None:
+    def _start_metamesh(
+        self, upstream_port: int, options: dict[str, Any], native: bool = False
+    ) -> None:
         binary = Path(options.get("metamesh_bin") or ROOT / ".venv" / "bin" / "metamesh")
         if not binary.exists():
             raise Unavailable(f"{binary} not found (run scripts/setup.sh)")
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        if native:
+            build = subprocess.run(
+                [str(ROOT / "scripts" / "build_mypyc.sh")], capture_output=True, text=True
+            )
+            if build.returncode != 0:
+                raise Unavailable("native build failed: " + _last_line(build))
+            env["PYTHONPATH"] = str(ROOT / "build" / "native")
         help_run = subprocess.run(
-            [str(binary), "proxy", "--help"], capture_output=True, text=True, timeout=30
+            [str(binary), "proxy", "--help"], capture_output=True, text=True, timeout=30, env=env
         )
         if help_run.returncode != 0:
             raise Unavailable("`metamesh proxy` is not available yet: " + _last_line(help_run))
         self.port = free_port()
-        config = self.workdir / f"metamesh-{self.protocol}.yaml"
+        config = self.workdir / f"{self.kind}-{self.protocol}.yaml"
         template = options.get("metamesh_config")
         if template:
             config.write_text(
@@ -236,12 +252,16 @@ class Target:
         if "--log-level" in help_run.stdout:
             cmd += ["--log-level", "WARNING"]
         cmd += list(options.get("metamesh_args") or [])
-        log = self.workdir / f"metamesh-{self.protocol}.log"
-        self.proc = spawn(cmd, log)
+        log = self.workdir / f"{self.kind}-{self.protocol}.log"
+        version = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, env=env
+        ).stdout.strip()
+        if native and "native" not in version:
+            raise Unavailable(f"build/native does not load compiled: {version!r}")
+        self.proc = spawn(cmd, log, env=env)
         self.extra["config"] = str(config)
         wait_listening(self.port, self.proc, 30.0, log)
-        version = subprocess.run([str(binary), "--version"], capture_output=True, text=True)
-        self.version = version.stdout.strip()
+        self.version = version
 
 
 def metamesh_config(protocol: str, listen_port: int, upstream_port: int) -> dict[str, Any]:
