@@ -116,6 +116,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for who in ("proxy", "responder", "loadgen"):
         if who in ok[0]["cpu"]:
             summary[f"{who}_cpu_us_per_req"] = median([r["cpu"][who]["us_per_req"] for r in ok])
+            kernel = [r["cpu"][who].get("sys_us_per_req") for r in ok]
+            if None not in kernel:
+                summary[f"{who}_sys_us_per_req"] = median(kernel)
     summary["errors"] = sum(r["errors"] for r in ok)
     summary["id_mismatches"] = sum(r["id_mismatches"] for r in ok)
     summary["connections_lost"] = sum(r["connections_lost"] for r in ok)
@@ -176,17 +179,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Method: warm-up {report['warmup_s']} s, window {report['duration_s']} s, "
         f"{report['reps']} interleaved repetition(s), medians; one responder for all targets; "
-        "proxy CPU = utime+stime (all threads) over the window / requests completed in it.",
+        "proxy CPU = utime+stime (all threads) over the window / requests completed in it; "
+        "of which kernel = its stime share (socket syscalls, the TCP stack over loopback).",
         "",
         "| load | target | req/s | p50 µs | p99 µs | +p50 µs | +p99 µs | proxy CPU µs/req "
-        "| responder µs/req | loadgen µs/req | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| of which kernel | responder µs/req | loadgen µs/req | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape, rows in report["results"].items():
         direct = rows.get("direct", {})
         for label, s in rows.items():
             if "failed" in s:
-                lines.append(f"| {shape} | {label} |" + f" {NA} |" * 8 + f" {s['failed']} |")
+                lines.append(f"| {shape} | {label} |" + f" {NA} |" * 9 + f" {s['failed']} |")
                 continue
             add50 = s["p50_us"] - direct["p50_us"] if "p50_us" in direct else None
             add99 = s["p99_us"] - direct["p99_us"] if "p99_us" in direct else None
@@ -203,6 +207,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {_fmt(s['p99_us'])} | {_fmt(add50) if label != 'direct' else NA} "
                 f"| {_fmt(add99) if label != 'direct' else NA} "
                 f"| {_fmt(s.get('proxy_cpu_us_per_req'), 2)} "
+                f"| {_fmt(s.get('proxy_sys_us_per_req'), 2)} "
                 f"| {_fmt(s.get('responder_cpu_us_per_req'), 2)} "
                 f"| {_fmt(s.get('loadgen_cpu_us_per_req'), 2)} | {'; '.join(notes)} |"
             )
