@@ -13,6 +13,7 @@ if [[ -f $stamp ]] && [[ -z $(find src setup.py pyproject.toml -newer "$stamp" -
   exit 0
 fi
 echo "build_mypyc: compiling the hot path into $out"
-rm -rf "$out"
+# setuptools' build/lib.* would carry extensions of modules no longer listed into the install
+rm -rf "$out" build/lib.* build/bdist.*
 METAMESH_MYPYC=1 .venv/bin/python -m pip install -q --no-deps --no-build-isolation --target "$out" .
 touch "$stamp"
