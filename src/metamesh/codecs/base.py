@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Hashable
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
 from metamesh.codecs.message import LocalError, Message, Mutation
 
-DEFAULT_MAX_FRAME_SIZE = 8 * 1024 * 1024
+DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 
 class MessageType(enum.IntEnum):
@@ -157,4 +157,6 @@ class Message:
         )
 
 
-_REQUEST_TYPES = frozenset({MessageType.REQUEST, MessageType.ONEWAY, MessageType.STREAM_INIT})
+_REQUEST_TYPES: Final = frozenset(
+    {MessageType.REQUEST, MessageType.ONEWAY, MessageType.STREAM_INIT}
+)

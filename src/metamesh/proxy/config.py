@@ -17,6 +17,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Final
 
 from metamesh.codecs.message import ErrorKind
 
@@ -64,7 +65,7 @@ class RequestMirrorPolicy:
 
 
 #: What a retry policy may retry on (metamesh's ``retryOn`` values).
-RETRY_ON_VALUES = ("connect-failure", "reset", "error-response", "timeout")
+RETRY_ON_VALUES: Final = ("connect-failure", "reset", "error-response", "timeout")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from metamesh.codecs import Codec, CodecError, Message, MessageType
 from metamesh.codecs.message import ResponseStatus
@@ -52,11 +52,11 @@ _RESPONSE, _ERROR = MessageType.RESPONSE, MessageType.ERROR
 _OK, _STATUS_ERROR = ResponseStatus.OK, ResponseStatus.ERROR
 _CONNECTING, _READY, _CLOSED = UpstreamState.CONNECTING, UpstreamState.READY, UpstreamState.CLOSED
 
-PLACEHOLDER = Message(MessageType.HEARTBEAT, None, b"", 0, 0, metadata={})
+PLACEHOLDER: Final = Message(MessageType.HEARTBEAT, None, b"", 0, 0, metadata={})
 #: Stands in an upstream's pending/fifo for a timed-out request until its late reply arrives.
-GONE = ActiveRequest(None, PLACEHOLDER, None, None, 0.0, None, True)
+GONE: Final = ActiveRequest(None, PLACEHOLDER, None, None, 0.0, None, True)
 #: Timed-out requests an upstream may owe us before we stop sending it new ones.
-MAX_DEAD = 1024
+MAX_DEAD: Final = 1024
 
 
 class CoreState:

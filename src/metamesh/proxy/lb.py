@@ -26,12 +26,13 @@ import random
 from collections.abc import Iterable, Sequence
 from functools import reduce
 from itertools import accumulate
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
 from metamesh.proxy.config import Endpoint, LbPolicy
 
-RING_POINTS_PER_WEIGHT = 100
+RING_POINTS_PER_WEIGHT: Final = 100
 
 
 def stable_hash(data: bytes) -> int:
@@ -155,7 +156,7 @@ class RingHash(LoadBalancer):
         return None
 
 
-_POLICIES: dict[LbPolicy, type[LoadBalancer]] = {
+_POLICIES: Final[dict[LbPolicy, type[LoadBalancer]]] = {
     LbPolicy.ROUND_ROBIN: RoundRobin,
     LbPolicy.RANDOM: Random,
     LbPolicy.LEAST_REQUEST: LeastRequest,

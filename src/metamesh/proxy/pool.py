@@ -18,6 +18,8 @@ request is answered.
 
 from __future__ import annotations
 
+from typing import Final
+
 from metamesh.codecs import (
     Codec,
     ErrorKind,
@@ -48,10 +50,10 @@ from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream, Upstr
 
 #: Why :meth:`UpstreamPool._pick_upstream` found no upstream: the local reply's kind and text.
 Refusal = tuple[ErrorKind, str]
-MAX_REQUESTS: Refusal = (ErrorKind.OVER_LIMIT, "max_requests reached")
-NO_HEALTHY: Refusal = (ErrorKind.NO_HEALTHY_UPSTREAM, "no healthy upstream")
-MAX_CONNECTIONS: Refusal = (ErrorKind.OVER_LIMIT, "max_connections reached")
-MAX_PENDING: Refusal = (ErrorKind.OVER_LIMIT, "max_pending_requests reached")
+MAX_REQUESTS: Final[Refusal] = (ErrorKind.OVER_LIMIT, "max_requests reached")
+NO_HEALTHY: Final[Refusal] = (ErrorKind.NO_HEALTHY_UPSTREAM, "no healthy upstream")
+MAX_CONNECTIONS: Final[Refusal] = (ErrorKind.OVER_LIMIT, "max_connections reached")
+MAX_PENDING: Final[Refusal] = (ErrorKind.OVER_LIMIT, "max_pending_requests reached")
 
 
 class UpstreamPool(Replies):

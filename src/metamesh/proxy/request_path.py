@@ -15,6 +15,7 @@ This code runs once per proxied request, so it binds locals and inlines small st
 from __future__ import annotations
 
 import bisect
+from typing import Final
 
 from metamesh.codecs import (
     CodecError,
@@ -43,7 +44,7 @@ from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.stats import DURATION_BUCKETS_MS
 from metamesh.proxy.upstream import ActiveRequest, Upstream
 
-_bucket = bisect.bisect_left
+_bucket: Final = bisect.bisect_left
 
 
 class RequestPath(Attempts):

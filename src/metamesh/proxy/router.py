@@ -18,12 +18,13 @@ import random
 import re
 from collections.abc import Mapping
 from itertools import accumulate
+from typing import Final
 
 from metamesh.codecs import Message
 from metamesh.proxy.config import MatchKind, MetadataMatcher, Route, RouteConfiguration
 
 _EXACT, _PREFIX, _REGEX, _PRESENT = 0, 1, 2, 3
-_KIND_CODE = {
+_KIND_CODE: Final = {
     MatchKind.EXACT: _EXACT,
     MatchKind.PREFIX: _PREFIX,
     MatchKind.SAFE_REGEX: _REGEX,
@@ -58,7 +59,7 @@ def matches(matchers: tuple[_Matcher, ...], metadata: Mapping[str, str]) -> bool
     return True
 
 
-_dict_get = dict.get
+_dict_get: Final = dict.get
 
 
 class CompiledRoute:

@@ -16,17 +16,18 @@ The admin endpoint turns these into Prometheus text at scrape time
 from __future__ import annotations
 
 import bisect
+from typing import Final
 
 from metamesh.codecs import ErrorKind
 
 #: Istio's default duration buckets, in milliseconds.
-DURATION_BUCKETS_MS: tuple[float, ...] = (
+DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
     300000, 600000, 1800000, 3600000,
 )  # fmt: skip
 
 #: metamesh counters: attribute of ProxyStats -> (metric name, help).
-COUNTERS: dict[str, tuple[str, str]] = {
+COUNTERS: Final[dict[str, tuple[str, str]]] = {
     "downstream_decode_errors": (
         "metamesh_downstream_decode_errors_total",
         "Client connections closed because their bytes were not a valid frame",
@@ -103,7 +104,7 @@ COUNTERS: dict[str, tuple[str, str]] = {
 }
 
 #: metamesh gauges: attribute of ProxyStats -> (metric name, help).
-GAUGES: dict[str, tuple[str, str]] = {
+GAUGES: Final[dict[str, tuple[str, str]]] = {
     "active_downstream_connections": (
         "metamesh_active_downstream_connections",
         "Open client connections",

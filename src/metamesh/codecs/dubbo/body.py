@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from typing import Final
 
 from metamesh.codecs.dubbo.descriptor import count_parameters
 from metamesh.codecs.dubbo.header import HEADER_SIZE
@@ -32,14 +33,14 @@ from metamesh.codecs.hessian2 import Hessian2Decoder, Hessian2Encoder, HessianEr
 from metamesh.codecs.message import CodecError
 
 # Hessian2 tags the codec must recognise itself (everything else is the decoder's business).
-_MAP_UNTYPED = 0x48  # 'H'
-_MAP_TYPED = 0x4D  # 'M'
-_MAP_END = 0x5A  # 'Z'
-_NULL = 0x4E  # 'N'
+_MAP_UNTYPED: Final = 0x48  # 'H'
+_MAP_TYPED: Final = 0x4D  # 'M'
+_MAP_END: Final = 0x5A  # 'Z'
+_NULL: Final = 0x4E  # 'N'
 
 #: Errors a malformed body provokes in the Hessian decoder; re-raised as CodecError that says
 #: which part of the Dubbo body was wrong (the built-in ones only as a safety net).
-DECODE_ERRORS = (
+DECODE_ERRORS: Final = (
     HessianError,
     IndexError,
     ValueError,
@@ -49,10 +50,10 @@ DECODE_ERRORS = (
     RecursionError,
 )
 
-RESULT_EXCEPTION = 0
-RESULT_VALUE = 1
-RESULT_NULL = 2
-RESULT_WITH_ATTACHMENTS = 3  # kinds 3, 4, 5 = 0, 1, 2 plus an attachments map
+RESULT_EXCEPTION: Final = 0
+RESULT_VALUE: Final = 1
+RESULT_NULL: Final = 2
+RESULT_WITH_ATTACHMENTS: Final = 3  # kinds 3, 4, 5 = 0, 1, 2 plus an attachments map
 
 
 def _is_string_tag(tag: int) -> bool:

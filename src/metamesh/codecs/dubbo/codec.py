@@ -28,7 +28,7 @@ body), ``dubbo_version``, plus every string -> string attachment (``group``, ``a
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from metamesh.codecs.base import DEFAULT_MAX_FRAME_SIZE, Codec
 from metamesh.codecs.dubbo.body import (
@@ -73,7 +73,7 @@ from metamesh.codecs.message import (
 
 #: Status of a local error reply, per reason. Every Dubbo client turns a non-20 status into an
 #: error carrying the body string; the status tells Java clients how to classify it.
-ERROR_STATUS: dict[ErrorKind, DubboStatus] = {
+ERROR_STATUS: Final[dict[ErrorKind, DubboStatus]] = {
     ErrorKind.ROUTE_NOT_FOUND: DubboStatus.SERVICE_NOT_FOUND,
     ErrorKind.CLUSTER_NOT_FOUND: DubboStatus.SERVICE_NOT_FOUND,
     ErrorKind.TIMEOUT: DubboStatus.SERVER_TIMEOUT,
@@ -82,17 +82,17 @@ ERROR_STATUS: dict[ErrorKind, DubboStatus] = {
     ErrorKind.BAD_RESPONSE: DubboStatus.BAD_RESPONSE,
 }
 
-_HEARTBEAT_BODY = b"N"  # Hessian null
-_OK = int(DubboStatus.OK)
-_HEARTBEAT = MessageType.HEARTBEAT
-_REQUEST = MessageType.REQUEST
-_ONEWAY = MessageType.ONEWAY
-_RESPONSE = MessageType.RESPONSE
-_ERROR_STATUS = ResponseStatus.ERROR
-_RequestMetadata = RequestMetadata
-_unpack_header = unpack_header
+_HEARTBEAT_BODY: Final = b"N"  # Hessian null
+_OK: Final = int(DubboStatus.OK)
+_HEARTBEAT: Final = MessageType.HEARTBEAT
+_REQUEST: Final = MessageType.REQUEST
+_ONEWAY: Final = MessageType.ONEWAY
+_RESPONSE: Final = MessageType.RESPONSE
+_ERROR_STATUS: Final = ResponseStatus.ERROR
+_RequestMetadata: Final = RequestMetadata
+_unpack_header: Final = unpack_header
 #: Result kinds 0-5: 0 and 3 carry an exception the service declared or threw.
-_OUTCOME_BY_KIND = tuple(
+_OUTCOME_BY_KIND: Final = tuple(
     ResponseStatus.BUSINESS_EXCEPTION if kind % 3 == RESULT_EXCEPTION else ResponseStatus.OK
     for kind in range(6)
 )

@@ -17,26 +17,27 @@ from __future__ import annotations
 
 import enum
 import struct
+from typing import Final
 
 from metamesh.codecs.message import CodecError, FrameTooLargeError
 
-HEADER_SIZE = 16
-MAGIC = 0xDABB
-MAGIC_BYTES = b"\xda\xbb"
+HEADER_SIZE: Final = 16
+MAGIC: Final = 0xDABB
+MAGIC_BYTES: Final = b"\xda\xbb"
 
-FLAG_REQUEST = 0x80
-FLAG_TWO_WAY = 0x40
-FLAG_EVENT = 0x20
-SERIALIZATION_MASK = 0x1F
+FLAG_REQUEST: Final = 0x80
+FLAG_TWO_WAY: Final = 0x40
+FLAG_EVENT: Final = 0x20
+SERIALIZATION_MASK: Final = 0x1F
 
 #: The only serialization metamesh can read (Dubbo's default).
-HESSIAN2_ID = 2
+HESSIAN2_ID: Final = 2
 
-_HEADER = struct.Struct(">HBBQi")
+_HEADER: Final = struct.Struct(">HBBQi")
 #: ``(magic, flags, status, request_id, body_length)`` at the front of a buffer, unchecked.
-unpack_header = _HEADER.unpack_from
-_unpack_header = unpack_header
-_pack_header = _HEADER.pack
+unpack_header: Final = _HEADER.unpack_from
+_unpack_header: Final = unpack_header
+_pack_header: Final = _HEADER.pack
 
 
 class DubboStatus(enum.IntEnum):
@@ -54,10 +55,10 @@ class DubboStatus(enum.IntEnum):
     SERVER_THREADPOOL_EXHAUSTED_ERROR = 100
 
 
-KNOWN_STATUSES = frozenset(int(s) for s in DubboStatus)
+KNOWN_STATUSES: Final = frozenset(int(s) for s in DubboStatus)
 
 #: Serialization ids Dubbo defines, for error messages only.
-_SERIALIZATION_NAMES = {
+_SERIALIZATION_NAMES: Final = {
     2: "hessian2",
     3: "java",
     4: "compactedjava",

@@ -16,14 +16,14 @@ section surfaces as :class:`~metamesh.codecs.message.CodecError` from that first
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from metamesh.codecs.dubbo.body import BodyLayout, request_attachments
 
 if TYPE_CHECKING:
     from _collections_abc import dict_items, dict_keys, dict_values
 
-_MISSING: Any = object()
+_MISSING: Final[Any] = object()
 
 
 def request_metadata(head: dict[str, str], frame: bytes, head_end: int) -> RequestMetadata:

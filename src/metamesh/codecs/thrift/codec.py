@@ -54,6 +54,7 @@ fault abort, bad response, unspecified) -> INTERNAL_ERROR (6). A oneway request 
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from metamesh.codecs.base import DEFAULT_MAX_FRAME_SIZE, Codec
 from metamesh.codecs.message import (
@@ -83,36 +84,36 @@ from metamesh.codecs.thrift.protocol import (
 )
 from metamesh.codecs.thrift.transport import Transport, detect
 
-_I32 = struct.Struct(">i")
-_pack_i32 = _I32.pack
-_U32 = struct.Struct(">I")
-_pack_u32 = _U32.pack
-_unpack_u32 = _U32.unpack_from
+_I32: Final = struct.Struct(">i")
+_pack_i32: Final = _I32.pack
+_U32: Final = struct.Struct(">I")
+_pack_u32: Final = _U32.pack
+_unpack_u32: Final = _U32.unpack_from
 #: Frame length, strict-binary version word (0x8001 | type), method name length.
-_unpack_binary_head = struct.Struct(">iIi").unpack_from
+_unpack_binary_head: Final = struct.Struct(">iIi").unpack_from
 
-_BINARY = Protocol.BINARY
-_COMPACT = Protocol.COMPACT
-_OK = ResponseStatus.OK
-_BUSINESS_EXCEPTION = ResponseStatus.BUSINESS_EXCEPTION
-_ERROR = ResponseStatus.ERROR
+_BINARY: Final = Protocol.BINARY
+_COMPACT: Final = Protocol.COMPACT
+_OK: Final = ResponseStatus.OK
+_BUSINESS_EXCEPTION: Final = ResponseStatus.BUSINESS_EXCEPTION
+_ERROR: Final = ResponseStatus.ERROR
 
-_MESSAGE_TYPES = {
+_MESSAGE_TYPES: Final = {
     1: MessageType.REQUEST,
     2: MessageType.RESPONSE,
     3: MessageType.ERROR,
     4: MessageType.ONEWAY,
 }
 #: The same, indexed by wire type (index 0 is never used: the fast path checks 1 <= type <= 4).
-_WIRE_TYPES = (MessageType.ERROR, *_MESSAGE_TYPES.values())
-_STATUS_BY_WIRE_TYPE = (_OK, _OK, _OK, _ERROR, _OK)
+_WIRE_TYPES: Final = (MessageType.ERROR, *_MESSAGE_TYPES.values())
+_STATUS_BY_WIRE_TYPE: Final = (_OK, _OK, _OK, _ERROR, _OK)
 
 #: ``codec_state`` of a framed message: ``(name, seqid_offset, seqid_size, protocol)``, offsets
 #: into ``Message.frame``. A tuple because it is built per frame and a tuple is the cheapest
 #: record Python has.
 FramedState = tuple[bytes, int, int, Protocol]
 
-_APP_EXCEPTION_TYPES = {
+_APP_EXCEPTION_TYPES: Final = {
     ErrorKind.ROUTE_NOT_FOUND: AppExceptionType.UNKNOWN_METHOD,
     ErrorKind.BAD_REQUEST: AppExceptionType.PROTOCOL_ERROR,
 }
@@ -146,8 +147,8 @@ class FrameState:
         self.payload = payload
 
 
-_MAX_CACHED_NAMES = 4096
-_name_cache: dict[bytes, dict[str, str]] = {}
+_MAX_CACHED_NAMES: Final = 4096
+_name_cache: Final[dict[bytes, dict[str, str]]] = {}
 
 
 def _name_metadata(name: bytes) -> dict[str, str]:

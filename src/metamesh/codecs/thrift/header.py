@@ -22,20 +22,21 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Mapping
+from typing import Final
 
 from metamesh.codecs.message import CodecError, FrameTooLargeError
 from metamesh.codecs.thrift.protocol import Protocol, Short, read_varint, write_varint
 
-MAGIC = 0x0FFF
+MAGIC: Final = 0x0FFF
 #: Bytes before the header region: length, magic, flags, seqid, header length.
-PREFIX = 14
-SEQID_OFFSET = 8
-INFO_KEYVALUE = 1
-INFO_PKEYVALUE = 2
-ZLIB_TRANSFORM = 1
+PREFIX: Final = 14
+SEQID_OFFSET: Final = 8
+INFO_KEYVALUE: Final = 1
+INFO_PKEYVALUE: Final = 2
+ZLIB_TRANSFORM: Final = 1
 
-_PROTOCOLS = {0: Protocol.BINARY, 2: Protocol.COMPACT}
-_PREFIX = struct.Struct(">iHHiH")
+_PROTOCOLS: Final = {0: Protocol.BINARY, 2: Protocol.COMPACT}
+_PREFIX: Final = struct.Struct(">iHHiH")
 
 
 class HeaderFrame:

@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import enum
 import struct
+from typing import Final
 
 from metamesh.codecs.message import CodecError
 
-_I32 = struct.Struct(">i")
-_I16 = struct.Struct(">h")
+_I32: Final = struct.Struct(">i")
+_I16: Final = struct.Struct(">h")
 
 #: Nesting limit for the skip-walk (structs in lists in maps ...); deeper input is rejected.
-MAX_DEPTH = 64
+MAX_DEPTH: Final = 64
 
 
 class Protocol(enum.IntEnum):
@@ -172,7 +173,7 @@ def read_varint(data: bytes | bytearray, pos: int, end: int, max_bytes: int) -> 
     raise CodecError(f"thrift compact: varint longer than {max_bytes} bytes at offset {pos}")
 
 
-_ONE_BYTE_VARINTS = tuple(bytes((i,)) for i in range(0x80))
+_ONE_BYTE_VARINTS: Final = tuple(bytes((i,)) for i in range(0x80))
 
 
 def write_varint(value: int) -> bytes:
@@ -204,12 +205,12 @@ def _signed32(value: int) -> int:
 # --- the skip-walk --------------------------------------------------------------------------
 
 # Binary field types -> fixed width (absent = variable or invalid).
-_BINARY_FIXED = {2: 1, 3: 1, 4: 8, 6: 2, 8: 4, 10: 8, 16: 16}
+_BINARY_FIXED: Final = {2: 1, 3: 1, 4: 8, 6: 2, 8: 4, 10: 8, 16: 16}
 # Smallest encoding of one element of each binary type (for early size checks on collections).
-_BINARY_MIN = {**_BINARY_FIXED, 11: 4, 12: 1, 13: 6, 14: 5, 15: 5}
+_BINARY_MIN: Final = {**_BINARY_FIXED, 11: 4, 12: 1, 13: 6, 14: 5, 15: 5}
 # Compact element types -> fixed width inside collections (bools take one byte there).
-_COMPACT_FIXED = {1: 1, 2: 1, 3: 1, 7: 8, 13: 16}
-_COMPACT_VARINT = frozenset({4, 5, 6})
+_COMPACT_FIXED: Final = {1: 1, 2: 1, 3: 1, 7: 8, 13: 16}
+_COMPACT_VARINT: Final = frozenset({4, 5, 6})
 
 
 def skip_struct(data: bytes | bytearray, pos: int, end: int, protocol: Protocol) -> int:

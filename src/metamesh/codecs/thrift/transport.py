@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import enum
 import struct
+from typing import Final
 
 from metamesh.codecs.message import CodecError, FrameTooLargeError
 from metamesh.codecs.thrift.header import MAGIC
 from metamesh.codecs.thrift.protocol import Protocol, sniff
 
-_I32 = struct.Struct(">i")
+_I32: Final = struct.Struct(">i")
 #: A framed message: 4-byte length + the smallest possible message (non-strict, empty name).
-_MIN_PROBE = 8
+_MIN_PROBE: Final = 8
 
 
 class Transport(enum.IntEnum):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -41,11 +41,11 @@ if TYPE_CHECKING:
     from metamesh.proxy.router import CompiledRoute
     from metamesh.proxy.upstream import ActiveRequest
 
-ROUTER = "aeraki.meta_protocol.filters.router"
-LOCAL_RATELIMIT = "aeraki.meta_protocol.filters.local_ratelimit"
-GLOBAL_RATELIMIT = "aeraki.meta_protocol.filters.ratelimit"
-FAULT = "metamesh.filters.fault"
-RBAC = "metamesh.filters.rbac"
+ROUTER: Final = "aeraki.meta_protocol.filters.router"
+LOCAL_RATELIMIT: Final = "aeraki.meta_protocol.filters.local_ratelimit"
+GLOBAL_RATELIMIT: Final = "aeraki.meta_protocol.filters.ratelimit"
+FAULT: Final = "metamesh.filters.fault"
+RBAC: Final = "metamesh.filters.rbac"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ class Stop:
     then: LocalReply | None = None
 
 
-CONTINUE = None
+CONTINUE: Final = None
 FilterResult = LocalReply | Stop | None
 
 
@@ -102,7 +102,7 @@ class Filter:
 #: when the filter has nothing to do (the router).
 FilterFactory = Callable[[object | None, FilterContext], Filter | None]
 
-_REGISTRY: dict[str, FilterFactory] = {}
+_REGISTRY: Final[dict[str, FilterFactory]] = {}
 
 
 class UnknownFilterError(LookupError):

@@ -9,7 +9,7 @@ An empty bucket answers with an ``OVER_LIMIT`` local reply.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from metamesh.codecs import ErrorKind
 from metamesh.proxy.config import LocalRateLimitConfig, TokenBucket
@@ -19,8 +19,8 @@ from metamesh.proxy.router import compile_matcher, matches
 if TYPE_CHECKING:
     from metamesh.proxy.upstream import ActiveRequest
 
-_EPSILON = 1e-9  # float slack so that 0.3 s is three fills of 0.1 s
-_OVER_LIMIT = LocalReply(ErrorKind.OVER_LIMIT, "local rate limit exceeded")
+_EPSILON: Final = 1e-9  # float slack so that 0.3 s is three fills of 0.1 s
+_OVER_LIMIT: Final = LocalReply(ErrorKind.OVER_LIMIT, "local rate limit exceeded")
 
 
 class Bucket:

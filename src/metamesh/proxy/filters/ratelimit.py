@@ -16,7 +16,7 @@ opposite). The gRPC client for the service is not part of the sans-IO core.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from metamesh.codecs import ErrorKind
 from metamesh.proxy.config import GlobalRateLimitConfig
@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from metamesh.proxy.upstream import ActiveRequest
 
 #: Action code emitted for the runtime (distinct from the connection manager's own codes).
-RATELIMIT_CHECK = 100
-OVER_LIMIT = LocalReply(ErrorKind.OVER_LIMIT, "global rate limit exceeded")
-_FAILED_CLOSED = LocalReply(ErrorKind.OVER_LIMIT, "rate limit service unavailable")
+RATELIMIT_CHECK: Final = 100
+OVER_LIMIT: Final = LocalReply(ErrorKind.OVER_LIMIT, "global rate limit exceeded")
+_FAILED_CLOSED: Final = LocalReply(ErrorKind.OVER_LIMIT, "rate limit service unavailable")
 
 
 class GlobalRateLimitFilter(Filter):
