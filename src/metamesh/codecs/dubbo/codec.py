@@ -121,7 +121,9 @@ class DubboCodec(Codec):
             if available and buffer[:2] != MAGIC_BYTES[:available]:
                 raise CodecError(f"dubbo: bad magic {bytes(buffer[:2]).hex()} (expected dabb)")
             return None
-        magic, flags, status, request_id, body_length = _unpack_header(buffer, 0)
+        # typed so the native build computes on machine ints, not boxed objects
+        header: tuple[int, int, int, int, int] = _unpack_header(buffer, 0)
+        magic, flags, status, request_id, body_length = header
         size = HEADER_SIZE + body_length
         if (
             magic != MAGIC

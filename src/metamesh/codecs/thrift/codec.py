@@ -280,7 +280,9 @@ class ThriftCodec(Codec):
     def decode(self, buffer: bytearray) -> Message | None:
         if self._framed_binary and len(buffer) >= 12:
             # Fast path (see the module docstring): framed strict binary, header in the buffer.
-            size, version, name_size = _unpack_binary_head(buffer)
+            # typed so the native build computes on machine ints, not boxed objects
+            head: tuple[int, int, int] = _unpack_binary_head(buffer)
+            size, version, name_size = head
             body_at = name_size + 16  # length, version, name length, name, seqid
             wire = version & 0xFF
             if (
@@ -317,9 +319,10 @@ class ThriftCodec(Codec):
                     cached = _name_cache.get(name)
                     if cached is not None:
                         metadata = cached.copy()
+                seqid: int = _unpack_u32(frame, seqid_at)[0]
                 return Message(
                     _WIRE_TYPES[wire],
-                    _unpack_u32(frame, seqid_at)[0],
+                    seqid,
                     frame,
                     body_at,
                     total - body_at,
