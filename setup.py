@@ -3,7 +3,8 @@
 metamesh is pure Python and installs as such by default. With ``METAMESH_MYPYC=1`` in the
 environment, ``pip install --no-build-isolation .`` (with mypy, setuptools and wheel installed;
 ``scripts/build_mypyc.sh`` does this into ``build/native``) compiles the modules every proxied
-request runs through -- the codecs' framing and the proxy core -- to C extensions with mypyc, the
+request runs through -- the codecs' framing, the proxy core and the runtime's socket adapters
+and per-turn flush -- to C extensions with mypyc, the
 compiler that ships with mypy. The code is the same, fully typed Python: mypyc turns attribute
 access on native classes into struct loads, calls between compiled functions into C calls and
 ``Final`` constants into C constants, which takes 20-45% off the core's CPU time per request
@@ -58,6 +59,7 @@ HOT_PATH_MODULES = [
     "proxy/filters/local_ratelimit",
     "proxy/filters/ratelimit",
     "proxy/filters/rbac",
+    "runtime/protocols",
 ]
 
 

@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=["thrift", "dubbo"], default="thrift")
     parser.add_argument("--shapes", default="c4k32,c16k1,r20000,r5000")
     parser.add_argument(
-        "--targets", default=",".join(TARGET_KINDS), help=f"comma list of {', '.join(TARGET_KINDS)}"
+        "--targets",
+        default=",".join(TARGET_KINDS),
+        help=f"comma list of {', '.join(TARGET_KINDS)}, metamesh-native@DIR (A/B builds)",
     )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=2.0)

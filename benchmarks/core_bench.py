@@ -73,7 +73,7 @@ def run(protocol: str, clients: int, depth: int, turns: int) -> float:
             peer.dirty = False
             if peer is upstream:
                 out: list[bytes] = []
-                answer(peer.out, out)
+                answer(bytearray(b"".join(peer.out)), out)
                 data = b"".join(out)
                 replies = len(out)
             peer.out.clear()

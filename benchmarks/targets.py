@@ -10,6 +10,9 @@ X". Kinds:
 - ``metamesh-native``: the same command and config on the native build (hot path compiled with
   mypyc; ``scripts/build_mypyc.sh`` builds it into ``build/native`` first, then the proxy runs
   with ``PYTHONPATH=build/native``). Refused unless ``metamesh --version`` reports "native".
+- ``metamesh-native@DIR``: a native tree built elsewhere (say, ``scripts/build_mypyc.sh`` in a
+  git worktree of an older commit), run with ``PYTHONPATH=DIR`` and not rebuilt: an A/B of two
+  commits interleaved in one run, so the machine's drift hits both alike.
 - ``envoy``: Envoy's own L7 filter for the protocol (thrift_proxy or dubbo_proxy), from
   ``benchmarks/envoy_configs/<filter>.yaml``.
 - ``envoy-tcp``: Envoy tcp_proxy, the layer-4 floor.
@@ -165,6 +168,9 @@ class Target:
             self._start_metamesh(upstream_port, options)
         elif self.kind == "metamesh-native":
             self._start_metamesh(upstream_port, options, native=True)
+        elif self.kind.startswith("metamesh-native@"):
+            tree = Path(self.kind.partition("@")[2]).resolve()
+            self._start_metamesh(upstream_port, options, native=True, tree=tree)
         else:
             raise ValueError(f"unknown target {self.kind!r}; known: {', '.join(TARGET_KINDS)}")
         probe(self.protocol, self.port)
@@ -208,14 +214,22 @@ class Target:
     # -- metamesh -------------------------------------------------------------------------------
 
     def _start_metamesh(
-        self, upstream_port: int, options: dict[str, Any], native: bool = False
+        self,
+        upstream_port: int,
+        options: dict[str, Any],
+        native: bool = False,
+        tree: Path | None = None,
     ) -> None:
         binary = Path(options.get("metamesh_bin") or ROOT / ".venv" / "bin" / "metamesh")
         if not binary.exists():
             raise Unavailable(f"{binary} not found (run scripts/setup.sh)")
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
-        if native:
+        if tree is not None:
+            if not tree.is_dir():
+                raise Unavailable(f"{tree} is not a directory (build it with build_mypyc.sh)")
+            env["PYTHONPATH"] = str(tree)
+        elif native:
             build = subprocess.run(
                 [str(ROOT / "scripts" / "build_mypyc.sh")], capture_output=True, text=True
             )
@@ -228,7 +242,8 @@ class Target:
         if help_run.returncode != 0:
             raise Unavailable("`metamesh proxy` is not available yet: " + _last_line(help_run))
         self.port = free_port()
-        config = self.workdir / f"{self.kind}-{self.protocol}.yaml"
+        slug = self.kind.replace("/", "_").replace("@", "-at")
+        config = self.workdir / f"{slug}-{self.protocol}.yaml"
         template = options.get("metamesh_config")
         if template:
             config.write_text(
@@ -252,12 +267,12 @@ class Target:
         if "--log-level" in help_run.stdout:
             cmd += ["--log-level", "WARNING"]
         cmd += list(options.get("metamesh_args") or [])
-        log = self.workdir / f"{self.kind}-{self.protocol}.log"
+        log = self.workdir / f"{slug}-{self.protocol}.log"
         version = subprocess.run(
             [str(binary), "--version"], capture_output=True, text=True, env=env
         ).stdout.strip()
         if native and "native" not in version:
-            raise Unavailable(f"build/native does not load compiled: {version!r}")
+            raise Unavailable(f"{env['PYTHONPATH']} does not load compiled: {version!r}")
         self.proc = spawn(cmd, log, env=env)
         self.extra["config"] = str(config)
         wait_listening(self.port, self.proc, 30.0, log)

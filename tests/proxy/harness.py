@@ -93,7 +93,7 @@ class Harness:
     def flush(self) -> None:
         for peer in self.core.dirty:
             peer.dirty = False
-            self.sent.setdefault(peer, bytearray()).extend(peer.out)
+            self.sent.setdefault(peer, bytearray()).extend(b"".join(peer.out))
             peer.out.clear()
         self.core.dirty.clear()
         for action in self.core.take_actions():

@@ -19,8 +19,9 @@ calls plain methods on one object; the only calls that go up a layer are the two
 declared here (retry after a failure, report an endpoint failure), implemented by
 :class:`~metamesh.proxy.attempts.Attempts`.
 
-Output contract: bytes to send are appended to the ``out`` bytearray of each peer, which is
-listed once in :attr:`CoreState.dirty` (the runtime writes each dirty peer once per loop turn);
+Output contract: frames to send (``bytes``, never a buffer that changes later) are appended to
+the ``out`` list of each peer, which is listed once in :attr:`CoreState.dirty` (the runtime
+writes each dirty peer once per loop turn, a lone frame as is, several joined);
 control actions are plain tuples in :attr:`CoreState.actions`: ``(CONNECT, upstream)``,
 ``(CLOSE_DOWNSTREAM, downstream)``, ``(CLOSE_UPSTREAM, upstream)``, ``(LOG, level, text)``
 and ``(ACCESS_LOG, record)``.

@@ -71,7 +71,7 @@ class Downstream:
         self.codec = listener.new_codec()
         self.peer = peer
         self.inbuf = bytearray()
-        self.out = bytearray()
+        self.out: list[bytes] = []  # frames for the client, written once per loop turn
         self.dirty = False
         self.closed = False
         self.handle: Any = None

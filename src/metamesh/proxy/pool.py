@@ -188,7 +188,7 @@ class UpstreamPool(Replies):
             req.endpoint_index = idx
             req.upstream = up
             self.stats.active_requests += 1
-        up.out += frame
+        up.out.append(frame)
         state = up.state
         if state is _READY:
             if not up.dirty:

@@ -98,7 +98,7 @@ class Replies(CoreState):
                 order.popleft()
                 while order and order[0].reply is not None:
                     data += order.popleft().reply  # type: ignore[operator]
-        d.out += data
+        d.out.append(data)
         if not d.dirty:
             d.dirty = True
             self.dirty.append(d)

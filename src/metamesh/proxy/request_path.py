@@ -119,7 +119,7 @@ class RequestPath(Attempts):
                 # which drop silent connections (Dubbo) keep our shared connection.
                 pong = codec.heartbeat_reply(msg)
                 if pong:
-                    up.out += pong
+                    up.out.append(pong)
                     if not up.dirty:
                         up.dirty = True
                         self.dirty.append(up)
@@ -168,9 +168,9 @@ class RequestPath(Attempts):
         if multiplexed:
             rid = req.request.request_id
             if msg.request_id == rid:  # the client's id went upstream unchanged (see _send)
-                d.out += msg.frame
+                d.out.append(msg.frame)
             else:
-                d.out += up.codec.rewrite_request_id(msg, rid)  # type: ignore[arg-type]
+                d.out.append(up.codec.rewrite_request_id(msg, rid))  # type: ignore[arg-type]
             if not d.dirty:
                 d.dirty = True
                 self.dirty.append(d)

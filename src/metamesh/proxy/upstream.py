@@ -156,7 +156,7 @@ class Upstream:
         self.protocol = protocol
         self.owner = owner  # the Downstream for dedicated (pipelined) connections, else None
         self.inbuf = bytearray()
-        self.out = bytearray()
+        self.out: list[bytes] = []  # frames for the upstream, written once per loop turn
         self.dirty = False
         self.handle: Any = None
         self.state = UpstreamState.CONNECTING

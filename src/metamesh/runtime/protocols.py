@@ -1,63 +1,156 @@
-"""Thin ``asyncio.Protocol`` adapters between sockets and the sans-IO core.
+"""The hot half of the runtime: socket adapters and the per-turn clock and flush.
 
-They only translate callbacks into core events (with the loop turn's ``now``) and own
-backpressure, uvicorn-style: a client that does not read its replies gets its own reading paused
-(``pause_writing`` on its transport), and an upstream whose write buffer fills pauses reading
-from every client until it drains, since any client may be feeding it. A mirror's connection
-(which carries only request copies) never pauses clients: while it is congested the core drops
-further copies for it instead. The write buffer limits are the high/low water marks. Writes
-never happen here: the server flushes each peer's coalesced output once per loop turn.
+Everything here runs once per socket event or once per loop turn, so it is compiled with the
+proxy core in the native build (see ``setup.py``) and kept to plain attribute work:
+
+* :class:`DownstreamProtocol` and :class:`UpstreamProtocol` translate transport callbacks into
+  core events with the turn's ``now``. They are plain classes, not ``asyncio.Protocol``
+  subclasses (an event loop only calls the methods, and compiled classes cannot derive from
+  a Python class). They own backpressure, uvicorn-style: a client that does not read its
+  replies gets its own reading paused (``pause_writing`` on its transport), and an upstream
+  whose write buffer fills pauses reading from every client until it drains, since any client
+  may be feeding it. A mirror's connection (which carries only request copies) never pauses
+  clients: while it is congested the core drops further copies for it instead.
+* :class:`Turn` reads the loop clock once per turn and, on the first event of a turn, schedules
+  :meth:`Turn.flush` with ``call_soon``. The flush writes each dirty peer once: its ``out`` list
+  of frames goes to the transport as the frame itself when there is one (a forwarded frame is
+  the ``bytes`` object decoded from the socket, so nothing is copied) or joined once otherwise;
+  ``bytes`` also spares uvloop the memoryview it makes of anything else. It then hands the
+  core's control actions to the server and keeps a single ``call_at`` armed for the core's
+  earliest deadline (re-armed only when an earlier one appears).
+
+Writes never happen in the adapters: they only feed the core; the flush writes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from metamesh.proxy.connection import ConnectionManager, Downstream
+from metamesh.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
-    from metamesh.proxy.connection import Downstream
-    from metamesh.proxy.upstream import Upstream
     from metamesh.runtime.server import ProxyServer
 
 
-class DownstreamProtocol(asyncio.Protocol):
+class Turn:
+    """One loop turn's clock and end-of-turn flush for ``core``; see the module docstring."""
+
+    def __init__(
+        self,
+        core: ConnectionManager,
+        loop: asyncio.AbstractEventLoop,
+        execute: Callable[[tuple[Any, ...]], None],
+    ) -> None:
+        self.core = core
+        self.loop = loop
+        self._time = loop.time
+        self._call_soon = loop.call_soon
+        self._execute = execute
+        self._now = 0.0
+        self._have_now = False
+        self._scheduled = False
+        self._flush_cb: Callable[[], None] = self.flush  # one bound method, made once
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = 0.0  # meaningful only while _deadline_timer is set
+
+    def now(self) -> float:
+        """The loop time of this turn (read once, reset by the end-of-turn flush)."""
+        if self._have_now:
+            return self._now
+        now = self._now = self._time()
+        self._have_now = True
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_soon(self._flush_cb)
+        return now
+
+    def flush(self) -> None:
+        """Write every dirty peer's output once, then execute the core's actions."""
+        self._scheduled = False
+        self._have_now = False
+        core = self.core
+        dirty = core.dirty
+        if dirty:
+            core.dirty = []
+            for peer in dirty:
+                peer.dirty = False
+                out = peer.out
+                if not out:
+                    continue
+                peer.out = []
+                handle = peer.handle
+                if handle is None:
+                    continue
+                transport: asyncio.Transport | None = handle.transport
+                if transport is None:
+                    continue
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if core.actions:
+            for action in core.take_actions():
+                self._execute(action)
+        deadline = core.deadlines.next_deadline()
+        if deadline is not None and (self._deadline_timer is None or deadline < self._deadline_at):
+            self._arm(deadline)
+
+    def _arm(self, when: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = when
+        self._deadline_timer = self.loop.call_at(when, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline_timer = None
+        self.core.on_timer(self.now())  # now() schedules the flush, which re-arms the timer
+
+    def cancel(self) -> None:
+        """Disarm the deadline timer (the server is closing)."""
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+
+
+class DownstreamProtocol:
     """One accepted client connection."""
 
-    __slots__ = ("conn", "listener_name", "paused_by_self", "server", "transport")
-
-    def __init__(self, server: ProxyServer, listener_name: str) -> None:
+    def __init__(self, server: ProxyServer, turn: Turn, listener_name: str) -> None:
         self.server = server
+        self.turn = turn
+        self.core = turn.core
         self.listener_name = listener_name
         self.transport: asyncio.Transport | None = None
         self.conn: Downstream | None = None
         self.paused_by_self = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.transport = transport
+        tr = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = tr
         server = self.server
-        transport.set_write_buffer_limits(server.high_water, server.low_water)
-        peer = transport.get_extra_info("peername")
-        self.conn = server.core.downstream_connected(
+        tr.set_write_buffer_limits(server.high_water, server.low_water)
+        peer = tr.get_extra_info("peername")
+        conn = self.core.downstream_connected(
             self.listener_name, f"{peer[0]}:{peer[1]}" if peer else ""
         )
-        self.conn.handle = self
+        conn.handle = self
+        self.conn = conn
         server.readers.add(self)
         if server.upstream_congested:
-            transport.pause_reading()
+            tr.pause_reading()
 
     def data_received(self, data: bytes) -> None:
-        server = self.server
-        server.core.downstream_data(self.conn, data, server.now())  # type: ignore[arg-type]
+        conn = self.conn
+        if conn is not None:
+            self.core.downstream_data(conn, data, self.turn.now())
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        server = self.server
-        server.readers.discard(self)
+        self.server.readers.discard(self)
         if self.conn is not None:
-            server.core.downstream_closed(self.conn, server.now())
+            self.core.downstream_closed(self.conn, self.turn.now())
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -71,37 +164,35 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
 
-class UpstreamProtocol(asyncio.Protocol):
+class UpstreamProtocol:
     """One connection to an upstream endpoint."""
 
-    __slots__ = ("congested", "server", "transport", "up")
-
-    def __init__(self, server: ProxyServer, up: Upstream) -> None:
+    def __init__(self, server: ProxyServer, turn: Turn, up: Upstream) -> None:
         self.server = server
+        self.turn = turn
+        self.core = turn.core
         self.up = up
         self.transport: asyncio.Transport | None = None
         self.congested = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.transport = transport
+        tr = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = tr
         server = self.server
-        transport.set_write_buffer_limits(server.high_water, server.low_water)
+        tr.set_write_buffer_limits(server.high_water, server.low_water)
         self.up.handle = self
-        server.core.upstream_connected(self.up, server.now())
+        self.core.upstream_connected(self.up, self.turn.now())
 
     def data_received(self, data: bytes) -> None:
-        server = self.server
-        server.core.upstream_data(self.up, data, server.now())
+        self.core.upstream_data(self.up, data, self.turn.now())
 
     def eof_received(self) -> bool | None:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        server = self.server
         if self.congested:
             self.resume_writing()
-        server.core.upstream_closed(self.up, server.now())
+        self.core.upstream_closed(self.up, self.turn.now())
         self.transport = None
 
     def pause_writing(self) -> None:

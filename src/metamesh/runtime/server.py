@@ -3,18 +3,15 @@
 :class:`ProxyServer` runs one :class:`~metamesh.proxy.connection.ConnectionManager` on the
 current event loop (uvloop when the CLI finds it). Its job is mechanical:
 
-* **Time once per turn.** :meth:`now` reads the loop clock on first use in a loop turn and
-  caches it until the end-of-turn flush, so a batch of events shares one clock read.
-* **Coalesced writes.** The core appends output to each peer's ``out`` buffer; the first event
-  of a turn schedules :meth:`flush` with ``call_soon``, which then writes each dirty peer once
-  (one syscall per peer per turn instead of one per frame) and executes the core's actions.
+* **Time once per turn, coalesced writes, one precise timer.** The per-turn half lives in
+  :class:`~metamesh.runtime.protocols.Turn` (compiled in the native build): the loop clock is
+  read once per turn, each dirty peer is written once per turn (one syscall per peer per turn
+  instead of one per frame), and a single ``call_at`` stays armed for the core's earliest
+  deadline (request timeouts, retry back-offs, delayed faults, ends of ejections, connect
+  timeouts). The server executes the control actions the flush hands it; a slow housekeeping
+  tick flushes the access log and retries listeners that could not bind.
 * **Tasks are owned.** Every connect task and rate limit check (:mod:`.ratelimit_client`) is
   kept in a set until done and cancelled on close.
-* **One precise timer.** After each flush the server asks the core for its
-  :meth:`~metamesh.proxy.connection.ConnectionManager.next_deadline` (request timeouts, retry
-  back-offs, delayed faults, ends of ejections, connect timeouts) and arms a single
-  ``call_at`` for it, re-armed only when an earlier deadline appears; a slow housekeeping tick
-  flushes the access log.
 * **Garbage collection tuned for a request loop.** Every proxied request allocates a few
   short-lived container objects (messages, metadata maps, in-flight records); with CPython's
   default thresholds the collector runs every 700 allocations and its older generations keep
@@ -36,7 +33,7 @@ import logging
 import random
 import signal
 from collections.abc import Coroutine
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from metamesh.proxy.codec_ref import resolve_codec
 from metamesh.proxy.config import Snapshot
@@ -50,7 +47,7 @@ from metamesh.proxy.connection import (
 )
 from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
 from metamesh.proxy.upstream import Upstream, UpstreamState
-from metamesh.runtime.protocols import DownstreamProtocol, UpstreamProtocol
+from metamesh.runtime.protocols import DownstreamProtocol, Turn, UpstreamProtocol
 from metamesh.runtime.ratelimit_client import RateLimitClient
 
 log = logging.getLogger("metamesh.proxy")
@@ -97,15 +94,12 @@ class ProxyServer:
         self.draining = False
         self.ready = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._now: float | None = None
-        self._flush_scheduled = False
+        self.turn: Turn | None = None
         self._servers: dict[str, asyncio.Server] = {}
         self._admin: asyncio.Server | None = None
         self._connects: dict[Upstream, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._deadline_at: float | None = None
         self._stopped = asyncio.Event()
         #: listeners in the config that could not bind yet: name -> (next attempt, backoff s)
         self.unbound: dict[str, tuple[float, float]] = {}
@@ -116,6 +110,7 @@ class ProxyServer:
     async def start(self) -> None:
         """Bind every listener (and the admin server) on the running loop."""
         self._loop = asyncio.get_running_loop()
+        self.turn = Turn(self.core, self._loop, self._execute)
         for name in self.core.listeners:
             await self._listen(name)
         if self.admin_port is not None:
@@ -130,9 +125,13 @@ class ProxyServer:
     async def _listen(self, name: str) -> None:
         cfg = self.core.listeners[name].config
         loop = self._loop
-        assert loop is not None
+        turn = self.turn
+        assert loop is not None and turn is not None
         self._servers[name] = await loop.create_server(
-            lambda: DownstreamProtocol(self, name), cfg.address, cfg.port, reuse_address=True
+            lambda: cast(asyncio.Protocol, DownstreamProtocol(self, turn, name)),
+            cfg.address,
+            cfg.port,
+            reuse_address=True,
         )
 
     def listener_port(self, name: str) -> int:
@@ -213,8 +212,8 @@ class ProxyServer:
         """Release everything immediately (no drain)."""
         if self._timer is not None:
             self._timer.cancel()
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
+        if self.turn is not None:
+            self.turn.cancel()
         for server in self._servers.values():
             server.close()
         self.core.close_all()
@@ -251,53 +250,15 @@ class ProxyServer:
     # -- per-turn machinery --------------------------------------------------------------
 
     def now(self) -> float:
-        """The loop time of this turn (read once, reset by the end-of-turn flush)."""
-        now = self._now
-        if now is None:
-            loop = self._loop
-            assert loop is not None
-            now = self._now = loop.time()
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                loop.call_soon(self.flush)
-        return now
+        """The loop time of this turn (see :meth:`Turn.now`)."""
+        if self.turn is None:  # not started: no turn to share a clock read with
+            return asyncio.get_running_loop().time()
+        return self.turn.now()
 
     def flush(self) -> None:
-        """Write every dirty peer's output once, then execute the core's actions."""
-        self._flush_scheduled = False
-        self._now = None
-        core = self.core
-        dirty = core.dirty
-        if dirty:
-            core.dirty = []
-            for peer in dirty:
-                peer.dirty = False
-                handle = peer.handle
-                if handle is None or handle.transport is None:
-                    continue
-                data = peer.out
-                peer.out = bytearray()
-                handle.transport.write(data)
-        if core.actions:
-            for action in core.take_actions():
-                self._execute(action)
-        deadline = core.deadlines.next_deadline()
-        if deadline is not None and (self._deadline_at is None or deadline < self._deadline_at):
-            self._arm_deadline(deadline)
-
-    def _arm_deadline(self, when: float) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-        self._deadline_at = when
-        self._deadline_timer = loop.call_at(when, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        self._deadline_timer = None
-        self._deadline_at = None
-        self.core.on_timer(self.now())  # now() schedules the flush, which re-arms the timer
+        """Write every dirty peer's output now and execute the core's actions."""
+        if self.turn is not None:
+            self.turn.flush()
 
     def _execute(self, action: tuple[Any, ...]) -> None:
         op = action[0]
@@ -327,11 +288,12 @@ class ProxyServer:
 
     async def _connect(self, up: Upstream) -> None:
         loop = self._loop
-        assert loop is not None
+        turn = self.turn
+        assert loop is not None and turn is not None
         e = up.endpoint
         try:
             transport, _ = await loop.create_connection(
-                lambda: UpstreamProtocol(self, up), e.address, e.port
+                lambda: cast(asyncio.Protocol, UpstreamProtocol(self, turn, up)), e.address, e.port
             )
         except OSError as exc:
             self.core.upstream_connect_failed(up, exc.strerror or str(exc), self.now())
