@@ -44,7 +44,6 @@ class DownstreamSide(RequestPath):
         buf = d.inbuf
         buf += data
         codec = d.codec
-        on_request = self._on_request
         while buf:
             try:
                 msg = codec.decode(buf)
@@ -63,7 +62,7 @@ class DownstreamSide(RequestPath):
                 return
             mtype = msg.type
             if mtype is _REQUEST or mtype is _ONEWAY:
-                on_request(d, msg, now)
+                self._on_request(d, msg, now)
             elif mtype is _HEARTBEAT:
                 self.stats.heartbeats += 1
                 reply = codec.heartbeat_reply(msg)

@@ -97,7 +97,6 @@ class RequestPath(Attempts):
         buf = up.inbuf
         buf += data
         codec = up.codec
-        on_response = self._on_response
         while buf:
             try:
                 msg = codec.decode(buf)
@@ -113,7 +112,7 @@ class RequestPath(Attempts):
                 break
             mtype = msg.type
             if mtype is _RESPONSE or mtype is _ERROR:
-                on_response(up, msg, now)
+                self._on_response(up, msg, now)
             elif mtype is _HEARTBEAT:
                 # Never forwarded to clients; a server's ping is answered so that servers
                 # which drop silent connections (Dubbo) keep our shared connection.
