@@ -14,9 +14,6 @@ This code runs once per proxied request, so it binds locals and inlines small st
 
 from __future__ import annotations
 
-import bisect
-from typing import Final
-
 from metamesh.codecs import (
     CodecError,
     ErrorKind,
@@ -43,8 +40,6 @@ from metamesh.proxy.policy import (
 from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.stats import DURATION_BUCKETS_MS
 from metamesh.proxy.upstream import ActiveRequest, Upstream
-
-_bucket: Final = bisect.bisect_left
 
 
 class RequestPath(Attempts):
@@ -155,7 +150,14 @@ class RequestPath(Attempts):
         elapsed_ms = (now - req.start) * 1000.0
         stats.count[code] += 1  # RequestStats.observe, inlined
         stats.sum_ms[code] += elapsed_ms
-        stats.buckets[code][_bucket(DURATION_BUCKETS_MS, elapsed_ms)] += 1
+        # The bucket by a forward scan: replies mostly land in the first buckets, which this
+        # reaches in a step or two (cheaper than a bisect call, compiled or not).
+        bucket = 0
+        for bound in DURATION_BUCKETS_MS:
+            if elapsed_ms <= bound:
+                break
+            bucket += 1
+        stats.buckets[code][bucket] += 1
         d = req.downstream
         if self.access_log:
             self._access_log(d, req.request, req.route, up, msg, str(code), req.start, now)

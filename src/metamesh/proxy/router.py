@@ -130,7 +130,6 @@ class RouteTable:
         metadata = message._metadata
         if metadata is None:
             metadata = message.metadata
-        get = metadata.get
         for route in self.routes:
             exact = route.exact
             if exact is None:
@@ -141,7 +140,7 @@ class RouteTable:
                 # dict's C lookup first: lazy maps (Dubbo attachments) override ``get`` in
                 # Python, and the keys routes use are usually present from the start.
                 found = _dict_get(metadata, key)
-                if found != value and (found is not None or get(key) != value):
+                if found != value and (found is not None or metadata.get(key) != value):
                     break
             else:
                 return route
