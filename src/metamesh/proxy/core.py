@@ -41,7 +41,7 @@ from metamesh.proxy.listener import Downstream, ListenerState
 from metamesh.proxy.policy import DeadlineQueue
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import ProxyStats, RequestStats
-from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream, UpstreamState
+from metamesh.proxy.upstream import ActiveRequest, ClusterState, Peer, Upstream, UpstreamState
 
 CONNECT, CLOSE_DOWNSTREAM, CLOSE_UPSTREAM, LOG, ACCESS_LOG = range(5)
 INFO, WARNING = 20, 30
@@ -76,7 +76,7 @@ class CoreState:
         self.access_log = access_log
         self.stats = ProxyStats()
         self.actions: list[tuple[Any, ...]] = []
-        self.dirty: list[Downstream | Upstream] = []
+        self.dirty: list[Peer] = []
         self.listeners: dict[str, ListenerState] = {}
         self.clusters: dict[str, ClusterState] = {}
         self.snapshot = snapshot

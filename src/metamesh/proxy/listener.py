@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from metamesh.codecs import Codec
 from metamesh.proxy.config import Listener
 from metamesh.proxy.filters.chain import ListenerFilters, RouteExtras
 from metamesh.proxy.router import CompiledRoute, RouteTable
-from metamesh.proxy.upstream import ActiveRequest, Upstream
+from metamesh.proxy.upstream import ActiveRequest, Peer, Upstream
 
 
 class ListenerState:
@@ -48,33 +47,28 @@ class ListenerState:
         return self.codec_factory(max_frame_size=size) if size else self.codec_factory()
 
 
-class Downstream:
+class Downstream(Peer):
     """One client connection."""
 
     __slots__ = (
         "closed",
         "codec",
-        "dirty",
-        "handle",
         "id",
         "inbuf",
         "listener",
         "order",
-        "out",
         "peer",
         "pipelines",
     )
 
     def __init__(self, conn_id: int, listener: ListenerState, peer: str) -> None:
+        super().__init__()
         self.id = conn_id
         self.listener = listener
         self.codec = listener.new_codec()
         self.peer = peer
         self.inbuf = bytearray()
-        self.out: list[bytes] = []  # frames for the client, written once per loop turn
-        self.dirty = False
         self.closed = False
-        self.handle: Any = None
         #: Non-multiplexed protocols: replies wait here until every earlier one is sent.
         self.order: deque[ActiveRequest] = deque()
         #: Non-multiplexed protocols: dedicated upstreams by (cluster name, endpoint index).

@@ -21,6 +21,7 @@ from itertools import accumulate
 from typing import Final
 
 from metamesh.codecs import Message
+from metamesh.codecs.message import metadata_get
 from metamesh.proxy.config import MatchKind, MetadataMatcher, Route, RouteConfiguration
 
 _EXACT, _PREFIX, _REGEX, _PRESENT = 0, 1, 2, 3
@@ -140,7 +141,7 @@ class RouteTable:
                 # dict's C lookup first: lazy maps (Dubbo attachments) override ``get`` in
                 # Python, and the keys routes use are usually present from the start.
                 found = _dict_get(metadata, key)
-                if found != value and (found is not None or metadata.get(key) != value):
+                if found != value and (found is not None or metadata_get(metadata, key) != value):
                     break
             else:
                 return route

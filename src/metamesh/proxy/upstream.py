@@ -108,7 +108,21 @@ class ClusterState:
         self.outlier = OutlierDetector(od, config.endpoints) if od is not None else None
 
 
-class Upstream:
+class Peer:
+    """What the runtime's end-of-turn flush needs from either side of a connection: frames to
+    write (``out``), whether it is listed in the core's ``dirty`` list, and the runtime's
+    ``handle`` (its transport adapter). One base class so the native build reads these as
+    struct fields whichever side the peer is."""
+
+    __slots__ = ("dirty", "handle", "out")
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []  # frames to write, once per loop turn
+        self.dirty = False
+        self.handle: Any = None
+
+
+class Upstream(Peer):
     """One upstream connection (multiplexed, or dedicated to one downstream when ``owner``)."""
 
     __slots__ = (
@@ -117,18 +131,15 @@ class Upstream:
         "congested",
         "connect_deadline",
         "dead",
-        "dirty",
         "endpoint",
         "endpoint_index",
         "fifo",
-        "handle",
         "id",
         "id_limit",
         "inbuf",
         "key",
         "mirror",
         "next_id",
-        "out",
         "owner",
         "pending",
         "protocol",
@@ -148,6 +159,7 @@ class Upstream:
         owner: Any,
         connect_deadline: float,
     ) -> None:
+        super().__init__()
         self.id = conn_id
         self.cluster = cluster
         self.endpoint_index = endpoint_index
@@ -156,9 +168,6 @@ class Upstream:
         self.protocol = protocol
         self.owner = owner  # the Downstream for dedicated (pipelined) connections, else None
         self.inbuf = bytearray()
-        self.out: list[bytes] = []  # frames for the upstream, written once per loop turn
-        self.dirty = False
-        self.handle: Any = None
         self.state = UpstreamState.CONNECTING
         self.connect_deadline = connect_deadline
         self.pending: dict[int, ActiveRequest] = {}

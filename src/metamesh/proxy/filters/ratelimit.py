@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from metamesh.codecs import ErrorKind
+from metamesh.codecs.message import metadata_get
 from metamesh.proxy.config import GlobalRateLimitConfig
 from metamesh.proxy.filters.base import (
     CONTINUE,
@@ -52,7 +53,9 @@ class GlobalRateLimitFilter(Filter):
         if self.matchers and not matches(self.matchers, metadata):
             return CONTINUE
         config = self.config
-        descriptors = tuple((key, metadata.get(prop, "")) for key, prop in config.descriptors)
+        descriptors = tuple(
+            (key, metadata_get(metadata, prop, "") or "") for key, prop in config.descriptors
+        )
         ext = req.ext
         token = ext.wait_token + 1 if ext is not None else 0
         self.ctx.emit(
