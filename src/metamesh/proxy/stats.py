@@ -15,7 +15,6 @@ The admin endpoint turns these into Prometheus text at scrape time
 
 from __future__ import annotations
 
-import bisect
 from typing import Final
 
 from metamesh.codecs import ErrorKind
@@ -183,4 +182,16 @@ class RequestStats:
     def observe(self, code: int, duration_ms: float) -> None:
         self.count[code] += 1
         self.sum_ms[code] += duration_ms
-        self.buckets[code][bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        self.buckets[code][duration_bucket(duration_ms)] += 1
+
+
+def duration_bucket(duration_ms: float) -> int:
+    """The index of the first bucket whose bound is at least ``duration_ms`` (the last index,
+    ``len(DURATION_BUCKETS_MS)``, is ``+Inf``). A forward scan: replies land in the first
+    buckets, which it reaches in a step or two, cheaper than a ``bisect`` call."""
+    index = 0
+    for bound in DURATION_BUCKETS_MS:
+        if duration_ms <= bound:
+            return index
+        index += 1
+    return index

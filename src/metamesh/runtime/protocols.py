@@ -77,16 +77,14 @@ class Turn:
             core.dirty = []
             for peer in dirty:
                 peer.dirty = False
-                out = peer.out
-                if not out:
-                    continue
-                peer.out = []
                 handle = peer.handle
-                if handle is None:
+                if handle is None:  # not connected (yet): the frames wait in ``out``
                     continue
                 transport: asyncio.Transport | None = handle.transport
-                if transport is None:
+                out = peer.out
+                if transport is None or not out:
                     continue
+                peer.out = []
                 transport.write(out[0] if len(out) == 1 else b"".join(out))
         if core.actions:
             for action in core.take_actions():
