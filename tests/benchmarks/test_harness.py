@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from benchmarks import frames, loadgen
 from benchmarks.compare import start_responder
-from benchmarks.targets import probe, stop_process
+from benchmarks.targets import Target, Unavailable, probe, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,3 +114,27 @@ def test_compare_direct_only(tmp_path: Path) -> None:
     assert "Command: `" in md.read_text()
     report = json.loads(js.read_text())
     assert report["results"]["c2k2"]["direct"]["id_mismatches"] == 0
+
+
+def test_native_tree_target_refuses_what_is_not_a_native_build(tmp_path: Path) -> None:
+    missing = Target(f"metamesh-native@{tmp_path / 'nope'}", "thrift", tmp_path)
+    with pytest.raises(Unavailable, match="not a directory"):
+        missing.start(1, {})
+    pure = Target(f"metamesh-native@{ROOT / 'src'}", "thrift", tmp_path)  # the pure sources
+    with pytest.raises(Unavailable, match="does not load compiled"):
+        pure.start(1, {})
+    assert pure.proc is None
+
+
+@pytest.mark.skipif(
+    not os.environ.get("METAMESH_EXPECT_NATIVE"), reason="the native pass has build/native"
+)
+def test_native_tree_target_runs_that_tree(responder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    protocol, _proc, port = responder
+    target = Target(f"metamesh-native@{ROOT / 'build' / 'native'}", protocol, tmp_path)
+    try:
+        target.start(port, {})  # probes a request through it: ids must match
+        assert "native (mypyc" in target.version
+        assert target.pid is not None
+    finally:
+        target.stop()
