@@ -72,9 +72,23 @@ def cluster(name: str, *ports: int, **kw: Any) -> Cluster:
 
 
 def snapshot(
-    routes: list[Route], clusters: list[Cluster], codec: str = "kvrpc", max_frame: int | None = None
+    routes: list[Route],
+    clusters: list[Cluster],
+    codec: str = "kvrpc",
+    max_frame: int | None = None,
+    filters: tuple[str, ...] = ("aeraki.meta_protocol.filters.router",),
+    filter_configs: tuple[tuple[str, object], ...] = (),
 ) -> Snapshot:
-    listener = Listener("l", "127.0.0.1", 0, codec, "rc", max_frame_size=max_frame)
+    listener = Listener(
+        "l",
+        "127.0.0.1",
+        0,
+        codec,
+        "rc",
+        filters=filters,
+        filter_configs=filter_configs,
+        max_frame_size=max_frame,
+    )
     return Snapshot.build([listener], clusters, [RouteConfiguration("rc", tuple(routes))])
 
 

@@ -10,41 +10,31 @@ runs the suite pure and native) and fail if a consumer reads metadata the shortc
 from __future__ import annotations
 
 from metamesh.proxy.config import (
+    Cluster,
     GlobalRateLimitConfig,
     LbPolicy,
-    Listener,
     MatchKind,
     MetadataMatcher,
     Route,
     RouteAction,
-    RouteConfiguration,
-    Snapshot,
 )
 from metamesh.proxy.filters import GLOBAL_RATELIMIT
 from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
 from metamesh.proxy.upstream import Upstream
 from tests.codecs.dubbo.frames import IFACE, request
 from tests.proxy.filters.support import ROUTER
-from tests.proxy.harness import Harness, cluster
+from tests.proxy.harness import Harness, cluster, snapshot
 
 V1, V2 = "outbound|20880|v1|demo.test", "outbound|20880|v2|demo.test"
 
 
 def dubbo_harness(
     routes: list[Route],
-    clusters: list[object],
+    clusters: list[Cluster],
     filters: tuple[str, ...] = (ROUTER,),
     filter_configs: tuple[tuple[str, object], ...] = (),
 ) -> Harness:
-    listener = Listener(
-        "l", "127.0.0.1", 0, "dubbo", "rc", filters=filters, filter_configs=filter_configs
-    )
-    snap = Snapshot.build(
-        [listener],
-        clusters,  # type: ignore[arg-type]
-        [RouteConfiguration("rc", tuple(routes))],
-    )
-    return Harness(snap)
+    return Harness(snapshot(routes, clusters, "dubbo", None, filters, filter_configs))
 
 
 def sent_ids(up: Upstream) -> set[int | None]:

@@ -87,14 +87,14 @@ Mutation = Mapping[str, str]
 MetadataLoader = Callable[["Message"], dict[str, str]]
 
 
-def metadata_get(metadata: Mapping[str, str], key: str, default: str | None = None) -> str | None:
-    """``metadata.get(key, default)`` through the map's own ``get``.
+def metadata_get(metadata: Mapping[str, str], key: str) -> str | None:
+    """``metadata.get(key)`` through the map's own ``get``.
 
     Use this, not ``.get`` on a ``dict``-typed value, where metadata may be lazy: the native
     build turns ``dict.get`` into a C lookup that skips a subclass's ``get`` (and with it the
     loader of, say, Dubbo attachments); a ``Mapping``-typed argument makes it a real call.
     """
-    return metadata.get(key, default)
+    return metadata.get(key)
 
 
 class Message:

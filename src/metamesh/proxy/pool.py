@@ -78,7 +78,7 @@ class UpstreamPool(Replies):
         hash_key = None
         if route.hash_keys:
             md = msg.metadata
-            hash_key = hash_metadata([metadata_get(md, k, "") or "" for k in route.hash_keys])
+            hash_key = hash_metadata([metadata_get(md, k) or "" for k in route.hash_keys])
         idx = pick_excluding(cs.lb, hash_key, excluded) if excluded else cs.lb.pick(hash_key)
         if idx is None:
             return NO_HEALTHY

@@ -5,15 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from metamesh.proxy.config import (
-    Listener,
     MatchKind,
     MetadataMatcher,
     Route,
     RouteAction,
-    RouteConfiguration,
-    Snapshot,
 )
-from tests.proxy.harness import Harness, cluster
+from tests.proxy.harness import Harness, cluster, snapshot
 
 SVC = "outbound|9|v1|svc.test"
 ROUTER = "aeraki.meta_protocol.filters.router"
@@ -35,13 +32,8 @@ def policy_harness(
     seed: int = 1,
     **cluster_kw: Any,
 ) -> Harness:
-    listener = Listener(
-        "l", "127.0.0.1", 0, codec, "rc", filters=filters, filter_configs=filter_configs
-    )
-    snap = Snapshot.build(
-        [listener], [cluster(SVC, *ports, **cluster_kw)], [RouteConfiguration("rc", tuple(routes))]
-    )
-    return Harness(snap, seed=seed)
+    clusters = [cluster(SVC, *ports, **cluster_kw)]
+    return Harness(snapshot(routes, clusters, codec, None, filters, filter_configs), seed=seed)
 
 
 def tick(h: Harness, now: float) -> None:

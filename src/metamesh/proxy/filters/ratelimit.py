@@ -54,7 +54,7 @@ class GlobalRateLimitFilter(Filter):
             return CONTINUE
         config = self.config
         descriptors = tuple(
-            (key, metadata_get(metadata, prop, "") or "") for key, prop in config.descriptors
+            (key, metadata_get(metadata, prop) or "") for key, prop in config.descriptors
         )
         ext = req.ext
         token = ext.wait_token + 1 if ext is not None else 0
