@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.loadgen import parse_shape
 from benchmarks.targets import (
+    DEFAULT_TARGETS,
     ROOT,
     TARGET_KINDS,
     Target,
@@ -143,7 +144,7 @@ def machine_facts(targets: list[Target]) -> dict[str, Any]:
     for t in targets:
         if t.kind.startswith("envoy") and t.version:
             facts["envoy"] = t.version
-        if t.kind.startswith("metamesh") and t.version:
+        if t.kind.startswith(("metamesh", "floor")) and t.version:
             facts[t.kind] = t.version
     git = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default="c4k32,c16k1,r20000,r5000")
     parser.add_argument(
         "--targets",
-        default=",".join(TARGET_KINDS),
+        default=",".join(DEFAULT_TARGETS),
         help=f"comma list of {', '.join(TARGET_KINDS)}, metamesh-native@DIR (A/B builds)",
     )
     parser.add_argument("--reps", type=int, default=3)

@@ -16,6 +16,12 @@ X". Kinds:
 - ``envoy``: Envoy's own L7 filter for the protocol (thrift_proxy or dubbo_proxy), from
   ``benchmarks/envoy_configs/<filter>.yaml``.
 - ``envoy-tcp``: Envoy tcp_proxy, the layer-4 floor.
+- ``floor-c`` and ``floor-py``: the layer-7 floor, no features at all: ``benchmarks/floor/``
+  holds a forwarder in C (built here with ``cc -O2``) and one in Python on uvloop (compiled
+  here with mypyc, like metamesh's native build), each making
+  metamesh's system calls (one shared upstream connection with id rewriting, one read per
+  readable socket, one write per socket per loop turn) and nothing else. What metamesh costs
+  above ``floor-c`` is the event loop plus its features; ``floor-c`` itself is kernel time.
 
 Every child process gets its own session (the shell-job SIGTERM gotcha that ``setsid -f`` works
 around for Envoy) and ``PR_SET_PDEATHSIG=SIGKILL``, so it dies with the harness even if the
@@ -29,6 +35,7 @@ import contextlib
 import ctypes
 import itertools
 import os
+import shutil
 import signal
 import socket
 import string
@@ -52,7 +59,9 @@ from benchmarks.frames import (
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIGS = Path(__file__).resolve().parent / "envoy_configs"
-TARGET_KINDS = ("direct", "metamesh", "metamesh-native", "envoy", "envoy-tcp")
+FLOOR = Path(__file__).resolve().parent / "floor"
+DEFAULT_TARGETS = ("direct", "metamesh", "metamesh-native", "envoy", "envoy-tcp")
+TARGET_KINDS = (*DEFAULT_TARGETS, "floor-c", "floor-py")
 # Distinct per Envoy and per harness process, so two runs at once do not clash on hot-restart ids.
 _base_ids = itertools.count(
     int(os.environ.get("BENCH_ENVOY_BASE_ID", 10_000 + (os.getpid() % 100_000) * 8))
@@ -157,6 +166,10 @@ class Target:
             return f"Envoy {self.protocol}_proxy"
         if self.kind == "envoy-tcp":
             return "Envoy tcp_proxy (L4)"
+        if self.kind == "floor-c":
+            return "floor: C, no features"
+        if self.kind == "floor-py":
+            return "floor: Python (mypyc)+uvloop, no features"
         return self.kind
 
     def start(self, upstream_port: int, options: dict[str, Any]) -> None:
@@ -171,12 +184,56 @@ class Target:
         elif self.kind.startswith("metamesh-native@"):
             tree = Path(self.kind.partition("@")[2]).resolve()
             self._start_metamesh(upstream_port, options, native=True, tree=tree)
+        elif self.kind in ("floor-c", "floor-py"):
+            self._start_floor(upstream_port)
         else:
             raise ValueError(f"unknown target {self.kind!r}; known: {', '.join(TARGET_KINDS)}")
         probe(self.protocol, self.port)
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+    # -- floors ---------------------------------------------------------------------------------
+    def _start_floor(self, upstream_port: int) -> None:
+        self.port = free_port()
+        log = self.workdir / f"{self.kind}-{self.protocol}.log"
+        if self.kind == "floor-c":
+            binary = self.workdir / "floor"
+            if not binary.exists():
+                cc = shutil.which("cc") or shutil.which("gcc")
+                if cc is None:
+                    raise Unavailable("no C compiler (cc/gcc) to build benchmarks/floor/floor.c")
+                build = subprocess.run(
+                    [cc, "-O2", "-o", str(binary), str(FLOOR / "floor.c")],
+                    capture_output=True,
+                    text=True,
+                )
+                if build.returncode != 0:
+                    raise Unavailable("floor.c does not build: " + _last_line(build))
+            cmd = [str(binary)]
+            env = dict(os.environ)
+            self.version = "floor.c, cc -O2"
+        else:
+            tree = self.workdir / "floor_py_native"
+            if not tree.exists():
+                tree.mkdir()
+                shutil.copy(FLOOR / "floor_py.py", tree)
+                build = subprocess.run(
+                    [str(Path(sys.executable).parent / "mypyc"), "floor_py.py"],
+                    cwd=tree,
+                    capture_output=True,
+                    text=True,
+                )
+                if build.returncode != 0:
+                    raise Unavailable("floor_py.py does not compile: " + _last_line(build))
+            run = "import floor_py, sys; assert floor_py.__file__.endswith('.so'); "
+            run += "sys.exit(floor_py.main(sys.argv[1:]))"
+            cmd = [sys.executable, "-c", run]
+            env = dict(os.environ, PYTHONPATH=str(tree))
+            self.version = "floor_py.py compiled by mypyc, uvloop"
+        cmd += [self.protocol, str(self.port), str(upstream_port)]
+        self.proc = spawn(cmd, log, env=env)
+        wait_listening(self.port, self.proc, 30.0, log)
 
     # -- Envoy ----------------------------------------------------------------------------------
 

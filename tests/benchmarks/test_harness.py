@@ -138,3 +138,33 @@ def test_native_tree_target_runs_that_tree(responder, tmp_path: Path) -> None:  
         assert target.pid is not None
     finally:
         target.stop()
+
+
+@pytest.mark.parametrize("kind", ["floor-c", "floor-py"])
+def test_floor_targets_multiplex(responder, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The floors are real forwarders: many clients' pipelined requests share one upstream
+    connection under fresh ids, and every reply reaches its caller with the caller's id."""
+    protocol, _proc, port = responder
+    target = Target(kind, protocol, tmp_path)
+    try:
+        target.start(port, {})  # probes a request through it first
+        assert target.pid is not None
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--protocol", protocol,
+             "--port", str(target.port), "--shape", "c8k16", "--warmup", "0.2",
+             "--duration", "0.8", "--watch", f"proxy={target.pid}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        result = json.loads(run.stdout)
+        assert result["completed"] > 0
+        assert result["id_mismatches"] == 0
+        assert result["errors"] == 0
+        assert result["frame_errors"] == []
+        upstream = subprocess.run(
+            ["ss", "-Htn", "state", "established", f"dst 127.0.0.1:{port}"],
+            capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        assert len(upstream.splitlines()) == 1  # one shared upstream connection
+    finally:
+        target.stop()
