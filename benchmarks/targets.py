@@ -22,6 +22,8 @@ X". Kinds:
   metamesh's system calls (one shared upstream connection with id rewriting, one read per
   readable socket, one write per socket per loop turn) and nothing else. What metamesh costs
   above ``floor-c`` is the event loop plus its features; ``floor-c`` itself is kernel time.
+  ``floor-epoll`` is ``floor-py`` without asyncio (compiled Python over ``select.epoll``), to
+  tell uvloop's share from Python's.
 
 Every child process gets its own session (the shell-job SIGTERM gotcha that ``setsid -f`` works
 around for Envoy) and ``PR_SET_PDEATHSIG=SIGKILL``, so it dies with the harness even if the
@@ -61,7 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIGS = Path(__file__).resolve().parent / "envoy_configs"
 FLOOR = Path(__file__).resolve().parent / "floor"
 DEFAULT_TARGETS = ("direct", "metamesh", "metamesh-native", "envoy", "envoy-tcp")
-TARGET_KINDS = (*DEFAULT_TARGETS, "floor-c", "floor-py")
+TARGET_KINDS = (*DEFAULT_TARGETS, "floor-c", "floor-py", "floor-epoll")
 # Distinct per Envoy and per harness process, so two runs at once do not clash on hot-restart ids.
 _base_ids = itertools.count(
     int(os.environ.get("BENCH_ENVOY_BASE_ID", 10_000 + (os.getpid() % 100_000) * 8))
@@ -170,6 +172,8 @@ class Target:
             return "floor: C, no features"
         if self.kind == "floor-py":
             return "floor: Python (mypyc)+uvloop, no features"
+        if self.kind == "floor-epoll":
+            return "floor: Python (mypyc)+epoll, no features"
         return self.kind
 
     def start(self, upstream_port: int, options: dict[str, Any]) -> None:
@@ -184,7 +188,7 @@ class Target:
         elif self.kind.startswith("metamesh-native@"):
             tree = Path(self.kind.partition("@")[2]).resolve()
             self._start_metamesh(upstream_port, options, native=True, tree=tree)
-        elif self.kind in ("floor-c", "floor-py"):
+        elif self.kind in ("floor-c", "floor-py", "floor-epoll"):
             self._start_floor(upstream_port)
         else:
             raise ValueError(f"unknown target {self.kind!r}; known: {', '.join(TARGET_KINDS)}")
@@ -213,24 +217,26 @@ class Target:
             cmd = [str(binary)]
             env = dict(os.environ)
             self.version = "floor.c, cc -O2"
-        else:
-            tree = self.workdir / "floor_py_native"
+        else:  # floor-py, floor-epoll: Python compiled with mypyc, as metamesh-native is
+            module = self.kind.replace("-", "_")
+            tree = self.workdir / f"{module}_native"
             if not tree.exists():
                 tree.mkdir()
-                shutil.copy(FLOOR / "floor_py.py", tree)
+                shutil.copy(FLOOR / f"{module}.py", tree)
                 build = subprocess.run(
-                    [str(Path(sys.executable).parent / "mypyc"), "floor_py.py"],
+                    [str(Path(sys.executable).parent / "mypyc"), f"{module}.py"],
                     cwd=tree,
                     capture_output=True,
                     text=True,
                 )
                 if build.returncode != 0:
-                    raise Unavailable("floor_py.py does not compile: " + _last_line(build))
-            run = "import floor_py, sys; assert floor_py.__file__.endswith('.so'); "
-            run += "sys.exit(floor_py.main(sys.argv[1:]))"
+                    raise Unavailable(f"{module}.py does not compile: " + _last_line(build))
+            run = f"import {module}, sys; assert {module}.__file__.endswith('.so'); "
+            run += f"sys.exit({module}.main(sys.argv[1:]))"
             cmd = [sys.executable, "-c", run]
             env = dict(os.environ, PYTHONPATH=str(tree))
-            self.version = "floor_py.py compiled by mypyc, uvloop"
+            loop = "uvloop" if self.kind == "floor-py" else "select.epoll, no asyncio"
+            self.version = f"{module}.py compiled by mypyc, {loop}"
         cmd += [self.protocol, str(self.port), str(upstream_port)]
         self.proc = spawn(cmd, log, env=env)
         wait_listening(self.port, self.proc, 30.0, log)

@@ -45,6 +45,7 @@ typedef struct {
 typedef struct {
     int fd;
     int dirty;
+    int want_out; /* EPOLLOUT armed: the last write was short */
     buf_t in, out;
 } conn_t;
 
@@ -195,10 +196,15 @@ static void close_conn(int ep, conn_t *c) {
     }
 }
 
+static void watch_out(int ep, conn_t *c, int on) {
+    if (c->want_out == on) return;
+    c->want_out = on;
+    struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.fd = c->fd};
+    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
 static void flush(int ep) {
-    int count = ndirty;
-    ndirty = 0; /* sockets whose write was short are listed again, for the next turn */
-    for (int i = 0; i < count; i++) {
+    for (int i = 0; i < ndirty; i++) {
         conn_t *c = dirty[i];
         c->dirty = 0;
         if (c->fd < 0) { /* closed during this turn */
@@ -207,6 +213,7 @@ static void flush(int ep) {
             free(c);
             continue;
         }
+        if (c->want_out) continue; /* the socket is full: EPOLLOUT resumes the writes */
         ssize_t n = write(c->fd, c->out.data, c->out.len);
         if (n < 0) {
             if (errno != EAGAIN) {
@@ -217,8 +224,9 @@ static void flush(int ep) {
         }
         memmove(c->out.data, c->out.data + n, c->out.len - (size_t)n);
         c->out.len -= (size_t)n;
-        if (c->out.len) mark(c); /* rare here; ndirty <= i, so this never overtakes the loop */
+        if (c->out.len) watch_out(ep, c, 1);
     }
+    ndirty = 0;
 }
 
 int main(int argc, char **argv) {
@@ -265,6 +273,11 @@ int main(int argc, char **argv) {
             }
             conn_t *c = conns[fd];
             if (!c) continue;
+            if (events[i].events & EPOLLOUT) { /* room again: write the rest this turn */
+                watch_out(ep, c, 0);
+                mark(c);
+                if (!(events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) continue;
+            }
             ssize_t got = read(fd, rbuf, READ_SIZE);
             if (got <= 0) {
                 if (got < 0 && errno == EAGAIN) continue;

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,7 +142,7 @@ def test_native_tree_target_runs_that_tree(responder, tmp_path: Path) -> None:  
         target.stop()
 
 
-@pytest.mark.parametrize("kind", ["floor-c", "floor-py"])
+@pytest.mark.parametrize("kind", ["floor-c", "floor-py", "floor-epoll"])
 def test_floor_targets_multiplex(responder, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The floors are real forwarders: many clients' pipelined requests share one upstream
     connection under fresh ids, and every reply reaches its caller with the caller's id."""
@@ -166,5 +168,34 @@ def test_floor_targets_multiplex(responder, kind: str, tmp_path: Path) -> None: 
             capture_output=True, text=True,
         ).stdout  # fmt: skip
         assert len(upstream.splitlines()) == 1  # one shared upstream connection
+    finally:
+        target.stop()
+
+
+@pytest.mark.parametrize("kind", ["floor-c", "floor-py", "floor-epoll"])
+def test_floor_targets_finish_short_writes(responder, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A client that sends 200,000 requests before reading a reply: their replies (6-8 MB) do
+    not fit the kernel's socket buffers (4 MB at most here), so the floor's writes come up
+    short and the rest must still arrive once the client reads."""
+    protocol, _proc, port = responder
+    target = Target(kind, protocol, tmp_path)
+    template = frames.request_template(protocol)
+    scan = frames.reply_scanner(protocol)
+    want = list(range(1, 200_001))
+    try:
+        target.start(port, {})
+        with socket.create_connection(("127.0.0.1", target.port), 10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+            sock.sendall(b"".join(template.build(i) for i in want))
+            time.sleep(0.5)  # let the floor run into full buffers with no event left to wake it
+            buf, got = b"", []
+            while len(got) < len(want):
+                chunk = sock.recv(65536)
+                assert chunk, f"closed after {len(got)} replies"
+                buf += chunk
+                used, errors = scan(buf, got)
+                assert errors == 0
+                buf = buf[used:]
+        assert sorted(got) == want
     finally:
         target.stop()
