@@ -223,15 +223,17 @@ class Target:
             if not tree.exists():
                 tree.mkdir()
                 shutil.copy(FLOOR / f"{module}.py", tree)
+                shutil.copy(FLOOR / "floor_frames.py", tree)
                 build = subprocess.run(
-                    [str(Path(sys.executable).parent / "mypyc"), f"{module}.py"],
+                    [str(Path(sys.executable).parent / "mypyc"), f"{module}.py", "floor_frames.py"],
                     cwd=tree,
                     capture_output=True,
                     text=True,
                 )
                 if build.returncode != 0:
                     raise Unavailable(f"{module}.py does not compile: " + _last_line(build))
-            run = f"import {module}, sys; assert {module}.__file__.endswith('.so'); "
+            run = f"import {module}, floor_frames, sys; "
+            run += f"assert all(m.__file__.endswith('.so') for m in ({module}, floor_frames)); "
             run += f"sys.exit({module}.main(sys.argv[1:]))"
             cmd = [sys.executable, "-c", run]
             env = dict(os.environ, PYTHONPATH=str(tree))

@@ -5,9 +5,9 @@ Asks one question: is uvloop's per-read machinery (a libuv callback, a Cython la
 pays above the kernel at one request in flight per connection, or is it the Python side of
 every read and write whatever loop drives them? Same job and syscall pattern as ``floor.c``:
 ``select.epoll.poll()`` once per turn, ``os.read`` once per readable socket, frames cut and ids
-rewritten as in ``floor_py.py``, then ``os.write`` once per socket with output. A short write
-arms ``EPOLLOUT`` and the rest goes out when the socket has room. The benchmark target compiles
-it with mypyc, as it does ``floor_py.py``.
+rewritten by ``floor_frames.Peer`` as in ``floor_py.py``, then ``os.write`` once per socket
+with output. A short write arms ``EPOLLOUT`` and the rest goes out when the socket has room.
+The benchmark target compiles it with mypyc, as it does ``floor_py.py``.
 
 Run: ``python benchmarks/floor/floor_epoll.py dubbo|thrift LISTEN_PORT UPSTREAM_PORT``.
 """
@@ -17,77 +17,40 @@ from __future__ import annotations
 import os
 import select
 import socket
-import struct
 import sys
 
-_DUBBO = struct.Struct(">HBBqi")  # magic, flags, status, id, body length
-_THRIFT = struct.Struct(">iIi")  # frame length, version|type, name length
-_I64 = struct.Struct(">q")
-_I32 = struct.Struct(">i")
+from floor_frames import Peer
+
 _READ_SIZE = 262144
 _IN = select.EPOLLIN
 _IN_OUT = select.EPOLLIN | select.EPOLLOUT
 
 
-class Conn:
+class Conn(Peer):
     """One socket: a client (requests in) or the upstream (replies in)."""
 
-    def __init__(self, sock: socket.socket, thrift: bool, upstream: Conn | None) -> None:
+    def __init__(
+        self, sock: socket.socket, thrift: bool, upstream: Conn | None, dirty: list[Conn]
+    ) -> None:
+        super().__init__(thrift, upstream)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.fd = sock.fileno()
-        self.thrift = thrift
-        self.upstream = upstream
-        self.out: list[bytes] = []
-        self.dirty = False
+        self.dirty_list = dirty  # the loop's: peers to write at the end of this turn
         self.want_out = False  # EPOLLOUT armed: the last write was short
         self.closed = False
-        self.buf = bytearray()
-        self.pending: dict[int, tuple[Conn, int]] = {}  # upstream only: new id -> caller, id
-        self.next_id = 1
 
-    def feed(self, data: bytes, dirty: list[Conn]) -> None:
-        """Cut the complete frames, rewrite their ids and queue them for their peer."""
-        buf = self.buf
-        buf += data
-        pos, end = 0, len(buf)
-        while True:
-            if self.thrift:
-                if end - pos < 12:
-                    break
-                size, _version, name_len = _THRIFT.unpack_from(buf, pos)
-                size += 4
-                at = pos + 12 + name_len
-                fmt = _I32
-            else:
-                if end - pos < 16:
-                    break
-                _magic, _flags, _status, _rid, body = _DUBBO.unpack_from(buf, pos)
-                size, at, fmt = 16 + body, pos + 4, _I64
-            if end - pos < size:
-                break
-            rid = fmt.unpack_from(buf, at)[0]
-            up = self.upstream
-            if up is not None:  # a request: give it a fresh upstream id
-                new = up.next_id
-                up.next_id = new + 1 if new < 0x7FFFFFFF else 1
-                up.pending[new] = (self, rid)
-                target = up
-            else:  # a reply: back to its caller, with its own id
-                target, new = self.pending.pop(rid)
-            fmt.pack_into(buf, at, new)
-            target.out.append(bytes(buf[pos : pos + size]))
-            if not target.dirty:
-                target.dirty = True
-                dirty.append(target)
-            pos += size
-        del buf[:pos]
+    def mark(self, target: Peer) -> None:
+        assert isinstance(target, Conn)
+        target.dirty = True
+        self.dirty_list.append(target)
 
 
 def serve(protocol: str, listen_port: int, upstream_port: int) -> None:
     thrift = protocol == "thrift"
-    upstream = Conn(socket.create_connection(("127.0.0.1", upstream_port)), thrift, None)
+    dirty: list[Conn] = []
+    upstream = Conn(socket.create_connection(("127.0.0.1", upstream_port)), thrift, None, dirty)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", listen_port))
@@ -98,12 +61,11 @@ def serve(protocol: str, listen_port: int, upstream_port: int) -> None:
     ep.register(lfd, _IN)
     ep.register(upstream.fd, _IN)
     conns: dict[int, Conn] = {upstream.fd: upstream}
-    dirty: list[Conn] = []
     while True:
         for fd, events in ep.poll():
             if fd == lfd:
                 with_peer = listener.accept()
-                conn = Conn(with_peer[0], thrift, upstream)
+                conn = Conn(with_peer[0], thrift, upstream, dirty)
                 conns[conn.fd] = conn
                 ep.register(conn.fd, _IN)
                 continue
@@ -129,7 +91,7 @@ def serve(protocol: str, listen_port: int, upstream_port: int) -> None:
                     raise SystemExit("floor-epoll: upstream closed")
                 _close(ep, conns, found)
                 continue
-            found.feed(data, dirty)
+            found.feed(data)
         if dirty:
             for conn in dirty:
                 conn.dirty = False

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,23 +33,29 @@ def responder(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[n
     stop_process(proc)
 
 
+def _clean_load(protocol: str, port: int, shape: str, watch: str) -> dict[str, Any]:
+    """Run loadgen.py for a second against ``port``; every reply must be a match."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--protocol", protocol,
+         "--port", str(port), "--shape", shape, "--warmup", "0.2", "--duration", "0.8",
+         "--watch", watch],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result: dict[str, Any] = json.loads(run.stdout)
+    assert result["completed"] > 0
+    assert result["id_mismatches"] == 0
+    assert result["errors"] == 0
+    assert result["frame_errors"] == []
+    return result
+
+
 @pytest.mark.parametrize("shape", ["c2k8", "r500"])
 def test_loadgen_against_responder(responder, shape: str) -> None:  # type: ignore[no-untyped-def]
     protocol, proc, port = responder
     probe(protocol, port)
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--protocol", protocol,
-         "--port", str(port), "--shape", shape, "--warmup", "0.2", "--duration", "0.8",
-         "--watch", f"responder={proc.pid}"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
-    assert result["completed"] > 0
-    assert result["id_mismatches"] == 0
-    assert result["errors"] == 0
+    result = _clean_load(protocol, port, shape, f"responder={proc.pid}")
     assert result["connections_lost"] == 0
-    assert result["frame_errors"] == []
     assert result["latency_us"]["p50"] <= result["latency_us"]["p99"]
     assert set(result["cpu"]) == {"loadgen", "responder"}
 
@@ -151,18 +158,7 @@ def test_floor_targets_multiplex(responder, kind: str, tmp_path: Path) -> None: 
     try:
         target.start(port, {})  # probes a request through it first
         assert target.pid is not None
-        run = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--protocol", protocol,
-             "--port", str(target.port), "--shape", "c8k16", "--warmup", "0.2",
-             "--duration", "0.8", "--watch", f"proxy={target.pid}"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert run.returncode == 0, run.stderr
-        result = json.loads(run.stdout)
-        assert result["completed"] > 0
-        assert result["id_mismatches"] == 0
-        assert result["errors"] == 0
-        assert result["frame_errors"] == []
+        _clean_load(protocol, target.port, "c8k16", f"proxy={target.pid}")
         upstream = subprocess.run(
             ["ss", "-Htn", "state", "established", f"dst 127.0.0.1:{port}"],
             capture_output=True, text=True,
