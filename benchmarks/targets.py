@@ -220,8 +220,8 @@ class Target:
         else:  # floor-py, floor-epoll: Python compiled with mypyc, as metamesh-native is
             module = self.kind.replace("-", "_")
             tree = self.workdir / f"{module}_native"
-            if not tree.exists():
-                tree.mkdir()
+            if not any(tree.glob(f"{module}.*.so")):  # not built yet, or a failed build
+                tree.mkdir(exist_ok=True)
                 shutil.copy(FLOOR / f"{module}.py", tree)
                 shutil.copy(FLOOR / "floor_frames.py", tree)
                 build = subprocess.run(
