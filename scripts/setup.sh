@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools)
+# build-essential + python3-dev: the mypyc native build and the C benchmark floor; iproute2: `ss` in tests
+APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools build-essential python3-dev iproute2)
 
 if [[ "${METAMESH_SKIP_APT:-0}" != 1 ]]; then
   missing=()
