@@ -120,6 +120,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             kernel = [r["cpu"][who].get("sys_us_per_req") for r in ok]
             if None not in kernel:
                 summary[f"{who}_sys_us_per_req"] = median(kernel)
+    calls = [r.get("calls", {}).get("proxy") for r in ok]
+    if calls and None not in calls:
+        for key in ("reads_per_req", "writes_per_req", "sleeps_per_req", "preempts_per_req"):
+            summary[f"proxy_{key}"] = median([c[key] for c in calls])
     summary["errors"] = sum(r["errors"] for r in ok)
     summary["id_mismatches"] = sum(r["id_mismatches"] for r in ok)
     summary["connections_lost"] = sum(r["connections_lost"] for r in ok)
@@ -169,6 +173,21 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _syscalls(s: dict[str, Any]) -> str:
+    """Read + write system calls per request, as "total (reads + writes)"."""
+    reads, writes = s.get("proxy_reads_per_req"), s.get("proxy_writes_per_req")
+    if reads is None or writes is None:
+        return NA
+    return f"{reads + writes:.2f} ({reads:.2f} + {writes:.2f})"
+
+
+def _switches(s: dict[str, Any]) -> str:
+    sleeps, preempts = s.get("proxy_sleeps_per_req"), s.get("proxy_preempts_per_req")
+    if sleeps is None or preempts is None:
+        return NA
+    return f"{sleeps:.2f} / {preempts:.2f}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     facts = report["machine"]
     lines = [
@@ -181,17 +200,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Method: warm-up {report['warmup_s']} s, window {report['duration_s']} s, "
         f"{report['reps']} interleaved repetition(s), medians; one responder for all targets; "
         "proxy CPU = utime+stime (all threads) over the window / requests completed in it; "
-        "of which kernel = its stime share (socket syscalls, the TCP stack over loopback).",
+        "of which kernel = its stime share (socket syscalls, the TCP stack over loopback); "
+        "proxy syscalls/req = its read + write system calls (/proc/PID/io) per request; "
+        "sleeps / preempts per req = its voluntary / involuntary context switches.",
         "",
         "| load | target | req/s | p50 µs | p99 µs | +p50 µs | +p99 µs | proxy CPU µs/req "
-        "| of which kernel | responder µs/req | loadgen µs/req | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| of which kernel | proxy syscalls/req | sleeps / preempts per req "
+        "| responder µs/req | loadgen µs/req | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape, rows in report["results"].items():
         direct = rows.get("direct", {})
         for label, s in rows.items():
             if "failed" in s:
-                lines.append(f"| {shape} | {label} |" + f" {NA} |" * 9 + f" {s['failed']} |")
+                lines.append(f"| {shape} | {label} |" + f" {NA} |" * 11 + f" {s['failed']} |")
                 continue
             add50 = s["p50_us"] - direct["p50_us"] if "p50_us" in direct else None
             add99 = s["p99_us"] - direct["p99_us"] if "p99_us" in direct else None
@@ -209,6 +231,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {_fmt(add99) if label != 'direct' else NA} "
                 f"| {_fmt(s.get('proxy_cpu_us_per_req'), 2)} "
                 f"| {_fmt(s.get('proxy_sys_us_per_req'), 2)} "
+                f"| {_syscalls(s)} | {_switches(s)} "
                 f"| {_fmt(s.get('responder_cpu_us_per_req'), 2)} "
                 f"| {_fmt(s.get('loadgen_cpu_us_per_req'), 2)} | {'; '.join(notes)} |"
             )

@@ -14,7 +14,8 @@ The run is a warm-up (``--warmup`` s, nothing recorded) and then a window (``--d
 replies that arrive inside the window count. At the window's edges the generator reads the CPU
 time (utime+stime, all threads, from ``/proc/PID/stat``) of every ``--watch NAME=PID`` process and
 its own (``getrusage``), so the CPU per request of a proxy is taken over exactly the requests it
-completed in the window.
+completed in the window. It also reads each watched process's read and write system calls and
+its sleeps and preemptions (:func:`process_counters`) at the same edges, per request.
 
 Cheapness (~1 µs CPU per request) comes from: hand-encoded frames built as ``head + id + tail``;
 one ``write`` per connection per batch; one clock read per ``data_received`` batch; latency counted
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -89,6 +91,34 @@ def process_user_sys_seconds(pid: int) -> tuple[float, float]:
         stat = f.read()
     fields = stat[stat.rindex(b")") + 2 :].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def process_counters(pid: int) -> tuple[int, int, int, int]:
+    """(read syscalls, write syscalls, sleeps, preemptions) of a whole process so far.
+
+    The syscall counts are ``syscr`` and ``syscw`` of ``/proc/PID/io`` (read/recv and
+    write/send calls; ``epoll_wait`` is in neither). Sleeps and preemptions are the voluntary
+    and involuntary context switches of ``/proc/PID/task/*/status``, summed over threads: a
+    voluntary switch is the event loop blocking with nothing to do (one per wake-up), an
+    involuntary one the scheduler taking the CPU away, mostly for a process the proxy's own
+    write just woke on the same core. Together they say whether two proxies made the same
+    system calls and woke as often, which splits a CPU difference into syscalls and work.
+    """
+    with open(f"/proc/{pid}/io", "rb") as f:
+        io = dict(line.split(b": ") for line in f.read().splitlines())
+    sleeps = preempts = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status", "rb") as f:
+                status = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for line in status.splitlines():
+            if line.startswith(b"voluntary_ctxt_switches:"):
+                sleeps += int(line.split()[1])
+            elif line.startswith(b"nonvoluntary_ctxt_switches:"):
+                preempts += int(line.split()[1])
+    return int(io[b"syscr"]), int(io[b"syscw"]), sleeps, preempts
 
 
 @dataclass
@@ -250,7 +280,16 @@ async def run(cfg: Config) -> dict[str, Any]:
                 cpu[name] = (float("nan"), float("nan"))
         return cpu
 
+    def counters() -> dict[str, tuple[int, int, int, int]]:
+        found = {}
+        for name, pid in cfg.watch.items():
+            # a process that is gone or unreadable is left out, not reported as zero
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                found[name] = process_counters(pid)
+        return found
+
     def start_window() -> None:
+        marks["counters0"] = counters()
         marks["cpu0"] = snapshot()
         marks["t0"] = time.perf_counter()
         stats.phase = MEASURE
@@ -259,6 +298,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         stats.phase = DONE
         marks["t1"] = time.perf_counter()
         marks["cpu1"] = snapshot()
+        marks["counters1"] = counters()
         finished.set()
 
     finished = asyncio.Event()
@@ -324,6 +364,19 @@ def _report(cfg: Config, stats: Stats, marks: dict[str, Any], left: int) -> dict
             "us_per_req": round(used * per_req, 3),
             "sys_us_per_req": round(kernel * per_req, 3),
         }
+    per_req = 1 / stats.completed if stats.completed else float("nan")
+    calls: dict[str, dict[str, float]] = {}
+    for name, before in marks["counters0"].items():
+        after = marks["counters1"].get(name)
+        if after is None:
+            continue
+        reads, writes, sleeps, preempts = (a - b for a, b in zip(after, before, strict=True))
+        calls[name] = {
+            "reads_per_req": round(reads * per_req, 3),
+            "writes_per_req": round(writes * per_req, 3),
+            "sleeps_per_req": round(sleeps * per_req, 3),
+            "preempts_per_req": round(preempts * per_req, 3),
+        }
     return {
         "protocol": cfg.protocol,
         "target": f"{cfg.host}:{cfg.port}",
@@ -342,6 +395,7 @@ def _report(cfg: Config, stats: Stats, marks: dict[str, Any], left: int) -> dict
         "not_sent": stats.not_sent,
         "outstanding_at_end": left,
         "cpu": cpu,
+        "calls": calls,
     }
 
 

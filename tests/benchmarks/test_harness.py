@@ -58,6 +58,27 @@ def test_loadgen_against_responder(responder, shape: str) -> None:  # type: igno
     assert result["connections_lost"] == 0
     assert result["latency_us"]["p50"] <= result["latency_us"]["p99"]
     assert set(result["cpu"]) == {"loadgen", "responder"}
+    calls = result["calls"]["responder"]  # it reads requests and writes replies
+    assert 0 < calls["reads_per_req"] <= 2 and 0 < calls["writes_per_req"] <= 2
+
+
+def test_process_counters_count_this_process() -> None:
+    """The syscall and context-switch counts move by at least what this test does."""
+    before = loadgen.process_counters(os.getpid())
+    fd = os.open(os.devnull, os.O_RDWR)
+    try:
+        for _ in range(1000):
+            os.write(fd, b"x")
+            os.read(fd, 1)
+    finally:
+        os.close(fd)
+    for _ in range(5):
+        time.sleep(0.002)  # each sleep blocks: a voluntary switch
+    reads, writes, sleeps, preempts = (
+        a - b for a, b in zip(loadgen.process_counters(os.getpid()), before, strict=True)
+    )
+    assert reads >= 1000 and writes >= 1000
+    assert sleeps >= 5 and preempts >= 0
 
 
 def test_scanners_keep_partial_frames() -> None:
@@ -158,7 +179,9 @@ def test_floor_targets_multiplex(responder, kind: str, tmp_path: Path) -> None: 
     try:
         target.start(port, {})  # probes a request through it first
         assert target.pid is not None
-        _clean_load(protocol, target.port, "c8k16", f"proxy={target.pid}")
+        calls = _clean_load(protocol, target.port, "c8k16", f"proxy={target.pid}")["calls"]
+        assert 0 < calls["proxy"]["reads_per_req"] <= 2  # both sides' reads, batched
+        assert 0 < calls["proxy"]["writes_per_req"] <= 2
         upstream = subprocess.run(
             ["ss", "-Htn", "state", "established", f"dst 127.0.0.1:{port}"],
             capture_output=True, text=True,
