@@ -59,6 +59,21 @@ class Codec(abc.ABC):
         :class:`~metamesh.codecs.message.CodecError` and nothing else.
         """
 
+    def decode_whole(self, data: bytes) -> Message | None:
+        """Optional fast path: decode ``data``, just read from a socket with nothing buffered
+        before it, when it is exactly one whole frame, keeping ``data`` itself as the frame.
+
+        Must give what :meth:`decode` would give for a buffer holding just ``data`` (the
+        message, or :class:`~metamesh.codecs.message.CodecError`), but may return ``None``
+        for anything it does not handle cheaply: a part of a frame, several frames, a variant
+        it leaves to ``decode``, or bytes ``decode`` would refuse. The proxy then buffers
+        ``data`` and calls ``decode``. The default handles nothing.
+
+        Worth implementing when reads usually carry one frame (unpipelined clients): it saves
+        the buffer's append, copy and clear, and lets the header be read from ``bytes``.
+        """
+        return None
+
     @abc.abstractmethod
     def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
         """The frame to send for ``message`` with ``mutation`` applied.

@@ -1,11 +1,12 @@
 """The client side of the core: accept, decode loop, heartbeats, close (sans-IO).
 
 :meth:`DownstreamSide.downstream_data` appends bytes to the client's buffer and decodes every
-complete frame: requests go to the request path, heartbeats are answered locally, anything else
-is counted and dropped. A frame the codec rejects or one over ``max_frame_size`` closes that
-client only. A client that goes away (EOF, reset, or closed by us) abandons its requests in
-flight and its dedicated (pipelined) upstream connections; one that leaves mid-frame is counted
-as truncated.
+complete frame (a read that is exactly one frame, with nothing buffered, skips the buffer: see
+``Codec.decode_whole``): requests go to the request path, heartbeats are answered locally,
+anything else is counted and dropped. A frame the codec rejects or one over ``max_frame_size``
+closes that client only. A client that goes away (EOF, reset, or closed by us) abandons its
+requests in flight and its dedicated (pipelined) upstream connections; one that leaves
+mid-frame is counted as truncated.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from metamesh.codecs import (
     CodecError,
     FrameTooLargeError,
+    Message,
 )
 from metamesh.proxy.core import (
     _HEARTBEAT,
@@ -42,34 +44,50 @@ class DownstreamSide(RequestPath):
         if d.closed:
             return
         buf = d.inbuf
-        buf += data
         codec = d.codec
+        if not buf:  # a read that is one whole frame goes straight through (no buffer)
+            try:
+                msg = codec.decode_whole(data)
+            except CodecError as bad:
+                self._refuse_downstream(d, bad)
+                return
+            if msg is not None:
+                self._downstream_message(d, msg, now)
+                return
+        buf += data
         while buf:
             try:
                 msg = codec.decode(buf)
-            except FrameTooLargeError as e:
-                self.stats.downstream_frame_too_large += 1
-                self._close_downstream(d, f"{d}: closing, frame too large: {e}")
-                return
             except CodecError as bad:
-                self.stats.downstream_decode_errors += 1
-                self._close_downstream(d, f"{d}: closing, bad frame: {bad}")
+                self._refuse_downstream(d, bad)
                 return
             if msg is None:
                 if len(buf) > codec.max_frame_size:
                     self.stats.downstream_frame_too_large += 1
                     self._close_downstream(d, f"{d}: closing, frame over {codec.max_frame_size}")
                 return
-            mtype = msg.type
-            if mtype is _REQUEST or mtype is _ONEWAY:
-                self._on_request(d, msg, now)
-            elif mtype is _HEARTBEAT:
-                self.stats.heartbeats += 1
-                reply = codec.heartbeat_reply(msg)
-                if reply:
-                    self._reply_in_order(d, None, reply)
-            else:
-                self.stats.downstream_unexpected_frames += 1
+            self._downstream_message(d, msg, now)
+
+    def _downstream_message(self, d: Downstream, msg: Message, now: float) -> None:
+        mtype = msg.type
+        if mtype is _REQUEST or mtype is _ONEWAY:
+            self._on_request(d, msg, now)
+        elif mtype is _HEARTBEAT:
+            self.stats.heartbeats += 1
+            reply = d.codec.heartbeat_reply(msg)
+            if reply:
+                self._reply_in_order(d, None, reply)
+        else:
+            self.stats.downstream_unexpected_frames += 1
+
+    def _refuse_downstream(self, d: Downstream, bad: CodecError) -> None:
+        """Close a client whose bytes the codec refused."""
+        if isinstance(bad, FrameTooLargeError):
+            self.stats.downstream_frame_too_large += 1
+            self._close_downstream(d, f"{d}: closing, frame too large: {bad}")
+        else:
+            self.stats.downstream_decode_errors += 1
+            self._close_downstream(d, f"{d}: closing, bad frame: {bad}")
 
     def downstream_closed(self, d: Downstream, now: float) -> None:
         """The client went away (EOF or reset); its requests in flight are abandoned."""

@@ -90,35 +90,52 @@ class RequestPath(Attempts):
         if up.state is _CLOSED:
             return
         buf = up.inbuf
-        buf += data
         codec = up.codec
+        if not buf:  # a read that is one whole frame goes straight through (no buffer)
+            try:
+                msg = codec.decode_whole(data)
+            except CodecError as e:
+                self._bad_upstream_frame(up, e, now)
+                return
+            if msg is not None:
+                self._upstream_message(up, msg, now)
+                if up.retired and up.in_flight == 0:
+                    self._close_upstream(up)
+                return
+        buf += data
         while buf:
             try:
                 msg = codec.decode(buf)
             except CodecError as e:
-                self.stats.upstream_decode_errors += 1
-                self.actions.append((LOG, WARNING, f"{up}: bad frame from upstream: {e}"))
-                self._endpoint_failed(up.cluster, up.endpoint_index, now)
-                text = f"bad upstream response: {e}"
-                self._drop_upstream(up, ErrorKind.BAD_RESPONSE, text, now, RESET)
-                self.actions.append((CLOSE_UPSTREAM, up))
+                self._bad_upstream_frame(up, e, now)
                 return
             if msg is None:
                 break
-            mtype = msg.type
-            if mtype is _RESPONSE or mtype is _ERROR:
-                self._on_response(up, msg, now)
-            elif mtype is _HEARTBEAT:
-                # Never forwarded to clients; a server's ping is answered so that servers
-                # which drop silent connections (Dubbo) keep our shared connection.
-                pong = codec.heartbeat_reply(msg)
-                if pong:
-                    up.out.append(pong)
-                    if not up.dirty:
-                        up.dirty = True
-                        self.dirty.append(up)
+            self._upstream_message(up, msg, now)
         if up.retired and up.in_flight == 0:
             self._close_upstream(up)
+
+    def _upstream_message(self, up: Upstream, msg: Message, now: float) -> None:
+        mtype = msg.type
+        if mtype is _RESPONSE or mtype is _ERROR:
+            self._on_response(up, msg, now)
+        elif mtype is _HEARTBEAT:
+            # Never forwarded to clients; a server's ping is answered so that servers
+            # which drop silent connections (Dubbo) keep our shared connection.
+            pong = up.codec.heartbeat_reply(msg)
+            if pong:
+                up.out.append(pong)
+                if not up.dirty:
+                    up.dirty = True
+                    self.dirty.append(up)
+
+    def _bad_upstream_frame(self, up: Upstream, e: CodecError, now: float) -> None:
+        self.stats.upstream_decode_errors += 1
+        self.actions.append((LOG, WARNING, f"{up}: bad frame from upstream: {e}"))
+        self._endpoint_failed(up.cluster, up.endpoint_index, now)
+        text = f"bad upstream response: {e}"
+        self._drop_upstream(up, ErrorKind.BAD_RESPONSE, text, now, RESET)
+        self.actions.append((CLOSE_UPSTREAM, up))
 
     def _on_response(self, up: Upstream, msg: Message, now: float) -> None:
         multiplexed = up.id_limit

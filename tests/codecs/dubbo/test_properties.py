@@ -123,3 +123,57 @@ def test_corrupted_frames_only_raise_codec_error(data: bytes, draw: st.DataObjec
     truncated = corrupted[: draw.draw(st.integers(16, len(corrupted)))]
     truncated[12:16] = (len(truncated) - 16).to_bytes(4, "big")  # a short but complete body
     exercise(bytes(truncated))
+
+
+def _lazy_summary(m: Message) -> tuple[Any, ...]:
+    """``summary``, with a lazily found attachment error in place of the metadata."""
+    try:
+        return summary(m)
+    except CodecError as e:
+        return (m.type, m.request_id, m.status, m.frame, str(e))
+
+
+def _whole_vs_buffered(data: bytes, max_frame_size: int = 4096) -> Message | None:
+    """``decode_whole(data)`` must give what ``decode`` gives for a buffer holding ``data``, or
+    decline (``None``); it must take every read that is exactly one valid frame."""
+    buffered = DubboCodec(max_frame_size=max_frame_size)
+    buf = bytearray(data)
+    try:
+        expected = buffered.decode(buf)
+        error = None
+    except CodecError as e:
+        expected, error = None, str(e)
+    whole = DubboCodec(max_frame_size=max_frame_size)
+    try:
+        got = whole.decode_whole(data)
+    except CodecError as e:
+        assert str(e) == error  # raises only what decode raises
+        return None
+    if got is None:
+        return None
+    assert error is None and expected is not None and not buf  # decode took all of it too
+    assert _lazy_summary(got) == _lazy_summary(expected)
+    assert (got.header_size, got.body_size) == (expected.header_size, expected.body_size)
+    assert got.frame is data  # no copy
+    return got
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames_())
+def test_decode_whole_takes_every_single_frame_as_decode_does(data: bytes) -> None:
+    assert _whole_vs_buffered(data, max_frame_size=len(data)) is not None
+    assert _whole_vs_buffered(data, max_frame_size=len(data) - 1) is None  # too large: decode's
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames_(), frames_(), st.data())
+def test_decode_whole_declines_or_agrees_on_anything_else(
+    data: bytes, other: bytes, draw: st.DataObject
+) -> None:
+    assert _whole_vs_buffered(data + other) is None  # two frames: the buffered path's job
+    assert _whole_vs_buffered(data[: draw.draw(st.integers(0, len(data) - 1))]) is None
+    corrupted = bytearray(data)
+    pos = draw.draw(st.integers(0, len(data) - 1))
+    corrupted[pos] = draw.draw(st.integers(0, 255))
+    _whole_vs_buffered(bytes(corrupted))  # header or body: the same answer, or None
+    _whole_vs_buffered(draw.draw(st.binary(max_size=40)))

@@ -282,3 +282,56 @@ def test_metadata_dicts_are_not_shared_between_messages() -> None:
     assert second.metadata == {"method": "add", "service": "Calc", "full_method": "Calc:add"}
     third = codec.decode(bytearray(data))
     assert third is not None and third.metadata["method"] == "add"
+
+
+def _whole(data: bytes, codec: ThriftCodec) -> Message | None:
+    """``decode_whole`` must decline or agree with ``decode`` on a fresh buffer (same codec
+    state), raising only the error ``decode`` raises; a taken frame is ``data`` itself."""
+    try:
+        got = codec.decode_whole(data)
+    except CodecError as e:
+        with pytest.raises(CodecError) as buffered:
+            _primed().decode(bytearray(data))
+        assert str(e) == str(buffered.value)
+        return None
+    if got is not None:
+        buf = bytearray(data)
+        expected = _primed().decode(buf)
+        assert expected is not None and not buf
+        assert _summary(got) == _summary(expected) and _outputs(got) == _outputs(expected)
+        assert got.frame is data
+    return got
+
+
+@pytest.mark.parametrize(
+    ("mtype", "result_field"),
+    [(wire.CALL, 0), (wire.ONEWAY, 0), (wire.REPLY, 0), (wire.REPLY, 1), (wire.EXCEPTION, 0)],
+)
+@pytest.mark.parametrize("seqid", [0, 1, 127, 128, 2**31 - 1, -1, -(2**31)])
+@pytest.mark.parametrize("name", ["add", "Calc:add", "", "\u00e9t\u00e9"])
+def test_decode_whole_takes_a_framed_binary_frame_as_decode_does(
+    mtype: int, result_field: int, seqid: int, name: str
+) -> None:
+    data = wire.frame("framed", "binary", name, mtype, seqid, 2, result_field)
+    got = _whole(data, _primed())
+    assert got is not None and got.request_id == seqid & 0xFFFFFFFF
+    assert _whole(data + data, _primed()) is None  # two frames
+    assert _whole(data[:-1], _primed()) is None  # part of one
+    assert ThriftCodec().decode_whole(data) is None  # transport not detected yet
+    assert _primed(max_frame_size=len(data) - 5).decode_whole(data) is None  # decode refuses
+
+
+@pytest.mark.parametrize("protocol", ["compact", "binary-nonstrict"])
+def test_decode_whole_leaves_other_protocols_to_decode(protocol: str) -> None:
+    data = wire.frame("framed", protocol, "add", wire.CALL, 7, 2, 0)
+    assert _primed(protocol).decode_whole(data) is None
+
+
+def test_decode_whole_declines_or_agrees_on_malformed_frames() -> None:
+    good = _binary(_CALL, b"add", 1, b"\x00")
+    for pos in range(len(good)):
+        for byte in (0x00, 0x01, 0x7F, 0x80, 0xFF):
+            bad = bytearray(good)
+            bad[pos] = byte
+            _whole(bytes(bad), _primed())
+    assert _whole(good, _primed()) is not None

@@ -2,7 +2,10 @@
 
 ``decode`` parses the header with one ``struct.unpack_from`` (bad magic, foreign serialization
 and oversized bodies are refused right there, before the body is buffered), waits for the whole
-frame, then reads only what routing needs:
+frame, then reads only what routing needs. ``decode_whole`` takes a read that is exactly one
+valid frame as it is (the usual case for unpipelined clients): the header is read byte by byte
+from the ``bytes`` object and the frame is that object, with no buffer in between. Both then
+read the same:
 
 * request: the first four strings of the body (dubbo version, service path, service version,
   method) eagerly, parsed once per distinct head (the codec keeps the last head's bytes and
@@ -114,8 +117,6 @@ class DubboCodec(Codec):
 
     # -- decode ---------------------------------------------------------------------------------
     def decode(self, buffer: bytearray) -> Message | None:
-        # One function on purpose: it runs twice per proxied request (request and response),
-        # so the request and response steps are inlined rather than called.
         available = len(buffer)
         if available < HEADER_SIZE:
             if available and buffer[:2] != MAGIC_BYTES[:available]:
@@ -135,11 +136,53 @@ class DubboCodec(Codec):
             parse_header(buffer, self.max_frame_size)  # raises the precise error
         if available < size:
             return None
-        # one copy when the buffer holds exactly this frame (the usual case), two otherwise
-        frame = bytes(buffer) if available == size else bytes(buffer[:size])
+        # one copy when the buffer holds exactly this frame, two otherwise
+        if available == size:
+            frame = bytes(buffer)
+            buffer.clear()
+        else:
+            frame = bytes(buffer[:size])
+            del buffer[:size]
+        return self._message(frame, flags, status, request_id, body_length)
+
+    def decode_whole(self, data: bytes) -> Message | None:
+        # The header read byte by byte from ``bytes``, which the native build indexes in
+        # place; anything but one whole valid frame is left to ``decode``.
+        size = len(data)
+        if (
+            size < HEADER_SIZE
+            or size > self.max_frame_size
+            or data[0] != 0xDA
+            or data[1] != 0xBB
+            or data[12] & 0x80  # a negative body length
+            or HEADER_SIZE + (data[12] << 24 | data[13] << 16 | data[14] << 8 | data[15]) != size
+        ):
+            return None
+        flags = data[2]
+        status = data[3]
+        if flags & SERIALIZATION_MASK != HESSIAN2_ID or (
+            not flags & FLAG_REQUEST and status not in KNOWN_STATUSES
+        ):
+            return None
+        request_id = (
+            data[4] << 56
+            | data[5] << 48
+            | data[6] << 40
+            | data[7] << 32
+            | data[8] << 24
+            | data[9] << 16
+            | data[10] << 8
+            | data[11]
+        )
+        return self._message(data, flags, status, request_id, size - HEADER_SIZE)
+
+    def _message(
+        self, frame: bytes, flags: int, status: int, request_id: int, body_length: int
+    ) -> Message:
+        """The message of a whole, valid ``frame`` whose header says the rest."""
         if flags & FLAG_EVENT:
-            message = Message(_HEARTBEAT, request_id, frame, HEADER_SIZE, body_length)
-        elif flags & FLAG_REQUEST:
+            return Message(_HEARTBEAT, request_id, frame, HEADER_SIZE, body_length)
+        if flags & FLAG_REQUEST:
             # The head memo: a connection carries calls from one consumer, mostly to the same
             # method of the same service, so the head bytes repeat. The head is self-delimiting
             # (four length-prefixed strings), so a frame whose bytes from offset 16 start with
@@ -153,7 +196,7 @@ class DubboCodec(Codec):
                 metadata._head_end = self._head_end
             metadata._frame = frame
             metadata._layout = None
-            message = Message(
+            return Message(
                 _REQUEST if flags & FLAG_TWO_WAY else _ONEWAY,
                 request_id,
                 frame,
@@ -161,7 +204,7 @@ class DubboCodec(Codec):
                 body_length,
                 metadata,
             )
-        elif status == _OK:
+        if status == _OK:
             # The result kind: one byte (0x90-0x95, the compact int every client writes) read
             # inline; the codec state is then the kind alone (the value starts at offset 17).
             kind = frame[HEADER_SIZE] - 0x90 if body_length else -1
@@ -170,7 +213,7 @@ class DubboCodec(Codec):
             else:
                 state = _read_result_kind(frame)
                 kind = state.kind
-            message = Message(
+            return Message(
                 _RESPONSE,
                 request_id,
                 frame,
@@ -181,15 +224,7 @@ class DubboCodec(Codec):
                 state,
                 _response_metadata if kind >= RESULT_WITH_ATTACHMENTS else None,
             )
-        else:
-            message = Message(
-                _RESPONSE, request_id, frame, HEADER_SIZE, body_length, None, _ERROR_STATUS
-            )
-        if available == size:
-            buffer.clear()
-        else:
-            del buffer[:size]
-        return message
+        return Message(_RESPONSE, request_id, frame, HEADER_SIZE, body_length, None, _ERROR_STATUS)
 
     def _parse_head(self, frame: bytes) -> dict[str, str]:
         """Parse a request head that is not the memoised one and remember it instead."""

@@ -20,6 +20,8 @@ framed strict binary is what most Thrift clients speak, so that case gets straig
 :meth:`ThriftCodec.decode`: one ``struct.unpack_from(">iIi")`` reads frame length, version word
 and name length; a handful of integer comparisons prove the header is well formed and inside the
 frame; the name is sliced and the seqid read without building a ``Header`` or ``FrameState``.
+:meth:`ThriftCodec.decode_whole` makes the same checks on a read that is exactly one such frame
+(byte by byte, from the ``bytes`` object, which becomes the frame with no buffer in between).
 Anything it does not vouch for (a partial header, a bad version, a negative or oversized name
 length, an unknown message type) falls through to the general code, which returns ``None`` or
 raises the precise ``CodecError``, so both paths give identical results. Framed compact has a
@@ -88,7 +90,6 @@ _I32: Final = struct.Struct(">i")
 _pack_i32: Final = _I32.pack
 _U32: Final = struct.Struct(">I")
 _pack_u32: Final = _U32.pack
-_unpack_u32: Final = _U32.unpack_from
 #: Frame length, strict-binary version word (0x8001 | type), method name length.
 _unpack_binary_head: Final = struct.Struct(">iIi").unpack_from
 
@@ -258,6 +259,40 @@ def _binary_reply_status(frame: bytes, pos: int, end: int) -> ResponseStatus:
     return _BUSINESS_EXCEPTION if frame[pos + 1] or frame[pos + 2] else _OK
 
 
+def _framed_binary_message(frame: bytes, total: int, body_at: int, wire: int) -> Message:
+    """The message of a whole framed strict binary ``frame`` whose header the caller checked:
+    message type ``wire`` (1-4), body at ``body_at`` <= ``total`` (the frame's length)."""
+    seqid_at = body_at - 4
+    name = frame[12:seqid_at]
+    metadata = None
+    if wire == 2:
+        # A result struct starting with STOP or field 0 (the return value): OK, read inline;
+        # the rest (exceptions, short bodies) in the helper.
+        if body_at + 3 <= total and not (frame[body_at + 1] or frame[body_at + 2]):
+            status = _OK
+        else:
+            status = _binary_reply_status(frame, body_at, total)
+    else:
+        status = _STATUS_BY_WIRE_TYPE[wire]
+        # A call is routed on its metadata: hand over the memoised name's copy now rather
+        # than through the lazy loader (replies stay lazy).
+        cached = _name_cache.get(name)
+        if cached is not None:
+            metadata = cached.copy()
+    seqid = frame[seqid_at] << 24 | frame[seqid_at + 1] << 16 | frame[seqid_at + 2] << 8
+    return Message(
+        _WIRE_TYPES[wire],
+        seqid | frame[seqid_at + 3],
+        frame,
+        body_at,
+        total - body_at,
+        metadata,
+        status,
+        (name, seqid_at, 4, _BINARY),
+        _framed_metadata,
+    )
+
+
 class ThriftCodec(Codec):
     """Thrift over TCP, transport and protocol detected per connection."""
 
@@ -302,35 +337,7 @@ class ThriftCodec(Codec):
                 else:
                     frame = bytes(buffer[:total])
                     del buffer[:total]
-                seqid_at = body_at - 4
-                name = frame[12:seqid_at]
-                metadata = None
-                if wire == 2:
-                    # A result struct starting with STOP or field 0 (the return value): OK,
-                    # read inline; the rest (exceptions, short bodies) in the helper.
-                    if body_at + 3 <= total and not (frame[body_at + 1] or frame[body_at + 2]):
-                        status = _OK
-                    else:
-                        status = _binary_reply_status(frame, body_at, total)
-                else:
-                    status = _STATUS_BY_WIRE_TYPE[wire]
-                    # A call is routed on its metadata: hand over the memoised name's copy
-                    # now rather than through the lazy loader (replies stay lazy).
-                    cached = _name_cache.get(name)
-                    if cached is not None:
-                        metadata = cached.copy()
-                seqid: int = _unpack_u32(frame, seqid_at)[0]
-                return Message(
-                    _WIRE_TYPES[wire],
-                    seqid,
-                    frame,
-                    body_at,
-                    total - body_at,
-                    metadata,
-                    status,
-                    (name, seqid_at, 4, _BINARY),
-                    _framed_metadata,
-                )
+                return _framed_binary_message(frame, total, body_at, wire)
         if self._framed_compact:
             return self._decode_framed_compact(buffer)
         transport = self.transport
@@ -348,6 +355,26 @@ class ThriftCodec(Codec):
         if transport is Transport.HEADER:
             return self._decode_header(buffer)
         return self._decode_unframed(buffer)
+
+    def decode_whole(self, data: bytes) -> Message | None:
+        # Framed strict binary only, once detected: the same checks as decode's fast path,
+        # on bytes the native build indexes in place; everything else is left to ``decode``.
+        total = len(data)
+        if (
+            not self._framed_binary
+            or total < 12
+            or data[0] & 0x80  # negative frame length
+            or data[4] != 0x80  # version 0x8001 in the top half
+            or data[5] != 0x01
+            or data[8] & 0x80  # negative name length
+        ):
+            return None
+        size = data[0] << 24 | data[1] << 16 | data[2] << 8 | data[3]
+        body_at = (data[8] << 24 | data[9] << 16 | data[10] << 8 | data[11]) + 16
+        wire = data[7]
+        if size + 4 != total or size > self.max_frame_size or body_at > total or not 1 <= wire <= 4:
+            return None
+        return _framed_binary_message(data, total, body_at, wire)
 
     def _take_frame(self, buffer: bytearray) -> bytes | None:
         if len(buffer) < 4:
