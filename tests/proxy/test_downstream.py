@@ -1,6 +1,6 @@
-"""Reads that are one whole frame (``Codec.decode_whole``) and split or pipelined reads (the
+"""Whole frames taken straight from the bytes read (``Codec.decode_at``) and split reads (the
 buffer and ``decode``) mixed on one connection, in both directions, with a real codec (Dubbo):
-order, ids and the bad-frame handling must not depend on which path a read took."""
+order, ids and the bad-frame handling must not depend on which path a frame took."""
 
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ def test_whole_and_split_reads_mix_in_order_both_ways() -> None:
     h = _harness()
     d = h.client()
     a, b, c, e = (dubbo.request(n, args=(f"call {n}",)) for n in (1, 2, 3, 4))
-    assert DubboCodec().decode_whole(a) is not None  # the first read takes the fast path
+    assert DubboCodec().decode_at(a, 0) is not None  # the first read takes the fast path
     h.send(d, a)
     (up,) = h.connects
     h.connect(up)
-    h.send(d, b + c[:10])  # one frame and a part: buffered
-    h.send(d, c[10:])  # the rest, after buffered bytes: buffered
+    h.send(d, b + c[:10])  # one frame taken, then a part: buffered
+    h.send(d, c[10:])  # the rest, after buffered bytes: decoded from the buffer
     h.send(d, e)  # the buffer is empty again: fast path
     sent = _frames(bytes(h.sent.pop(up)))
     bodies = [body for _, _, body in sent]
@@ -59,7 +59,7 @@ def test_a_whole_frame_the_codec_refuses_closes_that_client_with_a_counter() -> 
     h = _harness()
     good, bad = h.client(), h.client()
     h.send(good, dubbo.request(1))
-    # A valid header around a body that is not a request head: decode_whole raises.
+    # A valid header around a body that is not a request head: decode_at raises.
     h.send(bad, dubbo.frame(0xC2, 0, 9, b"\x91\x92\x93"))
     assert bad in h.closed and good not in h.closed
     assert h.core.stats.downstream_decode_errors == 1

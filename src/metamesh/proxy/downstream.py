@@ -1,12 +1,12 @@
 """The client side of the core: accept, decode loop, heartbeats, close (sans-IO).
 
 :meth:`DownstreamSide.downstream_data` appends bytes to the client's buffer and decodes every
-complete frame (a read that is exactly one frame, with nothing buffered, skips the buffer: see
-``Codec.decode_whole``): requests go to the request path, heartbeats are answered locally,
-anything else is counted and dropped. A frame the codec rejects or one over ``max_frame_size``
-closes that client only. A client that goes away (EOF, reset, or closed by us) abandons its
-requests in flight and its dedicated (pipelined) upstream connections; one that leaves
-mid-frame is counted as truncated.
+complete frame (with nothing buffered, whole frames are taken straight from the bytes read and
+only a trailing part is buffered: see ``Codec.decode_at``): requests go to the request path,
+heartbeats are answered locally, anything else is counted and dropped. A frame the codec
+rejects or one over ``max_frame_size`` closes that client only. A client that goes away (EOF,
+reset, or closed by us) abandons its requests in flight and its dedicated (pipelined) upstream
+connections; one that leaves mid-frame is counted as truncated.
 """
 
 from __future__ import annotations
@@ -45,15 +45,25 @@ class DownstreamSide(RequestPath):
             return
         buf = d.inbuf
         codec = d.codec
-        if not buf:  # a read that is one whole frame goes straight through (no buffer)
-            try:
-                msg = codec.decode_whole(data)
-            except CodecError as bad:
-                self._refuse_downstream(d, bad)
-                return
-            if msg is not None:
+        if not buf:  # whole frames straight from the bytes read (Codec.decode_at)
+            pos = 0
+            end = len(data)
+            while pos < end:
+                try:
+                    msg = codec.decode_at(data, pos)
+                except CodecError as bad:
+                    self._refuse_downstream(d, bad)
+                    return
+                if msg is None:
+                    break
+                pos += len(msg.frame)
                 self._downstream_message(d, msg, now)
+                if d.closed:
+                    return
+            if pos == end:
                 return
+            if pos:
+                data = data[pos:]
         buf += data
         while buf:
             try:

@@ -91,27 +91,34 @@ class RequestPath(Attempts):
             return
         buf = up.inbuf
         codec = up.codec
-        if not buf:  # a read that is one whole frame goes straight through (no buffer)
-            try:
-                msg = codec.decode_whole(data)
-            except CodecError as e:
-                self._bad_upstream_frame(up, e, now)
-                return
-            if msg is not None:
+        if not buf:  # whole frames straight from the bytes read (Codec.decode_at)
+            pos = 0
+            end = len(data)
+            while pos < end:
+                try:
+                    msg = codec.decode_at(data, pos)
+                except CodecError as e:
+                    self._bad_upstream_frame(up, e, now)
+                    return
+                if msg is None:
+                    break
+                pos += len(msg.frame)
                 self._upstream_message(up, msg, now)
-                if up.retired and up.in_flight == 0:
-                    self._close_upstream(up)
-                return
-        buf += data
-        while buf:
-            try:
-                msg = codec.decode(buf)
-            except CodecError as e:
-                self._bad_upstream_frame(up, e, now)
-                return
-            if msg is None:
-                break
-            self._upstream_message(up, msg, now)
+                if up.state is _CLOSED:
+                    return
+            if pos:
+                data = data[pos:]
+        if data:
+            buf += data
+            while buf:
+                try:
+                    msg = codec.decode(buf)
+                except CodecError as e:
+                    self._bad_upstream_frame(up, e, now)
+                    return
+                if msg is None:
+                    break
+                self._upstream_message(up, msg, now)
         if up.retired and up.in_flight == 0:
             self._close_upstream(up)
 

@@ -133,47 +133,55 @@ def _lazy_summary(m: Message) -> tuple[Any, ...]:
         return (m.type, m.request_id, m.status, m.frame, str(e))
 
 
-def _whole_vs_buffered(data: bytes, max_frame_size: int = 4096) -> Message | None:
-    """``decode_whole(data)`` must give what ``decode`` gives for a buffer holding ``data``, or
-    decline (``None``); it must take every read that is exactly one valid frame."""
-    buffered = DubboCodec(max_frame_size=max_frame_size)
-    buf = bytearray(data)
+def _at_vs_buffered(data: bytes, pos: int = 0, max_frame_size: int = 4096) -> Message | None:
+    """``decode_at(data, pos)`` must give what ``decode`` gives for a buffer holding
+    ``data[pos:]``, or decline (``None``), and raise only the error ``decode`` raises."""
+    buf = bytearray(data[pos:])
     try:
-        expected = buffered.decode(buf)
+        expected = DubboCodec(max_frame_size=max_frame_size).decode(buf)
         error = None
     except CodecError as e:
         expected, error = None, str(e)
-    whole = DubboCodec(max_frame_size=max_frame_size)
     try:
-        got = whole.decode_whole(data)
+        got = DubboCodec(max_frame_size=max_frame_size).decode_at(data, pos)
     except CodecError as e:
-        assert str(e) == error  # raises only what decode raises
+        assert str(e) == error
         return None
     if got is None:
         return None
-    assert error is None and expected is not None and not buf  # decode took all of it too
+    assert error is None and expected is not None
     assert _lazy_summary(got) == _lazy_summary(expected)
     assert (got.header_size, got.body_size) == (expected.header_size, expected.body_size)
-    assert got.frame is data  # no copy
+    assert len(buf) == len(data) - pos - len(got.frame)  # decode consumed the same frame
+    if not pos and len(got.frame) == len(data):
+        assert got.frame is data  # a read that is one frame: no copy
     return got
 
 
 @settings(max_examples=200, deadline=None)
-@given(frames_())
-def test_decode_whole_takes_every_single_frame_as_decode_does(data: bytes) -> None:
-    assert _whole_vs_buffered(data, max_frame_size=len(data)) is not None
-    assert _whole_vs_buffered(data, max_frame_size=len(data) - 1) is None  # too large: decode's
+@given(frames_(), frames_(), st.data())
+def test_decode_at_takes_every_whole_frame_as_decode_does(
+    data: bytes, other: bytes, draw: st.DataObject
+) -> None:
+    assert _at_vs_buffered(data, max_frame_size=len(data)) is not None
+    assert _at_vs_buffered(data, max_frame_size=len(data) - 1) is None  # too large: decode's
+    tail = other[: draw.draw(st.integers(0, len(other)))]
+    stream = other + data + tail  # a frame after another, then maybe part of a third
+    first = _at_vs_buffered(stream)
+    assert first is not None and first.frame == other
+    second = _at_vs_buffered(stream, len(other))
+    assert second is not None and second.frame == data
+    if len(tail) < len(other):
+        assert _at_vs_buffered(stream, len(other) + len(data)) is None  # a part: buffered
 
 
 @settings(max_examples=300, deadline=None)
-@given(frames_(), frames_(), st.data())
-def test_decode_whole_declines_or_agrees_on_anything_else(
-    data: bytes, other: bytes, draw: st.DataObject
-) -> None:
-    assert _whole_vs_buffered(data + other) is None  # two frames: the buffered path's job
-    assert _whole_vs_buffered(data[: draw.draw(st.integers(0, len(data) - 1))]) is None
+@given(frames_(), st.data())
+def test_decode_at_declines_or_agrees_on_anything_else(data: bytes, draw: st.DataObject) -> None:
+    assert _at_vs_buffered(data[: draw.draw(st.integers(0, len(data) - 1))]) is None
     corrupted = bytearray(data)
-    pos = draw.draw(st.integers(0, len(data) - 1))
-    corrupted[pos] = draw.draw(st.integers(0, 255))
-    _whole_vs_buffered(bytes(corrupted))  # header or body: the same answer, or None
-    _whole_vs_buffered(draw.draw(st.binary(max_size=40)))
+    corrupted[draw.draw(st.integers(0, len(data) - 1))] = draw.draw(st.integers(0, 255))
+    _at_vs_buffered(bytes(corrupted))  # header or body: the same answer, or None
+    junk = draw.draw(st.binary(max_size=40))
+    _at_vs_buffered(junk + bytes(corrupted), len(junk))
+    _at_vs_buffered(junk, draw.draw(st.integers(0, len(junk))))

@@ -284,22 +284,23 @@ def test_metadata_dicts_are_not_shared_between_messages() -> None:
     assert third is not None and third.metadata["method"] == "add"
 
 
-def _whole(data: bytes, codec: ThriftCodec) -> Message | None:
-    """``decode_whole`` must decline or agree with ``decode`` on a fresh buffer (same codec
-    state), raising only the error ``decode`` raises; a taken frame is ``data`` itself."""
+def _at(data: bytes, pos: int, codec: ThriftCodec) -> Message | None:
+    """``decode_at(data, pos)`` must decline or agree with ``decode`` on a buffer holding
+    ``data[pos:]`` (same codec state), raising only the error ``decode`` raises."""
     try:
-        got = codec.decode_whole(data)
+        got = codec.decode_at(data, pos)
     except CodecError as e:
         with pytest.raises(CodecError) as buffered:
-            _primed().decode(bytearray(data))
+            _primed().decode(bytearray(data[pos:]))
         assert str(e) == str(buffered.value)
         return None
     if got is not None:
-        buf = bytearray(data)
+        buf = bytearray(data[pos:])
         expected = _primed().decode(buf)
-        assert expected is not None and not buf
+        assert expected is not None and len(buf) == len(data) - pos - len(got.frame)
         assert _summary(got) == _summary(expected) and _outputs(got) == _outputs(expected)
-        assert got.frame is data
+        if not pos and len(got.frame) == len(data):
+            assert got.frame is data  # a read that is one frame: no copy
     return got
 
 
@@ -309,29 +310,32 @@ def _whole(data: bytes, codec: ThriftCodec) -> Message | None:
 )
 @pytest.mark.parametrize("seqid", [0, 1, 127, 128, 2**31 - 1, -1, -(2**31)])
 @pytest.mark.parametrize("name", ["add", "Calc:add", "", "\u00e9t\u00e9"])
-def test_decode_whole_takes_a_framed_binary_frame_as_decode_does(
+def test_decode_at_takes_framed_binary_frames_as_decode_does(
     mtype: int, result_field: int, seqid: int, name: str
 ) -> None:
     data = wire.frame("framed", "binary", name, mtype, seqid, 2, result_field)
-    got = _whole(data, _primed())
+    got = _at(data, 0, _primed())
     assert got is not None and got.request_id == seqid & 0xFFFFFFFF
-    assert _whole(data + data, _primed()) is None  # two frames
-    assert _whole(data[:-1], _primed()) is None  # part of one
-    assert ThriftCodec().decode_whole(data) is None  # transport not detected yet
-    assert _primed(max_frame_size=len(data) - 5).decode_whole(data) is None  # decode refuses
+    stream = data + data + data[:-1]  # two frames and part of a third
+    assert _at(stream, 0, _primed()) is not None
+    assert _at(stream, len(data), _primed()) is not None
+    assert _at(stream, 2 * len(data), _primed()) is None  # a part: left to the buffer
+    assert ThriftCodec().decode_at(data, 0) is None  # transport not detected yet
+    assert _primed(max_frame_size=len(data) - 5).decode_at(data, 0) is None  # decode refuses
 
 
 @pytest.mark.parametrize("protocol", ["compact", "binary-nonstrict"])
-def test_decode_whole_leaves_other_protocols_to_decode(protocol: str) -> None:
+def test_decode_at_leaves_other_protocols_to_decode(protocol: str) -> None:
     data = wire.frame("framed", protocol, "add", wire.CALL, 7, 2, 0)
-    assert _primed(protocol).decode_whole(data) is None
+    assert _primed(protocol).decode_at(data, 0) is None
 
 
-def test_decode_whole_declines_or_agrees_on_malformed_frames() -> None:
+def test_decode_at_declines_or_agrees_on_malformed_frames() -> None:
     good = _binary(_CALL, b"add", 1, b"\x00")
     for pos in range(len(good)):
         for byte in (0x00, 0x01, 0x7F, 0x80, 0xFF):
             bad = bytearray(good)
             bad[pos] = byte
-            _whole(bytes(bad), _primed())
-    assert _whole(good, _primed()) is not None
+            _at(bytes(bad), 0, _primed())
+            _at(good + bytes(bad), len(good), _primed())
+    assert _at(good, 0, _primed()) is not None

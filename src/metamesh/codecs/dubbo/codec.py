@@ -2,10 +2,10 @@
 
 ``decode`` parses the header with one ``struct.unpack_from`` (bad magic, foreign serialization
 and oversized bodies are refused right there, before the body is buffered), waits for the whole
-frame, then reads only what routing needs. ``decode_whole`` takes a read that is exactly one
-valid frame as it is (the usual case for unpipelined clients): the header is read byte by byte
-from the ``bytes`` object and the frame is that object, with no buffer in between. Both then
-read the same:
+frame, then reads only what routing needs. ``decode_at`` takes whole frames straight from the
+``bytes`` read from the socket, with the same header checks at an offset and no buffer in
+between: the frame is sliced out, or, for a read that is exactly one frame (the usual case for
+unpipelined clients), is that very object. Both then read the same:
 
 * request: the first four strings of the body (dubbo version, service path, service version,
   method) eagerly, parsed once per distinct head (the codec keeps the last head's bytes and
@@ -145,36 +145,25 @@ class DubboCodec(Codec):
             del buffer[:size]
         return self._message(frame, flags, status, request_id, body_length)
 
-    def decode_whole(self, data: bytes) -> Message | None:
-        # The header read byte by byte from ``bytes``, which the native build indexes in
-        # place; anything but one whole valid frame is left to ``decode``.
-        size = len(data)
+    def decode_at(self, data: bytes, pos: int) -> Message | None:
+        available = len(data) - pos
+        if available < HEADER_SIZE:
+            return None
+        # typed so the native build computes on machine ints, not boxed objects
+        header: tuple[int, int, int, int, int] = _unpack_header(data, pos)
+        magic, flags, status, request_id, body_length = header
+        size = HEADER_SIZE + body_length
         if (
-            size < HEADER_SIZE
+            magic != MAGIC
+            or flags & SERIALIZATION_MASK != HESSIAN2_ID
+            or body_length < 0
+            or size > available
             or size > self.max_frame_size
-            or data[0] != 0xDA
-            or data[1] != 0xBB
-            or data[12] & 0x80  # a negative body length
-            or HEADER_SIZE + (data[12] << 24 | data[13] << 16 | data[14] << 8 | data[15]) != size
+            or (not flags & FLAG_REQUEST and status not in KNOWN_STATUSES)
         ):
             return None
-        flags = data[2]
-        status = data[3]
-        if flags & SERIALIZATION_MASK != HESSIAN2_ID or (
-            not flags & FLAG_REQUEST and status not in KNOWN_STATUSES
-        ):
-            return None
-        request_id = (
-            data[4] << 56
-            | data[5] << 48
-            | data[6] << 40
-            | data[7] << 32
-            | data[8] << 24
-            | data[9] << 16
-            | data[10] << 8
-            | data[11]
-        )
-        return self._message(data, flags, status, request_id, size - HEADER_SIZE)
+        frame = data if size == available and not pos else data[pos : pos + size]
+        return self._message(frame, flags, status, request_id, body_length)
 
     def _message(
         self, frame: bytes, flags: int, status: int, request_id: int, body_length: int

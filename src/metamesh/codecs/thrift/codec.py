@@ -20,8 +20,9 @@ framed strict binary is what most Thrift clients speak, so that case gets straig
 :meth:`ThriftCodec.decode`: one ``struct.unpack_from(">iIi")`` reads frame length, version word
 and name length; a handful of integer comparisons prove the header is well formed and inside the
 frame; the name is sliced and the seqid read without building a ``Header`` or ``FrameState``.
-:meth:`ThriftCodec.decode_whole` makes the same checks on a read that is exactly one such frame
-(byte by byte, from the ``bytes`` object, which becomes the frame with no buffer in between).
+:meth:`ThriftCodec.decode_at` makes the same checks on such frames straight from the ``bytes``
+read from the socket, at an offset and with no buffer in between (the frame is sliced out, or
+is that very object when the read is exactly one frame).
 Anything it does not vouch for (a partial header, a bad version, a negative or oversized name
 length, an unknown message type) falls through to the general code, which returns ``None`` or
 raises the precise ``CodecError``, so both paths give identical results. Framed compact has a
@@ -90,6 +91,7 @@ _I32: Final = struct.Struct(">i")
 _pack_i32: Final = _I32.pack
 _U32: Final = struct.Struct(">I")
 _pack_u32: Final = _U32.pack
+_unpack_u32: Final = _U32.unpack_from
 #: Frame length, strict-binary version word (0x8001 | type), method name length.
 _unpack_binary_head: Final = struct.Struct(">iIi").unpack_from
 
@@ -279,10 +281,10 @@ def _framed_binary_message(frame: bytes, total: int, body_at: int, wire: int) ->
         cached = _name_cache.get(name)
         if cached is not None:
             metadata = cached.copy()
-    seqid = frame[seqid_at] << 24 | frame[seqid_at + 1] << 16 | frame[seqid_at + 2] << 8
+    seqid: int = _unpack_u32(frame, seqid_at)[0]
     return Message(
         _WIRE_TYPES[wire],
-        seqid | frame[seqid_at + 3],
+        seqid,
         frame,
         body_at,
         total - body_at,
@@ -356,25 +358,28 @@ class ThriftCodec(Codec):
             return self._decode_header(buffer)
         return self._decode_unframed(buffer)
 
-    def decode_whole(self, data: bytes) -> Message | None:
-        # Framed strict binary only, once detected: the same checks as decode's fast path,
-        # on bytes the native build indexes in place; everything else is left to ``decode``.
-        total = len(data)
+    def decode_at(self, data: bytes, pos: int) -> Message | None:
+        # Framed strict binary only, once detected: decode's fast path, reading the frame
+        # straight from ``data``; everything else is left to ``decode``.
+        available = len(data) - pos
+        if not self._framed_binary or available < 12:
+            return None
+        head: tuple[int, int, int] = _unpack_binary_head(data, pos)
+        size, version, name_size = head
+        total = size + 4
+        body_at = name_size + 16
+        wire = version & 0xFF
         if (
-            not self._framed_binary
-            or total < 12
-            or data[0] & 0x80  # negative frame length
-            or data[4] != 0x80  # version 0x8001 in the top half
-            or data[5] != 0x01
-            or data[8] & 0x80  # negative name length
+            version >> 16 != 0x8001
+            or name_size < 0
+            or body_at > total
+            or total > available
+            or size > self.max_frame_size
+            or not 1 <= wire <= 4
         ):
             return None
-        size = data[0] << 24 | data[1] << 16 | data[2] << 8 | data[3]
-        body_at = (data[8] << 24 | data[9] << 16 | data[10] << 8 | data[11]) + 16
-        wire = data[7]
-        if size + 4 != total or size > self.max_frame_size or body_at > total or not 1 <= wire <= 4:
-            return None
-        return _framed_binary_message(data, total, body_at, wire)
+        frame = data if total == available and not pos else data[pos : pos + total]
+        return _framed_binary_message(frame, total, body_at, wire)
 
     def _take_frame(self, buffer: bytearray) -> bytes | None:
         if len(buffer) < 4:
