@@ -1,8 +1,8 @@
 """floor-py: the cheapest Python + uvloop multiplexing forwarder, for the benchmark's floor.
 
 Same job and syscall pattern as ``floor.c`` (see there), with the framing and id mapping of
-``floor_frames.py``: one shared upstream connection, fresh upstream ids, replies mapped back to
-their caller, and one write per socket per loop turn
+``floor_frames.py``: one shared upstream connection, upstream ids (the caller's own while
+free), replies mapped back to their caller, and one write per socket per loop turn
 (``call_soon`` on the first frame of a turn). No routing, stats, timeouts or error handling;
 a malformed frame raises. It measures what the event loop and the interpreter cost before any
 feature, so that metamesh's per-request cost can be split into kernel, loop and features.
