@@ -96,13 +96,17 @@ def process_user_sys_seconds(pid: int) -> tuple[float, float]:
 def process_counters(pid: int) -> tuple[int, int, int, int]:
     """(read syscalls, write syscalls, sleeps, preemptions) of a whole process so far.
 
-    The syscall counts are ``syscr`` and ``syscw`` of ``/proc/PID/io`` (read/recv and
-    write/send calls; ``epoll_wait`` is in neither). Sleeps and preemptions are the voluntary
-    and involuntary context switches of ``/proc/PID/task/*/status``, summed over threads: a
-    voluntary switch is the event loop blocking with nothing to do (one per wake-up), an
-    involuntary one the scheduler taking the CPU away, mostly for a process the proxy's own
-    write just woke on the same core. Together they say whether two proxies made the same
-    system calls and woke as often, which splits a CPU difference into syscalls and work.
+    The syscall counts are ``syscr`` and ``syscw`` of ``/proc/PID/io``: the kernel counts
+    ``read``/``readv``/``pread`` and ``write``/``writev``/``pwrite`` there, not socket calls
+    (``recvmsg``, ``sendmsg``, ...) nor ``epoll_wait``. uvloop and the floors use the former;
+    Envoy writes with ``sendmsg``, so its writes do not show.
+
+    Sleeps and preemptions are the voluntary and involuntary context switches of
+    ``/proc/PID/task/*/status``, summed over threads: a voluntary switch is the event loop
+    blocking with nothing to do (one per wake-up), an involuntary one the scheduler taking the
+    CPU away, mostly for a process the proxy's own write just woke on the same core. Together
+    they say whether two proxies made the same system calls and woke as often, which splits a
+    CPU difference into syscalls and work.
     """
     with open(f"/proc/{pid}/io", "rb") as f:
         io = dict(line.split(b": ") for line in f.read().splitlines())
