@@ -17,7 +17,9 @@ collector tuned as ``metamesh proxy`` tunes it. It moves much less than the live
 it to confirm a change, and ``compare.py`` to report one.
 
 Run: ``.venv/bin/python -m benchmarks.core_bench --protocol dubbo`` (``--profile`` prints a
-cProfile of one run).
+cProfile of one run; ``--evict-mb 32`` starts every turn with cold caches, which is what a
+proxy at a low rate meets on each wake-up: compare with and without to see what a turn's cache
+misses cost).
 """
 
 from __future__ import annotations
@@ -47,8 +49,13 @@ def build(protocol: str, clients: int) -> tuple[ConnectionManager, list[Any], An
     return core, downs, None
 
 
-def run(protocol: str, clients: int, depth: int, turns: int) -> float:
-    """Seconds per request over ``turns`` turns (after one warm-up turn)."""
+def run(protocol: str, clients: int, depth: int, turns: int, evict: int = 0) -> float:
+    """Seconds per request over ``turns`` turns (after one warm-up turn).
+
+    With ``evict`` > 0, ``evict`` bytes are written (one byte per 64-byte line) before every
+    turn, outside the timed part, so that each turn starts with the core's code and data out of
+    the CPU caches, as after a proxy wakes from a sleep during which other processes ran.
+    """
     core, downs, _ = build(protocol, clients)
     template = request_template(protocol)
     answer = answer_dubbo if protocol == "dubbo" else _thrift_answerer()
@@ -88,11 +95,21 @@ def run(protocol: str, clients: int, depth: int, turns: int) -> float:
 
     turn()
     turn()
-    start = time.perf_counter()
     done = 0
-    for _ in range(turns):
-        done += turn()
-    elapsed = time.perf_counter() - start
+    if evict:
+        junk = bytearray(evict)
+        zeros = bytes(len(range(0, evict, 64)))
+        elapsed = 0.0
+        for _ in range(turns):
+            junk[::64] = zeros  # a write to every line: the caches now hold junk
+            start = time.perf_counter()
+            done += turn()
+            elapsed += time.perf_counter() - start
+    else:
+        start = time.perf_counter()
+        for _ in range(turns):
+            done += turn()
+        elapsed = time.perf_counter() - start
     assert done == turns * clients * depth, (done, turns * clients * depth)
     return elapsed / done
 
@@ -114,7 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turns", type=int, default=400)
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--profile", action="store_true")
+    p.add_argument(
+        "--evict-mb",
+        type=float,
+        default=0,
+        help="write this many MB before every turn (untimed): cold caches, as after a sleep",
+    )
     args = p.parse_args(argv)
+    evict = int(args.evict_mb * 1e6)
     gc.collect()
     gc.freeze()
     gc.set_threshold(10000, 20, 20)  # as metamesh.runtime.server tunes it
@@ -124,16 +148,18 @@ def main(argv: list[str] | None = None) -> int:
 
         prof = cProfile.Profile()
         prof.enable()
-        run(args.protocol, args.clients, args.depth, args.turns)
+        run(args.protocol, args.clients, args.depth, args.turns, evict)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return 0
     results = [
-        run(args.protocol, args.clients, args.depth, args.turns) * 1e6 for _ in range(args.repeat)
+        run(args.protocol, args.clients, args.depth, args.turns, evict) * 1e6
+        for _ in range(args.repeat)
     ]
     print(
         f"{args.protocol} c{args.clients}k{args.depth}: min {min(results):.3f} µs/req "
-        f"(median {sorted(results)[len(results) // 2]:.3f}, {args.repeat} x {args.turns} turns)"
+        f"(median {sorted(results)[len(results) // 2]:.3f}, {args.repeat} x {args.turns} turns"
+        + (f", {args.evict_mb:g} MB evicted before each turn)" if evict else ")")
     )
     return 0
 

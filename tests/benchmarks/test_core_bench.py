@@ -11,3 +11,7 @@ from benchmarks.core_bench import run
 def test_core_bench_answers_every_request(protocol: str) -> None:
     # run() asserts that every request of every turn came back through the core
     assert run(protocol, clients=2, depth=4, turns=3) > 0
+
+
+def test_core_bench_with_cold_caches_still_answers_every_request() -> None:
+    assert run("dubbo", clients=2, depth=1, turns=3, evict=1 << 20) > 0
