@@ -43,15 +43,28 @@ from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import ProxyStats, RequestStats
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Peer, Upstream, UpstreamState
 
-CONNECT, CLOSE_DOWNSTREAM, CLOSE_UPSTREAM, LOG, ACCESS_LOG = range(5)
-INFO, WARNING = 20, 30
+# Actions (first item of each tuple in ``actions``) and log levels. ``Final``, like the names
+# below, so that the native build reads a C constant or static instead of a module dict.
+CONNECT: Final = 0
+CLOSE_DOWNSTREAM: Final = 1
+CLOSE_UPSTREAM: Final = 2
+LOG: Final = 3
+ACCESS_LOG: Final = 4
+INFO: Final = 20
+WARNING: Final = 30
 
 CodecFactoryResolver = Callable[[str], Callable[..., Codec]]
 
-_REQUEST, _ONEWAY, _HEARTBEAT = MessageType.REQUEST, MessageType.ONEWAY, MessageType.HEARTBEAT
-_RESPONSE, _ERROR = MessageType.RESPONSE, MessageType.ERROR
-_OK, _STATUS_ERROR = ResponseStatus.OK, ResponseStatus.ERROR
-_CONNECTING, _READY, _CLOSED = UpstreamState.CONNECTING, UpstreamState.READY, UpstreamState.CLOSED
+_REQUEST: Final = MessageType.REQUEST
+_ONEWAY: Final = MessageType.ONEWAY
+_HEARTBEAT: Final = MessageType.HEARTBEAT
+_RESPONSE: Final = MessageType.RESPONSE
+_ERROR: Final = MessageType.ERROR
+_OK: Final = ResponseStatus.OK
+_STATUS_ERROR: Final = ResponseStatus.ERROR
+_CONNECTING: Final = UpstreamState.CONNECTING
+_READY: Final = UpstreamState.READY
+_CLOSED: Final = UpstreamState.CLOSED
 
 PLACEHOLDER: Final = Message(MessageType.HEARTBEAT, None, b"", 0, 0, metadata={})
 #: Stands in an upstream's pending/fifo for a timed-out request until its late reply arrives.

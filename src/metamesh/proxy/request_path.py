@@ -14,6 +14,8 @@ This code runs once per proxied request, so it binds locals and inlines small st
 
 from __future__ import annotations
 
+from typing import cast
+
 from metamesh.codecs import (
     CodecError,
     ErrorKind,
@@ -39,7 +41,7 @@ from metamesh.proxy.policy import (
 )
 from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.stats import duration_bucket
-from metamesh.proxy.upstream import ActiveRequest, Upstream
+from metamesh.proxy.upstream import ActiveRequest, Upstream, UpstreamState
 
 
 class RequestPath(Attempts):
@@ -104,7 +106,7 @@ class RequestPath(Attempts):
                     break
                 pos += len(msg.frame)
                 self._upstream_message(up, msg, now)
-                if up.state is _CLOSED:
+                if cast(UpstreamState, up.state) is _CLOSED:  # closed while handling it
                     return
             if pos:
                 data = data[pos:]
@@ -147,7 +149,13 @@ class RequestPath(Attempts):
     def _on_response(self, up: Upstream, msg: Message, now: float) -> None:
         multiplexed = up.id_limit
         if multiplexed:
-            req = up.pending.pop(msg.request_id, None)  # type: ignore[arg-type]
+            # get + del rather than pop(k, None): both are native operations in the native
+            # build, where pop is a method call looked up by name
+            pending = up.pending
+            rid = msg.request_id
+            req = pending.get(rid)  # type: ignore[arg-type]
+            if req is not None:
+                del pending[rid]  # type: ignore[arg-type]
         else:
             req = up.fifo.popleft() if up.fifo else None
         if req is None:
@@ -175,7 +183,7 @@ class RequestPath(Attempts):
         stats.count[code] += 1  # RequestStats.observe, inlined
         stats.sum_ms[code] += elapsed_ms
         stats.buckets[code][duration_bucket(elapsed_ms)] += 1
-        d = req.downstream
+        d: Downstream = req.downstream  # typed here, so the native build reads it as a struct
         if self.access_log:
             self._access_log(d, req.request, req.route, up, msg, str(code), req.start, now)
         if d.closed:

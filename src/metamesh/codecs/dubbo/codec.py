@@ -125,15 +125,9 @@ class DubboCodec(Codec):
         # typed so the native build computes on machine ints, not boxed objects
         header: tuple[int, int, int, int, int] = _unpack_header(buffer, 0)
         magic, flags, status, request_id, body_length = header
-        size = HEADER_SIZE + body_length
-        if (
-            magic != MAGIC
-            or flags & SERIALIZATION_MASK != HESSIAN2_ID
-            or body_length < 0
-            or size > self.max_frame_size
-            or (not flags & FLAG_REQUEST and status not in KNOWN_STATUSES)
-        ):
+        if not self._header_ok(magic, flags, status, body_length):
             parse_header(buffer, self.max_frame_size)  # raises the precise error
+        size = HEADER_SIZE + body_length
         if available < size:
             return None
         # one copy when the buffer holds exactly this frame, two otherwise
@@ -153,17 +147,19 @@ class DubboCodec(Codec):
         header: tuple[int, int, int, int, int] = _unpack_header(data, pos)
         magic, flags, status, request_id, body_length = header
         size = HEADER_SIZE + body_length
-        if (
-            magic != MAGIC
-            or flags & SERIALIZATION_MASK != HESSIAN2_ID
-            or body_length < 0
-            or size > available
-            or size > self.max_frame_size
-            or (not flags & FLAG_REQUEST and status not in KNOWN_STATUSES)
-        ):
-            return None
+        if size > available or not self._header_ok(magic, flags, status, body_length):
+            return None  # a part of a frame, or decode's error to raise
         frame = data if size == available and not pos else data[pos : pos + size]
         return self._message(frame, flags, status, request_id, body_length)
+
+    def _header_ok(self, magic: int, flags: int, status: int, body_length: int) -> bool:
+        """Whether a header is one this codec takes (``parse_header`` says what is wrong)."""
+        return (
+            magic == MAGIC
+            and flags & SERIALIZATION_MASK == HESSIAN2_ID
+            and 0 <= body_length <= self.max_frame_size - HEADER_SIZE
+            and (flags & FLAG_REQUEST != 0 or status in KNOWN_STATUSES)
+        )
 
     def _message(
         self, frame: bytes, flags: int, status: int, request_id: int, body_length: int
