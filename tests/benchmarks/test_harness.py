@@ -218,3 +218,35 @@ def test_floor_targets_finish_short_writes(responder, kind: str, tmp_path: Path)
         assert sorted(got) == want
     finally:
         target.stop()
+
+
+@pytest.mark.parametrize("kind", ["floor-c", "floor-py", "floor-epoll"])
+def test_floor_targets_map_colliding_ids_back(responder, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two clients with the same ids in flight at once: the Python floors keep a caller's id
+    only while it is free upstream, so the second client's requests take fresh ids and their
+    replies must come back rewritten to the ids that client sent."""
+    protocol, _proc, port = responder
+    target = Target(kind, protocol, tmp_path)
+    template = frames.request_template(protocol)
+    scan = frames.reply_scanner(protocol)
+    ids = list(range(1, 51))
+    batch = b"".join(template.build(i) for i in ids)
+    try:
+        target.start(port, {})
+        a = socket.create_connection(("127.0.0.1", target.port), 10)
+        b = socket.create_connection(("127.0.0.1", target.port), 10)
+        with a, b:
+            a.sendall(batch)
+            b.sendall(batch)  # the same 50 ids, while a's are (mostly) still in flight
+            for sock in (a, b):
+                buf, got = b"", []
+                while len(got) < len(ids):
+                    chunk = sock.recv(65536)
+                    assert chunk, f"closed after {len(got)} replies"
+                    buf += chunk
+                    used, errors = scan(buf, got)
+                    assert errors == 0
+                    buf = buf[used:]
+                assert sorted(got) == ids and not buf
+    finally:
+        target.stop()
