@@ -73,8 +73,9 @@ class Codec(abc.ABC):
 
         Worth implementing for protocols whose frames are cheap to delimit: it saves the
         buffer's append, its copies out and its deletes from the front (the core's CPU per
-        request falls by about a sixth for Dubbo and Thrift in the native build). A read that is exactly one frame (an
-        unpipelined client) costs no copy at all: the frame is ``data`` itself.
+        request falls by about a sixth for Dubbo and Thrift in the native build). A read that
+        is exactly one frame (an unpipelined client) costs no copy at all: the frame is
+        ``data`` itself.
         """
         return None
 

@@ -261,6 +261,17 @@ def _binary_reply_status(frame: bytes, pos: int, end: int) -> ResponseStatus:
     return _BUSINESS_EXCEPTION if frame[pos + 1] or frame[pos + 2] else _OK
 
 
+def _binary_head_ok(size: int, version: int, name_size: int, max_frame_size: int) -> bool:
+    """Whether a framed strict binary head (frame length, version word, name length) is one
+    the fast paths vouch for: a call/reply/exception/oneway whose name fits in the frame."""
+    return (
+        version >> 16 == 0x8001
+        and 0 <= name_size <= size - 12  # name and seqid inside the frame
+        and size <= max_frame_size
+        and 1 <= version & 0xFF <= 4
+    )
+
+
 def _framed_binary_message(frame: bytes, total: int, body_at: int, wire: int) -> Message:
     """The message of a whole framed strict binary ``frame`` whose header the caller checked:
     message type ``wire`` (1-4), body at ``body_at`` <= ``total`` (the frame's length)."""
@@ -322,13 +333,7 @@ class ThriftCodec(Codec):
             size, version, name_size = head
             body_at = name_size + 16  # length, version, name length, name, seqid
             wire = version & 0xFF
-            if (
-                version >> 16 == 0x8001
-                and name_size >= 0
-                and body_at <= size + 4
-                and size <= self.max_frame_size
-                and 1 <= wire <= 4
-            ):
+            if _binary_head_ok(size, version, name_size, self.max_frame_size):
                 total = size + 4
                 available = len(buffer)
                 if available < total:
@@ -367,19 +372,10 @@ class ThriftCodec(Codec):
         head: tuple[int, int, int] = _unpack_binary_head(data, pos)
         size, version, name_size = head
         total = size + 4
-        body_at = name_size + 16
-        wire = version & 0xFF
-        if (
-            version >> 16 != 0x8001
-            or name_size < 0
-            or body_at > total
-            or total > available
-            or size > self.max_frame_size
-            or not 1 <= wire <= 4
-        ):
-            return None
+        if total > available or not _binary_head_ok(size, version, name_size, self.max_frame_size):
+            return None  # a part of a frame, or one for the general code
         frame = data if total == available and not pos else data[pos : pos + total]
-        return _framed_binary_message(frame, total, body_at, wire)
+        return _framed_binary_message(frame, total, name_size + 16, version & 0xFF)
 
     def _take_frame(self, buffer: bytearray) -> bytes | None:
         if len(buffer) < 4:
