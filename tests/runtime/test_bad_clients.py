@@ -3,6 +3,8 @@
 * Garbage, an oversized frame and a truncated frame (half a request, then EOF) each get their
   connection closed, a counter on ``/stats/prometheus`` and a log line, while real Apache
   clients on other connections keep calling successfully at the same time.
+* Half-close: a client that sends its calls and then ends its sending side gets every reply
+  before the proxy closes the connection (Aeraki's proxy aborts them).
 * Flow control: a client that sends large requests and never reads its replies gets its reads
   paused once the proxy's write buffer towards it passes the high-water mark, so the proxy
   stops taking its requests (no unbounded buffering: the client's own sends stall), while
@@ -69,6 +71,53 @@ def closed_by_proxy(sock: socket.socket) -> bool:
     except ConnectionResetError:
         pass
     return True
+
+
+def read_replies(gen: types.ModuleType, data: bytes) -> list[tuple[str, int, str]]:
+    """(method, seqid, result) of every framed ``echo`` reply in ``data``, read with Apache's
+    own protocol."""
+    out = []
+    while data:
+        (size,) = struct.unpack_from(">i", data)
+        proto = TBinaryProtocol(TMemoryBuffer(data[4 : 4 + size]))
+        name, mtype, seqid = proto.readMessageBegin()
+        assert mtype == TMessageType.REPLY
+        result = gen.Calc.echo_result()
+        result.read(proto)
+        out.append((name, seqid, result.success))
+        data = data[4 + size :]
+    return out
+
+
+def test_a_half_closed_client_gets_its_replies_then_the_close(
+    calc_gen: types.ModuleType,
+) -> None:
+    with ExitStack() as stack:
+        proxy, handler = calc_mesh(stack, calc_gen, admin_port=0)
+        handler.release.clear()  # the server holds every echo: the EOF comes first
+        with socket.create_connection(("127.0.0.1", proxy.port("calc"))) as sock:
+            sock.sendall(echo_frame(calc_gen, "first", 1) + echo_frame(calc_gen, "second", 2))
+            sock.shutdown(socket.SHUT_WR)
+            wait_until(
+                lambda: proxy.call(lambda: proxy.server.core.stats.downstream_half_closed) == 1,
+                "the proxy to see the client's EOF with both calls in flight",
+            )
+            handler.release.set()
+            sock.settimeout(10)
+            data = b""
+            while chunk := sock.recv(65536):  # every reply, then the proxy's close
+                data += chunk
+        assert read_replies(calc_gen, data) == [("echo", 1, "s:first"), ("echo", 2, "s:second")]
+        assert proxy.server is not None
+        admin = proxy.server.bound_admin_port
+        assert admin is not None
+        wait_until(
+            lambda: proxy.call(lambda: proxy.server.core.stats.active_downstream_connections) == 0,
+            "the proxy to forget the connection",
+        )
+        status, metrics = http_get(admin, "/stats/prometheus")
+        assert status == 200
+        assert "metamesh_downstream_half_closed_total 1.0" in metrics
 
 
 # -- garbage, oversized and truncated frames --------------------------------------------------

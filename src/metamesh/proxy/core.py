@@ -15,16 +15,19 @@ this module                           shared state, accounting, access log recor
 ====================================  =========================================================
 
 Layers are classes stacked by inheritance (each subclasses the one below), so the hot path
-calls plain methods on one object; the only calls that go up a layer are the two hooks
-declared here (retry after a failure, report an endpoint failure), implemented by
-:class:`~metamesh.proxy.attempts.Attempts`.
+calls plain methods on one object; the only calls that go up a layer are the hooks declared
+here: retry after a failure and report an endpoint failure, implemented by
+:class:`~metamesh.proxy.attempts.Attempts`, and forget a client, implemented by
+:class:`~metamesh.proxy.downstream.DownstreamSide` (the replies layer closes a half-closed client
+once its last reply is queued).
 
 Output contract: frames to send (``bytes``, never a buffer that changes later) are appended to
 the ``out`` list of each peer, which is listed once in :attr:`CoreState.dirty` (the runtime
 writes each dirty peer once per loop turn, a lone frame as is, several joined);
 control actions are plain tuples in :attr:`CoreState.actions`: ``(CONNECT, upstream)``,
 ``(CLOSE_DOWNSTREAM, downstream)``, ``(CLOSE_UPSTREAM, upstream)``, ``(LOG, level, text)``
-and ``(ACCESS_LOG, record)``.
+and ``(ACCESS_LOG, record)``. The runtime writes the dirty peers before it executes the
+actions, so a close never cuts off the replies queued before it.
 """
 
 from __future__ import annotations
@@ -106,6 +109,11 @@ class CoreState:
         raise NotImplementedError
 
     def _endpoint_failed(self, cs: ClusterState, idx: int, now: float) -> None:
+        raise NotImplementedError
+
+    # -- hook implemented by the downstream layer ------------------------------------------
+
+    def _forget_downstream(self, d: Downstream) -> None:
         raise NotImplementedError
 
     # -- shared helpers --------------------------------------------------------------------

@@ -4,9 +4,16 @@
 complete frame (with nothing buffered, whole frames are taken straight from the bytes read and
 only a trailing part is buffered: see ``Codec.decode_at``): requests go to the request path,
 heartbeats are answered locally, anything else is counted and dropped. A frame the codec
-rejects or one over ``max_frame_size`` closes that client only. A client that goes away (EOF,
-reset, or closed by us) abandons its requests in flight and its dedicated (pipelined) upstream
-connections; one that leaves mid-frame is counted as truncated.
+rejects or one over ``max_frame_size`` closes that client only.
+
+A client that ends its sending side (EOF, :meth:`DownstreamSide.downstream_eof`) sends no more
+requests but still gets the replies it is owed: each client counts its two-way requests not
+answered yet (``owed``: up when one is decoded, down when its reply, forwarded or local, is
+queued), and the connection is closed once that count is back to zero, at once if it already
+is. Aeraki's proxy aborts requests in flight on a client's half-close; here they are lost only
+if the client really went away (reset, or closed by us), which abandons its requests in flight
+and its dedicated (pipelined) upstream connections. A client that leaves mid-frame is counted as
+truncated either way.
 """
 
 from __future__ import annotations
@@ -80,7 +87,10 @@ class DownstreamSide(RequestPath):
 
     def _downstream_message(self, d: Downstream, msg: Message, now: float) -> None:
         mtype = msg.type
-        if mtype is _REQUEST or mtype is _ONEWAY:
+        if mtype is _REQUEST:
+            d.owed += 1
+            self._on_request(d, msg, now)
+        elif mtype is _ONEWAY:
             self._on_request(d, msg, now)
         elif mtype is _HEARTBEAT:
             self.stats.heartbeats += 1
@@ -99,8 +109,22 @@ class DownstreamSide(RequestPath):
             self.stats.downstream_decode_errors += 1
             self._close_downstream(d, f"{d}: closing, bad frame: {bad}")
 
+    def downstream_eof(self, d: Downstream, now: float) -> None:
+        """The client ended its sending side: answer what is in flight, then close."""
+        if d.closed or d.eof:
+            return
+        d.eof = True
+        if d.inbuf:
+            self.stats.downstream_truncated += 1
+            self.actions.append((LOG, INFO, f"{d}: closed mid-frame ({len(d.inbuf)} bytes)"))
+            d.inbuf.clear()
+        if d.owed:
+            self.stats.downstream_half_closed += 1
+        else:
+            self._end_downstream(d)
+
     def downstream_closed(self, d: Downstream, now: float) -> None:
-        """The client went away (EOF or reset); its requests in flight are abandoned."""
+        """The connection is gone (reset, or closed after EOF); what it was owed is abandoned."""
         d.handle = None
         if d.closed:
             return

@@ -53,10 +53,12 @@ class Downstream(Peer):
     __slots__ = (
         "closed",
         "codec",
+        "eof",
         "id",
         "inbuf",
         "listener",
         "order",
+        "owed",
         "peer",
         "pipelines",
     )
@@ -69,6 +71,10 @@ class Downstream(Peer):
         self.peer = peer
         self.inbuf = bytearray()
         self.closed = False
+        #: The client ended its sending side (FIN): no more requests will come.
+        self.eof = False
+        #: Two-way requests from this client not answered yet (closing waits for them after EOF).
+        self.owed = 0
         #: Non-multiplexed protocols: replies wait here until every earlier one is sent.
         self.order: deque[ActiveRequest] = deque()
         #: Non-multiplexed protocols: dedicated upstreams by (cluster name, endpoint index).

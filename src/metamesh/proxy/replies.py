@@ -21,6 +21,8 @@ from metamesh.codecs import (
 )
 from metamesh.proxy.core import (
     _ONEWAY,
+    _REQUEST,
+    CLOSE_DOWNSTREAM,
     PLACEHOLDER,
     CoreState,
 )
@@ -62,6 +64,8 @@ class Replies(CoreState):
             return None
         if msg.type is _ONEWAY:
             return b""
+        if msg.type is _REQUEST:
+            d.owed -= 1  # the caller queues the reply (and closes a half-closed client after)
         return d.codec.error_reply(msg, LocalError(kind, text))
 
     def _local_reply(
@@ -102,6 +106,14 @@ class Replies(CoreState):
         if not d.dirty:
             d.dirty = True
             self.dirty.append(d)
+        if d.eof and not d.owed:
+            self._end_downstream(d)
+
+    def _end_downstream(self, d: Downstream) -> None:
+        """Close a half-closed client that is owed nothing more (after its replies go out:
+        the runtime writes dirty peers before it executes actions)."""
+        self.actions.append((CLOSE_DOWNSTREAM, d))
+        self._forget_downstream(d)
 
     def _fail_request(
         self, req: ActiveRequest, kind: ErrorKind, text: str, now: float, condition: str = ""

@@ -188,6 +188,7 @@ class RequestPath(Attempts):
             self._access_log(d, req.request, req.route, up, msg, str(code), req.start, now)
         if d.closed:
             return
+        d.owed -= 1
         route = req.route
         if route is not None and route.response_mutation is not None:
             msg = self._mutated(up.codec, msg, route.response_mutation)
@@ -200,6 +201,8 @@ class RequestPath(Attempts):
             if not d.dirty:
                 d.dirty = True
                 self.dirty.append(d)
+            if d.eof and not d.owed:  # a half-closed client's last answer
+                self._end_downstream(d)
         else:
             self._reply_in_order(d, req, msg.frame)
 

@@ -35,6 +35,10 @@ COUNTERS: Final[dict[str, tuple[str, str]]] = {
         "metamesh_downstream_frame_too_large_total",
         "Client connections closed because a frame exceeded the size limit",
     ),
+    "downstream_half_closed": (
+        "metamesh_downstream_half_closed_total",
+        "Clients that ended their sending side with requests in flight, kept open to answer them",
+    ),
     "downstream_truncated": (
         "metamesh_downstream_truncated_frames_total",
         "Client connections that closed in the middle of a frame",
@@ -129,6 +133,7 @@ class ProxyStats:
         self.downstream_decode_errors = 0
         self.downstream_frame_too_large = 0
         self.downstream_truncated = 0
+        self.downstream_half_closed = 0
         self.downstream_unexpected_frames = 0
         self.upstream_decode_errors = 0
         self.upstream_connects = 0

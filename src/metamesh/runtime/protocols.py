@@ -143,7 +143,12 @@ class DownstreamProtocol:
             self.core.downstream_data(conn, data, self.turn.now())
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too
+        conn = self.conn
+        if conn is None:
+            return None  # close our side too
+        # Keep our side open: the core answers what is in flight, then closes (CLOSE_DOWNSTREAM).
+        self.core.downstream_eof(conn, self.turn.now())
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.readers.discard(self)
