@@ -154,6 +154,29 @@ def test_listener_with_xds_typed_struct_and_protocol_codec() -> None:
     assert (converted.codec, converted.route_config_name) == ("thrift", "inline")
 
 
+def _listener(proxy: dict[str, object]) -> listener_pb2.Listener:
+    value = struct_pb2.Struct()
+    value.update(proxy)
+    packed = any_pb2.Any()
+    packed.Pack(typed_struct_pb2.TypedStruct(type_url="t", value=value))
+    listener = listener_pb2.Listener(name="l")
+    listener.filter_chains.add().filters.add(
+        name="envoy.filters.network.meta_protocol_proxy", typed_config=packed
+    )
+    return listener
+
+
+def test_listener_idle_timeout_as_envoy_reads_it() -> None:
+    base = {"codec": {"name": "thrift"}, "rds": {"routeConfigName": "r"}}
+    assert to_listener(_listener(base)).idle_timeout is None
+    assert to_listener(_listener({**base, "idleTimeout": "1.500s"})).idle_timeout == 1.5
+    assert to_listener(_listener({**base, "idleTimeout": "0s"})).idle_timeout is None  # off
+    with pytest.raises(XdsConversionError, match=r"Listener 'l': MetaProtocolProxy.idleTimeout"):
+        to_listener(_listener({**base, "idleTimeout": "later"}))
+    with pytest.raises(XdsConversionError, match="is negative"):
+        to_listener(_listener({**base, "idleTimeout": "-1s"}))
+
+
 def test_listener_without_meta_protocol_filter_is_rejected() -> None:
     listener = listener_pb2.Listener(name="tcp")
     listener.filter_chains.add().filters.add(name="envoy.filters.network.tcp_proxy")

@@ -48,6 +48,7 @@ def test_sample_file_loads() -> None:
     assert snap.version == "1"
     listener = snap.listeners["kv-19000"]
     assert (listener.address, listener.port, listener.stat_prefix) == ("127.0.0.1", 19000, "kv")
+    assert listener.idle_timeout == 300.0
     v2 = snap.clusters["outbound|19000|v2|kv.example"]
     assert v2.lb_policy is LbPolicy.RING_HASH
     assert v2.connect_timeout == pytest.approx(0.25)
@@ -62,6 +63,17 @@ def test_sample_file_loads() -> None:
     assert routes[1].route.request_mirror_policies[0].percent == pytest.approx(5.0)
     assert routes[1].response_mutation == (("x-served-by", "metamesh"),)
     assert snap.to_dict()["clusters"]  # JSON-ready
+
+
+def test_listener_idle_timeout() -> None:
+    assert parse_snapshot(MINIMAL).listeners["l1"].idle_timeout is None
+    text = MINIMAL.replace(
+        "route_config_name: rc", "route_config_name: rc\n      idle_timeout: 90s", 1
+    )
+    assert parse_snapshot(text).listeners["l1"].idle_timeout == 90.0
+    with pytest.raises(ConfigError) as info:
+        parse_snapshot(text.replace("90s", "soon"), source="proxy.yaml")
+    assert "listeners[0] (name 'l1'): field 'meta_protocol_proxy.idle_timeout'" in str(info.value)
 
 
 def test_minimal_defaults() -> None:

@@ -17,15 +17,22 @@ from metamesh.proxy.config_yaml import parse_snapshot
 
 
 def listener(
-    name: str, codec: str, routes: str, max_frame_size: int | None = None
+    name: str,
+    codec: str,
+    routes: str,
+    max_frame_size: int | None = None,
+    idle_timeout: str | None = None,
 ) -> dict[str, Any]:
     codec_cfg: dict[str, Any] = {"name": codec}
     if max_frame_size is not None:
         codec_cfg["max_frame_size"] = max_frame_size
+    mpp: dict[str, Any] = {"codec": codec_cfg, "route_config_name": routes}
+    if idle_timeout is not None:
+        mpp["idle_timeout"] = idle_timeout
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-        "meta_protocol_proxy": {"codec": codec_cfg, "route_config_name": routes},
+        "meta_protocol_proxy": mpp,
     }
 
 

@@ -5,6 +5,8 @@
   clients on other connections keep calling successfully at the same time.
 * Half-close: a client that sends its calls and then ends its sending side gets every reply
   before the proxy closes the connection (Aeraki's proxy aborts them).
+* Idle clients: with the listener's ``idle_timeout``, a client that stops calling is closed
+  (and counted) while an Apache client calling all along keeps its connection.
 * Flow control: a client that sends large requests and never reads its replies gets its reads
   paused once the proxy's write buffer towards it passes the high-water mark, so the proxy
   stops taking its requests (no unbounded buffering: the client's own sends stall), while
@@ -18,6 +20,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 import types
 from contextlib import ExitStack
 from typing import Any
@@ -39,12 +42,12 @@ MAX_FRAME = 64 * 1024
 
 
 def calc_mesh(
-    stack: ExitStack, gen: types.ModuleType, **proxy_options: Any
+    stack: ExitStack, gen: types.ModuleType, idle_timeout: str | None = None, **proxy_options: Any
 ) -> tuple[ProxyThread, NamedCalc]:
     handler = NamedCalc(gen, "s")
     server = stack.enter_context(AnyClientServer(gen.Calc.Processor(handler)))
     snap = mc.snapshot(
-        [mc.listener("calc", "thrift", "calc", max_frame_size=MAX_FRAME)],
+        [mc.listener("calc", "thrift", "calc", MAX_FRAME, idle_timeout)],
         [mc.cluster("outbound|9090||calc.test", server.port)],
         {"calc": [mc.route("all", "outbound|9090||calc.test", method="~.*")]},
     )
@@ -118,6 +121,43 @@ def test_a_half_closed_client_gets_its_replies_then_the_close(
         status, metrics = http_get(admin, "/stats/prometheus")
         assert status == 200
         assert "metamesh_downstream_half_closed_total 1.0" in metrics
+
+
+def test_an_idle_client_is_closed_and_a_busy_one_is_not(calc_gen: types.ModuleType) -> None:
+    with ExitStack() as stack:
+        proxy, _ = calc_mesh(stack, calc_gen, idle_timeout="1s", admin_port=0)
+        port = proxy.port("calc")
+        busy = stack.enter_context(connect(calc_gen.Calc, "framed", "binary", port))
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            idle.sendall(echo_frame(calc_gen, "once", 7))
+            idle.settimeout(10)
+            data = b""
+            while not read_replies_complete(data):
+                data += idle.recv(65536)
+            assert read_replies(calc_gen, data) == [("echo", 7, "s:once")]
+            calls = 0
+            deadline = time.monotonic() + 30
+            while proxy.call(lambda: proxy.server.core.stats.downstream_idle_timeouts) == 0:
+                assert time.monotonic() < deadline, "the idle client was never closed"
+                client: Any = busy.client  # calls every 50 ms: never idle for 1 s
+                assert client.echo(f"busy {calls}") == f"s:busy {calls}"
+                calls += 1
+                time.sleep(0.05)
+            assert closed_by_proxy(idle)  # EOF: the proxy closed the idle one
+        for _ in range(5):  # the busy client's connection is still the same one
+            assert busy.client.echo("still") == "s:still"
+        assert calls > 0
+        assert proxy.server is not None
+        admin = proxy.server.bound_admin_port
+        assert admin is not None
+        status, metrics = http_get(admin, "/stats/prometheus")
+        assert status == 200
+        assert "metamesh_downstream_idle_timeouts_total 1.0" in metrics
+
+
+def read_replies_complete(data: bytes) -> bool:
+    """Whether ``data`` holds at least one whole framed message."""
+    return len(data) >= 4 and len(data) >= 4 + struct.unpack_from(">i", data)[0]
 
 
 # -- garbage, oversized and truncated frames --------------------------------------------------

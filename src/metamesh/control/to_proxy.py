@@ -133,6 +133,15 @@ def to_listener(listener: Any) -> cfg.Listener:
     extra: dict[str, Any] = {}
     if "maxFrameSize" in codec:
         extra["max_frame_size"] = int(codec["maxFrameSize"])
+    if proxy.get("idleTimeout") is not None:
+        try:
+            idle = parse_duration(proxy["idleTimeout"], f"{where}: MetaProtocolProxy.idleTimeout")
+        except ValueError as e:
+            raise XdsConversionError(str(e)) from None
+        if idle < 0:
+            raise XdsConversionError(f"{where}: MetaProtocolProxy.idleTimeout is negative")
+        if idle > 0:  # 0 disables it, as in Envoy
+            extra["idle_timeout"] = idle
     return cfg.Listener(
         name=listener.name,
         address=socket.address,

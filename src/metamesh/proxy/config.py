@@ -220,6 +220,9 @@ class Listener:
     max_frame_size: int | None = None
     #: Typed configs of the filters in ``filters`` that take one: (filter name, config).
     filter_configs: tuple[tuple[str, object], ...] = ()
+    #: MetaProtocolProxy ``idle_timeout`` (seconds; ``None`` = never): a client connection with
+    #: no request in flight for this long is closed.
+    idle_timeout: float | None = None
 
     def filter_config(self, name: str) -> object | None:
         """The config given for filter ``name``, or ``None``."""

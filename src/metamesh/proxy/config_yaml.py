@@ -26,6 +26,7 @@ what xDS will later deliver. Layout (see ``examples/proxy-static.yaml``)::
                      conditions: [{match: {metadata: [{name: method, exact_match: put}]},
                                    token_bucket: {max_tokens: 10, fill_interval: 1s}}]}
           - name: aeraki.meta_protocol.filters.router
+          idle_timeout: 300s           # close a client with no request in flight this long
       clusters:
       - name: outbound|19000|v1|kv.example
         connect_timeout: 1s            # "250ms", "1.5s" or seconds as a number

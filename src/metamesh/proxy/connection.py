@@ -98,6 +98,9 @@ class ConnectionManager(DownstreamSide):
         self.listeners = listeners
         self.clusters = clusters
         self.snapshot = snapshot
+        idle = [x.idle_timeout for x in snapshot.listeners.values() if x.idle_timeout]
+        # A sweep per quarter of the shortest idle_timeout (at most 1 s apart, at least 50 ms).
+        self.idle_sweep_every = min(1.0, max(0.05, min(idle) / 4)) if idle else None
 
     def close_all(self) -> None:
         """Close every connection (end of a drain)."""

@@ -102,6 +102,10 @@ class CoreState:
         #: Every timed event: request/per-try timeouts, retries, paused filters, ejections.
         self.deadlines = DeadlineQueue()
         self.filter_context = FilterContext(self.stats, self.rng, self._emit)
+        #: How often :meth:`on_timer` looks for idle clients (``None``: no listener has an
+        #: ``idle_timeout``), and when it next does.
+        self.idle_sweep_every: float | None = None
+        self.idle_sweep_at = 0.0
 
     # -- hooks implemented by the attempts layer -------------------------------------------
 

@@ -14,6 +14,11 @@ is. Aeraki's proxy aborts requests in flight on a client's half-close; here they
 if the client really went away (reset, or closed by us), which abandons its requests in flight
 and its dedicated (pipelined) upstream connections. A client that leaves mid-frame is counted as
 truncated either way.
+
+A listener's ``idle_timeout`` closes a client that has had nothing in flight for that long:
+``idle_since`` restarts when the last reply owed is queued (and on a one-way call), and
+:meth:`DownstreamSide.on_timer` sweeps the clients a few times per timeout (every quarter of the
+shortest one, 50 ms to 1 s apart), so the request path pays one store per reply, not a timer.
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ from metamesh.proxy.request_path import RequestPath
 class DownstreamSide(RequestPath):
     """Client connections: accept, decode loop, heartbeats, close and truncation."""
 
-    def downstream_connected(self, listener_name: str, peer: str = "") -> Downstream:
+    def downstream_connected(
+        self, listener_name: str, peer: str = "", now: float = 0.0
+    ) -> Downstream:
         self._next_conn_id += 1
-        d = Downstream(self._next_conn_id, self.listeners[listener_name], peer)
+        d = Downstream(self._next_conn_id, self.listeners[listener_name], peer, now)
         self.downstreams.add(d)
         self.stats.downstream_connections_total += 1
         self.stats.active_downstream_connections += 1
@@ -91,6 +98,7 @@ class DownstreamSide(RequestPath):
             d.owed += 1
             self._on_request(d, msg, now)
         elif mtype is _ONEWAY:
+            d.idle_since = now  # owes no reply, but the client is not idle
             self._on_request(d, msg, now)
         elif mtype is _HEARTBEAT:
             self.stats.heartbeats += 1
@@ -122,6 +130,22 @@ class DownstreamSide(RequestPath):
             self.stats.downstream_half_closed += 1
         else:
             self._end_downstream(d)
+
+    def on_timer(self, now: float) -> None:
+        """Fire the deadlines that have passed, and close clients idle past their listener's
+        ``idle_timeout`` (checked every :attr:`idle_sweep_every` seconds)."""
+        super().on_timer(now)
+        every = self.idle_sweep_every
+        if every is not None and now >= self.idle_sweep_at:
+            self.idle_sweep_at = now + every
+            self._close_idle(now)
+
+    def _close_idle(self, now: float) -> None:
+        for d in list(self.downstreams):
+            timeout = d.listener.config.idle_timeout
+            if timeout is not None and not d.owed and now - d.idle_since >= timeout:
+                self.stats.downstream_idle_timeouts += 1
+                self._end_downstream(d)
 
     def downstream_closed(self, d: Downstream, now: float) -> None:
         """The connection is gone (reset, or closed after EOF); what it was owed is abandoned."""

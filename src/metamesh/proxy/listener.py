@@ -55,6 +55,7 @@ class Downstream(Peer):
         "codec",
         "eof",
         "id",
+        "idle_since",
         "inbuf",
         "listener",
         "order",
@@ -63,7 +64,7 @@ class Downstream(Peer):
         "pipelines",
     )
 
-    def __init__(self, conn_id: int, listener: ListenerState, peer: str) -> None:
+    def __init__(self, conn_id: int, listener: ListenerState, peer: str, now: float = 0.0) -> None:
         super().__init__()
         self.id = conn_id
         self.listener = listener
@@ -75,6 +76,8 @@ class Downstream(Peer):
         self.eof = False
         #: Two-way requests from this client not answered yet (closing waits for them after EOF).
         self.owed = 0
+        #: Since when nothing has been owed to the client (for the listener's idle_timeout).
+        self.idle_since = now
         #: Non-multiplexed protocols: replies wait here until every earlier one is sent.
         self.order: deque[ActiveRequest] = deque()
         #: Non-multiplexed protocols: dedicated upstreams by (cluster name, endpoint index).

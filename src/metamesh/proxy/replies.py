@@ -66,6 +66,8 @@ class Replies(CoreState):
             return b""
         if msg.type is _REQUEST:
             d.owed -= 1  # the caller queues the reply (and closes a half-closed client after)
+            if not d.owed:
+                d.idle_since = now
         return d.codec.error_reply(msg, LocalError(kind, text))
 
     def _local_reply(

@@ -189,6 +189,8 @@ class RequestPath(Attempts):
         if d.closed:
             return
         d.owed -= 1
+        if not d.owed:
+            d.idle_since = now
         route = req.route
         if route is not None and route.response_mutation is not None:
             msg = self._mutated(up.codec, msg, route.response_mutation)

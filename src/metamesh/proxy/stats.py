@@ -39,6 +39,10 @@ COUNTERS: Final[dict[str, tuple[str, str]]] = {
         "metamesh_downstream_half_closed_total",
         "Clients that ended their sending side with requests in flight, kept open to answer them",
     ),
+    "downstream_idle_timeouts": (
+        "metamesh_downstream_idle_timeouts_total",
+        "Client connections closed after the listener's idle_timeout with no request in flight",
+    ),
     "downstream_truncated": (
         "metamesh_downstream_truncated_frames_total",
         "Client connections that closed in the middle of a frame",
@@ -134,6 +138,7 @@ class ProxyStats:
         self.downstream_frame_too_large = 0
         self.downstream_truncated = 0
         self.downstream_half_closed = 0
+        self.downstream_idle_timeouts = 0
         self.downstream_unexpected_frames = 0
         self.upstream_decode_errors = 0
         self.upstream_connects = 0

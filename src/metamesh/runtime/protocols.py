@@ -129,7 +129,7 @@ class DownstreamProtocol:
         tr.set_write_buffer_limits(server.high_water, server.low_water)
         peer = tr.get_extra_info("peername")
         conn = self.core.downstream_connected(
-            self.listener_name, f"{peer[0]}:{peer[1]}" if peer else ""
+            self.listener_name, f"{peer[0]}:{peer[1]}" if peer else "", self.turn.now()
         )
         conn.handle = self
         self.conn = conn

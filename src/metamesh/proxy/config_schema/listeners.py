@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from metamesh.proxy import config as cfg
-from metamesh.proxy.config_schema.common import _Address, _Model
+from metamesh.proxy.config_schema.common import _Address, _Duration, _Model
 from metamesh.proxy.config_schema.filter_configs import _FILTER_CONFIGS
 from metamesh.proxy.filters import (
     UnknownFilterError,
@@ -74,6 +74,7 @@ class _MetaProtocolProxy(_Model):
     route_config_name: str | None = None
     rds: _Rds | None = None
     meta_protocol_filters: list[_Filter] = []
+    idle_timeout: _Duration | None = None
 
     @model_validator(mode="after")
     def _one_codec_one_routes(self) -> _MetaProtocolProxy:
@@ -113,4 +114,5 @@ def _listener(x: _Listener) -> cfg.Listener:
         filters=filters,
         max_frame_size=codec.max_frame_size,
         filter_configs=filter_configs,
+        idle_timeout=mpp.idle_timeout,
     )
