@@ -207,17 +207,26 @@ def test_floor_targets_finish_short_writes(responder, kind: str, tmp_path: Path)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
             sock.sendall(b"".join(template.build(i) for i in want))
             time.sleep(0.5)  # let the floor run into full buffers with no event left to wake it
-            buf, got = b"", []
-            while len(got) < len(want):
-                chunk = sock.recv(65536)
-                assert chunk, f"closed after {len(got)} replies"
-                buf += chunk
-                used, errors = scan(buf, got)
-                assert errors == 0
-                buf = buf[used:]
+            got, _ = read_replies(sock, scan, len(want))
         assert sorted(got) == want
     finally:
         target.stop()
+
+
+def read_replies(
+    sock: socket.socket, scan: frames.ReplyScanner, count: int
+) -> tuple[list[int], bytes]:
+    """Read until ``count`` replies have come (``scan`` checks each and collects its id):
+    their ids and whatever bytes follow them."""
+    buf, got = b"", []
+    while len(got) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(got)} replies"
+        buf += chunk
+        used, errors = scan(buf, got)
+        assert errors == 0
+        buf = buf[used:]
+    return got, buf
 
 
 @pytest.mark.parametrize("kind", ["floor-c", "floor-py", "floor-epoll"])
@@ -239,14 +248,7 @@ def test_floor_targets_map_colliding_ids_back(responder, kind: str, tmp_path: Pa
             a.sendall(batch)
             b.sendall(batch)  # the same 50 ids, while a's are (mostly) still in flight
             for sock in (a, b):
-                buf, got = b"", []
-                while len(got) < len(ids):
-                    chunk = sock.recv(65536)
-                    assert chunk, f"closed after {len(got)} replies"
-                    buf += chunk
-                    used, errors = scan(buf, got)
-                    assert errors == 0
-                    buf = buf[used:]
-                assert sorted(got) == ids and not buf
+                got, rest = read_replies(sock, scan, len(ids))
+                assert sorted(got) == ids and not rest
     finally:
         target.stop()
