@@ -11,6 +11,7 @@ from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
+from udpa.type.v1 import typed_struct_pb2
 
 from metamesh.control.model import MeshModel
 from metamesh.control.to_proxy import to_snapshot
@@ -141,6 +142,35 @@ def test_unknown_codec_fails_the_dry_run_and_is_nacked() -> None:
     bad = type(listener).FromString(text)
     outcome = client.on_response(response(LISTENER_TYPE, "2", "n9", [bad]))
     assert outcome.nack is not None and "nosuch" in outcome.nack
+
+
+def with_idle_timeout(listener: Any, value: str) -> Any:
+    """``listener`` with ``idleTimeout: value`` added to its MetaProtocolProxy typed struct."""
+    changed = type(listener)()
+    changed.CopyFrom(listener)
+    packed = changed.filter_chains[0].filters[0].typed_config
+    typed = typed_struct_pb2.TypedStruct()
+    packed.Unpack(typed)
+    typed.value.update({"idleTimeout": value})
+    packed.Pack(typed)
+    return changed
+
+
+def test_listener_idle_timeout_is_applied_and_a_bad_one_is_nacked() -> None:
+    client, _, snapshots = connected(model_of(service_entry()))
+    listener = next(iter(translate(model_of(service_entry())).listeners.values()))
+    assert snapshots[-1].listeners[listener.name].idle_timeout is None
+    outcome = client.on_response(
+        response(LISTENER_TYPE, "2", "n8", [with_idle_timeout(listener, "45s")])
+    )
+    assert outcome.nack is None and outcome.snapshot is not None
+    assert outcome.snapshot.listeners[listener.name].idle_timeout == 45.0
+    outcome = client.on_response(
+        response(LISTENER_TYPE, "3", "n9", [with_idle_timeout(listener, "soon")])
+    )
+    assert outcome.snapshot is None
+    assert outcome.nack is not None and "MetaProtocolProxy.idleTimeout" in outcome.nack
+    assert listener.name in outcome.nack
 
 
 def test_reconnect_keeps_tables_and_resubscribes_names() -> None:
