@@ -199,7 +199,6 @@ def test_floor_targets_finish_short_writes(responder, kind: str, tmp_path: Path)
     protocol, _proc, port = responder
     target = Target(kind, protocol, tmp_path)
     template = frames.request_template(protocol)
-    scan = frames.reply_scanner(protocol)
     want = list(range(1, 200_001))
     try:
         target.start(port, {})
@@ -207,17 +206,16 @@ def test_floor_targets_finish_short_writes(responder, kind: str, tmp_path: Path)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
             sock.sendall(b"".join(template.build(i) for i in want))
             time.sleep(0.5)  # let the floor run into full buffers with no event left to wake it
-            got, _ = read_replies(sock, scan, len(want))
+            got, _ = read_replies(sock, protocol, len(want))
         assert sorted(got) == want
     finally:
         target.stop()
 
 
-def read_replies(
-    sock: socket.socket, scan: frames.ReplyScanner, count: int
-) -> tuple[list[int], bytes]:
-    """Read until ``count`` replies have come (``scan`` checks each and collects its id):
+def read_replies(sock: socket.socket, protocol: str, count: int) -> tuple[list[int], bytes]:
+    """Read until ``count`` replies have come (each checked by the protocol's reply scanner):
     their ids and whatever bytes follow them."""
+    scan = frames.reply_scanner(protocol)
     buf, got = b"", []
     while len(got) < count:
         chunk = sock.recv(65536)
@@ -237,7 +235,6 @@ def test_floor_targets_map_colliding_ids_back(responder, kind: str, tmp_path: Pa
     protocol, _proc, port = responder
     target = Target(kind, protocol, tmp_path)
     template = frames.request_template(protocol)
-    scan = frames.reply_scanner(protocol)
     ids = list(range(1, 51))
     batch = b"".join(template.build(i) for i in ids)
     try:
@@ -248,7 +245,7 @@ def test_floor_targets_map_colliding_ids_back(responder, kind: str, tmp_path: Pa
             a.sendall(batch)
             b.sendall(batch)  # the same 50 ids, while a's are (mostly) still in flight
             for sock in (a, b):
-                got, rest = read_replies(sock, scan, len(ids))
+                got, rest = read_replies(sock, protocol, len(ids))
                 assert sorted(got) == ids and not rest
     finally:
         target.stop()
