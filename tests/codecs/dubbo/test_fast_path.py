@@ -121,6 +121,21 @@ def test_head_memo_does_not_hide_a_later_bad_frame() -> None:
         codec.decode(bytearray(bad))
 
 
+def test_head_memo_and_frames_shorter_than_the_head() -> None:
+    # A request with an empty body first (before any head is memoised), then one cut inside
+    # the memoised head: each is refused as malformed, not matched against the memo (nor, in
+    # the native build, failing in the slice that compares them).
+    for first in (True, False):
+        codec = DubboCodec()
+        if not first:
+            assert codec.decode(bytearray(request(1))) is not None
+        short = frame(0xC2, 0, 2, b"" if first else request(2)[16:30])
+        with pytest.raises(CodecError, match="malformed request body"):
+            codec.decode(bytearray(short))
+        with pytest.raises(CodecError, match="malformed request body"):
+            codec.decode_at(short, 0)
+
+
 @pytest.mark.parametrize("kind", range(6))
 def test_result_kind_inline_and_as_a_long_int(kind: int) -> None:
     short = response(7, kind=kind, attachments={"k": "v"})

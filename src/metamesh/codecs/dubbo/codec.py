@@ -113,7 +113,9 @@ class DubboCodec(Codec):
         #: metadata dict of its four strings and where it ends. See :meth:`_parse_head`.
         self._head_bytes = b"\xff"  # never a valid head start: the first request parses
         self._head_metadata: dict[str, str] = {}
-        self._head_end = 0
+        # Past HEADER_SIZE even before the first head: the native build's bytes slice does
+        # not clamp an end below its start (mypyc's CPyBytes_GetSlice asks for a negative size).
+        self._head_end = HEADER_SIZE + 1
 
     # -- decode ---------------------------------------------------------------------------------
     def decode(self, buffer: bytearray) -> Message | None:
@@ -172,10 +174,13 @@ class DubboCodec(Codec):
             # method of the same service, so the head bytes repeat. The head is self-delimiting
             # (four length-prefixed strings), so a frame whose bytes from offset 16 start with
             # the previous head's bytes parses to the same four strings and the same end: one
-            # ``bytes.startswith`` replaces the parse.
-            if frame.startswith(self._head_bytes, HEADER_SIZE):
+            # comparison replaces the parse. A slice and ``==`` rather than
+            # ``bytes.startswith``, which the native build calls by name with its arguments
+            # parsed from a tuple (5% of the core's time per request, ``core_bench``).
+            head_end = self._head_end
+            if frame[HEADER_SIZE:head_end] == self._head_bytes:
                 metadata = _RequestMetadata(self._head_metadata)
-                metadata._head_end = self._head_end
+                metadata._head_end = head_end
             else:
                 metadata = _RequestMetadata(self._parse_head(frame))
                 metadata._head_end = self._head_end
