@@ -136,6 +136,14 @@ def test_head_memo_and_frames_shorter_than_the_head() -> None:
             codec.decode_at(short, 0)
 
 
+@pytest.mark.parametrize("body", [b"\xff", b"\xff\xff", b"\xff\xff" + request(1)[16:]])
+def test_no_first_request_matches_the_empty_memo(body: bytes) -> None:
+    # Before any head is parsed the memo holds nothing a body can start with: a first request
+    # is always parsed, so garbage is refused instead of taking the empty memo's metadata.
+    with pytest.raises(CodecError, match="malformed request body"):
+        DubboCodec().decode(bytearray(frame(0xC2, 0, 1, body)))
+
+
 @pytest.mark.parametrize("kind", range(6))
 def test_result_kind_inline_and_as_a_long_int(kind: int) -> None:
     short = response(7, kind=kind, attachments={"k": "v"})

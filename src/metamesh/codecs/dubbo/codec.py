@@ -111,10 +111,12 @@ class DubboCodec(Codec):
         super().__init__(max_frame_size=max_frame_size)
         #: The last request head seen on this connection: its bytes (from offset 16), the
         #: metadata dict of its four strings and where it ends. See :meth:`_parse_head`.
-        self._head_bytes = b"\xff"  # never a valid head start: the first request parses
+        # Before the first head: two bytes against a slice of at most one, so nothing matches
+        # and the first request parses. The end is past HEADER_SIZE because the native build's
+        # bytes slice does not clamp an end below its start (mypyc's CPyBytes_GetSlice asks
+        # for a negative size).
+        self._head_bytes = b"\xff\xff"
         self._head_metadata: dict[str, str] = {}
-        # Past HEADER_SIZE even before the first head: the native build's bytes slice does
-        # not clamp an end below its start (mypyc's CPyBytes_GetSlice asks for a negative size).
         self._head_end = HEADER_SIZE + 1
 
     # -- decode ---------------------------------------------------------------------------------
