@@ -123,8 +123,7 @@ class DownstreamSide(RequestPath):
             return
         d.eof = True
         if d.inbuf:
-            self.stats.downstream_truncated += 1
-            self.actions.append((LOG, INFO, f"{d}: closed mid-frame ({len(d.inbuf)} bytes)"))
+            self._count_truncated(d)
             d.inbuf.clear()
         if d.owed:
             self.stats.downstream_half_closed += 1
@@ -153,9 +152,13 @@ class DownstreamSide(RequestPath):
         if d.closed:
             return
         if d.inbuf:
-            self.stats.downstream_truncated += 1
-            self.actions.append((LOG, INFO, f"{d}: closed mid-frame ({len(d.inbuf)} bytes)"))
+            self._count_truncated(d)
         self._forget_downstream(d)
+
+    def _count_truncated(self, d: Downstream) -> None:
+        """The client stopped sending with part of a frame buffered: count and log it."""
+        self.stats.downstream_truncated += 1
+        self.actions.append((LOG, INFO, f"{d}: closed mid-frame ({len(d.inbuf)} bytes)"))
 
     def _close_downstream(self, d: Downstream, reason: str, level: int = WARNING) -> None:
         self.actions.append((LOG, level, reason))
