@@ -55,9 +55,11 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def _proxy_xds(args: argparse.Namespace) -> int:
+    import contextlib
     import os
 
     from metamesh.control.embedded import parse_labels, run, serve_proxy_xds
+    from metamesh.runtime.main import open_access_log
     from metamesh.xds.resources import ProxyNode
 
     try:
@@ -67,18 +69,34 @@ def _proxy_xds(args: argparse.Namespace) -> int:
         return 2
     node = ProxyNode(args.node_id or f"metamesh-{os.getpid()}", args.namespace, labels)
     admin = None if args.admin_port < 0 else args.admin_port
-    main = serve_proxy_xds(args.xds, node, admin_port=admin, drain_timeout=args.drain_timeout)
-    return run(main, args.log_level)
+    with contextlib.ExitStack() as stack:
+        main = serve_proxy_xds(
+            args.xds,
+            node,
+            admin_port=admin,
+            drain_timeout=args.drain_timeout,
+            access_log=open_access_log(args.access_log, stack),
+        )
+        return run(main, args.log_level)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    import contextlib
+
     from metamesh.control.embedded import run, serve_up
+    from metamesh.runtime.main import open_access_log
 
     admin = None if args.admin_port < 0 else args.admin_port
-    main = serve_up(
-        args.directory, xds_port=args.xds_port, admin_port=admin, namespace=args.namespace
-    )
-    return run(main, args.log_level)
+    with contextlib.ExitStack() as stack:
+        main = serve_up(
+            args.directory,
+            xds_port=args.xds_port,
+            admin_port=admin,
+            namespace=args.namespace,
+            drain_timeout=args.drain_timeout,
+            access_log=open_access_log(args.access_log, stack),
+        )
+        return run(main, args.log_level)
 
 
 def _cmd_control_plane(args: argparse.Namespace) -> int:
@@ -87,7 +105,7 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
     main = serve_control_plane(
         args.config_dir, host=args.xds_address, xds_port=args.xds_port, namespace=args.namespace
     )
-    return run(main, args.log_level)
+    return run(main, args.log_level, proxy_loop=False)
 
 
 def _cmd_proxy_config(args: argparse.Namespace) -> int:
@@ -192,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "-n", "--namespace", default="default", help="namespace for resources without one"
     )
+    up.add_argument("--access-log", metavar="PATH", help="JSON-lines access log ('-': stdout)")
+    up.add_argument("--drain-timeout", type=float, default=5.0, help="seconds to drain on SIGTERM")
     up.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     up.set_defaults(func=_cmd_up)
 

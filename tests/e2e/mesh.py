@@ -10,6 +10,7 @@ passes.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import types
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from typing import Any
 from thrift.protocol.TBinaryProtocol import TBinaryProtocolAccelerated
 from thrift.transport import TSocket
 from thrift.transport.TTransport import TFramedTransport
+
+from metamesh import build_info
 
 HOST = "thrift-e2e.demo.svc.cluster.local"
 THRIFT_META = "{name: thrift-e2e, namespace: demo}"
@@ -98,6 +102,87 @@ class Metamesh:
         self.wait_for("admin on 127.0.0.1:")
         line = next(x for x in self.stdout().splitlines() if "admin on 127.0.0.1:" in x)
         return "127.0.0.1:" + line.rsplit("127.0.0.1:", 1)[1].split()[0].strip(",")
+
+
+#: The deployed modes a live-edit test runs in: ``metamesh up DIR``, and ``metamesh
+#: control-plane`` + ``metamesh proxy --xds`` as two processes.
+MODES = ("up", "xds")
+
+
+class DeployedMesh:
+    """One proxy fed from a config directory over xDS, in one of :data:`MODES`.
+
+    It reads like :class:`Metamesh`: ``wait_for`` and ``stdout`` are the proxy's (it prints
+    what it serves), ``stderr`` is where config errors go (the control plane's), ``admin`` is
+    the proxy's admin address, ``stop`` ends both and returns the proxy's exit code.
+    ``proxy_args`` go to the process that runs the proxy (``--access-log PATH``...).
+    """
+
+    def __init__(self, tmp: Path, mode: str, directory: Path, *proxy_args: str) -> None:
+        self.mode = mode
+        if mode == "up":
+            self.proxy = Metamesh(tmp, "up", "up", str(directory), "--admin-port", "0", *proxy_args)
+            self.control = self.proxy
+            return
+        assert mode == "xds", mode
+        xds = str(free_port())
+        self.control = Metamesh(
+            tmp, "control-plane", "control-plane", "--config-dir", str(directory), "--xds-port", xds
+        )
+        self.proxy = Metamesh(
+            tmp, "proxy", "proxy", "--xds", f"127.0.0.1:{xds}", "--admin-port", "0",
+            "--node-id", "e2e-proxy", *proxy_args,
+        )  # fmt: skip
+
+    def __enter__(self) -> DeployedMesh:
+        if self.control is not self.proxy:
+            self.control.__enter__()
+            self.control.wait_for("control plane (xDS) on")
+        self.proxy.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> int | None:
+        code = self.proxy.stop()
+        self.control.stop()
+        return code
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+        self.proxy.wait_for(text, timeout)
+
+    def stdout(self) -> str:
+        return self.proxy.stdout()
+
+    def stderr(self) -> str:
+        return self.control.stderr()
+
+    def admin(self) -> str:
+        return self.proxy.admin()
+
+
+ACCESS_FIELDS = {
+    "protocol", "listener", "downstream", "interface", "method", "route", "cluster", "endpoint",
+    "response_code", "duration_ms", "request_id", "oneway",
+}  # fmt: skip
+
+
+def access_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of an access log, each checked to carry every field of the static mode."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:
+        assert set(record) == ACCESS_FIELDS, record
+    return records
+
+
+def check_server_info(admin: str) -> dict[str, Any]:
+    """The proxy's ``/server_info``: served on uvloop, by the build this test run imports."""
+    with urllib.request.urlopen(f"http://{admin}/server_info", timeout=5) as reply:
+        info: dict[str, Any] = json.loads(reply.read())
+    assert info["loop"] == "uvloop", info
+    assert info["build"] == build_info.describe(), info
+    return info
 
 
 def write(path: Path, text: str) -> None:

@@ -1,5 +1,7 @@
 """``metamesh up DIR`` end to end with Dubbo: real dubbo-py providers v1/v2 and a consumer.
 
+Each test runs in both deployed modes (``up``, and ``control-plane`` + ``proxy --xds``).
+
 The providers (``dubbopy_versioned.py``, each a subprocess) answer ``<version>:...``, so the
 consumer sees which subset served each call. One ``metamesh up`` subprocess serves the
 directory; over ONE consumer connection the test checks a route by method (``sayHello`` -> v2),
@@ -26,7 +28,15 @@ from metamesh.demo.mesh import parse_prometheus
 from metamesh.demo.steps import within_5_sigma
 from tests.codecs.dubbo.peers import Peer
 from tests.e2e import mesh
-from tests.e2e.mesh import Metamesh, free_address, service_with_subsets, write
+from tests.e2e.mesh import (
+    MODES,
+    DeployedMesh,
+    access_records,
+    check_server_info,
+    free_address,
+    service_with_subsets,
+    write,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 IFACE = "org.apache.dubbo.demo.DemoService"
@@ -118,8 +128,9 @@ def proxy_requests(admin: str) -> dict[str, int]:
     return {v: counts.requests(HOST, v) for v in ("v1", "v2")}
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_up_routes_dubbo_by_method_attachment_split_and_live_edit(
-    providers: tuple[int, int], tmp_path: Path
+    providers: tuple[int, int], tmp_path: Path, mode: str
 ) -> None:
     config = tmp_path / "mesh"
     config.mkdir()
@@ -127,8 +138,10 @@ def test_up_routes_dubbo_by_method_attachment_split_and_live_edit(
     write(config / "services.yaml", services(address, *providers))
     write(config / "router.yaml", router(FIRST_ROUTES))
     where = f"{address[0]}:{address[1]}"
-    with Metamesh(tmp_path, "up", "up", str(config), "--admin-port", "0") as up:
+    log = tmp_path / "access.log"
+    with DeployedMesh(tmp_path, mode, config, "--access-log", str(log)) as up:
         up.wait_for(f"{where}  dubbo  hello-to-v2 -> v2; beta-to-v1 -> v1; split -> v1 20%")
+        check_server_info(up.admin())
         consumer = Consumer(address)
         try:
             # by method: every sayHello on v2, with or without the attachment
@@ -161,3 +174,11 @@ def test_up_routes_dubbo_by_method_attachment_split_and_live_edit(
         finally:
             consumer.close()
         assert up.stop() == 0
+    # one access log line per call the consumer made, whichever mode served them
+    records = access_records(log)
+    assert len(records) == consumer.seen.total()
+    assert {r["interface"] for r in records} == {IFACE}
+    assert {r["method"] for r in records} == {"sayHello", "getAttachment", "echo"}
+    assert {r["route"] for r in records} == {
+        "hello-to-v2", "beta-to-v1", "split", "echo-to-v1", "rest"
+    }  # fmt: skip

@@ -1,5 +1,7 @@
 """``metamesh up DIR`` end to end: real Apache Thrift clients and servers, live config edits.
 
+Each test runs in both deployed modes (``up``, and ``control-plane`` + ``proxy --xds``).
+
 The servers' ``echo`` answers ``<version>:<text>``, so the client itself sees which subset a
 request reached. One ``metamesh up`` subprocess serves the directory; the tests check a
 method route and a 20/80 split (+-5 sigma), then edit the MetaRouter file and, on the same
@@ -24,8 +26,11 @@ import pytest
 from metamesh.demo.steps import within_5_sigma
 from tests.codecs.thrift.apache_peer import ApacheServer
 from tests.e2e.mesh import (
-    Metamesh,
+    MODES,
+    DeployedMesh,
     ThriftClient,
+    access_records,
+    check_server_info,
     free_address,
     router,
     thrift_mesh,
@@ -58,8 +63,12 @@ def first_version_after(client: ThriftClient, version: str) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_up_routes_splits_and_follows_edits(
-    calc_gen: types.ModuleType, servers: tuple[NamedCalc, NamedCalc, int, int], tmp_path: Path
+    calc_gen: types.ModuleType,
+    servers: tuple[NamedCalc, NamedCalc, int, int],
+    tmp_path: Path,
+    mode: str,
 ) -> None:
     v1, v2, p1, p2 = servers
     config = tmp_path / "mesh"
@@ -76,8 +85,10 @@ def test_up_routes_splits_and_follows_edits(
     route: [{to("v1", 20)}, {to("v2", 80)}]"""
         ),
     )
-    with Metamesh(tmp_path, "up", "up", str(config), "--admin-port", "0") as up:
+    log = tmp_path / "access.log"
+    with DeployedMesh(tmp_path, mode, config, "--access-log", str(log)) as up:
         up.wait_for(f"{address}:{port}  thrift  add-to-v2 -> v2; split -> v1 20%, v2 80%")
+        check_server_info(up.admin())
         client = ThriftClient(calc_gen, address, port)
         try:
             # method route: every add reaches v2
@@ -139,4 +150,11 @@ def test_up_routes_splits_and_follows_edits(
         ).stdout
         assert f"{address}:{port}" in shown
         assert up.stop() == 0
-    assert "metamesh: stopping" in up.stdout()
+    # one access log line per call the servers answered, whichever mode served them
+    records = access_records(log)
+    assert len(records) == len(v1.calls) + len(v2.calls)
+    assert {r["method"] for r in records} == {"add", "echo"}
+    assert {r["route"] for r in records} >= {"add-to-v2", "split", "echo-to-v1", "all-v2"}
+    assert {r["response_code"] for r in records} == {"0"}  # Istio's code for success
+    if mode == "up":
+        assert "metamesh: stopping" in up.stdout()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -86,6 +87,8 @@ def test_proxy_command_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
             assert line or proc.poll() is None, "proxy exited early"
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=5) as r:
             assert r.read() == b"LIVE\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/server_info", timeout=5) as r:
+            assert json.loads(r.read())["loop"] == "uvloop"
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
             c.sendall(build_frame(1, 77, {"method": "get", "user": "beta-1"}, b"hi"))
             msg = recv_message(c)

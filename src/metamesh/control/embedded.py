@@ -11,8 +11,16 @@
   node id, namespace and labels.
 
 All three stop cleanly on SIGINT/SIGTERM (or when ``stop`` is set, in tests): the source and
-client loops end, the proxy drains, the gRPC server stops. The default asyncio loop is used
-(grpc.aio integrates with it; uvloop is not supported by grpc.aio).
+client loops end, the proxy drains, the gRPC server stops.
+
+**Two loops in the proxy modes.** The proxy (``up``, ``proxy --xds``) serves traffic on the main
+thread's loop, uvloop when installed, exactly as ``proxy --config`` does, so the deployed modes
+run the data plane the benchmarks measure. The control side (xDS client; in ``up`` also the ADS
+server and the file source with its parsing and translation) runs on a
+:class:`~metamesh.runtime.loops.LoopThread` with asyncio's own loop, and hands each complete,
+immutable snapshot to the proxy loop (:func:`~metamesh.runtime.loops.call_on`), waiting until it
+is in force before reading the next response. ``control-plane`` alone has no data plane and runs
+on asyncio's loop.
 """
 
 from __future__ import annotations
@@ -24,13 +32,14 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from metamesh.control.model import MeshModel
 from metamesh.control.sources import FileSource
 from metamesh.control.to_proxy import to_snapshot
 from metamesh.control.translate import translate
 from metamesh.proxy.config import Snapshot
+from metamesh.runtime.loops import LoopThread, call_on, loop_name, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
 from metamesh.runtime.xds_client import XdsClient
 from metamesh.runtime.xds_state import resources_to_snapshot
@@ -123,20 +132,52 @@ async def _start_control_plane(
 
 
 async def _start_proxy(
-    target: str, node: ProxyNode, admin_port: int | None, on_applied: Callable[[Snapshot], None]
+    target: str,
+    node: ProxyNode,
+    admin_port: int | None,
+    on_applied: Callable[[Snapshot], None],
+    access_log: IO[str] | None,
 ) -> tuple[ProxyServer, XdsClient]:
-    proxy = ProxyServer(Snapshot(), admin_port=admin_port)
+    """The proxy on the running (proxy) loop and its xDS client, to be run on a control loop.
+
+    The client's ``apply`` runs on the proxy loop (see the module docstring): it swaps the
+    snapshot in, marks the proxy ready once the first config is in force, and tells
+    ``on_applied``.
+    """
+    proxy = ProxyServer(Snapshot(), admin_port=admin_port, access_log=access_log)
     await proxy.start()
     proxy.ready = False  # ready once the first config from the control plane is in force
 
-    def applied(snapshot: Snapshot) -> None:
-        proxy.ready = True
-        on_applied(snapshot)
+    async def apply(snapshot: Snapshot) -> None:
+        try:
+            await proxy.apply_snapshot(snapshot)
+        finally:  # a listener that cannot bind is retried; the rest is in force
+            if not proxy.draining:
+                proxy.ready = True
+            on_applied(snapshot)
 
-    client = XdsClient(
-        target, node, resources_to_snapshot(to_snapshot), proxy.apply_snapshot, on_applied=applied
-    )
+    convert = resources_to_snapshot(to_snapshot)
+    client = XdsClient(target, node, convert, call_on(asyncio.get_running_loop(), apply))
     return proxy, client
+
+
+def _startup_line() -> str:
+    from metamesh import build_info
+
+    return f"metamesh: proxy loop {loop_name()}, {build_info.describe()} build"
+
+
+async def _stop_proxy_side(
+    control: LoopThread,
+    client: XdsClient,
+    running: list[asyncio.Future[Any]],
+    proxy: ProxyServer,
+    drain_timeout: float,
+) -> None:
+    """Stop the control loops' work, drain the proxy, end the control thread."""
+    control.call(client.stop)
+    await asyncio.gather(*running, return_exceptions=True)
+    await proxy.drain(drain_timeout)
 
 
 # --- the three processes ------------------------------------------------------------------
@@ -151,36 +192,48 @@ async def serve_up(
     out: TextIO = sys.stdout,
     stop: asyncio.Event | None = None,
     drain_timeout: float = 5.0,
+    access_log: IO[str] | None = None,
 ) -> int:
-    """``metamesh up``: control plane and one proxy in this event loop (module docstring)."""
+    """``metamesh up``: the proxy on this loop, the control plane on a thread (module doc)."""
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
-    ads, source, port = await _start_control_plane(
-        Path(directory), "127.0.0.1", xds_port, namespace
-    )
+    control = LoopThread("metamesh-control")
+    control.start()
+    try:
+        ads, source, port = await control.run(
+            _start_control_plane(Path(directory), "127.0.0.1", xds_port, namespace)
+        )
+    except BaseException:
+        await control.stop()
+        remove_signals()
+        raise
     print(f"metamesh: control plane (xDS) on 127.0.0.1:{port}, watching {directory}", file=out)
     printer = ServingPrinter(out)
     try:
         proxy, client = await _start_proxy(
-            f"127.0.0.1:{port}", ProxyNode("metamesh-up"), admin_port, printer
+            f"127.0.0.1:{port}", ProxyNode("metamesh-up"), admin_port, printer, access_log
         )
     except OSError as exc:
         print(f"metamesh up: cannot start the proxy: {exc}", file=sys.stderr)
-        await ads.stop(0)
+        await control.run(ads.stop(0))
+        await control.stop()
         remove_signals()
         return 1
+    print(_startup_line(), file=out, flush=True)
     if proxy.bound_admin_port is not None:
         print(f"metamesh: proxy admin on 127.0.0.1:{proxy.bound_admin_port}", file=out, flush=True)
-    tasks = [asyncio.create_task(source.run()), asyncio.create_task(client.run())]
+    running = [
+        asyncio.wrap_future(control.submit(source.run())),
+        asyncio.wrap_future(control.submit(client.run())),
+    ]
     try:
         await stop.wait()
     finally:
         print("metamesh: stopping", file=out, flush=True)
-        source.stop()
-        client.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await proxy.drain(drain_timeout)
-        await ads.stop(0)
+        control.call(source.stop)
+        await _stop_proxy_side(control, client, running, proxy, drain_timeout)
+        await control.run(ads.stop(0))
+        await control.stop()
         remove_signals()
     return 0
 
@@ -219,41 +272,52 @@ async def serve_proxy_xds(
     out: TextIO = sys.stdout,
     stop: asyncio.Event | None = None,
     drain_timeout: float = 10.0,
+    access_log: IO[str] | None = None,
 ) -> int:
     """``metamesh proxy --xds``: a proxy configured by the control plane at ``target``."""
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
     try:
-        proxy, client = await _start_proxy(target, node, admin_port, ServingPrinter(out))
+        proxy, client = await _start_proxy(
+            target, node, admin_port, ServingPrinter(out), access_log
+        )
     except OSError as exc:
         print(f"metamesh proxy: cannot start: {exc}", file=sys.stderr)
         remove_signals()
         return 1
+    control = LoopThread("metamesh-xds")
+    control.start()
+    print(_startup_line(), file=out, flush=True)
     print(
         f"metamesh: proxy {node.node_id} following {target}, admin on "
         f"127.0.0.1:{proxy.bound_admin_port}",
         file=out,
         flush=True,
     )
-    task = asyncio.create_task(client.run())
+    running = [asyncio.wrap_future(control.submit(client.run()))]
     try:
         await stop.wait()
     finally:
-        client.stop()
-        await asyncio.gather(task, return_exceptions=True)
-        await proxy.drain(drain_timeout)
+        await _stop_proxy_side(control, client, running, proxy, drain_timeout)
+        await control.stop()
         remove_signals()
     return 0
 
 
-def run(main: Coroutine[Any, Any, int], log_level: str = "INFO") -> int:
-    """Run an async entry point with logging to stderr; its exit code."""
+def run(main: Coroutine[Any, Any, int], log_level: str = "INFO", *, proxy_loop: bool = True) -> int:
+    """Run an async entry point with logging to stderr; its exit code.
+
+    ``proxy_loop``: run on :func:`~metamesh.runtime.loops.proxy_loop_factory`'s loop (uvloop),
+    as every mode with a data plane does; ``control-plane`` alone passes False.
+    """
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return asyncio.run(main)
+    factory = proxy_loop_factory() if proxy_loop else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def parse_labels(text: str) -> tuple[tuple[str, str], ...]:

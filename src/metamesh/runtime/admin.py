@@ -4,7 +4,8 @@ A deliberately small asyncio HTTP/1.1 handler (GET only, one request per connect
 proxy needs no web framework. Endpoints, named as in Envoy's admin API:
 
 * ``/ready``: ``200 LIVE`` when serving, ``503 DRAINING`` / ``503 PRE_INITIALIZING`` otherwise;
-* ``/server_info``: version, state and build (pure Python or native, with the compiled modules);
+* ``/server_info``: version, state, build (pure Python or native, with the compiled modules)
+  and the event loop serving traffic (uvloop or asyncio);
 * ``/config_dump``: the live snapshot as JSON;
 * ``/clusters``: per endpoint ``cluster::host:port::<stat>::<value>`` lines (Envoy's text form:
   health, weight, active requests, upstream connections); ``?format=json`` for JSON;
@@ -30,6 +31,7 @@ from prometheus_client.core import (
 
 from metamesh import __version__, build_info
 from metamesh.proxy.stats import COUNTERS, DURATION_BUCKETS_MS, GAUGES
+from metamesh.runtime.loops import loop_name
 
 if TYPE_CHECKING:
     from metamesh.runtime.server import ProxyServer
@@ -167,6 +169,7 @@ def server_info(server: ProxyServer) -> dict[str, Any]:
         "version": __version__,
         "state": state,
         "build": build_info.describe(),
+        "loop": loop_name(server.loop) if server.loop is not None else None,
         "compiled_modules": build_info.compiled_modules(),
     }
 

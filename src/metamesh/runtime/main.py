@@ -1,7 +1,8 @@
 """``metamesh proxy``: load a static config and serve it until SIGTERM/SIGINT.
 
-Uses uvloop when it is installed (within 5-15% of plain asyncio in the reference runs, but
-free). Exit codes: 0 after a clean drain, 2 for an invalid config (the message names the file,
+Runs on :func:`~metamesh.runtime.loops.proxy_loop_factory`'s loop (uvloop when installed), as
+``up`` and ``proxy --xds`` do. :func:`open_access_log` is the ``--access-log`` of every mode.
+Exit codes: 0 after a clean drain, 2 for an invalid config (the message names the file,
 resource and field), 1 when a listener cannot bind.
 """
 
@@ -11,21 +12,21 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Callable
 from typing import IO
 
 from metamesh import build_info
 from metamesh.proxy.config_yaml import ConfigError, load_snapshot
+from metamesh.runtime.loops import loop_name, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
+def open_access_log(path: str | None, stack: contextlib.ExitStack) -> IO[str] | None:
+    """``--access-log PATH|-``: a line-buffered-enough file (flushed by the proxy's timer)."""
+    if path is None:
         return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
+    if path == "-":
+        return sys.stdout
+    return stack.enter_context(open(path, "a", buffering=1 << 16))
 
 
 def run_proxy(
@@ -45,15 +46,9 @@ def run_proxy(
         print(f"metamesh proxy: invalid config:\n{e}", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:
-        log_file: IO[str] | None = None
-        if access_log is not None:
-            log_file = (
-                sys.stdout
-                if access_log == "-"
-                else stack.enter_context(open(access_log, "a", buffering=1 << 16))
-            )
+        log_file = open_access_log(access_log, stack)
         server = ProxyServer(snapshot, admin_port=admin_port, access_log=log_file)
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=proxy_loop_factory()) as runner:
             try:
                 runner.run(server.start())
             except OSError as e:
@@ -61,7 +56,11 @@ def run_proxy(
                 runner.run(server.close())
                 return 1
             log = logging.getLogger("metamesh.proxy")
-            log.info("metamesh proxy, %s build", build_info.describe())
+            log.info(
+                "metamesh proxy, loop %s, %s build",
+                loop_name(runner.get_loop()),
+                build_info.describe(),
+            )
             for name in server.core.listeners:
                 log.info("listener %s on port %d", name, server.listener_port(name))
             if server.bound_admin_port is not None:

@@ -140,6 +140,11 @@ class ProxyServer:
         return port
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop serving traffic (set by :meth:`start`)."""
+        return self._loop
+
+    @property
     def bound_admin_port(self) -> int | None:
         if self._admin is None:
             return None
