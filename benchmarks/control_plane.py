@@ -1,7 +1,8 @@
 """Control-plane benchmarks: file change -> route in force, and translate + push at scale.
 
-1. **Edit latency.** ``metamesh``'s embedded pieces in one event loop, exactly as ``metamesh
-   up`` wires them (FileSource -> AdsServer -> loopback gRPC -> XdsClient -> ProxyServer), on
+1. **Edit latency.** ``metamesh``'s embedded pieces wired exactly as ``metamesh up`` wires them
+   (FileSource -> AdsServer -> loopback gRPC -> XdsClient on the control thread's asyncio loop,
+   the snapshot handed to the ProxyServer on the main thread's uvloop loop), on
    a temp directory with one Thrift service. The MetaRouter file is rewritten ``--edits``
    times, alternating the route's subset; each sample is the time from the ``os.replace`` of
    the file to the proxy core holding a route table whose first route sends to the new subset.
@@ -24,12 +25,12 @@ import time
 from pathlib import Path
 
 from metamesh.api import load_text
-from metamesh.control.model import MeshModel, build_model
-from metamesh.control.sources import FileSource
+from metamesh.control.embedded import start_control_plane, start_proxy
+from metamesh.control.model import build_model
 from metamesh.control.to_proxy import to_snapshot
 from metamesh.control.translate import translate
 from metamesh.proxy.config import Snapshot
-from metamesh.runtime.server import ProxyServer
+from metamesh.runtime.loops import LoopThread, proxy_loop_factory
 from metamesh.runtime.xds_client import XdsClient
 from metamesh.runtime.xds_state import resources_to_snapshot
 from metamesh.xds.resources import ProxyNode
@@ -96,20 +97,20 @@ async def edit_latency(edits: int) -> list[float]:
         directory = Path(tmp)
         write(directory / "service.yaml", service(HOST, "127.0.10.77", 17000))
         write(directory / "router.yaml", router(HOST, 1, "v1"))
-        ads = AdsServer(translate, MeshModel(), quiet=0.02, max_delay=0.25)  # as `metamesh up`
-        source = FileSource(directory, ads.set_model)
-        source.load()
-        ads.flush()
-        port = await ads.start()
-        proxy = ProxyServer(Snapshot(), admin_port=None)
-        await proxy.start()
-        client = XdsClient(
-            f"127.0.0.1:{port}",
-            ProxyNode("bench"),
-            resources_to_snapshot(to_snapshot),
-            proxy.apply_snapshot,
+        # as `metamesh up` wires them: the control side on its own thread and loop, the proxy
+        # on this (uvloop) loop, snapshots handed over between the two
+        control = LoopThread("bench-control")
+        control.start()
+        ads, source, port = await control.run(
+            start_control_plane(directory, "127.0.0.1", 0, "default")
         )
-        tasks = [asyncio.create_task(source.run()), asyncio.create_task(client.run())]
+        proxy, client = await start_proxy(
+            f"127.0.0.1:{port}", ProxyNode("bench"), None, lambda snapshot: None, None
+        )
+        running = [
+            asyncio.wrap_future(control.submit(source.run())),
+            asyncio.wrap_future(control.submit(client.run())),
+        ]
 
         def routed_to(subset: str) -> bool:
             config = proxy.core.snapshot.route_configs.get(f"{HOST}_17000")
@@ -127,11 +128,12 @@ async def edit_latency(edits: int) -> list[float]:
             await until(lambda s=subset: routed_to(s))  # type: ignore[misc]
             samples.append(time.perf_counter() - start)
             await asyncio.sleep(0.1)
-        source.stop()
-        client.stop()
-        await asyncio.gather(*tasks)
+        control.call(source.stop)
+        control.call(client.stop)
+        await asyncio.gather(*running)
         await proxy.close()
-        await ads.stop(0)
+        await control.run(ads.stop(0))
+        await control.stop()
         return samples
 
 
@@ -174,7 +176,8 @@ def main() -> None:
     parser.add_argument("--routes", type=int, default=10)
     args = parser.parse_args()
 
-    samples = asyncio.run(edit_latency(args.edits))
+    with asyncio.Runner(loop_factory=proxy_loop_factory()) as runner:
+        samples = runner.run(edit_latency(args.edits))
     ms = sorted(s * 1000 for s in samples)
     print(
         f"file change -> route in force: median {statistics.median(ms):.0f} ms, "

@@ -118,7 +118,7 @@ def _on_signals(stop: asyncio.Event) -> Callable[[], None]:
     return remove
 
 
-async def _start_control_plane(
+async def start_control_plane(
     directory: Path, host: str, port: int, namespace: str
 ) -> tuple[AdsServer, FileSource, int]:
     holder: list[AdsServer] = []
@@ -131,7 +131,7 @@ async def _start_control_plane(
     return ads, source, bound
 
 
-async def _start_proxy(
+async def start_proxy(
     target: str,
     node: ProxyNode,
     admin_port: int | None,
@@ -201,7 +201,7 @@ async def serve_up(
     control.start()
     try:
         ads, source, port = await control.run(
-            _start_control_plane(Path(directory), "127.0.0.1", xds_port, namespace)
+            start_control_plane(Path(directory), "127.0.0.1", xds_port, namespace)
         )
     except BaseException:
         await control.stop()
@@ -210,7 +210,7 @@ async def serve_up(
     print(f"metamesh: control plane (xDS) on 127.0.0.1:{port}, watching {directory}", file=out)
     printer = ServingPrinter(out)
     try:
-        proxy, client = await _start_proxy(
+        proxy, client = await start_proxy(
             f"127.0.0.1:{port}", ProxyNode("metamesh-up"), admin_port, printer, access_log
         )
     except OSError as exc:
@@ -250,7 +250,7 @@ async def serve_control_plane(
     """``metamesh control-plane``: the watched directory served over ADS."""
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
-    ads, source, port = await _start_control_plane(Path(directory), host, xds_port, namespace)
+    ads, source, port = await start_control_plane(Path(directory), host, xds_port, namespace)
     print(f"metamesh: control plane (xDS) on {host}:{port}, watching {directory}", file=out)
     out.flush()
     task = asyncio.create_task(source.run())
@@ -278,9 +278,7 @@ async def serve_proxy_xds(
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
     try:
-        proxy, client = await _start_proxy(
-            target, node, admin_port, ServingPrinter(out), access_log
-        )
+        proxy, client = await start_proxy(target, node, admin_port, ServingPrinter(out), access_log)
     except OSError as exc:
         print(f"metamesh proxy: cannot start: {exc}", file=sys.stderr)
         remove_signals()
@@ -338,4 +336,6 @@ __all__ = [
     "serve_proxy_xds",
     "serve_up",
     "serving_lines",
+    "start_control_plane",
+    "start_proxy",
 ]
