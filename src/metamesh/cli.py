@@ -76,6 +76,7 @@ def _proxy_xds(args: argparse.Namespace) -> int:
             admin_port=admin,
             drain_timeout=args.drain_timeout,
             access_log=open_access_log(args.access_log, stack),
+            reconnect_max=args.xds_reconnect_max,
         )
         return run(main, args.log_level)
 
@@ -189,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--node-id", default="", help="xDS node id (default: metamesh-<pid>)")
     proxy.add_argument("--namespace", help="the workload's namespace (xDS node metadata)")
     proxy.add_argument("--labels", default="", help="workload labels k=v,k=v (node metadata)")
+    proxy.add_argument(
+        "--xds-reconnect-max",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="longest wait between xDS reconnect attempts (jittered back-off, default 1)",
+    )
     proxy.add_argument(
         "--admin-port", type=int, default=15000, help="admin HTTP port on 127.0.0.1 (-1: off)"
     )

@@ -137,6 +137,7 @@ async def start_proxy(
     admin_port: int | None,
     on_applied: Callable[[Snapshot], None],
     access_log: IO[str] | None,
+    reconnect_max: float = 1.0,
 ) -> tuple[ProxyServer, XdsClient]:
     """The proxy on the running (proxy) loop and its xDS client, to be run on a control loop.
 
@@ -157,7 +158,8 @@ async def start_proxy(
             on_applied(snapshot)
 
     convert = resources_to_snapshot(to_snapshot)
-    client = XdsClient(target, node, convert, call_on(asyncio.get_running_loop(), apply))
+    on_proxy_loop = call_on(asyncio.get_running_loop(), apply)
+    client = XdsClient(target, node, convert, on_proxy_loop, backoff_cap=reconnect_max)
     return proxy, client
 
 
@@ -273,6 +275,7 @@ async def serve_proxy_xds(
     stop: asyncio.Event | None = None,
     drain_timeout: float = 10.0,
     access_log: IO[str] | None = None,
+    reconnect_max: float = 1.0,
 ) -> int:
     """``metamesh proxy --xds``: a proxy configured by the control plane at ``target``."""
     stop = stop or asyncio.Event()

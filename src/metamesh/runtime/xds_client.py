@@ -2,16 +2,20 @@
 
 :class:`XdsClient` owns the I/O around :class:`~metamesh.runtime.xds_state.ClientState`:
 
-- it opens a fresh channel to ``HOST:PORT`` per attempt (so gRPC's own reconnect back-off,
-  which grows to two minutes, never delays a reconnect), sends the state's first requests and
+- it opens a fresh channel to ``HOST:PORT`` per attempt, with its own subchannel pool and
+  gRPC's reconnect back-off capped like ours (:data:`CHANNEL_OPTIONS`): by default gRPC shares
+  one subchannel per address across every channel of the process, and with it a connect
+  back-off that grows with the outage (to two minutes), so a "fresh" channel still waited 10-20 s
+  after a control plane came back. It sends the state's first requests and
   then, for every response, the ACK/NACK and subscription requests the state returns;
 - a complete snapshot is handed to ``apply`` (normally
   :meth:`metamesh.runtime.server.ProxyServer.apply_snapshot`) unless it equals the one in
   force, then ``on_applied`` is told (``metamesh up`` prints what it now serves);
 - when the stream fails or ends it reconnects forever, after a capped exponential back-off
-  with jitter (``base * 2**n`` capped at ``cap``, times a random factor in [0.5, 1]); the
-  back-off restarts once a stream has delivered a response. While disconnected the proxy keeps
-  serving the last applied config: nothing here ever clears it.
+  with jitter (``base * 2**n`` capped at ``cap``, 1 s by default, times a random factor in
+  [0.5, 1]); the back-off restarts once a stream has delivered a response, so a control plane
+  that returns after any outage is followed within about a second. While disconnected the
+  proxy keeps serving the last applied config: nothing here ever clears it.
 
 :func:`check_snapshot` is the dry run the state uses before ACKing: a throwaway
 :class:`~metamesh.proxy.connection.ConnectionManager` resolves every codec and compiles every
@@ -41,6 +45,15 @@ from metamesh.xds.resources import ProxyNode
 
 log = logging.getLogger("metamesh.xds_client")
 
+#: Channel options for every control connection (xDS here, the rate limit client too): a
+#: subchannel pool of the channel's own, and gRPC's connect back-off capped at 1 s.
+CHANNEL_OPTIONS = (
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
 Apply = Callable[[Snapshot], Awaitable[None]]
 OnApplied = Callable[[Snapshot], None]
 
@@ -64,7 +77,7 @@ class XdsClient:
         *,
         on_applied: OnApplied | None = None,
         backoff_base: float = 0.1,
-        backoff_cap: float = 5.0,
+        backoff_cap: float = 1.0,
         rng: random.Random | None = None,
     ) -> None:
         self.target = target
@@ -103,7 +116,7 @@ class XdsClient:
         outbox: asyncio.Queue[Any] = asyncio.Queue()
         for request in self.state.start_stream():
             outbox.put_nowait(request)
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             call = stub.StreamAggregatedResources(_drain(outbox))
             self.streams += 1
