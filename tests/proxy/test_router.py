@@ -106,3 +106,28 @@ def test_mirror_fraction() -> None:
     picks = Counter(c for _ in range(4000) for c in r.mirror_clusters(rng))
     assert picks["all"] == 4000
     assert 850 < picks["m"] < 1150
+
+
+PATHOLOGICAL = ["(a+)+$", "(a|aa)+$", "(a*)*b", "(x+x+)+y"]
+
+
+@pytest.mark.parametrize("pattern", PATHOLOGICAL)
+def test_pathological_regexes_match_in_linear_time(pattern: str) -> None:
+    """With Python's re, ``(a+)+$`` against 28 a's and a '!' took 6 s, doubling per character;
+    RE2 answers 100,000 characters of it at once (the bound is generous: linear time is what
+    is shown, not a speed)."""
+    import time
+
+    t = table(route("evil", MetadataMatcher("method", MatchKind.SAFE_REGEX, pattern)))
+    for n in (28, 1_000, 100_000):
+        start = time.perf_counter()
+        assert t.match(msg(method="a" * n + "!")) is None
+        assert time.perf_counter() - start < 0.5, (pattern, n)
+
+
+@pytest.mark.parametrize("pattern", ["a(?=b)", "(a)\\1", "a" * 1025])
+def test_a_pattern_re2_refuses_fails_the_table(pattern: str) -> None:
+    from metamesh.api.regex import RegexError
+
+    with pytest.raises(RegexError):
+        table(route("bad", MetadataMatcher("method", MatchKind.SAFE_REGEX, pattern)))

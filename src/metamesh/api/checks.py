@@ -4,23 +4,18 @@ Each returns a list of messages (empty when fine), so a caller can attach them t
 They follow the checks of Aeraki's validating webhook (which reuses Istio's) so that a manifest
 metamesh accepts is one Aeraki would accept.
 
-Regular expressions: Aeraki and Envoy use RE2, metamesh's proxy uses Python's ``re``. Patterns
-are compiled with ``re`` (a failure is an error) and scanned for constructs only one of the two
-engines supports: lookaround and backreferences are Python-only (RE2 rejects them, so the
-rule would not work with Aeraki or Envoy), ``\\pL``-style classes and ``\\z`` are RE2-only
-(Python rejects them). Those Python-only constructs are reported as warnings.
+Regular expressions are RE2, as in Aeraki and Envoy, and metamesh's proxy matches with RE2 too
+(:mod:`metamesh.api.regex`): a pattern RE2 refuses (lookaround, backreferences) or one over the
+size limits is an error naming the reason; RE2-only syntax such as ``\\pL`` is accepted.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
+
+from metamesh.api.regex import regex_error
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_PYTHON_ONLY = (
-    (re.compile(r"\(\?<?[=!]"), "lookaround"),
-    (re.compile(r"\\[1-9]|\(\?P="), "backreferences"),
-)
 
 
 def is_dns1123_label(name: str) -> bool:
@@ -78,21 +73,14 @@ def export_to_errors(namespace: str, export_to: list[str]) -> list[str]:
 
 
 def regex_problems(pattern: str) -> tuple[list[str], list[str]]:
-    """(errors, warnings) for a match regex; ``*`` (Aeraki's "present") is fine."""
+    """(errors, warnings) for a match regex; ``*`` (Aeraki's "present") is fine.
+
+    Patterns are RE2 (:mod:`metamesh.api.regex`), as in Envoy and Aeraki: what RE2 refuses
+    (backreferences, lookaround) or what is over the size limits is an error with the reason.
+    """
     if pattern == "":
         return ["regex string match should not be empty"], []
     if pattern == "*":
         return [], []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            hint = " (Python re syntax; RE2-only classes such as \\pL are not supported)"
-            return [f"invalid regex {pattern!r}: {exc}{hint}"], []
-    notes = [
-        f"regex {pattern!r} uses {what}, which RE2 (Aeraki, Envoy) does not support"
-        for rx, what in _PYTHON_ONLY
-        if rx.search(pattern)
-    ]
-    return [], notes
+    error = regex_error(pattern)
+    return ([error] if error else []), []

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import bisect
 import random
-import re
 from collections.abc import Mapping
 from itertools import accumulate
 from typing import Final
 
+from metamesh.api.regex import compile_regex
 from metamesh.codecs import Message
 from metamesh.codecs.message import metadata_get
 from metamesh.proxy.config import MatchKind, MetadataMatcher, Route, RouteConfiguration
@@ -37,7 +37,7 @@ _Matcher = tuple[str, int, object, bool]
 
 
 def compile_matcher(m: MetadataMatcher) -> _Matcher:
-    value: object = re.compile(m.value) if m.kind is MatchKind.SAFE_REGEX else m.value
+    value: object = compile_regex(m.value) if m.kind is MatchKind.SAFE_REGEX else m.value
     return (m.name, _KIND_CODE[m.kind], value, m.invert)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from metamesh.api.regex import regex_error
 from metamesh.proxy import config as cfg
 
 
@@ -60,10 +61,9 @@ class _Regex(_Model):
 
     @model_validator(mode="after")
     def _compiles(self) -> _Regex:
-        try:
-            re.compile(self.regex)
-        except re.error as e:
-            raise ValueError(f"regex {self.regex!r} does not compile: {e}") from None
+        error = regex_error(self.regex)  # RE2, as the router matches
+        if error is not None:
+            raise ValueError(error)
         return self
 
 
