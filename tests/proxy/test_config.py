@@ -105,7 +105,7 @@ def test_minimal_defaults() -> None:
         (
             "    - route:",
             "    - match: {metadata: [{name: m, safe_regex_match: {regex: '('}}]}\n      route:",
-            "does not compile",
+            "RE2 refuses regex '('",
         ),
         (
             "    - route:",

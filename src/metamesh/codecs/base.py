@@ -94,6 +94,11 @@ class Codec(abc.ABC):
         """The reply to a heartbeat request, or ``None`` if the protocol has none to send."""
         return None
 
+    def goaway_notice(self) -> bytes | None:
+        """A frame telling a client this end is going away (sent when the proxy drains), so it
+        stops sending new requests on the connection; ``None`` if the protocol has none."""
+        return None
+
     def rewrite_request_id(self, message: Message, request_id: int) -> bytes:
         """``message.frame`` with its request id replaced by ``request_id``.
 

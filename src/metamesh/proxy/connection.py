@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 
+from metamesh.codecs import ErrorKind
 from metamesh.proxy.config import Snapshot
 from metamesh.proxy.core import (
     ACCESS_LOG,
@@ -101,6 +102,39 @@ class ConnectionManager(DownstreamSide):
         idle = [x.idle_timeout for x in snapshot.listeners.values() if x.idle_timeout]
         # A sweep per quarter of the shortest idle_timeout (at most 1 s apart, at least 50 ms).
         self.idle_sweep_every = min(1.0, max(0.05, min(idle) / 4)) if idle else None
+
+    def start_drain(self) -> None:
+        """Begin a graceful shutdown (the runtime has stopped accepting clients).
+
+        Each client gets its protocol's going-away notice if it has one (Dubbo's read-only
+        event, so consumers stop sending here), and is closed at the first moment it is owed
+        nothing and is not in the middle of sending a frame: at once if it already is, else
+        right after its last owed reply is queued. Requests that still arrive are served.
+        """
+        self.draining = True
+        for d in list(self.downstreams):
+            notice = d.codec.goaway_notice()
+            if notice:
+                d.out.append(notice)
+                if not d.dirty:
+                    d.dirty = True
+                    self.dirty.append(d)
+            if not d.owed:
+                self._end_downstream(d)
+
+    @property
+    def drained(self) -> bool:
+        """Every client is closed (nothing more to wait for)."""
+        return not self.downstreams
+
+    def end_drain(self, now: float) -> None:
+        """The drain deadline: answer what is still owed upstream with a protocol-native error
+        (``upstream_reset``, "proxy shutting down"), then close every connection."""
+        for up in list(self.upstreams):
+            if up.in_flight:
+                self.stats.drain_aborted_requests += up.in_flight
+                self._drop_upstream(up, ErrorKind.UPSTREAM_RESET, "proxy shutting down", now)
+        self.close_all()
 
     def close_all(self) -> None:
         """Close every connection (end of a drain)."""

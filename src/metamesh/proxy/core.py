@@ -106,6 +106,9 @@ class CoreState:
         #: ``idle_timeout``), and when it next does.
         self.idle_sweep_every: float | None = None
         self.idle_sweep_at = 0.0
+        #: A graceful shutdown is under way (:meth:`ConnectionManager.start_drain`): every
+        #: client is closed at the first moment it is owed nothing.
+        self.draining = False
 
     # -- hooks implemented by the attempts layer -------------------------------------------
 

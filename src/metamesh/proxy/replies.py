@@ -108,12 +108,18 @@ class Replies(CoreState):
         if not d.dirty:
             d.dirty = True
             self.dirty.append(d)
-        if d.eof and not d.owed:
+        if not d.owed and (d.eof or self.draining):
             self._end_downstream(d)
 
     def _end_downstream(self, d: Downstream) -> None:
-        """Close a half-closed client that is owed nothing more (after its replies go out:
-        the runtime writes dirty peers before it executes actions)."""
+        """Close a half-closed (or, while draining, any) client that is owed nothing more
+        (after its replies go out: the runtime writes dirty peers before it executes actions).
+        A draining client in the middle of sending a frame is kept until that request is
+        answered (or the drain deadline)."""
+        if self.draining and not d.eof:  # closed by the drain
+            if d.inbuf:
+                return
+            self.stats.downstream_drained += 1
         self.actions.append((CLOSE_DOWNSTREAM, d))
         self._forget_downstream(d)
 

@@ -203,7 +203,7 @@ class RequestPath(Attempts):
             if not d.dirty:
                 d.dirty = True
                 self.dirty.append(d)
-            if d.eof and not d.owed:  # a half-closed client's last answer
+            if not d.owed and (d.eof or self.draining):  # a half-closed client's last answer
                 self._end_downstream(d)
         else:
             self._reply_in_order(d, req, msg.frame)

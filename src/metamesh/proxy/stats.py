@@ -39,6 +39,14 @@ COUNTERS: Final[dict[str, tuple[str, str]]] = {
         "metamesh_downstream_half_closed_total",
         "Clients that ended their sending side with requests in flight, kept open to answer them",
     ),
+    "downstream_drained": (
+        "metamesh_downstream_drained_total",
+        "Client connections closed by a drain once they were owed nothing",
+    ),
+    "drain_aborted_requests": (
+        "metamesh_drain_aborted_requests_total",
+        "Requests still in flight upstream at the drain deadline, answered with an error",
+    ),
     "downstream_idle_timeouts": (
         "metamesh_downstream_idle_timeouts_total",
         "Client connections closed after the listener's idle_timeout with no request in flight",
@@ -139,6 +147,8 @@ class ProxyStats:
         self.downstream_truncated = 0
         self.downstream_half_closed = 0
         self.downstream_idle_timeouts = 0
+        self.downstream_drained = 0
+        self.drain_aborted_requests = 0
         self.downstream_unexpected_frames = 0
         self.upstream_decode_errors = 0
         self.upstream_connects = 0

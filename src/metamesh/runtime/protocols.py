@@ -144,8 +144,8 @@ class DownstreamProtocol:
 
     def eof_received(self) -> bool | None:
         conn = self.conn
-        if conn is None:
-            return None  # close our side too
+        if conn is None or conn.closed:
+            return None  # close our side too (the end of a drain's lingering close)
         # Keep our side open: the core answers what is in flight, then closes (CLOSE_DOWNSTREAM).
         self.core.downstream_eof(conn, self.turn.now())
         return True

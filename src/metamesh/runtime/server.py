@@ -19,8 +19,10 @@ current event loop (uvloop when the CLI finds it). Its job is mechanical:
   :func:`tune_gc` freezes what exists at start-up (config, modules) out of the collector's
   view and collects the young generation 14x less often (``ProxyServer(tune_gc=False)`` opts
   out).
-* **Drain.** :meth:`drain` stops accepting, waits for in-flight requests up to a deadline, then
-  closes every connection; SIGTERM and SIGINT trigger it in :meth:`serve_forever`.
+* **Drain.** :meth:`drain` stops accepting, closes each client as soon as it is owed nothing
+  (with Dubbo's read-only notice first, and a lingering close), answers what is left at the
+  deadline with protocol-native errors and returns as soon as every client is done; SIGTERM
+  and SIGINT trigger it in :meth:`serve_forever`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ from metamesh.runtime.ratelimit_client import RateLimitClient
 log = logging.getLogger("metamesh.proxy")
 
 TIMER_INTERVAL = 0.1
+#: Seconds a drained client connection may stay half-open (our FIN sent) before it is closed.
+LINGER = 1.0
 MAX_REBIND_BACKOFF = 5.0  # seconds between attempts to bind a listener whose address is taken
 #: Collector thresholds while serving (CPython's defaults are 700, 10, 10).
 GC_THRESHOLDS = (10_000, 20, 20)
@@ -194,7 +198,19 @@ class ProxyServer:
         log.info("listener %s bound on %s:%s after a retry", name, cfg.address, cfg.port)
 
     async def drain(self, timeout: float = 10.0) -> None:
-        """Stop accepting, let requests in flight finish (up to ``timeout``), then close all."""
+        """Graceful shutdown, finished as soon as every client is done (at most ``timeout``).
+
+        1. Stop accepting (listeners closed), ``/ready`` answers DRAINING.
+        2. The core tells each client its protocol's going-away notice (Dubbo's read-only
+           event) and closes it at the first moment it is owed nothing and is not mid-frame
+           (:meth:`~metamesh.proxy.connection.ConnectionManager.start_drain`); requests that
+           still arrive are served. Closing is a lingering close: our side sends FIN once the
+           last reply is written and reads (and drops) until the client closes too, up to
+           :data:`LINGER` seconds, so a request racing our FIN cannot turn into a reset that
+           destroys the reply before it.
+        3. At ``timeout``, what is still owed is answered with a protocol-native error and
+           every connection is closed.
+        """
         if self.draining:
             await self._stopped.wait()
             return
@@ -204,8 +220,26 @@ class ProxyServer:
             server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.core.stats.active_requests > 0 and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        self.core.start_drain()
+        self.flush()
+        while not self.core.drained and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if not self.core.drained:
+            log.warning(
+                "drain deadline (%.1fs): closing %d client connection(s), answering %d request(s)"
+                " in flight with an error",
+                timeout,
+                len(self.core.downstreams),
+                self.core.stats.active_requests,
+            )
+            self.core.end_drain(self.now())
+            self.flush()
+        linger_until = min(deadline, loop.time() + LINGER)
+        while self.readers and loop.time() < linger_until:
+            await asyncio.sleep(0.01)
+        for reader in list(self.readers):
+            if reader.transport is not None:
+                reader.transport.close()
         self.core.close_all()
         self.flush()
         for server in self._servers.values():
@@ -273,7 +307,11 @@ class ProxyServer:
         elif op == CLOSE_DOWNSTREAM:
             handle = action[1].handle
             if handle is not None and handle.transport is not None:
-                handle.transport.close()
+                transport = handle.transport
+                if self.draining and transport.can_write_eof():
+                    transport.write_eof()  # lingering close (see drain)
+                else:
+                    transport.close()
         elif op == CLOSE_UPSTREAM:
             up = action[1]
             task = self._connects.get(up)

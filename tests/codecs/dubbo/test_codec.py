@@ -361,3 +361,16 @@ def test_lazy_metadata_behaves_like_a_full_dict() -> None:
     assert sorted(md) == sorted(full) and len(md) == 6
     assert md.copy() == full and type(md.copy()) is dict
     assert next(reversed(md)) == "path"
+
+
+def test_goaway_notice_is_dubbos_readonly_event() -> None:
+    """What a Dubbo provider sends on shutdown: a one-way event request, Hessian2 "R"."""
+    notice = DubboCodec().goaway_notice()
+    assert notice is not None
+    magic, flags, status, rid, length = struct.unpack(">HBBqI", notice[:16])
+    assert magic == 0xDABB and status == 0 and rid == 0 and length == len(notice) - 16
+    assert flags == 0x80 | 0x20 | 2  # request, event, Hessian2; not two-way: no answer expected
+    assert loads(notice[16:]) == "R"
+    msg = DubboCodec().decode(bytearray(notice))
+    assert msg is not None and msg.type is MessageType.HEARTBEAT  # an event, as we read it
+    assert DubboCodec().heartbeat_reply(msg) is None  # and one that is never answered

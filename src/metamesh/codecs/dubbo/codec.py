@@ -86,6 +86,7 @@ ERROR_STATUS: Final[dict[ErrorKind, DubboStatus]] = {
 }
 
 _HEARTBEAT_BODY: Final = b"N"  # Hessian null
+_READONLY_BODY: Final = b"\x01R"  # Hessian string "R": Dubbo's READONLY_EVENT
 _OK: Final = int(DubboStatus.OK)
 _HEARTBEAT: Final = MessageType.HEARTBEAT
 _REQUEST: Final = MessageType.REQUEST
@@ -282,6 +283,12 @@ class DubboCodec(Codec):
         return (
             pack_header(HESSIAN2_ID | FLAG_EVENT, _OK, message.request_id or 0, 1) + _HEARTBEAT_BODY
         )
+
+    def goaway_notice(self) -> bytes | None:
+        # Dubbo's read-only event, as a provider sends it on shutdown: a one-way event request
+        # with the Hessian2 string "R"; consumers mark the channel read-only and send no more
+        # requests on it (they answer nothing, and dubbo-py skips it as a one-way event).
+        return pack_header(HESSIAN2_ID | FLAG_REQUEST | FLAG_EVENT, 0, 0, 2) + _READONLY_BODY
 
     def rewrite_request_id(self, message: Message, request_id: int) -> bytes:
         return with_request_id(message.frame, request_id)
