@@ -34,7 +34,7 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from metamesh.api.validate import report
 
-    return report(args.paths, sys.stdout, default_namespace=args.namespace)
+    return report(args.paths, sys.stdout, default_namespace=args.namespace, strict=args.strict)
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("paths", nargs="+", metavar="PATH", help="YAML file or directory")
     validate.add_argument(
         "-n", "--namespace", default="default", help="namespace for resources without one"
+    )
+    validate.add_argument(
+        "--strict",
+        action="store_true",
+        help="also exit 1 on warnings and on objects of kinds metamesh does not read (skipped)",
     )
     validate.set_defaults(func=_cmd_validate)
 

@@ -50,11 +50,92 @@ def test_bad_yaml_reports_file_and_line_and_keeps_earlier_documents() -> None:
     assert problem.format().startswith("bad.yaml:10: error: invalid YAML")
 
 
-def test_unknown_kind() -> None:
-    result = load_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", "k.yaml")
+FOREIGN = """\
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: reviews, namespace: ns}
+spec: {hosts: [reviews]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: ratings}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+def test_kinds_metamesh_does_not_read_are_skipped_once_per_kind_and_file() -> None:
+    result = load_text(SE + "---\n" + FOREIGN, "mixed.yaml")
+    assert len(result.of_kind(ServiceEntry)) == 1
+    assert [(p.severity, p.kind, p.line) for p in result.problems] == [
+        ("info", "VirtualService", 8),
+        ("info", "Service", 13),
+        ("info", "PeerAuthentication", 21),
+    ]
+    first = result.problems[0]
+    assert not first.is_error
+    assert first.format() == (
+        "mixed.yaml:8: info: VirtualService: skipped 2 objects (ns/reviews, ratings): "
+        "metamesh does not read VirtualService (networking.istio.io/v1beta1)"
+    )
+
+
+def test_each_file_reports_its_own_skipped_kinds(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(FOREIGN)
+    (tmp_path / "b.yaml").write_text(FOREIGN)
+    result = load_paths([tmp_path])
+    assert sorted((Path(p.file).name, p.kind) for p in result.problems) == [
+        ("a.yaml", "PeerAuthentication"),
+        ("a.yaml", "Service"),
+        ("a.yaml", "VirtualService"),
+        ("b.yaml", "PeerAuthentication"),
+        ("b.yaml", "Service"),
+        ("b.yaml", "VirtualService"),
+    ]
+
+
+def test_unknown_kind_that_is_no_kubernetes_object_is_an_error() -> None:
+    result = load_text("apiVersion: v1\nkind: Pod\nmetadata: {labels: {}}\n", "k.yaml")
     (problem,) = result.problems
+    assert problem.is_error
     assert problem.kind == "Pod" and problem.field_path == "kind" and problem.line == 2
     assert "unknown kind 'Pod'" in problem.message
+    assert "not a Kubernetes object (no metadata.name)" in problem.message
+
+
+def test_unknown_kind_in_a_group_metamesh_owns_is_an_error() -> None:
+    text = "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRoutr\nmetadata: {name: r}\n"
+    (problem,) = load_text(text, "k.yaml").problems
+    assert problem.is_error and problem.line == 2
+    assert problem.message == (
+        "unknown kind 'MetaRoutr' in API group metaprotocol.aeraki.io "
+        "(its kinds: ApplicationProtocol, MetaRouter)"
+    )
+
+
+def test_skipped_kind_close_to_a_metamesh_kind_is_a_warning() -> None:
+    text = SE.replace("kind: ServiceEntry", "kind: ServiceEntyr")
+    (problem,) = load_text(text, "k.yaml").problems
+    assert problem.severity == "warning" and problem.kind == "ServiceEntyr"
+    assert problem.message.endswith("; did you mean ServiceEntry?")
+
+
+def test_tab_in_indentation_says_tab_with_file_and_line() -> None:
+    for text, line in (
+        (SE.replace("  hosts:", "\thosts:"), 6),  # libyaml: "cannot start any token"
+        ("a:\n  - x\n\t- y\n", 3),  # libyaml: "tab character that violates indentation"
+    ):
+        (problem,) = load_text(text, "t.yaml").problems
+        assert problem.line == line
+        assert "tab" in problem.message
+        assert problem.format().startswith(f"t.yaml:{line}: error: invalid YAML: ")
 
 
 def test_missing_kind_and_non_mapping_documents() -> None:

@@ -97,3 +97,50 @@ def test_subprocess_and_help() -> None:
         [sys.executable, "-m", "metamesh", "validate", str(MESH)], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+FOREIGN = """\
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: reviews, namespace: ns}
+spec: {hosts: [reviews]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: reviews, namespace: ns}
+"""
+
+
+def test_kinds_not_read_are_listed_and_fail_only_with_strict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "mesh.yaml").write_text(to_yaml(base_docs()))
+    (tmp_path / "istio.yaml").write_text(FOREIGN)
+    istio = tmp_path / "istio.yaml"
+    assert main(["validate", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{istio}:1: info: VirtualService: skipped 1 object (ns/reviews): "
+        "metamesh does not read VirtualService (networking.istio.io/v1beta1)",
+        f"{istio}:6: info: Deployment: skipped 1 object (ns/reviews): "
+        "metamesh does not read Deployment (apps/v1)",
+        "0 errors, 0 warnings, 2 skipped kinds in 4 resources from 1 file",
+    ]
+    assert main(["validate", "--strict", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.endswith(
+        "0 errors, 0 warnings, 2 skipped kinds in 4 resources from 1 file "
+        "(--strict: any of them fails)\n"
+    )
+
+
+def test_strict_fails_on_warnings_and_passes_a_clean_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "--strict", str(MESH)]) == 0
+    assert capsys.readouterr().out == "0 errors, 0 warnings in 8 resources from 3 files\n"
+    docs = base_docs()
+    set_path(docs, "dr", "spec.host", "elsewhere.ns.svc.cluster.local")
+    set_path(docs, "mr", "spec.routes.0.route.0.destination.subset", None)
+    (tmp_path / "w.yaml").write_text(to_yaml(docs))
+    assert main(["validate", str(tmp_path)]) == 0
+    assert main(["validate", "--strict", str(tmp_path)]) == 1

@@ -2,9 +2,17 @@
 
 Each document is dispatched on ``kind`` (and its ``apiVersion`` checked) to a model class from
 :data:`KINDS`; a Kubernetes ``List`` is unpacked. Every failure becomes a :class:`Problem`
-rather than an exception: unreadable files, YAML syntax errors (with the parser's line), unknown
-kinds and model errors (with the field path and the line of the offending key), and loading goes
-on with the next document, so one run reports everything.
+rather than an exception: unreadable files, YAML syntax errors (with the parser's line; a tab
+in the indentation is named as such), model errors (with the field path and the line of the
+offending key), and loading goes on with the next document, so one run reports everything.
+
+Objects of kinds metamesh does not read (a ``VirtualService``, a ``Deployment``, a ``Gateway``)
+are skipped, as istiod skips what it does not own, so a directory shared with other tools still
+loads: each such kind gives one ``info`` problem per file, listing the objects skipped. Only a
+well-formed Kubernetes object is skipped (``apiVersion``, ``kind`` and ``metadata.name`` set);
+anything else with an unknown kind is an error, and so is an unknown kind in an API group
+metamesh owns (:data:`OWNED_GROUPS`, where it can only be a typo). A kind that looks like a
+metamesh kind (``ServiceEntyr``) is skipped with a warning that names the likely intent.
 
 YAML is *composed* into nodes before it is constructed into Python values; the node tree is kept
 in each item's :class:`Origin`, which is how a field path found later by validation is mapped
@@ -13,6 +21,7 @@ back to a line number.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +36,16 @@ from metamesh.api.istio import DestinationRule, ServiceEntry
 from metamesh.api.metaprotocol import ApplicationProtocol, MetaRouter
 from metamesh.api.problems import FieldPath, Problem, Severity, format_path
 
-__all__ = ["KINDS", "Loaded", "Origin", "ResourceSet", "fqdn", "load_paths", "load_text"]
+__all__ = [
+    "KINDS",
+    "OWNED_GROUPS",
+    "Loaded",
+    "Origin",
+    "ResourceSet",
+    "fqdn",
+    "load_paths",
+    "load_text",
+]
 
 KINDS: dict[str, type[Resource]] = {
     cls.KIND: cls
@@ -41,6 +59,13 @@ KINDS: dict[str, type[Resource]] = {
     )
 }
 YAML_SUFFIXES = (".yaml", ".yml")
+#: API groups whose every kind metamesh reads: an unknown kind there is an error, not skipped.
+OWNED_GROUPS = frozenset(
+    version.split("/")[0]
+    for cls in KINDS.values()
+    for version in cls.API_VERSIONS
+    if not version.startswith("networking.istio.io/")
+)
 
 R = TypeVar("R", bound=Resource)
 
@@ -177,30 +202,62 @@ def load_text(
 ) -> ResourceSet:
     """Load every document of one YAML stream; a syntax error ends the stream, not the run."""
     result = ResourceSet()
+    skipped: dict[str, list[_Skipped]] = {}
     loader = _Loader(text)
     index = 0
     try:
         while loader.check_node():
             node = loader.get_node()
             data = loader.construct_document(node)
-            _load_document(data, Origin(file, index, node), default_namespace, result)
+            _load_document(data, Origin(file, index, node), default_namespace, result, skipped)
             index += 1
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and start is not None and start.line + 1 != line:
-            reason += f" ({context} started at line {start.line + 1})"
-        result.problems.append(
-            Problem(file, "", "", "", f"invalid YAML: {reason}", line=line, document=index)
-        )
+        result.problems.append(_yaml_problem(exc, text, file, index))
     finally:
         loader.dispose()
+    result.problems.extend(_skipped_problems(file, skipped))
     return result
 
 
-def _load_document(data: Any, origin: Origin, namespace: str, result: ResourceSet) -> None:
+def _yaml_problem(exc: yaml.YAMLError, text: str, file: str, document: int) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    reason = getattr(exc, "problem", None) or str(exc)
+    if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+        # libyaml says only "found character that cannot start any token" for a leading tab
+        reason = (
+            f"a tab character (column {mark.column + 1}): YAML does not allow tabs in "
+            "indentation; indent with spaces"
+        )
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None and start.line + 1 != line:
+        reason += f" ({context} started at line {start.line + 1})"
+    return Problem(file, "", "", "", f"invalid YAML: {reason}", line=line, document=document)
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    lines = text.splitlines()
+    if 0 <= line < len(lines) and 0 <= column < len(lines[line]):
+        return lines[line][column]
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Skipped:
+    """One object of a kind metamesh does not read."""
+
+    api_version: str
+    ref: str
+    line: int | None
+
+
+def _load_document(
+    data: Any,
+    origin: Origin,
+    namespace: str,
+    result: ResourceSet,
+    skipped: dict[str, list[_Skipped]],
+) -> None:
     if data is None:
         return
     if not isinstance(data, dict):
@@ -213,7 +270,14 @@ def _load_document(data: Any, origin: Origin, namespace: str, result: ResourceSe
                 Origin(origin.file, origin.document, origin.node, ("items", i)),
                 namespace,
                 result,
+                skipped,
             )
+        return
+    if _is_foreign(data):
+        kind, metadata = data["kind"], data["metadata"]
+        ref = f"{metadata['namespace']}/{metadata['name']}" if metadata.get("namespace") else ""
+        entry = _Skipped(data["apiVersion"], ref or metadata["name"], origin.line_of())
+        skipped.setdefault(kind, []).append(entry)
         return
     cls = _resource_class(data, origin, result)
     if cls is None:
@@ -240,6 +304,17 @@ def _resource_class(
     if cls is None:
         known = ", ".join(sorted(KINDS))
         message = f"unknown kind {kind!r} (metamesh reads {known})"
+        group = _group(data.get("apiVersion"))
+        if group in OWNED_GROUPS:
+            known = ", ".join(
+                sorted(
+                    k for k, c in KINDS.items() if any(_group(v) == group for v in c.API_VERSIONS)
+                )
+            )
+            message = f"unknown kind {kind!r} in API group {group} (its kinds: {known})"
+        else:
+            missing = [k for k, v in _envelope(data).items() if not v]
+            message += f"; not skipped: not a Kubernetes object (no {', '.join(missing)})"
         result.problems.append(_raw_problem(origin, data, ("kind",), message))
         return None
     api_version = data.get("apiVersion")
@@ -248,6 +323,57 @@ def _resource_class(
         result.problems.append(_raw_problem(origin, data, ("apiVersion",), message))
         return None
     return cls
+
+
+def _envelope(data: dict[str, Any]) -> dict[str, bool]:
+    """Which parts of a Kubernetes object's envelope ``data`` has (non-empty strings)."""
+    metadata = data.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return {
+        key: isinstance(value, str) and bool(value)
+        for key, value in (
+            ("apiVersion", data.get("apiVersion")),
+            ("kind", data.get("kind")),
+            ("metadata.name", name),
+        )
+    }
+
+
+def _group(api_version: object) -> str:
+    """The API group of ``apiVersion`` (``""`` for the core group, ``v1``)."""
+    if not isinstance(api_version, str) or "/" not in api_version:
+        return ""
+    return api_version.split("/")[0]
+
+
+def _is_foreign(data: dict[str, Any]) -> bool:
+    """A well-formed Kubernetes object of a kind metamesh does not read (it is skipped)."""
+    return (
+        all(_envelope(data).values())
+        and data["kind"] not in KINDS
+        and _group(data["apiVersion"]) not in OWNED_GROUPS
+    )
+
+
+def _skipped_problems(file: str, skipped: dict[str, list[_Skipped]]) -> Iterator[Problem]:
+    """One problem per skipped kind: ``info``, or a warning when the kind looks like a typo."""
+    for kind, objects in skipped.items():
+        versions = ", ".join(sorted({o.api_version for o in objects}))
+        names = ", ".join(o.ref for o in objects)
+        count = f"{len(objects)} object{'s' if len(objects) > 1 else ''}"
+        message = f"skipped {count} ({names}): metamesh does not read {kind} ({versions})"
+        close = difflib.get_close_matches(kind, list(KINDS), n=1, cutoff=0.8)
+        if close:
+            message += f"; did you mean {close[0]}?"
+        yield Problem(
+            file=file,
+            kind=kind,
+            name="",
+            field_path="",
+            message=message,
+            severity="warning" if close else "info",
+            line=objects[0].line,
+        )
 
 
 def _with_namespace(data: dict[str, Any], namespace: str) -> dict[str, Any]:

@@ -4,6 +4,11 @@ Loading and validation never stop at the first problem; they return every one, e
 the file, the document in it, the line (when the YAML parser knows it), the resource and the
 field path in YAML spelling (``spec.routes[0].route[1].weight``), so the user can fix them all
 in one pass. :meth:`Problem.format` gives the compiler-style line ``metamesh validate`` prints.
+
+Severities: an ``error`` keeps the resource (and, in a watched directory, its file) out of
+force; a ``warning`` is something that loads but will not do what it says (an unsupported
+field, a route never used); ``info`` is a note that changes nothing, such as the objects of
+kinds metamesh does not read, which are skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-Severity = Literal["error", "warning"]
+Severity = Literal["error", "warning", "info"]
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 PathElement = str | int
 FieldPath = tuple[PathElement, ...]
 
@@ -54,8 +60,14 @@ class Problem:
 
 
 def sort_problems(problems: Sequence[Problem]) -> list[Problem]:
-    """Problems ordered by file, line, then errors before warnings."""
+    """Problems ordered by file, line, then errors before warnings before info."""
     return sorted(
         problems,
-        key=lambda p: (p.file, p.document or 0, p.line or 0, p.severity != "error", p.field_path),
+        key=lambda p: (
+            p.file,
+            p.document or 0,
+            p.line or 0,
+            _SEVERITY_ORDER[p.severity],
+            p.field_path,
+        ),
     )

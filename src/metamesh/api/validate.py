@@ -368,21 +368,36 @@ _RULES: dict[type, Rule] = {
 }
 
 
-def report(paths: Sequence[str], out: TextIO, default_namespace: str = DEFAULT_NAMESPACE) -> int:
-    """``metamesh validate``: print every problem and a summary; 0 if no errors, else 1."""
+def report(
+    paths: Sequence[str],
+    out: TextIO,
+    default_namespace: str = DEFAULT_NAMESPACE,
+    *,
+    strict: bool = False,
+) -> int:
+    """``metamesh validate``: print every problem and a summary; 0 if no errors, else 1.
+
+    With ``strict``, warnings (unsupported fields, unused routes, ...) and skipped objects of
+    kinds metamesh does not read fail too: exit 1 unless nothing at all was found.
+    """
     resources = load_paths(paths, default_namespace)
     problems = validate(resources)
     for problem in problems:
         print(problem.format(), file=out)
     errors = sum(1 for p in problems if p.is_error)
-    warnings = len(problems) - errors
+    warnings = sum(1 for p in problems if p.severity == "warning")
+    skipped = sum(1 for p in problems if p.severity == "info")
     files = len({item.origin.file for item in resources.items})
+    counts = [_plural(errors, "error"), _plural(warnings, "warning")]
+    if skipped:
+        counts.append(_plural(skipped, "skipped kind"))
     print(
-        f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')} in "
-        f"{_plural(len(resources.items), 'resource')} from {_plural(files, 'file')}",
+        f"{', '.join(counts)} in {_plural(len(resources.items), 'resource')} from "
+        f"{_plural(files, 'file')}"
+        + (" (--strict: any of them fails)" if strict and problems else ""),
         file=out,
     )
-    return 1 if errors else 0
+    return 1 if errors or (strict and problems) else 0
 
 
 def _plural(count: int, noun: str) -> str:
