@@ -1,10 +1,17 @@
 """The command line's entry points answer as documented."""
 
+import argparse
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from metamesh import __version__, build_info
-from metamesh.cli import main
+from metamesh.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_version_flag(capsys: object) -> None:
@@ -24,3 +31,52 @@ def test_help_lists_commands() -> None:
 
 def test_no_command_prints_help_and_fails() -> None:
     assert main([]) == 2
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_subcommand_help_shows_the_defaults() -> None:
+    for name, parser in _subcommands().items():
+        text = " ".join(parser.format_help().split())  # unwrapped
+        assert "(default " not in text, name  # one spelling: "(default: X)"
+        for action in parser._actions:
+            default = action.default
+            if not action.option_strings or action.help in (None, argparse.SUPPRESS):
+                continue
+            if isinstance(default, bool) or default in (None, "", argparse.SUPPRESS):
+                continue
+            assert f"(default: {default})" in text, (name, action.dest)
+
+
+def test_proxy_config_help_names_its_default_admin() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "metamesh", "proxy-config", "--help"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "(default: 127.0.0.1:15000)" in " ".join(out.stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["codecs"], 141),  # as a process killed by SIGPIPE
+        (["validate", "examples/mesh"], 141),
+        (["proxy", "--help"], 0),  # argparse ignores write errors itself
+    ],
+)
+def test_output_into_a_closed_pipe_exits_quietly(argv: list[str], code: int) -> None:
+    # `metamesh ... | head`: the reader is gone before metamesh writes.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "metamesh", *argv],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert out.stderr == ""
+    assert out.returncode == code

@@ -111,20 +111,21 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
 
 def _cmd_proxy_config(args: argparse.Namespace) -> int:
     import json
-    import urllib.error
 
-    from metamesh.runtime.proxy_config import fetch_config_dump, render
+    from metamesh.runtime.proxy_config import (
+        AdminUnreachableError,
+        fetch_config_dump,
+        render,
+        select,
+    )
 
     try:
         dump = fetch_config_dump(args.admin)
-    except (OSError, urllib.error.URLError, ValueError) as e:
-        print(
-            f"metamesh proxy-config: cannot read http://{args.admin}/config_dump: {e}",
-            file=sys.stderr,
-        )
+    except AdminUnreachableError as e:
+        print(f"metamesh proxy-config: {e}", file=sys.stderr)
         return 1
     if args.output == "json":
-        print(json.dumps(dump, indent=2))
+        print(json.dumps(select(args.view, dump), indent=2))
     else:
         sys.stdout.write(render(args.view, dump))
     return 0
@@ -142,6 +143,17 @@ def _cmd_ratelimit_server(args: argparse.Namespace) -> int:
     )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, as ``(default: X)``; options whose default
+    is "not given" (``None``, ``False``, ``""``) say nothing, or say in words what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if isinstance(default, bool) or default in (None, "") or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metamesh",
@@ -156,12 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the live demo: an embedded mesh routing real Thrift and Dubbo traffic",
     )
-    demo.add_argument(
-        "--step-seconds", type=float, default=5.0, help="seconds of traffic per step (default 5)"
-    )
+    demo.add_argument("--step-seconds", type=float, default=5.0, help="seconds of traffic per step")
     demo.add_argument("--keep-running", action="store_true", help="stay up at the end until Ctrl-C")
     demo.add_argument(
-        "--admin-port", type=int, help="proxy admin port (default 15000, or any free one)"
+        "--admin-port", type=int, help="proxy admin port (default: 15000, or any free one)"
     )
     demo.add_argument(
         "--codecs", action="store_true", help="walk through the codec layer instead (no network)"
@@ -200,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         metavar="SECONDS",
-        help="longest wait between xDS reconnect attempts (jittered back-off, default 1)",
+        help="longest wait between xDS reconnect attempts (jittered back-off)",
     )
     proxy.add_argument(
         "--admin-port", type=int, default=15000, help="admin HTTP port on 127.0.0.1 (-1: off)"
@@ -209,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "--drain-timeout", type=float, default=10.0, help="seconds to drain on SIGTERM"
     )
-    proxy.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    proxy.add_argument("--log-level", default="INFO", help="logging level")
     proxy.set_defaults(func=_cmd_proxy)
 
     up = sub.add_parser(
@@ -225,23 +235,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--access-log", metavar="PATH", help="JSON-lines access log ('-': stdout)")
     up.add_argument("--drain-timeout", type=float, default=5.0, help="seconds to drain on SIGTERM")
-    up.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    up.add_argument("--log-level", default="INFO", help="logging level")
     up.set_defaults(func=_cmd_up)
 
     cp = sub.add_parser("control-plane", help="serve a watched config directory over xDS (ADS)")
     cp.add_argument("--config-dir", required=True, metavar="DIR", help="YAML manifests (watched)")
-    cp.add_argument("--xds-port", type=int, default=15010, help="xDS port (default 15010)")
-    cp.add_argument("--xds-address", default="127.0.0.1", help="xDS address (default 127.0.0.1)")
+    cp.add_argument("--xds-port", type=int, default=15010, help="xDS port")
+    cp.add_argument("--xds-address", default="127.0.0.1", help="xDS address")
     cp.add_argument(
         "-n", "--namespace", default="default", help="namespace for resources without one"
     )
-    cp.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    cp.add_argument("--log-level", default="INFO", help="logging level")
     cp.set_defaults(func=_cmd_control_plane)
 
     pc = sub.add_parser("proxy-config", help="show a running proxy's config (from its admin)")
-    pc.add_argument("view", choices=("listeners", "routes", "clusters", "endpoints"))
+    pc.add_argument(
+        "view", choices=("listeners", "routes", "clusters", "endpoints"), help="what to show"
+    )
     pc.add_argument("--admin", default="127.0.0.1:15000", metavar="HOST:PORT", help="proxy admin")
-    pc.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    pc.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="a table, or that part of the config dump as JSON",
+    )
     pc.set_defaults(func=_cmd_proxy_config)
     rls = sub.add_parser(
         "ratelimit-server",
@@ -254,17 +272,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="limits YAML (Envoy ratelimit format); repeat for more domains",
     )
-    rls.add_argument("--port", type=int, default=8081, help="gRPC port (default 8081; 0: any)")
-    rls.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    rls.add_argument("--port", type=int, default=8081, help="gRPC port (0: any)")
+    rls.add_argument("--host", default="127.0.0.1", help="address to bind")
     rls.add_argument(
         "--redis", default="redis://127.0.0.1:6379/0", help="Redis URL shared by all servers"
     )
-    rls.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    rls.add_argument("--log-level", default="INFO", help="logging level")
     rls.set_defaults(func=_cmd_ratelimit_server)
+    for subcommand in sub.choices.values():
+        subcommand.formatter_class = _HelpFormatter
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not in the exit's flush
+    except BrokenPipeError:
+        # ``metamesh ... | head``: the reader closed the pipe. As Python's docs advise (signal
+        # module, "Note on SIGPIPE"), point stdout at devnull so the interpreter's last flush
+        # stays quiet, and exit as a process killed by SIGPIPE looks to a shell (128 + 13).
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

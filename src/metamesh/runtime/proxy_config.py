@@ -4,13 +4,15 @@ The proxy's admin ``/config_dump`` is its live :class:`~metamesh.proxy.config.Sn
 JSON (listeners with their addresses, so the allocated 127.240.x.y VIPs show, clusters with
 endpoints, route configurations). This module fetches it over HTTP (stdlib ``urllib``) and
 renders one of four views the way ``istioctl proxy-config`` does: ``listeners``, ``routes``,
-``clusters``, ``endpoints``. Rendering is a pure function of the dump, so it is tested without
-a proxy.
+``clusters``, ``endpoints``, as a table or as the JSON of that part of the dump only.
+Rendering and selecting are pure functions of the dump, so they are tested without a proxy;
+the one thing that needs a proxy, reaching it, fails with a sentence that says where it looked.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
@@ -18,11 +20,50 @@ from typing import Any
 VIEWS = ("listeners", "routes", "clusters", "endpoints")
 
 
+class AdminUnreachableError(Exception):
+    """The admin address did not answer with a config dump; the message says why."""
+
+
 def fetch_config_dump(admin: str, timeout: float = 5.0) -> dict[str, Any]:
-    """GET ``http://ADMIN/config_dump`` (``admin`` is ``host:port``)."""
-    with urllib.request.urlopen(f"http://{admin}/config_dump", timeout=timeout) as reply:
-        dump: dict[str, Any] = json.load(reply)
+    """GET ``http://ADMIN/config_dump`` (``admin`` is ``host:port``).
+
+    Raises :class:`AdminUnreachableError` with a message for a person: which address, and
+    (when nothing listens there) that no proxy runs there and how to name another one.
+    """
+    url = f"http://{admin}/config_dump"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            dump: dict[str, Any] = json.load(reply)
+    except urllib.error.HTTPError as e:
+        raise AdminUnreachableError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = e.reason if isinstance(e, urllib.error.URLError) else e
+        if isinstance(reason, ConnectionRefusedError):
+            raise AdminUnreachableError(
+                f"no proxy admin at {admin} (connection refused): is a proxy running? "
+                "use --admin HOST:PORT"
+            ) from None
+        raise AdminUnreachableError(f"cannot read {url}: {reason}") from None
+    except ValueError as e:  # not JSON: something else listens there
+        raise AdminUnreachableError(f"{url} is not a proxy admin's config dump: {e}") from None
     return dump
+
+
+def select(view: str, dump: dict[str, Any]) -> list[dict[str, Any]]:
+    """The part of ``dump`` that ``view`` shows (one of :data:`VIEWS`), as JSON-ready data:
+    the listeners, the route configurations, the clusters, or each cluster's endpoints."""
+    if view == "listeners":
+        return list(dump.get("listeners", []))
+    if view == "routes":
+        return list(dump.get("route_configs", []))
+    if view == "clusters":
+        return list(dump.get("clusters", []))
+    if view == "endpoints":
+        return [
+            {"cluster": c["name"], "endpoints": c.get("endpoints", [])}
+            for c in dump.get("clusters", [])
+        ]
+    raise ValueError(f"unknown view {view!r}; one of {', '.join(VIEWS)}")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
