@@ -179,3 +179,37 @@ async def delta_scenario() -> None:
 
 def test_delta_ads_over_grpc() -> None:
     asyncio.run(delta_scenario())
+
+
+async def hostile_scenario(caplog: Any) -> None:
+    server = AdsServer(translate, example_model(), quiet=0.05, max_delay=0.2)
+    port = await server.start()
+    forged = "evil\n2026-12-05 12:00:00 INFO metamesh: all good"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        client = Client(channel, forged)
+        client.send(CLUSTER_TYPE)
+        cds = await client.recv()
+        for i in range(20):  # 20 NACKs of 256 KB each, on the same node and type
+            client.send(
+                CLUSTER_TYPE,
+                version_info="0",
+                response_nonce=cds.nonce,
+                error_detail={"message": f"{i}\n" + "x" * 256 * 1024},
+            )
+        await until(lambda: "19\\n" in caplog.text)
+        client.outbox.put_nowait(None)
+    await server.stop()
+    [(node_id, type_url, _, error)] = server.nacks()  # only the latest per node and type
+    assert node_id == forged and type_url == CLUSTER_TYPE
+    assert error.startswith("19\n") and len(error) < 5000  # bounded
+    nack_lines = [r.getMessage() for r in caplog.records if "NACK" in r.getMessage()]
+    assert len(nack_lines) == 20
+    for line in nack_lines:
+        assert "\n" not in line and len(line) < 1200  # escaped, truncated
+        assert "evil\\n2026-12-05" in line
+
+
+def test_nacks_are_bounded_and_client_text_is_escaped_in_logs(caplog: Any) -> None:
+    """A client cannot grow the server's memory with NACKs or forge log lines."""
+    caplog.set_level("WARNING", logger="metamesh")
+    asyncio.run(hostile_scenario(caplog))

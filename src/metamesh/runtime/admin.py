@@ -6,7 +6,8 @@ proxy needs no web framework. Endpoints, named as in Envoy's admin API:
 * ``/ready``: ``200 LIVE`` when serving, ``503 DRAINING`` / ``503 PRE_INITIALIZING`` otherwise;
 * ``/server_info``: version, state, build (pure Python or native, with the compiled modules)
   and the event loop serving traffic (uvloop or asyncio);
-* ``/config_dump``: the live snapshot as JSON;
+* ``/config_dump``: the live snapshot as JSON, secrets redacted (:mod:`.redact`;
+  ``?include_secrets`` from a loopback address shows them);
 * ``/clusters``: per endpoint ``cluster::host:port::<stat>::<value>`` lines (Envoy's text form:
   health, weight, active requests, upstream connections); ``?format=json`` for JSON;
 * ``/stats/prometheus``: Prometheus text exposition, rendered at scrape time by a custom
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,7 @@ from prometheus_client.core import (
 from metamesh import __version__, build_info
 from metamesh.proxy.stats import COUNTERS, DURATION_BUCKETS_MS, GAUGES
 from metamesh.runtime.loops import loop_name
+from metamesh.runtime.redact import redact
 
 if TYPE_CHECKING:
     from metamesh.runtime.server import ProxyServer
@@ -174,8 +177,9 @@ def server_info(server: ProxyServer) -> dict[str, Any]:
     }
 
 
-def handle(server: ProxyServer, target: str) -> tuple[int, str, bytes]:
-    """(status, content type, body) for a GET of ``target``."""
+def handle(server: ProxyServer, target: str, from_loopback: bool = False) -> tuple[int, str, bytes]:
+    """(status, content type, body) for a GET of ``target``; secrets in ``/config_dump`` are
+    shown only for ``?include_secrets`` asked from a loopback address (:mod:`.redact`)."""
     path, _, query = target.partition("?")
     if path == "/ready":
         if server.ready:
@@ -185,7 +189,10 @@ def handle(server: ProxyServer, target: str) -> tuple[int, str, bytes]:
     if path == "/server_info":
         return 200, "application/json", json.dumps(server_info(server), indent=2).encode()
     if path == "/config_dump":
-        body = json.dumps(server.core.snapshot.to_dict(), indent=2).encode()
+        dump: object = server.core.snapshot.to_dict()
+        if not (from_loopback and "include_secrets" in query.split("&")):
+            dump = redact(dump)
+        body = json.dumps(dump, indent=2).encode()
         return 200, "application/json", body
     if path == "/clusters":
         view = clusters_view(server)
@@ -212,7 +219,8 @@ async def _serve(
         elif parts[0] != "GET":
             status, ctype, body = 405, "text/plain", b"GET only\n"
         else:
-            status, ctype, body = handle(server, parts[1])
+            peer = writer.get_extra_info("peername")
+            status, ctype, body = handle(server, parts[1], _is_loopback(peer))
         reason = _REASONS.get(status, "Service Unavailable")
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
@@ -226,6 +234,14 @@ async def _serve(
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+def _is_loopback(peer: object) -> bool:
+    if not isinstance(peer, tuple) or not peer:
+        return False
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(str(peer[0])).is_loopback
+    return False
 
 
 async def start_admin(server: ProxyServer, host: str, port: int) -> asyncio.Server:

@@ -43,6 +43,7 @@ from typing import Any
 from envoy.service.discovery.v3 import discovery_pb2
 
 from metamesh.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, TYPE_URLS, XdsResources
+from metamesh.xds.sanitize import MAX_ERROR_DETAIL, bounded
 from metamesh.xds.streams import WILDCARD_TYPES, TypeStatus
 
 DeltaDiscoveryRequest = Any  # envoy.service.discovery.v3.DeltaDiscoveryRequest (untyped)
@@ -172,7 +173,10 @@ class DeltaStreamState:
         state.in_flight = {n: v for n, v in state.in_flight.items() if n > nonce}
         status = state.status
         if request.HasField("error_detail"):
-            status.nack_version, status.nack_error = version, request.error_detail.message
+            status.nack_version, status.nack_error = (
+                version,
+                bounded(request.error_detail.message, MAX_ERROR_DETAIL),
+            )
             if self.on_nack is not None:
                 self.on_nack(self.node_id, type_url, version, status.nack_error)
         else:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,6 +41,14 @@ from google.protobuf import json_format
 
 from metamesh.xds.delta import DeltaStreamState
 from metamesh.xds.resources import ProxyNode, XdsResources
+from metamesh.xds.sanitize import (
+    MAX_ERROR_DETAIL,
+    MAX_GONE_NODES,
+    MAX_NACKS,
+    MAX_NODE_ID,
+    bounded,
+    printable,
+)
 from metamesh.xds.streams import StreamState, TypeStatus
 
 log = logging.getLogger(__name__)
@@ -86,7 +95,7 @@ def node_identity(node: Any) -> ProxyNode:
             namespace = parts[2].split(".", 1)[1]
     labels = meta.get("LABELS") or {}
     return ProxyNode(
-        node_id=node.id,
+        node_id=bounded(node.id, MAX_NODE_ID),
         namespace=str(namespace) if namespace else None,
         labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
     )
@@ -129,7 +138,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._clock = clock
         self._streams: set[_Stream] = set()
         self._status: dict[str, AdsProtocol] = {}
-        self._nacks: list[tuple[str, str, str, str]] = []
+        #: The latest NACK per (node, type), oldest first; at most MAX_NACKS (sanitize.py).
+        self._nacks: OrderedDict[tuple[str, str], tuple[str, str, str, str]] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._debounce_task: asyncio.Task[None] | None = None
@@ -215,12 +225,23 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         return status.acked_version if status else ""
 
     def nacks(self) -> list[tuple[str, str, str, str]]:
-        """Every NACK seen: ``(node_id, type_url, version, error_detail)``."""
-        return list(self._nacks)
+        """The latest NACK per node and type, oldest first: ``(node_id, type_url, version,
+        error_detail)``; bounded (:mod:`metamesh.xds.sanitize`)."""
+        return list(self._nacks.values())
 
     def _record_nack(self, node_id: str, type_url: str, version: str, error: str) -> None:
-        log.warning("xDS NACK from %s for %s version %s: %s", node_id, type_url, version, error)
-        self._nacks.append((node_id, type_url, version, error))
+        log.warning(
+            "xDS NACK from %s for %s version %s: %s",
+            printable(node_id),
+            printable(type_url, 128),
+            printable(version, 64),
+            printable(error, 512),
+        )
+        key = (node_id, type_url)
+        self._nacks.pop(key, None)
+        self._nacks[key] = (node_id, type_url, version, bounded(error, MAX_ERROR_DETAIL))
+        while len(self._nacks) > MAX_NACKS:
+            self._nacks.popitem(last=False)
 
     # --- the gRPC method ------------------------------------------------------------
 
@@ -267,8 +288,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                     yield response
         finally:
             self._streams.discard(stream)
+            self._forget_gone_nodes()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+    def _forget_gone_nodes(self) -> None:
+        """Keep the status of at most MAX_GONE_NODES nodes with no stream (oldest first out)."""
+        live = {stream.node.node_id for stream in self._streams}
+        gone = [node for node in self._status if node not in live]
+        for node in gone[: max(0, len(gone) - MAX_GONE_NODES)]:
+            del self._status[node]
 
     async def _read(self, iterator: AsyncIterator[Any], stream: _Stream) -> None:
         try:

@@ -37,6 +37,7 @@ from metamesh.xds.resources import (
     TYPE_URLS,
     XdsResources,
 )
+from metamesh.xds.sanitize import MAX_ERROR_DETAIL, bounded
 
 WILDCARD_TYPES = frozenset({CLUSTER_TYPE, LISTENER_TYPE})
 DiscoveryRequest = Any  # envoy.service.discovery.v3.DiscoveryRequest (untyped generated code)
@@ -121,7 +122,7 @@ class StreamState:
                 return []  # stale: answers a response that has since been superseded
             if request.HasField("error_detail"):
                 status.nack_version = status.sent_version
-                status.nack_error = request.error_detail.message
+                status.nack_error = bounded(request.error_detail.message, MAX_ERROR_DETAIL)
                 if self.on_nack is not None:
                     self.on_nack(self.node_id, type_url, status.sent_version, status.nack_error)
             else:
