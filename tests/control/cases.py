@@ -45,3 +45,26 @@ spec:
   - {{address: 127.0.30.2, ports: {{{port_name}: 7001}}, labels: {{version: v2}}, weight: 3}}
 {extra}
 """
+
+
+def rules(host: str = "kv", subsets: str = "[v1, v2]") -> str:
+    """A DestinationRule with the given subsets (each selecting ``version: <name>``)."""
+    names = subsets.strip("[]").split(", ")
+    listed = ", ".join(f"{{name: {n}, labels: {{version: {n}}}}}" for n in names)
+    return f"""
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: {host}, namespace: ns}}
+spec: {{host: {host}, subsets: [{listed}]}}
+"""
+
+
+def router(subset: str = "v1", host: str = "kv") -> str:
+    return f"""
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: {host}, namespace: ns}}
+spec:
+  hosts: [{host}.ns.svc.cluster.local]
+  routes: [{{name: all, route: [{{destination: {{host: {host}, subset: {subset}}}}}]}}]
+"""

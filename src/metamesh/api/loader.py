@@ -43,6 +43,7 @@ __all__ = [
     "Origin",
     "ResourceSet",
     "fqdn",
+    "load_files",
     "load_paths",
     "load_text",
 ]
@@ -159,9 +160,30 @@ def load_paths(
     models) and problems are reused. The cache is pruned to the files of this load.
     """
     result = ResourceSet()
+    for loaded in load_files(paths, default_namespace, cache).values():
+        result.extend(loaded)
+    return result
+
+
+def load_files(
+    paths: Iterable[str | Path],
+    default_namespace: str = DEFAULT_NAMESPACE,
+    cache: LoadCache | None = None,
+) -> dict[Path, ResourceSet]:
+    """What :func:`load_paths` loads, file by file (in load order).
+
+    A file served from the ``cache`` gives the very ResourceSet object it gave before, so a
+    caller can tell an unchanged file by identity. A path that does not exist is a key too,
+    whose set holds the problem.
+    """
+    files: dict[Path, ResourceSet] = {}
     seen: LoadCache = {}
     for path in paths:
-        for file in _expand(Path(path), result):
+        missing = ResourceSet()
+        expanded = _expand(Path(path), missing)
+        if missing.problems:
+            files[Path(path)] = missing
+        for file in expanded:
             try:
                 st = file.stat()
                 key = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -173,14 +195,16 @@ def load_paths(
                         file.read_text(encoding="utf-8"), str(file), default_namespace
                     )
             except (OSError, UnicodeDecodeError) as exc:
-                result.problems.append(Problem(str(file), "", "", "", f"cannot read: {exc}"))
+                files[file] = ResourceSet(
+                    problems=[Problem(str(file), "", "", "", f"cannot read: {exc}")]
+                )
                 continue
             seen[file] = (key, loaded)
-            result.extend(loaded)
+            files[file] = loaded
     if cache is not None:
         cache.clear()
         cache.update(seen)
-    return result
+    return files
 
 
 def _expand(path: Path, result: ResourceSet) -> list[Path]:

@@ -47,6 +47,11 @@ Rule = Callable[[Loaded], Iterator[Finding]]
 
 def validate(resources: ResourceSet) -> list[Problem]:
     """Loading problems, per-resource problems and reference problems, sorted."""
+    return sort_problems([*check_resources(resources), *check_references(resources)])
+
+
+def check_resources(resources: ResourceSet) -> list[Problem]:
+    """Loading problems and each resource's own problems: what holds whatever else is loaded."""
     problems = list(resources.problems)
     for item in resources.items:
         rule = _RULES.get(type(item.resource))
@@ -54,8 +59,7 @@ def validate(resources: ResourceSet) -> list[Problem]:
             continue
         for path, message, warning in rule(item):
             problems.append(item.problem(path, message, "warning" if warning else "error"))
-    problems.extend(check_references(resources))
-    return sort_problems(problems)
+    return problems
 
 
 def _err(path: FieldPath, messages: list[str]) -> Iterator[Finding]:

@@ -1,13 +1,24 @@
-"""Config sources: a directory of YAML manifests, watched, turned into mesh models.
+"""The file source: a directory of YAML manifests, watched, turned into mesh models.
 
-:class:`FileSource` loads every ``*.yaml``/``*.yml`` under a directory with
-:func:`metamesh.api.load_paths`, checks it with :func:`metamesh.api.validate` and, when no
-problem is an error, builds the :class:`~metamesh.control.model.MeshModel` and hands it to
-``on_model`` (normally :meth:`metamesh.xds.server.AdsServer.set_model`). When there are errors
-each is reported (``file:line: error: Kind ns/name: field.path: message``) and nothing is
-handed on: the last good model stays in force, and traffic keeps following it. The whole
-directory is one unit because resources refer to each other across files (a MetaRouter names
-a ServiceEntry's subsets), so a half-valid directory has no safe meaning.
+:class:`FileSource` loads every ``*.yaml``/``*.yml`` under a directory, file by file
+(:func:`metamesh.api.loader.load_files`), decides which version of each file is in force
+(:func:`~metamesh.control.sources.accept.accept`: a file with errors keeps its last good
+version, or is left out if it never had one, and the rest is served), builds the
+:class:`~metamesh.control.model.MeshModel` and hands it to ``on_model`` (normally
+:meth:`metamesh.xds.server.AdsServer.set_model`). The first load and every later one follow the
+same rule, so ``metamesh up`` with one broken file serves the other services at once.
+
+What is reported, as ``file:line: severity: Kind ns/name: field.path: message`` lines:
+
+- every error, at each load (the errors are that load's status), then one line per file held
+  back saying what is in force for it instead;
+- warnings (unsupported fields, a rule that can never match, ...) and notes (kinds skipped)
+  once each: a reload logs only those that are new since the previous load (the line number
+  is not part of the identity, so an edit that moves a warning does not repeat it);
+- ``config N back in force`` when a load has no errors after one that had.
+
+A directory that does not exist is :class:`ConfigDirectoryError` when the source is made, so a
+command can print it and exit; one removed while watched is reported and the last config stays.
 
 Only files whose inode, modification time or size changed are parsed again (the rest come
 from a per-file cache), so an edit in a directory of 1,000 services does not re-read them all.
@@ -22,29 +33,54 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import watchfiles
 
-from metamesh.api import load_paths, validate
 from metamesh.api.base import DEFAULT_NAMESPACE
-from metamesh.api.loader import YAML_SUFFIXES, LoadCache
+from metamesh.api.loader import YAML_SUFFIXES, LoadCache, ResourceSet, load_files
 from metamesh.api.problems import Problem
 from metamesh.control.model import MeshModel, build_model
+from metamesh.control.sources.accept import Acceptance, Held, accept
 
 log = logging.getLogger("metamesh.control.sources")
 
 OnModel = Callable[[MeshModel], None]
 Report = Callable[[str], None]
+#: A warning's identity across loads: everything but the line, which edits move.
+ProblemKey = tuple[str, str, str, str, str, str]
+_LEVELS = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO}
+
+
+class ConfigDirectoryError(ValueError):
+    """The config directory does not exist or is not a directory (the message says which)."""
+
+
+def config_directory(directory: str | Path) -> Path:
+    """``directory`` as a Path; :class:`ConfigDirectoryError` if it is not a directory."""
+    path = Path(directory)
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise ConfigDirectoryError(f"config directory {str(path)!r} {what}")
+    return path
 
 
 def _yaml_only(change: watchfiles.Change, path: str) -> bool:
     return path.endswith(YAML_SUFFIXES)
 
 
+def _key(problem: Problem) -> ProblemKey:
+    p = problem
+    return (p.severity, p.file, p.kind, p.name, p.field_path, p.message)
+
+
 class FileSource:
-    """Watches ``directory``; see the module docstring."""
+    """Watches ``directory``; see the module docstring.
+
+    ``report``, when given, receives every line instead of the logger (tests pass a list's
+    ``append``); otherwise lines are logged at their severity's level.
+    """
 
     def __init__(
         self,
@@ -56,37 +92,52 @@ class FileSource:
         debounce_ms: int = 200,
         step_ms: int = 30,
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = config_directory(directory)
         self._on_model = on_model
         self._namespace = namespace
-        self._report = report or (lambda line: log.warning("%s", line))
+        self._report = report
         self._debounce_ms = debounce_ms
         self._step_ms = step_ms
         self._stop = asyncio.Event()
-        self.model: MeshModel | None = None  #: the last good model
-        self.problems: list[Problem] = []  #: the problems of the last load
+        self.model: MeshModel | None = None  #: the model in force (the last handed on)
+        self.problems: list[Problem] = []  #: the problems of the directory at the last load
+        self.held: dict[str, Held] = {}  #: files whose current version is not in force
         self.loads = 0
+        self.generation = 0  #: models handed on so far (the "config N" of the log)
+        self.rejected = 0  #: loads with errors (some file held back)
         self._cache: LoadCache = {}  # unchanged files are not parsed again
-        self.rejected = 0  #: loads refused because of errors
+        self._last_good: dict[str, ResourceSet] = {}
+        self._noted: set[ProblemKey] = set()  # warnings and notes logged at the last load
+        self._noted_model: set[str] = set()
+        self._had_errors = False  # the last load had errors (for "back in force")
 
     def load(self) -> MeshModel | None:
-        """Load and validate the directory; the new model, or None (errors reported)."""
+        """Load the directory; the model handed on, or None when what is in force is unchanged."""
         self.loads += 1
-        resources = load_paths([self.directory], self._namespace, cache=self._cache)
-        self.problems = validate(resources)
-        errors = [p for p in self.problems if p.is_error]
-        for problem in self.problems:
-            self._report(problem.format())
-        if errors:
+        had_errors, self._had_errors = self._had_errors, True
+        if not self.directory.is_dir():
             self.rejected += 1
-            kept = "the last good config stays in force" if self.model else "nothing to serve yet"
-            self._report(f"{self.directory}: {len(errors)} error(s); {kept}")
+            self._line("error", f"{self.directory}: config directory is gone; {self._kept()}")
             return None
-        model = build_model(resources)
-        for line in model.problems:
-            self._report(f"{self.directory}: warning: {line}")
-        self.model = model
-        self._on_model(model)
+        files = load_files([self.directory], self._namespace, cache=self._cache)
+        result = accept({str(f): loaded for f, loaded in files.items()}, self._last_good)
+        self.problems = result.problems
+        self._report_problems(result)
+        changed = self._changed(result)
+        self.held = {file: why for file, (why, _) in result.held.items()}
+        self._last_good = dict(result.in_force)
+        self._had_errors = bool(self.held)
+        if self.held:
+            self.rejected += 1
+        model = None
+        if changed:
+            model = build_model(result.resources)
+            self._report_model(model.problems)
+            self.model = model
+            self.generation += 1
+            self._on_model(model)
+        if had_errors and not self.held:
+            self._line("info", f"{self.directory}: config {self.generation} back in force")
         return model
 
     async def run(self) -> None:
@@ -102,3 +153,48 @@ class FileSource:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # --- reporting ----------------------------------------------------------------------
+
+    def _changed(self, result: Acceptance) -> bool:
+        """Whether the versions in force differ from the last load's (files by identity)."""
+        if self.model is None:  # the first model, unless every file is held back
+            return bool(result.in_force) or not result.held
+        before, after = self._last_good, result.in_force
+        return before.keys() != after.keys() or any(after[f] is not before[f] for f in after)
+
+    def _kept(self) -> str:
+        if self.model is None:
+            return "nothing to serve yet"
+        return f"config {self.generation} stays in force"
+
+    def _report_problems(self, result: Acceptance) -> None:
+        shown = {_key(p) for p in result.problems}
+        noted: set[ProblemKey] = set()
+        for problem in result.problems:
+            key = _key(problem)
+            if problem.is_error:
+                self._line("error", problem.format())
+            elif key not in self._noted:
+                self._line(problem.severity, problem.format())
+            noted.add(key)
+        self._noted = noted
+        for file, (why, reasons) in result.held.items():
+            for reason in reasons:  # reference errors met only against a last good version
+                if _key(reason) not in shown:
+                    self._line("error", reason.format())
+            count = f"{len(reasons)} error{'s' if len(reasons) != 1 else ''}"
+            rest = "the rest of the directory stays in force"
+            self._line("error", f"{file}: {count}; {why.value}; {rest}")
+
+    def _report_model(self, lines: Iterable[str]) -> None:
+        current = set(lines)
+        for line in sorted(current - self._noted_model):
+            self._line("warning", f"{self.directory}: warning: {line}")
+        self._noted_model = current
+
+    def _line(self, severity: str, line: str) -> None:
+        if self._report is not None:
+            self._report(line)
+        else:
+            log.log(_LEVELS[severity], "%s", line)
