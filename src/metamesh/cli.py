@@ -37,6 +37,41 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return report(args.paths, sys.stdout, default_namespace=args.namespace, strict=args.strict)
 
 
+def _limits(args: argparse.Namespace) -> dict[str, object]:
+    """The client connection limits of ``proxy`` and ``up`` (runtime/fd_limits.py)."""
+    return {
+        "idle_timeout": args.idle_timeout,
+        "frame_timeout": args.frame_timeout,
+        "max_connections": args.max_connections,
+    }
+
+
+def _add_limit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="close a client with nothing in flight this long, for listeners that set no "
+        "idle_timeout of their own (default 3600; 0: never)",
+    )
+    parser.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close a client whose started frame is not complete this long (default 30; 0: off)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="client connections held at once; at the cap a new client replaces the one idle "
+        "longest (default: the open-file limit less a reserve; 0: no cap)",
+    )
+
+
 def _cmd_proxy(args: argparse.Namespace) -> int:
     if args.xds is not None:
         return _proxy_xds(args)
@@ -51,6 +86,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         drain_timeout=args.drain_timeout,
         log_level=args.log_level,
+        limits=_limits(args),
     )
 
 
@@ -77,6 +113,7 @@ def _proxy_xds(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             access_log=open_access_log(args.access_log, stack),
             reconnect_max=args.xds_reconnect_max,
+            limits=_limits(args),
         )
         return run(main, args.log_level)
 
@@ -95,6 +132,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             admin_port=admin,
             namespace=args.namespace,
             drain_timeout=args.drain_timeout,
+            limits=_limits(args),
             access_log=open_access_log(args.access_log, stack),
         )
         return run(main, args.log_level)
@@ -219,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "--drain-timeout", type=float, default=10.0, help="seconds to drain on SIGTERM"
     )
+    _add_limit_options(proxy)
     proxy.add_argument("--log-level", default="INFO", help="logging level")
     proxy.set_defaults(func=_cmd_proxy)
 
@@ -235,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--access-log", metavar="PATH", help="JSON-lines access log ('-': stdout)")
     up.add_argument("--drain-timeout", type=float, default=5.0, help="seconds to drain on SIGTERM")
+    _add_limit_options(up)
     up.add_argument("--log-level", default="INFO", help="logging level")
     up.set_defaults(func=_cmd_up)
 

@@ -12,7 +12,16 @@ from __future__ import annotations
 import dataclasses
 
 from metamesh.proxy.config import Route, RouteAction, Snapshot
-from tests.proxy.harness import Harness, call, cluster, reply, snapshot
+from metamesh.proxy.connection import ConnectionLimits, ConnectionManager
+from tests.proxy.harness import Harness, call, cluster, reply, resolver, snapshot
+
+
+def limited(snap: Snapshot, limits: ConnectionLimits) -> Harness:
+    """The harness with a core built with ``limits`` (the proxy's command-line limits)."""
+    h = Harness(snap)
+    h.core = ConnectionManager(snap, resolver, limits=limits)
+    return h
+
 
 UP = "outbound|9000||kv.test"
 
@@ -67,12 +76,23 @@ def test_one_way_calls_and_new_requests_restart_the_clock() -> None:
     assert h.closed == [d]
 
 
-def test_a_listener_without_idle_timeout_never_closes_idle_clients() -> None:
-    h = Harness(_snapshot(None))
+def test_a_listener_with_idle_timeout_zero_never_closes_idle_clients() -> None:
+    h = limited(_snapshot(0.0), ConnectionLimits(frame_timeout=0))
     d = h.core.downstream_connected("l", "test", 0.0)
     assert h.core.idle_sweep_every is None
     _tick(h, 1e6)
     assert d not in h.closed and h.core.stats.downstream_idle_timeouts == 0
+
+
+def test_a_listener_without_idle_timeout_gets_the_proxy_default() -> None:
+    h = limited(_snapshot(None), ConnectionLimits(idle_timeout=60.0))
+    d = h.core.downstream_connected("l", "test", 0.0)
+    _tick(h, 59.5)
+    assert d not in h.closed
+    _tick(h, 60.5)
+    assert h.closed == [d] and h.core.stats.downstream_idle_timeouts == 1
+    # and the default default is an hour, as Envoy's TCP idle timeout
+    assert ConnectionLimits().idle_timeout == 3600.0
 
 
 def test_the_sweep_runs_a_few_times_per_timeout_not_at_every_tick() -> None:

@@ -39,6 +39,7 @@ from metamesh.control.sources import FileSource
 from metamesh.control.to_proxy import to_snapshot
 from metamesh.control.translate import translate
 from metamesh.proxy.config import Snapshot
+from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.loops import LoopThread, call_on, loop_name, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
 from metamesh.runtime.xds_client import XdsClient
@@ -138,6 +139,7 @@ async def start_proxy(
     on_applied: Callable[[Snapshot], None],
     access_log: IO[str] | None,
     reconnect_max: float = 1.0,
+    limits: dict[str, Any] | None = None,
 ) -> tuple[ProxyServer, XdsClient]:
     """The proxy on the running (proxy) loop and its xDS client, to be run on a control loop.
 
@@ -145,7 +147,12 @@ async def start_proxy(
     snapshot in, marks the proxy ready once the first config is in force, and tells
     ``on_applied``.
     """
-    proxy = ProxyServer(Snapshot(), admin_port=admin_port, access_log=access_log)
+    proxy = ProxyServer(
+        Snapshot(),
+        admin_port=admin_port,
+        access_log=access_log,
+        limits=process_limits(**(limits or {})),
+    )
     await proxy.start()
     proxy.ready = False  # ready once the first config from the control plane is in force
 
@@ -195,6 +202,7 @@ async def serve_up(
     stop: asyncio.Event | None = None,
     drain_timeout: float = 5.0,
     access_log: IO[str] | None = None,
+    limits: dict[str, Any] | None = None,
 ) -> int:
     """``metamesh up``: the proxy on this loop, the control plane on a thread (module doc)."""
     stop = stop or asyncio.Event()
@@ -213,7 +221,12 @@ async def serve_up(
     printer = ServingPrinter(out)
     try:
         proxy, client = await start_proxy(
-            f"127.0.0.1:{port}", ProxyNode("metamesh-up"), admin_port, printer, access_log
+            f"127.0.0.1:{port}",
+            ProxyNode("metamesh-up"),
+            admin_port,
+            printer,
+            access_log,
+            limits=limits,
         )
     except OSError as exc:
         print(f"metamesh up: cannot start the proxy: {exc}", file=sys.stderr)
@@ -276,12 +289,15 @@ async def serve_proxy_xds(
     drain_timeout: float = 10.0,
     access_log: IO[str] | None = None,
     reconnect_max: float = 1.0,
+    limits: dict[str, Any] | None = None,
 ) -> int:
     """``metamesh proxy --xds``: a proxy configured by the control plane at ``target``."""
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
     try:
-        proxy, client = await start_proxy(target, node, admin_port, ServingPrinter(out), access_log)
+        proxy, client = await start_proxy(
+            target, node, admin_port, ServingPrinter(out), access_log, reconnect_max, limits
+        )
     except OSError as exc:
         print(f"metamesh proxy: cannot start: {exc}", file=sys.stderr)
         remove_signals()

@@ -140,8 +140,7 @@ def to_listener(listener: Any) -> cfg.Listener:
             raise XdsConversionError(str(e)) from None
         if idle < 0:
             raise XdsConversionError(f"{where}: MetaProtocolProxy.idleTimeout is negative")
-        if idle > 0:  # 0 disables it, as in Envoy
-            extra["idle_timeout"] = idle
+        extra["idle_timeout"] = idle  # 0 disables it, as in Envoy; absent: the proxy's default
     return cfg.Listener(
         name=listener.name,
         address=socket.address,

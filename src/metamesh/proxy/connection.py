@@ -31,7 +31,7 @@ from metamesh.proxy.core import (
 )
 from metamesh.proxy.downstream import DownstreamSide
 from metamesh.proxy.filters.chain import ListenerFilters
-from metamesh.proxy.listener import Downstream, ListenerState
+from metamesh.proxy.listener import ConnectionLimits, Downstream, ListenerState
 from metamesh.proxy.router import RouteTable
 from metamesh.proxy.upstream import ClusterState
 
@@ -44,6 +44,7 @@ __all__ = [
     "LOG",
     "WARNING",
     "CodecFactoryResolver",
+    "ConnectionLimits",
     "ConnectionManager",
     "Downstream",
     "ListenerState",
@@ -60,8 +61,9 @@ class ConnectionManager(DownstreamSide):
         rng: random.Random | None = None,
         *,
         access_log: bool = False,
+        limits: ConnectionLimits | None = None,
     ) -> None:
-        super().__init__(snapshot, resolve_codec, rng, access_log=access_log)
+        super().__init__(snapshot, resolve_codec, rng, access_log=access_log, limits=limits)
         self.apply_snapshot(snapshot)
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
@@ -99,9 +101,14 @@ class ConnectionManager(DownstreamSide):
         self.listeners = listeners
         self.clusters = clusters
         self.snapshot = snapshot
-        idle = [x.idle_timeout for x in snapshot.listeners.values() if x.idle_timeout]
-        # A sweep per quarter of the shortest idle_timeout (at most 1 s apart, at least 50 ms).
-        self.idle_sweep_every = min(1.0, max(0.05, min(idle) / 4)) if idle else None
+        default = self.limits.idle_timeout
+        idle = [
+            default if x.idle_timeout is None else x.idle_timeout
+            for x in snapshot.listeners.values()
+        ]
+        timeouts = [t for t in (*idle, self.limits.frame_timeout) if t > 0]
+        # A sweep per quarter of the shortest timeout (at most 1 s apart, at least 50 ms).
+        self.idle_sweep_every = min(1.0, max(0.05, min(timeouts) / 4)) if timeouts else None
 
     def start_drain(self) -> None:
         """Begin a graceful shutdown (the runtime has stopped accepting clients).

@@ -40,7 +40,7 @@ from metamesh.codecs import Codec, CodecError, Message, MessageType
 from metamesh.codecs.message import ResponseStatus
 from metamesh.proxy.config import Snapshot
 from metamesh.proxy.filters.base import FilterContext
-from metamesh.proxy.listener import Downstream, ListenerState
+from metamesh.proxy.listener import ConnectionLimits, Downstream, ListenerState
 from metamesh.proxy.policy import DeadlineQueue
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import ProxyStats, RequestStats
@@ -86,8 +86,10 @@ class CoreState:
         rng: random.Random | None = None,
         *,
         access_log: bool = False,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.rng = rng or random.Random()
+        self.limits = limits or ConnectionLimits()
         self.resolve_codec = resolve_codec
         self.access_log = access_log
         self.stats = ProxyStats()
@@ -109,6 +111,8 @@ class CoreState:
         #: A graceful shutdown is under way (:meth:`ConnectionManager.start_drain`): every
         #: client is closed at the first moment it is owed nothing.
         self.draining = False
+        #: When a refused or evicted connection was last logged (one line per interval).
+        self.cx_limit_logged_at = -1e9
 
     # -- hooks implemented by the attempts layer -------------------------------------------
 

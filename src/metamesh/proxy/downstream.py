@@ -23,6 +23,8 @@ shortest one, 50 ms to 1 s apart), so the request path pays one store per reply,
 
 from __future__ import annotations
 
+from typing import Final
+
 from metamesh.codecs import (
     CodecError,
     FrameTooLargeError,
@@ -40,6 +42,9 @@ from metamesh.proxy.core import (
 from metamesh.proxy.listener import Downstream
 from metamesh.proxy.request_path import RequestPath
 
+#: Seconds between two log lines about the connection cap (the counters count every case).
+CX_LIMIT_LOG_EVERY: Final = 10.0
+
 
 class DownstreamSide(RequestPath):
     """Client connections: accept, decode loop, heartbeats, close and truncation."""
@@ -52,7 +57,38 @@ class DownstreamSide(RequestPath):
         self.downstreams.add(d)
         self.stats.downstream_connections_total += 1
         self.stats.active_downstream_connections += 1
+        cap = self.limits.max_downstreams
+        if cap and len(self.downstreams) > cap:
+            self._make_room(d, now)
         return d
+
+    def _make_room(self, new: Downstream, now: float) -> None:
+        """Over the connection cap: close the client idle longest, else refuse ``new``."""
+        oldest: Downstream | None = None
+        for d in self.downstreams:
+            idle = d is not new and not d.owed and not d.inbuf
+            if idle and (oldest is None or d.idle_since < oldest.idle_since):
+                oldest = d
+        if oldest is not None:
+            self.stats.downstream_cx_evicted += 1
+            victim, what = oldest, "closing the client idle longest"
+        else:
+            self.stats.downstream_cx_overflow += 1
+            victim, what = new, "refusing a new client (none is idle)"
+        self.actions.append((CLOSE_DOWNSTREAM, victim))
+        self._forget_downstream(victim)
+        if now - self.cx_limit_logged_at >= CX_LIMIT_LOG_EVERY:
+            self.cx_limit_logged_at = now
+            stats = self.stats
+            self.actions.append(
+                (
+                    LOG,
+                    WARNING,
+                    f"at the cap of {self.limits.max_downstreams} client connections: {what} "
+                    f"({stats.downstream_cx_evicted} evicted, {stats.downstream_cx_overflow} "
+                    f"refused so far; logged once per {CX_LIMIT_LOG_EVERY:.0f} s)",
+                )
+            )
 
     def downstream_data(self, d: Downstream, data: bytes, now: float) -> None:
         if d.closed:
@@ -78,6 +114,7 @@ class DownstreamSide(RequestPath):
                 return
             if pos:
                 data = data[pos:]
+            d.frame_started = now  # a partial frame starts being buffered
         buf += data
         while buf:
             try:
@@ -90,6 +127,7 @@ class DownstreamSide(RequestPath):
                     self.stats.downstream_frame_too_large += 1
                     self._close_downstream(d, f"{d}: closing, frame over {codec.max_frame_size}")
                 return
+            d.frame_started = now  # what follows in the buffer is a frame begun in this read
             self._downstream_message(d, msg, now)
 
     def _downstream_message(self, d: Downstream, msg: Message, now: float) -> None:
@@ -140,11 +178,29 @@ class DownstreamSide(RequestPath):
             self._close_idle(now)
 
     def _close_idle(self, now: float) -> None:
+        """Close clients idle past their listener's (or the default) idle timeout, and clients
+        whose partial frame has been arriving for longer than the frame timeout."""
+        default = self.limits.idle_timeout
+        frame_timeout = self.limits.frame_timeout
+        slow = 0
         for d in list(self.downstreams):
+            if d.inbuf:
+                if frame_timeout > 0 and now - d.frame_started >= frame_timeout:
+                    slow += 1
+                    self.stats.downstream_frame_timeouts += 1
+                    self.actions.append((CLOSE_DOWNSTREAM, d))
+                    self._forget_downstream(d)
+                continue
             timeout = d.listener.config.idle_timeout
-            if timeout is not None and not d.owed and now - d.idle_since >= timeout:
+            if timeout is None:
+                timeout = default
+            if timeout > 0 and not d.owed and now - d.idle_since >= timeout:
                 self.stats.downstream_idle_timeouts += 1
                 self._end_downstream(d)
+        if slow:
+            self.actions.append(
+                (LOG, INFO, f"closed {slow} client(s) whose frame took over {frame_timeout} s")
+            )
 
     def downstream_closed(self, d: Downstream, now: float) -> None:
         """The connection is gone (reset, or closed after EOF); what it was owed is abandoned."""

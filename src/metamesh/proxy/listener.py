@@ -10,12 +10,30 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from metamesh.codecs import Codec
 from metamesh.proxy.config import Listener
 from metamesh.proxy.filters.chain import ListenerFilters, RouteExtras
 from metamesh.proxy.router import CompiledRoute, RouteTable
 from metamesh.proxy.upstream import ActiveRequest, Peer, Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Process-wide limits on client connections (``metamesh proxy``/``up`` options).
+
+    ``idle_timeout``: the default for listeners that set none (a listener's own, from xDS or
+    the static YAML, wins; 0 = never), seconds with nothing owed before a client is closed.
+    ``frame_timeout``: a frame that has started arriving must be complete within this many
+    seconds (slow-loris clients), 0 = never. ``max_downstreams``: client connections held at
+    once across listeners, 0 = no cap; at the cap a new client takes the place of the client
+    idle longest, or is refused when none is idle.
+    """
+
+    idle_timeout: float = 3600.0
+    frame_timeout: float = 30.0
+    max_downstreams: int = 0
 
 
 class ListenerState:
@@ -54,6 +72,7 @@ class Downstream(Peer):
         "closed",
         "codec",
         "eof",
+        "frame_started",
         "id",
         "idle_since",
         "inbuf",
@@ -78,6 +97,8 @@ class Downstream(Peer):
         self.owed = 0
         #: Since when nothing has been owed to the client (for the listener's idle_timeout).
         self.idle_since = now
+        #: When the partial frame in ``inbuf`` started arriving (for the frame timeout).
+        self.frame_started = now
         #: Non-multiplexed protocols: replies wait here until every earlier one is sent.
         self.order: deque[ActiveRequest] = deque()
         #: Non-multiplexed protocols: dedicated upstreams by (cluster name, endpoint index).

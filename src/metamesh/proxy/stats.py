@@ -39,6 +39,18 @@ COUNTERS: Final[dict[str, tuple[str, str]]] = {
         "metamesh_downstream_half_closed_total",
         "Clients that ended their sending side with requests in flight, kept open to answer them",
     ),
+    "downstream_frame_timeouts": (
+        "metamesh_downstream_frame_timeouts_total",
+        "Client connections closed because a frame they started was not complete in time",
+    ),
+    "downstream_cx_evicted": (
+        "metamesh_downstream_cx_evicted_total",
+        "Idle client connections closed to make room for a new one at the connection cap",
+    ),
+    "downstream_cx_overflow": (
+        "metamesh_downstream_cx_overflow_total",
+        "New client connections refused at the connection cap (no idle client to replace)",
+    ),
     "downstream_drained": (
         "metamesh_downstream_drained_total",
         "Client connections closed by a drain once they were owed nothing",
@@ -148,6 +160,9 @@ class ProxyStats:
         self.downstream_half_closed = 0
         self.downstream_idle_timeouts = 0
         self.downstream_drained = 0
+        self.downstream_frame_timeouts = 0
+        self.downstream_cx_evicted = 0
+        self.downstream_cx_overflow = 0
         self.drain_aborted_requests = 0
         self.downstream_unexpected_frames = 0
         self.upstream_decode_errors = 0

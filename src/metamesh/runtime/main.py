@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import sys
-from typing import IO
+from typing import IO, Any
 
 from metamesh import build_info
 from metamesh.proxy.config_yaml import ConfigError, load_snapshot
+from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.loops import loop_name, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
 
@@ -36,6 +37,7 @@ def run_proxy(
     access_log: str | None = None,
     drain_timeout: float = 10.0,
     log_level: str = "INFO",
+    limits: dict[str, Any] | None = None,
 ) -> int:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -47,7 +49,12 @@ def run_proxy(
         return 2
     with contextlib.ExitStack() as stack:
         log_file = open_access_log(access_log, stack)
-        server = ProxyServer(snapshot, admin_port=admin_port, access_log=log_file)
+        server = ProxyServer(
+            snapshot,
+            admin_port=admin_port,
+            access_log=log_file,
+            limits=process_limits(**(limits or {})),
+        )
         with asyncio.Runner(loop_factory=proxy_loop_factory()) as runner:
             try:
                 runner.run(server.start())

@@ -45,6 +45,7 @@ from metamesh.proxy.connection import (
     CLOSE_UPSTREAM,
     CONNECT,
     LOG,
+    ConnectionLimits,
     ConnectionManager,
 )
 from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
@@ -83,9 +84,10 @@ class ProxyServer:
         high_water: int = 256 * 1024,
         low_water: int = 64 * 1024,
         tune_gc: bool = True,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.core = ConnectionManager(
-            snapshot, resolve_codec, rng, access_log=access_log is not None
+            snapshot, resolve_codec, rng, access_log=access_log is not None, limits=limits
         )
         self.admin_port = admin_port
         self.admin_host = admin_host

@@ -1,0 +1,80 @@
+"""With 1,024 open files and 2,000 idle clients, a new client is still served.
+
+The proxy runs with ``RLIMIT_NOFILE`` 1,024 soft and hard (so it cannot raise it). 2,000 idle
+clients connect first; the connection cap (the limit less a reserve) makes each new client take
+the place of the client idle longest, so the proxy never runs out of descriptors: a real Apache
+Thrift client connecting afterwards gets its answers, the evictions are counted and logged a
+bounded number of times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+import subprocess
+import sys
+import types
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.codecs.thrift.apache_peer import ApacheServer, CalcHandler
+from tests.e2e.mesh import ThriftClient, free_port, wait_until
+from tests.runtime.test_drain_e2e import config
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+IDLE_CLIENTS = 2000
+
+
+def limit_to_1024() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+
+def test_a_new_client_is_served_with_2000_idle_clients_and_1024_files(
+    calc_gen: types.ModuleType, tmp_path: Path
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < IDLE_CLIENTS + 200:
+        pytest.skip(f"this test process may hold only {hard} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    port, admin = free_port(), free_port()
+    with ApacheServer(calc_gen.Calc.Processor(CalcHandler(calc_gen)), "framed", "binary") as up:
+        path = tmp_path / "proxy.yaml"
+        path.write_text(config(port, up.port))
+        err = tmp_path / "proxy.err"
+        with open(err, "wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "metamesh", "proxy", "--config", str(path),
+                 "--admin-port", str(admin)],
+                stderr=stderr, preexec_fn=limit_to_1024,
+            )  # fmt: skip
+        idle: list[socket.socket] = []
+        try:
+            wait_until(lambda: "admin on" in err.read_text(), "the proxy to start")
+            for _ in range(IDLE_CLIENTS):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            client = ThriftClient(calc_gen, "127.0.0.1", port)
+            assert [client.client.add(i, 1) for i in range(10)] == list(range(1, 11))
+            client.close()
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats/prometheus") as r:
+                stats = r.read().decode()
+            evicted = next(
+                float(line.split()[-1])
+                for line in stats.splitlines()
+                if line.startswith("metamesh_downstream_cx_evicted_total")
+            )
+            assert evicted >= IDLE_CLIENTS - 1024
+            log = err.read_text()
+            assert "open-file limit 1024" in log
+            assert "cap 922" in log  # 1,024 less a tenth kept for upstreams, admin, logs
+            assert log.count("at the cap of") <= 3  # one line per 10 s, not one per client
+            assert "out of system resource" not in log
+        finally:
+            for s in idle:
+                with contextlib.suppress(OSError):
+                    s.close()
+            proc.terminate()
+            proc.wait(15)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
