@@ -78,6 +78,7 @@ def snapshot(
     max_frame: int | None = None,
     filters: tuple[str, ...] = ("aeraki.meta_protocol.filters.router",),
     filter_configs: tuple[tuple[str, object], ...] = (),
+    stat_prefix: str = "",
 ) -> Snapshot:
     listener = Listener(
         "l",
@@ -85,6 +86,7 @@ def snapshot(
         0,
         codec,
         "rc",
+        stat_prefix=stat_prefix,
         filters=filters,
         filter_configs=filter_configs,
         max_frame_size=max_frame,

@@ -275,7 +275,7 @@ def test_pipelined_protocol_keeps_request_order_across_clusters() -> None:
     assert h.take(a) == []
     h.respond(a_v1, reply(0, b"r-a1"))
     frames = h.take(a)
-    assert [f[4] for f in frames] == [b"r-a1", b"r-a2", b"no matched route"]
+    assert [f[4] for f in frames] == [b"r-a1", b"r-a2", b"no route for nothing"]
     h.respond(b_v1, reply(0, b"r-b1"))
     assert [f[4] for f in h.take(b)] == [b"r-b1"]
     h.core.downstream_closed(a, h.now)

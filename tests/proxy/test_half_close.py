@@ -97,7 +97,7 @@ def test_local_answers_count_too_timeout_and_upstream_reset() -> None:
     d = h.client()
     h.send(d, call(1, method="slow") + call(2, method="get") + call(3, method="nope"))
     # no route for "nope": answered at once, before the EOF
-    assert h.take(d) == [(2, 1, 3, {"error": "route_not_found"}, b"no matched route")]
+    assert h.take(d) == [(2, 1, 3, {"error": "route_not_found"}, b"no route for nope")]
     (up,) = h.connects
     h.connect(up)
     h.take(up)

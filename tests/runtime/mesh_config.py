@@ -22,6 +22,7 @@ def listener(
     routes: str,
     max_frame_size: int | None = None,
     idle_timeout: str | None = None,
+    stat_prefix: str | None = None,
 ) -> dict[str, Any]:
     codec_cfg: dict[str, Any] = {"name": codec}
     if max_frame_size is not None:
@@ -29,6 +30,8 @@ def listener(
     mpp: dict[str, Any] = {"codec": codec_cfg, "route_config_name": routes}
     if idle_timeout is not None:
         mpp["idle_timeout"] = idle_timeout
+    if stat_prefix is not None:
+        mpp["stat_prefix"] = stat_prefix
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},

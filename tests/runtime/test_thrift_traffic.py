@@ -312,8 +312,11 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 
 def test_admin_reports_real_thrift_traffic(calc_gen: types.ModuleType, stack: ExitStack) -> None:
     (_h1, s1), (_h2, s2) = servers(stack, calc_gen, "v1", "v2")
+    calc = mc.listener(
+        "calc", "aeraki.meta_protocol.codec.thrift", "calc", stat_prefix="outbound|9090||calc.test"
+    )
     snap = mc.snapshot(
-        [mc.listener("calc", "aeraki.meta_protocol.codec.thrift", "calc")],
+        [calc],
         [
             mc.cluster("outbound|9090|v1|calc.test", s1.port),
             mc.cluster("outbound|9090|v2|calc.test", s2.port),
@@ -336,7 +339,7 @@ def test_admin_reports_real_thrift_traffic(calc_gen: types.ModuleType, stack: Ex
             assert c.add(i, 1) == i + 1
         for i in range(3):
             assert c.echo(str(i)) == f"v2:{i}"
-        with pytest.raises(Exception, match="no matched route"):
+        with pytest.raises(Exception, match=r"^no route for calc\.test\.ping$"):
             c.ping()
         status, metrics = http_get(admin, "/stats/prometheus")
     assert status == 200
@@ -350,7 +353,9 @@ def test_admin_reports_real_thrift_traffic(calc_gen: types.ModuleType, stack: Ex
 
     assert f"{requests_total('calc.test', 'v1', 0)} 7.0" in metrics
     assert f"{requests_total('calc.test', 'v2', 0)} 3.0" in metrics
-    assert f"{requests_total('unknown', 'unknown', 1)} 1.0" in metrics
+    # the unrouted ping counts against the listener's service, with no version
+    assert f"{requests_total('calc.test', 'unknown', 1)} 1.0" in metrics
+    assert 'destination_service="unknown"' not in metrics
     assert 'metamesh_local_replies_total{reason="route_not_found"} 1.0' in metrics
     assert "metamesh_upstream_connects_total 2.0" in metrics
     assert "metamesh_downstream_connections_total 1.0" in metrics

@@ -45,7 +45,7 @@ from metamesh.proxy.policy import (
     UNEJECT,
     RequestExt,
 )
-from metamesh.proxy.router import CompiledRoute
+from metamesh.proxy.router import CompiledRoute, no_route_text
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream
 
 
@@ -127,7 +127,8 @@ class Attempts(Mirroring):
             return
         route = req.route
         if route is None:
-            self._policy_reply(req, ext, ErrorKind.ROUTE_NOT_FOUND, "no matched route", now)
+            text = no_route_text(req.request, d.listener.config.service)
+            self._policy_reply(req, ext, ErrorKind.ROUTE_NOT_FOUND, text, now)
             return
         cs = req.cluster
         first = cs is None

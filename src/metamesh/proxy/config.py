@@ -224,6 +224,13 @@ class Listener:
     #: no request in flight for this long is closed.
     idle_timeout: float | None = None
 
+    @property
+    def service(self) -> str:
+        """The service behind this listener, Istio's ``destination_service`` for requests that
+        never reach a cluster: the host of an ``outbound|port||host`` stat prefix (as the
+        control plane writes it), else the stat prefix itself ("" when there is none)."""
+        return self.stat_prefix.rsplit("|", 1)[-1]
+
     def filter_config(self, name: str) -> object | None:
         """The config given for filter ``name``, or ``None``."""
         return next((c for n, c in self.filter_configs if n == name), None)

@@ -51,12 +51,15 @@ class Replies(CoreState):
         now: float,
     ) -> bytes | None:
         """The bookkeeping every local reply shares: count it by kind, record it in the Istio
-        statistics (a request that never reached a cluster under ``unknown``) and the access
-        log. Returns the protocol's error reply for the client (``b""`` for a one-way
-        request), or None when the client is already gone."""
+        statistics (a request that never reached a cluster under its listener's service, or
+        ``unknown`` when the listener names none) and the access log. Returns the protocol's
+        error reply for the client (``b""`` for a one-way request), or None when the client is
+        already gone."""
         self.stats.local_replies[kind] += 1
         if stats is None:
-            stats = self.stats.request_stats("unknown", "", d.listener.protocol)
+            listener = d.listener
+            service = listener.config.service or "unknown"
+            stats = self.stats.request_stats(service, "", listener.protocol)
         stats.observe(1, (now - start) * 1000.0)
         if self.access_log:
             self._access_log(d, msg, route, up, None, kind.value, start, now)

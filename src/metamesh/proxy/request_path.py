@@ -40,6 +40,7 @@ from metamesh.proxy.policy import (
     RESET,
 )
 from metamesh.proxy.pool import NO_HEALTHY, Refusal
+from metamesh.proxy.router import no_route_text
 from metamesh.proxy.stats import duration_bucket
 from metamesh.proxy.upstream import ActiveRequest, Upstream, UpstreamState
 
@@ -57,7 +58,8 @@ class RequestPath(Attempts):
                 self._start(d, msg, route, ex, now)
                 return
         if route is None:
-            self._local_reply(d, msg, ErrorKind.ROUTE_NOT_FOUND, "no matched route", now)
+            text = no_route_text(msg, listener.config.service)
+            self._local_reply(d, msg, ErrorKind.ROUTE_NOT_FOUND, text, now)
             return
         cluster_name = route.cluster or route.pick_cluster(self.rng)
         cs = self.clusters.get(cluster_name)

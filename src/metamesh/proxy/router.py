@@ -9,6 +9,9 @@ its body), and matchers are evaluated against one dict lookup each.
 
 Randomness (weighted clusters, mirror fractions) comes from an injected ``random.Random`` so
 tests are deterministic.
+
+A request no route matches is answered with :func:`no_route_text`, which names what the
+client called (service and method), so the error it receives says what had no route.
 """
 
 from __future__ import annotations
@@ -146,3 +149,25 @@ class RouteTable:
             else:
                 return route
         return None
+
+
+#: Metadata keys that name the service a request calls, tried in order: Dubbo's ``interface``,
+#: a multiplexed Thrift call's ``service``.
+SERVICE_KEYS: Final = ("interface", "service")
+
+
+def no_route_text(message: Message, listener_service: str) -> str:
+    """The route-not-found error text the client receives: ``no route for SERVICE.METHOD``.
+
+    The service is the one the request names (:data:`SERVICE_KEYS`), else the listener's own
+    (``listener_service``, "" when it has none). Only unrouted requests come here.
+    """
+    metadata = message.metadata
+    service = listener_service
+    for key in SERVICE_KEYS:
+        named = metadata_get(metadata, key)
+        if named:
+            service = named
+            break
+    target = ".".join(part for part in (service, metadata_get(metadata, "method")) if part)
+    return f"no route for {target}" if target else "no route for this request"
