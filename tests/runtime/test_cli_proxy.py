@@ -115,3 +115,61 @@ def test_proxy_command_rejects_invalid_config(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert f"{cfg}: clusters[0] (name 'c'): field 'lb_policy'" in out.stderr
+
+
+def test_installed_script_finds_the_example_codec_from_the_repo_root(tmp_path: Path) -> None:
+    # The console script's sys.path starts with its bin directory, not the current one (as
+    # `python -m` does): the codec named examples.kvrpc.kvrpc_codec:KvRpcCodec is found in
+    # the current directory all the same.
+    script = Path(sys.executable).with_name("metamesh")
+    assert script.is_file(), script
+    upstream, _ = echo_server()
+    port, admin = free_port(), free_port()
+    text = (ROOT / "examples" / "proxy-static.yaml").read_text()
+    text = text.replace("port_value: 19000", f"port_value: {port}")
+    for p in ("20001", "20002", "20003"):
+        text = text.replace(f"port_value: {p}", f"port_value: {upstream.getsockname()[1]}")
+    cfg = tmp_path / "proxy.yaml"  # outside the repo: only the current directory holds examples
+    cfg.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if "PYTHONPATH" in os.environ:  # keep a native build's path, never the repo root
+        paths = os.environ["PYTHONPATH"].split(os.pathsep)
+        kept = [p for p in paths if p and Path(ROOT, p).resolve() != ROOT]
+        env["PYTHONPATH"] = os.pathsep.join(kept)
+    proc = subprocess.Popen(
+        [str(script), "proxy", "--config", str(cfg), "--admin-port", str(admin)],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = ""
+        deadline = time.monotonic() + 20
+        while "admin on" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "proxy exited early"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(build_frame(1, 5, {"method": "put"}, b"x"))
+            msg = recv_message(c)
+            assert msg.request_id == 5 and msg.frame[msg.header_size :] == b"up:x"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        upstream.close()
+
+
+def test_installed_script_says_where_it_looked_for_a_codec(tmp_path: Path) -> None:
+    cfg = tmp_path / "proxy.yaml"
+    cfg.write_text((ROOT / "examples" / "proxy-static.yaml").read_text())
+    script = Path(sys.executable).with_name("metamesh")
+    out = subprocess.run(
+        [str(script), "proxy", "--config", "proxy.yaml"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "cannot import codec 'examples.kvrpc.kvrpc_codec:KvRpcCodec': no module named " in (
+        out.stderr
+    )
+    assert f"(searched {tmp_path})" in out.stderr

@@ -74,6 +74,7 @@ models live in :mod:`metamesh.proxy.config_schema`, one module per resource kind
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +112,16 @@ def load_snapshot(path: str | Path) -> cfg.Snapshot:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    return parse_snapshot(text, source=str(path))
+    return parse_snapshot(text, source=str(path), codec_search=(path.resolve().parent,))
 
 
-def parse_snapshot(text: str, source: str = "<string>") -> cfg.Snapshot:
-    """Like :func:`load_snapshot`, from YAML text; ``source`` names it in errors."""
+def parse_snapshot(
+    text: str, source: str = "<string>", codec_search: Sequence[Path] = ()
+) -> cfg.Snapshot:
+    """Like :func:`load_snapshot`, from YAML text; ``source`` names it in errors.
+
+    A codec named by import path (``package.module:Class``) is looked for on ``sys.path``,
+    then in the current directory, then in ``codec_search`` (:func:`resolve_codec`)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -128,7 +134,7 @@ def parse_snapshot(text: str, source: str = "<string>") -> cfg.Snapshot:
         raise ConfigError(_describe(source, raw, e)) from None
     _check_unique(source, model.static_resources)
     snapshot = _convert(model)
-    _check_references(source, snapshot)
+    _check_references(source, snapshot, codec_search)
     return snapshot
 
 
@@ -171,7 +177,7 @@ def _convert(model: _File) -> cfg.Snapshot:
     )
 
 
-def _check_references(source: str, snap: cfg.Snapshot) -> None:
+def _check_references(source: str, snap: cfg.Snapshot, codec_search: Sequence[Path]) -> None:
     errors: list[str] = []
     for i, listener in enumerate(snap.listeners.values()):
         where = f"{source}: listeners[{i}] (name {listener.name!r})"
@@ -181,7 +187,7 @@ def _check_references(source: str, snap: cfg.Snapshot) -> None:
                 f"configuration named {listener.route_config_name!r}"
             )
         try:
-            resolve_codec(listener.codec)
+            resolve_codec(listener.codec, codec_search)
         except LookupError as e:
             errors.append(f"{where}: field 'meta_protocol_proxy.codec.name': {e}")
     for i, rc in enumerate(snap.route_configs.values()):
