@@ -83,6 +83,11 @@ class ProxyCollector:
             yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
         for attr, (name, doc) in GAUGES.items():
             yield GaugeMetricFamily(name, doc, value=getattr(stats, attr))
+        yield CounterMetricFamily(
+            "metamesh_downstream_accept_errors",
+            "Accepts that failed for lack of file descriptors (EMFILE/ENFILE)",
+            value=self.server.accept_errors,
+        )
         yield GaugeMetricFamily(
             "metamesh_listeners_unbound",
             "Configured listeners whose address could not be bound (retried with backoff)",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -58,6 +59,7 @@ log = logging.getLogger("metamesh.proxy")
 TIMER_INTERVAL = 0.1
 #: Seconds a drained client connection may stay half-open (our FIN sent) before it is closed.
 LINGER = 1.0
+ACCEPT_ERROR_LOG_EVERY = 10.0
 MAX_REBIND_BACKOFF = 5.0  # seconds between attempts to bind a listener whose address is taken
 #: Collector thresholds while serving (CPython's defaults are 700, 10, 10).
 GC_THRESHOLDS = (10_000, 20, 20)
@@ -109,6 +111,9 @@ class ProxyServer:
         self._stopped = asyncio.Event()
         #: listeners in the config that could not bind yet: name -> (next attempt, backoff s)
         self.unbound: dict[str, tuple[float, float]] = {}
+        #: Accepts that failed for lack of file descriptors (see _on_loop_error).
+        self.accept_errors = 0
+        self._accept_error_logged_at = -1e9
         self.ratelimit = RateLimitClient(lambda: self.core.snapshot.clusters)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -116,6 +121,7 @@ class ProxyServer:
     async def start(self) -> None:
         """Bind every listener (and the admin server) on the running loop."""
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._on_loop_error)
         self.turn = Turn(self.core, self._loop, self._execute)
         for name in self.core.listeners:
             await self._listen(name)
@@ -366,6 +372,27 @@ class ProxyServer:
                 self.unbound[name] = (now + backoff, backoff)  # one attempt in flight at a time
                 self._spawn(self._rebind(name))
         self._timer = loop.call_later(TIMER_INTERVAL, self._on_timer)
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Out of file descriptors (EMFILE/ENFILE) while accepting: counted, logged once per
+        :data:`ACCEPT_ERROR_LOG_EVERY` s instead of once per attempt (asyncio's loop retries
+        every second and logged each time; uvloop's libuv drops the client quietly). Anything
+        else goes to the loop's default handler."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            self.accept_errors += 1
+            now = loop.time()
+            if now - self._accept_error_logged_at >= ACCEPT_ERROR_LOG_EVERY:
+                self._accept_error_logged_at = now
+                log.warning(
+                    "out of file descriptors while accepting (%s); %d time(s) so far, logged "
+                    "once per %.0f s",
+                    exc.strerror,
+                    self.accept_errors,
+                    ACCEPT_ERROR_LOG_EVERY,
+                )
+            return
+        loop.default_exception_handler(context)
 
     def set_upstream_congested(self, delta: int) -> None:
         """Pause reading from every client while any upstream's write buffer is full."""
