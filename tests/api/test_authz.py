@@ -36,7 +36,12 @@ spec:
 
 def test_dubbo_policy_converts_to_general_form() -> None:
     result = load_text(DUBBO)
-    assert validate(result) == []
+    # no mTLS, so no peer identity: the rule is accepted, and the gap is a warning
+    assert [(p.severity, p.line, p.field_path) for p in validate(result)] == [
+        ("warning", 11, "spec.rules[0]"),
+        ("warning", 13, "spec.rules[0].from[0].source.principals"),
+        ("warning", 14, "spec.rules[0].from[0].source.notNamespaces"),
+    ]
     (dubbo,) = result.of_kind(DubboAuthorizationPolicy)
     meta = dubbo_to_meta_policy(dubbo)
     assert isinstance(meta, MetaAuthorizationPolicy)
@@ -80,7 +85,11 @@ spec:
           key: {regex: "secret-.*"}
 """
     result = load_text(text)
-    assert validate(result) == []
+    assert [(p.line, p.field_path) for p in validate(result)] == [
+        (7, "spec.rules"),  # the ALLOW policy can never match: it denies everything
+        (8, "spec.rules[0]"),  # the rule can never match
+        (9, "spec.rules[0].from[0].source.namespaces"),  # the field is not supported
+    ]
     (policy,) = result.of_kind(MetaAuthorizationPolicy)
     operation = policy.spec.rules[0].to[0].operation
     assert operation.attributes["method"] == [StringMatch(exact="get")]

@@ -99,7 +99,7 @@ def test_destination_rule_full_traffic_policy() -> None:
                     }
                 ],
                 "exportTo": ["."],
-                "workloadSelector": {"labels": {"app": "x"}},
+                "workloadSelector": {"matchLabels": {"app": "x"}},  # Istio type.v1beta1
             },
         }
     )

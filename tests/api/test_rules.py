@@ -375,7 +375,8 @@ CASES: list[tuple[str, list[Edit], str | None, str, str]] = [
         "error",
     ),
     # exportTo
-    ("exportTo ok", [edit("mr", "spec.exportTo", [".", "other"])], OK, "", ""),
+    ("exportTo ok", [edit("se", "spec.exportTo", [".", "other"])], OK, "", ""),
+    ("exportTo public", [edit("mr", "spec.exportTo", ["*"])], OK, "", ""),
     (
         "exportTo duplicate",
         [edit("mr", "spec.exportTo", [".", "ns"])],

@@ -144,6 +144,41 @@ def test_warnings_and_notes_are_logged_once_errors_at_every_load(tmp_path: Path)
     assert "DestinationRule ns/elsewhere: spec.host: no ServiceEntry declares host" in line
 
 
+IDENTITY_POLICY = """
+apiVersion: metamesh.io/v1alpha1
+kind: MetaAuthorizationPolicy
+metadata: {name: only-client, namespace: ns}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/ns/sa/client]}}]}]
+"""
+
+
+def test_a_policy_that_can_never_match_is_logged_at_start_and_not_on_reloads(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "kv.yaml", service_entry())
+    write(tmp_path / "policy.yaml", IDENTITY_POLICY)
+    sink = Sink()
+    source = sink.source(tmp_path)
+    model = source.load()
+    assert model is not None and model.services[KV].authorization  # served as written
+    policy = tmp_path / "policy.yaml"
+    assert sink.take() == [
+        f"{policy}:7: warning: MetaAuthorizationPolicy ns/only-client: spec.rules: this ALLOW "
+        "policy can never match (every rule requires a peer identity), so every request to "
+        "the services it selects is denied",
+        f"{policy}:7: warning: MetaAuthorizationPolicy ns/only-client: spec.rules[0]: this "
+        "rule can never match: each of its sources requires a peer identity (principals or "
+        "namespaces) and metamesh has no mTLS, so this ALLOW rule allows nothing",
+        f"{policy}:7: warning: MetaAuthorizationPolicy ns/only-client: "
+        "spec.rules[0].from[0].source.principals: not supported: metamesh has no mTLS, so "
+        "peers have no identity: a source that requires principals never matches",
+    ]
+    write(tmp_path / "kv.yaml", service_entry(addresses="[127.0.10.5]"))
+    assert source.load() is not None and sink.take() == []
+
+
 VIRTUAL_SERVICE = """
 apiVersion: networking.istio.io/v1beta1
 kind: VirtualService

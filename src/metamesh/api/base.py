@@ -89,7 +89,7 @@ class StringMatch(SpecModel):
 
 
 class WorkloadSelector(SpecModel):
-    """Istio's ServiceEntry/DestinationRule ``workloadSelector``: ``{labels: {...}}``."""
+    """Istio's ServiceEntry ``workloadSelector``: ``{labels: {...}}``."""
 
     labels: dict[str, str] = Field(default_factory=dict)
 

@@ -7,7 +7,8 @@ of its clusters: load balancing, connection pool limits (circuit breaking), outl
 
 The fields follow Istio's API (``v1alpha3``, ``v1beta1`` and ``v1`` are the same schema). Fields
 metamesh does not act on (TLS settings, locality load balancing, tunnels) are still accepted
-and typed where simple, so existing manifests load unchanged. ``loadBalancer.consistentHash``
+and typed where simple, so existing manifests load unchanged, and each one set is a warning
+(:mod:`metamesh.api.unsupported`). ``loadBalancer.consistentHash``
 follows Aeraki: ``httpHeaderName`` names the request *metadata* key to hash on.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from metamesh.api.base import Resource, SpecModel, WorkloadSelector
+from metamesh.api.base import LabelSelector, Resource, SpecModel, WorkloadSelector
 from metamesh.api.duration import Duration
 
 ISTIO_NETWORKING_VERSIONS = (
@@ -218,7 +219,9 @@ class DestinationRuleSpec(SpecModel):
     traffic_policy: TrafficPolicy | None = None
     subsets: list[Subset] = Field(default_factory=list)
     export_to: list[str] = Field(default_factory=list)
-    workload_selector: WorkloadSelector | None = None
+    #: Istio's ``type.v1beta1.WorkloadSelector`` (``matchLabels``), unlike the ServiceEntry's
+    #: ``networking.v1alpha3.WorkloadSelector`` (``labels``).
+    workload_selector: LabelSelector | None = None
 
     def subset(self, name: str) -> Subset | None:
         """The subset called ``name``, if any."""

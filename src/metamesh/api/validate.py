@@ -7,7 +7,9 @@ values; mirrorPercentage only with mirror and in (0, 100]; token buckets with ma
 tokensPerFill >= 1 and a fillInterval; global rate limits with a domain, a service and
 descriptors; Istio's exportTo rules; a warning for routes after a match-less one), Istio's basic
 ServiceEntry/DestinationRule rules, and checks of metamesh's route extensions. Cross-resource
-checks live in :mod:`metamesh.api.references`.
+checks live in :mod:`metamesh.api.references`; the warnings for fields that are accepted but
+not applied (and for authorization rules that can never match) in
+:mod:`metamesh.api.unsupported`.
 
 Every rule returns :class:`Problem` objects instead of raising, so all are reported at once.
 """
@@ -40,6 +42,7 @@ from metamesh.api.metaprotocol import (
 )
 from metamesh.api.problems import FieldPath, Problem, sort_problems
 from metamesh.api.references import check_references
+from metamesh.api.unsupported import resource_findings
 
 Finding = tuple[FieldPath, str, bool]  # (path, message, is_warning)
 Rule = Callable[[Loaded], Iterator[Finding]]
@@ -54,6 +57,8 @@ def check_resources(resources: ResourceSet) -> list[Problem]:
     """Loading problems and each resource's own problems: what holds whatever else is loaded."""
     problems = list(resources.problems)
     for item in resources.items:
+        for path, message in resource_findings(item.resource):
+            problems.append(item.problem(path, message, "warning"))
         rule = _RULES.get(type(item.resource))
         if rule is None:
             continue

@@ -148,7 +148,6 @@ class ClusterPolicy:
     max_requests: int | None = None
     max_retries: int | None = None
     max_requests_per_connection: int | None = None
-    idle_timeout: float | None = None
     outlier: OutlierPolicy | None = None
 
 
@@ -407,7 +406,6 @@ def _policy_for(rule: DestinationRule | None, port: int, subset: str) -> Cluster
         max_requests=http.http2_max_requests if http else None,
         max_retries=http.max_retries if http else None,
         max_requests_per_connection=http.max_requests_per_connection or None if http else None,
-        idle_timeout=(http.idle_timeout if http else None) or (tcp.idle_timeout if tcp else None),
         outlier=_outlier(layers.outlier_detection),
     )
 
