@@ -166,7 +166,7 @@ class CertificateAuthority:
         names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
         leaf = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "metamesh")]))
+            .subject_name(x509.Name([]))  # as Istio's: the identity is the (critical) SAN
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
