@@ -170,7 +170,8 @@ def test_listener_idle_timeout_as_envoy_reads_it() -> None:
     base = {"codec": {"name": "thrift"}, "rds": {"routeConfigName": "r"}}
     assert to_listener(_listener(base)).idle_timeout is None
     assert to_listener(_listener({**base, "idleTimeout": "1.500s"})).idle_timeout == 1.5
-    assert to_listener(_listener({**base, "idleTimeout": "0s"})).idle_timeout == 0.0  # off (absent: the proxy default)
+    # 0s is off (absent: the proxy's default)
+    assert to_listener(_listener({**base, "idleTimeout": "0s"})).idle_timeout == 0.0
     with pytest.raises(XdsConversionError, match=r"Listener 'l': MetaProtocolProxy.idleTimeout"):
         to_listener(_listener({**base, "idleTimeout": "later"}))
     with pytest.raises(XdsConversionError, match="is negative"):
