@@ -33,9 +33,21 @@ def test_no_command_prints_help_and_fails() -> None:
     assert main([]) == 2
 
 
-def _subcommands() -> dict[str, argparse.ArgumentParser]:
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+def _subcommands(
+    parser: argparse.ArgumentParser | None = None,
+) -> dict[str, argparse.ArgumentParser]:
+    """Every subcommand's parser by its name (``demo client`` too)."""
+    found = {}
+    for action in (parser or build_parser())._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = sub
+                found.update({f"{name} {k}": v for k, v in _subcommands(sub).items()})
+    return found
+
+
+def test_subcommands_found() -> None:
+    assert {"proxy", "up", "demo", "demo backends", "demo client"} <= set(_subcommands())
 
 
 def test_every_subcommand_help_shows_the_defaults() -> None:

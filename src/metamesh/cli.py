@@ -23,6 +23,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_demo_backends(args: argparse.Namespace) -> int:
+    from metamesh.demo import missing_libraries
+
+    if problem := missing_libraries():
+        print(f"metamesh demo backends: {problem}", file=sys.stderr)
+        return 1
+    from metamesh.demo.backends import run_backends
+
+    return run_backends(args.directory)
+
+
+def _cmd_demo_client(args: argparse.Namespace) -> int:
+    from metamesh.demo import missing_libraries
+
+    if problem := missing_libraries():
+        print(f"metamesh demo client: {problem}", file=sys.stderr)
+        return 1
+    from metamesh.demo.client import run_client
+
+    return run_client(args.protocol, args.directory, args.count)
+
+
 def _cmd_codecs(args: argparse.Namespace) -> int:
     from metamesh.codecs import available_codecs
 
@@ -53,14 +75,14 @@ def _add_limit_options(parser: argparse.ArgumentParser) -> None:
         default=3600.0,
         metavar="SECONDS",
         help="close a client with nothing in flight this long, for listeners that set no "
-        "idle_timeout of their own (default 3600; 0: never)",
+        "idle_timeout of their own (0: never)",
     )
     parser.add_argument(
         "--frame-timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="close a client whose started frame is not complete this long (default 30; 0: off)",
+        help="close a client whose started frame is not complete this long (0: off)",
     )
     parser.add_argument(
         "--max-connections",
@@ -205,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the live demo: an embedded mesh routing real Thrift and Dubbo traffic",
+        description="With no subcommand: the live demo (metamesh up, sample servers v1/v2 and "
+        "clients, three route changes). 'backends' and 'client' serve and call a mesh directory "
+        "of your own, such as examples/mesh, under 'metamesh up DIR'.",
     )
     demo.add_argument("--step-seconds", type=float, default=5.0, help="seconds of traffic per step")
     demo.add_argument("--keep-running", action="store_true", help="stay up at the end until Ctrl-C")
@@ -215,6 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--codecs", action="store_true", help="walk through the codec layer instead (no network)"
     )
     demo.set_defaults(func=_cmd_demo)
+    demo_sub = demo.add_subparsers(dest="demo_command", metavar="[backends|client]")
+    backends = demo_sub.add_parser(
+        "backends",
+        help="serve a mesh directory's Thrift and Dubbo endpoints with the demo's sample servers",
+    )
+    backends.add_argument(
+        "directory", nargs="?", default="examples/mesh", metavar="DIR", help="mesh config directory"
+    )
+    backends.set_defaults(func=_cmd_demo_backends)
+    client = demo_sub.add_parser(
+        "client", help="call a mesh directory's Thrift or Dubbo service; print who answered"
+    )
+    client.add_argument("protocol", choices=("thrift", "dubbo"), help="which service to call")
+    client.add_argument(
+        "directory", nargs="?", default="examples/mesh", metavar="DIR", help="mesh config directory"
+    )
+    client.add_argument("-c", "--count", type=int, default=10, help="calls to make")
+    client.set_defaults(func=_cmd_demo_client)
 
     codecs = sub.add_parser("codecs", help="list the registered codecs")
     codecs.set_defaults(func=_cmd_codecs)
@@ -319,9 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rls.add_argument("--log-level", default="INFO", help="logging level")
     rls.set_defaults(func=_cmd_ratelimit_server)
-    for subcommand in sub.choices.values():
-        subcommand.formatter_class = _HelpFormatter
+    _use_help_formatter(sub)
     return parser
+
+
+def _use_help_formatter(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """:class:`_HelpFormatter` for every subcommand, nested ones (``demo client``) too."""
+    for parser in sub.choices.values():
+        parser.formatter_class = _HelpFormatter
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _use_help_formatter(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,9 +11,11 @@
 
 Every reply starts with ``<version>:`` so a client sees which version answered, and every
 server counts the calls it handled per method (:class:`CallCounters`): the demo shows these next
-to the proxy's ``istio_requests_total`` and they must agree. Servers bind a 127.0.20.x address on
-an ephemeral port; ``stop()`` closes the listening socket and every connection and joins the
-threads it started.
+to the proxy's ``istio_requests_total`` and they must agree. The live demo binds each server to a
+127.0.20.x address on an ephemeral port; ``metamesh demo backends`` binds the endpoint addresses
+and ports a config directory's ServiceEntries name (:mod:`metamesh.demo.backends`), and serves
+the Dubbo interface the ServiceEntry names. ``stop()`` closes the listening socket and every
+connection and joins the threads it started.
 """
 
 from __future__ import annotations
@@ -119,12 +121,12 @@ class ThriftHelloServer:
 
     protocol = "thrift"
 
-    def __init__(self, version: str, host: str) -> None:
+    def __init__(self, version: str, host: str, port: int = 0) -> None:
         self.version = version
         self.host = host
         self.counters = CallCounters()
         self._processor = HelloProcessor(hello_methods(version, self.counters))
-        self._listener = TSocket.TServerSocket(host=host, port=0)
+        self._listener = TSocket.TServerSocket(host=host, port=port)
         self._listener.listen()
         self._listener.handle.settimeout(0.2)  # so the accept loop sees stop()
         self.port: int = self._listener.handle.getsockname()[1]
@@ -181,17 +183,20 @@ class ThriftHelloServer:
 
 
 class DubboDemoProvider:
-    """A dubbo-py provider for one version of ``DemoService`` on a loopback address."""
+    """A dubbo-py provider for one version of ``interface`` (``DemoService`` unless told)."""
 
     protocol = "dubbo"
 
-    def __init__(self, version: str, host: str) -> None:
+    def __init__(
+        self, version: str, host: str, port: int = 0, interface: str = DUBBO_INTERFACE
+    ) -> None:
         self.version = version
         self.host = host
+        self.interface = interface
         self.counters = CallCounters()
-        handlers = {DUBBO_INTERFACE: hello_methods(version, self.counters)}
+        handlers = {interface: hello_methods(version, self.counters)}
         server = dubbo_server._DubboServer(
-            (host, 0), dubbo_server._get_dubbo_request_handler(handlers)
+            (host, port), dubbo_server._get_dubbo_request_handler(handlers)
         )
         self.port: int = server.server_address[1]
         self._server = server

@@ -68,16 +68,17 @@ class ThriftHelloClient:
 
 
 class DubboConsumer:
-    """A dubbo-py consumer of ``DemoService`` on one connection."""
+    """A dubbo-py consumer of ``interface`` (``DemoService`` unless told) on one connection."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, interface: str = DUBBO_INTERFACE) -> None:
+        self.interface = interface
         self._client: Any = DubboClient(host, port, dubbo_version="2.0.2")
         self._sock: socket.socket = self._client._sock
         self.local: tuple[str, int] = self._sock.getsockname()
 
     def call(self, method: str, arg: str, attachments: dict[str, str] | None = None) -> str:
         answer = self._client.send_request_and_return_response(
-            service_name=DUBBO_INTERFACE,
+            service_name=self.interface,
             method_name=method,
             args=[arg],
             service_version="0.0.0",
