@@ -109,7 +109,18 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         log_level=args.log_level,
         limits=_limits(args),
+        tls_files=_tls_files(args),
     )
+
+
+def _tls_files(args: argparse.Namespace) -> tuple[str, str, str, str] | None:
+    """``--tls-cert/--tls-key/--tls-root`` (all or none) and the trust domain."""
+    given = (args.tls_cert, args.tls_key, args.tls_root)
+    if not any(given):
+        return None
+    if not all(given):
+        raise SystemExit("metamesh proxy: --tls-cert, --tls-key and --tls-root go together")
+    return (args.tls_cert, args.tls_key, args.tls_root, args.trust_domain)
 
 
 def _proxy_xds(args: argparse.Namespace) -> int:
@@ -301,6 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-timeout", type=float, default=10.0, help="seconds to drain on SIGTERM"
     )
     _add_limit_options(proxy)
+    tls = proxy.add_argument_group(
+        "workload certificate (for listeners with tls_mode STRICT or PERMISSIVE)"
+    )
+    tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain, PEM (default: none)")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key, PEM (default: none)")
+    tls.add_argument("--tls-root", metavar="FILE", help="the mesh root to trust (default: none)")
+    tls.add_argument(
+        "--trust-domain",
+        default="cluster.local",
+        help="peers must have a SPIFFE id in this trust domain (default: cluster.local)",
+    )
     proxy.add_argument("--log-level", default="INFO", help="logging level")
     proxy.set_defaults(func=_cmd_proxy)
 

@@ -220,9 +220,13 @@ class Listener:
     max_frame_size: int | None = None
     #: Typed configs of the filters in ``filters`` that take one: (filter name, config).
     filter_configs: tuple[tuple[str, object], ...] = ()
-    #: MetaProtocolProxy ``idle_timeout`` (seconds; ``None`` = never): a client connection with
-    #: no request in flight for this long is closed.
+    #: MetaProtocolProxy ``idle_timeout`` (seconds): a client connection with no request in
+    #: flight for this long is closed; 0 = never, ``None`` = the proxy's default
+    #: (``ConnectionLimits.idle_timeout``, ``--idle-timeout``).
     idle_timeout: float | None = None
+    #: Client connections: "" plaintext, "STRICT" mutual TLS required, "PERMISSIVE" either
+    #: (detected per connection). The certificate is the proxy's workload certificate.
+    tls_mode: str = ""
 
     @property
     def service(self) -> str:

@@ -50,10 +50,10 @@ class DownstreamSide(RequestPath):
     """Client connections: accept, decode loop, heartbeats, close and truncation."""
 
     def downstream_connected(
-        self, listener_name: str, peer: str = "", now: float = 0.0
+        self, listener_name: str, peer: str = "", now: float = 0.0, principal: str = ""
     ) -> Downstream:
         self._next_conn_id += 1
-        d = Downstream(self._next_conn_id, self.listeners[listener_name], peer, now)
+        d = Downstream(self._next_conn_id, self.listeners[listener_name], peer, now, principal)
         self.downstreams.add(d)
         self.stats.downstream_connections_total += 1
         self.stats.active_downstream_connections += 1

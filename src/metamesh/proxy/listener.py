@@ -81,14 +81,24 @@ class Downstream(Peer):
         "owed",
         "peer",
         "pipelines",
+        "principal",
     )
 
-    def __init__(self, conn_id: int, listener: ListenerState, peer: str, now: float = 0.0) -> None:
+    def __init__(
+        self,
+        conn_id: int,
+        listener: ListenerState,
+        peer: str,
+        now: float = 0.0,
+        principal: str = "",
+    ) -> None:
         super().__init__()
         self.id = conn_id
         self.listener = listener
         self.codec = listener.new_codec()
         self.peer = peer
+        #: The verified peer identity (``td/ns/<ns>/sa/<sa>``) on a mutual TLS listener.
+        self.principal = principal
         self.inbuf = bytearray()
         self.closed = False
         #: The client ended its sending side (FIN): no more requests will come.

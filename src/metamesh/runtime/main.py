@@ -19,6 +19,7 @@ from metamesh.proxy.config_yaml import ConfigError, load_snapshot
 from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.loops import loop_name, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
+from metamesh.runtime.tls import TlsCredentials
 
 
 def open_access_log(path: str | None, stack: contextlib.ExitStack) -> IO[str] | None:
@@ -30,6 +31,15 @@ def open_access_log(path: str | None, stack: contextlib.ExitStack) -> IO[str] | 
     return stack.enter_context(open(path, "a", buffering=1 << 16))
 
 
+def load_tls(files: tuple[str, str, str, str] | None) -> TlsCredentials | None:
+    """The workload certificate from ``(chain, key, root, trust domain)`` files."""
+    if files is None:
+        return None
+    chain, key, root, trust_domain = files
+    with open(chain, "rb") as c, open(key, "rb") as k, open(root, "rb") as r:
+        return TlsCredentials(c.read(), k.read(), r.read(), trust_domain)
+
+
 def run_proxy(
     config: str,
     *,
@@ -38,6 +48,7 @@ def run_proxy(
     drain_timeout: float = 10.0,
     log_level: str = "INFO",
     limits: dict[str, Any] | None = None,
+    tls_files: tuple[str, str, str, str] | None = None,
 ) -> int:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -54,6 +65,7 @@ def run_proxy(
             admin_port=admin_port,
             access_log=log_file,
             limits=process_limits(**(limits or {})),
+            tls=load_tls(tls_files),
         )
         with asyncio.Runner(loop_factory=proxy_loop_factory()) as runner:
             try:

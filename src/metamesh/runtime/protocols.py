@@ -128,8 +128,12 @@ class DownstreamProtocol:
         server = self.server
         tr.set_write_buffer_limits(server.high_water, server.low_water)
         peer = tr.get_extra_info("peername")
+        principal = tr.get_extra_info("peer_principal")  # set by runtime/tls.py's transport
         conn = self.core.downstream_connected(
-            self.listener_name, f"{peer[0]}:{peer[1]}" if peer else "", self.turn.now()
+            self.listener_name,
+            f"{peer[0]}:{peer[1]}" if peer else "",
+            self.turn.now(),
+            principal if principal else "",
         )
         conn.handle = self
         self.conn = conn

@@ -53,6 +53,7 @@ from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
 from metamesh.proxy.upstream import Upstream, UpstreamState
 from metamesh.runtime.protocols import DownstreamProtocol, Turn, UpstreamProtocol
 from metamesh.runtime.ratelimit_client import RateLimitClient
+from metamesh.runtime.tls import TlsCredentials, TlsServerProtocol
 
 log = logging.getLogger("metamesh.proxy")
 
@@ -87,12 +88,15 @@ class ProxyServer:
         low_water: int = 64 * 1024,
         tune_gc: bool = True,
         limits: ConnectionLimits | None = None,
+        tls: TlsCredentials | None = None,
     ) -> None:
         self.core = ConnectionManager(
             snapshot, resolve_codec, rng, access_log=access_log is not None, limits=limits
         )
         self.admin_port = admin_port
         self.admin_host = admin_host
+        #: The workload certificate for ``tls_mode`` listeners (None: none can be served).
+        self.tls = tls
         self.access_log = access_log
         self.tune_gc = tune_gc
         self.high_water = high_water
@@ -139,11 +143,24 @@ class ProxyServer:
         loop = self._loop
         turn = self.turn
         assert loop is not None and turn is not None
+        if cfg.tls_mode:
+            tls, mode = self.tls, cfg.tls_mode
+            if tls is None:
+                raise OSError(
+                    f"listener {name} asks for {mode} TLS but the proxy has no certificate"
+                )
+
+            def factory() -> asyncio.Protocol:
+                inner = DownstreamProtocol(self, turn, name)
+                return cast(asyncio.Protocol, TlsServerProtocol(tls, mode, inner))
+
+        else:
+
+            def factory() -> asyncio.Protocol:
+                return cast(asyncio.Protocol, DownstreamProtocol(self, turn, name))
+
         self._servers[name] = await loop.create_server(
-            lambda: cast(asyncio.Protocol, DownstreamProtocol(self, turn, name)),
-            cfg.address,
-            cfg.port,
-            reuse_address=True,
+            factory, cfg.address, cfg.port, reuse_address=True
         )
 
     def listener_port(self, name: str) -> int:

@@ -7,7 +7,7 @@ The models are private to the loader (:mod:`metamesh.proxy.config_yaml`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -89,6 +89,9 @@ class _Listener(_Model):
     name: str
     address: _Address
     meta_protocol_proxy: _MetaProtocolProxy
+    #: Client side of the connection: plaintext (DISABLE), mutual TLS required (STRICT), or
+    #: either, detected per connection (PERMISSIVE), as Istio's PeerAuthentication modes.
+    tls_mode: Literal["DISABLE", "STRICT", "PERMISSIVE"] = "DISABLE"
 
 
 def _listener(x: _Listener) -> cfg.Listener:
@@ -115,4 +118,5 @@ def _listener(x: _Listener) -> cfg.Listener:
         max_frame_size=codec.max_frame_size,
         filter_configs=filter_configs,
         idle_timeout=mpp.idle_timeout,
+        tls_mode="" if x.tls_mode == "DISABLE" else x.tls_mode,
     )

@@ -7,9 +7,12 @@ its operations match (an empty list matches everything); inside a source or an o
 field that is set must hold. A policy without rules matches nothing (Istio's "allow nothing").
 
 Sources match on the downstream peer address (``ipBlocks``/``notIpBlocks``, CIDR or single
-address, IPv4 and IPv6). Peer identities (``principals``, ``namespaces``) need mTLS, which the
-proxy does not terminate yet: the peer has no identity, so a source that *requires* principals
-or namespaces never matches, and ``notPrincipals``/``notNamespaces`` always hold. Operations
+address, IPv4 and IPv6) and on the peer's verified identity, which a mutual TLS listener puts
+on the connection (``Downstream.principal``, ``td/ns/<ns>/sa/<sa>``; empty in plaintext).
+``principals`` match it as Istio's do: exact, ``prefix*``, ``*suffix``, or ``*`` for any
+authenticated peer; ``namespaces`` match its ``ns`` segment the same way. A peer without an
+identity matches no ``principals``/``namespaces`` entry (not even ``*``), so
+``notPrincipals: ["*"]`` is how a policy singles out plaintext clients, as in Istio. Operations
 match request metadata: ``attributes`` (each key must match one of its alternatives) and
 ``notAttributes`` (no alternative may match). Denied requests get an ``UNAUTHORIZED`` reply.
 """
@@ -42,20 +45,54 @@ def peer_ip(peer: str) -> IpAddress | None:
         return None
 
 
+def identity_matches(value: str, patterns: tuple[str, ...]) -> bool:
+    """Istio's string match for identities: exact, ``prefix*``, ``*suffix``, ``*``; an empty
+    value (no identity) matches nothing."""
+    if not value:
+        return False
+    for p in patterns:
+        if p == "*" or p == value:
+            return True
+        if p.endswith("*") and value.startswith(p[:-1]):
+            return True
+        if p.startswith("*") and value.endswith(p[1:]):
+            return True
+    return False
+
+
+def principal_namespace(principal: str) -> str:
+    """The ``ns`` segment of ``td/ns/<ns>/sa/<sa>`` (empty when not of that shape)."""
+    parts = principal.split("/")
+    return parts[2] if len(parts) == 5 and parts[1] == "ns" else ""
+
+
 class _Source:
-    __slots__ = ("needs_identity", "nets", "not_nets")
+    __slots__ = ("namespaces", "nets", "not_namespaces", "not_nets", "not_principals", "principals")
 
     def __init__(self, src: AuthzSource) -> None:
         self.nets = tuple(ipaddress.ip_network(b, strict=False) for b in src.ip_blocks)
         self.not_nets = tuple(ipaddress.ip_network(b, strict=False) for b in src.not_ip_blocks)
-        self.needs_identity = bool(src.principals or src.namespaces)
+        self.principals = src.principals
+        self.not_principals = src.not_principals
+        self.namespaces = src.namespaces
+        self.not_namespaces = src.not_namespaces
 
-    def match(self, ip: IpAddress | None) -> bool:
-        if self.needs_identity:
-            return False
+    def match(self, ip: IpAddress | None, principal: str) -> bool:
         if self.nets and (ip is None or not any(ip in n for n in self.nets)):
             return False
-        return not (self.not_nets and ip is not None and any(ip in n for n in self.not_nets))
+        if self.not_nets and ip is not None and any(ip in n for n in self.not_nets):
+            return False
+        if self.principals and not identity_matches(principal, self.principals):
+            return False
+        if self.not_principals and identity_matches(principal, self.not_principals):
+            return False
+        if self.namespaces or self.not_namespaces:
+            ns = principal_namespace(principal)
+            if self.namespaces and not identity_matches(ns, self.namespaces):
+                return False
+            if self.not_namespaces and identity_matches(ns, self.not_namespaces):
+                return False
+        return True
 
 
 class _Operation:
@@ -86,9 +123,9 @@ class _Policy:
             for r in policy.rules
         )
 
-    def match(self, ip: IpAddress | None, metadata: Mapping[str, str]) -> bool:
+    def match(self, ip: IpAddress | None, principal: str, metadata: Mapping[str, str]) -> bool:
         for sources, operations in self.rules:
-            if sources and not any(s.match(ip) for s in sources):
+            if sources and not any(s.match(ip, principal) for s in sources):
                 continue
             if operations and not any(o.match(metadata) for o in operations):
                 continue
@@ -115,14 +152,16 @@ class RbacFilter(Filter):
         return ip  # type: ignore[return-value]
 
     def on_request(self, req: ActiveRequest, now: float) -> FilterResult:
-        ip = self._peer_ip(req.downstream.peer)
+        d = req.downstream
+        ip = self._peer_ip(d.peer)
+        principal: str = d.principal
         metadata = req.request.metadata
         stats = self.ctx.stats
         for policy in self.denies:
-            if policy.match(ip, metadata):
+            if policy.match(ip, principal, metadata):
                 stats.rbac_denied += 1
                 return LocalReply(ErrorKind.UNAUTHORIZED, f"denied by policy {policy.name}")
-        if self.allows and not any(p.match(ip, metadata) for p in self.allows):
+        if self.allows and not any(p.match(ip, principal, metadata) for p in self.allows):
             stats.rbac_denied += 1
             return LocalReply(ErrorKind.UNAUTHORIZED, "no ALLOW policy matched")
         stats.rbac_allowed += 1
