@@ -7,10 +7,20 @@ runs, so that ``metamesh`` works without them and a missing one is reported plai
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import TextIO
 
 from metamesh.demo.codec_tour import run_demo
+
+#: The log line format of every metamesh command (as ``up``, ``proxy`` and ``control-plane``).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_demo_logging() -> None:
+    """Log as the other commands do, from ERROR up: dubbo-py logs a WARNING on the root logger
+    each time a connection ends ("got EOF error, stop recv loop!"), which is no news here."""
+    logging.basicConfig(level=logging.ERROR, format=LOG_FORMAT, stream=sys.stderr)
 
 
 def missing_libraries() -> str | None:
@@ -46,4 +56,4 @@ def run_live(
     return run_live_demo(options, out)
 
 
-__all__ = ["missing_libraries", "run_demo", "run_live"]
+__all__ = ["LOG_FORMAT", "configure_demo_logging", "missing_libraries", "run_demo", "run_live"]

@@ -143,6 +143,9 @@ def describe(services: list[SampleService]) -> list[str]:
 
 def run_backends(directory: str, out: TextIO = sys.stdout) -> int:
     """``metamesh demo backends DIR``: serve until Ctrl-C or SIGTERM; the exit code."""
+    from metamesh.demo import configure_demo_logging
+
+    configure_demo_logging()
     try:
         services = sample_services(directory)
         with serving(services) as started:

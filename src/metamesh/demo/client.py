@@ -31,9 +31,11 @@ def pick_service(protocol: str, directory: str | Path) -> SampleService:
 
 def run_client(protocol: str, directory: str, count: int, out: TextIO = sys.stdout) -> int:
     """``metamesh demo client``: ``count`` calls; 0 when every one was answered."""
+    from metamesh.demo import configure_demo_logging
     from metamesh.demo.services import METHODS
     from metamesh.demo.traffic import Client, DubboConsumer, ThriftHelloClient
 
+    configure_demo_logging()
     try:
         service = pick_service(protocol, directory)
     except DemoError as e:

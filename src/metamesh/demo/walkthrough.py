@@ -26,7 +26,6 @@ and the servers and removes the config directory.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TextIO
 
+from metamesh.demo import configure_demo_logging
 from metamesh.demo.counts import PROTOCOLS, VERSIONS, Reading, summary_line, table
 from metamesh.demo.mesh import ConfigDir, DemoError, MeshProcess, free_port, port_is_free, scrape
 from metamesh.demo.services import DubboDemoProvider, SampleServer, ThriftHelloServer
@@ -372,7 +372,7 @@ def _stop_on_sigterm(_sig: int, _frame: FrameType | None) -> None:
 
 def run_live_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     """``metamesh demo``: returns the exit code (0: every step showed what it should)."""
-    logging.basicConfig(level=logging.CRITICAL)  # dubbo-py logs EOF warnings on close
+    configure_demo_logging()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     demo = LiveDemo(options, out)
     try:

@@ -1,0 +1,84 @@
+"""``scripts/demo.sh`` on a fresh checkout installs only what the demo needs, says only what it
+does, and runs the demo; run again, it installs nothing.
+
+The copy has what a checkout has (setup.py, pyproject.toml, README.md, src/, scripts/, the
+Node peers' package.json) and no .venv; the script makes one with the Python running this test.
+Its output before the demo's first line must be its own two "demo:" lines (pip's output goes to
+a log), the venv must hold the demo's libraries and none of the test suite's tools, and neither
+npm's node_modules nor Envoy's venv may appear. Slow: pip downloads and installs metamesh's
+dependencies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRST_DEMO_LINE = "metamesh demo: an embedded mesh routing real Thrift and Dubbo traffic, live."
+
+
+def copy_checkout(dest: Path) -> Path:
+    dest.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so", "*.pyd")
+    shutil.copytree(ROOT / "src", dest / "src", ignore=junk)
+    shutil.copytree(ROOT / "scripts", dest / "scripts", ignore=junk)
+    node = dest / "tests" / "peers" / "node"  # what scripts/setup.sh would npm install
+    node.mkdir(parents=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy2(ROOT / "tests" / "peers" / "node" / name, node / name)
+    return dest
+
+
+def run_demo_script(project: Path) -> subprocess.CompletedProcess[str]:
+    # the Python of this test's venv may itself be a venv's: its base makes the new venv
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    env = {**os.environ, "PYTHON": str(base), "METAMESH_SKIP_APT": "1"}
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    return subprocess.run(
+        ["scripts/demo.sh", "--step-seconds", "0.5", "--admin-port", "0"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+def before_demo(output: str) -> list[str]:
+    lines = output.splitlines()
+    assert FIRST_DEMO_LINE in lines, output[-3000:]
+    return lines[: lines.index(FIRST_DEMO_LINE)]
+
+
+@pytest.mark.slow
+def test_demo_script_installs_only_the_demo_and_runs_it(tmp_path: Path) -> None:
+    project = copy_checkout(tmp_path / "checkout")
+    first = run_demo_script(project)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.stderr == ""
+    assert before_demo(first.stdout) == [
+        "demo: creating .venv",
+        "demo: pip install -e '.[demo,fast]' into .venv (the first time takes a minute or two)",
+    ]
+    assert first.stdout.rstrip().endswith("metamesh demo: done.")
+
+    venv = project / ".venv"
+    freeze = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "freeze", "--exclude-editable"],
+        capture_output=True, text=True, check=True,
+    ).stdout.lower()  # fmt: skip
+    installed = {line.split("==")[0] for line in freeze.splitlines()}
+    assert {"thrift", "thriftpy2", "dubbo-py", "uvloop"} <= installed
+    assert not installed & {"pytest", "ruff", "mypy", "hypothesis"}, installed
+    assert not (project / "tests" / "peers" / "node" / "node_modules").exists()
+    assert not (project / ".venv-envoy").exists()
+    assert (venv / "pip-demo.log").is_file()
+
+    again = run_demo_script(project)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert before_demo(again.stdout) == []
