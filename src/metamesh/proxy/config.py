@@ -193,6 +193,10 @@ class Cluster:
     #: Requests one upstream connection carries before it is drained and replaced (Envoy's
     #: ``Cluster.max_requests_per_connection``); ``None`` or 0: unlimited.
     max_requests_per_connection: int | None = None
+    #: Connections to the endpoints: "" plaintext, "ISTIO_MUTUAL" mutual TLS with the proxy's
+    #: workload certificate, the peer verified against the mesh root (DestinationRule
+    #: ``trafficPolicy.tls.mode``).
+    tls_mode: str = ""
 
     @property
     def service(self) -> str:

@@ -181,14 +181,20 @@ class UpstreamProtocol:
         self.up = up
         self.transport: asyncio.Transport | None = None
         self.congested = False
+        #: ISTIO_MUTUAL and the peer had no mesh identity: never connected to the core.
+        self.refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tr = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = tr
         server = self.server
         tr.set_write_buffer_limits(server.high_water, server.low_water)
-        self.up.handle = self
-        self.core.upstream_connected(self.up, self.turn.now())
+        up = self.up
+        if up.cluster.config.tls_mode and not server.upstream_identity_ok(tr):
+            self.refused = True  # before anything is sent; the server reports the failed connect
+            return
+        up.handle = self
+        self.core.upstream_connected(up, self.turn.now())
 
     def data_received(self, data: bytes) -> None:
         self.core.upstream_data(self.up, data, self.turn.now())
@@ -199,7 +205,8 @@ class UpstreamProtocol:
     def connection_lost(self, exc: Exception | None) -> None:
         if self.congested:
             self.resume_writing()
-        self.core.upstream_closed(self.up, self.turn.now())
+        if not self.refused:
+            self.core.upstream_closed(self.up, self.turn.now())
         self.transport = None
 
     def pause_writing(self) -> None:

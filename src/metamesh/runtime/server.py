@@ -359,14 +359,25 @@ class ProxyServer:
         turn = self.turn
         assert loop is not None and turn is not None
         e = up.endpoint
+        mode = up.cluster.config.tls_mode
+        tls = self.tls if mode else None
         try:
-            transport, _ = await loop.create_connection(
-                lambda: cast(asyncio.Protocol, UpstreamProtocol(self, turn, up)), e.address, e.port
+            if mode and tls is None:
+                raise OSError(f"{mode} TLS to {e.address}:{e.port}, but no certificate here")
+            transport, protocol = await loop.create_connection(
+                lambda: cast(asyncio.Protocol, UpstreamProtocol(self, turn, up)),
+                e.address,
+                e.port,
+                ssl=tls.client_context if tls is not None else None,
             )
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError included: a refused handshake is a failed connect
             self.core.upstream_connect_failed(up, exc.strerror or str(exc), self.now())
         else:
-            if up.state is UpstreamState.CLOSED:  # timed out or closed while connecting
+            if cast(UpstreamProtocol, protocol).refused:  # the peer had no mesh identity
+                transport.close()
+                reason = "the endpoint's certificate has no SPIFFE id of this trust domain"
+                self.core.upstream_connect_failed(up, reason, self.now())
+            elif up.state is UpstreamState.CLOSED:  # timed out or closed while connecting
                 transport.close()
         finally:
             self._connects.pop(up, None)
@@ -389,6 +400,11 @@ class ProxyServer:
                 self.unbound[name] = (now + backoff, backoff)  # one attempt in flight at a time
                 self._spawn(self._rebind(name))
         self._timer = loop.call_later(TIMER_INTERVAL, self._on_timer)
+
+    def upstream_identity_ok(self, transport: asyncio.BaseTransport) -> bool:
+        """An ISTIO_MUTUAL upstream presented a mesh identity (see :class:`TlsCredentials`)."""
+        tls = self.tls
+        return tls is not None and tls.peer_identity_ok(transport.get_extra_info("ssl_object"))
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """Out of file descriptors (EMFILE/ENFILE) while accepting: counted, logged once per

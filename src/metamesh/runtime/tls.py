@@ -45,17 +45,29 @@ _READ: Final = 1 << 16
 
 
 class TlsCredentials:
-    """The workload's certificate, key and trusted root as a server-side SSL context."""
+    """The workload's certificate, key and trusted root as SSL contexts: ``context`` for the
+    listeners (server side, a client certificate required) and ``client_context`` for
+    ISTIO_MUTUAL upstream connections (the peer's chain verified against the root; its name is
+    a SPIFFE id, checked by :meth:`peer_identity_ok`, not a host name)."""
 
     def __init__(self, chain_pem: bytes, key_pem: bytes, root_pem: bytes, trust_domain: str):
         self.trust_domain = trust_domain
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.context.verify_mode = ssl.CERT_REQUIRED
-        self.context.load_verify_locations(cadata=root_pem.decode())
+        self.client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.client_context.check_hostname = False
+        for ctx in (self.context, self.client_context):
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cadata=root_pem.decode())
         self.rotations = 0
         self._load(chain_pem, key_pem)
         self.stats = TlsStats()
+
+    def peer_identity_ok(self, sslobj: ssl.SSLObject | None) -> bool:
+        """The verified peer of an upstream connection has a SPIFFE id of this trust domain."""
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        identity = identity_of(x509.load_der_x509_certificate(der)) if der else None
+        return identity is not None and identity.trust_domain == self.trust_domain
 
     def _load(self, chain_pem: bytes, key_pem: bytes) -> None:
         # load_cert_chain reads files only; they live for the call in a private directory
@@ -66,6 +78,7 @@ class TlsCredentials:
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
             self.context.load_cert_chain(cert, key)
+            self.client_context.load_cert_chain(cert, key)
 
     def update(self, chain_pem: bytes, key_pem: bytes) -> None:
         """A new certificate for handshakes from now on (connections keep theirs)."""

@@ -83,6 +83,8 @@ class _Cluster(_Model):
     circuit_breakers: _CircuitBreakers = _CircuitBreakers()
     load_assignment: _LoadAssignment = _LoadAssignment()
     outlier_detection: _OutlierDetection | None = None
+    #: Connections to the endpoints, as DestinationRule ``tls.mode``: DISABLE or ISTIO_MUTUAL.
+    tls_mode: Literal["DISABLE", "ISTIO_MUTUAL"] = "DISABLE"
 
     @model_validator(mode="after")
     def _check_timeout(self) -> _Cluster:
@@ -112,4 +114,5 @@ def _cluster(x: _Cluster) -> cfg.Cluster:
         connect_timeout=_parse_duration(x.connect_timeout),
         max_requests_per_connection=x.max_requests_per_connection or None,
         outlier_detection=x.outlier_detection.convert() if x.outlier_detection else None,
+        tls_mode="" if x.tls_mode == "DISABLE" else x.tls_mode,
     )
