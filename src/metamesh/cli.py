@@ -42,7 +42,7 @@ def _cmd_demo_client(args: argparse.Namespace) -> int:
         return 1
     from metamesh.demo.client import run_client
 
-    return run_client(args.protocol, args.directory, args.count)
+    return run_client(args.protocol, args.directory, args.count, args.wait)
 
 
 def _cmd_codecs(args: argparse.Namespace) -> int:
@@ -268,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
         "directory", nargs="?", default="examples/mesh", metavar="DIR", help="mesh config directory"
     )
     client.add_argument("-c", "--count", type=int, default=10, help="calls to make")
+    client.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to keep trying to connect (the mesh may still be starting)",
+    )
     client.set_defaults(func=_cmd_demo_client)
 
     codecs = sub.add_parser("codecs", help="list the registered codecs")

@@ -144,9 +144,11 @@ def test_client_without_a_mesh_says_what_to_start(tmp_path: Path) -> None:
     text = text.replace("127.0.10.1", address).replace("number: 9090", f"number: {port}")
     (tmp_path / "thrift.yaml").write_text(text)
     out = subprocess.run(
-        [sys.executable, "-m", "metamesh", "demo", "client", "thrift", str(tmp_path)],
+        [sys.executable, "-m", "metamesh", "demo", "client", "thrift", str(tmp_path),
+         "--wait", "0.5"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 1
+    assert out.stderr.startswith(f"metamesh demo client: waiting for {address}:{port} to accept")
     assert f"cannot connect to {address}:{port}" in out.stderr
     assert f"is `metamesh up {tmp_path}` running?" in out.stderr
