@@ -2,7 +2,8 @@
 # Installs everything metamesh and its test suite need on a fresh Debian machine:
 # Debian packages (real peers: Thrift compiler, Caucho Hessian for Java interop, Redis for the
 # rate limit service), a virtualenv in
-# .venv with metamesh and its dev/test dependencies, and the Node peers under tests/peers/node.
+# .venv with metamesh (editable, pure Python) and its dev/test dependencies, and the Node peers
+# under tests/peers/node.
 # Idempotent: each step is skipped when already satisfied. Set METAMESH_SKIP_APT=1 to skip apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +31,10 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=.venv/.metamesh-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  echo "setup: pip install -e .[dev,fast]"
+  echo "setup: pip install -e .[dev,fast] (pure Python; scripts/build_mypyc.sh builds the native tree)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev,fast]"
+  # the suite's first pass tests the pure tree: no compiled module may shadow the sources
+  METAMESH_MYPYC=0 .venv/bin/python -m pip install -q -e ".[dev,fast]"
   touch "$stamp"
 fi
 
