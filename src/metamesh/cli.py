@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from metamesh import __version__, build_info
+
+if TYPE_CHECKING:
+    from metamesh.control.embedded import CaSettings
+    from metamesh.runtime.identity import IdentitySettings
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -110,6 +115,31 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         limits=_limits(args),
         tls_files=_tls_files(args),
+        identity=_identity(args),
+    )
+
+
+def _identity(args: argparse.Namespace) -> IdentitySettings | None:
+    """``--ca HOST:PORT --ca-root FILE [--ca-token-file FILE] --service-account SA``."""
+    if args.ca is None:
+        return None
+    if args.tls_cert:
+        raise SystemExit("metamesh proxy: give --ca or --tls-cert/--tls-key/--tls-root, not both")
+    if args.ca_root is None:
+        raise SystemExit("metamesh proxy: --ca needs --ca-root FILE (the mesh root to trust)")
+    import datetime
+    from pathlib import Path
+
+    from metamesh.runtime.identity import IdentitySettings
+
+    return IdentitySettings(
+        ca=args.ca,
+        root_file=Path(args.ca_root),
+        token_file=Path(args.ca_token_file) if args.ca_token_file else None,
+        namespace=args.namespace or "default",
+        service_account=args.service_account,
+        trust_domain=args.trust_domain,
+        ttl=datetime.timedelta(seconds=args.cert_ttl),
     )
 
 
@@ -147,6 +177,7 @@ def _proxy_xds(args: argparse.Namespace) -> int:
             access_log=open_access_log(args.access_log, stack),
             reconnect_max=args.xds_reconnect_max,
             limits=_limits(args),
+            identity=_identity(args),
         )
         return run(main, args.log_level)
 
@@ -175,9 +206,28 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
     from metamesh.control.embedded import run, serve_control_plane
 
     main = serve_control_plane(
-        args.config_dir, host=args.xds_address, xds_port=args.xds_port, namespace=args.namespace
+        args.config_dir,
+        host=args.xds_address,
+        xds_port=args.xds_port,
+        namespace=args.namespace,
+        ca=_ca_settings(args),
     )
     return run(main, args.log_level, proxy_loop=False)
+
+
+def _ca_settings(args: argparse.Namespace) -> CaSettings | None:
+    if args.ca_dir is None:
+        return None
+    from pathlib import Path
+
+    from metamesh.control.embedded import CaSettings
+
+    return CaSettings(
+        directory=Path(args.ca_dir),
+        tokens_file=Path(args.ca_tokens) if args.ca_tokens else None,
+        port=args.ca_port,
+        trust_domain=args.trust_domain,
+    )
 
 
 def _cmd_proxy_config(args: argparse.Namespace) -> int:
@@ -326,9 +376,34 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-key", metavar="FILE", help="its private key, PEM (default: none)")
     tls.add_argument("--tls-root", metavar="FILE", help="the mesh root to trust (default: none)")
     tls.add_argument(
+        "--ca",
+        metavar="HOST:PORT",
+        help="get (and renew) the workload certificate from this mesh CA (default: none)",
+    )
+    tls.add_argument(
+        "--ca-root", metavar="FILE", help="the mesh root, to trust the CA by (default: none)"
+    )
+    tls.add_argument(
+        "--ca-token-file",
+        metavar="FILE",
+        help="bootstrap token for the first certificate (default: none)",
+    )
+    tls.add_argument(
+        "--service-account",
+        default="default",
+        help="the workload's service account",
+    )
+    tls.add_argument(
+        "--cert-ttl",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="certificate lifetime to ask for; renewed at half of it",
+    )
+    tls.add_argument(
         "--trust-domain",
         default="cluster.local",
-        help="peers must have a SPIFFE id in this trust domain (default: cluster.local)",
+        help="peers must have a SPIFFE id in this trust domain",
     )
     proxy.add_argument("--log-level", default="INFO", help="logging level")
     proxy.set_defaults(func=_cmd_proxy)
@@ -358,6 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--namespace", default="default", help="namespace for resources without one"
     )
     cp.add_argument("--log-level", default="INFO", help="logging level")
+    cp.add_argument(
+        "--ca-dir",
+        metavar="DIR",
+        help="be the mesh CA: root kept in DIR (made on first start) (default: no CA)",
+    )
+    cp.add_argument("--ca-port", type=int, default=15012, help="CA port, TLS")
+    cp.add_argument(
+        "--ca-tokens",
+        metavar="FILE",
+        help="bootstrap tokens and their identities, YAML (default: none)",
+    )
+    cp.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
     cp.set_defaults(func=_cmd_control_plane)
 
     pc = sub.add_parser("proxy-config", help="show a running proxy's config (from its admin)")

@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO
+
+import grpc
 
 from metamesh.control.model import MeshModel
 from metamesh.control.sources import FileSource
@@ -40,10 +44,14 @@ from metamesh.control.to_proxy import to_snapshot
 from metamesh.control.translate import translate
 from metamesh.proxy.config import Snapshot
 from metamesh.runtime.fd_limits import process_limits
+from metamesh.runtime.identity import IdentitySettings, ProxyIdentity
 from metamesh.runtime.loops import LoopThread, call_on, loop_name, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
+from metamesh.runtime.tls import TlsCredentials
 from metamesh.runtime.xds_client import XdsClient
 from metamesh.runtime.xds_state import resources_to_snapshot
+from metamesh.security.ca import CertificateAuthority
+from metamesh.security.cert_service import CertificateService, TokenBook, server_credentials
 from metamesh.xds.resources import ProxyNode
 from metamesh.xds.server import AdsServer
 
@@ -140,6 +148,7 @@ async def start_proxy(
     access_log: IO[str] | None,
     reconnect_max: float = 1.0,
     limits: dict[str, Any] | None = None,
+    tls: TlsCredentials | None = None,
 ) -> tuple[ProxyServer, XdsClient]:
     """The proxy on the running (proxy) loop and its xDS client, to be run on a control loop.
 
@@ -152,6 +161,7 @@ async def start_proxy(
         admin_port=admin_port,
         access_log=access_log,
         limits=process_limits(**(limits or {})),
+        tls=tls,
     )
     await proxy.start()
     proxy.ready = False  # ready once the first config from the control plane is in force
@@ -168,6 +178,16 @@ async def start_proxy(
     on_proxy_loop = call_on(asyncio.get_running_loop(), apply)
     client = XdsClient(target, node, convert, on_proxy_loop, backoff_cap=reconnect_max)
     return proxy, client
+
+
+def _print_startup(out: TextIO) -> None:
+    """Which loop and build serve traffic; on the pure build, once, how to get the native one."""
+    print(_startup_line(), file=out, flush=True)
+    from metamesh import build_info
+
+    notice = build_info.pure_build_notice()
+    if notice is not None:
+        print(f"metamesh: {notice}", file=out, flush=True)
 
 
 def _startup_line() -> str:
@@ -234,7 +254,7 @@ async def serve_up(
         await control.stop()
         remove_signals()
         return 1
-    print(_startup_line(), file=out, flush=True)
+    _print_startup(out)
     if proxy.bound_admin_port is not None:
         print(f"metamesh: proxy admin on 127.0.0.1:{proxy.bound_admin_port}", file=out, flush=True)
     running = [
@@ -261,12 +281,15 @@ async def serve_control_plane(
     namespace: str = "default",
     out: TextIO = sys.stdout,
     stop: asyncio.Event | None = None,
+    ca: CaSettings | None = None,
 ) -> int:
-    """``metamesh control-plane``: the watched directory served over ADS."""
+    """``metamesh control-plane``: the watched directory served over ADS (and, with ``ca``,
+    the mesh CA's certificate API over TLS)."""
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
     ads, source, port = await start_control_plane(Path(directory), host, xds_port, namespace)
     print(f"metamesh: control plane (xDS) on {host}:{port}, watching {directory}", file=out)
+    ca_server = await start_ca(ca, host, out) if ca is not None else None
     out.flush()
     task = asyncio.create_task(source.run())
     try:
@@ -275,8 +298,44 @@ async def serve_control_plane(
         source.stop()
         await asyncio.gather(task, return_exceptions=True)
         await ads.stop(0)
+        if ca_server is not None:
+            await ca_server.stop(0)
         remove_signals()
     return 0
+
+
+@dataclass(frozen=True)
+class CaSettings:
+    """``metamesh control-plane --ca-dir DIR ...``: where the root lives, the bootstrap tokens,
+    the port of the certificate API."""
+
+    directory: Path
+    tokens_file: Path | None
+    port: int = 15012
+    trust_domain: str = "cluster.local"
+
+
+async def start_ca(settings: CaSettings, host: str, out: TextIO) -> grpc.aio.Server:
+    """The CA (root made on first start in ``settings.directory``) serving Istio's
+    CreateCertificate over TLS on ``host:settings.port``."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = CertificateAuthority.load_or_create(settings.directory, settings.trust_domain, now)
+    tokens = (
+        TokenBook.load(settings.tokens_file, settings.trust_domain)
+        if settings.tokens_file is not None
+        else TokenBook({})
+    )
+    server = grpc.aio.server()
+    CertificateService(ca, tokens).add_to(server)
+    port = server.add_secure_port(f"{host}:{settings.port}", server_credentials(ca, now, (host,)))
+    await server.start()
+    root = settings.directory / "root-cert.pem"
+    print(
+        f"metamesh: CA on {host}:{port} (TLS), trust domain {settings.trust_domain}, root {root}, "
+        f"{len(tokens.identities)} bootstrap token(s)",
+        file=out,
+    )
+    return server
 
 
 async def serve_proxy_xds(
@@ -290,21 +349,26 @@ async def serve_proxy_xds(
     access_log: IO[str] | None = None,
     reconnect_max: float = 1.0,
     limits: dict[str, Any] | None = None,
+    identity: IdentitySettings | None = None,
 ) -> int:
-    """``metamesh proxy --xds``: a proxy configured by the control plane at ``target``."""
+    """``metamesh proxy --xds``: a proxy configured by the control plane at ``target``; with
+    ``identity``, its workload certificate comes from (and is renewed by) the mesh CA first."""
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
+    control = LoopThread("metamesh-xds")
+    control.start()
+    agent = ProxyIdentity(identity, control) if identity is not None else None
     try:
+        tls = await agent.start() if agent is not None else None
         proxy, client = await start_proxy(
-            target, node, admin_port, ServingPrinter(out), access_log, reconnect_max, limits
+            target, node, admin_port, ServingPrinter(out), access_log, reconnect_max, limits, tls
         )
     except OSError as exc:
         print(f"metamesh proxy: cannot start: {exc}", file=sys.stderr)
+        await control.stop()
         remove_signals()
         return 1
-    control = LoopThread("metamesh-xds")
-    control.start()
-    print(_startup_line(), file=out, flush=True)
+    _print_startup(out)
     print(
         f"metamesh: proxy {node.node_id} following {target}, admin on "
         f"127.0.0.1:{proxy.bound_admin_port}",
@@ -316,6 +380,8 @@ async def serve_proxy_xds(
         await stop.wait()
     finally:
         await _stop_proxy_side(control, client, running, proxy, drain_timeout)
+        if agent is not None:
+            agent.stop()
         await control.stop()
         remove_signals()
     return 0

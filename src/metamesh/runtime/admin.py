@@ -83,6 +83,26 @@ class ProxyCollector:
             yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
         for attr, (name, doc) in GAUGES.items():
             yield GaugeMetricFamily(name, doc, value=getattr(stats, attr))
+        tls = self.server.tls
+        if tls is not None:
+            yield CounterMetricFamily(
+                "metamesh_tls_handshakes",
+                "Client TLS handshakes completed with a verified mesh identity",
+                value=tls.stats.handshakes,
+            )
+            refused = CounterMetricFamily(
+                "metamesh_tls_refused",
+                "Client connections refused by the TLS layer, by reason",
+                labels=["reason"],
+            )
+            for reason, n in sorted(tls.stats.refused.items()):
+                refused.add_metric([reason], n)
+            yield refused
+            yield CounterMetricFamily(
+                "metamesh_tls_certificate_rotations",
+                "Workload certificates swapped in after the first",
+                value=tls.rotations,
+            )
         yield CounterMetricFamily(
             "metamesh_downstream_accept_errors",
             "Accepts that failed for lack of file descriptors (EMFILE/ENFILE)",

@@ -17,7 +17,8 @@ from typing import IO, Any
 from metamesh import build_info
 from metamesh.proxy.config_yaml import ConfigError, load_snapshot
 from metamesh.runtime.fd_limits import process_limits
-from metamesh.runtime.loops import loop_name, proxy_loop_factory
+from metamesh.runtime.identity import IdentitySettings, ProxyIdentity
+from metamesh.runtime.loops import LoopThread, loop_name, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
 from metamesh.runtime.tls import TlsCredentials
 
@@ -49,6 +50,7 @@ def run_proxy(
     log_level: str = "INFO",
     limits: dict[str, Any] | None = None,
     tls_files: tuple[str, str, str, str] | None = None,
+    identity: IdentitySettings | None = None,
 ) -> int:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -68,21 +70,34 @@ def run_proxy(
             tls=load_tls(tls_files),
         )
         with asyncio.Runner(loop_factory=proxy_loop_factory()) as runner:
+            control = LoopThread("metamesh-identity") if identity is not None else None
+            agent = ProxyIdentity(identity, control) if identity and control else None
             try:
-                runner.run(server.start())
-            except OSError as e:
-                print(f"metamesh proxy: cannot listen: {e}", file=sys.stderr)
-                runner.run(server.close())
-                return 1
-            log = logging.getLogger("metamesh.proxy")
-            log.info(
-                "metamesh proxy, loop %s, %s build",
-                loop_name(runner.get_loop()),
-                build_info.describe(),
-            )
-            for name in server.core.listeners:
-                log.info("listener %s on port %d", name, server.listener_port(name))
-            if server.bound_admin_port is not None:
-                log.info("admin on 127.0.0.1:%d", server.bound_admin_port)
-            runner.run(server.serve_forever(drain_timeout))
+                if agent is not None and control is not None:
+                    control.start()  # the certificate from the mesh CA, before any listener
+                    server.tls = runner.run(agent.start())
+                return _serve(runner, server, drain_timeout)
+            finally:
+                if agent is not None and control is not None:
+                    agent.stop()
+                    runner.run(control.stop())
+
+
+def _serve(runner: asyncio.Runner, server: ProxyServer, drain_timeout: float) -> int:
+    try:
+        runner.run(server.start())
+    except OSError as e:
+        print(f"metamesh proxy: cannot listen: {e}", file=sys.stderr)
+        runner.run(server.close())
+        return 1
+    log = logging.getLogger("metamesh.proxy")
+    log.info(
+        "metamesh proxy, loop %s, %s build", loop_name(runner.get_loop()), build_info.describe()
+    )
+    build_info.log_pure_build_notice(log)
+    for name in server.core.listeners:
+        log.info("listener %s on port %d", name, server.listener_port(name))
+    if server.bound_admin_port is not None:
+        log.info("admin on 127.0.0.1:%d", server.bound_admin_port)
+    runner.run(server.serve_forever(drain_timeout))
     return 0
