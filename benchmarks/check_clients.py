@@ -22,7 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.compare import start_responder
 from benchmarks.frames import DUBBO_INTERFACE, DUBBO_METHOD
-from benchmarks.targets import TARGET_KINDS, Target, Unavailable, find_envoy, stop_process
+from benchmarks.targets import (
+    TARGET_KINDS,
+    Target,
+    Unavailable,
+    find_envoy,
+    prepare_native,
+    stop_process,
+)
 
 
 def thrift_call(port: int, calls: int = 20) -> str:
@@ -87,6 +94,7 @@ def dubbo_call(port: int, calls: int = 20) -> str:
 
 
 def check(protocol: str, kinds: list[str], workdir: Path) -> bool:
+    prepare_native(kinds, workdir)
     responder, upstream = start_responder(protocol, workdir, 120)
     ok = True
     try:

@@ -12,6 +12,11 @@ a window) that also reads the proxy's and the responder's CPU time at the window
 over the repetitions go into a Markdown table (printed, and saved under ``benchmarks/results/``
 with the command line, date and machine facts) and a JSON file next to it.
 
+metamesh is measured the ways it is deployed (``static-*``: ``proxy --config``; ``xds-*``:
+``control-plane`` + ``proxy --xds``; ``up-*``: ``up DIR``), each on the pure or the native build
+and each checked to serve the same config; the machine facts and the JSON's ``targets`` record
+the build and event loop every metamesh proxy reported on its ``/server_info``.
+
 Columns: req/s completed in the window; p50/p99 latency as the load generator saw it; the same
 minus the direct path's (latency the proxy adds); the proxy process's CPU time (utime+stime, all
 threads) per completed request -- the number to compare on a noisy shared box.
@@ -47,8 +52,10 @@ from benchmarks.targets import (
     TARGET_KINDS,
     Target,
     Unavailable,
+    canonical_kind,
     die_with_parent,
     find_envoy,
+    prepare_native,
     python_facts,
     spawn,
     stop_process,
@@ -148,13 +155,29 @@ def machine_facts(targets: list[Target]) -> dict[str, Any]:
     for t in targets:
         if t.kind.startswith("envoy") and t.version:
             facts["envoy"] = t.version
-        if t.kind.startswith(("metamesh", "floor")) and t.version:
-            facts[t.kind] = t.version
+        if (t.is_metamesh or t.kind.startswith("floor")) and t.version:
+            facts[t.kind] = t.describe()
     git = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
     facts["git_commit"] = git.stdout.strip() or "unknown"
+    built_from = ["src", "setup.py", "pyproject.toml"]
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", *built_from],
+        capture_output=True,
+        text=True,
+    )
+    if dirty.stdout.strip():  # the pure targets and the native build run the working tree
+        facts["git_commit"] += " + uncommitted changes to src/setup.py/pyproject.toml"
     return facts
+
+
+def target_facts(t: Target) -> dict[str, Any]:
+    """What the JSON report keeps about a target: kind, version, measured pid, and what its
+    start found (for metamesh: /server_info's build and loop, the config check)."""
+    keep = ("server_info", "config_check", "control_plane_pid", "base_id")
+    facts = {"kind": t.kind, "version": t.version, "pid": t.pid, "port": t.port}
+    return facts | {k: t.extra[k] for k in keep if k in t.extra}
 
 
 def _cpu_model() -> str:
@@ -245,7 +268,11 @@ def measure(args: argparse.Namespace, workdir: Path, children: list[Any]) -> dic
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     for s in shapes:
         parse_shape(s)  # fail fast on a typo
-    kinds = [k.strip() for k in args.targets.split(",") if k.strip()]
+    kinds = [canonical_kind(k.strip()) for k in args.targets.split(",") if k.strip()]
+    twice = sorted({k for k in kinds if kinds.count(k) > 1})
+    if twice:
+        raise SystemExit(f"compare.py: target(s) given twice (aliases count): {', '.join(twice)}")
+    prepare_native(kinds, workdir)
     per_run = args.warmup + args.duration + 3
     lifetime = len(shapes) * len(kinds) * args.reps * per_run + 300
     responder, upstream_port = start_responder(args.protocol, workdir, lifetime)
@@ -296,6 +323,7 @@ def measure(args: argparse.Namespace, workdir: Path, children: list[Any]) -> dic
         "duration_s": args.duration,
         "reps": args.reps,
         "machine": machine_facts(targets),
+        "targets": {t.label: target_facts(t) for t in targets},
         "unavailable": unavailable,
         "results": {s: {label: summarize(rs) for label, rs in by.items()} for s, by in raw.items()},
         "runs": raw,
@@ -331,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--targets",
         default=",".join(DEFAULT_TARGETS),
-        help=f"comma list of {', '.join(TARGET_KINDS)}, metamesh-native@DIR (A/B builds)",
+        help=f"comma list of {', '.join(TARGET_KINDS)}, <mode>-native@DIR (a native tree"
+        " built elsewhere, for A/B runs); metamesh and metamesh-native[@DIR] are static-pure"
+        " and static-native[@DIR]",
     )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -342,9 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metamesh-config",
         help="string.Template YAML with ${listen_port} ${upstream_port} ${protocol}"
-        " (default: generated)",
+        " for the static-* targets (default: generated)",
     )
-    parser.add_argument("--metamesh-args", help="extra arguments for `metamesh proxy`")
+    parser.add_argument(
+        "--metamesh-args", help="extra arguments for the measured metamesh process (proxy or up)"
+    )
     parser.add_argument("--results-dir", default=str(HERE / "results"))
     parser.add_argument("--no-save", action="store_true", help="print only, write no files")
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")

@@ -4,15 +4,17 @@ A target turns "the responder listens on port U" into "send load to port P; the 
 X". Kinds:
 
 - ``direct``: no proxy, the load generator talks to the responder (the baseline).
-- ``metamesh``: ``.venv/bin/metamesh proxy --config <generated yaml>``, one MetaProtocol listener
-  with the built-in codec and one route (Thrift: method ``add``; Dubbo: interface + method), like
-  the Envoy L7 configs. Reported as unavailable (with the reason) while the CLI cannot run it.
-- ``metamesh-native``: the same command and config on the native build (hot path compiled with
-  mypyc; ``scripts/build_mypyc.sh`` builds it into ``build/native`` first, then the proxy runs
-  with ``PYTHONPATH=build/native``). Refused unless ``metamesh --version`` reports "native".
-- ``metamesh-native@DIR``: a native tree built elsewhere (say, ``scripts/build_mypyc.sh`` in a
-  git worktree of an older commit), run with ``PYTHONPATH=DIR`` and not rebuilt: an A/B of two
-  commits interleaved in one run, so the machine's drift hits both alike.
+- metamesh, ``<mode>-<build>`` (:mod:`benchmarks.metamesh_target`): mode ``static`` is
+  ``metamesh proxy --config <generated yaml>``, ``xds`` is ``metamesh control-plane`` plus
+  ``metamesh proxy --xds`` (two processes; the proxy is measured), ``up`` is ``metamesh up DIR``
+  (one process, measured whole); build ``pure`` is the editable install, ``native`` the mypyc
+  build (``scripts/build_mypyc.sh``, refused unless the proxy reports "native"), ``native@DIR``
+  a native tree built elsewhere (say, in a git worktree of an older commit), run with
+  ``PYTHONPATH=DIR`` and not rebuilt: an A/B of two commits interleaved in one run. Every mode
+  serves the same listener, route and cluster (:mod:`benchmarks.mesh_configs`), which is
+  checked on the proxy's ``/config_dump`` before it is measured. ``metamesh`` and
+  ``metamesh-native[@DIR]``, the names from before the deployed modes, mean ``static-pure`` and
+  ``static-native[@DIR]``.
 - ``envoy``: Envoy's own L7 filter for the protocol (thrift_proxy or dubbo_proxy), from
   ``benchmarks/envoy_configs/<filter>.yaml``.
 - ``envoy-tcp``: Envoy tcp_proxy, the layer-4 floor.
@@ -25,105 +27,91 @@ X". Kinds:
   ``floor-epoll`` is ``floor-py`` without asyncio (compiled Python over ``select.epoll``), to
   tell uvloop's share from Python's.
 
-Every child process gets its own session (the shell-job SIGTERM gotcha that ``setsid -f`` works
-around for Envoy) and ``PR_SET_PDEATHSIG=SIGKILL``, so it dies with the harness even if the
-harness is killed; ``stop()`` terminates it and waits, escalating to SIGKILL. Envoy instances get
-``--concurrency 1`` and a distinct ``--base-id``. Ports are fresh ephemeral ports.
+Children are started and stopped by :mod:`benchmarks.processes` (own session, die with the
+harness); ``stop()`` ends a target's proxy, then its helpers (the xds mode's control plane).
+Envoy instances get ``--concurrency 1`` and a distinct ``--base-id``. Ports are fresh ephemeral
+ports.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import itertools
 import os
 import shutil
-import signal
 import socket
 import string
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchmarks.frames import (
-    DUBBO_INTERFACE,
-    DUBBO_METHOD,
-    THRIFT_METHOD,
-    reply_scanner,
-    request_template,
+from benchmarks.frames import reply_scanner, request_template
+from benchmarks.mesh_configs import metamesh_config
+from benchmarks.metamesh_target import (
+    ALIASES,
+    METAMESH_KINDS,
+    canonical_kind,
+    metamesh_kind,
+    prepare_native,
+    start_metamesh,
 )
+from benchmarks.processes import (
+    Unavailable,
+    die_with_parent,
+    free_port,
+    last_line,
+    spawn,
+    stop_process,
+    wait_listening,
+)
+
+__all__ = [
+    "ALIASES",
+    "DEFAULT_TARGETS",
+    "TARGET_KINDS",
+    "Target",
+    "Unavailable",
+    "canonical_kind",
+    "die_with_parent",
+    "find_envoy",
+    "free_port",
+    "metamesh_config",
+    "metamesh_kind",
+    "prepare_native",
+    "probe",
+    "python_facts",
+    "spawn",
+    "stop_process",
+    "wait_listening",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_CONFIGS = Path(__file__).resolve().parent / "envoy_configs"
 FLOOR = Path(__file__).resolve().parent / "floor"
-DEFAULT_TARGETS = ("direct", "metamesh", "metamesh-native", "envoy", "envoy-tcp")
-TARGET_KINDS = (*DEFAULT_TARGETS, "floor-c", "floor-py", "floor-epoll")
+DEFAULT_TARGETS = (
+    "direct",
+    "static-native",
+    "xds-native",
+    "up-native",
+    "xds-pure",
+    "envoy",
+    "envoy-tcp",
+)
+TARGET_KINDS = (
+    "direct",
+    *METAMESH_KINDS,
+    "envoy",
+    "envoy-tcp",
+    "floor-c",
+    "floor-py",
+    "floor-epoll",
+)
 # Distinct per Envoy and per harness process, so two runs at once do not clash on hot-restart ids.
 _base_ids = itertools.count(
     int(os.environ.get("BENCH_ENVOY_BASE_ID", 10_000 + (os.getpid() % 100_000) * 8))
 )
-
-
-class Unavailable(RuntimeError):
-    """The target cannot run on this machine or tree (yet); the message says why."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def die_with_parent() -> None:
-    """preexec_fn: SIGKILL this child when the harness process exits."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def spawn(cmd: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` in its own session, bound to our lifetime, stdout+stderr to ``log``."""
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-            **kw,
-        )
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(grace)
-
-
-def wait_listening(
-    port: int, proc: subprocess.Popen[bytes] | None, timeout: float, log: Path
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise Unavailable(f"exited with code {proc.returncode} before listening:\n{tail}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise Unavailable(f"port {port} not accepting after {timeout:.0f}s (log: {log})")
 
 
 def probe(protocol: str, port: int, count: int = 3, timeout: float = 5.0) -> None:
@@ -157,6 +145,11 @@ class Target:
     proc: subprocess.Popen[bytes] | None = None
     version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Processes the target needs beside the measured one (the xds mode's control plane).
+    helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kind = canonical_kind(self.kind)
 
     @property
     def pid(self) -> int | None:
@@ -176,26 +169,35 @@ class Target:
             return "floor: Python (mypyc)+epoll, no features"
         return self.kind
 
+    @property
+    def is_metamesh(self) -> bool:
+        return metamesh_kind(self.kind) is not None
+
+    def describe(self) -> str:
+        """The target's version, and for metamesh what ``/server_info`` reported."""
+        info = self.extra.get("server_info")
+        if not info:
+            return self.version
+        return f"{self.version}; /server_info: {info['build']}, loop {info['loop']}"
+
     def start(self, upstream_port: int, options: dict[str, Any]) -> None:
         if self.kind == "direct":
             self.port = upstream_port
         elif self.kind in ("envoy", "envoy-tcp"):
             self._start_envoy(upstream_port, options)
-        elif self.kind == "metamesh":
-            self._start_metamesh(upstream_port, options)
-        elif self.kind == "metamesh-native":
-            self._start_metamesh(upstream_port, options, native=True)
-        elif self.kind.startswith("metamesh-native@"):
-            tree = Path(self.kind.partition("@")[2]).resolve()
-            self._start_metamesh(upstream_port, options, native=True, tree=tree)
+        elif self.is_metamesh:
+            start_metamesh(self, upstream_port, options)
         elif self.kind in ("floor-c", "floor-py", "floor-epoll"):
             self._start_floor(upstream_port)
         else:
-            raise ValueError(f"unknown target {self.kind!r}; known: {', '.join(TARGET_KINDS)}")
+            known = ", ".join((*TARGET_KINDS, *ALIASES))
+            raise ValueError(f"unknown target {self.kind!r}; known: {known}, <kind>-native@DIR")
         probe(self.protocol, self.port)
 
     def stop(self) -> None:
         stop_process(self.proc)
+        for helper in reversed(self.helpers):
+            stop_process(helper)
 
     # -- floors ---------------------------------------------------------------------------------
     def _start_floor(self, upstream_port: int) -> None:
@@ -213,7 +215,7 @@ class Target:
                     text=True,
                 )
                 if build.returncode != 0:
-                    raise Unavailable("floor.c does not build: " + _last_line(build))
+                    raise Unavailable("floor.c does not build: " + last_line(build))
             cmd = [str(binary)]
             env = dict(os.environ)
             self.version = "floor.c, cc -O2"
@@ -231,7 +233,7 @@ class Target:
                     text=True,
                 )
                 if build.returncode != 0:
-                    raise Unavailable(f"{module}.py does not compile: " + _last_line(build))
+                    raise Unavailable(f"{module}.py does not compile: " + last_line(build))
             run = f"import {module}, floor_frames, sys; "
             run += f"assert all(m.__file__.endswith('.so') for m in ({module}, floor_frames)); "
             run += f"sys.exit({module}.main(sys.argv[1:]))"
@@ -275,134 +277,6 @@ class Target:
             if v.strip().isdigit():
                 stats[k] = int(v)
         return stats
-
-    # -- metamesh -------------------------------------------------------------------------------
-
-    def _start_metamesh(
-        self,
-        upstream_port: int,
-        options: dict[str, Any],
-        native: bool = False,
-        tree: Path | None = None,
-    ) -> None:
-        binary = Path(options.get("metamesh_bin") or ROOT / ".venv" / "bin" / "metamesh")
-        if not binary.exists():
-            raise Unavailable(f"{binary} not found (run scripts/setup.sh)")
-        env = dict(os.environ)
-        env.pop("PYTHONPATH", None)
-        if tree is not None:
-            if not tree.is_dir():
-                raise Unavailable(f"{tree} is not a directory (build it with build_mypyc.sh)")
-            env["PYTHONPATH"] = str(tree)
-        elif native:
-            build = subprocess.run(
-                [str(ROOT / "scripts" / "build_mypyc.sh")], capture_output=True, text=True
-            )
-            if build.returncode != 0:
-                raise Unavailable("native build failed: " + _last_line(build))
-            env["PYTHONPATH"] = str(ROOT / "build" / "native")
-        help_run = subprocess.run(
-            [str(binary), "proxy", "--help"], capture_output=True, text=True, timeout=30, env=env
-        )
-        if help_run.returncode != 0:
-            raise Unavailable("`metamesh proxy` is not available yet: " + _last_line(help_run))
-        self.port = free_port()
-        slug = self.kind.replace("/", "_").replace("@", "-at")
-        config = self.workdir / f"{slug}-{self.protocol}.yaml"
-        template = options.get("metamesh_config")
-        if template:
-            config.write_text(
-                string.Template(Path(template).read_text()).substitute(
-                    listen_port=self.port, upstream_port=upstream_port, protocol=self.protocol
-                )
-            )
-        else:
-            config.write_text(
-                yaml.safe_dump(
-                    metamesh_config(self.protocol, self.port, upstream_port), sort_keys=False
-                )
-            )
-        cmd = [str(binary), "proxy", "--config", str(config)]
-        if "--admin-port" in help_run.stdout:
-            admin = free_port()
-            cmd += ["--admin-port", str(admin)]
-            self.extra["admin_port"] = admin
-        if "--drain-timeout" in help_run.stdout:
-            cmd += ["--drain-timeout", "1"]
-        if "--log-level" in help_run.stdout:
-            cmd += ["--log-level", "WARNING"]
-        cmd += list(options.get("metamesh_args") or [])
-        log = self.workdir / f"{slug}-{self.protocol}.log"
-        version = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, env=env
-        ).stdout.strip()
-        if native and "native" not in version:
-            raise Unavailable(f"{env['PYTHONPATH']} does not load compiled: {version!r}")
-        self.proc = spawn(cmd, log, env=env)
-        self.extra["config"] = str(config)
-        wait_listening(self.port, self.proc, 30.0, log)
-        self.version = version
-
-
-def metamesh_config(protocol: str, listen_port: int, upstream_port: int) -> dict[str, Any]:
-    """A static metamesh proxy config equivalent to the Envoy L7 config for ``protocol``."""
-    if protocol == "thrift":
-        match = [{"name": "method", "exact_match": THRIFT_METHOD.decode()}]
-    else:
-        match = [
-            {"name": "interface", "exact_match": DUBBO_INTERFACE},
-            {"name": "method", "exact_match": DUBBO_METHOD},
-        ]
-    cluster = f"outbound|{listen_port}||bench.upstream"
-    routes = f"bench_{listen_port}"
-    return {
-        "version": "bench",
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": f"bench-{protocol}",
-                    "address": _address(listen_port)["address"],
-                    "meta_protocol_proxy": {
-                        "stat_prefix": f"bench_{protocol}",
-                        "codec": {"name": protocol},
-                        "route_config_name": routes,
-                        "meta_protocol_filters": [{"name": "aeraki.meta_protocol.filters.router"}],
-                    },
-                }
-            ],
-            "clusters": [
-                {
-                    "name": cluster,
-                    "connect_timeout": "1s",
-                    "lb_policy": "ROUND_ROBIN",
-                    "load_assignment": {
-                        "endpoints": [{"lb_endpoints": [{"endpoint": _address(upstream_port)}]}]
-                    },
-                }
-            ],
-            "route_configs": [
-                {
-                    "name": routes,
-                    "routes": [
-                        {
-                            "name": "bench",
-                            "match": {"metadata": match},
-                            "route": {"cluster": cluster},
-                        }
-                    ],
-                }
-            ],
-        },
-    }
-
-
-def _address(port: int) -> dict[str, Any]:
-    return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
-
-
-def _last_line(run: subprocess.CompletedProcess[str]) -> str:
-    lines = (run.stderr or run.stdout).strip().splitlines()
-    return lines[-1] if lines else f"exit code {run.returncode}"
 
 
 def find_envoy() -> Path | None:

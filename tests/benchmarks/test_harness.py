@@ -1,8 +1,9 @@
 """Smoke tests for the benchmark harness (benchmarks/), so CI notices when it rots.
 
 They run the real scripts on 127.0.0.1 for about a second each at tiny shapes, with no Envoy and
-no timing assertions: requests complete, every reply id matches, the JSON/Markdown come out, and
-a responder that answers with the wrong id is caught.
+no timing assertions: requests complete, every reply id matches, the JSON/Markdown come out, a
+responder that answers with the wrong id is caught, and metamesh starts in each deployed mode
+(static, xds, up; the native builds in the native pass) with the same config, on uvloop.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from typing import Any
 import pytest
 
 from benchmarks import frames, loadgen
+from benchmarks.compare import main as compare_main
 from benchmarks.compare import start_responder
-from benchmarks.targets import Target, Unavailable, probe, stop_process
+from benchmarks.mesh_configs import config_difference
+from benchmarks.targets import Target, Unavailable, metamesh_kind, probe, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=["thrift", "dubbo"])
 def responder(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
-    proc, port = start_responder(request.param, tmp_path, lifetime=60)
+    # long enough for a native build first (a minute or more when the sources changed)
+    proc, port = start_responder(request.param, tmp_path, lifetime=600)
     yield request.param, proc, port
     stop_process(proc)
 
@@ -247,5 +251,86 @@ def test_floor_targets_map_colliding_ids_back(responder, kind: str, tmp_path: Pa
             for sock in (a, b):
                 got, rest = read_replies(sock, protocol, len(ids))
                 assert sorted(got) == ids and not rest
+    finally:
+        target.stop()
+
+
+NATIVE = bool(os.environ.get("METAMESH_EXPECT_NATIVE"))
+
+
+def _deployed_mode(responder, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Start ``kind``, check what its start recorded, push a second of load through it."""
+    protocol, _proc, port = responder
+    target = Target(kind, protocol, tmp_path)
+    try:
+        target.start(port, {})  # ready, /server_info, /config_dump and a probe checked
+        assert target.extra["server_info"]["loop"] == "uvloop"
+        build = target.extra["server_info"]["build"]
+        assert ("native (mypyc" in build) == kind.endswith("-native"), build
+        assert target.extra["config_check"].startswith("/config_dump = the static config's")
+        assert target.pid is not None
+        result = _clean_load(protocol, target.port, "c4k8", f"proxy={target.pid}")
+        assert result["cpu"]["proxy"]["us_per_req"] > 0
+        if kind.startswith("xds-"):  # the proxy is measured, the control plane runs beside it
+            (control,) = target.helpers
+            assert control.poll() is None and control.pid != target.pid
+    finally:
+        target.stop()
+    assert all(p.poll() is not None for p in [target.proc, *target.helpers])
+
+
+@pytest.mark.parametrize("kind", ["static-pure", "xds-pure", "up-pure"])
+def test_deployed_modes_serve_the_static_config(responder, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _deployed_mode(responder, kind, tmp_path)
+
+
+@pytest.mark.skipif(not NATIVE, reason="the native pass has build/native")
+@pytest.mark.parametrize("kind", ["static-native", "xds-native", "up-native"])
+def test_deployed_modes_on_the_native_build(responder, kind: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _deployed_mode(responder, kind, tmp_path)
+
+
+def test_old_target_names_are_the_static_mode(tmp_path: Path) -> None:
+    assert Target("metamesh", "thrift", tmp_path).kind == "static-pure"
+    assert Target("metamesh-native", "thrift", tmp_path).kind == "static-native"
+    assert Target("metamesh-native@/x", "thrift", tmp_path).kind == "static-native@/x"
+    assert metamesh_kind("xds-native@/x") == ("xds", True, Path("/x"))
+    assert metamesh_kind("up-pure") == ("up", False, None)
+    assert metamesh_kind("xds-pure@/x") is None  # a tree is a native build
+    assert metamesh_kind("envoy") is None
+    with pytest.raises(SystemExit, match="given twice"):
+        compare_main(["--targets", "metamesh-native,static-native", "--no-save"])
+
+
+def test_config_difference_shows_what_differs() -> None:
+    route = {"name": "bench", "match": [{"name": "method", "value": "add"}]}
+    reference = {"version": "bench", "route_configs": [{"routes": [route]}]}
+    same = {"version": "7", "route_configs": [{"routes": [dict(route)]}]}
+    assert config_difference(same, reference) == ""  # the version aside
+    other = {"name": "bench", "match": [{"name": "method", "value": "sub"}]}
+    diff = config_difference({"version": "7", "route_configs": [{"routes": [other]}]}, reference)
+    changed = [line.replace(" ", "") for line in diff.splitlines()[2:] if line[0] in "+-"]
+    assert changed == ['-"value":"add"', '+"value":"sub"']
+
+
+def test_a_mode_serving_other_routes_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start compares the live /config_dump with the static config's: a MetaRouter that
+    matches another method must keep the target from being measured."""
+    from benchmarks import mesh_configs, metamesh_target
+
+    def other_method(directory: Path, protocol: str, listen: int, upstream: int) -> Path:
+        mesh_configs.write_mesh_dir(directory, protocol, listen, upstream)
+        manifest = directory / "bench.yaml"
+        manifest.write_text(manifest.read_text().replace("exact: add", "exact: sub"))
+        return directory
+
+    monkeypatch.setattr(metamesh_target, "write_mesh_dir", other_method)
+    target = Target("up-pure", "thrift", tmp_path)
+    try:
+        with pytest.raises(Unavailable, match="differs from the static config") as caught:
+            target.start(1, {})
+        assert '+"value":"sub"' in str(caught.value).replace(" ", "")
     finally:
         target.stop()
