@@ -92,3 +92,17 @@ def test_output_into_a_closed_pipe_exits_quietly(argv: list[str], code: int) -> 
         os.close(write_end)
     assert out.stderr == ""
     assert out.returncode == code
+
+
+def test_up_and_control_plane_say_when_the_directory_is_missing(tmp_path: Path) -> None:
+    for args, what in (
+        (["up", str(tmp_path / "nope")], "does not exist"),
+        (["control-plane", "--config-dir", str(tmp_path / "f")], "is not a directory"),
+    ):
+        (tmp_path / "f").write_text("")
+        out = subprocess.run(
+            [sys.executable, "-m", "metamesh", *args], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 2, out.stderr
+        assert f"metamesh {args[0]}: config directory" in out.stderr and what in out.stderr
+        assert "Traceback" not in out.stderr

@@ -182,10 +182,25 @@ def _proxy_xds(args: argparse.Namespace) -> int:
         return run(main, args.log_level)
 
 
+def _config_dir_missing(command: str, directory: str) -> bool:
+    """Say so (one line, no traceback) when ``directory`` is not a directory."""
+    from metamesh.control.sources import ConfigDirectoryError, config_directory
+
+    try:
+        config_directory(directory)
+    except ConfigDirectoryError as e:
+        print(f"metamesh {command}: {e}", file=sys.stderr)
+        return True
+    return False
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     import contextlib
 
     from metamesh.control.embedded import run, serve_up
+
+    if _config_dir_missing("up", args.directory):
+        return 2
     from metamesh.runtime.main import open_access_log
 
     admin = None if args.admin_port < 0 else args.admin_port
@@ -204,6 +219,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_control_plane(args: argparse.Namespace) -> int:
     from metamesh.control.embedded import run, serve_control_plane
+
+    if _config_dir_missing("control-plane", args.config_dir):
+        return 2
 
     main = serve_control_plane(
         args.config_dir,
