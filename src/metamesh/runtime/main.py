@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from metamesh import build_info
 from metamesh.proxy.config_yaml import ConfigError, load_snapshot
+from metamesh.proxy.filters.rbac import identity_rules_without_tls
 from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.identity import IdentitySettings, ProxyIdentity
 from metamesh.runtime.loops import LoopThread, loop_name, proxy_loop_factory
@@ -95,8 +96,15 @@ def _serve(runner: asyncio.Runner, server: ProxyServer, drain_timeout: float) ->
         "metamesh proxy, loop %s, %s build", loop_name(runner.get_loop()), build_info.describe()
     )
     build_info.log_pure_build_notice(log)
-    for name in server.core.listeners:
+    for name, state in server.core.listeners.items():
         log.info("listener %s on port %d", name, server.listener_port(name))
+        for policy in identity_rules_without_tls(state.config):
+            log.warning(
+                "listener %s: %s has a source with principals/namespaces, which can never "
+                "match on a plaintext listener (give it tls_mode STRICT or PERMISSIVE)",
+                name,
+                policy,
+            )
     if server.bound_admin_port is not None:
         log.info("admin on 127.0.0.1:%d", server.bound_admin_port)
     runner.run(server.serve_forever(drain_timeout))

@@ -85,3 +85,21 @@ def test_not_ip_blocks_not_attributes_and_principals_never_match() -> None:
 def test_allow_policy_without_rules_allows_nothing() -> None:
     h = guarded(AuthzPolicy("nothing", "ALLOW"))
     assert outcome(h, "10.0.0.1:1", "get") == "unauthorized"
+
+
+def test_identity_rules_on_a_plaintext_listener_are_reported() -> None:
+    import dataclasses
+
+    from metamesh.proxy.config import AuthzPolicy, AuthzRule, AuthzSource, Listener, RbacConfig
+    from metamesh.proxy.filters.rbac import identity_rules_without_tls
+
+    by_principal = AuthzPolicy(
+        "only-sleep", "ALLOW", (AuthzRule((AuthzSource(principals=("td/ns/a/sa/b",)),)),)
+    )
+    by_ip = AuthzPolicy("local", "DENY", (AuthzRule((AuthzSource(ip_blocks=("10.0.0.0/8",)),)),))
+    plain = Listener(
+        "l", "127.0.0.1", 1, "thrift", "rc",
+        filter_configs=(("metamesh.filters.rbac", RbacConfig((by_principal, by_ip))),),
+    )  # fmt: skip
+    assert identity_rules_without_tls(plain) == ["ALLOW policy 'only-sleep'"]
+    assert identity_rules_without_tls(dataclasses.replace(plain, tls_mode="STRICT")) == []

@@ -23,7 +23,13 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 from metamesh.codecs import ErrorKind
-from metamesh.proxy.config import AuthzOperation, AuthzPolicy, AuthzSource, RbacConfig
+from metamesh.proxy.config import (
+    AuthzOperation,
+    AuthzPolicy,
+    AuthzSource,
+    Listener,
+    RbacConfig,
+)
 from metamesh.proxy.filters.base import CONTINUE, Filter, FilterContext, FilterResult, LocalReply
 from metamesh.proxy.router import compile_matcher, matches
 
@@ -166,6 +172,23 @@ class RbacFilter(Filter):
             return LocalReply(ErrorKind.UNAUTHORIZED, "no ALLOW policy matched")
         stats.rbac_allowed += 1
         return CONTINUE
+
+
+def identity_rules_without_tls(listener: Listener) -> list[str]:
+    """Names of policies on a plaintext ``listener`` with a source that needs a peer identity:
+    such a source can never match there (every peer is unauthenticated)."""
+    if listener.tls_mode:
+        return []
+    found = []
+    for _name, config in listener.filter_configs:
+        if not isinstance(config, RbacConfig):
+            continue
+        for policy in config.policies:
+            if any(
+                src.principals or src.namespaces for rule in policy.rules for src in rule.sources
+            ):
+                found.append(f"{policy.action} policy {policy.name!r}")
+    return found
 
 
 def create_rbac(config: object | None, ctx: FilterContext) -> Filter | None:
