@@ -38,6 +38,7 @@ from typing import IO, Any, TextIO
 
 import grpc
 
+from metamesh import logs
 from metamesh.control.model import MeshModel
 from metamesh.control.sources import FileSource
 from metamesh.control.to_proxy import to_snapshot
@@ -369,9 +370,10 @@ async def serve_proxy_xds(
         remove_signals()
         return 1
     _print_startup(out)
+    admin = proxy.bound_admin_port
     print(
-        f"metamesh: proxy {node.node_id} following {target}, admin on "
-        f"127.0.0.1:{proxy.bound_admin_port}",
+        f"metamesh: proxy {node.node_id} following {target}, "
+        + (f"admin on 127.0.0.1:{admin}" if admin is not None else "no admin"),
         file=out,
         flush=True,
     )
@@ -393,11 +395,7 @@ def run(main: Coroutine[Any, Any, int], log_level: str = "INFO", *, proxy_loop: 
     ``proxy_loop``: run on :func:`~metamesh.runtime.loops.proxy_loop_factory`'s loop (uvloop),
     as every mode with a data plane does; ``control-plane`` alone passes False.
     """
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(log_level)
     factory = proxy_loop_factory() if proxy_loop else None
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)

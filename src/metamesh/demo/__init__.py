@@ -11,10 +11,11 @@ import logging
 import sys
 from typing import TextIO
 
+from metamesh import logs
 from metamesh.demo.codec_tour import run_demo
 
 #: The log line format of every metamesh command (as ``up``, ``proxy`` and ``control-plane``).
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = logs.FORMAT
 
 
 def configure_demo_logging() -> None:

@@ -30,6 +30,7 @@ import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from redis.exceptions import RedisError
 
+from metamesh import logs
 from metamesh.ratelimit.counting import DescriptorDecision, RedisCounter, decide, plan_hits
 from metamesh.ratelimit.limits import Limits, LimitsError, load_limits
 
@@ -189,9 +190,7 @@ def run_ratelimit_server(
     log_level: str = "INFO",
 ) -> int:
     """``metamesh ratelimit-server``: 0 after SIGTERM, 2 for invalid limits, 1 if bind fails."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(log_level)
     try:
         server = RateLimitServer(paths, redis_url, host, port)
     except LimitsError as e:

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import IO, Any
 
-from metamesh import build_info
+from metamesh import build_info, logs
 from metamesh.proxy.config_yaml import ConfigError, load_snapshot
 from metamesh.proxy.filters.rbac import identity_rules_without_tls
 from metamesh.runtime.fd_limits import process_limits
@@ -53,9 +53,7 @@ def run_proxy(
     tls_files: tuple[str, str, str, str] | None = None,
     identity: IdentitySettings | None = None,
 ) -> int:
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(log_level)
     try:
         snapshot = load_snapshot(config)
     except ConfigError as e:
