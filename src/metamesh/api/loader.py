@@ -17,6 +17,12 @@ metamesh kind (``ServiceEntyr``) is skipped with a warning that names the likely
 YAML is *composed* into nodes before it is constructed into Python values; the node tree is kept
 in each item's :class:`Origin`, which is how a field path found later by validation is mapped
 back to a line number.
+
+What a load may cost is bounded (:mod:`metamesh.api.limits`, :class:`LoadLimits`): a file over
+``max_file_bytes`` is not read, a document whose aliases expand it past its limit is refused
+before it is constructed, a file stops at ``max_documents``; each is a problem of that file.
+Past ``max_resources`` in one load, :func:`load_files` (and :func:`load_text`) raise
+:class:`LimitExceeded`, which :func:`load_paths` turns into the load's only problem.
 """
 
 from __future__ import annotations
@@ -33,12 +39,22 @@ from pydantic import ValidationError
 from metamesh.api.authz import DubboAuthorizationPolicy, MetaAuthorizationPolicy
 from metamesh.api.base import DEFAULT_NAMESPACE, Resource, fqdn
 from metamesh.api.istio import DestinationRule, ServiceEntry
+from metamesh.api.limits import (
+    DEFAULT_LIMITS,
+    FileTooLarge,
+    LimitExceeded,
+    LoadLimits,
+    alias_refusal,
+    read_limited,
+)
 from metamesh.api.metaprotocol import ApplicationProtocol, MetaRouter
 from metamesh.api.problems import FieldPath, Problem, Severity, format_path
 
 __all__ = [
     "KINDS",
     "OWNED_GROUPS",
+    "LimitExceeded",
+    "LoadLimits",
     "Loaded",
     "Origin",
     "ResourceSet",
@@ -128,10 +144,15 @@ class Loaded:
 
 @dataclass(slots=True)
 class ResourceSet:
-    """Everything loaded, in load order, plus the problems met while loading."""
+    """Everything loaded, in load order, plus the problems met while loading.
+
+    ``objects_read``: the objects of the kinds metamesh reads, valid or not (each was
+    validated): what counts towards ``max_resources``.
+    """
 
     items: list[Loaded] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    objects_read: int = 0
 
     def of_kind(self, cls: type[R]) -> list[R]:
         return [item.resource for item in self.items if isinstance(item.resource, cls)]
@@ -142,6 +163,7 @@ class ResourceSet:
     def extend(self, other: ResourceSet) -> None:
         self.items.extend(other.items)
         self.problems.extend(other.problems)
+        self.objects_read += other.objects_read
 
 
 #: Per-file results kept between loads: path -> ((inode, mtime ns, size), what it loaded).
@@ -152,15 +174,21 @@ def load_paths(
     paths: Iterable[str | Path],
     default_namespace: str = DEFAULT_NAMESPACE,
     cache: LoadCache | None = None,
+    limits: LoadLimits = DEFAULT_LIMITS,
 ) -> ResourceSet:
     """Load files and directories (``*.yaml``/``*.yml``, recursively, in sorted order).
 
     With a ``cache`` (kept by the caller between loads, e.g. a watched directory), a file whose
     inode, modification time and size are unchanged is not parsed again: its resources (frozen
-    models) and problems are reused. The cache is pruned to the files of this load.
+    models) and problems are reused. The cache is pruned to the files of this load. A load
+    refused as a whole (over ``limits.max_resources``) gives a set holding only that problem.
     """
+    try:
+        files = load_files(paths, default_namespace, cache, limits)
+    except LimitExceeded as exc:
+        return ResourceSet(problems=[exc.problem])
     result = ResourceSet()
-    for loaded in load_files(paths, default_namespace, cache).values():
+    for loaded in files.values():
         result.extend(loaded)
     return result
 
@@ -169,42 +197,77 @@ def load_files(
     paths: Iterable[str | Path],
     default_namespace: str = DEFAULT_NAMESPACE,
     cache: LoadCache | None = None,
+    limits: LoadLimits = DEFAULT_LIMITS,
 ) -> dict[Path, ResourceSet]:
     """What :func:`load_paths` loads, file by file (in load order).
 
     A file served from the ``cache`` gives the very ResourceSet object it gave before, so a
     caller can tell an unchanged file by identity. A path that does not exist is a key too,
     whose set holds the problem.
+
+    Raises :class:`LimitExceeded` as soon as the files hold more than ``limits.max_resources``
+    objects of the kinds metamesh reads (valid or not); the rest is not parsed. The cache then
+    holds the files parsed up to there (so never more than the limit), and loading again while
+    the directory is over the limit parses only the file that crossed it.
     """
-    files: dict[Path, ResourceSet] = {}
-    seen: LoadCache = {}
+    listed: list[tuple[Path, list[Path], ResourceSet]] = []
     for path in paths:
         missing = ResourceSet()
-        expanded = _expand(Path(path), missing)
-        if missing.problems:
-            files[Path(path)] = missing
-        for file in expanded:
-            try:
-                st = file.stat()
-                key = (st.st_ino, st.st_mtime_ns, st.st_size)
-                hit = cache.get(file) if cache is not None else None
-                if hit is not None and hit[0] == key:
-                    loaded = hit[1]
-                else:
-                    loaded = load_text(
-                        file.read_text(encoding="utf-8"), str(file), default_namespace
-                    )
-            except (OSError, UnicodeDecodeError) as exc:
-                files[file] = ResourceSet(
-                    problems=[Problem(str(file), "", "", "", f"cannot read: {exc}")]
-                )
-                continue
-            seen[file] = (key, loaded)
-            files[file] = loaded
-    if cache is not None:
-        cache.clear()
-        cache.update(seen)
+        listed.append((Path(path), _expand(Path(path), missing), missing))
+    files: dict[Path, ResourceSet] = {}
+    seen: LoadCache = {}
+    total = 0
+    try:
+        for path, expanded, missing in listed:
+            if missing.problems:
+                files[path] = missing
+            for file in expanded:
+                key, loaded = _load_cached(file, cache, default_namespace, limits, total)
+                total += loaded.objects_read
+                if key is not None:
+                    seen[file] = (key, loaded)
+                files[file] = loaded
+    finally:
+        if cache is not None:
+            cache.clear()
+            cache.update(seen)
     return files
+
+
+def _load_cached(
+    file: Path, cache: LoadCache | None, namespace: str, limits: LoadLimits, total: int
+) -> tuple[tuple[int, int, int] | None, ResourceSet]:
+    """``file``'s set (from the ``cache`` if unchanged) and its cache key (None: unreadable)."""
+    try:
+        st = file.stat()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = cache.get(file) if cache is not None else None
+        if (
+            hit is not None
+            and hit[0] == key
+            and hit[1].objects_read <= limits.max_resources - total
+        ):
+            return key, hit[1]
+        return key, _load_file(file, namespace, limits, total)  # over the limit: it says where
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, ResourceSet(problems=[Problem(str(file), "", "", "", f"cannot read: {exc}")])
+
+
+def _load_file(file: Path, namespace: str, limits: LoadLimits, total: int) -> ResourceSet:
+    """One file, read within ``max_file_bytes``, after ``total`` resources of this load."""
+    try:
+        text = read_limited(file, limits.max_file_bytes)
+    except FileTooLarge as exc:
+        return ResourceSet(problems=[Problem(str(file), "", "", "", str(exc))])
+    return _load_stream(text, str(file), namespace, limits, limits.max_resources - total)
+
+
+def _over_limit(origin: Origin, data: Any, limits: LoadLimits) -> LimitExceeded:
+    message = (
+        f"over the limit of {limits.max_resources:,} resources in one load (max_resources): "
+        "the whole load is refused"
+    )
+    return LimitExceeded(_raw_problem(origin, data if isinstance(data, dict) else {}, (), message))
 
 
 def _expand(path: Path, result: ResourceSet) -> list[Path]:
@@ -222,18 +285,47 @@ _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_text(
-    text: str, file: str = "<string>", default_namespace: str = DEFAULT_NAMESPACE
+    text: str,
+    file: str = "<string>",
+    default_namespace: str = DEFAULT_NAMESPACE,
+    limits: LoadLimits = DEFAULT_LIMITS,
 ) -> ResourceSet:
-    """Load every document of one YAML stream; a syntax error ends the stream, not the run."""
+    """Load every document of one YAML stream; a syntax error ends the stream, not the run.
+
+    Raises :class:`LimitExceeded` past ``limits.max_resources`` resources.
+    """
+    return _load_stream(text, file, default_namespace, limits, limits.max_resources)
+
+
+def _load_stream(
+    text: str, file: str, namespace: str, limits: LoadLimits, budget: int
+) -> ResourceSet:
+    """:func:`load_text` with ``budget`` resources left in this load."""
     result = ResourceSet()
     skipped: dict[str, list[_Skipped]] = {}
     loader = _Loader(text)
+    may_alias = "&" in text  # no anchor, no alias: nothing can expand
     index = 0
     try:
         while loader.check_node():
+            if index == limits.max_documents:
+                result.problems.append(_too_many_documents(loader, file, index, limits))
+                break
             node = loader.get_node()
-            data = loader.construct_document(node)
-            _load_document(data, Origin(file, index, node), default_namespace, result, skipped)
+            if node is None:
+                break
+            refusal = alias_refusal(node, limits) if may_alias else None
+            if refusal is not None:
+                line = node.start_mark.line + 1
+                result.problems.append(
+                    Problem(file, "", "", "", refusal, line=line, document=index)
+                )
+            else:
+                data = loader.construct_document(node)
+                origin = Origin(file, index, node)
+                _load_document(data, origin, namespace, result, skipped)
+                if result.objects_read > budget:
+                    raise _over_limit(origin, data, limits)
             index += 1
     except yaml.YAMLError as exc:
         result.problems.append(_yaml_problem(exc, text, file, index))
@@ -241,6 +333,18 @@ def load_text(
         loader.dispose()
     result.problems.extend(_skipped_problems(file, skipped))
     return result
+
+
+def _too_many_documents(
+    loader: yaml.SafeLoader, file: str, index: int, limits: LoadLimits
+) -> Problem:
+    event: yaml.Event = loader.peek_event()  # type: ignore[no-untyped-call]
+    line = event.start_mark.line + 1 if event.start_mark is not None else None
+    message = (
+        f"more than {limits.max_documents:,} documents, the limit per file (max_documents): "
+        "the rest of the file is not read"
+    )
+    return Problem(file, "", "", "", message, line=line, document=index)
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str, file: str, document: int) -> Problem:
@@ -306,6 +410,7 @@ def _load_document(
     cls = _resource_class(data, origin, result)
     if cls is None:
         return
+    result.objects_read += 1
     data = _with_namespace(data, namespace)
     try:
         resource = cls.model_validate(data)

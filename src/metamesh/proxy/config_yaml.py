@@ -63,6 +63,10 @@ what xDS will later deliver. Layout (see ``examples/proxy-static.yaml``)::
           request_mutation: [{key: x-env, value: prod}]
           response_mutation: [{key: x-served-by, value: mesh}]
 
+The file is read and parsed within :class:`~metamesh.api.limits.LoadLimits`, as the watched
+directory is: a file over ``max_file_bytes`` is not read, and a document whose YAML aliases
+expand it past its limit (a "billion laughs") is refused before it is constructed.
+
 Unknown fields are errors (a typo must not silently become a default). Every error names the
 file, the resource (kind, index and name) and the field path. Cross references (a route naming a
 cluster that does not exist, a listener naming a missing route configuration, an unknown codec)
@@ -81,6 +85,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from metamesh.api.limits import (
+    DEFAULT_LIMITS,
+    FileTooLarge,
+    LoadLimits,
+    alias_refusal,
+    read_limited,
+)
 from metamesh.proxy import config as cfg
 from metamesh.proxy.codec_ref import resolve_codec
 from metamesh.proxy.config_schema.clusters import _Cluster, _cluster
@@ -105,25 +116,30 @@ class _File(_Model):
     admin: dict[str, Any] | None = None
 
 
-def load_snapshot(path: str | Path) -> cfg.Snapshot:
+def load_snapshot(path: str | Path, limits: LoadLimits = DEFAULT_LIMITS) -> cfg.Snapshot:
     """Read, validate and convert the YAML file at ``path``; raises :class:`ConfigError`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_limited(path, limits.max_file_bytes)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    return parse_snapshot(text, source=str(path), codec_search=(path.resolve().parent,))
+    except (FileTooLarge, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return parse_snapshot(text, str(path), (path.resolve().parent,), limits)
 
 
 def parse_snapshot(
-    text: str, source: str = "<string>", codec_search: Sequence[Path] = ()
+    text: str,
+    source: str = "<string>",
+    codec_search: Sequence[Path] = (),
+    limits: LoadLimits = DEFAULT_LIMITS,
 ) -> cfg.Snapshot:
     """Like :func:`load_snapshot`, from YAML text; ``source`` names it in errors.
 
     A codec named by import path (``package.module:Class``) is looked for on ``sys.path``,
     then in the current directory, then in ``codec_search`` (:func:`resolve_codec`)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text, source, limits)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -136,6 +152,25 @@ def parse_snapshot(
     snapshot = _convert(model)
     _check_references(source, snapshot, codec_search)
     return snapshot
+
+
+#: libyaml's C parser when PyYAML has it, as the resource loader uses.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_yaml(text: str, source: str, limits: LoadLimits) -> Any:
+    """``yaml.safe_load``, refusing a document whose aliases expand it past ``limits``."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        refusal = alias_refusal(node, limits) if "&" in text else None
+        if refusal is not None:
+            raise ConfigError(f"{source}:{node.start_mark.line + 1}: {refusal}")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _check_unique(source: str, res: _StaticResources) -> None:

@@ -20,6 +20,12 @@ What is reported, as ``file:line: severity: Kind ns/name: field.path: message`` 
 A directory that does not exist is :class:`ConfigDirectoryError` when the source is made, so a
 command can print it and exit; one removed while watched is reported and the last config stays.
 
+Loading is bounded by ``limits`` (:class:`~metamesh.api.limits.LoadLimits`): a file too large,
+with too many documents, or with a document whose YAML aliases expand too far is an error of
+that file (its last good version stays in force, like any other error); a directory with more
+than ``max_resources`` resources is refused whole: parsing stops there, the error names the
+file where the limit was passed, and the model in force stays.
+
 Only files whose inode, modification time or size changed are parsed again (the rest come
 from a per-file cache), so an edit in a directory of 1,000 services does not re-read them all.
 
@@ -39,6 +45,7 @@ from pathlib import Path
 import watchfiles
 
 from metamesh.api.base import DEFAULT_NAMESPACE
+from metamesh.api.limits import DEFAULT_LIMITS, LimitExceeded, LoadLimits
 from metamesh.api.loader import YAML_SUFFIXES, LoadCache, ResourceSet, load_files
 from metamesh.api.problems import Problem
 from metamesh.control.model import MeshModel, build_model
@@ -91,8 +98,10 @@ class FileSource:
         report: Report | None = None,
         debounce_ms: int = 200,
         step_ms: int = 30,
+        limits: LoadLimits = DEFAULT_LIMITS,
     ) -> None:
         self.directory = config_directory(directory)
+        self.limits = limits
         self._on_model = on_model
         self._namespace = namespace
         self._report = report
@@ -119,7 +128,13 @@ class FileSource:
             self.rejected += 1
             self._line("error", f"{self.directory}: config directory is gone; {self._kept()}")
             return None
-        files = load_files([self.directory], self._namespace, cache=self._cache)
+        try:
+            files = load_files([self.directory], self._namespace, self._cache, self.limits)
+        except LimitExceeded as exc:
+            self.rejected += 1
+            self.problems = [exc.problem]
+            self._line("error", f"{exc.problem.format()}; {self._kept()}")
+            return None
         result = accept({str(f): loaded for f, loaded in files.items()}, self._last_good)
         self.problems = result.problems
         self._report_problems(result)
