@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# build-essential + python3-dev: the mypyc native build and the C benchmark floor; iproute2: `ss` in tests
-APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools build-essential python3-dev iproute2)
+# build-essential + python3-dev: the mypyc native build and the C benchmark floor; iproute2: `ss` in tests;
+# zookeeper: the real registry the ZooKeeper source is tested against (run by the tests, no service)
+APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools build-essential python3-dev iproute2 zookeeper)
 
 if [[ "${METAMESH_SKIP_APT:-0}" != 1 ]]; then
   missing=()

@@ -15,6 +15,7 @@ from metamesh import __version__, build_info
 
 if TYPE_CHECKING:
     from metamesh.control.embedded import CaSettings
+    from metamesh.control.sources.zookeeper import ZooKeeperSettings
     from metamesh.runtime.identity import IdentitySettings
 
 
@@ -213,6 +214,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             limits=_limits(args),
             access_log=open_access_log(args.access_log, stack),
+            zookeeper=_zookeeper(args),
         )
         return run(main, args.log_level)
 
@@ -220,7 +222,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_control_plane(args: argparse.Namespace) -> int:
     from metamesh.control.embedded import run, serve_control_plane
 
-    if _config_dir_missing("control-plane", args.config_dir):
+    if args.config_dir is None and args.zookeeper is None:
+        print(
+            "metamesh control-plane: give --config-dir DIR, --zookeeper HOST:PORT, or both",
+            file=sys.stderr,
+        )
+        return 2
+    if args.config_dir is not None and _config_dir_missing("control-plane", args.config_dir):
         return 2
 
     main = serve_control_plane(
@@ -229,8 +237,41 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
         xds_port=args.xds_port,
         namespace=args.namespace,
         ca=_ca_settings(args),
+        zookeeper=_zookeeper(args),
     )
     return run(main, args.log_level, proxy_loop=False)
+
+
+def _zookeeper(args: argparse.Namespace) -> ZooKeeperSettings | None:
+    """``--zookeeper HOST:PORT[,...] --zk-root PATH --zk-service-port N`` (up, control-plane)."""
+    if args.zookeeper is None:
+        return None
+    from metamesh.control.sources.zookeeper import ZooKeeperSettings
+
+    try:
+        return ZooKeeperSettings(args.zookeeper, args.zk_root, args.zk_service_port)
+    except ValueError as e:
+        print(f"metamesh {args.command}: --zookeeper: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _add_zookeeper_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "Dubbo services from a ZooKeeper registry (docs/zookeeper.md)"
+    )
+    group.add_argument(
+        "--zookeeper",
+        metavar="HOST:PORT[,...]",
+        help="watch the Dubbo providers registered in this ZooKeeper (default: none)",
+    )
+    group.add_argument("--zk-root", default="/dubbo", metavar="PATH", help="Dubbo's registry root")
+    group.add_argument(
+        "--zk-service-port",
+        type=int,
+        default=20880,
+        metavar="PORT",
+        help="the port each ZooKeeper service listens on, at its allocated address",
+    )
 
 
 def _ca_settings(args: argparse.Namespace) -> CaSettings | None:
@@ -440,11 +481,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--access-log", metavar="PATH", help="JSON-lines access log ('-': stdout)")
     up.add_argument("--drain-timeout", type=float, default=5.0, help="seconds to drain on SIGTERM")
     _add_limit_options(up)
+    _add_zookeeper_options(up)
     up.add_argument("--log-level", default="INFO", help="logging level")
     up.set_defaults(func=_cmd_up)
 
-    cp = sub.add_parser("control-plane", help="serve a watched config directory over xDS (ADS)")
-    cp.add_argument("--config-dir", required=True, metavar="DIR", help="YAML manifests (watched)")
+    cp = sub.add_parser(
+        "control-plane",
+        help="serve a watched config directory (and/or a ZooKeeper registry) over xDS (ADS)",
+    )
+    cp.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="YAML manifests (watched) (default: none; give it, --zookeeper, or both)",
+    )
     cp.add_argument("--xds-port", type=int, default=15010, help="xDS port")
     cp.add_argument("--xds-address", default="127.0.0.1", help="xDS address")
     cp.add_argument(
@@ -463,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap tokens and their identities, YAML (default: none)",
     )
     cp.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
+    _add_zookeeper_options(cp)
     cp.set_defaults(func=_cmd_control_plane)
 
     pc = sub.add_parser("proxy-config", help="show a running proxy's config (from its admin)")

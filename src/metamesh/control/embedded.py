@@ -5,8 +5,10 @@
   :class:`XdsClient` pointed at it, so even the embedded proxy gets its config over real xDS
   (one code path for both modes). Each MetaProtocol service is served on its ServiceEntry
   address or its allocated 127.240.x.y VIP; what is served is printed at start and whenever it
-  changes.
-- ``metamesh control-plane --config-dir DIR`` (:func:`serve_control_plane`): source + server.
+  changes. With ``--zookeeper``, the Dubbo providers registered there are services too, beside
+  the directory's (:mod:`metamesh.control.sources.merge`).
+- ``metamesh control-plane --config-dir DIR`` (:func:`serve_control_plane`): source + server
+  (the directory, ``--zookeeper``, or both).
 - ``metamesh proxy --xds HOST:PORT`` (:func:`serve_proxy_xds`): proxy + client, identified by
   node id, namespace and labels.
 
@@ -34,7 +36,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import grpc
 
@@ -55,6 +57,10 @@ from metamesh.security.ca import CertificateAuthority
 from metamesh.security.cert_service import CertificateService, TokenBook, server_credentials
 from metamesh.xds.resources import ProxyNode
 from metamesh.xds.server import AdsServer
+
+if TYPE_CHECKING:
+    from metamesh.control.sources.merge import MergedSources
+    from metamesh.control.sources.zookeeper import ZooKeeperSettings
 
 log = logging.getLogger("metamesh")
 
@@ -129,16 +135,35 @@ def _on_signals(stop: asyncio.Event) -> Callable[[], None]:
 
 
 async def start_control_plane(
-    directory: Path, host: str, port: int, namespace: str
-) -> tuple[AdsServer, FileSource, int]:
-    holder: list[AdsServer] = []
-    source = FileSource(directory, lambda m: holder[0].set_model(m), namespace=namespace)
+    directory: Path | None,
+    host: str,
+    port: int,
+    namespace: str,
+    *,
+    zookeeper: ZooKeeperSettings | None = None,
+) -> tuple[AdsServer, FileSource | MergedSources, int]:
+    """The ADS server fed by the directory and, with ``zookeeper``, the Dubbo registry too
+    (control/sources/merge.py; its first read is awaited for a bounded time)."""
     ads = AdsServer(translate, MeshModel(), quiet=SERVER_QUIET, max_delay=SERVER_MAX_DELAY)
-    holder.append(ads)
+    source: FileSource | MergedSources
+    if zookeeper is None:
+        assert directory is not None, "a config directory, a registry, or both"
+        source = FileSource(directory, ads.set_model, namespace=namespace)
+    else:
+        from metamesh.control.sources.merge import MergedSources
+
+        source = MergedSources(directory, ads.set_model, namespace=namespace, zookeeper=zookeeper)
+        await source.start()
     if source.load() is not None:
         ads.flush()
     bound = await ads.start(host, port)
     return ads, source, bound
+
+
+def _watching(directory: str | Path | None, zookeeper: ZooKeeperSettings | None) -> str:
+    """What the control plane follows, for its first stdout line."""
+    what = [] if directory is None else [str(directory)]
+    return " and ".join([*what, *([zookeeper.where] if zookeeper is not None else [])])
 
 
 async def start_proxy(
@@ -224,6 +249,7 @@ async def serve_up(
     drain_timeout: float = 5.0,
     access_log: IO[str] | None = None,
     limits: dict[str, Any] | None = None,
+    zookeeper: ZooKeeperSettings | None = None,
 ) -> int:
     """``metamesh up``: the proxy on this loop, the control plane on a thread (module doc)."""
     stop = stop or asyncio.Event()
@@ -232,13 +258,16 @@ async def serve_up(
     control.start()
     try:
         ads, source, port = await control.run(
-            start_control_plane(Path(directory), "127.0.0.1", xds_port, namespace)
+            start_control_plane(
+                Path(directory), "127.0.0.1", xds_port, namespace, zookeeper=zookeeper
+            )
         )
     except BaseException:
         await control.stop()
         remove_signals()
         raise
-    print(f"metamesh: control plane (xDS) on 127.0.0.1:{port}, watching {directory}", file=out)
+    watching = _watching(directory, zookeeper)
+    print(f"metamesh: control plane (xDS) on 127.0.0.1:{port}, watching {watching}", file=out)
     printer = ServingPrinter(out)
     try:
         proxy, client = await start_proxy(
@@ -275,7 +304,7 @@ async def serve_up(
 
 
 async def serve_control_plane(
-    directory: str | Path,
+    directory: str | Path | None,
     *,
     host: str = "127.0.0.1",
     xds_port: int = 15010,
@@ -283,13 +312,18 @@ async def serve_control_plane(
     out: TextIO = sys.stdout,
     stop: asyncio.Event | None = None,
     ca: CaSettings | None = None,
+    zookeeper: ZooKeeperSettings | None = None,
 ) -> int:
-    """``metamesh control-plane``: the watched directory served over ADS (and, with ``ca``,
-    the mesh CA's certificate API over TLS)."""
+    """``metamesh control-plane``: the watched directory (and/or, with ``zookeeper``, the Dubbo
+    registry) served over ADS (and, with ``ca``, the mesh CA's certificate API over TLS)."""
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
-    ads, source, port = await start_control_plane(Path(directory), host, xds_port, namespace)
-    print(f"metamesh: control plane (xDS) on {host}:{port}, watching {directory}", file=out)
+    path = Path(directory) if directory is not None else None
+    ads, source, port = await start_control_plane(
+        path, host, xds_port, namespace, zookeeper=zookeeper
+    )
+    watching = _watching(directory, zookeeper)
+    print(f"metamesh: control plane (xDS) on {host}:{port}, watching {watching}", file=out)
     ca_server = await start_ca(ca, host, out) if ca is not None else None
     out.flush()
     task = asyncio.create_task(source.run())

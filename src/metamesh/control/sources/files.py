@@ -54,6 +54,8 @@ from metamesh.control.sources.accept import Acceptance, Held, accept
 log = logging.getLogger("metamesh.control.sources")
 
 OnModel = Callable[[MeshModel], None]
+#: Adds other sources' sets to the files' before acceptance (:mod:`.merge`).
+Merge = Callable[[dict[str, ResourceSet]], dict[str, ResourceSet]]
 Report = Callable[[str], None]
 #: A warning's identity across loads: everything but the line, which edits move.
 ProblemKey = tuple[str, str, str, str, str, str]
@@ -99,9 +101,11 @@ class FileSource:
         debounce_ms: int = 200,
         step_ms: int = 30,
         limits: LoadLimits = DEFAULT_LIMITS,
+        merge: Merge | None = None,
     ) -> None:
         self.directory = config_directory(directory)
         self.limits = limits
+        self._merge = merge
         self._on_model = on_model
         self._namespace = namespace
         self._report = report
@@ -135,7 +139,10 @@ class FileSource:
             self.problems = [exc.problem]
             self._line("error", f"{exc.problem.format()}; {self._kept()}")
             return None
-        result = accept({str(f): loaded for f, loaded in files.items()}, self._last_good)
+        current = {str(f): loaded for f, loaded in files.items()}
+        if self._merge is not None:  # other sources' resources, as pseudo-files (merge.py)
+            current = self._merge(current)
+        result = accept(current, self._last_good)
         self.problems = result.problems
         self._report_problems(result)
         changed = self._changed(result)
