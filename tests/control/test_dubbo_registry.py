@@ -114,7 +114,10 @@ def test_one_service_per_group_and_the_groups_stay_after_their_providers_leave()
     assert result.hosts == (HOST, f"{HOST}-blue") and result.groups == {"", "Blue"}
     later = interface_services(ORIGIN, IFACE, [], namespace="dubbo", known_groups=result.groups)
     assert later.hosts == result.hosts
-    assert all(not se.spec.endpoints for se in later.resources.of_kind(ServiceEntry))
+    empty = later.resources.of_kind(ServiceEntry)
+    assert all(not se.spec.endpoints and se.spec.resolution == "NONE" for se in empty)
+    assert check_resources(later.resources) == []  # STATIC would need endpoints
+    assert set(build_model(later.resources).services) == {HOST, f"{HOST}-blue"}
     assert service_host("com.acme.My_Svc$Inner", "g 1") == "com.acme.my-svc-inner-g-1"
 
 

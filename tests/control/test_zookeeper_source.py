@@ -29,10 +29,12 @@ from metamesh.api.istio import ServiceEntry
 from metamesh.api.loader import ResourceSet
 from metamesh.control.sources.zookeeper import ZooKeeperSettings, ZooKeeperSource
 from tests.control.zookeeper_server import (
+    SKIP_REASON,
     Relay,
     ZooKeeperServer,
     dubbo27_provider_node,
     zookeeper,
+    zookeeper_available,
 )
 
 __all__ = ["zookeeper"]  # the fixture, used by name
@@ -250,6 +252,30 @@ def test_a_zookeeper_restart_keeps_then_refreshes_the_services(zookeeper: ZooKee
         provider.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_source_started_before_zookeeper_follows_it_once_it_answers(tmp_path: Path) -> None:
+    if not zookeeper_available():
+        pytest.skip(SKIP_REASON)
+    server = ZooKeeperServer(tmp_path / "zk")
+
+    async def scenario() -> None:
+        watcher = Watcher(server.hosts)
+        watcher.source.start()
+        assert not await watcher.source.wait_synced(1.0)  # nobody answers yet
+        assert watcher.source.state == "connecting" and watcher.updates == []
+        await asyncio.to_thread(server.start)
+        provider = writer(server.hosts)
+        register(provider, 20001)
+        assert await watcher.source.wait_synced(10.0)
+        await watcher.until(lambda now: now.get(HOST) == [("127.0.0.1", 20001, "")], 5.0)
+        await watcher.source.close()
+        provider.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
 
 
 @pytest.mark.interop

@@ -18,7 +18,8 @@ READY, printed once its node is visible), one leaving (no call reaches it 1 s af
 unregistered), a v1 -> v2 rollout by editing the MetaRouter (100/0, 80/20, 0/100) and the last v1
 provider leaving, then ZooKeeper stopped for 2 s and started again, then a provider joining after
 the restart: zero failed calls throughout. A second test runs ``control-plane --zookeeper``
-(no directory) with ``proxy --xds``.
+(no directory) with ``proxy --xds``, down to no provider at all (the service stays; calls get the
+proxy's "no healthy upstream" reply).
 """
 
 from __future__ import annotations
@@ -308,6 +309,19 @@ def test_control_plane_with_zookeeper_only_and_a_proxy(
             assert traffic.failures == []
         finally:
             traffic.stop()
+        # every provider gone: the service stays, calls get the proxy's Dubbo error reply
+        a.leave()
+        b.leave()
+        time.sleep(IN_FORCE)
+        from dubbo.client import DubboClient
+
+        client: Any = DubboClient(*service_address(proxy, host), dubbo_version="2.0.2")
+        answer = client.send_request_and_return_response(
+            service_name=interface, method_name="echo", args=["x"], service_version="0.0.0"
+        )
+        assert (answer.status, answer.error) == (80, "no healthy upstream")
+        client._sock.shutdown(socket.SHUT_RDWR)
+        client._sock.close()
         assert proxy.stop() == 0 and control.stop() == 0
     assert "Traceback" not in control.stderr()
 

@@ -26,7 +26,9 @@ Naming (what a hand-written DestinationRule or MetaRouter refers to):
 - one port, :data:`DEFAULT_SERVICE_PORT` (20880) unless told, named :data:`PORT_NAME` (the
   built-in ``dubbo`` application protocol); it has no address, so the model allocates one from
   127.240.0.0/16 as for any ServiceEntry without ``addresses``; each endpoint serves it on the
-  port its URL names.
+  port its URL names. Resolution is STATIC; a service whose providers all left keeps its
+  ServiceEntry with no endpoints and resolution NONE (validation wants endpoints for STATIC;
+  both are an EDS cluster to metamesh), so routes that name it stay valid.
 
 Labels of an endpoint: every URL parameter whose key and value are valid Kubernetes label
 syntax (``,`` in a value becomes ``-``, as dubbo2istio does; empty values are left out): so
@@ -276,7 +278,8 @@ def _service_entry(
         spec=ServiceEntrySpec(
             hosts=[host],
             ports=[ServicePort(number=service_port, name=PORT_NAME)],
-            resolution="STATIC",
+            # STATIC needs endpoints; with none, NONE (served the same way: an empty cluster)
+            resolution="STATIC" if endpoints else "NONE",
             endpoints=endpoints,
         ),
     )

@@ -95,6 +95,8 @@ class ZooKeeperSettings:
     def __post_init__(self) -> None:
         """Raises ValueError (kazoo's message) for a host list kazoo cannot read."""
         collect_hosts(self.hosts)
+        if not self.root.strip("/"):
+            raise ValueError(f"the registry root {self.root!r} must name a node, e.g. /dubbo")
         if not 1 <= self.service_port <= 65535:
             raise ValueError(f"service port {self.service_port} is not in 1..65535")
 
@@ -245,7 +247,12 @@ class ZooKeeperSource:
             if self._client is None or not self._client.connected:
                 self.stale = True  # the next connect reads everything
                 continue
-            self._read(notes)
+            try:
+                self._read(notes)
+            except Exception:  # the worker's boundary: a bug must not end the watching
+                self.counters["read_failures"] += 1
+                self.stale = True
+                log.exception("%s: reading the providers failed", self.settings.where)
 
     def _read(self, notes: set[str | None]) -> None:
         complete = _ALL in notes
