@@ -95,6 +95,10 @@ def test_hand_written_rules_apply_to_the_registry_service(tmp_path: Path) -> Non
     # a provider leaves: a new model without it
     model = mesh.registry("v1")
     assert model is not None and [e.address for e in model.services[HOST].endpoints] == ["10.0.0.1"]
+    # the last one leaves: the service stays, empty, and the rules stay in force
+    model = mesh.registry()
+    assert model is not None and model.services[HOST].endpoints == ()
+    assert model.services[HOST].router is not None and not mesh.files.held
 
 
 def test_a_service_entry_in_the_directory_wins_over_the_registry(tmp_path: Path) -> None:
