@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -340,6 +341,8 @@ def test_a_dubbo_py_provider_registers_itself_but_persistently(zookeeper: ZooKee
                 service_name=iface, method_name="echo", args=["x"], service_version="2.0.0"
             )
             assert answer.data == f"2.0.0@{port}:x"
+            client._sock.shutdown(socket.SHUT_RDWR)  # dubbo-py has no close()
+            await asyncio.sleep(0.1)  # its receive thread reads the EOF first
             client._sock.close()
         finally:
             proc.kill()

@@ -96,6 +96,13 @@ class Provider:
         self.proc.wait(10)
 
 
+def close_client(client: Any) -> None:
+    """dubbo-py has no close(): end its receive thread (EOF), then close the socket."""
+    client._sock.shutdown(socket.SHUT_RDWR)
+    time.sleep(0.1)  # its receive thread reads the EOF before the descriptor goes
+    client._sock.close()
+
+
 class Traffic:
     """A dubbo-py consumer on one connection, calling ``echo`` every 5 ms from a thread."""
 
@@ -150,8 +157,7 @@ class Traffic:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
-        self.client._sock.shutdown(socket.SHUT_RDWR)  # dubbo-py has no close()
-        self.client._sock.close()
+        close_client(self.client)
 
 
 def rules(host: str) -> str:
@@ -320,8 +326,7 @@ def test_control_plane_with_zookeeper_only_and_a_proxy(
             service_name=interface, method_name="echo", args=["x"], service_version="0.0.0"
         )
         assert (answer.status, answer.error) == (80, "no healthy upstream")
-        client._sock.shutdown(socket.SHUT_RDWR)
-        client._sock.close()
+        close_client(client)
         assert proxy.stop() == 0 and control.stop() == 0
     assert "Traceback" not in control.stderr()
 
