@@ -101,17 +101,21 @@ class ZooKeeperSettings:
             raise ValueError(f"service port {self.service_port} is not in 1..65535")
 
     @property
+    def path(self) -> str:
+        """The registry root as a znode path (``dubbo/`` -> ``/dubbo``)."""
+        return "/" + self.root.strip("/")
+
+    @property
     def where(self) -> str:
-        return f"zookeeper://{self.hosts}{self.root}"
+        return f"zookeeper://{self.hosts}{self.path}"
 
 
 class ZooKeeperSource:
     """Watches the Dubbo registry at ``settings``; see the module docstring."""
 
     def __init__(self, settings: ZooKeeperSettings, on_update: OnUpdate, *, namespace: str) -> None:
-        root = "/" + settings.root.strip("/")
         self.settings = settings
-        self.root = root
+        self.root = settings.path
         self.namespace = namespace
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.state = "stopped"  #: connecting, connected, suspended, lost, stopped
