@@ -106,3 +106,64 @@ def test_up_and_control_plane_say_when_the_directory_is_missing(tmp_path: Path) 
         assert out.returncode == 2, out.stderr
         assert f"metamesh {args[0]}: config directory" in out.stderr and what in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def _until(proc: "subprocess.Popen[str]", text: str, seconds: float = 30.0) -> str:
+    """Read ``proc``'s merged output until a line holds ``text`` (or fail at the deadline)."""
+    import selectors
+    import time
+
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=deadline - time.monotonic()):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if text in line:
+                return "".join(seen)
+    raise AssertionError(f"no {text!r} in:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["control-plane", "--config-dir", "examples/mesh", "--xds-port", "0"],
+        ["up", "examples/mesh", "--admin-port", "0", "--xds-port", "0"],
+    ],
+    ids=["control-plane", "up"],
+)
+def test_config_limit_options_reach_the_watched_directory(argv: list[str]) -> None:
+    # examples/mesh holds 8 resources: with a limit of 7 the load is refused, naming the limit
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metamesh", *argv, "--max-config-resources", "7"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out = _until(proc, "over the limit of 7 resources in one load (max_resources)")
+        assert "examples/mesh/" in out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_proxy_config_file_limits(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text((ROOT / "examples" / "proxy-static.yaml").read_text() + "#" * 1024 * 1024)
+    out = subprocess.run(
+        [sys.executable, "-m", "metamesh", "proxy", "--config", str(config)]
+        + ["--admin-port", "-1", "--max-config-file-mib", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "invalid config" in out.stderr and "proxy.yaml" in out.stderr

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from metamesh import __version__, build_info
 
 if TYPE_CHECKING:
+    from metamesh.api.limits import LoadLimits
     from metamesh.control.embedded import CaSettings
     from metamesh.control.sources.zookeeper import ZooKeeperSettings
     from metamesh.runtime.identity import IdentitySettings
@@ -62,7 +63,67 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from metamesh.api.validate import report
 
-    return report(args.paths, sys.stdout, default_namespace=args.namespace, strict=args.strict)
+    return report(
+        args.paths,
+        sys.stdout,
+        default_namespace=args.namespace,
+        strict=args.strict,
+        limits=_config_limits(args),
+    )
+
+
+def _config_limits(args: argparse.Namespace) -> LoadLimits:
+    """What loading a config may cost (api/limits.py), from the ``--max-config-*`` options."""
+    from metamesh.api.limits import LoadLimits
+
+    for option in ("max_config_file_mib", "max_config_documents", "max_config_resources"):
+        if getattr(args, option) < 1:
+            raise SystemExit(f"metamesh: --{option.replace('_', '-')} must be at least 1")
+    if args.yaml_alias_ratio < 1:
+        raise SystemExit("metamesh: --yaml-alias-ratio must be at least 1")
+    return LoadLimits(
+        max_file_bytes=args.max_config_file_mib * 1024 * 1024,
+        max_documents=args.max_config_documents,
+        max_resources=args.max_config_resources,
+        alias_ratio=args.yaml_alias_ratio,
+    )
+
+
+def _add_config_limit_options(parser: argparse.ArgumentParser) -> None:
+    from metamesh.api.limits import DEFAULT_LIMITS as limits
+
+    group = parser.add_argument_group(
+        "config limits", "what loading the config may cost (docs/operations.md)"
+    )
+    group.add_argument(
+        "--max-config-file-mib",
+        type=int,
+        default=limits.max_file_bytes // (1024 * 1024),
+        metavar="MIB",
+        help="a larger config file is refused, not read",
+    )
+    group.add_argument(
+        "--max-config-documents",
+        type=int,
+        default=limits.max_documents,
+        metavar="N",
+        help="YAML documents per file",
+    )
+    group.add_argument(
+        "--max-config-resources",
+        type=int,
+        default=limits.max_resources,
+        metavar="N",
+        help="metamesh resources per load; past it the whole load is refused and the last "
+        "good config stays",
+    )
+    group.add_argument(
+        "--yaml-alias-ratio",
+        type=int,
+        default=limits.alias_ratio,
+        metavar="N",
+        help="a YAML document may expand (aliases) to N times its own nodes",
+    )
 
 
 def _limits(args: argparse.Namespace) -> dict[str, object]:
@@ -115,6 +176,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         log_level=args.log_level,
         limits=_limits(args),
+        config_limits=_config_limits(args),
         tls_files=_tls_files(args),
         identity=_identity(args),
     )
@@ -213,6 +275,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             namespace=args.namespace,
             drain_timeout=args.drain_timeout,
             limits=_limits(args),
+            config_limits=_config_limits(args),
             access_log=open_access_log(args.access_log, stack),
             zookeeper=_zookeeper(args),
         )
@@ -238,6 +301,7 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         ca=_ca_settings(args),
         zookeeper=_zookeeper(args),
+        config_limits=_config_limits(args),
     )
     return run(main, args.log_level, proxy_loop=False)
 
@@ -402,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also exit 1 on warnings and on objects of kinds metamesh does not read (skipped)",
     )
+    _add_config_limit_options(validate)
     validate.set_defaults(func=_cmd_validate)
 
     proxy = sub.add_parser(
@@ -428,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-timeout", type=float, default=10.0, help="seconds to drain on SIGTERM"
     )
     _add_limit_options(proxy)
+    _add_config_limit_options(proxy)
     tls = proxy.add_argument_group(
         "workload certificate (for listeners with tls_mode STRICT or PERMISSIVE)"
     )
@@ -481,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--access-log", metavar="PATH", help="JSON-lines access log ('-': stdout)")
     up.add_argument("--drain-timeout", type=float, default=5.0, help="seconds to drain on SIGTERM")
     _add_limit_options(up)
+    _add_config_limit_options(up)
     _add_zookeeper_options(up)
     up.add_argument("--log-level", default="INFO", help="logging level")
     up.set_defaults(func=_cmd_up)
@@ -500,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--namespace", default="default", help="namespace for resources without one"
     )
     cp.add_argument("--log-level", default="INFO", help="logging level")
+    _add_config_limit_options(cp)
     cp.add_argument(
         "--ca-dir",
         metavar="DIR",

@@ -144,3 +144,47 @@ def test_strict_fails_on_warnings_and_passes_a_clean_set(
     (tmp_path / "w.yaml").write_text(to_yaml(docs))
     assert main(["validate", str(tmp_path)]) == 0
     assert main(["validate", "--strict", str(tmp_path)]) == 1
+
+
+def test_config_limits_are_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # examples/mesh holds 8 resources: under a limit of 7 the whole load is refused, naming it
+    assert main(["validate", "--max-config-resources", "7", str(MESH)]) == 1
+    out = capsys.readouterr().out
+    assert "7" in out and "resources" in out and "error" in out
+    assert main(["validate", "--max-config-resources", "8", str(MESH)]) == 0
+    capsys.readouterr()
+    # the same document is refused or accepted by the alias ratio alone
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(_shared_block_entry(16))
+    assert main(["validate", str(shared)]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--yaml-alias-ratio", "1", str(shared)]) == 1
+    assert "alias" in capsys.readouterr().out
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"# " + b"x" * (1024 * 1024) + b"\n")
+    assert main(["validate", "--max-config-file-mib", "1", str(big)]) == 1
+    assert "big.yaml" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--max-config-documents must be at least 1"):
+        main(["validate", "--max-config-documents", "0", str(MESH)])
+
+
+def _shared_block_entry(uses: int) -> str:
+    """A valid ServiceEntry whose endpoints share one labels block ``uses`` times (aliases that
+    expand to well over the floor of 1,000 nodes, but under 10x the document)."""
+    labels = "{" + ", ".join(f"k{i}: v{i}" for i in range(30)) + "}"
+    endpoints = [f"  - {{address: 127.0.0.{i + 1}, labels: *l}}" for i in range(uses)]
+    return "\n".join(
+        [
+            "apiVersion: networking.istio.io/v1beta1",
+            "kind: ServiceEntry",
+            "metadata: {name: shared, namespace: ns}",
+            "spec:",
+            "  hosts: [shared.example]",
+            "  addresses: [127.0.10.98]",
+            "  resolution: STATIC",
+            "  ports: [{number: 9, name: tcp-metaprotocol-thrift-x}]",
+            "  endpoints:",
+            f"  - {{address: 127.0.0.254, labels: &l {labels}}}",
+            *endpoints,
+        ]
+    ) + "\n"

@@ -28,6 +28,7 @@ from metamesh.api.checks import (
     subset_name_errors,
 )
 from metamesh.api.istio import DestinationRule, ServiceEntry
+from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
 from metamesh.api.loader import Loaded, ResourceSet, load_paths
 from metamesh.api.metaprotocol import (
     ApplicationProtocol,
@@ -383,13 +384,14 @@ def report(
     default_namespace: str = DEFAULT_NAMESPACE,
     *,
     strict: bool = False,
+    limits: LoadLimits = DEFAULT_LIMITS,
 ) -> int:
     """``metamesh validate``: print every problem and a summary; 0 if no errors, else 1.
 
     With ``strict``, warnings (unsupported fields, unused routes, ...) and skipped objects of
     kinds metamesh does not read fail too: exit 1 unless nothing at all was found.
     """
-    resources = load_paths(paths, default_namespace)
+    resources = load_paths(paths, default_namespace, limits=limits)
     problems = validate(resources)
     for problem in problems:
         print(problem.format(), file=out)

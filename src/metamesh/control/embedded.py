@@ -41,6 +41,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 import grpc
 
 from metamesh import logs
+from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
 from metamesh.control.model import MeshModel
 from metamesh.control.sources import FileSource
 from metamesh.control.to_proxy import to_snapshot
@@ -141,6 +142,7 @@ async def start_control_plane(
     namespace: str,
     *,
     zookeeper: ZooKeeperSettings | None = None,
+    limits: LoadLimits = DEFAULT_LIMITS,
 ) -> tuple[AdsServer, FileSource | MergedSources, int]:
     """The ADS server fed by the directory and, with ``zookeeper``, the Dubbo registry too
     (control/sources/merge.py; its first read is awaited for a bounded time)."""
@@ -148,11 +150,13 @@ async def start_control_plane(
     source: FileSource | MergedSources
     if zookeeper is None:
         assert directory is not None, "a config directory, a registry, or both"
-        source = FileSource(directory, ads.set_model, namespace=namespace)
+        source = FileSource(directory, ads.set_model, namespace=namespace, limits=limits)
     else:
         from metamesh.control.sources.merge import MergedSources
 
-        source = MergedSources(directory, ads.set_model, namespace=namespace, zookeeper=zookeeper)
+        source = MergedSources(
+            directory, ads.set_model, namespace=namespace, zookeeper=zookeeper, limits=limits
+        )
         await source.start()
     if source.load() is not None:
         ads.flush()
@@ -249,6 +253,7 @@ async def serve_up(
     drain_timeout: float = 5.0,
     access_log: IO[str] | None = None,
     limits: dict[str, Any] | None = None,
+    config_limits: LoadLimits = DEFAULT_LIMITS,
     zookeeper: ZooKeeperSettings | None = None,
 ) -> int:
     """``metamesh up``: the proxy on this loop, the control plane on a thread (module doc)."""
@@ -259,7 +264,12 @@ async def serve_up(
     try:
         ads, source, port = await control.run(
             start_control_plane(
-                Path(directory), "127.0.0.1", xds_port, namespace, zookeeper=zookeeper
+                Path(directory),
+                "127.0.0.1",
+                xds_port,
+                namespace,
+                zookeeper=zookeeper,
+                limits=config_limits,
             )
         )
     except BaseException:
@@ -313,6 +323,7 @@ async def serve_control_plane(
     stop: asyncio.Event | None = None,
     ca: CaSettings | None = None,
     zookeeper: ZooKeeperSettings | None = None,
+    config_limits: LoadLimits = DEFAULT_LIMITS,
 ) -> int:
     """``metamesh control-plane``: the watched directory (and/or, with ``zookeeper``, the Dubbo
     registry) served over ADS (and, with ``ca``, the mesh CA's certificate API over TLS)."""
@@ -320,7 +331,7 @@ async def serve_control_plane(
     remove_signals = _on_signals(stop)
     path = Path(directory) if directory is not None else None
     ads, source, port = await start_control_plane(
-        path, host, xds_port, namespace, zookeeper=zookeeper
+        path, host, xds_port, namespace, zookeeper=zookeeper, limits=config_limits
     )
     watching = _watching(directory, zookeeper)
     print(f"metamesh: control plane (xDS) on {host}:{port}, watching {watching}", file=out)

@@ -15,6 +15,7 @@ import sys
 from typing import IO, Any
 
 from metamesh import build_info, logs
+from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
 from metamesh.proxy.config_yaml import ConfigError, load_snapshot
 from metamesh.proxy.filters.rbac import identity_rules_without_tls
 from metamesh.runtime.fd_limits import process_limits
@@ -50,12 +51,13 @@ def run_proxy(
     drain_timeout: float = 10.0,
     log_level: str = "INFO",
     limits: dict[str, Any] | None = None,
+    config_limits: LoadLimits = DEFAULT_LIMITS,
     tls_files: tuple[str, str, str, str] | None = None,
     identity: IdentitySettings | None = None,
 ) -> int:
     logs.configure(log_level)
     try:
-        snapshot = load_snapshot(config)
+        snapshot = load_snapshot(config, config_limits)
     except ConfigError as e:
         print(f"metamesh proxy: invalid config:\n{e}", file=sys.stderr)
         return 2

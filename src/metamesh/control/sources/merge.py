@@ -37,6 +37,7 @@ from pathlib import Path
 
 from metamesh.api.base import fqdn
 from metamesh.api.istio import ServiceEntry
+from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
 from metamesh.api.loader import Loaded, ResourceSet
 from metamesh.control.model import MeshModel, build_model
 from metamesh.control.sources.accept import accept
@@ -167,10 +168,11 @@ class MergedSources:
         *,
         namespace: str,
         zookeeper: ZooKeeperSettings,
+        limits: LoadLimits = DEFAULT_LIMITS,
     ) -> None:
         self.merge = SourceMerge()
         self.files = (
-            FileSource(directory, on_model, namespace=namespace, merge=self.merge)
+            FileSource(directory, on_model, namespace=namespace, merge=self.merge, limits=limits)
             if directory is not None
             else None
         )
