@@ -94,6 +94,15 @@ class Codec(abc.ABC):
         """The reply to a heartbeat request, or ``None`` if the protocol has none to send."""
         return None
 
+    def expect_variant(self, variant: Hashable | None) -> None:
+        """Hold this connection to ``variant`` (a :attr:`wire_variant`) before its first frame.
+
+        The proxy calls it on a new upstream connection with the variant of the clients it is
+        opened for: the server must answer in the framing it was asked in, and a reply in
+        another one is then a decoding error (a protocol-native error to the client) instead of
+        a frame the client cannot read. Protocols with one wire format ignore it.
+        """
+
     def goaway_notice(self) -> bytes | None:
         """A frame telling a client this end is going away (sent when the proxy drains), so it
         stops sending new requests on the connection; ``None`` if the protocol has none."""

@@ -125,11 +125,13 @@ class UpstreamPool(Replies):
         if cs.connections >= cs.max_connections:
             return None
         self._next_conn_id += 1
+        codec = listener.new_codec()
+        codec.expect_variant(d.codec.wire_variant)
         up = Upstream(
             self._next_conn_id,
             cs,
             idx,
-            listener.new_codec(),
+            codec,
             listener.protocol,
             None if listener.multiplexed else d,
             now + cs.config.connect_timeout,

@@ -57,7 +57,8 @@ fault abort, bad response, unspecified) -> INTERNAL_ERROR (6). A oneway request 
 from __future__ import annotations
 
 import struct
-from typing import Final
+from collections.abc import Hashable
+from typing import Final, cast
 
 from metamesh.codecs.base import DEFAULT_MAX_FRAME_SIZE, Codec
 from metamesh.codecs.message import (
@@ -322,6 +323,15 @@ class ThriftCodec(Codec):
         self._framed_binary = False
         #: framed compact: :meth:`decode` goes straight to :meth:`_decode_framed_compact`
         self._framed_compact = False
+
+    def expect_variant(self, variant: Hashable | None) -> None:
+        if variant is None:
+            return
+        transport, protocol = cast("tuple[Transport, Protocol]", variant)
+        self.transport, self.protocol = transport, protocol
+        self.wire_variant = variant
+        self._framed_binary = transport is Transport.FRAMED and protocol is _BINARY
+        self._framed_compact = transport is Transport.FRAMED and protocol is _COMPACT
 
     # --- decode -----------------------------------------------------------------------------
 
