@@ -158,9 +158,9 @@ def test_config_limit_options_reach_the_watched_directory(argv: list[str]) -> No
 def test_proxy_config_file_limits(tmp_path: Path) -> None:
     config = tmp_path / "proxy.yaml"
     config.write_text((ROOT / "examples" / "proxy-static.yaml").read_text() + "#" * 1024 * 1024)
+    argv = ["proxy", "--config", str(config), "--admin-port", "-1", "--max-config-file-mib", "1"]
     out = subprocess.run(
-        [sys.executable, "-m", "metamesh", "proxy", "--config", str(config)]
-        + ["--admin-port", "-1", "--max-config-file-mib", "1"],
+        [sys.executable, "-m", "metamesh", *argv],
         capture_output=True,
         text=True,
         timeout=60,

@@ -102,6 +102,7 @@ class Codec(abc.ABC):
         another one is then a decoding error (a protocol-native error to the client) instead of
         a frame the client cannot read. Protocols with one wire format ignore it.
         """
+        return None
 
     def goaway_notice(self) -> bytes | None:
         """A frame telling a client this end is going away (sent when the proxy drains), so it
