@@ -173,18 +173,21 @@ def _shared_block_entry(uses: int) -> str:
     expand to well over the floor of 1,000 nodes, but under 10x the document)."""
     labels = "{" + ", ".join(f"k{i}: v{i}" for i in range(30)) + "}"
     endpoints = [f"  - {{address: 127.0.0.{i + 1}, labels: *l}}" for i in range(uses)]
-    return "\n".join(
-        [
-            "apiVersion: networking.istio.io/v1beta1",
-            "kind: ServiceEntry",
-            "metadata: {name: shared, namespace: ns}",
-            "spec:",
-            "  hosts: [shared.example]",
-            "  addresses: [127.0.10.98]",
-            "  resolution: STATIC",
-            "  ports: [{number: 9, name: tcp-metaprotocol-thrift-x}]",
-            "  endpoints:",
-            f"  - {{address: 127.0.0.254, labels: &l {labels}}}",
-            *endpoints,
-        ]
-    ) + "\n"
+    return (
+        "\n".join(
+            [
+                "apiVersion: networking.istio.io/v1beta1",
+                "kind: ServiceEntry",
+                "metadata: {name: shared, namespace: ns}",
+                "spec:",
+                "  hosts: [shared.example]",
+                "  addresses: [127.0.10.98]",
+                "  resolution: STATIC",
+                "  ports: [{number: 9, name: tcp-metaprotocol-thrift-x}]",
+                "  endpoints:",
+                f"  - {{address: 127.0.0.254, labels: &l {labels}}}",
+                *endpoints,
+            ]
+        )
+        + "\n"
+    )
