@@ -29,17 +29,12 @@ from urllib.parse import quote_plus
 
 import pytest
 
+from tests.support.ports import free_port
+
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 SERVER_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
 TICK_MS = 500  # sessions: 1 s .. 10 s (2 and 20 ticks)
 SKIP_REASON = "ZooKeeper is not installed (scripts/setup.sh installs the Debian zookeeper package)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def zookeeper_available() -> bool:

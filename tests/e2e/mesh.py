@@ -29,6 +29,7 @@ from thrift.transport import TSocket
 from thrift.transport.TTransport import TFramedTransport
 
 from metamesh import build_info
+from tests.support.ports import free_port
 
 HOST = "thrift-e2e.demo.svc.cluster.local"
 THRIFT_META = "{name: thrift-e2e, namespace: demo}"
@@ -48,13 +49,6 @@ def free_address() -> tuple[str, int]:
         s.bind((address, 0))
         port: int = s.getsockname()[1]
     return address, port
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 class Metamesh:

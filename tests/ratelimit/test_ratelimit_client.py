@@ -22,6 +22,7 @@ from metamesh.runtime.ratelimit_client import resolve_target
 from metamesh.runtime.server import ProxyServer
 from tests.runtime.kvserver import KvServer
 from tests.runtime.test_proxy_e2e import CODEC, Client
+from tests.support.ports import free_port
 
 RLS = rls_pb2.RateLimitResponse
 
@@ -174,3 +175,56 @@ def test_over_limit_answer_and_timeout_with_deny() -> None:
         assert up.requests == 1 and proxy.core.stats.ratelimit_ok == 0
 
     asyncio.run(run_with(RLS.OK, "200ms", True, late))
+
+
+@pytest.mark.slow
+def test_the_service_is_used_again_within_seconds_after_a_long_outage() -> None:
+    """gRPC's reconnect back-off grows with the outage (to minutes by default); the client's
+    is capped at 1 s, so after a 20 s outage the restarted service answers within ~1 s."""
+
+    async def serve(port: int) -> grpc.aio.Server:
+        service = HeldService(RLS.OK)
+        service.released.set()
+        server = grpc.aio.server()
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)
+        assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+        await server.start()
+        return server
+
+    async def main() -> float:
+        port = free_port()
+        rls = await serve(port)
+        upstream = await KvServer("up").start()
+        snap = parse_snapshot(proxy_config(upstream.port, port, "200ms", False))
+        proxy = ProxyServer(snap, admin_port=None, rng=random.Random(1))
+        await proxy.start()
+        client = await Client.connect(proxy.listener_port("kv"))
+        stats = proxy.core.stats
+        try:
+            await client.call(1, b"x", method="get")
+            assert stats.ratelimit_ok == 1
+            await rls.stop(None)
+            loop = asyncio.get_running_loop()
+            down_until = loop.time() + 20.0
+            rid = 2
+            while loop.time() < down_until:  # calls keep failing (allowed: failure mode open)
+                reply = await client.call(rid, b"x", method="get")
+                assert reply.frame[reply.header_size :] == b"up:x"
+                rid += 1
+                await asyncio.sleep(0.1)
+            assert stats.ratelimit_ok == 1
+            rls = await serve(port)
+            back = loop.time()
+            while stats.ratelimit_ok == 1 and loop.time() < back + 30.0:
+                await client.call(rid, b"x", method="get")
+                rid += 1
+                await asyncio.sleep(0.05)
+            return loop.time() - back
+        finally:
+            await client.close()
+            await proxy.close()
+            await upstream.stop()
+            await rls.stop(None)
+
+    took = asyncio.run(main())
+    assert took < 2.0, f"the restarted service was used only after {took:.1f}s"

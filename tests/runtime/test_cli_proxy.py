@@ -16,15 +16,9 @@ from pathlib import Path
 
 from examples.kvrpc.kvrpc_codec import KvRpcCodec, build_frame
 from metamesh.codecs import Message
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def echo_server() -> tuple[socket.socket, threading.Thread]:

@@ -33,6 +33,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from metamesh.proxy.config import Cluster
+from metamesh.runtime.xds_client import CHANNEL_OPTIONS
 
 log = logging.getLogger("metamesh.ratelimit_client")
 
@@ -87,14 +88,10 @@ class RateLimitClient:
     def _stub(self, target: str) -> rls_pb2_grpc.RateLimitServiceStub:
         stub = self._stubs.get(target)
         if stub is None:
-            # gRPC's default reconnect backoff grows to 2 minutes; a rate-limit service that
-            # comes back should be used again within a second, whatever the outage length.
-            options = [
-                ("grpc.lb_policy_name", "round_robin"),
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ]
+            # gRPC's default reconnect backoff grows to 2 minutes, and its global subchannel
+            # pool carries it over from other channels; a rate-limit service that comes back
+            # is used again within a second, whatever the outage length (as the xDS client).
+            options = [("grpc.lb_policy_name", "round_robin"), *CHANNEL_OPTIONS]
             channel = self._channels[target] = grpc.aio.insecure_channel(target, options=options)
             stub = self._stubs[target] = rls_pb2_grpc.RateLimitServiceStub(channel)
         return stub
