@@ -13,7 +13,7 @@ multiplex many downstream connections onto one upstream connection.
 from __future__ import annotations
 
 import abc
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import ClassVar, Final
 
 from mypy_extensions import mypyc_attr
@@ -36,6 +36,11 @@ class Codec(abc.ABC):
     #: Width of the protocol's request id in bits; ``None`` when the protocol has no ids and
     #: responses come back in request order (the proxy then pipelines instead of multiplexing).
     request_id_bits: ClassVar[int | None] = None
+    #: For protocols without ids: whether clients may share upstream connections, each one
+    #: carrying requests in send order and matching replies by that order (Redis: requests
+    #: are independent of the connection once the codec keeps per-client state itself).
+    #: ``False``: each client gets upstream connections of its own.
+    shares_upstream: ClassVar[bool] = False
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size <= 0:
@@ -102,6 +107,13 @@ class Codec(abc.ABC):
         another one is then a decoding error (a protocol-native error to the client) instead of
         a frame the client cannot read. Protocols with one wire format ignore it.
         """
+        return None
+
+    def upstream_preamble(self, options: Mapping[str, str]) -> bytes | None:
+        """Called once on a new upstream connection's codec (after :meth:`expect_variant`)
+        with its cluster's protocol options; returns bytes to send before any request (Redis:
+        ``AUTH``, ``HELLO 3``, ``SELECT``), whose replies the codec then consumes itself, or
+        ``None``. Tells a codec whose direction is not in its frames that it is upstream."""
         return None
 
     def goaway_notice(self) -> bytes | None:

@@ -26,6 +26,7 @@ ENTRY_POINT_GROUP = "metamesh.codecs"
 _BUILTIN: dict[str, str] = {
     "dubbo": "metamesh.codecs.dubbo:DubboCodec",
     "thrift": "metamesh.codecs.thrift:ThriftCodec",
+    "redis": "metamesh.codecs.redis:RedisCodec",
 }
 
 _factories: dict[str, CodecFactory | str] = dict(_BUILTIN)

@@ -1,0 +1,237 @@
+"""The Redis codec: RESP2/RESP3 requests with routable metadata, replies matched in order.
+
+Redis has no request ids, so :attr:`RedisCodec.request_id_bits` is ``None`` and the proxy
+answers each client in request order; :attr:`RedisCodec.shares_upstream` tells the core that
+clients may still share upstream connections (replies come back in send order on each one),
+because everything that would tie a request to its connection is kept by the proxy
+(:mod:`.session`) or refused (:data:`~.commands.REFUSED`).
+
+A client-side codec (the default) decodes requests. Metadata, for routes, mirrors, faults
+and authorization:
+
+* ``command``: the command, lower-cased (``get``, ``set``);
+* ``key``: its first key (lower-cased when the listener is case-insensitive), absent for
+  commands without keys, which therefore only match a catch-all route;
+* ``keys``: every key, joined by ``,``; ``db``: the client's database;
+* ``access``: ``read`` for read-only commands, ``write`` otherwise (unknown commands too).
+
+Commands the proxy answers itself (AUTH, HELLO, SELECT, CLIENT ..., QUIT, refused commands,
+and anything before a required AUTH) come out as ``HEARTBEAT`` messages: the core's path for a
+frame the codec answers and that is never forwarded; :meth:`heartbeat_reply` gives the reply.
+
+An upstream codec (after :meth:`upstream_preamble`) decodes replies: any RESP value, an error
+reply (``-`` or ``!``) as status ``ERROR``. It consumes the replies to its own preamble
+(``AUTH``, ``HELLO 3``, ``SELECT``) itself; a refused AUTH is a :class:`CodecError`, which
+fails the connection and answers its clients with an error.
+
+The one mutation applied is ``redis-remove-prefix: <prefix>`` (RedisService
+``removePrefix``): the prefix is cut from every key that starts with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import ClassVar, Final
+
+from metamesh.codecs.base import Codec
+from metamesh.codecs.message import (
+    CodecError,
+    ErrorKind,
+    LocalError,
+    Message,
+    MessageType,
+    Mutation,
+    ResponseStatus,
+)
+from metamesh.codecs.redis.commands import LOCAL, REFUSED, command_spec
+from metamesh.codecs.redis.resp import encode_command, error, parse_command, value_end
+from metamesh.codecs.redis.session import NOAUTH, Session
+
+#: The request mutation carrying RedisService ``removePrefix``.
+REMOVE_PREFIX: Final = "redis-remove-prefix"
+#: Redis's own limit on a bulk string (proto-max-bulk-len): the default frame limit here.
+DEFAULT_MAX_SIZE: Final = 512 * 1024 * 1024
+
+_REQUEST = MessageType.REQUEST
+_RESPONSE = MessageType.RESPONSE
+_HEARTBEAT = MessageType.HEARTBEAT
+_ERROR_PREFIXES = (ord("-"), ord("!"))
+
+_KIND_TEXT: Final = {
+    ErrorKind.ROUTE_NOT_FOUND: "ERR no route",
+    ErrorKind.CLUSTER_NOT_FOUND: "ERR no upstream cluster",
+    ErrorKind.NO_HEALTHY_UPSTREAM: "ERR no healthy upstream",
+    ErrorKind.OVER_LIMIT: "ERR over limit",
+    ErrorKind.TIMEOUT: "ERR upstream timeout",
+    ErrorKind.UPSTREAM_RESET: "ERR upstream failure",
+    ErrorKind.BAD_REQUEST: "ERR bad request",
+    ErrorKind.BAD_RESPONSE: "ERR upstream failure",
+    ErrorKind.UNAUTHORIZED: "NOPERM",
+    ErrorKind.FAULT_ABORT: "ERR Fault Injected",
+    ErrorKind.UNSPECIFIED: "ERR proxy error",
+}
+
+
+class RequestState:
+    """What a decoded request keeps for :meth:`RedisCodec.encode`: its arguments and spec."""
+
+    __slots__ = ("args", "key_indexes", "reply")
+
+    def __init__(self, args: list[bytes], key_indexes: list[int], reply: bytes = b"") -> None:
+        self.args = args
+        self.key_indexes = key_indexes
+        self.reply = reply  # the local reply of a HEARTBEAT message
+
+
+class RedisCodec(Codec):
+    """RESP2/RESP3, client side (requests) unless made an upstream codec."""
+
+    name: ClassVar[str] = "redis"
+    request_id_bits: ClassVar[int | None] = None
+    shares_upstream: ClassVar[bool] = True
+
+    def __init__(
+        self, *, max_frame_size: int = DEFAULT_MAX_SIZE, options: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(max_frame_size=max_frame_size)
+        options = options or {}
+        password = options.get("auth_password")
+        self.case_insensitive = options.get("case_insensitive", "") in ("1", "true")
+        cluster = options.get("mode", "").upper() == "CLUSTER"
+        self.session = Session(
+            password or None, options.get("auth_username") or "default", not cluster
+        )
+        self.upstream = False
+        self._preamble_replies = 0
+        self._expected: Hashable | None = None
+
+    # --- client side --------------------------------------------------------------------
+
+    def decode(self, buffer: bytearray) -> Message | None:
+        while True:
+            found = self._reply_at(buffer, 0) if self.upstream else self._request_at(buffer, 0)
+            if found is None:
+                return None
+            msg, end = found
+            if msg is None:  # a preamble reply, a push, or a blank inline line: skip it
+                del buffer[:end]
+                continue
+            msg.frame = bytes(buffer[:end])
+            del buffer[:end]
+            return msg
+
+    def decode_at(self, data: bytes, pos: int) -> Message | None:
+        if self.upstream and self._preamble_replies:
+            return None
+        found = self._reply_at(data, pos) if self.upstream else self._request_at(data, pos)
+        if found is None or found[0] is None:
+            return None
+        msg, end = found
+        msg.frame = data if pos == 0 and end == len(data) else data[pos:end]
+        return msg
+
+    def _request_at(self, buf: bytes | bytearray, pos: int) -> tuple[Message | None, int] | None:
+        parsed = parse_command(buf, pos, self.max_frame_size)
+        if parsed is None:
+            return None
+        args, end = parsed
+        if not args:
+            return None, end
+        size = end - pos
+        command = args[0].decode("utf-8", "replace").lower()
+        session = self.session
+        if command in LOCAL or not session.authenticated or command in REFUSED:
+            if command in LOCAL:
+                reply = session.handle(command, args)
+                self.wire_variant = session.variant
+            elif not session.authenticated:
+                reply = NOAUTH
+            else:
+                reply = error(f"ERR {command.upper()} is not supported: {REFUSED[command]}")
+            state = RequestState(args, [], reply)
+            md = {"command": command}
+            return Message(_HEARTBEAT, None, b"", size, 0, md, codec_state=state), end
+        spec = command_spec(command)
+        indexes = spec.keys(args) if spec is not None else []
+        md = {"command": command, "access": "write" if spec is None or spec.write else "read"}
+        if indexes:
+            keys = [args[i].decode("utf-8", "surrogateescape") for i in indexes]
+            key = keys[0]
+            md["key"] = key.lower() if self.case_insensitive else key
+            md["keys"] = ",".join(keys)
+        if session.db > 0:
+            md["db"] = str(session.db)
+        else:
+            md["db"] = "0"
+        state = RequestState(args, indexes)
+        return Message(_REQUEST, None, b"", size, 0, md, codec_state=state), end
+
+    def heartbeat_reply(self, message: Message) -> bytes | None:
+        state = message.codec_state
+        return state.reply if isinstance(state, RequestState) and state.reply else None
+
+    def encode(self, message: Message, mutation: Mutation | None = None) -> bytes:
+        if not mutation:
+            return message.frame
+        prefix = mutation.get(REMOVE_PREFIX)
+        state = message.codec_state
+        if len(mutation) > (1 if prefix is not None else 0):
+            self.dropped_mutations += 1
+        if not prefix or not isinstance(state, RequestState):
+            return message.frame
+        raw = prefix.encode("utf-8", "surrogateescape")
+        args = list(state.args)
+        changed = False
+        for i in state.key_indexes:
+            key = args[i]
+            head = key[: len(raw)]
+            if head == raw or (self.case_insensitive and head.lower() == raw.lower()):
+                args[i] = key[len(raw) :]
+                changed = True
+        return encode_command(args) if changed else message.frame
+
+    def error_reply(self, request: Message, error_: LocalError) -> bytes:
+        head = _KIND_TEXT.get(error_.kind, "ERR proxy error")
+        return error(f"{head}: {error_.message}" if error_.message else head)
+
+    # --- upstream side ------------------------------------------------------------------
+
+    def expect_variant(self, variant: Hashable | None) -> None:
+        self._expected = variant
+
+    def upstream_preamble(self, options: Mapping[str, str]) -> bytes | None:
+        """Make this an upstream codec; the commands to send before the first request:
+        ``AUTH`` with the cluster's credentials, ``HELLO 3`` and ``SELECT`` for the clients'
+        protocol and database (the ``wire_variant`` given to :meth:`expect_variant`)."""
+        self.upstream = True
+        commands: list[list[bytes]] = []
+        password = options.get("auth_password")
+        if password:
+            user = options.get("auth_username")
+            auth = [b"AUTH", user.encode()] if user else [b"AUTH"]
+            commands.append([*auth, password.encode()])
+        variant = self._expected
+        if isinstance(variant, tuple) and len(variant) == 2:
+            protocol, db = variant
+            if protocol == 3:
+                commands.append([b"HELLO", b"3"])
+            if db:
+                commands.append([b"SELECT", str(db).encode()])
+        self._preamble_replies = len(commands)
+        return b"".join(encode_command(c) for c in commands) or None
+
+    def _reply_at(self, buf: bytes | bytearray, pos: int) -> tuple[Message | None, int] | None:
+        end = value_end(buf, pos, self.max_frame_size)
+        if end is None:
+            return None
+        first = buf[pos]
+        if self._preamble_replies:
+            if first in _ERROR_PREFIXES:
+                text = bytes(buf[pos + 1 : min(end, pos + 200)]).strip().decode(errors="replace")
+                raise CodecError(f"upstream refused the connection setup: {text}")
+            self._preamble_replies -= 1
+            return None, end
+        if first == ord(">"):  # an out-of-band push (RESP3): belongs to no request
+            return None, end
+        status = ResponseStatus.ERROR if first in _ERROR_PREFIXES else ResponseStatus.OK
+        return Message(_RESPONSE, None, b"", end - pos, 0, None, status), end
