@@ -197,6 +197,14 @@ class Cluster:
     #: workload certificate, the peer verified against the mesh root (DestinationRule
     #: ``trafficPolicy.tls.mode``).
     tls_mode: str = ""
+    #: Protocol options for the codec of each upstream connection (Envoy's
+    #: ``typed_extension_protocol_options``; Redis: ``auth_username``/``auth_password``),
+    #: given to ``Codec.upstream_preamble``.
+    protocol_options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def protocol_options_map(self) -> dict[str, str]:
+        return dict(self.protocol_options)
 
     @property
     def service(self) -> str:
@@ -231,6 +239,9 @@ class Listener:
     #: Client connections: "" plaintext, "STRICT" mutual TLS required, "PERMISSIVE" either
     #: (detected per connection). The certificate is the proxy's workload certificate.
     tls_mode: str = ""
+    #: Options for this listener's codec, passed as ``options=`` to its factory (Redis:
+    #: downstream ``auth_password``, ``case_insensitive``, ``mode``); empty for most codecs.
+    codec_options: tuple[tuple[str, str], ...] = ()
 
     @property
     def service(self) -> str:

@@ -46,6 +46,7 @@ class ListenerState:
         "filters",
         "multiplexed",
         "protocol",
+        "shared",
         "table",
     )
 
@@ -58,10 +59,21 @@ class ListenerState:
         self.codec_factory = factory
         probe = self.new_codec()
         self.protocol = probe.name or config.codec
+        #: Replies are matched by request id (else by order, and each client is answered in
+        #: its request order).
         self.multiplexed = probe.request_id_bits is not None
+        #: Clients share pooled upstream connections (multiplexed, or in order on each
+        #: connection for codecs that allow it: ``Codec.shares_upstream``).
+        self.shared = self.multiplexed or probe.shares_upstream
 
     def new_codec(self) -> Codec:
         size = self.config.max_frame_size
+        options = self.config.codec_options
+        if options:
+            opts = dict(options)
+            if size:
+                return self.codec_factory(max_frame_size=size, options=opts)
+            return self.codec_factory(options=opts)
         return self.codec_factory(max_frame_size=size) if size else self.codec_factory()
 
 
@@ -111,7 +123,7 @@ class Downstream(Peer):
         self.frame_started = now
         #: Non-multiplexed protocols: replies wait here until every earlier one is sent.
         self.order: deque[ActiveRequest] = deque()
-        #: Non-multiplexed protocols: dedicated upstreams by (cluster name, endpoint index).
+        #: Unshared protocols: dedicated upstreams by (cluster name, endpoint index).
         self.pipelines: dict[tuple[str, int], Upstream] = {}
 
     def __repr__(self) -> str:

@@ -7,7 +7,11 @@ Each request keeps its client's id upstream while no request in flight on that c
 holds it (then neither direction rewrites the frame), else gets a fresh one
 (``Upstream.allocate_id``), and is kept in the connection's ``pending`` map until its
 reply; protocols without ids get a connection per client and endpoint and a ``fifo`` of
-requests in send order.
+requests in send order, or, when their codec says requests do not depend on the connection
+(``Codec.shares_upstream``: Redis), share pooled connections keyed as above, each with its
+``fifo`` (replies come back in send order on each connection; each client is still answered
+in its own request order by :mod:`metamesh.proxy.replies`). A codec's
+``upstream_preamble`` (Redis AUTH/SELECT) is queued first on every new connection.
 
 This layer also owns the connection lifecycle events: connected (queued bytes go out),
 connect failure, close/reset (everything in flight fails, possibly into a retry), and
@@ -92,11 +96,7 @@ class UpstreamPool(Replies):
         listener = d.listener
         # Pool key: clients speaking different wire variants (Thrift framed vs THeader, ...)
         # must not share an upstream connection, whose server would see mixed framings.
-        up = (
-            cs.mux.get((listener.protocol, d.codec.wire_variant, idx))
-            if listener.multiplexed
-            else None
-        )
+        up = cs.mux.get((listener.protocol, d.codec.wire_variant, idx)) if listener.shared else None
         if up is None:
             up = self._upstream_for(d, cs, idx, now)
             if up is None:
@@ -109,7 +109,7 @@ class UpstreamPool(Replies):
         self, d: Downstream, cs: ClusterState, idx: int, now: float, mirror: bool = False
     ) -> Upstream | None:
         listener = d.listener
-        if listener.multiplexed:
+        if listener.shared:
             # Mirror copies get connections of their own, so a slow mirror's backpressure
             # (see runtime.protocols) never touches primary traffic to the same cluster.
             pool = (listener.protocol + "\x00mirror") if mirror else listener.protocol
@@ -133,11 +133,14 @@ class UpstreamPool(Replies):
             idx,
             codec,
             listener.protocol,
-            None if listener.multiplexed else d,
+            None if listener.shared else d,
             now + cs.config.connect_timeout,
         )
         up.mirror = mirror
-        if listener.multiplexed:
+        preamble = codec.upstream_preamble(cs.config.protocol_options_map)
+        if preamble:
+            up.out.append(preamble)
+        if listener.shared:
             up.key = key
             cs.mux[key] = up
         else:

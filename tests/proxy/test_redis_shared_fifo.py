@@ -1,0 +1,124 @@
+"""The core with the Redis codec (sans-IO): clients share upstream connections, replies are
+matched in send order per connection and reach each client in its own request order, the
+codec's preamble goes first on a new connection and its reply never reaches a client."""
+
+from metamesh.codecs.redis.resp import encode_command
+from metamesh.proxy.config import (
+    Cluster,
+    Endpoint,
+    Listener,
+    MatchKind,
+    MetadataMatcher,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    Snapshot,
+)
+from tests.proxy.harness import Harness
+
+
+def cmd(*args: str) -> bytes:
+    return encode_command([a.encode() for a in args])
+
+
+def mesh(password: str = "", upstream_password: str = "") -> Snapshot:
+    options = (("auth_password", password),) if password else ()
+    listener = Listener("l", "127.0.0.1", 0, "redis", "rc", stat_prefix="r", codec_options=options)
+    up_opts = (("auth_password", upstream_password),) if upstream_password else ()
+    clusters = [
+        Cluster("a", (Endpoint("127.0.0.1", 7001),), protocol_options=up_opts),
+        Cluster("b", (Endpoint("127.0.0.1", 7002),)),
+    ]
+    routes = (
+        Route("a", (MetadataMatcher("key", MatchKind.PREFIX, "a:"),), RouteAction(cluster="a")),
+        Route("b", (), RouteAction(cluster="b")),
+    )
+    return Snapshot.build([listener], clusters, [RouteConfiguration("rc", routes)])
+
+
+def test_two_clients_share_one_upstream_connection_in_order() -> None:
+    h = Harness(mesh())
+    c1, c2 = h.client(), h.client()
+    h.send(c1, cmd("GET", "a:1"))
+    h.send(c2, cmd("GET", "a:2"))
+    assert len(h.connects) == 1
+    (up,) = h.connects
+    h.connect(up)
+    assert bytes(h.sent.pop(up)) == cmd("GET", "a:1") + cmd("GET", "a:2")
+    h.respond(up, b"$2\r\nv1\r\n$2\r\nv2\r\n")
+    assert bytes(h.sent.pop(c1)) == b"$2\r\nv1\r\n"
+    assert bytes(h.sent.pop(c2)) == b"$2\r\nv2\r\n"
+
+
+def test_one_client_across_routes_gets_replies_in_request_order() -> None:
+    h = Harness(mesh())
+    c = h.client()
+    h.send(c, cmd("GET", "a:1") + cmd("GET", "other") + cmd("CLIENT", "GETNAME"))
+    up_a, up_b = h.connects
+    h.connect(up_a)
+    h.connect(up_b)
+    h.respond(up_b, b"+second\r\n")  # the later request's reply arrives first
+    assert c not in h.sent
+    h.respond(up_a, b"+first\r\n")
+    assert bytes(h.sent.pop(c)) == b"+first\r\n+second\r\n$-1\r\n"
+
+
+def test_preamble_goes_first_and_its_reply_is_swallowed() -> None:
+    h = Harness(mesh(upstream_password="up-pw"))
+    c = h.client()
+    h.send(c, cmd("SET", "a:k", "v"))
+    (up,) = h.connects
+    h.connect(up)
+    assert bytes(h.sent.pop(up)) == cmd("AUTH", "up-pw") + cmd("SET", "a:k", "v")
+    h.respond(up, b"+OK\r\n")
+    assert c not in h.sent
+    h.respond(up, b"+OK\r\n")
+    assert bytes(h.sent.pop(c)) == b"+OK\r\n"
+
+
+def test_refused_upstream_auth_answers_the_client_with_an_error() -> None:
+    h = Harness(mesh(upstream_password="wrong"))
+    c = h.client()
+    h.send(c, cmd("GET", "a:k"))
+    (up,) = h.connects
+    h.connect(up)
+    h.respond(up, b"-WRONGPASS invalid username-password pair\r\n")
+    reply = bytes(h.sent.pop(c))
+    assert reply.startswith(b"-ERR upstream failure: ") and b"WRONGPASS" in reply
+
+
+def test_selected_databases_get_their_own_connections() -> None:
+    h = Harness(mesh())
+    c0, c2 = h.client(), h.client()
+    h.send(c2, cmd("SELECT", "2"))
+    assert bytes(h.sent.pop(c2)) == b"+OK\r\n"
+    h.send(c0, cmd("GET", "a:1"))
+    h.send(c2, cmd("GET", "a:1"))
+    up0, up2 = h.connects
+    h.connect(up0)
+    h.connect(up2)
+    assert bytes(h.sent.pop(up0)) == cmd("GET", "a:1")
+    assert bytes(h.sent.pop(up2)) == cmd("SELECT", "2") + cmd("GET", "a:1")
+
+
+def test_downstream_auth_and_refused_commands_never_reach_an_upstream() -> None:
+    h = Harness(mesh(password="pw"))
+    c = h.client()
+    h.send(c, cmd("GET", "a:1") + cmd("AUTH", "pw") + cmd("MULTI"))
+    assert not h.connects
+    out = bytes(h.sent.pop(c))
+    assert out.startswith(b"-NOAUTH Authentication required.\r\n+OK\r\n-ERR MULTI is not")
+
+
+def test_client_leaving_with_a_request_in_flight_keeps_the_shared_connection_in_step() -> None:
+    h = Harness(mesh())
+    c1, c2 = h.client(), h.client()
+    h.send(c1, cmd("GET", "a:1"))
+    h.send(c2, cmd("GET", "a:2"))
+    (up,) = h.connects
+    h.connect(up)
+    h.core.downstream_closed(c1, h.now)
+    h.flush()
+    h.respond(up, b"+for-c1\r\n+for-c2\r\n")
+    assert bytes(h.sent.pop(c2)) == b"+for-c2\r\n"
+    assert c1 not in h.sent
