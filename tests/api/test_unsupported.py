@@ -25,6 +25,7 @@ from metamesh.api.unsupported import (
     authorization_findings,
 )
 from tests.api.conftest import Docs, Edit, edit, load_text, problems_for, to_yaml
+from tests.api.redis_samples import REDIS_SAMPLES
 
 Sample = tuple[list[Edit], str]
 
@@ -242,6 +243,7 @@ SAMPLES: dict[FieldKey, Sample] = {
         [policy({"notNamespaces": ["ns"]}, "DENY")],
         "spec.rules[0].from[0].source.notNamespaces",
     ),
+    **REDIS_SAMPLES,
 }
 
 

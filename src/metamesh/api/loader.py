@@ -49,6 +49,7 @@ from metamesh.api.limits import (
 )
 from metamesh.api.metaprotocol import ApplicationProtocol, MetaRouter
 from metamesh.api.problems import FieldPath, Problem, Severity, format_path
+from metamesh.api.redis import RedisDestination, RedisService
 
 __all__ = [
     "KINDS",
@@ -73,6 +74,8 @@ KINDS: dict[str, type[Resource]] = {
         MetaRouter,
         MetaAuthorizationPolicy,
         DubboAuthorizationPolicy,
+        RedisService,
+        RedisDestination,
     )
 }
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from metamesh.api import authz, base, istio, metaprotocol
+from metamesh.api import authz, base, istio, metaprotocol, redis
 from metamesh.api.problems import FieldPath
 
 Finding = tuple[FieldPath, str]
@@ -190,6 +190,8 @@ UNSUPPORTED: Mapping[FieldKey, Unsupported] = {
     (authz.Source, "not_namespaces"): Unsupported(
         f"{_NO_MTLS}, so peers have no identity: notNamespaces always holds"
     ),
+    # RedisService, RedisDestination (their registries live beside the models)
+    **{key: Unsupported(reason, when) for key, (reason, when) in redis.UNSUPPORTED.items()},
 }
 
 
@@ -323,6 +325,7 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
     **_fields(authz.DubboTo, "operation"),
     **_fields(authz.Operation, "attributes", "not_attributes"),
     **_fields(authz.DubboOperation, "interfaces", "not_interfaces", "methods", "not_methods"),
+    **redis.APPLIED,
 }
 
 #: Kubernetes bookkeeping: configures nothing, in Istio either.

@@ -42,6 +42,8 @@ from metamesh.api.metaprotocol import (
     TokenBucket,
 )
 from metamesh.api.problems import FieldPath, Problem, sort_problems
+from metamesh.api.redis import RedisDestination, RedisService
+from metamesh.api.redis_rules import redis_destination_rule, redis_service_rule
 from metamesh.api.references import check_references
 from metamesh.api.unsupported import resource_findings
 
@@ -375,6 +377,8 @@ _RULES: dict[type, Rule] = {
     DestinationRule: _destination_rule,
     MetaAuthorizationPolicy: _meta_authz,
     DubboAuthorizationPolicy: _dubbo_authz,
+    RedisService: redis_service_rule,
+    RedisDestination: redis_destination_rule,
 }
 
 

@@ -75,6 +75,7 @@ from metamesh.api.istio import (
 from metamesh.api.istio import (
     OutlierDetection as IstioOutlierDetection,
 )
+from metamesh.control.redis_model import RedisTables, redis_tables
 
 T = TypeVar("T")
 
@@ -208,6 +209,8 @@ class MeshModel:
 
     services: Mapping[str, Service] = field(default_factory=lambda: MappingProxyType({}))
     problems: tuple[str, ...] = ()
+    #: RedisService / RedisDestination by host (translated by control/redis.py).
+    redis: RedisTables = field(default_factory=RedisTables)
 
 
 def build_model(resources: ResourceSet) -> MeshModel:
@@ -243,7 +246,9 @@ def build_model(resources: ResourceSet) -> MeshModel:
         )
         selected = tuple(p for p in policies if policy_selects(p, service))
         services[host] = replace(service, authorization=selected) if selected else service
-    return MeshModel(MappingProxyType(services), tuple(problems))
+    redis = redis_tables(resources)
+    problems.extend(redis.problems)
+    return MeshModel(MappingProxyType(services), tuple(problems), redis=redis)
 
 
 def authorization_policies(resources: ResourceSet) -> list[MetaAuthorizationPolicy]:

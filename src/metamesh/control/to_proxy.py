@@ -47,6 +47,11 @@ from xds.type.v3 import typed_struct_pb2 as xds_typed_struct
 
 from metamesh.codecs.message import ErrorKind
 from metamesh.control.filter_configs import parse_duration, proxy_filter_config
+from metamesh.control.redis_options import (
+    OptionsError,
+    cluster_protocol_options,
+    listener_codec_options,
+)
 from metamesh.proxy import config as cfg
 
 META_PROTOCOL_FILTER = "envoy.filters.network.meta_protocol_proxy"
@@ -133,6 +138,11 @@ def to_listener(listener: Any) -> cfg.Listener:
     extra: dict[str, Any] = {}
     if "maxFrameSize" in codec:
         extra["max_frame_size"] = int(codec["maxFrameSize"])
+    if codec.get("options"):
+        try:
+            extra["codec_options"] = listener_codec_options(codec["options"], where)
+        except OptionsError as e:
+            raise XdsConversionError(str(e)) from None
     if proxy.get("idleTimeout") is not None:
         try:
             idle = parse_duration(proxy["idleTimeout"], f"{where}: MetaProtocolProxy.idleTimeout")
@@ -158,6 +168,10 @@ def to_listener(listener: Any) -> cfg.Listener:
 
 
 def to_cluster(cluster: Any, assignment: Any | None) -> cfg.Cluster:
+    try:
+        protocol_options = cluster_protocol_options(cluster)
+    except OptionsError as e:
+        raise XdsConversionError(str(e)) from None
     if assignment is None and cluster.type != cluster_pb2.Cluster.EDS:
         assignment = cluster.load_assignment  # EDS not received yet: no endpoints until it is
     thresholds = next(
@@ -188,6 +202,7 @@ def to_cluster(cluster: Any, assignment: Any | None) -> cfg.Cluster:
         max_requests_per_connection=cluster.max_requests_per_connection.value or None
         if cluster.HasField("max_requests_per_connection")
         else None,
+        protocol_options=protocol_options,
     )
 
 

@@ -59,6 +59,7 @@ from metamesh.control.filter_configs import (
     rbac_json,
 )
 from metamesh.control.model import ClusterPolicy, MeshModel, Service, ServicePort
+from metamesh.control.redis import is_redis, outbound_redis
 from metamesh.control.routes import route_configuration
 from metamesh.xds.resources import (
     CLUSTER_TYPE,
@@ -113,6 +114,9 @@ def translate(model: MeshModel, node: ProxyNode | None = None) -> XdsResources:
         if not service.visible_to(node.namespace):
             continue
         for port in service.ports:
+            if is_redis(port):
+                outbound_redis(model, service, port, tables)
+                continue
             if not port.is_metaprotocol:
                 continue
             for address in service.addresses:
