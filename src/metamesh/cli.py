@@ -16,6 +16,7 @@ from metamesh import __version__, build_info
 if TYPE_CHECKING:
     from metamesh.api.limits import LoadLimits
     from metamesh.control.embedded import CaSettings
+    from metamesh.control.model import MeshSettings
     from metamesh.control.sources.zookeeper import ZooKeeperSettings
     from metamesh.runtime.identity import IdentitySettings
 
@@ -229,7 +230,14 @@ def _proxy_xds(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"metamesh proxy: --labels: {e}", file=sys.stderr)
         return 2
-    node = ProxyNode(args.node_id or f"metamesh-{os.getpid()}", args.namespace, labels)
+    node = ProxyNode(
+        args.node_id or f"metamesh-{os.getpid()}",
+        args.namespace,
+        labels,
+        service_account=args.service_account,
+        instance_ips=tuple(x.strip() for x in args.instance_ips.split(",") if x.strip()),
+        outbound=not args.no_outbound,
+    )
     admin = None if args.admin_port < 0 else args.admin_port
     with contextlib.ExitStack() as stack:
         main = serve_proxy_xds(
@@ -302,8 +310,15 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
         ca=_ca_settings(args),
         zookeeper=_zookeeper(args),
         config_limits=_config_limits(args),
+        mesh=_mesh_settings(args),
     )
     return run(main, args.log_level, proxy_loop=False)
+
+
+def _mesh_settings(args: argparse.Namespace) -> MeshSettings:
+    from metamesh.control.model import MeshSettings
+
+    return MeshSettings(root_namespace=args.root_namespace, trust_domain=args.trust_domain)
 
 
 def _zookeeper(args: argparse.Namespace) -> ZooKeeperSettings | None:
@@ -479,6 +494,19 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--namespace", help="the workload's namespace (xDS node metadata)")
     proxy.add_argument("--labels", default="", help="workload labels k=v,k=v (node metadata)")
     proxy.add_argument(
+        "--instance-ips",
+        default="",
+        metavar="IP,IP",
+        help="the workload's addresses (node metadata INSTANCE_IPS; its endpoints are found by "
+        "these or by --labels)",
+    )
+    proxy.add_argument(
+        "--no-outbound",
+        action="store_true",
+        help="ask for the inbound side only (a server's proxy on a host shared with clients' "
+        "proxies, which listen on the services' addresses)",
+    )
+    proxy.add_argument(
         "--xds-reconnect-max",
         type=float,
         default=1.0,
@@ -580,6 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap tokens and their identities, YAML (default: none)",
     )
     cp.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
+    cp.add_argument(
+        "--root-namespace",
+        default="istio-system",
+        help="Istio's root namespace: its PeerAuthentication and authorization policies are "
+        "mesh-wide",
+    )
     _add_zookeeper_options(cp)
     cp.set_defaults(func=_cmd_control_plane)
 

@@ -36,12 +36,23 @@ spec:
 
 def test_dubbo_policy_converts_to_general_form() -> None:
     result = load_text(DUBBO)
-    # no mTLS, so no peer identity: the rule is accepted, and the gap is a warning
+    # no service with mesh workloads is selected, so no peer identity is verified where the
+    # policy runs: the rule is accepted, and the gap is a warning
     assert [(p.severity, p.line, p.field_path) for p in validate(result)] == [
         ("warning", 11, "spec.rules[0]"),
-        ("warning", 13, "spec.rules[0].from[0].source.principals"),
-        ("warning", 14, "spec.rules[0].from[0].source.notNamespaces"),
     ]
+    provider = """\
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: provider, namespace: meta}
+spec:
+  hosts: [org.apache.dubbo.samples.basic.api.demoservice]
+  ports: [{number: 20880, name: tcp-metaprotocol-dubbo}]
+  endpoints:
+  - {address: 127.0.31.3, labels: {app: dubbo-sample-provider}, serviceAccount: provider}
+"""
+    assert validate(load_text(DUBBO + provider)) == []  # enforced inbound, with mutual TLS
     (dubbo,) = result.of_kind(DubboAuthorizationPolicy)
     meta = dubbo_to_meta_policy(dubbo)
     assert isinstance(meta, MetaAuthorizationPolicy)
@@ -87,8 +98,7 @@ spec:
     result = load_text(text)
     assert [(p.line, p.field_path) for p in validate(result)] == [
         (7, "spec.rules"),  # the ALLOW policy can never match: it denies everything
-        (8, "spec.rules[0]"),  # the rule can never match
-        (9, "spec.rules[0].from[0].source.namespaces"),  # the field is not supported
+        (8, "spec.rules[0]"),  # the rule can never match (no service with mesh workloads)
     ]
     (policy,) = result.of_kind(MetaAuthorizationPolicy)
     operation = policy.spec.rules[0].to[0].operation

@@ -64,10 +64,10 @@ apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
 metadata: {name: ratings}
 ---
-apiVersion: security.istio.io/v1beta1
-kind: PeerAuthentication
+apiVersion: telemetry.istio.io/v1alpha1
+kind: Telemetry
 metadata: {name: default, namespace: istio-system}
-spec: {mtls: {mode: STRICT}}
+spec: {}
 """
 
 
@@ -77,7 +77,7 @@ def test_kinds_metamesh_does_not_read_are_skipped_once_per_kind_and_file() -> No
     assert [(p.severity, p.kind, p.line) for p in result.problems] == [
         ("info", "VirtualService", 8),
         ("info", "Service", 13),
-        ("info", "PeerAuthentication", 21),
+        ("info", "Telemetry", 21),
     ]
     first = result.problems[0]
     assert not first.is_error
@@ -92,11 +92,11 @@ def test_each_file_reports_its_own_skipped_kinds(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text(FOREIGN)
     result = load_paths([tmp_path])
     assert sorted((Path(p.file).name, p.kind) for p in result.problems) == [
-        ("a.yaml", "PeerAuthentication"),
         ("a.yaml", "Service"),
+        ("a.yaml", "Telemetry"),
         ("a.yaml", "VirtualService"),
-        ("b.yaml", "PeerAuthentication"),
         ("b.yaml", "Service"),
+        ("b.yaml", "Telemetry"),
         ("b.yaml", "VirtualService"),
     ]
 

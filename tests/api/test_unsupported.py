@@ -15,7 +15,6 @@ import pytest
 from pydantic import BaseModel
 
 from metamesh.api import istio, metaprotocol, validate
-from metamesh.api.authz import Source
 from metamesh.api.loader import KINDS
 from metamesh.api.unsupported import (
     APPLIED,
@@ -99,10 +98,6 @@ SAMPLES: dict[FieldKey, Sample] = {
         [edit("se", "spec.location", "MESH_EXTERNAL")],
         "spec.location",
     ),
-    (istio.ServiceEntrySpec, "workload_selector"): (
-        [edit("se", "spec.workloadSelector", {"labels": {"app": "a"}})],
-        "spec.workloadSelector",
-    ),
     (istio.ServiceEntrySpec, "subject_alt_names"): (
         [edit("se", "spec.subjectAltNames", ["spiffe://cluster.local/ns/ns/sa/svc"])],
         "spec.subjectAltNames",
@@ -115,10 +110,6 @@ SAMPLES: dict[FieldKey, Sample] = {
         [edit("se", "spec.endpoints.1.locality", "eu/west/a")],
         "spec.endpoints[1].locality",
     ),
-    (istio.WorkloadEntry, "service_account"): (
-        [edit("se", "spec.endpoints.0.serviceAccount", "svc")],
-        "spec.endpoints[0].serviceAccount",
-    ),
     (istio.DestinationRuleSpec, "export_to"): (
         [edit("dr", "spec.exportTo", ["."])],
         "spec.exportTo",
@@ -127,13 +118,23 @@ SAMPLES: dict[FieldKey, Sample] = {
         [edit("dr", "spec.workloadSelector", {"matchLabels": {"app": "a"}})],
         "spec.workloadSelector",
     ),
-    (istio.TrafficPolicy, "tls"): (
-        [edit("dr", f"{TP}.tls", {"mode": "ISTIO_MUTUAL"})],
-        f"{TP}.tls",
+    (istio.ClientTLSSettings, "ca_crl"): (
+        [edit("dr", f"{TP}.tls", {"mode": "SIMPLE", "caCrl": "/etc/crl.pem"})],
+        f"{TP}.tls.caCrl",
     ),
-    (istio.PortTrafficPolicy, "tls"): (
-        [edit("dr", f"{TP}.portLevelSettings", [{"port": {"number": 9090}, "tls": {}}])],
-        f"{TP}.portLevelSettings[0].tls",
+    (istio.ClientTLSSettings, "credential_name"): (
+        [edit("dr", f"{TP}.tls", {"mode": "SIMPLE", "credentialName": "client-secret"})],
+        f"{TP}.tls.credentialName",
+    ),
+    (istio.ClientTLSSettings, "insecure_skip_verify"): (
+        [
+            edit(
+                "dr",
+                f"{TP}.portLevelSettings",
+                [{"port": {"number": 9090}, "tls": {"mode": "SIMPLE", "insecureSkipVerify": True}}],
+            )
+        ],
+        f"{TP}.portLevelSettings[0].tls.insecureSkipVerify",
     ),
     (istio.TrafficPolicy, "tunnel"): (
         [edit("dr", f"{TP}.tunnel", {"protocol": "CONNECT", "targetHost": "gw"})],
@@ -227,22 +228,6 @@ SAMPLES: dict[FieldKey, Sample] = {
         [edit("mr", "spec.exportTo", ["."])],
         "spec.exportTo",
     ),
-    (Source, "principals"): (
-        [policy({"principals": ["cluster.local/ns/ns/sa/client"]})],
-        "spec.rules[0].from[0].source.principals",
-    ),
-    (Source, "namespaces"): (
-        [policy({"namespaces": ["ns"]})],
-        "spec.rules[0].from[0].source.namespaces",
-    ),
-    (Source, "not_principals"): (
-        [policy({"notPrincipals": ["cluster.local/ns/ns/sa/client"]}, "DENY")],
-        "spec.rules[0].from[0].source.notPrincipals",
-    ),
-    (Source, "not_namespaces"): (
-        [policy({"notNamespaces": ["ns"]}, "DENY")],
-        "spec.rules[0].from[0].source.notNamespaces",
-    ),
     **REDIS_SAMPLES,
 }
 
@@ -326,7 +311,7 @@ spec:
   - from: [{source: {namespaces: [ns]}}]
 """
     paths = [p.field_path for p in validate(load_text(text, "d.yaml"))]
-    assert paths == ["spec.rules", "spec.rules[0]", "spec.rules[0].from[0].source.namespaces"]
+    assert paths == ["spec.rules", "spec.rules[0]"]
 
 
 def test_samples_are_yaml_that_loads() -> None:

@@ -170,10 +170,9 @@ def test_a_policy_that_can_never_match_is_logged_at_start_and_not_on_reloads(
         "the services it selects is denied",
         f"{policy}:7: warning: MetaAuthorizationPolicy ns/only-client: spec.rules[0]: this "
         "rule can never match: each of its sources requires a peer identity (principals or "
-        "namespaces) and metamesh has no mTLS, so this ALLOW rule allows nothing",
-        f"{policy}:7: warning: MetaAuthorizationPolicy ns/only-client: "
-        "spec.rules[0].from[0].source.principals: not supported: metamesh has no mTLS, so "
-        "peers have no identity: a source that requires principals never matches",
+        "namespaces), which only the inbound side of a mesh workload (an endpoint with a "
+        "serviceAccount) verifies, and the services this policy selects have none; so this "
+        "ALLOW rule allows nothing",
     ]
     write(tmp_path / "kv.yaml", service_entry(addresses="[127.0.10.5]"))
     assert source.load() is not None and sink.take() == []

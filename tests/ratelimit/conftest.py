@@ -21,9 +21,11 @@ from tests.support.ports import free_port
 class RedisProcess:
     """A running ``redis-server``; :meth:`stop` and :meth:`start` for outage tests."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *extra_args: str) -> None:
         self.binary = binary
         self.port = free_port()
+        #: More redis-server options (``--requirepass pw``, ``--cluster-enabled yes``).
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -33,7 +35,8 @@ class RedisProcess:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+             *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         deadline = time.monotonic() + 10
@@ -44,7 +47,7 @@ class RedisProcess:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as c:
                     c.sendall(b"PING\r\n")
-                    if c.recv(16).startswith(b"+PONG"):
+                    if c.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)
@@ -58,12 +61,12 @@ class RedisProcess:
 
 
 @contextlib.contextmanager
-def running_redis() -> Iterator[RedisProcess]:
+def running_redis(*extra_args: str) -> Iterator[RedisProcess]:
     """A started :class:`RedisProcess`, stopped on exit; skips when redis-server is missing."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
-    server = RedisProcess(binary)
+    server = RedisProcess(binary, *extra_args)
     server.start()
     try:
         yield server

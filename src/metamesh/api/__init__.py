@@ -3,7 +3,8 @@
 Typed, immutable pydantic models of the resources metamesh reads, spelled as users already
 write them: Istio's ServiceEntry and DestinationRule, Aeraki's ApplicationProtocol and
 MetaRouter (plus metamesh's optional route extensions: timeout, retries, fault), metamesh's
-MetaAuthorizationPolicy and Aeraki's DubboAuthorizationPolicy. :mod:`~metamesh.api.loader` reads
+MetaAuthorizationPolicy and Aeraki's DubboAuthorizationPolicy, Istio's WorkloadEntry and
+PeerAuthentication. :mod:`~metamesh.api.loader` reads
 YAML files and directories into a :class:`ResourceSet`; :func:`validate` applies Aeraki's webhook
 rules and cross-reference checks and returns every :class:`Problem` found.
 
@@ -18,7 +19,7 @@ from metamesh.api.authz import (
 )
 from metamesh.api.base import Resource, StringMatch, fqdn
 from metamesh.api.duration import format_duration, parse_duration
-from metamesh.api.istio import DestinationRule, ServiceEntry
+from metamesh.api.istio import DestinationRule, ServiceEntry, WorkloadEntryResource
 from metamesh.api.loader import KINDS, Loaded, ResourceSet, load_paths, load_text
 from metamesh.api.metaprotocol import ApplicationProtocol, MetaRoute, MetaRouter
 from metamesh.api.problems import Problem
@@ -28,6 +29,7 @@ from metamesh.api.protocol import (
     application_codecs,
     protocol_for_port,
 )
+from metamesh.api.security import PeerAuthentication
 from metamesh.api.validate import validate
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "MetaAuthorizationPolicy",
     "MetaRoute",
     "MetaRouter",
+    "PeerAuthentication",
     "PortProtocol",
     "PortProtocolError",
     "Problem",
@@ -46,6 +49,7 @@ __all__ = [
     "ResourceSet",
     "ServiceEntry",
     "StringMatch",
+    "WorkloadEntryResource",
     "application_codecs",
     "dubbo_to_meta_policy",
     "format_duration",

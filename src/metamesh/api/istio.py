@@ -47,6 +47,17 @@ class WorkloadEntry(SpecModel):
     service_account: str | None = None
 
 
+class WorkloadEntryResource(Resource):
+    """Istio's ``WorkloadEntry`` kind: one workload (a VM, a process) with its identity; a
+    ServiceEntry's ``workloadSelector`` makes the WorkloadEntries of its namespace whose labels
+    it selects its endpoints."""
+
+    API_VERSIONS = ISTIO_NETWORKING_VERSIONS
+    KIND = "WorkloadEntry"
+
+    spec: WorkloadEntry
+
+
 class ServiceEntrySpec(SpecModel):
     hosts: list[str] = Field(default_factory=list)
     addresses: list[str] = Field(default_factory=list)

@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from metamesh.api.authz import DubboAuthorizationPolicy, MetaAuthorizationPolicy
 from metamesh.api.base import DEFAULT_NAMESPACE, Resource, fqdn
-from metamesh.api.istio import DestinationRule, ServiceEntry
+from metamesh.api.istio import DestinationRule, ServiceEntry, WorkloadEntryResource
 from metamesh.api.limits import (
     DEFAULT_LIMITS,
     FileTooLarge,
@@ -50,6 +50,7 @@ from metamesh.api.limits import (
 from metamesh.api.metaprotocol import ApplicationProtocol, MetaRouter
 from metamesh.api.problems import FieldPath, Problem, Severity, format_path
 from metamesh.api.redis import RedisDestination, RedisService
+from metamesh.api.security import PeerAuthentication
 
 __all__ = [
     "KINDS",
@@ -74,6 +75,8 @@ KINDS: dict[str, type[Resource]] = {
         MetaRouter,
         MetaAuthorizationPolicy,
         DubboAuthorizationPolicy,
+        WorkloadEntryResource,
+        PeerAuthentication,
         RedisService,
         RedisDestination,
     )
@@ -84,7 +87,7 @@ OWNED_GROUPS = frozenset(
     version.split("/")[0]
     for cls in KINDS.values()
     for version in cls.API_VERSIONS
-    if not version.startswith("networking.istio.io/")
+    if not version.startswith(("networking.istio.io/", "security.istio.io/"))
 )
 
 R = TypeVar("R", bound=Resource)

@@ -1,10 +1,10 @@
 """Fields metamesh accepts but does not apply, and the warnings that say so.
 
 metamesh loads Istio and Aeraki manifests unchanged, so it accepts every field of their APIs.
-Not all of them do something here: there is no mTLS, no gateway proxy, no locality-aware load
-balancing. A field that is accepted but not applied must not be silently ignored, so every
-model field is in exactly one of three registries (``tests/api/test_unsupported.py`` walks the
-models and fails on a field in none of them):
+Not all of them do something here: there is no gateway proxy, no locality-aware load
+balancing, no certificate from a Kubernetes Secret. A field that is accepted but not applied
+must not be silently ignored, so every model field is in exactly one of three registries
+(``tests/api/test_unsupported.py`` walks the models and fails on a field in none of them):
 
 :data:`APPLIED`
     the translation (``control/model.py``, ``translate.py``, ``routes.py``,
@@ -22,10 +22,12 @@ A value that reaches xDS but that metamesh's own proxy does not act on (``minimu
 ``maxRetries``) counts as unsupported: metamesh's proxy is the data plane that runs
 MetaProtocol, and the warning says that Envoy would get the value.
 
-Authorization sources with ``principals`` or ``namespaces`` need a peer identity, hence mTLS,
-which metamesh does not have: such a source never matches. Besides the field warning,
-:func:`authorization_findings` says what it means for the policy (an ALLOW policy whose every
-rule needs an identity denies every request to what it selects). Both are part of
+Authorization sources with ``principals`` or ``namespaces`` need a verified peer identity,
+which only the inbound side of a mesh workload has (mutual TLS; an endpoint with a
+``serviceAccount``). A policy that selects no such service is enforced on the outbound
+listener, where such a source never matches: :func:`authorization_findings` says what it means
+for the policy (an ALLOW policy whose every rule needs an identity denies every request to what
+it selects). Both are part of
 :func:`metamesh.api.validate`, so ``metamesh validate`` prints them and the control plane logs
 them when it loads the directory (:mod:`metamesh.control.sources`); a runtime reading policies
 from elsewhere can call :func:`authorization_findings` itself.
@@ -39,10 +41,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from metamesh.api import authz, base, istio, metaprotocol, redis
+from metamesh.api import authz, base, istio, metaprotocol, redis, security
 from metamesh.api.problems import FieldPath
 
 Finding = tuple[FieldPath, str]
+ROOT = "istio-system"  # Istio's root namespace (control/model.py's default)
 FieldKey = tuple[type[BaseModel], str]
 
 
@@ -62,7 +65,7 @@ class Unsupported:
     when: Callable[[Any], bool] = _is_set
 
 
-_NO_MTLS = "metamesh has no mTLS"
+_NO_MTLS = "the peer has no verified identity without mutual TLS"
 _TO_ENVOY = "it reaches Envoy in xDS, but the metamesh proxy does not use it"
 
 UNSUPPORTED: Mapping[FieldKey, Unsupported] = {
@@ -75,19 +78,16 @@ UNSUPPORTED: Mapping[FieldKey, Unsupported] = {
         "MESH_EXTERNAL is not treated differently: the service is routed like any other",
         when=lambda value: value == "MESH_EXTERNAL",
     ),
-    (istio.ServiceEntrySpec, "workload_selector"): Unsupported(
-        "endpoints come only from spec.endpoints; WorkloadEntries and pods are not read"
+    (istio.ServiceEntrySpec, "subject_alt_names"): Unsupported(
+        "the SANs a client verifies come from the endpoints' service accounts or the "
+        "DestinationRule's tls.subjectAltNames"
     ),
-    (istio.ServiceEntrySpec, "subject_alt_names"): Unsupported(f"{_NO_MTLS}; nothing is verified"),
     (istio.WorkloadEntry, "network"): Unsupported(
         "multi-network meshes are not supported: every endpoint is dialled directly"
     ),
     (istio.WorkloadEntry, "locality"): Unsupported(
         "locality-aware load balancing is not implemented: endpoints of every locality take "
         "traffic alike"
-    ),
-    (istio.WorkloadEntry, "service_account"): Unsupported(
-        f"{_NO_MTLS}, so the endpoint's identity is not used"
     ),
     # DestinationRule
     (istio.DestinationRuleSpec, "export_to"): Unsupported(
@@ -97,11 +97,16 @@ UNSUPPORTED: Mapping[FieldKey, Unsupported] = {
     (istio.DestinationRuleSpec, "workload_selector"): Unsupported(
         "a DestinationRule applies to every proxy, whatever its workloadSelector"
     ),
-    (istio.TrafficPolicy, "tls"): Unsupported(
-        f"{_NO_MTLS} and originates no TLS: upstream connections are plain TCP"
+    (istio.ClientTLSSettings, "ca_crl"): Unsupported(
+        "certificate revocation lists are not checked"
     ),
-    (istio.PortTrafficPolicy, "tls"): Unsupported(
-        f"{_NO_MTLS} and originates no TLS: upstream connections are plain TCP"
+    (istio.ClientTLSSettings, "credential_name"): Unsupported(
+        "certificates are not read from Kubernetes Secrets: give clientCertificate, "
+        "privateKey and caCertificates as files on the proxy's host"
+    ),
+    (istio.ClientTLSSettings, "insecure_skip_verify"): Unsupported(
+        "the server certificate is always verified (against caCertificates, else the "
+        "system's roots)"
     ),
     (istio.TrafficPolicy, "tunnel"): Unsupported("tunnelling (HTTP CONNECT) is not implemented"),
     (istio.TrafficPolicy, "proxy_protocol"): Unsupported(
@@ -178,18 +183,6 @@ UNSUPPORTED: Mapping[FieldKey, Unsupported] = {
         when=_exported_narrowly,
     ),
     # authorization (MetaAuthorizationPolicy and DubboAuthorizationPolicy share Source)
-    (authz.Source, "principals"): Unsupported(
-        f"{_NO_MTLS}, so peers have no identity: a source that requires principals never matches"
-    ),
-    (authz.Source, "namespaces"): Unsupported(
-        f"{_NO_MTLS}, so peers have no identity: a source that requires namespaces never matches"
-    ),
-    (authz.Source, "not_principals"): Unsupported(
-        f"{_NO_MTLS}, so peers have no identity: notPrincipals always holds"
-    ),
-    (authz.Source, "not_namespaces"): Unsupported(
-        f"{_NO_MTLS}, so peers have no identity: notNamespaces always holds"
-    ),
     # RedisService, RedisDestination (their registries live beside the models)
     **{key: Unsupported(reason, when) for key, (reason, when) in redis.UNSUPPORTED.items()},
 }
@@ -213,6 +206,8 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
             metaprotocol.MetaRouter,
             authz.MetaAuthorizationPolicy,
             authz.DubboAuthorizationPolicy,
+            istio.WorkloadEntryResource,
+            security.PeerAuthentication,
         )
     },
     **_fields(base.Metadata, "name", "namespace"),
@@ -227,9 +222,14 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
         "resolution",
         "endpoints",
         "export_to",
+        "workload_selector",
     ),
+    **_fields(base.WorkloadSelector, "labels"),
     **_fields(istio.ServicePort, "number", "name", "target_port"),
-    **_fields(istio.WorkloadEntry, "address", "ports", "labels", "weight"),
+    **_fields(istio.WorkloadEntry, "address", "ports", "labels", "weight", "service_account"),
+    # PeerAuthentication
+    **_fields(security.PeerAuthenticationSpec, "selector", "mtls", "port_level_mtls"),
+    **_fields(security.MutualTls, "mode"),
     # DestinationRule
     **_fields(istio.DestinationRuleSpec, "host", "traffic_policy", "subsets"),
     **_fields(istio.Subset, "name", "labels", "traffic_policy"),
@@ -239,9 +239,24 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
         "connection_pool",
         "outlier_detection",
         "port_level_settings",
+        "tls",
     ),
     **_fields(
-        istio.PortTrafficPolicy, "port", "load_balancer", "connection_pool", "outlier_detection"
+        istio.PortTrafficPolicy,
+        "port",
+        "load_balancer",
+        "connection_pool",
+        "outlier_detection",
+        "tls",
+    ),
+    **_fields(
+        istio.ClientTLSSettings,
+        "mode",
+        "client_certificate",
+        "private_key",
+        "ca_certificates",
+        "subject_alt_names",
+        "sni",
     ),
     **_fields(istio.PortSelector, "number"),
     **_fields(istio.LoadBalancerSettings, "consistent_hash"),
@@ -320,7 +335,15 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
     **_fields(authz.Rule, "from_", "to"),
     **_fields(authz.DubboRule, "from_", "to"),
     **_fields(authz.From, "source"),
-    **_fields(authz.Source, "ip_blocks", "not_ip_blocks"),
+    **_fields(
+        authz.Source,
+        "ip_blocks",
+        "not_ip_blocks",
+        "principals",
+        "namespaces",
+        "not_principals",
+        "not_namespaces",
+    ),
     **_fields(authz.To, "operation"),
     **_fields(authz.DubboTo, "operation"),
     **_fields(authz.Operation, "attributes", "not_attributes"),
@@ -387,14 +410,17 @@ def needs_identity(rule: authz.Rule | authz.DubboRule) -> bool:
 def authorization_findings(
     action: str, rules: Sequence[authz.Rule | authz.DubboRule], path: FieldPath = ("spec",)
 ) -> list[Finding]:
-    """What rules that can never match (see :func:`needs_identity`) mean for the policy."""
+    """What rules that can never match (see :func:`needs_identity`) mean for a policy that is
+    enforced without mutual TLS (see :func:`enforced_with_mtls`)."""
     dead = [i for i, rule in enumerate(rules) if needs_identity(rule)]
     findings: list[Finding] = []
     effect = "allows" if action == "ALLOW" else "denies"
     for i in dead:
         message = (
             f"this rule can never match: each of its sources requires a peer identity "
-            f"(principals or namespaces) and {_NO_MTLS}, so this {action} rule {effect} nothing"
+            f"(principals or namespaces), which only the inbound side of a mesh workload "
+            f"(an endpoint with a serviceAccount) verifies, and the services this policy "
+            f"selects have none; so this {action} rule {effect} nothing"
         )
         findings.append(((*path, "rules", i), message))
     if action == "ALLOW" and rules and len(dead) == len(rules):
@@ -406,10 +432,53 @@ def authorization_findings(
     return findings
 
 
-def resource_findings(resource: base.Resource) -> list[Finding]:
-    """Every warning of this module for ``resource``."""
+def _endpoints(se: istio.ServiceEntry, workloads: Sequence[base.Resource]) -> list[Any]:
+    selector = se.spec.workload_selector
+    found: list[Any] = list(se.spec.endpoints)
+    if selector is not None and selector.labels:
+        found += [
+            w.spec
+            for w in workloads
+            if isinstance(w, istio.WorkloadEntryResource)
+            and w.namespace == se.namespace
+            and all(w.spec.labels.get(k) == v for k, v in selector.labels.items())
+        ]
+    return found
+
+
+def enforced_with_mtls(
+    policy: base.Resource, resources: Sequence[base.Resource], root_namespace: str = ROOT
+) -> bool:
+    """Whether ``policy`` selects a service with mesh workloads (endpoints with a service
+    account), whose inbound side verifies peers by mutual TLS (control/model.py's scope)."""
+    spec = getattr(policy, "spec", None)
+    selector = getattr(spec, "selector", None)
+    wanted = selector.match_labels if selector is not None else {}
+    workloads = [r for r in resources if isinstance(r, istio.WorkloadEntryResource)]
+    for se in resources:
+        if not isinstance(se, istio.ServiceEntry):
+            continue
+        if policy.namespace not in (se.namespace, root_namespace):
+            continue
+        endpoints = _endpoints(se, workloads)
+        if wanted and not any(
+            all(e.labels.get(k) == v for k, v in wanted.items()) for e in endpoints
+        ):
+            continue
+        if any(e.service_account for e in endpoints):
+            return True
+    return False
+
+
+def resource_findings(
+    resource: base.Resource, resources: Sequence[base.Resource] = ()
+) -> list[Finding]:
+    """Every warning of this module for ``resource`` (``resources``: everything loaded with
+    it, to know where an authorization policy is enforced)."""
     findings = unsupported_findings(resource)
     spec = getattr(resource, "spec", None)
-    if isinstance(spec, authz.MetaAuthorizationPolicySpec | authz.DubboAuthorizationPolicySpec):
+    if isinstance(
+        spec, authz.MetaAuthorizationPolicySpec | authz.DubboAuthorizationPolicySpec
+    ) and not enforced_with_mtls(resource, resources):
         findings += authorization_findings(spec.action, spec.rules)
     return findings

@@ -27,7 +27,13 @@ from metamesh.api.checks import (
     regex_problems,
     subset_name_errors,
 )
-from metamesh.api.istio import DestinationRule, ServiceEntry
+from metamesh.api.istio import (
+    ClientTLSSettings,
+    DestinationRule,
+    ServiceEntry,
+    TrafficPolicy,
+    WorkloadEntryResource,
+)
 from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
 from metamesh.api.loader import Loaded, ResourceSet, load_paths
 from metamesh.api.metaprotocol import (
@@ -45,6 +51,7 @@ from metamesh.api.problems import FieldPath, Problem, sort_problems
 from metamesh.api.redis import RedisDestination, RedisService
 from metamesh.api.redis_rules import redis_destination_rule, redis_service_rule
 from metamesh.api.references import check_references
+from metamesh.api.security import PeerAuthentication
 from metamesh.api.unsupported import resource_findings
 
 Finding = tuple[FieldPath, str, bool]  # (path, message, is_warning)
@@ -59,8 +66,9 @@ def validate(resources: ResourceSet) -> list[Problem]:
 def check_resources(resources: ResourceSet) -> list[Problem]:
     """Loading problems and each resource's own problems: what holds whatever else is loaded."""
     problems = list(resources.problems)
+    everything = [item.resource for item in resources.items]
     for item in resources.items:
-        for path, message in resource_findings(item.resource):
+        for path, message in resource_findings(item.resource, everything):
             problems.append(item.problem(path, message, "warning"))
         rule = _RULES.get(type(item.resource))
         if rule is None:
@@ -344,7 +352,54 @@ def _destination_rule(item: Loaded) -> Iterator[Finding]:
         if subset.name in seen:
             yield ("spec", "subsets", i, "name"), f"duplicate subset {subset.name!r}", False
         seen.add(subset.name)
+        yield from _traffic_tls(("spec", "subsets", i, "trafficPolicy"), subset.traffic_policy)
+    yield from _traffic_tls(("spec", "trafficPolicy"), dr.spec.traffic_policy)
     yield from _err(("spec", "exportTo"), export_to_errors(dr.namespace, dr.spec.export_to))
+
+
+def _traffic_tls(path: FieldPath, policy: TrafficPolicy | None) -> Iterator[Finding]:
+    if policy is None:
+        return
+    yield from _client_tls((*path, "tls"), policy.tls)
+    for i, level in enumerate(policy.port_level_settings):
+        yield from _client_tls((*path, "portLevelSettings", i, "tls"), level.tls)
+
+
+def _client_tls(path: FieldPath, tls: ClientTLSSettings | None) -> Iterator[Finding]:
+    """Istio's rules: MUTUAL needs a client certificate and its key; the files of a SIMPLE or
+    MUTUAL origination are the proxy's own files (``credentialName`` is a Kubernetes Secret)."""
+    if tls is None:
+        return
+    if tls.mode == "MUTUAL" and not (tls.client_certificate and tls.private_key):
+        yield path, "mode MUTUAL needs clientCertificate and privateKey", False
+    if tls.mode in ("DISABLE", "ISTIO_MUTUAL"):
+        for name in ("client_certificate", "private_key", "ca_certificates", "sni"):
+            if getattr(tls, name):
+                alias = ClientTLSSettings.model_fields[name].alias or name
+                yield (*path, alias), f"{alias} is not used with mode {tls.mode}", True
+
+
+def _workload_entry(item: Loaded) -> Iterator[Finding]:
+    entry = item.resource
+    assert isinstance(entry, WorkloadEntryResource)
+    if not entry.spec.address:
+        yield ("spec", "address"), "a WorkloadEntry needs an address", False
+
+
+def _peer_authentication(item: Loaded) -> Iterator[Finding]:
+    """Istio's rule: ``portLevelMtls`` only with a workload selector."""
+    policy = item.resource
+    assert isinstance(policy, PeerAuthentication)
+    selector = policy.spec.selector
+    if policy.spec.port_level_mtls and not (selector and selector.match_labels):
+        yield (
+            ("spec", "portLevelMtls"),
+            "portLevelMtls requires a workload selector (selector.matchLabels)",
+            False,
+        )
+    for port in policy.spec.port_level_mtls:
+        if not 1 <= port <= 65535:
+            yield ("spec", "portLevelMtls", str(port)), f"port {port} not in 1..65535", False
 
 
 def _operation(path: FieldPath, operation: Operation) -> Iterator[Finding]:
@@ -377,6 +432,8 @@ _RULES: dict[type, Rule] = {
     DestinationRule: _destination_rule,
     MetaAuthorizationPolicy: _meta_authz,
     DubboAuthorizationPolicy: _dubbo_authz,
+    WorkloadEntryResource: _workload_entry,
+    PeerAuthentication: _peer_authentication,
     RedisService: redis_service_rule,
     RedisDestination: redis_destination_rule,
 }

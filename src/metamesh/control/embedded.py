@@ -42,7 +42,7 @@ import grpc
 
 from metamesh import logs
 from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
-from metamesh.control.model import MeshModel
+from metamesh.control.model import MeshModel, MeshSettings, with_settings
 from metamesh.control.sources import FileSource
 from metamesh.control.to_proxy import to_snapshot
 from metamesh.control.translate import translate
@@ -143,19 +143,26 @@ async def start_control_plane(
     *,
     zookeeper: ZooKeeperSettings | None = None,
     limits: LoadLimits = DEFAULT_LIMITS,
+    mesh: MeshSettings | None = None,
 ) -> tuple[AdsServer, FileSource | MergedSources, int]:
     """The ADS server fed by the directory and, with ``zookeeper``, the Dubbo registry too
-    (control/sources/merge.py; its first read is awaited for a bounded time)."""
+    (control/sources/merge.py; its first read is awaited for a bounded time); ``mesh``: the
+    root namespace and trust domain the models are translated under."""
     ads = AdsServer(translate, MeshModel(), quiet=SERVER_QUIET, max_delay=SERVER_MAX_DELAY)
+    settings = mesh or MeshSettings()
+
+    def on_model(model: MeshModel) -> None:
+        ads.set_model(with_settings(model, settings))
+
     source: FileSource | MergedSources
     if zookeeper is None:
         assert directory is not None, "a config directory, a registry, or both"
-        source = FileSource(directory, ads.set_model, namespace=namespace, limits=limits)
+        source = FileSource(directory, on_model, namespace=namespace, limits=limits)
     else:
         from metamesh.control.sources.merge import MergedSources
 
         source = MergedSources(
-            directory, ads.set_model, namespace=namespace, zookeeper=zookeeper, limits=limits
+            directory, on_model, namespace=namespace, zookeeper=zookeeper, limits=limits
         )
         await source.start()
     if source.load() is not None:
@@ -324,6 +331,7 @@ async def serve_control_plane(
     ca: CaSettings | None = None,
     zookeeper: ZooKeeperSettings | None = None,
     config_limits: LoadLimits = DEFAULT_LIMITS,
+    mesh: MeshSettings | None = None,
 ) -> int:
     """``metamesh control-plane``: the watched directory (and/or, with ``zookeeper``, the Dubbo
     registry) served over ADS (and, with ``ca``, the mesh CA's certificate API over TLS)."""
@@ -331,7 +339,7 @@ async def serve_control_plane(
     remove_signals = _on_signals(stop)
     path = Path(directory) if directory is not None else None
     ads, source, port = await start_control_plane(
-        path, host, xds_port, namespace, zookeeper=zookeeper, limits=config_limits
+        path, host, xds_port, namespace, zookeeper=zookeeper, limits=config_limits, mesh=mesh
     )
     watching = _watching(directory, zookeeper)
     print(f"metamesh: control plane (xDS) on {host}:{port}, watching {watching}", file=out)

@@ -17,17 +17,29 @@ frozen tree that :mod:`metamesh.control.translate` reads without looking at YAML
 - the MetaRouter of each host (the first one loaded; validation warns about a second);
 - the authorization policies that select each service (:attr:`Service.authorization`):
   every MetaAuthorizationPolicy, and every DubboAuthorizationPolicy converted by
-  :func:`metamesh.api.dubbo_to_meta_policy`.
+  :func:`metamesh.api.dubbo_to_meta_policy`;
+- the workloads behind a service: an endpoint with a ``serviceAccount`` (inline, or from an
+  Istio ``WorkloadEntry`` that the ServiceEntry's ``workloadSelector`` selects in its
+  namespace) is a mesh workload with its own proxy, which gets the inbound side
+  (:mod:`metamesh.control.inbound`); the PeerAuthentications, for that side;
+- the client TLS of each cluster (DestinationRule ``tls``, merged like the other settings:
+  the most specific layer that sets ``tls`` wins).
+
+:class:`MeshSettings` holds what the operator chooses rather than the manifests: Istio's root
+namespace and the trust domain of SPIFFE ids. :func:`with_settings` applies them to a model
+built with the defaults (the sources build models without knowing them).
 
 Authorization scope
 -------------------
-Istio selects *workloads* by ``selector.matchLabels``; in metamesh the proxy is outbound (it
-sits in front of the services), so a policy applies to the *services* whose workloads it
-selects: a service is selected when at least one of its endpoints carries every label of
-``matchLabels``. A policy without a selector (or with empty ``matchLabels``) selects every
+Istio selects *workloads* by ``selector.matchLabels``; a policy applies to the *services* whose
+workloads it selects: a service is selected when at least one of its endpoints carries every
+label of ``matchLabels``. It is enforced on the inbound side of those workloads when the service
+has mesh workloads, else (no proxy beside the servers) on the outbound listener. A policy
+without a selector (or with empty ``matchLabels``) selects every
 service. As in Istio, a policy only reaches services of its own namespace, except one in the
-root namespace (:data:`ROOT_NAMESPACE`, Istio's ``istio-system``), which reaches every
-namespace. Policies are kept in (namespace, name) order, so the translation is stable.
+root namespace (:attr:`MeshSettings.root_namespace`, Istio's ``istio-system`` by default),
+which reaches every namespace. Policies are kept in (namespace, name) order, so the
+translation is stable.
 
 Address allocation
 ------------------
@@ -48,7 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TypeVar
@@ -68,19 +80,24 @@ from metamesh.api import (
     protocol_for_port,
 )
 from metamesh.api.istio import (
+    ClientTLSSettings,
     ConnectionPoolSettings,
     LoadBalancerSettings,
     TrafficPolicy,
+    WorkloadEntry,
+    WorkloadEntryResource,
 )
 from metamesh.api.istio import (
     OutlierDetection as IstioOutlierDetection,
 )
+from metamesh.api.security import PeerAuthentication
 from metamesh.control.redis_model import RedisTables, redis_tables
 
 T = TypeVar("T")
 
 VIP_NETWORK = ipaddress.IPv4Network("127.240.0.0/16")
 ROOT_NAMESPACE = "istio-system"  # a policy here applies to every namespace (Istio's rule)
+TRUST_DOMAIN = "cluster.local"
 _VIP_SLOTS = 256 * 254  # third octet 0..255, last octet 1..254
 
 
@@ -109,6 +126,9 @@ class Endpoint:
     labels: tuple[tuple[str, str], ...] = ()
     weight: int = 1
     locality: str = ""
+    #: The workload's service account: set, the endpoint is a mesh workload with a proxy
+    #: of its own (inbound side, mutual TLS); "" a plain server.
+    service_account: str = ""
 
     def port_for(self, port: ServicePort) -> int:
         return dict(self.ports).get(port.name) or port.target_port or port.number
@@ -131,6 +151,19 @@ class OutlierPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """DestinationRule ``tls`` of one cluster: ``mode`` DISABLE, SIMPLE, MUTUAL or
+    ISTIO_MUTUAL; the files are paths on the proxy's host (SIMPLE, MUTUAL)."""
+
+    mode: str = "DISABLE"
+    client_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    sni: str = ""
+    subject_alt_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterPolicy:
     """A DestinationRule traffic policy resolved for one cluster, in Envoy's terms.
 
@@ -150,6 +183,8 @@ class ClusterPolicy:
     max_retries: int | None = None
     max_requests_per_connection: int | None = None
     outlier: OutlierPolicy | None = None
+    #: None: no DestinationRule sets ``tls`` (auto mutual TLS, see control/inbound.py).
+    tls: UpstreamTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +230,12 @@ class Service:
         selector = dict(chosen.labels)
         return tuple(e for e in self.endpoints if e.matches(selector))
 
+    @property
+    def has_workloads(self) -> bool:
+        """Some endpoint is a mesh workload (has a service account): the service has an
+        inbound side, where its server-side policies run."""
+        return any(e.service_account for e in self.endpoints)
+
     def visible_to(self, namespace: str | None) -> bool:
         """Istio ``exportTo``: empty or ``*`` = everyone, ``.`` = own namespace, ``~`` = none."""
         if namespace is None or not self.export_to or "*" in self.export_to:
@@ -209,13 +250,43 @@ class MeshModel:
 
     services: Mapping[str, Service] = field(default_factory=lambda: MappingProxyType({}))
     problems: tuple[str, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[MetaAuthorizationPolicy, ...] = ()
+    settings: MeshSettings = field(default_factory=lambda: MeshSettings())
     #: RedisService / RedisDestination by host (translated by control/redis.py).
     redis: RedisTables = field(default_factory=RedisTables)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    """The operator's choices: Istio's root namespace (mesh-wide policies) and trust domain."""
+
+    root_namespace: str = ROOT_NAMESPACE
+    trust_domain: str = TRUST_DOMAIN
+
+
+def with_settings(model: MeshModel, settings: MeshSettings) -> MeshModel:
+    """``model`` under ``settings``: the authorization scope follows the root namespace."""
+    if settings == model.settings:
+        return model
+    services = {
+        host: replace(
+            service,
+            authorization=tuple(
+                p
+                for p in model.authorization_policies
+                if policy_selects(p, service, settings.root_namespace)
+            ),
+        )
+        for host, service in model.services.items()
+    }
+    return replace(model, services=MappingProxyType(services), settings=settings)
 
 
 def build_model(resources: ResourceSet) -> MeshModel:
     """The mesh model of ``resources`` (validate them first; this only skips what is unusable)."""
     problems: list[str] = []
+    workloads = resources.of_kind(WorkloadEntryResource)
     codecs = application_codecs(resources.of_kind(ApplicationProtocol))
     rules = _by_host(
         (fqdn(dr.spec.host, dr.namespace), dr) for dr in resources.of_kind(DestinationRule)
@@ -242,13 +313,16 @@ def build_model(resources: ResourceSet) -> MeshModel:
             continue
         addresses = tuple(se.spec.addresses) or (vips[host],)
         service = _service(
-            host, se, addresses, codecs, rules.get(host), routers.get(host), problems
+            host, se, addresses, codecs, rules.get(host), routers.get(host), problems, workloads
         )
         selected = tuple(p for p in policies if policy_selects(p, service))
         services[host] = replace(service, authorization=selected) if selected else service
+    peer = sorted(resources.of_kind(PeerAuthentication), key=lambda p: (p.namespace, p.name))
     redis = redis_tables(resources)
     problems.extend(redis.problems)
-    return MeshModel(MappingProxyType(services), tuple(problems), redis=redis)
+    return MeshModel(
+        MappingProxyType(services), tuple(problems), tuple(peer), tuple(policies), redis=redis
+    )
 
 
 def authorization_policies(resources: ResourceSet) -> list[MetaAuthorizationPolicy]:
@@ -258,9 +332,11 @@ def authorization_policies(resources: ResourceSet) -> list[MetaAuthorizationPoli
     return sorted(policies, key=lambda p: (p.namespace, p.name))
 
 
-def policy_selects(policy: MetaAuthorizationPolicy, service: Service) -> bool:
+def policy_selects(
+    policy: MetaAuthorizationPolicy, service: Service, root_namespace: str = ROOT_NAMESPACE
+) -> bool:
     """Whether ``policy`` applies to ``service`` (see "Authorization scope" above)."""
-    if policy.namespace not in (service.namespace, ROOT_NAMESPACE):
+    if policy.namespace not in (service.namespace, root_namespace):
         return False
     selector = policy.spec.selector
     labels = selector.match_labels if selector is not None else {}
@@ -283,24 +359,26 @@ def _service(
     rule: DestinationRule | None,
     router: MetaRouter | None,
     problems: list[str],
+    workloads: Sequence[WorkloadEntryResource] = (),
 ) -> Service:
     ports = tuple(
         _port(p.number, p.name, p.target_port, codecs, se, problems) for p in se.spec.ports
     )
+    entries = [(e, f"ServiceEntry {se.ref}: endpoint") for e in se.spec.endpoints]
+    selector = se.spec.workload_selector
+    if selector is not None and selector.labels:
+        entries += [
+            (w.spec, f"WorkloadEntry {w.ref}")
+            for w in sorted(workloads, key=lambda w: w.name)
+            if w.namespace == se.namespace
+            and all(w.spec.labels.get(k) == v for k, v in selector.labels.items())
+        ]
     endpoints = []
-    for entry in se.spec.endpoints:
+    for entry, where in entries:
         if not entry.address:
-            problems.append(f"ServiceEntry {se.ref}: endpoint without address ignored")
+            problems.append(f"{where} without address ignored")
             continue
-        endpoints.append(
-            Endpoint(
-                address=entry.address,
-                ports=tuple(sorted(entry.ports.items())),
-                labels=tuple(sorted(entry.labels.items())),
-                weight=entry.weight or 1,
-                locality=entry.locality or "",
-            )
-        )
+        endpoints.append(_endpoint(entry))
     subsets = (
         tuple(Subset(s.name, tuple(sorted(s.labels.items()))) for s in rule.spec.subsets)
         if rule
@@ -322,6 +400,17 @@ def _service(
         resolution=se.spec.resolution,
         export_to=tuple(se.spec.export_to),
         allocated_address=not se.spec.addresses,
+    )
+
+
+def _endpoint(entry: WorkloadEntry) -> Endpoint:
+    return Endpoint(
+        address=entry.address,
+        ports=tuple(sorted(entry.ports.items())),
+        labels=tuple(sorted(entry.labels.items())),
+        weight=entry.weight or 1,
+        locality=entry.locality or "",
+        service_account=entry.service_account or "",
     )
 
 
@@ -351,14 +440,17 @@ class _Layers:
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: IstioOutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
 
     def apply(self, policy: TrafficPolicy | None, port: int) -> None:
         if policy is None:
             return
         self._take(policy.load_balancer, policy.connection_pool, policy.outlier_detection)
+        self.tls = policy.tls or self.tls
         for level in policy.port_level_settings:
             if level.port is not None and level.port.number == port:
                 self._take(level.load_balancer, level.connection_pool, level.outlier_detection)
+                self.tls = level.tls or self.tls
 
     def _take(
         self,
@@ -412,6 +504,20 @@ def _policy_for(rule: DestinationRule | None, port: int, subset: str) -> Cluster
         max_retries=http.max_retries if http else None,
         max_requests_per_connection=http.max_requests_per_connection or None if http else None,
         outlier=_outlier(layers.outlier_detection),
+        tls=_tls(layers.tls),
+    )
+
+
+def _tls(tls: ClientTLSSettings | None) -> UpstreamTls | None:
+    if tls is None:
+        return None
+    return UpstreamTls(
+        mode=tls.mode,
+        client_certificate=tls.client_certificate or "",
+        private_key=tls.private_key or "",
+        ca_certificates=tls.ca_certificates or "",
+        sni=tls.sni or "",
+        subject_alt_names=tuple(tls.subject_alt_names),
     )
 
 

@@ -10,6 +10,9 @@ resource, which the client sends back as a NACK's ``error_detail``.
   ``protocol.codec.name``), ``rds.routeConfigName`` (or an inline ``routeConfig.name``),
   ``statPrefix``, the filter names and the configs of the filters that take one (local and
   global rate limit, RBAC; see :mod:`metamesh.control.filter_configs`).
+- Listener and Cluster TLS: the ``envoy.transport_sockets.tls`` transport sockets as
+  :mod:`metamesh.control.tls_contexts` reads them (listener ``tls_mode`` STRICT/PERMISSIVE,
+  cluster ``tls_mode``/``tls_sni``/``tls_subject_alt_names``/``tls_files``).
 - Cluster: lb policy (``MAGLEV`` runs as ``RING_HASH``, anything else unknown as round robin),
   connect timeout (Envoy's 5 s default when unset), the default-priority circuit-breaker
   thresholds (Envoy's 1024 default per unset limit), outlier detection (below), endpoints
@@ -52,6 +55,7 @@ from metamesh.control.redis_options import (
     cluster_protocol_options,
     listener_codec_options,
 )
+from metamesh.control.tls_contexts import TlsConfigError, client_tls, listener_tls_mode
 from metamesh.proxy import config as cfg
 
 META_PROTOCOL_FILTER = "envoy.filters.network.meta_protocol_proxy"
@@ -106,14 +110,18 @@ def typed_struct_value(packed: Any, where: str) -> dict[str, Any]:
 
 def to_listener(listener: Any) -> cfg.Listener:
     where = f"Listener {listener.name!r}"
-    found = [
-        f
+    chains = [
+        chain
         for chain in listener.filter_chains
-        for f in chain.filters
-        if f.name == META_PROTOCOL_FILTER
+        if any(f.name == META_PROTOCOL_FILTER for f in chain.filters)
     ]
+    found = [f for chain in chains for f in chain.filters if f.name == META_PROTOCOL_FILTER]
     if not found:
         raise XdsConversionError(f"{where}: no {META_PROTOCOL_FILTER} filter")
+    try:
+        tls_mode = listener_tls_mode(listener, chains)
+    except TlsConfigError as e:
+        raise XdsConversionError(str(e)) from None
     proxy = typed_struct_value(found[0].typed_config, where)
     codec = (proxy.get("protocol") or {}).get("codec") or proxy.get("codec") or {}
     if not codec.get("name"):
@@ -160,6 +168,7 @@ def to_listener(listener: Any) -> cfg.Listener:
         stat_prefix=proxy.get("statPrefix", ""),
         filters=filters or ("aeraki.meta_protocol.filters.router",),
         filter_configs=tuple(configs),
+        tls_mode=tls_mode,
         **extra,
     )
 
@@ -203,7 +212,24 @@ def to_cluster(cluster: Any, assignment: Any | None) -> cfg.Cluster:
         if cluster.HasField("max_requests_per_connection")
         else None,
         protocol_options=protocol_options,
+        **_tls_fields(cluster),
     )
+
+
+def _tls_fields(cluster: Any) -> dict[str, Any]:
+    """The cluster's ``UpstreamTlsContext`` as the proxy's ``tls_*`` fields."""
+    try:
+        tls = client_tls(cluster)
+    except TlsConfigError as e:
+        raise XdsConversionError(str(e)) from None
+    if tls is None:
+        return {}
+    return {
+        "tls_mode": tls.mode,
+        "tls_sni": tls.sni,
+        "tls_subject_alt_names": tls.subject_alt_names,
+        "tls_files": (tls.client_certificate, tls.private_key, tls.ca_certificates),
+    }
 
 
 def to_outlier_detection(od: Any) -> cfg.OutlierDetection | None:

@@ -47,6 +47,9 @@ from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_de
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
@@ -58,9 +61,15 @@ from metamesh.control.filter_configs import (
     local_rate_limit_json,
     rbac_json,
 )
-from metamesh.control.model import ClusterPolicy, MeshModel, Service, ServicePort
+from metamesh.control.inbound import APP_ADDRESS, InboundPort, cluster_tls, inbound_ports
+from metamesh.control.model import ClusterPolicy, MeshModel, Service, ServicePort, UpstreamTls
 from metamesh.control.redis import is_redis, outbound_redis
 from metamesh.control.routes import route_configuration
+from metamesh.control.tls_contexts import (
+    TLS_INSPECTOR,
+    downstream_mtls_socket,
+    upstream_tls_socket,
+)
 from metamesh.xds.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -109,33 +118,70 @@ def translate(model: MeshModel, node: ProxyNode | None = None) -> XdsResources:
     """Every resource ``node`` needs (see the module docstring)."""
     node = node or ProxyNode()
     tables: dict[str, dict[str, Any]] = {url: {} for url in TYPE_URLS}
+    inbound, _ = inbound_ports(model, node)
+    fronted = {x.service.host for x in inbound}
     for host in sorted(model.services):
         service = model.services[host]
-        if not service.visible_to(node.namespace):
-            continue
-        for port in service.ports:
-            if is_redis(port):
-                outbound_redis(model, service, port, tables)
-                continue
-            if not port.is_metaprotocol:
-                continue
-            for address in service.addresses:
-                listener = build_listener(service, port, address)
-                tables[LISTENER_TYPE].setdefault(listener.name, listener)
-            for subset in ("", *(s.name for s in service.subsets)):
-                cluster = build_cluster(service, port.number, subset)
-                tables[CLUSTER_TYPE][cluster.name] = cluster
-                if cluster.type == cluster_pb2.Cluster.EDS:
-                    tables[ENDPOINT_TYPE][cluster.name] = build_load_assignment(
-                        cluster.name, service, port, subset
-                    )
-            routes = route_configuration(model, service, port.number)
-            tables[ROUTE_TYPE][routes.name] = routes
-        _rate_limit_service_cluster(model, service, tables)
+        if node.outbound and service.visible_to(node.namespace):
+            _outbound(model, service, tables, in_mesh=node.namespace is not None)
+        if (node.outbound and service.visible_to(node.namespace)) or host in fronted:
+            _rate_limit_service_cluster(model, service, tables)
+    for port in inbound:
+        _inbound(port, tables)
     return XdsResources(
         MappingProxyType(
             {url: MappingProxyType(dict(sorted(t.items()))) for url, t in tables.items()}
         )
+    )
+
+
+def _outbound(
+    model: MeshModel, service: Service, tables: dict[str, dict[str, Any]], *, in_mesh: bool
+) -> None:
+    """The client side of ``service``: listeners on its addresses, clusters, routes.
+
+    ``in_mesh``: the node is a workload (it gave its namespace). A node that is not (``metamesh
+    up``, a proxy started without ``--namespace``) is the one-hop router: it has no workload
+    identity, so it keeps the server-side policies and gets no auto mutual TLS."""
+    for port in service.ports:
+        if is_redis(port):
+            outbound_redis(model, service, port, tables)
+            continue
+        if not port.is_metaprotocol:
+            continue
+        for address in service.addresses:
+            listener = build_listener(service, port, address, server_side=not in_mesh)
+            tables[LISTENER_TYPE].setdefault(listener.name, listener)
+        for subset in ("", *(s.name for s in service.subsets)):
+            tls = cluster_tls(model, service, port.number, subset, auto=in_mesh)
+            cluster = build_cluster(service, port.number, subset, tls)
+            tables[CLUSTER_TYPE][cluster.name] = cluster
+            if cluster.type == cluster_pb2.Cluster.EDS:
+                tables[ENDPOINT_TYPE][cluster.name] = build_load_assignment(
+                    cluster.name, service, port, subset
+                )
+        routes = route_configuration(model, service, port.number)
+        tables[ROUTE_TYPE][routes.name] = routes
+
+
+def _inbound(port: InboundPort, tables: dict[str, dict[str, Any]]) -> None:
+    """The server side of one workload port: listener, ``inbound|`` cluster and route."""
+    listener = build_inbound_listener(port)
+    tables[LISTENER_TYPE][listener.name] = listener
+    cluster = cluster_pb2.Cluster(
+        name=port.cluster,
+        type=cluster_pb2.Cluster.STATIC,
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+    )
+    cluster.load_assignment.cluster_name = port.cluster
+    endpoint = cluster.load_assignment.endpoints.add().lb_endpoints.add().endpoint
+    endpoint.address.CopyFrom(socket_address(APP_ADDRESS, port.app_port))
+    tables[CLUSTER_TYPE][cluster.name] = cluster
+    route = rc.Route(name="default", match=rc.RouteMatch(prefix="/"))
+    route.route.cluster = port.cluster
+    vhost = rc.VirtualHost(name="inbound", domains=["*"], routes=[route])
+    tables[ROUTE_TYPE][port.cluster] = route_pb2.RouteConfiguration(
+        name=port.cluster, virtual_hosts=[vhost]
     )
 
 
@@ -184,9 +230,16 @@ def codec_name(codec: str) -> str:
     return codec if ":" in codec or codec.startswith(AERAKI_PREFIX) else AERAKI_PREFIX + codec
 
 
-def meta_protocol_filters(service: Service) -> list[dict[str, Any]]:
+def meta_protocol_filters(service: Service, *, server_side: bool = True) -> list[dict[str, Any]]:
     """The listener's filters, in the order they run: authorization first (a denied request
-    spends no rate limit token), then the local and the global rate limit, then the router."""
+    spends no rate limit token), then the local and the global rate limit, then the router.
+
+    These server-side policies run where Aeraki runs them, on the inbound side, for a service
+    with mesh workloads; a mesh workload's outbound listener of such a service has the router
+    only (``server_side`` False). A service without any (no proxy beside its servers) keeps
+    them on the outbound listener."""
+    if not server_side and service.has_workloads:
+        return [{"name": ROUTER_FILTER}]
     filters: list[dict[str, Any]] = []
     if service.authorization:
         filters.append({"name": RBAC_FILTER, "config": rbac_json(service.authorization)})
@@ -201,17 +254,27 @@ def meta_protocol_filters(service: Service) -> list[dict[str, Any]]:
     return filters
 
 
-def meta_protocol_proxy(service: Service, port: ServicePort) -> dict[str, Any]:
-    """The ``MetaProtocolProxy`` fields, in protojson spelling, as Aeraki writes them."""
+def meta_protocol_proxy(
+    service: Service,
+    port: ServicePort,
+    inbound: InboundPort | None = None,
+    *,
+    server_side: bool = True,
+) -> dict[str, Any]:
+    """The ``MetaProtocolProxy`` fields, in protojson spelling, as Aeraki writes them (the
+    inbound side's stat prefix and route configuration are its ``inbound|`` cluster)."""
+    name = inbound.cluster if inbound is not None else None
     return {
-        "statPrefix": cluster_name(port.number, "", service.host),
+        "statPrefix": name or cluster_name(port.number, "", service.host),
         "applicationProtocol": port.application or "",
         "codec": {"name": codec_name(port.codec or "")},
         "rds": {
-            "routeConfigName": route_config_name(service.host, port.number),
+            "routeConfigName": name or route_config_name(service.host, port.number),
             "configSource": {"ads": {}, "resourceApiVersion": "V3"},
         },
-        "metaProtocolFilters": meta_protocol_filters(service),
+        "metaProtocolFilters": meta_protocol_filters(
+            service, server_side=server_side or inbound is not None
+        ),
     }
 
 
@@ -223,8 +286,10 @@ def typed_struct(type_url: str, value: Mapping[str, Any]) -> any_pb2.Any:
     return packed
 
 
-def build_listener(service: Service, port: ServicePort, address: str) -> listener_pb2.Listener:
-    proxy = meta_protocol_proxy(service, port)
+def build_listener(
+    service: Service, port: ServicePort, address: str, *, server_side: bool = True
+) -> listener_pb2.Listener:
+    proxy = meta_protocol_proxy(service, port, server_side=server_side)
     return listener_pb2.Listener(
         name=f"{address}_{port.number}",
         address=socket_address(address, port.number),
@@ -242,6 +307,40 @@ def build_listener(service: Service, port: ServicePort, address: str) -> listene
     )
 
 
+def build_inbound_listener(port: InboundPort) -> listener_pb2.Listener:
+    """``inbound_<address>_<port>``: one filter chain per transport the PeerAuthentication
+    admits (see :mod:`metamesh.control.tls_contexts`)."""
+    proxy = meta_protocol_proxy(port.service, port.port, port)
+    listener = listener_pb2.Listener(
+        name=f"inbound_{port.address}_{port.listen_port}",
+        address=socket_address(port.address, port.listen_port),
+        traffic_direction=base_pb2.INBOUND,
+    )
+
+    def chain(transport: str) -> listener_components_pb2.FilterChain:
+        filters = [
+            listener_components_pb2.Filter(
+                name=META_PROTOCOL_FILTER,
+                typed_config=typed_struct(META_PROTOCOL_PROXY_TYPE, proxy),
+            )
+        ]
+        made = listener_components_pb2.FilterChain(filters=filters)
+        if port.tls_mode != "DISABLE":
+            made.filter_chain_match.transport_protocol = transport
+        if transport == "tls":
+            made.transport_socket.CopyFrom(downstream_mtls_socket())
+        return made
+
+    if port.tls_mode in ("STRICT", "PERMISSIVE"):
+        listener.filter_chains.append(chain("tls"))
+    if port.tls_mode in ("PERMISSIVE", "DISABLE"):
+        listener.filter_chains.append(chain("raw_buffer"))
+    if port.tls_mode == "PERMISSIVE":
+        inspector = listener.listener_filters.add(name=TLS_INSPECTOR)
+        inspector.typed_config.Pack(tls_inspector_pb2.TlsInspector())
+    return listener
+
+
 def socket_address(address: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(
         socket_address=address_pb2.SocketAddress(address=address, port_value=port)
@@ -257,12 +356,18 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return value
 
 
-def build_cluster(service: Service, port: int, subset: str) -> cluster_pb2.Cluster:
+def build_cluster(
+    service: Service, port: int, subset: str, tls: UpstreamTls | None = None
+) -> cluster_pb2.Cluster:
     name = cluster_name(port, subset, service.host)
     policy = service.policy(port, subset)
     cluster = cluster_pb2.Cluster(
         name=name, lb_policy=cluster_pb2.Cluster.LbPolicy.Value(policy.lb_policy)
     )
+    sni = f"outbound_.{port}_.{subset}_.{service.host}"
+    socket = upstream_tls_socket(tls, sni) if tls is not None else None
+    if socket is not None:
+        cluster.transport_socket.CopyFrom(socket)
     if service.resolution in ("DNS", "DNS_ROUND_ROBIN"):
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
         service_port = service.port(port)

@@ -194,9 +194,15 @@ class Cluster:
     #: ``Cluster.max_requests_per_connection``); ``None`` or 0: unlimited.
     max_requests_per_connection: int | None = None
     #: Connections to the endpoints: "" plaintext, "ISTIO_MUTUAL" mutual TLS with the proxy's
-    #: workload certificate, the peer verified against the mesh root (DestinationRule
-    #: ``trafficPolicy.tls.mode``).
+    #: workload certificate, the peer verified against the mesh root; "SIMPLE" / "MUTUAL"
+    #: TLS with :attr:`tls_files` (DestinationRule ``trafficPolicy.tls.mode``).
     tls_mode: str = ""
+    #: The SNI sent ("" none) and the SANs the peer certificate must carry one of (URI or
+    #: DNS names; empty: any, for ISTIO_MUTUAL any SPIFFE id of the trust domain).
+    tls_sni: str = ""
+    tls_subject_alt_names: tuple[str, ...] = ()
+    #: SIMPLE / MUTUAL: (client certificate, private key, CA certificates) paths, "" unset.
+    tls_files: tuple[str, str, str] = ("", "", "")
     #: Protocol options for the codec of each upstream connection (Envoy's
     #: ``typed_extension_protocol_options``; Redis: ``auth_username``/``auth_password``),
     #: given to ``Codec.upstream_preamble``.

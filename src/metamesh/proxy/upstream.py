@@ -71,8 +71,10 @@ class ClusterState:
         self.mux: dict[PoolKey, Upstream] = {}
 
     def reconfigure(self, config: Cluster, rng: random.Random) -> list[Upstream]:
-        """Adopt a new config; returns pooled connections whose endpoint disappeared."""
+        """Adopt a new config; returns pooled connections whose endpoint disappeared, or all of
+        them when the TLS to the endpoints changed (they were opened with the old one)."""
         old_endpoints = self.config.endpoints
+        tls_changed = _tls_of(self.config) != _tls_of(config)
         self.config = config
         old_outlier = self.outlier
         self.lb = create_load_balancer(config.lb_policy, config.endpoints, rng)
@@ -86,7 +88,7 @@ class ClusterState:
         for (protocol, variant, i), up in self.mux.items():
             e = old_endpoints[i] if i < len(old_endpoints) else up.endpoint
             j = index.get((e.address, e.port))
-            if j is None:
+            if j is None or tls_changed:
                 retired.append(up)
             else:
                 up.endpoint_index = j
@@ -246,3 +248,8 @@ class ActiveRequest:
         self.mirror = mirror
         self.reply: bytes | None = None  # set when answered; used to keep pipelined order
         self.ext: RequestExt | None = None  # timeouts/retries/filter state, when the route has any
+
+
+def _tls_of(config: Cluster) -> tuple[object, ...]:
+    """What an upstream connection's TLS was opened with."""
+    return (config.tls_mode, config.tls_sni, config.tls_subject_alt_names, config.tls_files)

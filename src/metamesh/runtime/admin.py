@@ -90,6 +90,11 @@ class ProxyCollector:
                 "Client TLS handshakes completed with a verified mesh identity",
                 value=tls.stats.handshakes,
             )
+            yield CounterMetricFamily(
+                "metamesh_tls_plaintext_connections",
+                "Client connections a PERMISSIVE listener served in plaintext",
+                value=tls.stats.plaintext,
+            )
             refused = CounterMetricFamily(
                 "metamesh_tls_refused",
                 "Client connections refused by the TLS layer, by reason",

@@ -190,7 +190,8 @@ class UpstreamProtocol:
         server = self.server
         tr.set_write_buffer_limits(server.high_water, server.low_water)
         up = self.up
-        if up.cluster.config.tls_mode and not server.upstream_identity_ok(tr):
+        config = up.cluster.config
+        if config.tls_mode and not server.upstream_identity_ok(tr, config):
             self.refused = True  # before anything is sent; the server reports the failed connect
             return
         up.handle = self

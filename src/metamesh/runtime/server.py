@@ -35,11 +35,12 @@ import json
 import logging
 import random
 import signal
+import ssl
 from collections.abc import Coroutine
 from typing import IO, Any, cast
 
 from metamesh.proxy.codec_ref import resolve_codec
-from metamesh.proxy.config import Snapshot
+from metamesh.proxy.config import Cluster, Snapshot
 from metamesh.proxy.connection import (
     ACCESS_LOG,
     CLOSE_DOWNSTREAM,
@@ -53,7 +54,12 @@ from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
 from metamesh.proxy.upstream import Upstream, UpstreamState
 from metamesh.runtime.protocols import DownstreamProtocol, Turn, UpstreamProtocol
 from metamesh.runtime.ratelimit_client import RateLimitClient
-from metamesh.runtime.tls import TlsCredentials, TlsServerProtocol
+from metamesh.runtime.tls import (
+    TlsCredentials,
+    TlsServerProtocol,
+    origination_context,
+    peer_sans_ok,
+)
 
 log = logging.getLogger("metamesh.proxy")
 
@@ -97,6 +103,8 @@ class ProxyServer:
         self.admin_host = admin_host
         #: The workload certificate for ``tls_mode`` listeners (None: none can be served).
         self.tls = tls
+        #: SIMPLE / MUTUAL client contexts by (certificate, key, CA) file names.
+        self._origination: dict[tuple[str, str, str], ssl.SSLContext] = {}
         self.access_log = access_log
         self.tune_gc = tune_gc
         self.high_water = high_water
@@ -143,21 +151,22 @@ class ProxyServer:
         loop = self._loop
         turn = self.turn
         assert loop is not None and turn is not None
-        if cfg.tls_mode:
-            tls, mode = self.tls, cfg.tls_mode
-            if tls is None:
-                raise OSError(
-                    f"listener {name} asks for {mode} TLS but the proxy has no certificate"
-                )
+        if cfg.tls_mode and self.tls is None:
+            raise OSError(
+                f"listener {name} asks for {cfg.tls_mode} TLS but the proxy has no certificate"
+            )
 
-            def factory() -> asyncio.Protocol:
-                inner = DownstreamProtocol(self, turn, name)
-                return cast(asyncio.Protocol, TlsServerProtocol(tls, mode, inner))
-
-        else:
-
-            def factory() -> asyncio.Protocol:
-                return cast(asyncio.Protocol, DownstreamProtocol(self, turn, name))
+        def factory() -> asyncio.Protocol:
+            # the mode in force when the client connects (a PeerAuthentication edit applies
+            # to new connections; established ones keep theirs)
+            inner = DownstreamProtocol(self, turn, name)
+            state = self.core.listeners.get(name)
+            mode = state.config.tls_mode if state is not None else ""
+            if not mode:
+                return cast(asyncio.Protocol, inner)
+            if self.tls is None:  # checked at bind and when a snapshot is applied
+                return cast(asyncio.Protocol, _Refused())
+            return cast(asyncio.Protocol, TlsServerProtocol(self.tls, mode, inner))
 
         self._servers[name] = await loop.create_server(
             factory, cfg.address, cfg.port, reuse_address=True
@@ -183,6 +192,10 @@ class ProxyServer:
     async def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Swap config; opens new listeners, stops accepting on removed ones. A listener that
         cannot bind raises OSError after every other new listener is bound."""
+        if self.tls is None:
+            needs = [x.name for x in snapshot.listeners.values() if x.tls_mode]
+            if needs:
+                raise OSError(f"listener {needs[0]} asks for TLS but the proxy has no certificate")
         self.core.apply_snapshot(snapshot)
         for name in list(self._servers):
             if name not in self.core.listeners:
@@ -359,23 +372,22 @@ class ProxyServer:
         turn = self.turn
         assert loop is not None and turn is not None
         e = up.endpoint
-        mode = up.cluster.config.tls_mode
-        tls = self.tls if mode else None
+        config = up.cluster.config
         try:
-            if mode and tls is None:
-                raise OSError(f"{mode} TLS to {e.address}:{e.port}, but no certificate here")
+            context = self._client_context(config)
             transport, protocol = await loop.create_connection(
                 lambda: cast(asyncio.Protocol, UpstreamProtocol(self, turn, up)),
                 e.address,
                 e.port,
-                ssl=tls.client_context if tls is not None else None,
+                ssl=context,
+                server_hostname=(config.tls_sni or "") if context is not None else None,
             )
         except OSError as exc:  # ssl.SSLError included: a refused handshake is a failed connect
             self.core.upstream_connect_failed(up, exc.strerror or str(exc), self.now())
         else:
             if cast(UpstreamProtocol, protocol).refused:  # the peer had no mesh identity
                 transport.close()
-                reason = "the endpoint's certificate has no SPIFFE id of this trust domain"
+                reason = "the endpoint's certificate has none of the expected identities"
                 self.core.upstream_connect_failed(up, reason, self.now())
             elif up.state is UpstreamState.CLOSED:  # timed out or closed while connecting
                 transport.close()
@@ -401,10 +413,33 @@ class ProxyServer:
                 self._spawn(self._rebind(name))
         self._timer = loop.call_later(TIMER_INTERVAL, self._on_timer)
 
-    def upstream_identity_ok(self, transport: asyncio.BaseTransport) -> bool:
-        """An ISTIO_MUTUAL upstream presented a mesh identity (see :class:`TlsCredentials`)."""
+    def _client_context(self, config: Cluster) -> ssl.SSLContext | None:
+        """The TLS context of connections to ``config``'s endpoints (None: plaintext)."""
+        mode = config.tls_mode
+        if not mode:
+            return None
+        if mode == "ISTIO_MUTUAL":
+            if self.tls is None:
+                raise OSError(f"{mode} TLS to {config.name}, but no workload certificate here")
+            return self.tls.client_context
+        context = self._origination.get(config.tls_files)
+        if context is None:  # files read once per set of names (a new DestinationRule: anew)
+            try:
+                context = origination_context(*config.tls_files)
+            except (OSError, ssl.SSLError) as exc:
+                raise OSError(f"{mode} TLS to {config.name}: {exc}") from exc
+            self._origination[config.tls_files] = context
+        return context
+
+    def upstream_identity_ok(self, transport: asyncio.BaseTransport, config: Cluster) -> bool:
+        """The TLS upstream presented an identity ``config`` accepts: for ISTIO_MUTUAL a mesh
+        identity (see :class:`TlsCredentials`), else one of the cluster's SANs if any."""
+        sslobj = transport.get_extra_info("ssl_object")
+        sans = config.tls_subject_alt_names
+        if config.tls_mode != "ISTIO_MUTUAL":
+            return peer_sans_ok(sslobj, sans)
         tls = self.tls
-        return tls is not None and tls.peer_identity_ok(transport.get_extra_info("ssl_object"))
+        return tls is not None and tls.peer_identity_ok(sslobj, sans)
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """Out of file descriptors (EMFILE/ENFILE) while accepting: counted, logged once per
@@ -439,3 +474,10 @@ class ProxyServer:
             for reader in self.readers:
                 if reader.transport is not None and not reader.paused_by_self:
                     reader.transport.resume_reading()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection to a TLS listener while the proxy has no certificate: closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()

@@ -63,11 +63,14 @@ class TlsCredentials:
         self._load(chain_pem, key_pem)
         self.stats = TlsStats()
 
-    def peer_identity_ok(self, sslobj: ssl.SSLObject | None) -> bool:
-        """The verified peer of an upstream connection has a SPIFFE id of this trust domain."""
+    def peer_identity_ok(self, sslobj: ssl.SSLObject | None, sans: tuple[str, ...] = ()) -> bool:
+        """The verified peer of an upstream connection has a SPIFFE id of this trust domain
+        (one of ``sans`` when given: the service accounts the cluster's endpoints run as)."""
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
         identity = identity_of(x509.load_der_x509_certificate(der)) if der else None
-        return identity is not None and identity.trust_domain == self.trust_domain
+        if identity is None or identity.trust_domain != self.trust_domain:
+            return False
+        return not sans or identity.uri in sans
 
     def _load(self, chain_pem: bytes, key_pem: bytes) -> None:
         # load_cert_chain reads files only; they live for the call in a private directory
@@ -84,6 +87,37 @@ class TlsCredentials:
         """A new certificate for handshakes from now on (connections keep theirs)."""
         self._load(chain_pem, key_pem)
         self.rotations += 1
+
+
+def origination_context(
+    client_certificate: str, private_key: str, ca_certificates: str
+) -> ssl.SSLContext:
+    """A client context for DestinationRule SIMPLE / MUTUAL TLS from the proxy's files: the
+    peer verified against ``ca_certificates`` (the system's roots when empty), names checked
+    by :func:`peer_sans_ok` rather than against the endpoint's address."""
+    context = ssl.create_default_context(cafile=ca_certificates or None)
+    context.check_hostname = False
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_certificate:
+        context.load_cert_chain(client_certificate, private_key or None)
+    return context
+
+
+def peer_sans_ok(sslobj: ssl.SSLObject | None, sans: tuple[str, ...]) -> bool:
+    """The peer certificate carries one of ``sans`` (URI or DNS names); any when empty."""
+    if not sans:
+        return True
+    der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    if not der:
+        return False
+    try:
+        ext = x509.load_der_x509_certificate(der).extensions
+        names = ext.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    have = {*names.get_values_for_type(x509.UniformResourceIdentifier)}
+    have.update(names.get_values_for_type(x509.DNSName))
+    return any(san in have for san in sans)
 
 
 class TlsStats:

@@ -64,7 +64,9 @@ INVALID_ARGUMENT = 3  # google.rpc.Code
 
 
 def node_message(node: ProxyNode) -> Any:
-    """An Envoy ``Node`` with Istio's ``NAMESPACE`` and ``LABELS`` metadata keys."""
+    """An Envoy ``Node`` with Istio's ``NAMESPACE``, ``LABELS``, ``SERVICE_ACCOUNT`` and
+    ``INSTANCE_IPS`` (comma-separated, as Istio's agent sends them) metadata keys, and
+    ``METAMESH_OUTBOUND: "false"`` for an inbound-only proxy."""
     from envoy.config.core.v3 import base_pb2
 
     message = base_pb2.Node(id=node.node_id)
@@ -72,6 +74,12 @@ def node_message(node: ProxyNode) -> Any:
         message.metadata.update({"NAMESPACE": node.namespace})
     if node.labels:
         message.metadata.update({"LABELS": dict(node.labels)})
+    if node.service_account:
+        message.metadata.update({"SERVICE_ACCOUNT": node.service_account})
+    if node.instance_ips:
+        message.metadata.update({"INSTANCE_IPS": ",".join(node.instance_ips)})
+    if not node.outbound:
+        message.metadata.update({"METAMESH_OUTBOUND": "false"})
     return message
 
 

@@ -20,11 +20,21 @@ TYPE_URLS = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
 
 @dataclass(frozen=True, slots=True)
 class ProxyNode:
-    """Who asks: Envoy ``node.id``, the workload namespace (None = all) and its labels."""
+    """Who asks: Envoy ``node.id``, the workload namespace (None = all) and its labels.
+
+    A workload's proxy also says its service account and addresses (Istio's node metadata
+    ``SERVICE_ACCOUNT`` and ``INSTANCE_IPS``), by which the control plane finds the endpoints
+    it fronts (:mod:`metamesh.control.inbound`). ``outbound`` False (metadata
+    ``METAMESH_OUTBOUND: "false"``) asks for the inbound side only: on one host without
+    network namespaces, two workloads' proxies cannot both listen on the services' addresses.
+    """
 
     node_id: str = ""
     namespace: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    service_account: str | None = None
+    instance_ips: tuple[str, ...] = ()
+    outbound: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,8 @@ class Debouncer:
 
 
 def node_identity(node: Any) -> ProxyNode:
-    """Node id, namespace and labels from an Envoy ``Node`` (Istio's metadata keys)."""
+    """Node id, namespace, labels, service account and addresses from an Envoy ``Node``
+    (Istio's metadata keys; see :class:`ProxyNode`)."""
     meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
     namespace = meta.get("NAMESPACE")
     if namespace is None:
@@ -94,10 +95,15 @@ def node_identity(node: Any) -> ProxyNode:
         if len(parts) == 4 and "." in parts[2]:
             namespace = parts[2].split(".", 1)[1]
     labels = meta.get("LABELS") or {}
+    account = meta.get("SERVICE_ACCOUNT")
+    ips = meta.get("INSTANCE_IPS") or ""
     return ProxyNode(
         node_id=bounded(node.id, MAX_NODE_ID),
         namespace=str(namespace) if namespace else None,
         labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+        service_account=str(account) if account else None,
+        instance_ips=tuple(x.strip() for x in str(ips).split(",") if x.strip()),
+        outbound=str(meta.get("METAMESH_OUTBOUND", "true")).lower() != "false",
     )
 
 

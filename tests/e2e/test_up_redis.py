@@ -1,0 +1,163 @@
+"""``metamesh up DIR`` with Redis: real redis-server backends, redis-py and redis-cli clients.
+
+Three real ``redis-server`` processes on 127.0.0.1: ``main`` (the service's own endpoint),
+``a`` (behind a key-prefix route, with ``requirepass``: the proxy authenticates upstream with
+a password read from a file) and ``mirror``. A RedisService routes ``a:`` keys to ``a`` with
+the prefix removed and everything else to ``main``, mirrors writes (not reads) to ``mirror``,
+requires a downstream password, and injects an ERROR fault into half of the HGETALLs. Every
+claim is checked on the backends directly (their keyspaces, ``INFO commandstats``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import redis
+
+from metamesh.demo.steps import within_5_sigma
+from tests.e2e.mesh import DeployedMesh, free_address, wait_until, write
+from tests.ratelimit.conftest import RedisProcess, running_redis
+
+pytestmark = pytest.mark.interop
+HOST = "redis.demo.svc.cluster.local"
+ROUTE_CHANGE_BUDGET = 2.0
+
+
+def service_entry(name: str, host: str, port: int, endpoint: int, address: str = "") -> str:
+    addresses = f"\n  addresses: [{address}]" if address else ""
+    return f"""apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: demo}}
+spec:
+  hosts: [{host}]{addresses}
+  ports: [{{number: {port}, name: tcp-redis, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp-redis: {endpoint}}}}}]
+"""
+
+
+def redis_service(prefix_target: str) -> str:
+    return f"""apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisService
+metadata: {{name: redis, namespace: demo}}
+spec:
+  host: [{HOST}]
+  settings:
+    opTimeout: 2s
+    auth: {{plain: {{password: down-pw}}}}
+  redis:
+  - match: {{key: {{prefix: "a:", removePrefix: true}}}}
+    route: {{host: {prefix_target}}}
+  - route: {{host: {HOST}}}
+    mirror:
+    - route: {{host: redis-mirror}}
+      excludeReadCommands: true
+  faults:
+  - {{type: ERROR, percentage: {{value: 50}}, commands: [HGETALL]}}
+"""
+
+
+@pytest.fixture
+def backends() -> Iterator[tuple[RedisProcess, RedisProcess, RedisProcess]]:
+    with ExitStack() as stack:
+        main = stack.enter_context(running_redis())
+        a = stack.enter_context(running_redis("--requirepass", "up-pw"))
+        mirror = stack.enter_context(running_redis())
+        yield main, a, mirror
+
+
+def direct(server: RedisProcess, password: str | None = None) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=server.port, password=password)
+
+
+def test_up_routes_keys_by_prefix_mirrors_writes_injects_faults_and_follows_edits(
+    backends: tuple[RedisProcess, RedisProcess, RedisProcess], tmp_path: Path
+) -> None:
+    main, a, mirror = backends
+    config = tmp_path / "mesh"
+    config.mkdir()
+    address, port = free_address()
+    secret = tmp_path / "a-password"
+    secret.write_text("up-pw\n")
+    write(config / "redis.yaml", service_entry("redis", HOST, port, main.port, address))
+    write(config / "redis-a.yaml", service_entry("redis-a", "redis-a", 6379, a.port))
+    write(config / "redis-m.yaml", service_entry("redis-mirror", "redis-mirror", 6379, mirror.port))
+    write(
+        config / "dest.yaml",
+        f"""apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisDestination
+metadata: {{name: redis-a, namespace: demo}}
+spec:
+  host: redis-a
+  trafficPolicy:
+    connectionPool:
+      redis: {{auth: {{secret: {{file: {secret}}}}}}}
+""",
+    )
+    write(config / "rs.yaml", redis_service("redis-a"))
+    with DeployedMesh(tmp_path, "up", config) as up:
+        up.wait_for(f"{address}:{port}  redis")
+        # downstream auth: nothing passes without the password
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=address, port=port).get("k")
+        client = redis.Redis(host=address, port=port, password="down-pw")
+
+        # prefix routes: a:* lands on backend a without its prefix, the rest on main
+        for i in range(20):
+            assert client.set(f"a:key{i}", f"va{i}") and client.set(f"plain{i}", f"vm{i}")
+        assert client.get("a:key3") == b"va3" and client.get("plain3") == b"vm3"
+        assert sorted(direct(a, "up-pw").keys()) == sorted(f"key{i}".encode() for i in range(20))
+        assert sorted(direct(main).keys()) == sorted(f"plain{i}".encode() for i in range(20))
+
+        # mirror: the 20 catch-all SETs were copied, the GETs were not
+        def mirror_stats() -> dict[str, dict[str, int]]:
+            return dict(direct(mirror).info("commandstats"))
+
+        wait_until(lambda: mirror_stats().get("cmdstat_set", {}).get("calls") == 20, "mirror")
+        assert "cmdstat_get" not in mirror_stats()
+        assert direct(mirror).get("plain7") == b"vm7"
+
+        # fault: half the HGETALLs fail with Envoy's text, within 5 sigma; HGET untouched
+        n, failed = 400, 0
+        for _ in range(n):
+            try:
+                client.hgetall("h")
+            except redis.ResponseError as e:
+                assert str(e) == "Fault Injected: Error"
+                failed += 1
+        assert within_5_sigma(failed, n, 0.5), failed
+        assert all(client.hget("h", "f") is None for _ in range(50))
+
+        # pipelined across both routes, answered in request order
+        pipe = client.pipeline(transaction=False)
+        for i in range(100):
+            pipe.get(f"a:key{i % 20}" if i % 2 else f"plain{i % 20}")
+        got = pipe.execute()
+        assert got == [
+            f"va{i % 20}".encode() if i % 2 else f"vm{i % 20}".encode() for i in range(100)
+        ]
+
+        # redis-cli through the mesh
+        cli = ["redis-cli", "-h", address, "-p", str(port), "--no-auth-warning", "-a", "down-pw"]
+        out = subprocess.run([*cli, "GET", "a:key1"], capture_output=True, text=True, timeout=10)
+        assert out.stdout.strip() == "va1"
+        out = subprocess.run([*cli, "MULTI"], capture_output=True, text=True, timeout=10)
+        assert "MULTI is not supported" in out.stdout
+
+        # a live RedisService edit, followed on the held connection: a:* now goes to main
+        write(config / "rs.yaml", redis_service(HOST))
+        i = 0
+
+        def moved() -> bool:
+            nonlocal i
+            i += 1
+            client.set(f"a:new{i}", "x")
+            return direct(main).get(f"new{i}") == b"x"
+
+        wait_until(moved, "the edited route in force", timeout=ROUTE_CHANGE_BUDGET)
+        assert client.get("plain1") == b"vm1"
+        assert up.stop() == 0
