@@ -10,7 +10,9 @@ claim is checked on the backends directly (their keyspaces, ``INFO commandstats`
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,7 +22,10 @@ import redis
 
 from metamesh.demo.steps import within_5_sigma
 from tests.e2e.mesh import DeployedMesh, free_address, wait_until, write
-from tests.ratelimit.conftest import RedisProcess, running_redis
+from tests.ratelimit.conftest import RedisProcess, redis_server, running_redis
+from tests.support.ports import free_port
+
+__all__ = ["redis_server"]  # the fixture, used below
 
 pytestmark = pytest.mark.interop
 HOST = "redis.demo.svc.cluster.local"
@@ -161,3 +166,46 @@ spec:
         wait_until(moved, "the edited route in force", timeout=ROUTE_CHANGE_BUDGET)
         assert client.get("plain1") == b"vm1"
         assert up.stop() == 0
+
+
+def test_up_answers_redis_errors_for_no_route_no_healthy_upstream_and_timeouts(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    config = tmp_path / "mesh"
+    config.mkdir()
+    address, port = free_address()
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    dead = free_port()  # nothing listens here
+    write(config / "redis.yaml", service_entry("redis", HOST, port, redis_server.port, address))
+    write(config / "silent.yaml", service_entry("silent", "silent", 6379, silent.getsockname()[1]))
+    write(config / "dead.yaml", service_entry("dead", "dead", 6379, dead))
+    write(
+        config / "rs.yaml",
+        f"""apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisService
+metadata: {{name: redis, namespace: demo}}
+spec:
+  host: [{HOST}]
+  settings: {{opTimeout: 0.5s}}
+  redis:
+  - {{match: {{key: {{prefix: "ok:"}}}}, route: {{host: {HOST}}}}}
+  - {{match: {{key: {{prefix: "slow:"}}}}, route: {{host: silent}}}}
+  - {{match: {{key: {{prefix: "dead:"}}}}, route: {{host: dead}}}}
+""",
+    )
+    with silent, DeployedMesh(tmp_path, "up", config) as up:
+        up.wait_for(f"{address}:{port}  redis")
+        client = redis.Redis(host=address, port=port)
+        assert client.set("ok:1", "v") and client.get("ok:1") == b"v"
+        with pytest.raises(redis.ResponseError, match=r"^no route"):
+            client.get("other")
+        with pytest.raises(redis.ResponseError, match=r"^no healthy upstream"):
+            client.get("dead:1")
+        with pytest.raises(redis.ResponseError, match=r"^upstream timeout"):
+            client.get("slow:1")
+        # the connection is still usable, in order, after every error
+        assert client.get("ok:1") == b"v"
+        with urllib.request.urlopen(f"http://{up.admin()}/stats/prometheus", timeout=5) as r:
+            metrics = r.read().decode()
+        assert 'request_protocol="redis"' in metrics
+        assert f'destination_service="{HOST}"' in metrics
