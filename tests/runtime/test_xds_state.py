@@ -92,6 +92,27 @@ def test_node_metadata_carries_namespace_and_labels() -> None:
     assert [r.type_url for r in client.start_stream()] == [CLUSTER_TYPE, LISTENER_TYPE]
 
 
+def test_workload_metadata_round_trips_to_the_servers_node_identity() -> None:
+    from metamesh.xds.server import node_identity
+
+    node = ProxyNode(
+        "p2",
+        "server-ns",
+        (("app", "server"),),
+        service_account="server",
+        instance_ips=("127.0.31.2", "10.0.0.7"),
+        outbound=False,
+    )
+    message = ClientState(node, CONVERT).start_stream()[0].node
+    assert message.metadata["SERVICE_ACCOUNT"] == "server"
+    assert message.metadata["INSTANCE_IPS"] == "127.0.31.2,10.0.0.7"  # Istio's spelling
+    assert message.metadata["METAMESH_OUTBOUND"] == "false"
+    assert node_identity(message) == node
+    plain = ClientState(ProxyNode("p3", "ns"), CONVERT).start_stream()[0].node
+    assert set(plain.metadata.keys()) == {"NAMESPACE"}
+    assert node_identity(plain) == ProxyNode("p3", "ns")
+
+
 def test_cluster_without_endpoints_is_not_applied_until_eds_arrives() -> None:
     model = model_of(service_entry())
     client, server, _ = connected(model)
