@@ -35,10 +35,26 @@ def redis_destination() -> dict[str, Any]:
     }
 
 
+def redis_services() -> dict[str, Any]:
+    """The ServiceEntry declaring the Redis hosts the samples name."""
+    return {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": "redis", "namespace": "ns"},
+        "spec": {
+            "hosts": [REDIS_HOST, "redis-a.ns.svc.cluster.local"],
+            "ports": [{"number": 6379, "name": "tcp-redis", "protocol": "TCP"}],
+            "resolution": "STATIC",
+            "endpoints": [{"address": "127.0.20.9"}],
+        },
+    }
+
+
 def redis_edit(key: str, path: str, value: Any) -> Edit:
     """Like ``edit``, adding the RedisService (``rs``) or RedisDestination (``rd``) first."""
 
     def apply(docs: Docs) -> None:
+        docs.setdefault("redis-se", redis_services())
         if key not in docs:
             docs[key] = redis_service() if key == "rs" else redis_destination()
         set_path(docs, key, path, value)

@@ -8,7 +8,7 @@ import yaml
 
 from metamesh.api import load_text, validate
 from metamesh.api.redis import RedisDestination, RedisService
-from tests.api.redis_samples import redis_destination, redis_service
+from tests.api.redis_samples import redis_destination, redis_service, redis_services
 
 AERAKI_E2E = """
 apiVersion: redis.aeraki.io/v1alpha1
@@ -51,7 +51,13 @@ def problems(*docs: dict[str, Any]) -> list[str]:
 
 
 def test_aeraki_resources_load_with_their_field_names() -> None:
-    loaded = load_text(AERAKI_E2E, "redis.yaml")
+    se = redis_services()
+    se["spec"]["hosts"] = [
+        f"{name}.redis.svc.cluster.local"
+        for name in ("redis-cluster", "external-redis", "redis-single")
+    ]
+    se["metadata"]["namespace"] = "redis"
+    loaded = load_text(AERAKI_E2E + "---\n" + yaml.safe_dump(se), "redis.yaml")
     assert loaded.problems == []
     (rs,) = loaded.of_kind(RedisService)
     (rd,) = loaded.of_kind(RedisDestination)
@@ -68,9 +74,9 @@ def test_aeraki_resources_load_with_their_field_names() -> None:
 
 def test_routes_need_a_host_and_prefixes_are_unique() -> None:
     rs = redis_service()
-    rs["spec"]["redis"].append({"match": {"key": {"prefix": "a:"}}, "route": {"host": "x"}})
+    rs["spec"]["redis"].append({"match": {"key": {"prefix": "a:"}}, "route": {"host": "redis-a"}})
     rs["spec"]["redis"].append({"route": {}})
-    found = problems(rs)
+    found = problems(redis_services(), rs)
     assert any("spec.redis[2]: a second route for prefix 'a:' (routes[0]" in p for p in found)
     assert any("spec.redis[3].route.host: a route needs a destination host" in p for p in found)
     assert any("spec.redis[3]: a second catch-all route (routes[1]" in p for p in found)
@@ -97,3 +103,35 @@ def test_delay_fault_needs_a_delay_and_bad_enums_are_refused() -> None:
     rd = redis_destination()
     rd["spec"]["host"] = ""
     assert any("spec.host: a RedisDestination needs a host" in p for p in problems(rd))
+
+
+def test_hosts_must_be_redis_services_and_ports_redis_ports() -> None:
+    rs = redis_service()
+    rs["spec"]["redis"][0]["route"]["port"] = 7777
+    rs["spec"]["redis"].append(
+        {
+            "match": {"key": {"prefix": "m:"}},
+            "route": {"host": "nowhere"},
+            "mirror": [{"route": {"host": "x"}}],
+        }
+    )
+    found = problems(redis_services(), rs, {**redis_destination(), "spec": {"host": "elsewhere"}})
+    assert any(
+        "error: RedisService ns/redis: spec.redis[0].route.port: port 7777 is not a Redis port" in p
+        for p in found
+    ), found
+    assert any(
+        "spec.redis[2].route.host: no ServiceEntry declares host 'nowhere' with a tcp-redis port"
+        in p
+        for p in found
+    )
+    assert any(
+        "spec.redis[2].mirror[0].route.host: no ServiceEntry declares host 'x'" in p for p in found
+    )
+    assert any(
+        "warning: RedisDestination ns/redis: spec.host: no ServiceEntry declares host 'elsewhere'"
+        in p
+        for p in found
+    )
+    lonely = problems(redis_service())
+    assert any("warning: RedisService ns/redis: spec.host[0]: no ServiceEntry" in p for p in lonely)

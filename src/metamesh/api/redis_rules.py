@@ -2,15 +2,18 @@
 
 Aeraki's webhook checks little here; these rules catch what would otherwise be silently
 odd at run time: a route without a destination, two catch-all routes or the same prefix twice
-(the later one could never match), a mirror without a target, a RedisService without hosts.
+(the later one could never match), a mirror without a target, a RedisService without hosts;
+and, across the resource set (:func:`redis_references`), hosts that are not Redis services.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from metamesh.api.loader import Loaded
-from metamesh.api.problems import FieldPath
+from metamesh.api.base import fqdn
+from metamesh.api.istio import ServiceEntry
+from metamesh.api.loader import Loaded, ResourceSet
+from metamesh.api.problems import FieldPath, Problem
 from metamesh.api.redis import RedisDestination, RedisService
 
 Finding = tuple[FieldPath, str, bool]  # (path, message, is_warning)
@@ -46,3 +49,50 @@ def redis_destination_rule(item: Loaded) -> Iterator[Finding]:
     assert isinstance(dest, RedisDestination)
     if not dest.spec.host:
         yield ("spec", "host"), "a RedisDestination needs a host", False
+
+
+def redis_references(resources: ResourceSet) -> Iterator[Problem]:
+    """Hosts named by RedisServices and RedisDestinations are ServiceEntry hosts with a
+    ``tcp-redis*`` port (a RedisService for any other host is never applied), and a route's
+    or mirror's ``port`` is a Redis port of its host."""
+    redis_ports: dict[str, set[int]] = {}
+    for se in resources.of_kind(ServiceEntry):
+        numbers = {p.number for p in se.spec.ports if _is_redis_port(p.name)}
+        for host in se.spec.hosts:
+            redis_ports.setdefault(fqdn(host, se.namespace), set()).update(numbers)
+    for item in resources.items:
+        resource = item.resource
+        if isinstance(resource, RedisService):
+            for i, host in enumerate(resource.spec.host):
+                if not redis_ports.get(fqdn(host, resource.namespace)):
+                    yield item.problem(("spec", "host", i), _not_redis(host), "warning")
+            for i, route in enumerate(resource.spec.redis):
+                targets = [(("spec", "redis", i, "route"), route.route)]
+                targets += [
+                    (("spec", "redis", i, "mirror", j, "route"), m.route)
+                    for j, m in enumerate(route.mirror)
+                ]
+                for path, target in targets:
+                    if target is None or not target.host:
+                        continue
+                    ports = redis_ports.get(fqdn(target.host, resource.namespace))
+                    if not ports:
+                        yield item.problem((*path, "host"), _not_redis(target.host))
+                    elif target.port and target.port not in ports:
+                        message = f"port {target.port} is not a Redis port of {target.host!r}"
+                        yield item.problem((*path, "port"), message)
+        elif (
+            isinstance(resource, RedisDestination)
+            and resource.spec.host
+            and not redis_ports.get(fqdn(resource.spec.host, resource.namespace))
+        ):
+            yield item.problem(("spec", "host"), _not_redis(resource.spec.host), "warning")
+
+
+def _is_redis_port(name: str) -> bool:
+    parts = name.split("-")
+    return len(parts) > 1 and parts[1].lower() == "redis"
+
+
+def _not_redis(host: str) -> str:
+    return f"no ServiceEntry declares host {host!r} with a tcp-redis port"

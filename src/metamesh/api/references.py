@@ -5,6 +5,7 @@
 - a ServiceEntry port name selects a protocol that resolves: ``tcp-metaprotocol-<app>-...``
   needs an ApplicationProtocol ``<app>`` (dubbo and thrift are built in);
 - an ApplicationProtocol's codec is registered (:mod:`metamesh.codecs.registry`);
+- RedisService / RedisDestination hosts are Redis services (:mod:`metamesh.api.redis_rules`);
 - no two resources of one kind share a namespace and name; at most one MetaRouter per host
   (Aeraki honours only one); a MetaRouter's or DestinationRule's host has a ServiceEntry.
 
@@ -28,6 +29,7 @@ from metamesh.api.protocol import (
     application_codecs,
     protocol_for_port,
 )
+from metamesh.api.redis_rules import redis_references
 from metamesh.codecs.registry import available_codecs, canonical_name
 
 
@@ -68,6 +70,7 @@ def check_references(resources: ResourceSet) -> list[Problem]:
             if host not in index.services:
                 message = f"no ServiceEntry declares host {host!r}"
                 problems.append(item.problem(("spec", "host"), message, "warning"))
+    problems.extend(redis_references(resources))
     return problems
 
 
