@@ -168,7 +168,7 @@ spec:
         assert up.stop() == 0
 
 
-def test_up_answers_redis_errors_for_no_route_no_healthy_upstream_and_timeouts(
+def test_up_answers_redis_errors_and_serves_others_beside_a_client_that_never_reads(
     redis_server: RedisProcess, tmp_path: Path
 ) -> None:
     config = tmp_path / "mesh"
@@ -205,6 +205,13 @@ spec:
             client.get("slow:1")
         # the connection is still usable, in order, after every error
         assert client.get("ok:1") == b"v"
+        # a client that never reads its replies (20 MB owed) does not hold up the others
+        assert client.set("ok:big", b"x" * 200_000)
+        with socket.create_connection((address, port)) as lazy:
+            lazy.sendall(b"GET ok:big\r\n" * 100)
+            for _ in range(50):
+                assert client.get("ok:1") == b"v"
+        assert client.ping()
         with urllib.request.urlopen(f"http://{up.admin()}/stats/prometheus", timeout=5) as r:
             metrics = r.read().decode()
         assert 'request_protocol="redis"' in metrics

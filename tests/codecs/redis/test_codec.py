@@ -62,9 +62,9 @@ def test_request_metadata(
 
 
 def test_inline_and_pipelined_requests_come_out_one_per_call() -> None:
-    data = b"GET a\r\n" + cmd("SET", "b", "1") + b"\r\n" + b"PING\r\n"
+    data = b"GET a\r\n" + cmd("SET", "b", "1") + b"\r\n" + b"DBSIZE\r\n"
     msgs = decode_all(RedisCodec(), data)
-    assert [m.metadata["command"] for m in msgs] == ["get", "set", "ping"]
+    assert [m.metadata["command"] for m in msgs] == ["get", "set", "dbsize"]
     assert msgs[0].frame == b"GET a\r\n"
 
 
@@ -117,6 +117,8 @@ def test_local_commands_are_answered_by_the_codec() -> None:
         + cmd("BLPOP", "q", "0")
         + cmd("SUBSCRIBE", "ch")
         + cmd("AUTH", "pw")
+        + b"PING\r\n"
+        + cmd("ECHO", "hi")
     )
     msgs = decode_all(codec, data)
     assert all(m.type is MessageType.HEARTBEAT for m in msgs)
@@ -126,6 +128,7 @@ def test_local_commands_are_answered_by_the_codec() -> None:
     assert replies[5].startswith(b"-ERR BLPOP is not supported")
     assert replies[6].startswith(b"-ERR SUBSCRIBE is not supported")
     assert replies[7].startswith(b"-ERR AUTH <password> called without any password")
+    assert replies[8:] == [b"+PONG\r\n", b"$2\r\nhi\r\n"]
     assert codec.wire_variant == (2, 2)
     (get,) = decode_all(codec, cmd("GET", "k"))
     assert get.metadata["db"] == "2"

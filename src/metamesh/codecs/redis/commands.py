@@ -74,8 +74,8 @@ geodist 1 1 1 | geohash 1 1 1 | geopos 1 1 1 | georadius_ro 1 1 1
 georadiusbymember_ro 1 1 1 | geosearch 1 1 1 | xlen 1 1 1 | xrange 1 1 1
 xrevrange 1 1 1 | xpending 1 1 1 | touch 1 -1 1 | lcs 1 2 1 | sort_ro 1 1 1
 eval_ro N2 | evalsha_ro N2 | fcall_ro N2 | randomkey 0 0 0 | dbsize 0 0 0 | keys 0 0 0
-scan 0 0 0 | info 0 0 0 | time 0 0 0 | lastsave 0 0 0 | command 0 0 0 | ping 0 0 0
-echo 0 0 0 | object 2 2 1 | memory 0 0 0 | xinfo 2 2 1
+scan 0 0 0 | info 0 0 0 | time 0 0 0 | lastsave 0 0 0 | command 0 0 0 | object 2 2 1
+memory 0 0 0 | xinfo 2 2 1
 """
 
 _WRITE: Final = """
@@ -139,7 +139,7 @@ REFUSED: Final = {
 }
 
 #: Commands the proxy answers itself (connection state kept per client by the codec).
-LOCAL: Final = frozenset({"auth", "hello", "select", "quit", "client"})
+LOCAL: Final = frozenset({"auth", "hello", "select", "quit", "client", "ping", "echo"})
 
 
 def _table() -> dict[str, CommandSpec]:

@@ -1,4 +1,4 @@
-"""A client connection's Redis session, kept by the proxy: AUTH, HELLO, SELECT, CLIENT.
+"""A client connection's Redis session, kept by the proxy: AUTH, HELLO, SELECT, CLIENT, PING.
 
 Upstream connections are shared by many clients, so whatever a client sets on "its"
 connection must be kept by the proxy instead (Envoy's redis_proxy and twemproxy do the same):
@@ -14,7 +14,8 @@ connection must be kept by the proxy instead (Envoy's redis_proxy and twemproxy 
   db 0, and SELECT costs nothing per request.
 * ``CLIENT SETNAME/GETNAME/ID/SETINFO`` are kept here; other ``CLIENT`` subcommands (KILL,
   TRACKING, PAUSE, ...) act on connections the client does not own and are refused.
-* ``QUIT`` is answered ``+OK``; the client closes.
+* ``QUIT`` is answered ``+OK``; the client closes. ``PING`` and ``ECHO`` are answered here too
+  (as Envoy's redis_proxy does): they say the proxy is there, and need no route.
 
 Sans-IO like the codec: :meth:`Session.handle` returns the reply bytes.
 """
@@ -64,6 +65,8 @@ class Session:
             return NOAUTH
         if command == "select":
             return self._select(args[1:])
+        if command in ("ping", "echo"):
+            return self._ping(command, args[1:])
         return self._client(args[1:])
 
     def _check(self, username: bytes, password: bytes) -> bool:
@@ -143,6 +146,13 @@ class Session:
             return error("ERR DB index is out of range")
         self.db = db
         return OK
+
+    def _ping(self, command: str, args: list[bytes]) -> bytes:
+        if command == "ping" and not args:
+            return b"+PONG\r\n"
+        if len(args) == 1:
+            return bulk(args[0])
+        return error(f"ERR wrong number of arguments for '{command}' command")
 
     def _client(self, args: list[bytes]) -> bytes:
         sub = args[0].lower() if args else b""
