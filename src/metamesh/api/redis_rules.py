@@ -14,7 +14,7 @@ from metamesh.api.base import fqdn
 from metamesh.api.istio import ServiceEntry
 from metamesh.api.loader import Loaded, ResourceSet
 from metamesh.api.problems import FieldPath, Problem
-from metamesh.api.redis import RedisDestination, RedisService
+from metamesh.api.redis import RedisDestination, RedisDestinationRef, RedisService
 
 Finding = tuple[FieldPath, str, bool]  # (path, message, is_warning)
 
@@ -67,6 +67,7 @@ def redis_references(resources: ResourceSet) -> Iterator[Problem]:
                 if not redis_ports.get(fqdn(host, resource.namespace)):
                     yield item.problem(("spec", "host", i), _not_redis(host), "warning")
             for i, route in enumerate(resource.spec.redis):
+                targets: list[tuple[FieldPath, RedisDestinationRef | None]]
                 targets = [(("spec", "redis", i, "route"), route.route)]
                 targets += [
                     (("spec", "redis", i, "mirror", j, "route"), m.route)

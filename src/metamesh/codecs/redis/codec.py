@@ -124,9 +124,11 @@ class RedisCodec(Codec):
         if self.upstream and self._preamble_replies:
             return None
         found = self._reply_at(data, pos) if self.upstream else self._request_at(data, pos)
-        if found is None or found[0] is None:
+        if found is None:
             return None
         msg, end = found
+        if msg is None:  # something decode skips: left to it
+            return None
         msg.frame = data if pos == 0 and end == len(data) else data[pos:end]
         return msg
 
