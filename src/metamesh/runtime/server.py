@@ -164,7 +164,7 @@ class ProxyServer:
             mode = state.config.tls_mode if state is not None else ""
             if not mode:
                 return cast(asyncio.Protocol, inner)
-            if self.tls is None:  # checked at bind and when a snapshot is applied
+            if self.tls is None:  # a listener bound plaintext, now asked for TLS (no certificate)
                 return cast(asyncio.Protocol, _Refused())
             return cast(asyncio.Protocol, TlsServerProtocol(self.tls, mode, inner))
 
@@ -192,10 +192,6 @@ class ProxyServer:
     async def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Swap config; opens new listeners, stops accepting on removed ones. A listener that
         cannot bind raises OSError after every other new listener is bound."""
-        if self.tls is None:
-            needs = [x.name for x in snapshot.listeners.values() if x.tls_mode]
-            if needs:
-                raise OSError(f"listener {needs[0]} asks for TLS but the proxy has no certificate")
         self.core.apply_snapshot(snapshot)
         for name in list(self._servers):
             if name not in self.core.listeners:
