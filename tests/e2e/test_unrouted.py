@@ -6,7 +6,6 @@ listener's service (``destination_service``), and the connections stay usable.""
 
 from __future__ import annotations
 
-import re
 import socket
 import sys
 import threading
@@ -25,6 +24,7 @@ from tests.codecs.thrift.apache_peer import ApacheServer
 from tests.e2e import mesh
 from tests.e2e.mesh import DeployedMesh, ThriftClient, free_address, thrift_mesh, write
 from tests.runtime.thrift_servers import NamedCalc
+from tests.support.prom import samples
 
 pytestmark = [pytest.mark.interop, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 IFACE = "org.apache.dubbo.demo.DemoService"
@@ -44,15 +44,11 @@ def unrouted_total(admin: str, service: str, protocol: str) -> float:
     with urllib.request.urlopen(f"http://{admin}/stats/prometheus", timeout=5) as reply:
         text = reply.read().decode()
     assert 'destination_service="unknown"' not in text
-    line = re.search(
-        rf'^istio_requests_total{{destination_service="{re.escape(service)}",'
-        rf'destination_version="unknown",reporter="source",request_protocol="{protocol}",'
-        rf'response_code="1"}} (\S+)$',
-        text,
-        re.MULTILINE,
-    )
-    assert line is not None, text
-    return float(line.group(1))
+    unrouted = {"destination_service": service, "destination_version": "unknown"}
+    labels = {"reporter": "source", "request_protocol": protocol, "response_code": "1"}
+    found = samples(text, "istio_requests_total", **unrouted, **labels, response_flags="NR")
+    assert len(found) == 1, text
+    return found[0][1]
 
 
 def test_unrouted_calls_name_the_service_and_method_and_count_against_it(

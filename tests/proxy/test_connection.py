@@ -381,9 +381,11 @@ def test_request_stats_labels() -> None:
     h.connect(up)
     [(_, _, uid, _, _)] = h.take(up)
     h.respond(up, reply(uid, status=1))
-    stats = h.core.stats.requests
-    assert stats[("svc.test", "v1", "kvrpc")].count == [0, 1]
-    assert stats[("unknown", "", "kvrpc")].count == [0, 1]
+    stats = h.core.stats
+    v1 = {"destination_service": "svc.test", "destination_version": "v1"}
+    assert stats.totals(**v1, request_protocol="kvrpc") == [0, 1]
+    unknown = {"destination_service": "unknown", "destination_version": "unknown"}
+    assert stats.totals(**unknown, request_protocol="kvrpc") == [0, 1]
 
 
 def test_parse_frames_helper_roundtrip() -> None:

@@ -47,8 +47,9 @@ def harness(codec: str, service: str, filtered: bool) -> Harness:
 
 def unrouted_count(h: Harness, service: str, protocol: str) -> list[int]:
     assert h.core.stats.local_replies[ErrorKind.ROUTE_NOT_FOUND] >= 1
-    assert ("unknown", "", protocol) not in h.core.stats.requests
-    return h.core.stats.requests[(service, "", protocol)].count
+    stats = h.core.stats
+    assert stats.totals(destination_service="unknown") == [0, 0]
+    return stats.totals(destination_service=service, request_protocol=protocol)
 
 
 @pytest.mark.parametrize("filtered", [False, True], ids=["plain", "with-filters"])
@@ -97,7 +98,7 @@ def test_a_listener_without_a_service_names_the_method_and_counts_unknown() -> N
     d = h.client()
     h.send(d, call(3, method="zzz"))
     assert parse_frames(bytes(h.sent.pop(d)))[0][4] == b"no route for zzz"
-    assert h.core.stats.requests[("unknown", "", "kvrpc")].count == [0, 1]
+    assert h.core.stats.totals(destination_service="unknown", request_protocol="kvrpc") == [0, 1]
 
 
 def test_a_static_stat_prefix_is_the_service() -> None:
@@ -105,4 +106,4 @@ def test_a_static_stat_prefix_is_the_service() -> None:
     d = h.client()
     h.send(d, call(3, method="zzz", service="Store"))
     assert parse_frames(bytes(h.sent.pop(d)))[0][4] == b"no route for Store.zzz"
-    assert h.core.stats.requests[("kv", "", "kvrpc")].count == [0, 1]
+    assert h.core.stats.totals(destination_service="kv", request_protocol="kvrpc") == [0, 1]

@@ -77,8 +77,9 @@ def test_routes_mutates_and_multiplexes_real_dubbo_clients(
         server = proxy.server
         assert server is not None
         stats = server.core.stats
-        assert stats.requests[("demo.test", "v1", "dubbo")].count == [24, 0]
-        assert stats.requests[("demo.test", "v2", "dubbo")].count == [6, 0]
+        demo = {"destination_service": "demo.test", "request_protocol": "dubbo"}
+        assert stats.totals(**demo, destination_version="v1") == [24, 0]
+        assert stats.totals(**demo, destination_version="v2") == [6, 0]
         assert stats.heartbeats == 6
         conns = {name: cs.connections for name, cs in server.core.clusters.items()}
         assert conns == {"outbound|20880|v1|demo.test": 1, "outbound|20880|v2|demo.test": 1}

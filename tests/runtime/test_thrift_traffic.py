@@ -30,6 +30,7 @@ from tests.codecs.thrift.apache_peer import ApacheServer, connect
 from tests.runtime import mesh_config as mc
 from tests.runtime.proxy_thread import ProxyThread
 from tests.runtime.thrift_servers import AnyClientServer, NamedCalc
+from tests.support.prom import total
 
 pytestmark = pytest.mark.interop
 
@@ -223,7 +224,8 @@ def test_dead_mirror_does_not_fail_the_primary(
     assert server is not None
     stats = proxy.call(lambda: server.core.stats)
     assert stats.upstream_connect_failures >= 1 and stats.mirrored_requests >= 1
-    assert stats.requests[("calc.test", "primary", "thrift")].count == [10, 0]
+    primary = {"destination_service": "calc.test", "destination_version": "primary"}
+    assert stats.totals(**primary, request_protocol="thrift") == [10, 0]
 
 
 # -- THeader mutation -------------------------------------------------------------------------
@@ -344,22 +346,28 @@ def test_admin_reports_real_thrift_traffic(calc_gen: types.ModuleType, stack: Ex
         status, metrics = http_get(admin, "/stats/prometheus")
     assert status == 200
 
-    def requests_total(service: str, version: str, code: int) -> str:
-        return (
-            f'istio_requests_total{{destination_service="{service}",'
-            f'destination_version="{version}",reporter="source",request_protocol="thrift",'
-            f'response_code="{code}"}}'
+    def requests_total(service: str, version: str, code: int, flags: str = "-") -> float:
+        return total(
+            metrics,
+            "istio_requests_total",
+            destination_service=service,
+            destination_version=version,
+            reporter="source",
+            request_protocol="thrift",
+            response_code=str(code),
+            response_flags=flags,
         )
 
-    assert f"{requests_total('calc.test', 'v1', 0)} 7.0" in metrics
-    assert f"{requests_total('calc.test', 'v2', 0)} 3.0" in metrics
+    assert requests_total("calc.test", "v1", 0) == 7
+    assert requests_total("calc.test", "v2", 0) == 3
     # the unrouted ping counts against the listener's service, with no version
-    assert f"{requests_total('calc.test', 'unknown', 1)} 1.0" in metrics
+    assert requests_total("calc.test", "unknown", 1, "NR") == 1
     assert 'destination_service="unknown"' not in metrics
     assert 'metamesh_local_replies_total{reason="route_not_found"} 1.0' in metrics
     assert "metamesh_upstream_connects_total 2.0" in metrics
     assert "metamesh_downstream_connections_total 1.0" in metrics
-    assert 'istio_request_duration_milliseconds_count{destination_service="calc.test"' in metrics
+    calc = {"destination_service": "calc.test"}
+    assert total(metrics, "istio_request_duration_milliseconds_count", **calc) == 11
 
     status, text = http_get(admin, "/clusters")
     assert status == 200

@@ -47,6 +47,7 @@ from metamesh.control.sources import FileSource
 from metamesh.control.to_proxy import to_snapshot
 from metamesh.control.translate import translate
 from metamesh.proxy.config import Snapshot
+from metamesh.proxy.telemetry import local_workload
 from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.identity import IdentitySettings, ProxyIdentity
 from metamesh.runtime.loops import LoopThread, call_on, loop_name, proxy_loop_factory
@@ -199,6 +200,9 @@ async def start_proxy(
         access_log=access_log,
         limits=process_limits(**(limits or {})),
         tls=tls,
+    )
+    proxy.core.stats.local = local_workload(
+        node.node_id, node.namespace, node.labels, node.service_account
     )
     await proxy.start()
     proxy.ready = False  # ready once the first config from the control plane is in force

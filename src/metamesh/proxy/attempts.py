@@ -142,6 +142,9 @@ class Attempts(Mirroring):
             self._policy_reply(req, ext, up[0], up[1], now)
             return
         ext.sent = up.state is _READY
+        req.stats = self._request_stats(d, cs, up.endpoint_index)
+        if up.tell:
+            req.request = self._tell(d.codec, req.request, up)
         self._send(up, req, d.codec, up.endpoint_index)
         if msg.type is _ONEWAY:
             ext.done = True
@@ -168,9 +171,7 @@ class Attempts(Mirroring):
             return None
         req.cluster = cs
         d = req.downstream
-        protocol = d.listener.protocol
-        stats = cs.request_stats.get(protocol)
-        req.stats = stats if stats is not None else self._request_stats(cs, protocol)
+        req.stats = self._request_stats(d, cs, -1)  # until an endpoint is picked
         policy = ext.policy
         if policy is not None and policy.timeout is not None and req.request.type is _REQUEST:
             ext.deadline = now + policy.timeout

@@ -38,12 +38,23 @@ from typing import Any, Final
 
 from metamesh.codecs import Codec, CodecError, Message, MessageType
 from metamesh.codecs.message import ResponseStatus
+from metamesh.proxy import exchange
 from metamesh.proxy.config import Snapshot
+from metamesh.proxy.exchange import MAX_ORIGINS
 from metamesh.proxy.filters.base import FilterContext
 from metamesh.proxy.listener import ConnectionLimits, Downstream, ListenerState
 from metamesh.proxy.policy import DeadlineQueue
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import ProxyStats, RequestStats
+from metamesh.proxy.telemetry import (
+    UNKNOWN,
+    UNKNOWN_WORKLOAD,
+    Origin,
+    Workload,
+    endpoint_workload,
+    principal_workload,
+    request_labels,
+)
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Peer, Upstream, UpstreamState
 
 # Actions (first item of each tuple in ``actions``) and log levels. ``Final``, like the names
@@ -137,12 +148,74 @@ class CoreState:
         self.actions = []
         return actions
 
-    def _request_stats(self, cs: ClusterState, protocol: str) -> RequestStats:
-        """Istio request statistics of ``cs`` for ``protocol``, created on first use."""
-        stats = cs.request_stats[protocol] = self.stats.request_stats(
-            cs.service, cs.subset, protocol
-        )
-        return stats
+    def _set_origin(self, d: Downstream, peer: Workload) -> bool:
+        """Label ``d``'s requests and connection: an inbound listener reports as the
+        destination (``peer`` is the source; mutual TLS when it has a verified principal), an
+        outbound one as the source (this proxy), as Istio's sidecars do. True if inbound."""
+        stats = self.stats
+        config = d.listener.config
+        service = config.service
+        if config.name.startswith("inbound") or config.stat_prefix.startswith("inbound|"):
+            security = "mutual_tls" if d.principal else "none"
+            origin = stats.origin("destination", peer, d.listener.protocol, security, service)
+            tcp_dest = stats.local
+        else:
+            origin = stats.origin("source", stats.local, d.listener.protocol, UNKNOWN, service)
+            tcp_dest = UNKNOWN_WORKLOAD  # a client connection's requests go to many endpoints
+        d.origin = origin
+        d.tcp = stats.tcp_stats(request_labels(origin, tcp_dest, service or UNKNOWN))
+        return origin.inbound
+
+    def _hear(self, d: Downstream, msg: Message) -> None:
+        """The first request of a client of an inbound listener: the peer's workload, if it
+        told it (:mod:`metamesh.proxy.exchange`), becomes the source of its labels."""
+        d.hear = False
+        told = exchange.decode(msg.metadata.get(exchange.HEADER))
+        if told is not None and len(self.stats.origins) < MAX_ORIGINS:
+            self._set_origin(d, exchange.source_of(principal_workload(d.principal), told))
+
+    def _tell(self, codec: Codec, msg: Message, up: Upstream) -> Message:
+        """``msg``, the first request on ``up``, with this proxy's workload in the header of
+        the metadata exchange when the framing can carry it (else ``msg`` as it was, and the
+        codec's dropped mutation is not counted: the exchange is best effort)."""
+        up.tell = False
+        local = self.stats.local
+        if local is UNKNOWN_WORKLOAD:
+            return msg
+        dropped = codec.dropped_mutations
+        told = self._mutated(codec, msg, {exchange.HEADER: exchange.encode(local)})
+        codec.dropped_mutations = dropped
+        return told
+
+    def _request_stats(self, d: Downstream, cs: ClusterState | None, idx: int) -> RequestStats:
+        """Istio request statistics of a request from ``d`` to endpoint ``idx`` of ``cs``
+        (-1: none picked; ``cs`` None: no cluster either), created on first use. The request
+        path reads ``cs.request_stats[d.origin][idx]`` itself and calls this on a miss."""
+        origin = d.origin
+        if cs is None:
+            service = origin.service or UNKNOWN
+            dest = self.stats.local if origin.inbound else Workload()
+            return self.stats.request_stats(request_labels(origin, dest, service))
+        row = cs.request_stats.get(origin)
+        if row is None:
+            row = cs.request_stats[origin] = self._stats_row(origin, cs)
+        return row[idx]
+
+    def _stats_row(self, origin: Origin, cs: ClusterState) -> list[RequestStats]:
+        """One :class:`RequestStats` per endpoint of ``cs`` (and one for none) for ``origin``:
+        the destination is this proxy on an inbound listener, else the endpoint as its labels
+        and its proxy (metadata exchange) tell, its version defaulting to the subset's name."""
+        stats = self.stats
+        subset = Workload(version=cs.subset or UNKNOWN)
+        if origin.inbound:
+            dests = [stats.local] * (len(cs.config.endpoints) + 1)
+        else:
+            dests = [
+                endpoint_workload(e.labels).with_peer(cs.peers.get(i, subset)).with_peer(subset)
+                for i, e in enumerate(cs.config.endpoints)
+            ]
+            dests.append(subset)
+        return [stats.request_stats(request_labels(origin, dst, cs.service)) for dst in dests]
 
     def _untrack(self, req: ActiveRequest) -> None:
         cs = req.cluster

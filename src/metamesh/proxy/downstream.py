@@ -39,8 +39,10 @@ from metamesh.proxy.core import (
     LOG,
     WARNING,
 )
+from metamesh.proxy.exchange import MAX_ORIGINS
 from metamesh.proxy.listener import Downstream
 from metamesh.proxy.request_path import RequestPath
+from metamesh.proxy.telemetry import principal_workload
 
 #: Seconds between two log lines about the connection cap (the counters count every case).
 CX_LIMIT_LOG_EVERY: Final = 10.0
@@ -54,6 +56,8 @@ class DownstreamSide(RequestPath):
     ) -> Downstream:
         self._next_conn_id += 1
         d = Downstream(self._next_conn_id, self.listeners[listener_name], peer, now, principal)
+        inbound = self._set_origin(d, principal_workload(principal))
+        d.hear = inbound and len(self.stats.origins) < MAX_ORIGINS
         self.downstreams.add(d)
         self.stats.downstream_connections_total += 1
         self.stats.active_downstream_connections += 1
@@ -93,6 +97,7 @@ class DownstreamSide(RequestPath):
     def downstream_data(self, d: Downstream, data: bytes, now: float) -> None:
         if d.closed:
             return
+        d.bytes_in += len(data)
         buf = d.inbuf
         codec = d.codec
         if not buf:  # whole frames straight from the bytes read (Codec.decode_at)
@@ -227,6 +232,10 @@ class DownstreamSide(RequestPath):
         d.order.clear()
         self.downstreams.discard(d)
         self.stats.active_downstream_connections -= 1
+        tcp = d.tcp
+        tcp.closed += 1
+        tcp.received += d.bytes_in
+        tcp.sent += d.bytes_out
         self.stats.mutations_dropped += d.codec.dropped_mutations
         for up in list(d.pipelines.values()):
             self._abandon_upstream(up)

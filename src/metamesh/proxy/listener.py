@@ -16,6 +16,8 @@ from metamesh.codecs import Codec
 from metamesh.proxy.config import Listener
 from metamesh.proxy.filters.chain import ListenerFilters, RouteExtras
 from metamesh.proxy.router import CompiledRoute, RouteTable
+from metamesh.proxy.stats import TcpStats
+from metamesh.proxy.telemetry import UNKNOWN, UNKNOWN_WORKLOAD, Origin
 from metamesh.proxy.upstream import ActiveRequest, Peer, Upstream
 
 
@@ -81,19 +83,24 @@ class Downstream(Peer):
     """One client connection."""
 
     __slots__ = (
+        "bytes_in",
+        "bytes_out",
         "closed",
         "codec",
         "eof",
         "frame_started",
+        "hear",
         "id",
         "idle_since",
         "inbuf",
         "listener",
         "order",
+        "origin",
         "owed",
         "peer",
         "pipelines",
         "principal",
+        "tcp",
     )
 
     def __init__(
@@ -125,6 +132,16 @@ class Downstream(Peer):
         self.order: deque[ActiveRequest] = deque()
         #: Unshared protocols: dedicated upstreams by (cluster name, endpoint index).
         self.pipelines: dict[tuple[str, int], Upstream] = {}
+        #: Who sends on this connection, for the Istio labels of its requests (replaced by
+        #: the core's interned origin when it accepts the connection, see
+        #: :mod:`metamesh.proxy.telemetry`), and its istio_tcp_* counters.
+        self.origin = Origin("source", UNKNOWN_WORKLOAD, listener.protocol, UNKNOWN, "")
+        self.tcp = TcpStats()
+        #: Bytes read from / queued for this client (added to ``tcp`` when it closes).
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: The next request is looked at for the peer's metadata (:mod:`.exchange`).
+        self.hear = False
 
     def __repr__(self) -> str:
         return f"Downstream#{self.id}({self.listener.config.name} from {self.peer})"

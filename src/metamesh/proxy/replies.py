@@ -32,6 +32,7 @@ from metamesh.proxy.policy import (
 )
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import RequestStats
+from metamesh.proxy.telemetry import RESPONSE_FLAGS
 from metamesh.proxy.upstream import ActiveRequest, Upstream
 
 
@@ -57,21 +58,24 @@ class Replies(CoreState):
         already gone."""
         self.stats.local_replies[kind] += 1
         if stats is None:
-            listener = d.listener
-            service = listener.config.service or "unknown"
-            stats = self.stats.request_stats(service, "", listener.protocol)
-        stats.observe(1, (now - start) * 1000.0)
+            stats = self._request_stats(d, None, -1)
         if self.access_log:
             self._access_log(d, msg, route, up, None, kind.value, start, now)
+        reply: bytes | None = None
         if d.closed:
-            return None
-        if msg.type is _ONEWAY:
-            return b""
-        if msg.type is _REQUEST:
-            d.owed -= 1  # the caller queues the reply (and closes a half-closed client after)
-            if not d.owed:
-                d.idle_since = now
-        return d.codec.error_reply(msg, LocalError(kind, text))
+            pass
+        elif msg.type is _ONEWAY:
+            reply = b""
+        else:
+            if msg.type is _REQUEST:
+                d.owed -= 1  # the caller queues the reply (and closes a half-closed client)
+                if not d.owed:
+                    d.idle_since = now
+            reply = d.codec.error_reply(msg, LocalError(kind, text))
+        flags = RESPONSE_FLAGS[kind]
+        sent = len(reply) if reply else 0
+        stats.flag(flags).observe(1, (now - start) * 1000.0, len(msg.frame), sent)
+        return reply
 
     def _local_reply(
         self,
@@ -108,6 +112,7 @@ class Replies(CoreState):
                 while order and order[0].reply is not None:
                     data += order.popleft().reply  # type: ignore[operator]
         d.out.append(data)
+        d.bytes_out += len(data)
         if not d.dirty:
             d.dirty = True
             self.dirty.append(d)

@@ -41,7 +41,7 @@ from metamesh.proxy.policy import (
 )
 from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.router import no_route_text
-from metamesh.proxy.stats import duration_bucket
+from metamesh.proxy.stats import duration_bucket, size_bucket
 from metamesh.proxy.upstream import ActiveRequest, Upstream, UpstreamState
 
 
@@ -49,6 +49,8 @@ class RequestPath(Attempts):
     """The plain request path and every response."""
 
     def _on_request(self, d: Downstream, msg: Message, now: float) -> None:
+        if d.hear:
+            self._hear(d, msg)
         listener = d.listener
         route = listener.table.match(msg)
         extras = listener.extras
@@ -67,10 +69,6 @@ class RequestPath(Attempts):
             text = f"unknown cluster {cluster_name}"
             self._local_reply(d, msg, ErrorKind.CLUSTER_NOT_FOUND, text, now, route)
             return
-        protocol = listener.protocol
-        stats = cs.request_stats.get(protocol)
-        if stats is None:
-            stats = self._request_stats(cs, protocol)
         codec = d.codec
         if cs.active_requests < cs.max_requests and not route.hash_keys:
             # The common case of UpstreamPool._pick_upstream (breakers pass, no hash key, no
@@ -82,11 +80,16 @@ class RequestPath(Attempts):
         else:
             up = self._pick_upstream(d, msg, route, cs, None, now)
         if isinstance(up, tuple):
-            self._local_reply(d, msg, up[0], up[1], now, route, stats)
+            self._local_reply(d, msg, up[0], up[1], now, route, self._request_stats(d, cs, -1))
             return
+        idx = up.endpoint_index
+        row = cs.request_stats.get(d.origin)
+        stats = row[idx] if row is not None else self._request_stats(d, cs, idx)
         if route.request_mutation is not None:
             msg = self._mutated(codec, msg, route.request_mutation)
-        self._send(up, ActiveRequest(d, msg, route, cs, now, stats), codec, up.endpoint_index)
+        if up.tell:
+            msg = self._tell(codec, msg, up)
+        self._send(up, ActiveRequest(d, msg, route, cs, now, stats), codec, idx)
         if route.mirrors:
             self._mirror(d, msg, route, now)
 
@@ -185,6 +188,12 @@ class RequestPath(Attempts):
         stats.count[code] += 1  # RequestStats.observe, inlined
         stats.sum_ms[code] += elapsed_ms
         stats.buckets[code][duration_bucket(elapsed_ms)] += 1
+        size = len(req.request.frame)
+        stats.request_bytes[code] += size
+        stats.request_buckets[code][size_bucket(size)] += 1
+        size = len(msg.frame)
+        stats.response_bytes[code] += size
+        stats.response_buckets[code][size_bucket(size)] += 1
         d: Downstream = req.downstream  # typed here, so the native build reads it as a struct
         if self.access_log:
             self._access_log(d, req.request, req.route, up, msg, str(code), req.start, now)
@@ -202,6 +211,7 @@ class RequestPath(Attempts):
                 d.out.append(msg.frame)
             else:
                 d.out.append(up.codec.rewrite_request_id(msg, rid))  # type: ignore[arg-type]
+            d.bytes_out += size
             if not d.dirty:
                 d.dirty = True
                 self.dirty.append(d)

@@ -2,14 +2,17 @@
 
 The request path only does ``+= 1`` on attributes of objects it already holds (no locks, no
 label lookups, no prometheus objects): one :class:`ProxyStats` per worker core, and one
-:class:`RequestStats` per (cluster, protocol) pair that the router resolves once per request.
-The admin endpoint turns these into Prometheus text at scrape time
-(:mod:`metamesh.runtime.admin`), using Istio's standard metric and label names:
+:class:`RequestStats` per label set, which the request path finds in a row per (connection
+:class:`~metamesh.proxy.telemetry.Origin`, cluster) indexed by endpoint: a dict lookup by
+identity and a list index per request. The admin endpoint turns these into Prometheus text at
+scrape time (:mod:`metamesh.runtime.admin`), using Istio's standard metric and label names:
 
-* ``istio_requests_total`` and ``istio_request_duration_milliseconds`` (histogram) with
-  ``destination_service`` (cluster host, after the last ``|``), ``destination_version`` (subset),
-  ``response_code`` (``0`` ok / ``1`` error, as MetaProtocol reports), ``request_protocol``
-  (codec name) and ``reporter`` (``source``: this is an outbound proxy);
+* ``istio_requests_total``, ``istio_request_duration_milliseconds``,
+  ``istio_request_bytes`` and ``istio_response_bytes`` (histograms) with Istio's full label set
+  (:data:`metamesh.proxy.telemetry.ISTIO_LABELS`): ``response_code`` is ``0`` ok / ``1``
+  error, as MetaProtocol reports, ``response_flags`` Envoy's flag of a local reply (``NR``,
+  ``UH``, ``UT``, ...) or ``-``;
+* ``istio_tcp_*`` per client connection (:class:`TcpStats`);
 * ``metamesh_*`` counters and gauges below (names are stable; see :data:`COUNTERS`).
 """
 
@@ -18,11 +21,17 @@ from __future__ import annotations
 from typing import Final
 
 from metamesh.codecs import ErrorKind
+from metamesh.proxy.telemetry import BASE_LABELS, UNKNOWN_WORKLOAD, Origin, Workload
 
 #: Istio's default duration buckets, in milliseconds.
 DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
     300000, 600000, 1800000, 3600000,
+)  # fmt: skip
+
+#: Istio's default size buckets, in bytes (istio_request_bytes / istio_response_bytes).
+SIZE_BUCKETS: Final[tuple[int, ...]] = (
+    1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000,
 )  # fmt: skip
 
 #: metamesh counters: attribute of ProxyStats -> (metric name, help).
@@ -151,7 +160,16 @@ class ProxyStats:
     ``mutations_dropped`` accumulates codecs' ``dropped_mutations`` when connections close.
     """
 
-    __slots__ = (*COUNTERS, *GAUGES, "local_replies", "mutations_dropped", "requests")
+    __slots__ = (
+        *COUNTERS,
+        *GAUGES,
+        "local",
+        "local_replies",
+        "mutations_dropped",
+        "origins",
+        "requests",
+        "tcp",
+    )
 
     def __init__(self) -> None:
         self.downstream_decode_errors = 0
@@ -191,33 +209,110 @@ class ProxyStats:
         self.active_requests = 0
         self.local_replies: dict[ErrorKind, int] = dict.fromkeys(ErrorKind, 0)
         self.mutations_dropped = 0
-        #: (destination_service, destination_version, request_protocol) -> RequestStats
-        self.requests: dict[tuple[str, str, str], RequestStats] = {}
+        #: This proxy's workload: the source of what it sends out, the destination of what
+        #: its inbound listeners receive. Set by the runtime before traffic flows.
+        self.local: Workload = UNKNOWN_WORKLOAD
+        #: Interned connection origins (see :class:`~metamesh.proxy.telemetry.Origin`).
+        self.origins: dict[tuple[str, Workload, str, str, str], Origin] = {}
+        #: request labels (:func:`~metamesh.proxy.telemetry.request_labels`) -> RequestStats
+        self.requests: dict[tuple[str, ...], RequestStats] = {}
+        #: request labels of a connection's origin -> its istio_tcp_* counters
+        self.tcp: dict[tuple[str, ...], TcpStats] = {}
 
-    def request_stats(self, service: str, version: str, protocol: str) -> RequestStats:
-        """The (created on first use) request counters for one destination and protocol."""
-        key = (service, version, protocol)
-        rs = self.requests.get(key)
+    def origin(
+        self, reporter: str, source: Workload, protocol: str, security: str, service: str
+    ) -> Origin:
+        """The interned :class:`Origin` for these values."""
+        key = (reporter, source, protocol, security, service)
+        o = self.origins.get(key)
+        if o is None:
+            o = self.origins[key] = Origin(reporter, source, protocol, security, service)
+        return o
+
+    def request_stats(self, labels: tuple[str, ...]) -> RequestStats:
+        """The (created on first use) request counters for one label set."""
+        rs = self.requests.get(labels)
         if rs is None:
-            rs = self.requests[key] = RequestStats()
+            rs = self.requests[labels] = RequestStats(labels)
         return rs
+
+    def totals(self, **match: str) -> list[int]:
+        """[ok, error] requests over every label set with these values (``BASE_LABELS``
+        names: ``destination_service="a", destination_version="v1"``), local replies included."""
+        where = [(BASE_LABELS.index(k), v) for k, v in match.items()]
+        out = [0, 0]
+        for labels, rs in self.requests.items():
+            if all(labels[i] == v for i, v in where):
+                for one in (rs, *rs.flagged.values()):
+                    out[0] += one.count[0]
+                    out[1] += one.count[1]
+        return out
+
+    def tcp_stats(self, labels: tuple[str, ...]) -> TcpStats:
+        """The (created on first use) connection counters for one label set."""
+        ts = self.tcp.get(labels)
+        if ts is None:
+            ts = self.tcp[labels] = TcpStats()
+        return ts
 
 
 class RequestStats:
-    """Request counts and a duration histogram for one destination/protocol pair."""
+    """Request counts, duration and size histograms for one label set (response flags ``-``);
+    local replies are counted in ``flagged`` children, one per Envoy response flag."""
 
-    __slots__ = ("buckets", "count", "sum_ms")
+    __slots__ = (
+        "buckets",
+        "count",
+        "flagged",
+        "labels",
+        "request_buckets",
+        "request_bytes",
+        "response_buckets",
+        "response_bytes",
+        "sum_ms",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, labels: tuple[str, ...] = ()) -> None:
+        self.labels = labels
         self.count = [0, 0]  # by response_code 0 / 1
         # Non-cumulative counts per bucket (+1 for +Inf), for each response code.
         self.buckets = [[0] * (len(DURATION_BUCKETS_MS) + 1) for _ in range(2)]
         self.sum_ms = [0.0, 0.0]
+        self.request_buckets = [[0] * (len(SIZE_BUCKETS) + 1) for _ in range(2)]
+        self.request_bytes = [0, 0]
+        self.response_buckets = [[0] * (len(SIZE_BUCKETS) + 1) for _ in range(2)]
+        self.response_bytes = [0, 0]
+        self.flagged: dict[str, RequestStats] = {}
 
-    def observe(self, code: int, duration_ms: float) -> None:
+    def observe(self, code: int, duration_ms: float, sent: int = 0, received: int = 0) -> None:
+        """One request: its response code, duration, request and response sizes in bytes."""
         self.count[code] += 1
         self.sum_ms[code] += duration_ms
         self.buckets[code][duration_bucket(duration_ms)] += 1
+        self.request_bytes[code] += sent
+        self.request_buckets[code][size_bucket(sent)] += 1
+        self.response_bytes[code] += received
+        self.response_buckets[code][size_bucket(received)] += 1
+
+    def flag(self, flags: str) -> RequestStats:
+        """The counters of this label set's requests answered locally with ``flags``."""
+        child = self.flagged.get(flags)
+        if child is None:
+            child = self.flagged[flags] = RequestStats(self.labels)
+        return child
+
+
+class TcpStats:
+    """Istio's TCP metrics for the closed client connections of one label set; open ones keep
+    their own byte counts (``Downstream.bytes_in``/``bytes_out``), added at scrape time, so a
+    connection relabelled by the metadata exchange takes all its bytes to its new labels."""
+
+    __slots__ = ("closed", "received", "sent")
+
+    def __init__(self) -> None:
+        self.closed = 0
+        self.received = 0  # bytes from clients
+        self.sent = 0  # bytes queued for clients
 
 
 def duration_bucket(duration_ms: float) -> int:
@@ -227,6 +322,16 @@ def duration_bucket(duration_ms: float) -> int:
     index = 0
     for bound in DURATION_BUCKETS_MS:
         if duration_ms <= bound:
+            return index
+        index += 1
+    return index
+
+
+def size_bucket(size: int) -> int:
+    """The index of the first :data:`SIZE_BUCKETS` bound at least ``size`` (last: ``+Inf``)."""
+    index = 0
+    for bound in SIZE_BUCKETS:
+        if size <= bound:
             return index
         index += 1
     return index

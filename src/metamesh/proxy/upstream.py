@@ -26,6 +26,7 @@ from metamesh.proxy.lb import LoadBalancer, create_load_balancer
 from metamesh.proxy.policy import OutlierDetector, RequestExt
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import RequestStats
+from metamesh.proxy.telemetry import Origin, Workload
 
 #: Key of a shared multiplexed connection: (protocol, codec wire variant, endpoint index).
 PoolKey = tuple[str, Hashable, int]
@@ -51,6 +52,7 @@ class ClusterState:
         "max_requests_per_connection",
         "mux",
         "outlier",
+        "peers",
         "pending_requests",
         "request_stats",
         "service",
@@ -62,8 +64,12 @@ class ClusterState:
         self.lb: LoadBalancer = create_load_balancer(config.lb_policy, config.endpoints, rng)
         self.outlier: OutlierDetector | None = None
         self._cache_settings()
-        #: request_protocol -> the stats object for (service, subset, protocol)
-        self.request_stats: dict[str, RequestStats] = {}
+        #: A client connection's origin -> the request stats of each endpoint (by index; the
+        #: last one, index -1, for requests answered before an endpoint was picked).
+        self.request_stats: dict[Origin, list[RequestStats]] = {}
+        #: What the proxies in front of endpoints said about themselves (metadata exchange),
+        #: by endpoint index.
+        self.peers: dict[int, Workload] = {}
         self.active_requests = 0
         self.pending_requests = 0  # waiting for an upstream connection to be established
         self.connections = 0
@@ -82,6 +88,7 @@ class ClusterState:
         if self.outlier is not None:
             self.outlier.adopt(old_outlier, self.lb)
         self.request_stats = {}
+        self.peers = {}
         index = {(e.address, e.port): i for i, e in enumerate(config.endpoints)}
         kept: dict[PoolKey, Upstream] = {}
         retired: list[Upstream] = []
@@ -149,6 +156,7 @@ class Upstream(Peer):
         "requests_left",
         "retired",
         "state",
+        "tell",
     )
 
     def __init__(
@@ -188,6 +196,9 @@ class Upstream(Peer):
         #: Set by the runtime while the write buffer is over its high-water mark.
         self.congested = False
         self.key: PoolKey | None = None
+        #: The first request sent here carries this proxy's workload (:mod:`.exchange`); not
+        #: to the local app behind an inbound listener.
+        self.tell = not cluster.config.name.startswith("inbound|")
 
     @property
     def in_flight(self) -> int:

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -32,20 +32,21 @@ from prometheus_client.core import (
 )
 
 from metamesh import __version__, build_info
-from metamesh.proxy.stats import COUNTERS, DURATION_BUCKETS_MS, GAUGES
+from metamesh.proxy.stats import (
+    COUNTERS,
+    DURATION_BUCKETS_MS,
+    GAUGES,
+    SIZE_BUCKETS,
+    RequestStats,
+    TcpStats,
+)
+from metamesh.proxy.telemetry import ISTIO_LABELS, NO_FLAGS, TCP_LABELS, full_labels, tcp_labels
 from metamesh.runtime.loops import loop_name
 from metamesh.runtime.redact import redact
 
 if TYPE_CHECKING:
+    from metamesh.proxy.listener import Downstream
     from metamesh.runtime.server import ProxyServer
-
-ISTIO_LABELS = [
-    "reporter",
-    "destination_service",
-    "destination_version",
-    "response_code",
-    "request_protocol",
-]
 
 
 class ProxyCollector:
@@ -57,28 +58,8 @@ class ProxyCollector:
     def collect(self) -> Iterator[Metric]:
         core = self.server.core
         stats = core.stats
-        total = CounterMetricFamily(
-            "istio_requests", "Requests handled by the proxy", labels=ISTIO_LABELS
-        )
-        duration = HistogramMetricFamily(
-            "istio_request_duration_milliseconds",
-            "Request duration in milliseconds",
-            labels=ISTIO_LABELS,
-        )
-        bounds = [*(repr(float(b)) for b in DURATION_BUCKETS_MS), "+Inf"]
-        for (service, version, protocol), rs in sorted(stats.requests.items()):
-            for code in (0, 1):
-                if not rs.count[code]:
-                    continue
-                labels = ["source", service, version or "unknown", str(code), protocol]
-                total.add_metric(labels, rs.count[code])
-                cumulative, buckets = 0, []
-                for bound, n in zip(bounds, rs.buckets[code], strict=True):
-                    cumulative += n
-                    buckets.append((bound, float(cumulative)))
-                duration.add_metric(labels, buckets, rs.sum_ms[code])
-        yield total
-        yield duration
+        yield from istio_request_metrics(stats.requests.values())
+        yield from istio_tcp_metrics(stats.tcp, core.downstreams)
         for attr, (name, doc) in COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
         for attr, (name, doc) in GAUGES.items():
@@ -108,6 +89,8 @@ class ProxyCollector:
                 "Workload certificates swapped in after the first",
                 value=tls.rotations,
             )
+        if self.server.sidecar is not None:  # interception and DNS (runtime/sidecar.py)
+            yield from self.server.sidecar.metrics()
         yield CounterMetricFamily(
             "metamesh_downstream_accept_errors",
             "Accepts that failed for lack of file descriptors (EMFILE/ENFILE)",
@@ -145,6 +128,83 @@ class ProxyCollector:
             conns.add_metric([name], cs.connections)
         yield active
         yield conns
+
+
+def _cumulative(bounds: list[str], counts: list[int]) -> list[tuple[str, float]]:
+    total, buckets = 0, []
+    for bound, n in zip(bounds, counts, strict=True):
+        total += n
+        buckets.append((bound, float(total)))
+    return buckets
+
+
+def istio_request_metrics(all_stats: Iterable[RequestStats]) -> Iterator[Metric]:
+    """istio_requests_total and the duration, request size and response size histograms."""
+    labels = list(ISTIO_LABELS)
+    total = CounterMetricFamily("istio_requests", "Requests handled by the proxy", labels=labels)
+    duration = HistogramMetricFamily(
+        "istio_request_duration_milliseconds", "Request duration in milliseconds", labels=labels
+    )
+    request_size = HistogramMetricFamily(
+        "istio_request_bytes", "Request sizes in bytes (whole frames)", labels=labels
+    )
+    response_size = HistogramMetricFamily(
+        "istio_response_bytes", "Response sizes in bytes (whole frames)", labels=labels
+    )
+    ms_bounds = [*(repr(float(b)) for b in DURATION_BUCKETS_MS), "+Inf"]
+    size_bounds = [*(repr(float(b)) for b in SIZE_BUCKETS), "+Inf"]
+    series = [(rs, NO_FLAGS) for rs in all_stats]
+    series += [(c, f) for rs, _ in list(series) for f, c in sorted(rs.flagged.items())]
+    for rs, flags in series:
+        for code in (0, 1):
+            if not rs.count[code]:
+                continue
+            values = full_labels(rs.labels, str(code), flags)
+            total.add_metric(values, rs.count[code])
+            duration.add_metric(values, _cumulative(ms_bounds, rs.buckets[code]), rs.sum_ms[code])
+            request_size.add_metric(
+                values, _cumulative(size_bounds, rs.request_buckets[code]), rs.request_bytes[code]
+            )
+            response_size.add_metric(
+                values, _cumulative(size_bounds, rs.response_buckets[code]), rs.response_bytes[code]
+            )
+    yield from (total, duration, request_size, response_size)
+
+
+def istio_tcp_metrics(
+    closed: Mapping[tuple[str, ...], TcpStats], open_now: Iterable[Downstream]
+) -> Iterator[Metric]:
+    """istio_tcp_* over client connections: the closed ones' totals plus the open ones."""
+    totals: dict[tuple[str, ...], list[int]] = {
+        base: [ts.closed, ts.closed, ts.received, ts.sent] for base, ts in closed.items()
+    }
+    labels_of = {id(ts): base for base, ts in closed.items()}
+    for d in open_now:
+        base = labels_of.get(id(d.tcp))
+        if base is None:
+            continue
+        row = totals[base]
+        row[0] += 1
+        row[2] += d.bytes_in
+        row[3] += d.bytes_out
+    labels = list(TCP_LABELS)
+    families = [
+        CounterMetricFamily(
+            "istio_tcp_connections_opened", "Client connections opened", labels=labels
+        ),
+        CounterMetricFamily(
+            "istio_tcp_connections_closed", "Client connections closed", labels=labels
+        ),
+        CounterMetricFamily(
+            "istio_tcp_received_bytes", "Bytes received from clients", labels=labels
+        ),
+        CounterMetricFamily("istio_tcp_sent_bytes", "Bytes sent to clients", labels=labels),
+    ]
+    for base, row in totals.items():
+        values = tcp_labels(base)
+        for family, value in zip(families, row, strict=True):
+            family.add_metric(values, value)
+    yield from families
 
 
 def render_prometheus(server: ProxyServer) -> bytes:
