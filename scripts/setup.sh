@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 # zookeeper: the real registry the ZooKeeper source is tested against (run by the tests, no service)
 APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools build-essential python3-dev iproute2 zookeeper)
 
+# prometheus: the real Prometheus that tests/e2e/test_prometheus.py runs against a mesh (no service)
+APT_PACKAGES+=(prometheus)
+
 if [[ "${METAMESH_SKIP_APT:-0}" != 1 ]]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do
