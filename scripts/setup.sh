@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 # build-essential + python3-dev: the mypyc native build and the C benchmark floor; iproute2: `ss` in tests;
 # zookeeper: the real registry the ZooKeeper source is tested against (run by the tests, no service)
 APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools build-essential python3-dev iproute2 zookeeper)
+# kubernetes-client: the real kubectl the Kubernetes source tests apply manifests with (only
+# when no kubectl is installed: some machine images ship their own package of it)
+command -v kubectl >/dev/null || APT_PACKAGES+=(kubernetes-client)
 
 # prometheus: the real Prometheus that tests/e2e/test_prometheus.py runs against a mesh (no service)
 APT_PACKAGES+=(prometheus)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from metamesh.api.limits import LoadLimits
     from metamesh.control.embedded import CaSettings
     from metamesh.control.model import MeshSettings
+    from metamesh.control.sources.kubernetes import KubernetesSettings
     from metamesh.control.sources.zookeeper import ZooKeeperSettings
     from metamesh.runtime.identity import IdentitySettings
 
@@ -286,6 +287,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             config_limits=_config_limits(args),
             access_log=open_access_log(args.access_log, stack),
             zookeeper=_zookeeper(args),
+            kubernetes=_kubernetes(args),
         )
         return run(main, args.log_level)
 
@@ -293,9 +295,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_control_plane(args: argparse.Namespace) -> int:
     from metamesh.control.embedded import run, serve_control_plane
 
-    if args.config_dir is None and args.zookeeper is None:
+    if args.config_dir is None and args.zookeeper is None and not args.kubernetes:
         print(
-            "metamesh control-plane: give --config-dir DIR, --zookeeper HOST:PORT, or both",
+            "metamesh control-plane: give --config-dir DIR, --zookeeper HOST:PORT, "
+            "--kubernetes, or several",
             file=sys.stderr,
         )
         return 2
@@ -311,6 +314,7 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
         zookeeper=_zookeeper(args),
         config_limits=_config_limits(args),
         mesh=_mesh_settings(args),
+        kubernetes=_kubernetes(args),
     )
     return run(main, args.log_level, proxy_loop=False)
 
@@ -351,6 +355,58 @@ def _add_zookeeper_options(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="the port each ZooKeeper service listens on, at its allocated address",
     )
+
+
+def _kubernetes(args: argparse.Namespace) -> KubernetesSettings | None:
+    """``--kubernetes [--kubeconfig F | --in-cluster]`` (up, control-plane)."""
+    if not args.kubernetes:
+        if args.kubeconfig or args.in_cluster:
+            print(
+                f"metamesh {args.command}: --kubeconfig/--in-cluster need --kubernetes",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        return None
+    from metamesh.control.sources.kubernetes import KubernetesSettings
+
+    if args.kubeconfig and args.in_cluster:
+        print(
+            f"metamesh {args.command}: give --kubeconfig or --in-cluster, not both", file=sys.stderr
+        )
+        raise SystemExit(2)
+    return KubernetesSettings(
+        kubeconfig=args.kubeconfig,
+        in_cluster=args.in_cluster,
+        context=args.kube_context,
+        lease_namespace=args.kube_lease_namespace,
+    )
+
+
+def _add_kubernetes_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Kubernetes as a config source (docs/kubernetes.md)")
+    group.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="watch the cluster: Aeraki/Istio CRDs, Services, EndpointSlices, Pods, Namespaces",
+    )
+    group.add_argument(
+        "--kubeconfig", metavar="FILE", help="kubeconfig (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    group.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    group.add_argument("--kube-context", metavar="NAME", help="kubeconfig context")
+    group.add_argument(
+        "--kube-lease-namespace",
+        default="metamesh-system",
+        metavar="NS",
+        help="namespace of the leader Lease (status writes)",
+    )
+
+
+def _cmd_render_manifests(args: argparse.Namespace) -> int:
+    from metamesh.control.sources.kubernetes_manifests import render
+
+    sys.stdout.write(render(args.part, namespace=args.namespace, image=args.image))
+    return 0
 
 
 def _ca_settings(args: argparse.Namespace) -> CaSettings | None:
@@ -577,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_options(up)
     _add_config_limit_options(up)
     _add_zookeeper_options(up)
+    _add_kubernetes_options(up)
     up.add_argument("--log-level", default="INFO", help="logging level")
     up.set_defaults(func=_cmd_up)
 
@@ -615,7 +672,24 @@ def build_parser() -> argparse.ArgumentParser:
         "mesh-wide",
     )
     _add_zookeeper_options(cp)
+    _add_kubernetes_options(cp)
     cp.set_defaults(func=_cmd_control_plane)
+
+    rm = sub.add_parser(
+        "render-manifests",
+        help="print the Kubernetes manifests: CRDs, control plane, sidecar injection (deploy/)",
+    )
+    rm.add_argument(
+        "part",
+        nargs="?",
+        default="all",
+        choices=["all", "crds", "control-plane", "sidecar-template"],
+        help="which manifests",
+    )
+    rm.add_argument("-n", "--namespace", default="metamesh-system", help="control plane namespace")
+    rm.add_argument("--image", default="metamesh:latest", help="container image")
+    rm.set_defaults(func=_cmd_render_manifests)
+
 
     pc = sub.add_parser("proxy-config", help="show a running proxy's config (from its admin)")
     pc.add_argument(

@@ -61,6 +61,7 @@ from metamesh.xds.resources import ProxyNode
 from metamesh.xds.server import AdsServer
 
 if TYPE_CHECKING:
+    from metamesh.control.sources.kubernetes import KubernetesSettings
     from metamesh.control.sources.merge import MergedSources
     from metamesh.control.sources.zookeeper import ZooKeeperSettings
 
@@ -145,6 +146,7 @@ async def start_control_plane(
     zookeeper: ZooKeeperSettings | None = None,
     limits: LoadLimits = DEFAULT_LIMITS,
     mesh: MeshSettings | None = None,
+    kubernetes: KubernetesSettings | None = None,
 ) -> tuple[AdsServer, FileSource | MergedSources, int]:
     """The ADS server fed by the directory and, with ``zookeeper``, the Dubbo registry too
     (control/sources/merge.py; its first read is awaited for a bounded time); ``mesh``: the
@@ -156,14 +158,19 @@ async def start_control_plane(
         ads.set_model(with_settings(model, settings))
 
     source: FileSource | MergedSources
-    if zookeeper is None:
+    if zookeeper is None and kubernetes is None:
         assert directory is not None, "a config directory, a registry, or both"
         source = FileSource(directory, on_model, namespace=namespace, limits=limits)
     else:
         from metamesh.control.sources.merge import MergedSources
 
         source = MergedSources(
-            directory, on_model, namespace=namespace, zookeeper=zookeeper, limits=limits
+            directory,
+            on_model,
+            namespace=namespace,
+            zookeeper=zookeeper,
+            kubernetes=kubernetes,
+            limits=limits,
         )
         await source.start()
     if source.load() is not None:
@@ -172,10 +179,15 @@ async def start_control_plane(
     return ads, source, bound
 
 
-def _watching(directory: str | Path | None, zookeeper: ZooKeeperSettings | None) -> str:
+def _watching(
+    directory: str | Path | None,
+    zookeeper: ZooKeeperSettings | None,
+    kubernetes: KubernetesSettings | None = None,
+) -> str:
     """What the control plane follows, for its first stdout line."""
     what = [] if directory is None else [str(directory)]
-    return " and ".join([*what, *([zookeeper.where] if zookeeper is not None else [])])
+    what += [zookeeper.where] if zookeeper is not None else []
+    return " and ".join([*what, *([kubernetes.where] if kubernetes is not None else [])])
 
 
 async def start_proxy(
@@ -266,6 +278,7 @@ async def serve_up(
     limits: dict[str, Any] | None = None,
     config_limits: LoadLimits = DEFAULT_LIMITS,
     zookeeper: ZooKeeperSettings | None = None,
+    kubernetes: KubernetesSettings | None = None,
 ) -> int:
     """``metamesh up``: the proxy on this loop, the control plane on a thread (module doc)."""
     stop = stop or asyncio.Event()
@@ -281,13 +294,14 @@ async def serve_up(
                 namespace,
                 zookeeper=zookeeper,
                 limits=config_limits,
+                kubernetes=kubernetes,
             )
         )
     except BaseException:
         await control.stop()
         remove_signals()
         raise
-    watching = _watching(directory, zookeeper)
+    watching = _watching(directory, zookeeper, kubernetes)
     print(f"metamesh: control plane (xDS) on 127.0.0.1:{port}, watching {watching}", file=out)
     printer = ServingPrinter(out)
     try:
@@ -336,6 +350,7 @@ async def serve_control_plane(
     zookeeper: ZooKeeperSettings | None = None,
     config_limits: LoadLimits = DEFAULT_LIMITS,
     mesh: MeshSettings | None = None,
+    kubernetes: KubernetesSettings | None = None,
 ) -> int:
     """``metamesh control-plane``: the watched directory (and/or, with ``zookeeper``, the Dubbo
     registry) served over ADS (and, with ``ca``, the mesh CA's certificate API over TLS)."""
@@ -343,9 +358,16 @@ async def serve_control_plane(
     remove_signals = _on_signals(stop)
     path = Path(directory) if directory is not None else None
     ads, source, port = await start_control_plane(
-        path, host, xds_port, namespace, zookeeper=zookeeper, limits=config_limits, mesh=mesh
+        path,
+        host,
+        xds_port,
+        namespace,
+        zookeeper=zookeeper,
+        limits=config_limits,
+        mesh=mesh,
+        kubernetes=kubernetes,
     )
-    watching = _watching(directory, zookeeper)
+    watching = _watching(directory, zookeeper, kubernetes)
     print(f"metamesh: control plane (xDS) on {host}:{port}, watching {watching}", file=out)
     ca_server = await start_ca(ca, host, out) if ca is not None else None
     out.flush()

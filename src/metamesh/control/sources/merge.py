@@ -23,8 +23,9 @@ the registry keeps the rest. Between registries (or two interfaces that give one
 first in order of source name, then pseudo-file, wins, with the same warning.
 
 :class:`MergedSources` wires a :class:`~.files.FileSource` (when a directory is given) and the
-ZooKeeper source to this step: a registry update re-runs the file source's load, which re-reads
-only files that changed and rebuilds the model only when something in force changed. Without a
+ZooKeeper and Kubernetes sources (either or both) to this step: a registry update re-runs the
+file source's load, which re-reads only files that changed and rebuilds the model only when
+something in force changed. Without a
 directory, registry updates are accepted and built the same way, with no files.
 """
 
@@ -34,15 +35,20 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metamesh.api.base import fqdn
 from metamesh.api.istio import ServiceEntry
 from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
 from metamesh.api.loader import Loaded, ResourceSet
+from metamesh.api.problems import Problem
 from metamesh.control.model import MeshModel, build_model
-from metamesh.control.sources.accept import accept
+from metamesh.control.sources.accept import Held, accept
 from metamesh.control.sources.files import FileSource, OnModel, Report
-from metamesh.control.sources.zookeeper import ZooKeeperSettings, ZooKeeperSource
+
+if TYPE_CHECKING:
+    from metamesh.control.sources.kubernetes import KubernetesSettings, KubernetesSource
+    from metamesh.control.sources.zookeeper import ZooKeeperSettings, ZooKeeperSource
 
 log = logging.getLogger("metamesh.control.sources")
 
@@ -136,9 +142,13 @@ class _RegistriesOnly:
         self._merge = merge
         self._last_good: dict[str, ResourceSet] = {}
         self.model: MeshModel | None = None
+        self.problems: list[Problem] = []  #: as FileSource's: the last load's problems
+        self.held: dict[str, Held] = {}  #: pseudo-files whose current version is not in force
 
     def load(self) -> MeshModel | None:
         result = accept(self._merge({}), self._last_good)
+        self.problems = result.problems
+        self.held = {where: why for where, (why, _) in result.held.items()}
         for problem in result.problems:
             if problem.is_error:
                 log.error("%s", problem.format())
@@ -154,11 +164,13 @@ class _RegistriesOnly:
 
 
 class MergedSources:
-    """A directory (optional) and a ZooKeeper registry feeding ``on_model``.
+    """A directory (optional) and the registries (ZooKeeper, Kubernetes) feeding ``on_model``.
 
     Used like a :class:`~.files.FileSource`: :meth:`start` (on the control loop; waits up to
-    ``settings.start_wait`` for the registry's first read, so the first model has its
-    services), :meth:`load`, :meth:`run` until :meth:`stop` (which also ends the registry).
+    each registry's ``start_wait`` for its first complete read, so the first model has its
+    services), :meth:`load`, :meth:`run` until :meth:`stop` (which also ends the registries).
+    After every load, the Kubernetes source is told what acceptance thought of its objects
+    (status conditions and Events, :mod:`.kubernetes_status`).
     """
 
     def __init__(
@@ -167,7 +179,8 @@ class MergedSources:
         on_model: OnModel,
         *,
         namespace: str,
-        zookeeper: ZooKeeperSettings,
+        zookeeper: ZooKeeperSettings | None = None,
+        kubernetes: KubernetesSettings | None = None,
         limits: LoadLimits = DEFAULT_LIMITS,
     ) -> None:
         self.merge = SourceMerge()
@@ -177,29 +190,58 @@ class MergedSources:
             else None
         )
         self._only = _RegistriesOnly(on_model, self.merge) if self.files is None else None
-        self.zookeeper = ZooKeeperSource(zookeeper, self._on_zookeeper, namespace=namespace)
+        self.zookeeper: ZooKeeperSource | None = None
+        self.kubernetes: KubernetesSource | None = None
+        if zookeeper is not None:
+            from metamesh.control.sources.zookeeper import ZooKeeperSource
+
+            self.zookeeper = ZooKeeperSource(zookeeper, self._on_zookeeper, namespace=namespace)
+        if kubernetes is not None:
+            from metamesh.control.sources.kubernetes import KubernetesSource
+
+            self.kubernetes = KubernetesSource(kubernetes, self._on_kubernetes, namespace=namespace)
         self._stop = asyncio.Event()
 
     def _on_zookeeper(self, sets: Mapping[str, ResourceSet]) -> None:
         self.merge.update("zookeeper", sets)
         self.load()
 
+    def _on_kubernetes(self, sets: Mapping[str, ResourceSet]) -> None:
+        self.merge.update("kubernetes", sets)
+        self.load()
+
     async def start(self) -> None:
-        self.zookeeper.start()
-        wait = self.zookeeper.settings.start_wait
-        if not await self.zookeeper.wait_synced(wait):
-            log.warning(
-                "%s: no complete read within %.0fs; starting without its services, which "
-                "follow when it answers",
-                self.zookeeper.settings.where,
-                wait,
-            )
+        if self.zookeeper is not None:
+            self.zookeeper.start()
+        if self.kubernetes is not None:
+            await self.kubernetes.start()
+        waits = []
+        if self.zookeeper is not None:
+            settings = self.zookeeper.settings
+            waits.append((settings.where, settings.start_wait, self.zookeeper.wait_synced))
+        if self.kubernetes is not None:
+            kube = self.kubernetes.settings
+            waits.append((kube.where, kube.start_wait, self.kubernetes.wait_synced))
+        for where, wait, synced in waits:
+            if not await synced(wait):
+                log.warning(
+                    "%s: no complete read within %.0fs; starting without its services, which "
+                    "follow when it answers",
+                    where,
+                    wait,
+                )
 
     def load(self) -> MeshModel | None:
         if self.files is not None:
-            return self.files.load()
-        assert self._only is not None
-        return self._only.load()
+            model = self.files.load()
+            problems, held = self.files.problems, self.files.held
+        else:
+            assert self._only is not None
+            model = self._only.load()
+            problems, held = self._only.problems, self._only.held
+        if self.kubernetes is not None:
+            self.kubernetes.accepted(problems, held)
+        return model
 
     @property
     def model(self) -> MeshModel | None:
@@ -214,7 +256,10 @@ class MergedSources:
             else:
                 await self._stop.wait()
         finally:
-            await self.zookeeper.close()
+            if self.zookeeper is not None:
+                await self.zookeeper.close()
+            if self.kubernetes is not None:
+                await self.kubernetes.close()
 
     def stop(self) -> None:
         if self.files is not None:
@@ -222,4 +267,9 @@ class MergedSources:
         self._stop.set()
 
     def status(self) -> dict[str, object]:
-        return {"zookeeper": self.zookeeper.status()}
+        out: dict[str, object] = {}
+        if self.zookeeper is not None:
+            out["zookeeper"] = self.zookeeper.status()
+        if self.kubernetes is not None:
+            out["kubernetes"] = self.kubernetes.status()
+        return out
