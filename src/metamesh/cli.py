@@ -424,6 +424,31 @@ def _ca_settings(args: argparse.Namespace) -> CaSettings | None:
     )
 
 
+def _cmd_agent(args: argparse.Namespace) -> int:
+    """``metamesh agent``: certificates from the mesh CA, served to a local Envoy over SDS."""
+    from pathlib import Path
+
+    from metamesh.control.embedded import run
+    from metamesh.security.sds_agent import AgentSettings, serve_agent
+    from metamesh.security.spiffe import SpiffeId
+
+    for option in ("ca_root", "ca_token_file"):
+        path = getattr(args, option)
+        if path is not None and not Path(path).is_file():
+            flag = "--" + option.replace("_", "-")
+            print(f"metamesh agent: {flag}: {path} is not a readable file", file=sys.stderr)
+            return 2
+    settings = AgentSettings(
+        ca=args.ca,
+        root_file=Path(args.ca_root),
+        token_file=Path(args.ca_token_file) if args.ca_token_file else None,
+        identity=SpiffeId(args.trust_domain, args.namespace, args.service_account),
+        socket=Path(args.sds_socket),
+        ttl_seconds=args.cert_ttl,
+    )
+    return run(serve_agent(settings), args.log_level, proxy_loop=False)
+
+
 def _cmd_proxy_config(args: argparse.Namespace) -> int:
     import json
 
@@ -690,6 +715,39 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--image", default="metamesh:latest", help="container image")
     rm.set_defaults(func=_cmd_render_manifests)
 
+    agent = sub.add_parser(
+        "agent",
+        help="node agent for an Envoy sidecar: its certificate from the mesh CA, over SDS",
+        description="Makes the workload's key, gets its certificate from the mesh CA "
+        "(CreateCertificate; bootstrap token first, renewed at half its lifetime) and serves "
+        "it to the local Envoy over SDS on a Unix socket: secrets 'default' and 'ROOTCA', as "
+        "Istio's pilot-agent (docs/security.md).",
+    )
+    agent.add_argument("--ca", required=True, metavar="HOST:PORT", help="the mesh CA")
+    agent.add_argument(
+        "--ca-root", required=True, metavar="FILE", help="the mesh root, to trust the CA by"
+    )
+    agent.add_argument(
+        "--ca-token-file", metavar="FILE", help="bootstrap token for the first certificate"
+    )
+    agent.add_argument("--namespace", default="default", help="the workload's namespace")
+    agent.add_argument("--service-account", default="default", help="its service account")
+    agent.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
+    agent.add_argument(
+        "--cert-ttl",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="certificate lifetime to ask for; renewed at half of it",
+    )
+    agent.add_argument(
+        "--sds-socket",
+        default="/var/run/metamesh/sds.sock",
+        metavar="PATH",
+        help="the Unix socket Envoy's SDS config points at (made mode 0600)",
+    )
+    agent.add_argument("--log-level", default="INFO", help="logging level")
+    agent.set_defaults(func=_cmd_agent)
 
     pc = sub.add_parser("proxy-config", help="show a running proxy's config (from its admin)")
     pc.add_argument(
