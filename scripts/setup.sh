@@ -9,8 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # build-essential + python3-dev: the mypyc native build and the C benchmark floor; iproute2: `ss` in tests;
-# zookeeper: the real registry the ZooKeeper source is tested against (run by the tests, no service)
-APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools build-essential python3-dev iproute2 zookeeper)
+# zookeeper: the real registry the ZooKeeper source is tested against (run by the tests, no service);
+# nftables: `proxy --intercept` loads its rules with nft (tests in network namespaces of their own);
+# dnsmasq-base: a real upstream nameserver for the sidecar DNS responder's forwarding tests
+APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools build-essential python3-dev iproute2 zookeeper nftables dnsmasq-base)
 # kubernetes-client: the real kubectl the Kubernetes source tests apply manifests with (only
 # when no kubectl is installed: some machine images ship their own package of it)
 command -v kubectl >/dev/null || APT_PACKAGES+=(kubernetes-client)

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from metamesh.control.sources.kubernetes import KubernetesSettings
     from metamesh.control.sources.zookeeper import ZooKeeperSettings
     from metamesh.runtime.identity import IdentitySettings
+    from metamesh.runtime.intercept import InterceptSettings
+    from metamesh.runtime.sidecar import SidecarSettings
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -181,7 +183,166 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         config_limits=_config_limits(args),
         tls_files=_tls_files(args),
         identity=_identity(args),
+        sidecar=_sidecar(args),
     )
+
+
+def _sidecar(args: argparse.Namespace) -> SidecarSettings | None:
+    """``--intercept`` / ``--dns`` and their options (docs/sidecar.md); None: neither."""
+    from metamesh.runtime.sidecar import SidecarSettings
+
+    dns = args.intercept if args.dns is None else args.dns
+    if not args.intercept and not dns:
+        return None
+    upstreams = None
+    if args.dns_upstream:
+        upstreams = tuple(_host_port(x, 53, "--dns-upstream") for x in args.dns_upstream)
+    targets = [getattr(args, "xds", None), getattr(args, "ca", None)]
+    return SidecarSettings(
+        intercept=_intercept_settings(args, targets) if args.intercept else None,
+        dns_port=args.dns_port if dns else None,
+        dns_upstreams=upstreams,
+        namespace=getattr(args, "namespace", None),
+    )
+
+
+def _host_port(text: str, default: int, option: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or ":" in host:  # no port, or a bare IPv6 address
+        return text.strip("[]"), default
+    if not port.isdigit():
+        raise SystemExit(f"metamesh: {option} {text!r}: {port!r} is not a port")
+    return host.strip("[]"), int(port)
+
+
+def _intercept_settings(
+    args: argparse.Namespace, dialled: Sequence[str | None] = ()
+) -> InterceptSettings:
+    """The rules' settings; ``dialled``: HOST:PORTs the proxy itself connects to (``--xds``,
+    ``--ca``), left alone by the rules when HOST is an IPv4 address."""
+    from metamesh.runtime.intercept import InterceptSettings, exclusion_for, parse_exclusion
+
+    try:
+        excluded = [parse_exclusion(x) for x in args.intercept_exclude]
+        inbound_ports = tuple(
+            int(x) for x in args.intercept_exclude_inbound_ports.split(",") if x.strip()
+        )
+    except ValueError as e:
+        raise SystemExit(f"metamesh: --intercept-exclude: {e}") from None
+    excluded += [x for x in map(exclusion_for, filter(None, dialled)) if x is not None]
+    return InterceptSettings(
+        outbound_port=args.intercept_outbound_port,
+        inbound_port=max(args.intercept_inbound_port, 0),
+        dns_port=args.dns_port if args.dns is not False else None,
+        exclude_outbound=tuple(dict.fromkeys(excluded)),
+        exclude_inbound_ports=inbound_ports,
+        inbound=args.intercept_inbound_port >= 0,
+        exclude_uid=args.intercept_exclude_uid,
+        allow_any=args.outbound_traffic_policy == "ALLOW_ANY",
+    )
+
+
+def _add_intercept_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("interception rules (docs/sidecar.md)")
+    group.add_argument(
+        "--intercept-outbound-port",
+        type=int,
+        default=15001,
+        metavar="PORT",
+        help="where the workload's outbound TCP is redirected (on 127.0.0.1)",
+    )
+    group.add_argument(
+        "--intercept-inbound-port",
+        type=int,
+        default=15006,
+        metavar="PORT",
+        help="where inbound TCP is redirected (-1: inbound traffic is not captured)",
+    )
+    group.add_argument(
+        "--intercept-exclude",
+        action="append",
+        default=[],
+        metavar="ADDRESS[/LEN][:PORT]",
+        help="an outbound destination never redirected, repeatable (default: none; the --xds "
+        "and --ca addresses are always added when they are IPv4 addresses)",
+    )
+    group.add_argument(
+        "--intercept-exclude-inbound-ports",
+        default="",
+        metavar="PORT,PORT",
+        help="inbound ports reached directly, not through the proxy (ssh...)",
+    )
+    group.add_argument(
+        "--intercept-exclude-uid",
+        type=int,
+        metavar="UID",
+        help="also leave this user's traffic alone (Istio's rule; the proxy's own sockets are "
+        "told apart by their mark)",
+    )
+    group.add_argument(
+        "--dns-port",
+        type=int,
+        default=15053,
+        metavar="PORT",
+        help="the DNS responder's port on 127.0.0.1 (UDP and TCP)",
+    )
+
+
+def _add_sidecar_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("transparent sidecar (docs/sidecar.md)")
+    group.add_argument(
+        "--intercept",
+        action="store_true",
+        help="install nftables rules in this network namespace that send the workload's "
+        "traffic through the proxy (removed on exit); listeners are picked by original "
+        "destination",
+    )
+    group.add_argument(
+        "--outbound-traffic-policy",
+        choices=("ALLOW_ANY", "REGISTRY_ONLY"),
+        default="ALLOW_ANY",
+        help="a connection to no mesh service: relayed as plain TCP, or closed",
+    )
+    group.add_argument(
+        "--dns",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="answer mesh host names with their VIPs on 127.0.0.1:--dns-port, forwarding the "
+        "rest (default: with --intercept)",
+    )
+    group.add_argument(
+        "--dns-upstream",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="where other names go, repeatable (default: the nameservers of /etc/resolv.conf)",
+    )
+    _add_intercept_options(parser)
+
+
+def _cmd_intercept(args: argparse.Namespace) -> int:
+    from metamesh.runtime import intercept
+
+    if args.cleanup:
+        try:
+            removed = intercept.remove()
+        except intercept.InterceptError as e:
+            print(f"metamesh intercept: {e}", file=sys.stderr)
+            return 1
+        table = f"table {intercept.FAMILY} {intercept.TABLE}"
+        print(f"metamesh intercept: {table} " + ("removed" if removed else "was not there"))
+        return 0
+    settings = _intercept_settings(args)
+    if args.print:
+        sys.stdout.write(intercept.render_rules(settings))
+        return 0
+    try:
+        intercept.install(settings)
+    except intercept.InterceptError as e:
+        print(f"metamesh intercept: {e}", file=sys.stderr)
+        return 1
+    print(f"metamesh intercept: table {intercept.FAMILY} {intercept.TABLE} installed")
+    return 0
 
 
 def _identity(args: argparse.Namespace) -> IdentitySettings | None:
@@ -250,6 +411,7 @@ def _proxy_xds(args: argparse.Namespace) -> int:
             reconnect_max=args.xds_reconnect_max,
             limits=_limits(args),
             identity=_identity(args),
+            sidecar=_sidecar(args),
         )
         return run(main, args.log_level)
 
@@ -288,6 +450,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             access_log=open_access_log(args.access_log, stack),
             zookeeper=_zookeeper(args),
             kubernetes=_kubernetes(args),
+            sidecar=_sidecar(args),
         )
         return run(main, args.log_level)
 
@@ -639,6 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="cluster.local",
         help="peers must have a SPIFFE id in this trust domain",
     )
+    _add_sidecar_options(proxy)
     proxy.add_argument("--log-level", default="INFO", help="logging level")
     proxy.set_defaults(func=_cmd_proxy)
 
@@ -659,6 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_limit_options(up)
     _add_zookeeper_options(up)
     _add_kubernetes_options(up)
+    _add_sidecar_options(up)
     up.add_argument("--log-level", default="INFO", help="logging level")
     up.set_defaults(func=_cmd_up)
 
@@ -748,6 +913,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument("--log-level", default="INFO", help="logging level")
     agent.set_defaults(func=_cmd_agent)
+
+    icpt = sub.add_parser(
+        "intercept",
+        help="install or remove the transparent sidecar's nftables rules (init step; cleanup "
+        "after a crashed proxy)",
+        description="Without --cleanup: install the rules 'proxy --intercept' would, and exit "
+        "(a pod's init step). --cleanup removes them. See docs/sidecar.md.",
+    )
+    icpt.add_argument("--cleanup", action="store_true", help="remove the rules (table ip metamesh)")
+    icpt.add_argument("--print", action="store_true", help="print the nft script, change nothing")
+    icpt.add_argument(
+        "--dns",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="redirect UDP/TCP port 53 to the DNS responder",
+    )
+    icpt.set_defaults(outbound_traffic_policy="ALLOW_ANY")  # the proxy's choice, not the rules'
+    _add_intercept_options(icpt)
+    icpt.set_defaults(func=_cmd_intercept)
 
     pc = sub.add_parser("proxy-config", help="show a running proxy's config (from its admin)")
     pc.add_argument(

@@ -52,6 +52,7 @@ from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.identity import IdentitySettings, ProxyIdentity
 from metamesh.runtime.loops import LoopThread, call_on, loop_name, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
+from metamesh.runtime.sidecar import Sidecar, SidecarSettings
 from metamesh.runtime.tls import TlsCredentials
 from metamesh.runtime.xds_client import XdsClient
 from metamesh.runtime.xds_state import resources_to_snapshot
@@ -199,6 +200,7 @@ async def start_proxy(
     reconnect_max: float = 1.0,
     limits: dict[str, Any] | None = None,
     tls: TlsCredentials | None = None,
+    sidecar: SidecarSettings | None = None,
 ) -> tuple[ProxyServer, XdsClient]:
     """The proxy on the running (proxy) loop and its xDS client, to be run on a control loop.
 
@@ -212,6 +214,7 @@ async def start_proxy(
         access_log=access_log,
         limits=process_limits(**(limits or {})),
         tls=tls,
+        sidecar=Sidecar(sidecar) if sidecar is not None else None,
     )
     proxy.core.stats.local = local_workload(
         node.node_id, node.namespace, node.labels, node.service_account
@@ -279,6 +282,7 @@ async def serve_up(
     config_limits: LoadLimits = DEFAULT_LIMITS,
     zookeeper: ZooKeeperSettings | None = None,
     kubernetes: KubernetesSettings | None = None,
+    sidecar: SidecarSettings | None = None,
 ) -> int:
     """``metamesh up``: the proxy on this loop, the control plane on a thread (module doc)."""
     stop = stop or asyncio.Event()
@@ -312,6 +316,7 @@ async def serve_up(
             printer,
             access_log,
             limits=limits,
+            sidecar=sidecar,
         )
     except OSError as exc:
         print(f"metamesh up: cannot start the proxy: {exc}", file=sys.stderr)
@@ -430,6 +435,7 @@ async def serve_proxy_xds(
     reconnect_max: float = 1.0,
     limits: dict[str, Any] | None = None,
     identity: IdentitySettings | None = None,
+    sidecar: SidecarSettings | None = None,
 ) -> int:
     """``metamesh proxy --xds``: a proxy configured by the control plane at ``target``; with
     ``identity``, its workload certificate comes from (and is renewed by) the mesh CA first."""
@@ -441,7 +447,15 @@ async def serve_proxy_xds(
     try:
         tls = await agent.start() if agent is not None else None
         proxy, client = await start_proxy(
-            target, node, admin_port, ServingPrinter(out), access_log, reconnect_max, limits, tls
+            target,
+            node,
+            admin_port,
+            ServingPrinter(out),
+            access_log,
+            reconnect_max,
+            limits,
+            tls,
+            sidecar,
         )
     except OSError as exc:
         print(f"metamesh proxy: cannot start: {exc}", file=sys.stderr)

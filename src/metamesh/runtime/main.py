@@ -22,6 +22,7 @@ from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.identity import IdentitySettings, ProxyIdentity
 from metamesh.runtime.loops import LoopThread, loop_name, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
+from metamesh.runtime.sidecar import Sidecar, SidecarSettings
 from metamesh.runtime.tls import TlsCredentials
 
 
@@ -54,6 +55,7 @@ def run_proxy(
     config_limits: LoadLimits = DEFAULT_LIMITS,
     tls_files: tuple[str, str, str, str] | None = None,
     identity: IdentitySettings | None = None,
+    sidecar: SidecarSettings | None = None,
 ) -> int:
     logs.configure(log_level)
     try:
@@ -69,6 +71,7 @@ def run_proxy(
             access_log=log_file,
             limits=process_limits(**(limits or {})),
             tls=load_tls(tls_files),
+            sidecar=Sidecar(sidecar) if sidecar is not None else None,
         )
         with asyncio.Runner(loop_factory=proxy_loop_factory()) as runner:
             control = LoopThread("metamesh-identity") if identity is not None else None
@@ -96,8 +99,13 @@ def _serve(runner: asyncio.Runner, server: ProxyServer, drain_timeout: float) ->
         "metamesh proxy, loop %s, %s build", loop_name(runner.get_loop()), build_info.describe()
     )
     build_info.log_pure_build_notice(log)
+    captured = server.sidecar is not None and not server.sidecar.binds_listeners
     for name, state in server.core.listeners.items():
-        log.info("listener %s on port %d", name, server.listener_port(name))
+        if captured:  # reached by redirect, picked by original destination (docs/sidecar.md)
+            cfg = state.config
+            log.info("listener %s for %s:%d (intercepted)", name, cfg.address, cfg.port)
+        else:
+            log.info("listener %s on port %d", name, server.listener_port(name))
         for policy in identity_rules_without_tls(state.config):
             log.warning(
                 "listener %s: %s has a source with principals/namespaces, which can never "

@@ -37,7 +37,7 @@ import random
 import signal
 import ssl
 from collections.abc import Coroutine
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from metamesh.proxy.codec_ref import resolve_codec
 from metamesh.proxy.config import Cluster, Snapshot
@@ -52,6 +52,7 @@ from metamesh.proxy.connection import (
 )
 from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
 from metamesh.proxy.upstream import Upstream, UpstreamState
+from metamesh.runtime.intercept import marked_connection
 from metamesh.runtime.protocols import DownstreamProtocol, Turn, UpstreamProtocol
 from metamesh.runtime.ratelimit_client import RateLimitClient
 from metamesh.runtime.tls import (
@@ -60,6 +61,9 @@ from metamesh.runtime.tls import (
     origination_context,
     peer_sans_ok,
 )
+
+if TYPE_CHECKING:
+    from metamesh.runtime.sidecar import Sidecar
 
 log = logging.getLogger("metamesh.proxy")
 
@@ -95,6 +99,7 @@ class ProxyServer:
         tune_gc: bool = True,
         limits: ConnectionLimits | None = None,
         tls: TlsCredentials | None = None,
+        sidecar: Sidecar | None = None,
     ) -> None:
         self.core = ConnectionManager(
             snapshot, resolve_codec, rng, access_log=access_log is not None, limits=limits
@@ -127,6 +132,9 @@ class ProxyServer:
         self.accept_errors = 0
         self._accept_error_logged_at = -1e9
         self.ratelimit = RateLimitClient(lambda: self.core.snapshot.clusters)
+        #: Interception and DNS (runtime/sidecar.py): listeners then take their connections
+        #: from the capture ports instead of binding, and upstream sockets carry its mark.
+        self.sidecar = sidecar
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -137,6 +145,8 @@ class ProxyServer:
         self.turn = Turn(self.core, self._loop, self._execute)
         for name in self.core.listeners:
             await self._listen(name)
+        if self.sidecar is not None:
+            await self.sidecar.start(self)
         if self.admin_port is not None:
             from metamesh.runtime.admin import start_admin
 
@@ -147,6 +157,8 @@ class ProxyServer:
         self.ready = True
 
     async def _listen(self, name: str) -> None:
+        if self.sidecar is not None and not self.sidecar.binds_listeners:
+            return  # served through the capture ports (runtime/capture.py)
         cfg = self.core.listeners[name].config
         loop = self._loop
         turn = self.turn
@@ -174,7 +186,10 @@ class ProxyServer:
 
     def listener_port(self, name: str) -> int:
         """The port a listener is bound to (useful when configured with port 0)."""
-        port: int = self._servers[name].sockets[0].getsockname()[1]
+        server = self._servers.get(name)
+        if server is None:  # intercepting: the listener's own port, reached by redirect
+            return self.core.listeners[name].config.port
+        port: int = server.sockets[0].getsockname()[1]
         return port
 
     @property
@@ -250,6 +265,8 @@ class ProxyServer:
             return
         self.draining = True
         self.ready = False
+        if self.sidecar is not None:  # interception rules go first, then stop accepting
+            self.sidecar.release()
         for server in self._servers.values():
             server.close()
         loop = asyncio.get_running_loop()
@@ -300,6 +317,8 @@ class ProxyServer:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.ratelimit.close()
+        if self.sidecar is not None:
+            await self.sidecar.stop()
         if self._admin is not None:
             self._admin.close()
         if self.access_log is not None:
@@ -371,10 +390,15 @@ class ProxyServer:
         config = up.cluster.config
         try:
             context = self._client_context(config)
+            mark = self.sidecar.mark if self.sidecar is not None else None
+            where: dict[str, Any] = (  # with interception: a socket carrying the proxy's mark
+                {"host": e.address, "port": e.port}
+                if mark is None
+                else {"sock": await marked_connection(loop, e.address, e.port, mark)}
+            )
             transport, protocol = await loop.create_connection(
                 lambda: cast(asyncio.Protocol, UpstreamProtocol(self, turn, up)),
-                e.address,
-                e.port,
+                **where,
                 ssl=context,
                 server_hostname=(config.tls_sni or "") if context is not None else None,
             )
