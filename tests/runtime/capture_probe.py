@@ -17,6 +17,7 @@ Prints one JSON object: each case's outcome and the interceptor's counters.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import socket
 import subprocess
@@ -75,8 +76,9 @@ def echo_through(address: str, port: int) -> str:
             while data := c.recv(65536):
                 got += data
         return "echoed" if got == b"x" * 100_000 else f"short: {len(got)}"
-    except OSError as exc:
-        return type(exc).__name__
+    except OSError as exc:  # the proxy's reset, seen in whichever call came next
+        reset = exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN)
+        return "reset" if reset else f"{type(exc).__name__}: {exc}"
 
 
 def snapshot(thrift_port: int) -> Snapshot:

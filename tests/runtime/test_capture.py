@@ -47,7 +47,7 @@ def test_listener_passthrough_refusal_and_loop_guard(
 ) -> None:
     result = probe(policy, str(Path(calc_gen.__file__).parents[1]))
     assert result["matched"] == "server:hi"
-    assert result["direct"] in ("ConnectionResetError", "BrokenPipeError")
+    assert result["direct"] == "reset"
     counters = result["counters"]
     assert counters["matched"] == {"vip": 1}
     if policy == "ALLOW_ANY":
@@ -55,7 +55,7 @@ def test_listener_passthrough_refusal_and_loop_guard(
         assert counters["passthrough"] == 1
         assert counters["refused"] == {"not_redirected": 1}
     else:
-        assert result["passthrough"] in ("ConnectionResetError", "BrokenPipeError")
+        assert result["passthrough"] == "reset"
         assert counters["passthrough"] == 0
         assert counters["refused"] == {"not_redirected": 1, "registry_only": 1}
     assert "metamesh" not in result["rules_after"]
