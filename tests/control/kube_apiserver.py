@@ -348,6 +348,8 @@ class KubeApiServer:
         self.requests.append((request.method, request.path_qs))
         while self._stalled:
             await asyncio.sleep(0.05)
+        if request.transport is None or request.transport.is_closing():
+            raise asyncio.CancelledError  # the client gave up while the server was silent
         if self._failures and request.path.startswith(("/api/", "/apis/")):
             code = self._failures.pop(0)
             return _json(status_object(code, "InternalError", "injected failure"), code)

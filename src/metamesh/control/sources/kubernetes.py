@@ -308,6 +308,7 @@ class KubernetesSource:
         response = await self._request(gvr, watch=True, version=version)
         self.counters["watches"] += 1
         name = resource_name(gvr)
+        self._recovered(name)  # the server answers
         try:
             buffer = b""
             async for chunk in response.content.iter_any():
@@ -316,7 +317,6 @@ class KubernetesSource:
                 for line in lines:
                     if line.strip():
                         version = self._event(gvr, line, version)
-                        self._recovered(name)
             if buffer.strip():
                 self.counters["bad_events"] += 1
                 raise _Cut(f"the watch stream of {name} ended in the middle of an event")

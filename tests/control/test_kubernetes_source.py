@@ -1,0 +1,178 @@
+"""The Kubernetes source against the API server stand-in, through the real client and kubectl.
+
+Objects are applied with the real ``kubectl``; the source reads them with the real
+``kubernetes_asyncio`` client. The faults are the stand-in's (tests/control/kube_apiserver.py):
+a watch cut in the middle of an object, 500s, 410 Gone after a compaction, a server that stops
+answering (a timeout), a server that is gone and comes back. Each time the last good objects
+stay (no update drops them), the source says it is failing, and a change made meanwhile is
+caught up when the server answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from metamesh.api.loader import ResourceSet
+from metamesh.api.metaprotocol import MetaRouter
+from metamesh.control.sources.kubernetes import KubernetesSettings, KubernetesSource
+from tests.control.kube_apiserver import RunningApiServer
+
+REPO = Path(__file__).resolve().parents[2]
+ROUTER = "kubernetes://metaprotocol.aeraki.io/metarouters/default/demo"
+
+
+def router(route: str) -> str:
+    return f"""apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: demo, namespace: default}}
+spec:
+  hosts: [demo.default.svc.cluster.local]
+  routes:
+  - name: {route}
+"""
+
+
+class Cluster:
+    def __init__(self, api: RunningApiServer, tmp: Path) -> None:
+        self.api = api
+        self.kubeconfig = api.kubeconfig(tmp / "kubeconfig")
+        self.updates: list[Mapping[str, ResourceSet]] = []
+
+    async def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    async def apply(self, text: str) -> None:
+        await self.kubectl("apply", "--validate=false", "-f", "-", stdin=text)
+
+    def route(self) -> str | None:
+        """The route name of the MetaRouter in the last update (None: not there)."""
+        if not self.updates or ROUTER not in self.updates[-1]:
+            return None
+        routers = self.updates[-1][ROUTER].of_kind(MetaRouter)
+        return routers[0].spec.routes[0].name if routers else None
+
+    def fault(self, method: str, *args: object) -> None:
+        server = self.api.server
+        assert server is not None
+        self.api.call(getattr(server, method), *args)
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def run(
+    tmp_path: Path,
+    body: Callable[[Cluster, KubernetesSource], Awaitable[None]],
+    **settings: object,
+) -> None:
+    async def main() -> None:
+        with RunningApiServer() as api:
+            cluster = Cluster(api, tmp_path)
+            crds = str(REPO / "deploy" / "crds.yaml")
+            await cluster.kubectl("apply", "--validate=false", "-f", crds)
+            await cluster.apply(router("first"))
+            options: dict[str, object] = {
+                "kubeconfig": str(cluster.kubeconfig),
+                "backoff_min": 0.05,
+                "backoff_max": 0.3,
+                "write_status": False,
+                **settings,
+            }
+            source = KubernetesSource(KubernetesSettings(**options), cluster.updates.append)  # type: ignore[arg-type]
+            await source.start()
+            try:
+                assert await source.wait_synced(10)
+                await until(lambda: cluster.route() == "first", "the first update")
+                await body(cluster, source)
+            finally:
+                await source.close()
+
+    asyncio.run(main())
+
+
+def test_watch_resumes_from_its_version_and_relists_after_410(tmp_path: Path) -> None:
+    async def body(cluster: Cluster, source: KubernetesSource) -> None:
+        await cluster.apply(router("second"))
+        await until(lambda: cluster.route() == "second", "a watched change")
+        assert source.counters["lists"] == 14  # once per resource: changes come by watch
+        cluster.fault("compact")  # the history is gone: 410 on the watch
+        await until(lambda: source.counters["relists"] > 0, "a relist")
+        await cluster.apply(router("third"))
+        await until(lambda: cluster.route() == "third", "a change after the relist")
+        assert source.counters["failures"] == 0
+        server = cluster.api.server
+        assert server is not None
+        watches = [p for _, p in server.requests if "metarouters?" in p and "watch=True" in p]
+        assert all("allowWatchBookmarks=True" in p and "resourceVersion=" in p for p in watches)
+
+    run(tmp_path, body)
+
+
+def test_watch_cut_mid_object_and_500s_keep_the_last_good_objects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(cluster: Cluster, source: KubernetesSource) -> None:
+        seen = len(cluster.updates)
+        cluster.fault("fail", 40, 500)
+        cluster.fault("cut_watches")  # every stream ends inside a JSON object
+        await until(lambda: source.counters["failures"] >= 10, "failures")
+        assert source.counters["bad_events"] >= 1
+        assert source.state == "unreachable"
+        assert "the last good config stays in force" in caplog.text
+        assert cluster.updates[seen:] == [] or cluster.route() == "first"
+        await until(lambda: source.state == "synced", "recovery", timeout=20)
+        await cluster.apply(router("after"))
+        await until(lambda: cluster.route() == "after", "a change after recovery")
+
+    with caplog.at_level("INFO", "metamesh.control.sources.kubernetes"):
+        run(tmp_path, body)
+
+
+def test_a_silent_server_times_out_and_one_that_is_gone_is_waited_for(tmp_path: Path) -> None:
+    async def body(cluster: Cluster, source: KubernetesSource) -> None:
+        cluster.fault("stall", True)  # requests hang: the watches' read timeout ends them
+        await until(lambda: source.state == "unreachable", "a timeout", timeout=15)
+        assert cluster.route() == "first"
+        cluster.fault("stall", False)
+        await until(lambda: source.state == "synced", "recovery", timeout=15)
+
+        cluster.api.stop()  # connection refused
+        await until(lambda: source.state == "unreachable", "the outage", timeout=15)
+        assert cluster.route() == "first"
+        cluster.api.restart()
+        await cluster.apply(router("back"))
+        await until(lambda: cluster.route() == "back", "the change made after the restart", 20)
+
+    run(tmp_path, body, watch_timeout=1, request_timeout=1.0)
+
+
+def test_bookmarks_move_the_version_and_the_metamesh_namespace_opt_out(tmp_path: Path) -> None:
+    async def body(cluster: Cluster, source: KubernetesSource) -> None:
+        await until(lambda: source.counters["bookmarks"] > 0, "a bookmark", timeout=5)
+        await cluster.kubectl(
+            "label", "namespace", "default", "metamesh.io/discovery=disabled", "--overwrite"
+        )
+        await until(lambda: cluster.route() is None, "the namespace left out")
+        await cluster.kubectl("label", "namespace", "default", "metamesh.io/discovery-")
+        await until(lambda: cluster.route() == "first", "the namespace back")
+
+    run(tmp_path, body)
