@@ -400,3 +400,28 @@ def test_a_node_without_namespace_is_the_one_hop_router() -> None:
     assert not resources.clusters[f"outbound|9090||{HOST}"].HasField("transport_socket")
     explicit = translate(model_of(MESH + dr("{mode: ISTIO_MUTUAL}")), ProxyNode("metamesh-up"))
     assert explicit.clusters[f"outbound|9090||{HOST}"].HasField("transport_socket")
+
+
+def test_the_xds_proxy_warns_once_about_identity_rules_on_a_plaintext_inbound_port(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from metamesh.control.embedded import warn_identity_rules
+
+    def snapshot(mode: str) -> Any:
+        text = MESH + peer("default", "istio-system", f"{{mtls: {{mode: {mode}}}}}")
+        r = translate(model_of(text), SERVER)
+        return to_snapshot(
+            r.listeners.values(), r.clusters.values(), r.endpoints, r.routes.values()
+        )
+
+    warned: set[tuple[str, str]] = set()
+    warn_identity_rules(snapshot("STRICT"), warned)
+    assert not caplog.records  # mutual TLS: the principal is verified
+    for _ in range(2):
+        warn_identity_rules(snapshot("DISABLE"), warned)
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "listener inbound_127.0.31.2_20001: ALLOW policy 'server-ns/only-sleep' has a source "
+        "with principals/namespaces, which can never match on a plaintext listener (no peer "
+        "identity is verified there)"
+    )

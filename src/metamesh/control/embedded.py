@@ -47,6 +47,7 @@ from metamesh.control.sources import FileSource
 from metamesh.control.to_proxy import to_snapshot
 from metamesh.control.translate import translate
 from metamesh.proxy.config import Snapshot
+from metamesh.proxy.filters.rbac import identity_rules_without_tls
 from metamesh.proxy.telemetry import local_workload
 from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.identity import IdentitySettings, ProxyIdentity
@@ -54,6 +55,7 @@ from metamesh.runtime.loops import LoopThread, call_on, loop_name, proxy_loop_fa
 from metamesh.runtime.server import ProxyServer
 from metamesh.runtime.sidecar import Sidecar, SidecarSettings
 from metamesh.runtime.tls import TlsCredentials
+from metamesh.runtime.tracing import TracingSettings, enable_tracing
 from metamesh.runtime.xds_client import XdsClient
 from metamesh.runtime.xds_state import resources_to_snapshot
 from metamesh.security.ca import CertificateAuthority
@@ -201,6 +203,7 @@ async def start_proxy(
     limits: dict[str, Any] | None = None,
     tls: TlsCredentials | None = None,
     sidecar: SidecarSettings | None = None,
+    tracing: TracingSettings | None = None,
 ) -> tuple[ProxyServer, XdsClient]:
     """The proxy on the running (proxy) loop and its xDS client, to be run on a control loop.
 
@@ -219,8 +222,12 @@ async def start_proxy(
     proxy.core.stats.local = local_workload(
         node.node_id, node.namespace, node.labels, node.service_account
     )
+    if tracing is not None:
+        enable_tracing(proxy, tracing)
     await proxy.start()
     proxy.ready = False  # ready once the first config from the control plane is in force
+
+    warned: set[tuple[str, str]] = set()
 
     async def apply(snapshot: Snapshot) -> None:
         try:
@@ -229,11 +236,29 @@ async def start_proxy(
             if not proxy.draining:
                 proxy.ready = True
             on_applied(snapshot)
+            warn_identity_rules(snapshot, warned)
 
     convert = resources_to_snapshot(to_snapshot)
     on_proxy_loop = call_on(asyncio.get_running_loop(), apply)
     client = XdsClient(target, node, convert, on_proxy_loop, backoff_cap=reconnect_max)
     return proxy, client
+
+
+def warn_identity_rules(snapshot: Snapshot, warned: set[tuple[str, str]]) -> None:
+    """The xDS proxy's counterpart of the static proxy's startup warning: a policy with a
+    principals/namespaces source on a plaintext listener (an inbound port a PeerAuthentication
+    DISABLEs, or the outbound listener of a service without mesh workloads) can never match.
+    Logged once per listener and policy (``warned`` remembers them)."""
+    for listener in snapshot.listeners.values():
+        for policy in identity_rules_without_tls(listener):
+            if (listener.name, policy) not in warned:
+                warned.add((listener.name, policy))
+                log.warning(
+                    "listener %s: %s has a source with principals/namespaces, which can never "
+                    "match on a plaintext listener (no peer identity is verified there)",
+                    listener.name,
+                    policy,
+                )
 
 
 def _print_startup(out: TextIO) -> None:
@@ -283,6 +308,7 @@ async def serve_up(
     zookeeper: ZooKeeperSettings | None = None,
     kubernetes: KubernetesSettings | None = None,
     sidecar: SidecarSettings | None = None,
+    tracing: TracingSettings | None = None,
 ) -> int:
     """``metamesh up``: the proxy on this loop, the control plane on a thread (module doc)."""
     stop = stop or asyncio.Event()
@@ -317,6 +343,7 @@ async def serve_up(
             access_log,
             limits=limits,
             sidecar=sidecar,
+            tracing=tracing,
         )
     except OSError as exc:
         print(f"metamesh up: cannot start the proxy: {exc}", file=sys.stderr)
@@ -436,6 +463,7 @@ async def serve_proxy_xds(
     limits: dict[str, Any] | None = None,
     identity: IdentitySettings | None = None,
     sidecar: SidecarSettings | None = None,
+    tracing: TracingSettings | None = None,
 ) -> int:
     """``metamesh proxy --xds``: a proxy configured by the control plane at ``target``; with
     ``identity``, its workload certificate comes from (and is renewed by) the mesh CA first."""
@@ -456,6 +484,7 @@ async def serve_proxy_xds(
             limits,
             tls,
             sidecar,
+            tracing,
         )
     except OSError as exc:
         print(f"metamesh proxy: cannot start: {exc}", file=sys.stderr)
