@@ -60,13 +60,13 @@ SERVER_ID = "spiffe://cluster.local/ns/server-ns/sa/server"
 def services(vip: str, thrift: tuple[int, int], dubbo: tuple[int, int], workload: str) -> str:
     """Two ServiceEntries (VIP port, app port) whose endpoints are the WorkloadEntry."""
 
-    def entry(name: str, host: str, port: int, port_name: str) -> str:
+    def entry(name: str, host: str, port: int, port_name: str, *more: str) -> str:
         return f"""apiVersion: networking.istio.io/v1beta1
 kind: ServiceEntry
 metadata: {{name: {name}, namespace: server-ns}}
 spec:
   hosts: [{host}]
-  addresses: [{vip}]
+  addresses: [{", ".join((vip, *more))}]
   ports: [{{number: {port}, name: {port_name}}}]
   resolution: STATIC
   workloadSelector: {{labels: {{app: server}}}}
@@ -75,7 +75,8 @@ spec:
 
     return (
         entry("hello", THRIFT_HOST, thrift[0], THRIFT_PORT_NAME)
-        + entry("demo", DUBBO_HOST, dubbo[0], DUBBO_PORT_NAME)
+        # also on 127.0.0.1, where the Node consumer script connects
+        + entry("demo", DUBBO_HOST, dubbo[0], DUBBO_PORT_NAME, "127.0.0.1")
         + f"""apiVersion: networking.istio.io/v1beta1
 kind: WorkloadEntry
 metadata: {{name: server-1, namespace: server-ns}}
@@ -240,6 +241,14 @@ def test_thrift_and_dubbo_through_both_proxies_with_allow_by_principal(mesh: Mes
     consumer = DubboClient(mesh.vip, mesh.dubbo[0], dubbo_version="2.0.2")
     answer = dubbo_call(consumer, "mesh")
     assert answer.ok, answer.error
+
+    if peers.node() is not None:  # a Node Dubbo consumer (sofa-rpc-node) too
+        node_consumer = peers.start_node_consumer("sofa", mesh.dubbo[0])
+        try:
+            answer_node = node_consumer.call("sayHello", ("string", "node"))
+            assert answer_node["ok"] and "node" in str(answer_node["result"]), answer_node
+        finally:
+            node_consumer.stop()
 
     # another service account of the client's namespace, with a valid mesh certificate
     other, transport = mesh.direct(OTHER)
