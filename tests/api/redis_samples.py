@@ -91,10 +91,6 @@ REDIS_SAMPLES: dict[Any, tuple[list[Edit], str]] = {
         [redis_edit("rs", f"{SETTINGS}.readPolicy", "REPLICA")],
         f"{SETTINGS}.readPolicy",
     ),
-    (redis.RedisSettings, "enable_command_stats"): (
-        [redis_edit("rs", f"{SETTINGS}.enableCommandStats", True)],
-        f"{SETTINGS}.enableCommandStats",
-    ),
     (redis.SecretAuth, "name"): (
         [redis_edit("rs", f"{SETTINGS}.auth.secret", {**SECRET, "name": "redis-pw"})],
         f"{SETTINGS}.auth.secret.name",

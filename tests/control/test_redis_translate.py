@@ -64,7 +64,11 @@ kind: RedisService
 metadata: {name: redis, namespace: ns}
 spec:
   host: [redis]
-  settings: {opTimeout: 2s, caseInsensitive: true, auth: {plain: {username: app, password: down}}}
+  settings:
+    opTimeout: 2s
+    caseInsensitive: true
+    enableCommandStats: true
+    auth: {plain: {username: app, password: down}}
   redis:
   - route: {host: redis}
     mirror:
@@ -86,6 +90,13 @@ def test_redis_service_routes_mirrors_faults_and_settings() -> None:
         "auth_username": "app",
         "case_insensitive": "true",
     }
+    assert listener.filters == (
+        "metamesh.filters.command_stats",
+        "aeraki.meta_protocol.filters.router",
+    )
+    assert snapshot().listeners["127.0.30.1_6379"].filters == (
+        "aeraki.meta_protocol.filters.router",
+    )
     got = routes(snap)
     names = [r.name for r in got]
     # prefix routes first, the catch-all last; command faults before the general fault;

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from metamesh.demo.steps import within_5_sigma
 from tests.e2e.mesh import DeployedMesh, free_address, wait_until, write
@@ -53,6 +54,7 @@ spec:
   host: [{HOST}]
   settings:
     opTimeout: 2s
+    enableCommandStats: true
     auth: {{plain: {{password: down-pw}}}}
   redis:
   - match: {{key: {{prefix: "a:", removePrefix: true}}}}
@@ -73,6 +75,23 @@ def backends() -> Iterator[tuple[RedisProcess, RedisProcess, RedisProcess]]:
         a = stack.enter_context(running_redis("--requirepass", "up-pw"))
         mirror = stack.enter_context(running_redis())
         yield main, a, mirror
+
+
+def scrape(admin: str) -> str:
+    with urllib.request.urlopen(f"http://{admin}/stats/prometheus", timeout=5) as reply:
+        text: str = reply.read().decode()
+    return text
+
+
+def sample(metrics: str, name: str, **labels: str) -> float:
+    """The value of the one sample ``name`` with ``labels`` in Prometheus text ``metrics``."""
+    (value,) = [
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == name and s.labels == labels
+    ]
+    return value
 
 
 def direct(server: RedisProcess, password: str | None = None) -> redis.Redis:
@@ -136,6 +155,15 @@ spec:
                 failed += 1
         assert within_5_sigma(failed, n, 0.5), failed
         assert all(client.hget("h", "f") is None for _ in range(50))
+        # per-command statistics (enableCommandStats): every HGETALL counted, the faulted
+        # ones without a reply time
+        metrics = scrape(up.admin())
+        labels = {"destination_service": HOST, "request_protocol": "redis"}
+        total = "metamesh_command_requests_total"
+        assert sample(metrics, total, command="hgetall", **labels) == n
+        assert sample(metrics, total, command="hget", **labels) == 50
+        count = "metamesh_command_duration_milliseconds_count"
+        assert sample(metrics, count, command="hgetall", response_code="0", **labels) == n - failed
 
         # pipelined across both routes, answered in request order
         pipe = client.pipeline(transaction=False)
@@ -212,7 +240,6 @@ spec:
             for _ in range(50):
                 assert client.get("ok:1") == b"v"
         assert client.ping()
-        with urllib.request.urlopen(f"http://{up.admin()}/stats/prometheus", timeout=5) as r:
-            metrics = r.read().decode()
+        metrics = scrape(up.admin())
         assert 'request_protocol="redis"' in metrics
         assert f'destination_service="{HOST}"' in metrics

@@ -198,10 +198,6 @@ UNSUPPORTED: Mapping[tuple[type[BaseModel], str], tuple[str, Any]] = {
         "replicas are not discovered: every request goes to the endpoint the load balancer picks",
         lambda v: v not in (None, "MASTER", "PREFER_MASTER"),
     ),
-    (RedisSettings, "enable_command_stats"): (
-        "per-command statistics are not kept yet (requests are counted per service)",
-        _set,
-    ),
     (SecretAuth, "name"): ("Kubernetes Secrets are not read: secret.file is used", _set),
     (SecretAuth, "password_field"): ("Kubernetes Secrets are not read: the file is used", _set),
     (SecretAuth, "username_field"): (
@@ -227,7 +223,7 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
     SecretAuth: frozenset({"file"}),
     Auth: frozenset({"secret", "plain"}),
     Percent: frozenset({"value"}),
-    RedisSettings: frozenset({"case_insensitive", "op_timeout", "auth"}),
+    RedisSettings: frozenset({"case_insensitive", "op_timeout", "auth", "enable_command_stats"}),
     KeyMatch: frozenset({"prefix", "remove_prefix"}),
     RouteMatch: frozenset({"key"}),
     RedisDestinationRef: frozenset({"host", "port"}),

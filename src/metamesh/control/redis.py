@@ -7,7 +7,9 @@ Listener ``<address>_<port>``
     ``MetaProtocolProxy`` with ``codec.name: aeraki.meta_protocol.codec.redis`` and
     ``codec.options`` (a metamesh extension, read back by :mod:`metamesh.control.to_proxy`):
     the downstream password of ``settings.auth`` (``auth_password`` / ``auth_username``, or
-    ``auth_password_file`` for ``secret.file``, read by the proxy) and ``case_insensitive``.
+    ``auth_password_file`` for ``secret.file``, read by the proxy) and ``case_insensitive``;
+    with ``enableCommandStats`` the ``metamesh.filters.command_stats`` filter before the router
+    (requests and reply times per command, as Envoy's ``command.<name>.*`` stats).
 Cluster ``outbound|<port>||<host>``
     as for any service (DestinationRule policies apply), plus from the host's
     RedisDestination: the TCP pool settings (``maxConnections`` -> circuit breaker,
@@ -55,6 +57,9 @@ REDIS_PROTOCOL_OPTIONS = "envoy.filters.network.redis_proxy"
 #: The request mutation the Redis codec applies (:data:`metamesh.codecs.redis.REMOVE_PREFIX`).
 REMOVE_PREFIX = "redis-remove-prefix"
 FAULT_ERROR_TEXT = "Error"
+#: Per-command statistics (``settings.enableCommandStats``), see
+#: :mod:`metamesh.proxy.filters.command_stats`.
+COMMAND_STATS_FILTER = "metamesh.filters.command_stats"
 
 
 def is_redis(port: ServicePort) -> bool:
@@ -126,7 +131,7 @@ def build_redis_listener(
             "routeConfigName": t.route_config_name(service.host, port.number),
             "configSource": {"ads": {}, "resourceApiVersion": "V3"},
         },
-        "metaProtocolFilters": [{"name": t.ROUTER_FILTER}],
+        "metaProtocolFilters": [*_stats_filter(rs), {"name": t.ROUTER_FILTER}],
     }
     return listener_pb2.Listener(
         name=f"{address}_{port.number}",
@@ -143,6 +148,13 @@ def build_redis_listener(
             )
         ],
     )
+
+
+def _stats_filter(rs: RedisService | None) -> list[dict[str, Any]]:
+    settings = rs.spec.settings if rs is not None else None
+    if settings is None or not settings.enable_command_stats:
+        return []
+    return [{"name": COMMAND_STATS_FILTER}]
 
 
 # --- cluster ------------------------------------------------------------------------------

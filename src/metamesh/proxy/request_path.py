@@ -239,4 +239,7 @@ class RequestPath(Attempts):
             if failed and self._retry(req, ERROR_RESPONSE, now):
                 return True
             ext.done = True
+            for f in ext.chain:  # encoder filters see the reply that answers the request
+                if f.encoder:
+                    f.on_response(req, msg, now)
         return False

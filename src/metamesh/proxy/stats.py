@@ -164,6 +164,7 @@ class ProxyStats:
         *COUNTERS,
         *GAUGES,
         "local",
+        "commands",
         "local_replies",
         "mutations_dropped",
         "origins",
@@ -216,6 +217,9 @@ class ProxyStats:
         self.origins: dict[tuple[str, Workload, str, str, str], Origin] = {}
         #: request labels (:func:`~metamesh.proxy.telemetry.request_labels`) -> RequestStats
         self.requests: dict[tuple[str, ...], RequestStats] = {}
+        #: (destination_service, request_protocol, command) -> CommandStats, kept by the
+        #: ``metamesh.filters.command_stats`` filter (Redis ``enableCommandStats``)
+        self.commands: dict[tuple[str, str, str], CommandStats] = {}
         #: request labels of a connection's origin -> its istio_tcp_* counters
         self.tcp: dict[tuple[str, ...], TcpStats] = {}
 
@@ -300,6 +304,25 @@ class RequestStats:
         if child is None:
             child = self.flagged[flags] = RequestStats(self.labels)
         return child
+
+
+class CommandStats:
+    """Per-command counters (``metamesh_command_*``): requests seen, and upstream replies by
+    response code with their duration histogram."""
+
+    __slots__ = ("buckets", "count", "labels", "requests", "sum_ms")
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.requests = 0
+        self.count = [0, 0]
+        self.sum_ms = [0.0, 0.0]
+        self.buckets = [[0] * (len(DURATION_BUCKETS_MS) + 1) for _ in range(2)]
+
+    def observe(self, code: int, duration_ms: float) -> None:
+        self.count[code] += 1
+        self.sum_ms[code] += duration_ms
+        self.buckets[code][duration_bucket(duration_ms)] += 1
 
 
 class TcpStats:

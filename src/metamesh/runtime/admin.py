@@ -37,6 +37,7 @@ from metamesh.proxy.stats import (
     DURATION_BUCKETS_MS,
     GAUGES,
     SIZE_BUCKETS,
+    CommandStats,
     RequestStats,
     TcpStats,
 )
@@ -60,6 +61,7 @@ class ProxyCollector:
         stats = core.stats
         yield from istio_request_metrics(stats.requests.values())
         yield from istio_tcp_metrics(stats.tcp, core.downstreams)
+        yield from command_metrics(stats.commands.values())
         for attr, (name, doc) in COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
         for attr, (name, doc) in GAUGES.items():
@@ -169,6 +171,28 @@ def istio_request_metrics(all_stats: Iterable[RequestStats]) -> Iterator[Metric]
                 values, _cumulative(size_bounds, rs.response_buckets[code]), rs.response_bytes[code]
             )
     yield from (total, duration, request_size, response_size)
+
+
+def command_metrics(all_stats: Iterable[CommandStats]) -> Iterator[Metric]:
+    """metamesh_command_* (``metamesh.filters.command_stats``): requests per command, and
+    upstream replies by response code with their duration."""
+    labels = ["destination_service", "request_protocol", "command"]
+    total = CounterMetricFamily(
+        "metamesh_command_requests", "Requests per command (local replies included)", labels=labels
+    )
+    duration = HistogramMetricFamily(
+        "metamesh_command_duration_milliseconds",
+        "Upstream reply time per command, by response code",
+        labels=[*labels, "response_code"],
+    )
+    ms_bounds = [*(repr(float(b)) for b in DURATION_BUCKETS_MS), "+Inf"]
+    for cs in all_stats:
+        total.add_metric(list(cs.labels), cs.requests)
+        for code in (0, 1):
+            if cs.count[code]:
+                buckets = _cumulative(ms_bounds, cs.buckets[code])
+                duration.add_metric([*cs.labels, str(code)], buckets, cs.sum_ms[code])
+    yield from (total, duration)
 
 
 def istio_tcp_metrics(

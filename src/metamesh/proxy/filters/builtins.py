@@ -19,6 +19,7 @@ def _router(config: object | None, ctx: FilterContext) -> Filter | None:
 
 
 def register_builtins() -> None:
+    from metamesh.proxy.filters.command_stats import COMMAND_STATS, create_command_stats
     from metamesh.proxy.filters.fault import create_fault_filter
     from metamesh.proxy.filters.local_ratelimit import create_local_ratelimit
     from metamesh.proxy.filters.ratelimit import create_global_ratelimit
@@ -29,3 +30,4 @@ def register_builtins() -> None:
     register_filter(GLOBAL_RATELIMIT, create_global_ratelimit)
     register_filter(FAULT, create_fault_filter)
     register_filter(RBAC, create_rbac)
+    register_filter(COMMAND_STATS, create_command_stats)
