@@ -223,7 +223,7 @@ def _intercept_settings(
     from metamesh.runtime.intercept import InterceptSettings, exclusion_for, parse_exclusion
 
     try:
-        excluded = [parse_exclusion(x) for x in args.intercept_exclude]
+        excluded = [parse_exclusion(x) for x in args.intercept_exclude or ()]
         inbound_ports = tuple(
             int(x) for x in args.intercept_exclude_inbound_ports.split(",") if x.strip()
         )
@@ -261,7 +261,6 @@ def _add_intercept_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--intercept-exclude",
         action="append",
-        default=[],
         metavar="ADDRESS[/LEN][:PORT]",
         help="an outbound destination never redirected, repeatable (default: none; the --xds "
         "and --ca addresses are always added when they are IPv4 addresses)",
@@ -313,7 +312,6 @@ def _add_sidecar_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dns-upstream",
         action="append",
-        default=[],
         metavar="HOST[:PORT]",
         help="where other names go, repeatable (default: the nameservers of /etc/resolv.conf)",
     )

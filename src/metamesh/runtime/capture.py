@@ -45,6 +45,7 @@ log = logging.getLogger("metamesh.intercept")
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 PASSTHROUGH_CONNECT_TIMEOUT = 10.0
+PENDING_LIMIT = 256 * 1024  # bytes held for a relay whose upstream is still connecting
 REFUSAL_LOG_EVERY = 10.0
 
 
@@ -268,6 +269,9 @@ class _Half:
         self.transport: asyncio.Transport | None = None
         self.peer: _Half | None = None
         self.eof = False  # this side sent its FIN
+        #: What the client sent before the upstream side was connected (uvloop starts reading
+        #: after ``connection_made`` even when it paused reading there, so bytes can come).
+        self.pending: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -276,10 +280,16 @@ class _Half:
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
+            return
+        self.pending.append(data)  # the other side is still connecting
+        if sum(map(len, self.pending)) > PENDING_LIMIT and self.transport is not None:
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         self.eof = True
         peer = self.peer
+        if not self.relay.connected and not self.relay.closed:
+            return True  # the upstream is still connecting: Passthrough.connect passes it on
         if peer is None or peer.eof or peer.transport is None or not peer.transport.can_write_eof():
             self.relay.close()  # both directions are done (or cannot be half-closed)
             return None
@@ -307,10 +317,10 @@ class Passthrough:
         self.down = _Half(self)
         self.up = _Half(self)
         self.down.peer, self.up.peer = self.up, self.down
-        client.pause_reading()  # until the upstream side is connected
+        self.closed = False
+        self.connected = False  # the upstream side is connected
         client.set_protocol(cast(asyncio.Protocol, self.down))
         self.down.connection_made(client)
-        self.closed = False
 
     async def connect(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -327,9 +337,16 @@ class Passthrough:
             self.close()
             return
         client = self.down.transport
-        if self.closed or client is None:
+        upstream = self.up.transport
+        if self.closed or client is None or upstream is None:
             self.close()
             return
+        self.connected = True
+        pending, self.down.pending = self.down.pending, []
+        if pending:
+            upstream.write(b"".join(pending))
+        if self.down.eof and upstream.can_write_eof():  # the client is done already
+            upstream.write_eof()
         client.resume_reading()
 
     def close(self) -> None:
