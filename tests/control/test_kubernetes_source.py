@@ -11,12 +11,15 @@ caught up when the server answers again.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from metamesh.api.istio import ServiceEntry
 from metamesh.api.loader import ResourceSet
 from metamesh.api.metaprotocol import MetaRouter
 from metamesh.control.sources.kubernetes import KubernetesSettings, KubernetesSource
@@ -176,3 +179,71 @@ def test_bookmarks_move_the_version_and_the_metamesh_namespace_opt_out(tmp_path:
         await until(lambda: cluster.route() == "first", "the namespace back")
 
     run(tmp_path, body)
+
+
+ORDERS = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: orders, namespace: default}
+spec:
+  hosts: [orders.default.svc.cluster.local]
+  ports: [{number: 9090, name: tcp-metaprotocol-thrift-orders}]
+"""
+ORDERS_FILE = "kubernetes://networking.istio.io/serviceentries/default/orders"
+
+
+def test_one_leader_persists_a_service_entry_address_the_next_one_keeps(tmp_path: Path) -> None:
+    async def main() -> None:
+        with RunningApiServer() as api:
+            cluster = Cluster(api, tmp_path)
+            crds = str(REPO / "deploy" / "crds.yaml")
+            await cluster.kubectl("apply", "--validate=false", "-f", crds)
+            await cluster.apply(ORDERS)
+            replicas = []
+            for name in ("a", "b"):
+                updates: list[Mapping[str, ResourceSet]] = []
+                settings = KubernetesSettings(
+                    kubeconfig=str(cluster.kubeconfig),
+                    identity=name,
+                    lease_duration=2,
+                    lease_renew=0.2,
+                    backoff_min=0.05,
+                )
+                source = KubernetesSource(settings, updates.append)
+                await source.start()
+                replicas.append((source, updates))
+
+            def addresses(updates: list[Mapping[str, ResourceSet]]) -> list[str]:
+                if not updates or ORDERS_FILE not in updates[-1]:
+                    return []
+                return updates[-1][ORDERS_FILE].of_kind(ServiceEntry)[0].spec.addresses
+
+            get = ("get", "serviceentry", "orders", "-o", "json")
+            await until(lambda: any(s.lease and s.lease.leading for s, _ in replicas), "a leader")
+            leader, follower = sorted(
+                replicas, key=lambda r: not (r[0].lease and r[0].lease.leading)
+            )
+            assert follower[0].lease is not None and not follower[0].lease.leading
+            for _ in range(200):
+                status = json.loads(await cluster.kubectl(*get)).get("status") or {}
+                if status.get("addresses"):
+                    break
+                await asyncio.sleep(0.05)
+            (entry,) = status["addresses"]
+            assert entry["host"] == "orders.default.svc.cluster.local"
+            assert entry["value"].startswith("127.240.")
+            wanted = [entry["value"]]
+            for _, seen in replicas:  # every replica serves the persisted address
+                await until(partial(lambda u: addresses(u) == wanted, seen), "the address")
+            assert leader[0].counters["addresses_allocated"] == 1
+
+            await leader[0].close()  # the follower takes over once the Lease expires
+            await until(lambda: bool(follower[0].lease and follower[0].lease.leading),
+                        "a new leader", timeout=10)  # fmt: skip
+            await cluster.apply(ORDERS.replace("9090", "9091"))
+            await until(lambda: follower[1][-1][ORDERS_FILE].of_kind(ServiceEntry)[0]
+                        .spec.ports[0].number == 9091, "the edit")  # fmt: skip
+            assert addresses(follower[1]) == [entry["value"]]
+            assert follower[0].counters["addresses_allocated"] == 0
+            await follower[0].close()
+
+    asyncio.run(main())

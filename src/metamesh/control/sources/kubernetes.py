@@ -76,6 +76,7 @@ COUNTERS = (
     "status_writes",  # status subresources patched (leader only)
     "events_written",  # Events created (leader only)
     "status_write_failures",  # status or Event writes that failed
+    "addresses_allocated",  # ServiceEntry addresses persisted in status (leader only)
 )
 
 
@@ -94,6 +95,8 @@ class KubernetesSettings:
     start_wait: float = 10.0  #: how long a start waits for the first complete list
     write_status: bool = True  #: status conditions and Events (kubernetes_status.py)
     lease_namespace: str = "metamesh-system"  #: where the leader's Lease lives
+    lease_duration: int = 15  #: seconds a leader that stopped renewing keeps the Lease
+    lease_renew: float = 5.0  #: seconds between renewals
     identity: str | None = None  #: this replica's name in the Lease (default: random)
 
     @property
@@ -167,7 +170,11 @@ class KubernetesSource:
         if self.settings.write_status:
             self.writer = StatusWriter(self.api, self.counters)
             self.lease = LeaderLease(
-                self.api, self.settings.lease_namespace, identity=self.settings.identity
+                self.api,
+                self.settings.lease_namespace,
+                identity=self.settings.identity,
+                duration=self.settings.lease_duration,
+                renew=self.settings.lease_renew,
             )
             self._tasks.append(asyncio.create_task(self.lease.run(self._leading), name="lease"))
 
@@ -218,6 +225,8 @@ class KubernetesSource:
         self.writer.forget()
         if leading and self._verdicts is not None:
             self.accepted(*self._verdicts)
+        if leading:
+            self.writer.allocate(self._translator.objects)
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -417,6 +426,8 @@ class KubernetesSource:
             self.counters["updates"] += 1
             try:
                 self._on_update(sets)
+                if self.writer is not None:
+                    self.writer.allocate(self._translator.objects)
             except Exception:  # the publisher's boundary: a bug must not end the watching
                 log.exception("%s: applying an update failed", self._w)
 

@@ -51,6 +51,7 @@ from typing import Any
 from metamesh.api.base import CLUSTER_DOMAIN
 from metamesh.api.loader import KINDS, ResourceSet, load_text
 from metamesh.api.protocol import KNOWN_PROTOCOLS
+from metamesh.control.sources.kubernetes_vips import with_persisted_address
 
 Obj = dict[str, Any]
 #: ``(group, version, plural)``; the core group is ``""``.
@@ -163,7 +164,7 @@ class Translator:
                     continue
                 where = pseudo_file(gvr, ns, name)
                 objects[where] = (gvr, obj)
-                out[where] = self._load(where, as_written(obj))
+                out[where] = self._load(where, as_written(with_persisted_address(obj)))
         slices: dict[tuple[str, str], list[Obj]] = {}
         for (ns, _), obj in sorted(store.of(ENDPOINT_SLICES).items()):
             labels = (obj.get("metadata") or {}).get("labels") or {}

@@ -24,6 +24,7 @@ A write that fails is counted and logged at debug level; the next verdict change
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import uuid
@@ -37,6 +38,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from metamesh.api.problems import Problem
 from metamesh.control.sources.accept import Held
 from metamesh.control.sources.kubernetes_objects import SERVICES, Gvr, Obj
+from metamesh.control.sources.kubernetes_vips import allocations
 
 log = logging.getLogger("metamesh.control.sources.kubernetes")
 
@@ -103,6 +105,7 @@ class StatusWriter:
         self.enabled = False
         self.counters = counters
         self._written: dict[str, Verdict] = {}
+        self._allocating: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def update(
@@ -127,6 +130,27 @@ class StatusWriter:
             elif before is not None and not before.accepted:
                 self._spawn(self._event(obj, "Normal", "ConfigAccepted", "valid again; in force"))
 
+    def allocate(self, objects: Mapping[str, tuple[Gvr, Obj]]) -> None:
+        """Persist an address for each ServiceEntry that needs one (:mod:`.kubernetes_vips`)."""
+        if not self.enabled:
+            return
+        entries = {where: obj for where, (_, obj) in objects.items()}
+        for where, patch in allocations(entries).items():
+            if where in self._allocating:
+                continue
+            self._allocating.add(where)
+            gvr, obj = objects[where]
+            self._spawn(self._patch_status(gvr, obj, patch, where))
+
+    async def _patch_status(self, gvr: Gvr, obj: Obj, body: Obj, where: str) -> None:
+        try:
+            await self._patch(gvr, obj, body)
+            self.counters["addresses_allocated"] += 1
+        except _NotWritten:
+            pass  # the next update allocates again
+        finally:
+            self._allocating.discard(where)
+
     def forget(self) -> None:
         """Leadership lost or regained: write every verdict again when it is next given."""
         self._written.clear()
@@ -134,6 +158,7 @@ class StatusWriter:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
+        task.add_done_callback(_finished)
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
@@ -142,34 +167,29 @@ class StatusWriter:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _write_status(self, gvr: Gvr, obj: Obj, result: Verdict) -> None:
+        meta = obj.get("metadata") or {}
+        with contextlib.suppress(_NotWritten):
+            await self._patch(gvr, obj, status_patch(result, meta.get("generation")))
+            self.counters["status_writes"] += 1
+
+    async def _patch(self, gvr: Gvr, obj: Obj, body: Obj) -> None:
+        """A JSON merge patch of ``obj``'s status subresource (failures counted, logged)."""
         group, version, plural = gvr
         meta = obj.get("metadata") or {}
-        body = status_patch(result, meta.get("generation"))
         api = client.CustomObjectsApi(self.api)
         try:
             if meta.get("namespace"):
                 await api.patch_namespaced_custom_object_status(
-                    group,
-                    version,
-                    meta["namespace"],
-                    plural,
-                    meta["name"],
-                    body,
-                    **MERGE_PATCH,
+                    group, version, meta["namespace"], plural, meta["name"], body, **MERGE_PATCH
                 )
             else:
                 await api.patch_cluster_custom_object_status(
-                    group,
-                    version,
-                    plural,
-                    meta["name"],
-                    body,
-                    **MERGE_PATCH,
+                    group, version, plural, meta["name"], body, **MERGE_PATCH
                 )
-            self.counters["status_writes"] += 1
         except (ApiException, OSError, TimeoutError) as exc:
             self.counters["status_write_failures"] += 1
             log.debug("status of %s/%s not written: %s", plural, meta.get("name"), exc)
+            raise _NotWritten from exc
 
     async def _event(self, obj: Obj, kind: str, reason: str, message: str) -> None:
         meta = obj.get("metadata") or {}
@@ -205,6 +225,16 @@ class StatusWriter:
         except (ApiException, OSError, TimeoutError) as exc:
             self.counters["status_write_failures"] += 1
             log.debug("event on %s not written: %s", meta.get("name"), exc)
+
+
+def _finished(task: asyncio.Task[None]) -> None:
+    """A write's end: its failure was counted and logged where it happened."""
+    if not task.cancelled():
+        task.exception()
+
+
+class _NotWritten(Exception):
+    """A status patch failed (counted and logged already)."""
 
 
 def _status_says(obj: Obj, result: Verdict) -> bool:
