@@ -62,6 +62,7 @@ def _mesh_common(sans: tuple[str, ...]) -> tls_pb2.CommonTlsContext:
     common = tls_pb2.CommonTlsContext(alpn_protocols=list(ISTIO_ALPN))
     common.tls_certificate_sds_secret_configs.append(_sds(WORKLOAD_SECRET))
     combined = common.combined_validation_context
+    combined.default_validation_context.SetInParent()  # required by Envoy, even when empty
     combined.validation_context_sds_secret_config.CopyFrom(_sds(ROOT_SECRET))
     for san in sans:
         combined.default_validation_context.match_typed_subject_alt_names.append(
