@@ -7,12 +7,14 @@ only). The server workload is an Istio ``WorkloadEntry`` on 127.0.31.x selected 
 ServiceEntries of a Thrift and a Dubbo service; the real servers (Apache Thrift, dubbo-py)
 listen on 127.0.0.1 on the same ports, as an app behind its sidecar.
 
-Real clients (Apache Thrift, dubbo-py) call the services' addresses. Authorization by
+Real clients (Apache Thrift, dubbo-py, a Node sofa-rpc-node consumer) call the services'
+addresses. Authorization by
 principal and by namespace runs on the inbound side (ALLOW lets ``sleep`` through and refuses
 a client of another service account; DENY by namespace refuses ``client-ns``), with errors the
 clients understand. PeerAuthentication STRICT refuses a plaintext client at the inbound port
 (counted), PERMISSIVE takes both; DestinationRule ``tls`` and PeerAuthentication edits apply
-live while the clients keep their connections.
+live while the clients keep their connections; a MetaRouter's local rate limit is enforced by
+the server's proxy (per instance), not the client's.
 """
 
 from __future__ import annotations
@@ -380,3 +382,37 @@ def test_the_inbound_port_presents_the_server_workload_identity(mesh: Mesh) -> N
         names: Any = presented.get("subjectAltName", ())
         uris = [v for k, v in names if k == "URI"]
     assert uris == [SERVER_ID]
+
+
+def router_with_local_limit(tokens: int) -> str:
+    return f"""apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: hello, namespace: server-ns}}
+spec:
+  hosts: [{THRIFT_HOST}]
+  localRateLimit:
+    tokenBucket: {{fillInterval: 3600s, maxTokens: {tokens}, tokensPerFill: {tokens}}}
+"""
+
+
+def test_the_local_rate_limit_runs_on_the_server_side(mesh: Mesh) -> None:
+    client = mesh.thrift_client()
+    assert client.echo("before") == "server:before"
+    mesh.edit("router.yaml", router_with_local_limit(3))
+
+    def limited() -> bool:
+        try:
+            client.echo("x")
+        except TApplicationException as e:
+            return "local rate limit exceeded" in str(e)
+        return False
+
+    wait_until(limited, "the server side's bucket empty", timeout=15)
+    # the server's proxy limits (per instance, Aeraki's rule); the client's only routes
+    over = 'metamesh_local_replies_total{reason="over_limit"}'
+    assert mesh.counter(mesh.server_admin, over) >= 1
+    assert mesh.counter(mesh.client_admin, over) == 0  # forwarded the server's reply as is
+    assert client.same_connection()
+    (mesh.config / "router.yaml").unlink()
+    wait_until(lambda: not limited(), "the limit removed", timeout=15)
+    client.close()
