@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from metamesh.runtime.identity import IdentitySettings
     from metamesh.runtime.intercept import InterceptSettings
     from metamesh.runtime.sidecar import SidecarSettings
+    from metamesh.runtime.tracing import TracingSettings
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -287,6 +288,42 @@ def _add_intercept_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tracing_options(parser: argparse.ArgumentParser) -> None:
+    """``--tracing-*``: spans exported over OTLP (docs/telemetry.md, Tracing)."""
+    parser.add_argument(
+        "--tracing-endpoint",
+        metavar="HOST:PORT",
+        help="trace requests and export the spans to this OTLP receiver (default: no tracing)",
+    )
+    parser.add_argument(
+        "--tracing-protocol", choices=("grpc", "http"), default="grpc", help="OTLP transport"
+    )
+    parser.add_argument(
+        "--tracing-sample-rate",
+        type=float,
+        default=0.01,
+        metavar="R",
+        help="share of requests without a sampling decision that are traced, 0..1",
+    )
+    parser.add_argument(
+        "--tracing-errors",
+        action="store_true",
+        help="also export the span of every request that ends in an error",
+    )
+
+
+def _tracing(args: argparse.Namespace) -> TracingSettings | None:
+    from metamesh.runtime.tracing import TracingSettings
+
+    if args.tracing_endpoint is None:
+        return None
+    if not 0.0 <= args.tracing_sample_rate <= 1.0:
+        raise SystemExit(f"metamesh: --tracing-sample-rate {args.tracing_sample_rate}: 0..1")
+    return TracingSettings(
+        args.tracing_endpoint, args.tracing_protocol, args.tracing_sample_rate, args.tracing_errors
+    )
+
+
 def _add_sidecar_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("transparent sidecar (docs/sidecar.md)")
     group.add_argument(
@@ -410,6 +447,7 @@ def _proxy_xds(args: argparse.Namespace) -> int:
             limits=_limits(args),
             identity=_identity(args),
             sidecar=_sidecar(args),
+            tracing=_tracing(args),
         )
         return run(main, args.log_level)
 
@@ -449,6 +487,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             zookeeper=_zookeeper(args),
             kubernetes=_kubernetes(args),
             sidecar=_sidecar(args),
+            tracing=_tracing(args),
         )
         return run(main, args.log_level)
 
@@ -801,6 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="peers must have a SPIFFE id in this trust domain",
     )
     _add_sidecar_options(proxy)
+    _add_tracing_options(proxy)
     proxy.add_argument("--log-level", default="INFO", help="logging level")
     proxy.set_defaults(func=_cmd_proxy)
 
@@ -822,6 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zookeeper_options(up)
     _add_kubernetes_options(up)
     _add_sidecar_options(up)
+    _add_tracing_options(up)
     up.add_argument("--log-level", default="INFO", help="logging level")
     up.set_defaults(func=_cmd_up)
 

@@ -46,6 +46,7 @@ from metamesh.proxy.policy import (
     RequestExt,
 )
 from metamesh.proxy.router import CompiledRoute, no_route_text
+from metamesh.proxy.tracing import Span
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream
 
 
@@ -53,10 +54,17 @@ class Attempts(Mirroring):
     """Requests on routes with filters or policies: chain, dispatch, retries, timeouts."""
 
     def _start(
-        self, d: Downstream, msg: Message, route: CompiledRoute | None, ex: RouteExtras, now: float
+        self,
+        d: Downstream,
+        msg: Message,
+        route: CompiledRoute | None,
+        ex: RouteExtras,
+        now: float,
+        span: Span | None = None,
     ) -> None:
         """A request on a route with filters or policies: run the chain, then route."""
         req = ActiveRequest(d, msg, route, None, now, None)
+        req.span = span
         ext = req.ext = RequestExt(ex.policy, ex.chain)
         if ex.chain:
             self._run_chain(req, ext, 0, now)

@@ -55,6 +55,7 @@ from metamesh.proxy.telemetry import (
     principal_workload,
     request_labels,
 )
+from metamesh.proxy.tracing import Span, SpanRecord, Tracer
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Peer, Upstream, UpstreamState
 
 # Actions (first item of each tuple in ``actions``) and log levels. ``Final``, like the names
@@ -64,6 +65,8 @@ CLOSE_DOWNSTREAM: Final = 1
 CLOSE_UPSTREAM: Final = 2
 LOG: Final = 3
 ACCESS_LOG: Final = 4
+#: ``(SPAN, SpanRecord)``: a finished trace span for the runtime's exporter.
+SPAN: Final = 5
 INFO: Final = 20
 WARNING: Final = 30
 
@@ -103,6 +106,8 @@ class CoreState:
         self.limits = limits or ConnectionLimits()
         self.resolve_codec = resolve_codec
         self.access_log = access_log
+        #: Starts trace spans when tracing is on (set by the runtime; see :mod:`.tracing`).
+        self.tracer: Tracer | None = None
         self.stats = ProxyStats()
         self.actions: list[tuple[Any, ...]] = []
         self.dirty: list[Peer] = []
@@ -186,6 +191,52 @@ class CoreState:
         told = self._mutated(codec, msg, {exchange.HEADER: exchange.encode(local)})
         codec.dropped_mutations = dropped
         return told
+
+    def _end_span(
+        self,
+        span: Span,
+        d: Downstream,
+        request: Message,
+        route: CompiledRoute | None,
+        up: Upstream | None,
+        flags: str,
+        error: bool,
+        now: float,
+    ) -> None:
+        """Hand a finished span to the runtime: always when sampled, else (kept for errors)
+        only when the request failed."""
+        if not span.sampled and not error:
+            return
+        md = request.metadata
+        listener = d.listener
+        service = md.get("interface") or md.get("service") or listener.config.service
+        method = md.get("method", "")
+        attributes: dict[str, str | int] = {
+            "rpc.system": listener.protocol,
+            "rpc.service": service,
+            "rpc.method": method,
+            "metamesh.listener": listener.config.name,
+            "metamesh.response_code": 1 if error else 0,
+            "metamesh.response_flags": flags,
+        }
+        if route is not None:
+            attributes["metamesh.route"] = route.name
+        if up is not None:
+            attributes["metamesh.cluster"] = up.cluster.config.name
+            attributes["server.address"] = up.endpoint.address
+            attributes["server.port"] = up.endpoint.port
+        record = SpanRecord(
+            span.trace_id,
+            span.span_id,
+            span.parent_id,
+            span.server,
+            f"{service}/{method}" if method else service or "request",
+            span.start,
+            now,
+            error,
+            attributes,
+        )
+        self.actions.append((SPAN, record))
 
     def _request_stats(self, d: Downstream, cs: ClusterState | None, idx: int) -> RequestStats:
         """Istio request statistics of a request from ``d`` to endpoint ``idx`` of ``cs``

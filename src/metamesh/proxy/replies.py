@@ -33,6 +33,7 @@ from metamesh.proxy.policy import (
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import RequestStats
 from metamesh.proxy.telemetry import RESPONSE_FLAGS
+from metamesh.proxy.tracing import Span
 from metamesh.proxy.upstream import ActiveRequest, Upstream
 
 
@@ -50,6 +51,7 @@ class Replies(CoreState):
         stats: RequestStats | None,
         start: float,
         now: float,
+        span: Span | None = None,
     ) -> bytes | None:
         """The bookkeeping every local reply shares: count it by kind, record it in the Istio
         statistics (a request that never reached a cluster under its listener's service, or
@@ -75,6 +77,8 @@ class Replies(CoreState):
         flags = RESPONSE_FLAGS[kind]
         sent = len(reply) if reply else 0
         stats.flag(flags).observe(1, (now - start) * 1000.0, len(msg.frame), sent)
+        if span is not None:
+            self._end_span(span, d, msg, route, up, flags, True, now)
         return reply
 
     def _local_reply(
@@ -86,9 +90,10 @@ class Replies(CoreState):
         now: float,
         route: CompiledRoute | None = None,
         stats: RequestStats | None = None,
+        span: Span | None = None,
     ) -> None:
         """Answer a plain request that never got an ``ActiveRequest`` with a local error."""
-        data = self._local_error(d, msg, kind, text, route, None, stats, now, now)
+        data = self._local_error(d, msg, kind, text, route, None, stats, now, now, span)
         if data:
             self._reply_in_order(d, None, data)
 
@@ -144,7 +149,7 @@ class Replies(CoreState):
             ext.done = True
         d = req.downstream
         data = self._local_error(
-            d, req.request, kind, text, req.route, req.upstream, req.stats, req.start, now
+            d, req.request, kind, text, req.route, req.upstream, req.stats, req.start, now, req.span
         )
         if data is not None:
             self._reply_in_order(d, req, data)
@@ -156,7 +161,7 @@ class Replies(CoreState):
         ext.done = True
         d = req.downstream
         data = self._local_error(
-            d, req.request, kind, text, req.route, None, req.stats, req.start, now
+            d, req.request, kind, text, req.route, None, req.stats, req.start, now, req.span
         )
         if data is None:
             return
@@ -170,7 +175,7 @@ class Replies(CoreState):
         d = req.downstream
         kind = ErrorKind.TIMEOUT
         data = self._local_error(
-            d, req.request, kind, text, req.route, None, req.stats, req.start, now
+            d, req.request, kind, text, req.route, None, req.stats, req.start, now, req.span
         )
         if data is not None:
             self._reply_in_order(d, req if ext.ordered else None, data)

@@ -42,6 +42,7 @@ from metamesh.proxy.policy import (
 from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.router import no_route_text
 from metamesh.proxy.stats import duration_bucket, size_bucket
+from metamesh.proxy.telemetry import NO_FLAGS
 from metamesh.proxy.upstream import ActiveRequest, Upstream, UpstreamState
 
 
@@ -51,23 +52,29 @@ class RequestPath(Attempts):
     def _on_request(self, d: Downstream, msg: Message, now: float) -> None:
         if d.hear:
             self._hear(d, msg)
+        span = None
+        tracer = self.tracer
+        if tracer is not None:
+            span = tracer.begin(msg.metadata, d.origin.inbound, now)
+            if span is not None and span.sampled:  # the forwarded request names our span
+                msg = self._mutated(d.codec, msg, span.headers())
         listener = d.listener
         route = listener.table.match(msg)
         extras = listener.extras
         if extras is not None:
             ex = extras.get(route)
             if ex is not None:
-                self._start(d, msg, route, ex, now)
+                self._start(d, msg, route, ex, now, span)
                 return
         if route is None:
             text = no_route_text(msg, listener.config.service)
-            self._local_reply(d, msg, ErrorKind.ROUTE_NOT_FOUND, text, now)
+            self._local_reply(d, msg, ErrorKind.ROUTE_NOT_FOUND, text, now, span=span)
             return
         cluster_name = route.cluster or route.pick_cluster(self.rng)
         cs = self.clusters.get(cluster_name)
         if cs is None:
             text = f"unknown cluster {cluster_name}"
-            self._local_reply(d, msg, ErrorKind.CLUSTER_NOT_FOUND, text, now, route)
+            self._local_reply(d, msg, ErrorKind.CLUSTER_NOT_FOUND, text, now, route, span=span)
             return
         codec = d.codec
         if cs.active_requests < cs.max_requests and not route.hash_keys:
@@ -80,7 +87,8 @@ class RequestPath(Attempts):
         else:
             up = self._pick_upstream(d, msg, route, cs, None, now)
         if isinstance(up, tuple):
-            self._local_reply(d, msg, up[0], up[1], now, route, self._request_stats(d, cs, -1))
+            stats = self._request_stats(d, cs, -1)
+            self._local_reply(d, msg, up[0], up[1], now, route, stats, span)
             return
         idx = up.endpoint_index
         row = cs.request_stats.get(d.origin)
@@ -89,7 +97,9 @@ class RequestPath(Attempts):
             msg = self._mutated(codec, msg, route.request_mutation)
         if up.tell:
             msg = self._tell(codec, msg, up)
-        self._send(up, ActiveRequest(d, msg, route, cs, now, stats), codec, idx)
+        req = ActiveRequest(d, msg, route, cs, now, stats)
+        req.span = span
+        self._send(up, req, codec, idx)
         if route.mirrors:
             self._mirror(d, msg, route, now)
 
@@ -179,6 +189,9 @@ class RequestPath(Attempts):
         self.stats.active_requests -= 1
         if req.mirror:
             return
+        redirect = cs.slots is not None and msg.status is _STATUS_ERROR
+        if redirect and self._redirected(up, req, msg, now):  # a cluster's MOVED/ASK
+            return
         if (req.ext is not None or cs.outlier is not None) and self._settled(up, req, msg, now):
             return
         code = 0 if (msg.status is _OK and msg.type is _RESPONSE) else 1
@@ -195,6 +208,8 @@ class RequestPath(Attempts):
         stats.response_bytes[code] += size
         stats.response_buckets[code][size_bucket(size)] += 1
         d: Downstream = req.downstream  # typed here, so the native build reads it as a struct
+        if req.span is not None:
+            self._end_span(req.span, d, req.request, req.route, up, NO_FLAGS, code == 1, now)
         if self.access_log:
             self._access_log(d, req.request, req.route, up, msg, str(code), req.start, now)
         if d.closed:

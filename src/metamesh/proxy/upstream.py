@@ -27,6 +27,7 @@ from metamesh.proxy.policy import OutlierDetector, RequestExt
 from metamesh.proxy.router import CompiledRoute
 from metamesh.proxy.stats import RequestStats
 from metamesh.proxy.telemetry import Origin, Workload
+from metamesh.proxy.tracing import Span
 
 #: Key of a shared multiplexed connection: (protocol, codec wire variant, endpoint index).
 PoolKey = tuple[str, Hashable, int]
@@ -56,6 +57,7 @@ class ClusterState:
         "pending_requests",
         "request_stats",
         "service",
+        "slots",
         "subset",
     )
 
@@ -115,6 +117,11 @@ class ClusterState:
         self.max_requests_per_connection = config.max_requests_per_connection or 0
         od = config.outlier_detection
         self.outlier = OutlierDetector(od, config.endpoints) if od is not None else None
+        #: Redis Cluster mode (protocol option ``mode: CLUSTER``): slot -> endpoint index,
+        #: learned from the MOVED redirections the cluster answers (see pool._redirected).
+        self.slots: dict[int, int] | None = (
+            {} if dict(config.protocol_options).get("mode") == "CLUSTER" else None
+        )
 
 
 class Peer:
@@ -229,9 +236,11 @@ class ActiveRequest:
         "ext",
         "lb",
         "mirror",
+        "redirects",
         "reply",
         "request",
         "route",
+        "span",
         "start",
         "stats",
         "upstream",
@@ -258,7 +267,9 @@ class ActiveRequest:
         self.stats = stats
         self.mirror = mirror
         self.reply: bytes | None = None  # set when answered; used to keep pipelined order
+        self.redirects = 0  # MOVED/ASK redirections followed (cluster mode)
         self.ext: RequestExt | None = None  # timeouts/retries/filter state, when the route has any
+        self.span: Span | None = None  # its trace span, when traced (see :mod:`.tracing`)
 
 
 def _tls_of(config: Cluster) -> tuple[object, ...]:

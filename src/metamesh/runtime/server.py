@@ -50,6 +50,7 @@ from metamesh.proxy.connection import (
     ConnectionLimits,
     ConnectionManager,
 )
+from metamesh.proxy.core import SPAN
 from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
 from metamesh.proxy.upstream import Upstream, UpstreamState
 from metamesh.runtime.intercept import marked_connection
@@ -63,6 +64,7 @@ from metamesh.runtime.tls import (
 )
 
 if TYPE_CHECKING:
+    from metamesh.runtime.otlp import SpanExporter
     from metamesh.runtime.sidecar import Sidecar
 
 log = logging.getLogger("metamesh.proxy")
@@ -111,6 +113,8 @@ class ProxyServer:
         #: SIMPLE / MUTUAL client contexts by (certificate, key, CA) file names.
         self._origination: dict[tuple[str, str, str], ssl.SSLContext] = {}
         self.access_log = access_log
+        #: Exports the core's trace spans (runtime/tracing.py ``enable_tracing``), or None.
+        self.tracing: SpanExporter | None = None
         self.tune_gc = tune_gc
         self.high_water = high_water
         self.low_water = low_water
@@ -323,6 +327,8 @@ class ProxyServer:
             self._admin.close()
         if self.access_log is not None:
             self.access_log.flush()
+        if self.tracing is not None:  # send the spans still queued
+            await asyncio.to_thread(self.tracing.close)
         self._stopped.set()
 
     async def serve_forever(self, drain_timeout: float = 10.0) -> None:
@@ -374,6 +380,8 @@ class ProxyServer:
                 up.handle.transport.close()
         elif op == LOG:
             log.log(action[1], "%s", action[2])
+        elif op == SPAN and self.tracing is not None:
+            self.tracing.export(action[1])
         elif op == ACCESS_LOG and self.access_log is not None:
             self.access_log.write(json.dumps(action[1], separators=(",", ":")) + "\n")
         elif op == RATELIMIT_CHECK:  # an owned task per check; answers resume the request

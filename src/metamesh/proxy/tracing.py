@@ -1,0 +1,148 @@
+"""Distributed tracing in the core: context in, one span per request, context out (sans-IO).
+
+A request's trace context is read from the protocol's own headers, which every codec exposes as
+metadata (Dubbo attachments, THeader info headers, KV-RPC headers): W3C ``traceparent`` /
+``tracestate``, else B3 (``x-b3-traceid``/``x-b3-spanid``/``x-b3-sampled``, or the single
+``b3`` header). The proxy makes one span per request: ``CLIENT`` on an outbound listener,
+``SERVER`` on an inbound one, child of the incoming span (or the root of a new trace), and
+writes its own span as the parent into the request it forwards (``traceparent`` always, and
+the B3 form the request came with), through the codec's mutation path.
+
+Sampling: an incoming sampled flag is followed (parent-based, as OpenTelemetry's default); a
+request without one is sampled with :attr:`TracingConfig.rate`, using the core's random
+generator. Requests not sampled are forwarded untouched (no re-encoding: at 1% sampling, 99%
+of requests pay only the header lookups); with :attr:`TracingConfig.errors`, their span is
+still kept in memory and exported if the request ends in an error, its context not
+propagated (the request went out unchanged).
+
+The core never exports: a finished span is a :class:`SpanRecord` in the ``(SPAN, record)``
+action, which the runtime hands to the OpenTelemetry SDK (:mod:`metamesh.runtime.tracing`).
+Times are the core's ``now`` (loop time, seconds); the runtime maps them to wall time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+_HEX: Final = frozenset("0123456789abcdef")
+W3C: Final = "traceparent"
+W3C_STATE: Final = "tracestate"
+B3_TRACE: Final = "x-b3-traceid"
+B3_SPAN: Final = "x-b3-spanid"
+B3_PARENT: Final = "x-b3-parentspanid"
+B3_SAMPLED: Final = "x-b3-sampled"
+B3_FLAGS: Final = "x-b3-flags"
+B3_SINGLE: Final = "b3"
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """``rate``: the share of requests without a sampling decision that are traced (0..1);
+    ``errors``: also export the span of every request that ends in an error."""
+
+    rate: float = 0.01
+    errors: bool = False
+
+
+@dataclass(slots=True)
+class Span:
+    """One request's span while it is in flight."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int  # 0: a root span
+    sampled: bool
+    server: bool  # SERVER (inbound listener) or CLIENT (outbound) kind
+    start: float
+    tracestate: str = ""
+    b3: str = ""  # "multi", "single" or "": the B3 form to write besides traceparent
+
+    def headers(self) -> dict[str, str]:
+        """The headers that make this span the parent of the forwarded request."""
+        trace, span = f"{self.trace_id:032x}", f"{self.span_id:016x}"
+        flag = "1" if self.sampled else "0"
+        out = {W3C: f"00-{trace}-{span}-0{flag}"}
+        if self.tracestate:
+            out[W3C_STATE] = self.tracestate
+        if self.b3 == "multi":
+            out.update({B3_TRACE: trace, B3_SPAN: span, B3_SAMPLED: flag})
+            if self.parent_id:
+                out[B3_PARENT] = f"{self.parent_id:016x}"
+        elif self.b3 == "single":
+            out[B3_SINGLE] = f"{trace}-{span}-{flag}"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRecord:
+    """A finished span, for the runtime's exporter."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int
+    server: bool
+    name: str
+    start: float
+    end: float
+    error: bool
+    attributes: Mapping[str, str | int] = field(default_factory=dict)
+
+
+def _hex_id(text: str | None, digits: tuple[int, ...]) -> int:
+    """The id in ``text`` (lowercase hex of one of ``digits`` lengths, not zero), else 0."""
+    if text is None or len(text) not in digits or not _HEX.issuperset(text):
+        return 0
+    return int(text, 16)
+
+
+def incoming(metadata: Mapping[str, str]) -> tuple[int, int, bool | None, str, str]:
+    """(trace id, parent span id, sampled or None if undecided, tracestate, B3 form) of a
+    request's headers; trace id 0 when it carries no valid context."""
+    parent = metadata.get(W3C)
+    if parent is not None:
+        parts = parent.split("-")
+        if len(parts) >= 4 and len(parts[0]) == 2 and parts[0] != "ff" and len(parts[3]) == 2:
+            trace, span = _hex_id(parts[1], (32,)), _hex_id(parts[2], (16,))
+            if trace and span and _HEX.issuperset(parts[3]):
+                sampled = bool(int(parts[3], 16) & 1)
+                return trace, span, sampled, metadata.get(W3C_STATE, ""), ""
+    single = metadata.get(B3_SINGLE)
+    if single is not None:
+        parts = single.split("-")
+        if len(parts) >= 2:
+            trace, span = _hex_id(parts[0], (16, 32)), _hex_id(parts[1], (16,))
+            if trace and span:
+                decided = None if len(parts) < 3 else parts[2] in ("1", "d")
+                return trace, span, decided, "", "single"
+        return 0, 0, single in ("1", "d") if single in ("0", "1", "d") else None, "", ""
+    trace = _hex_id(metadata.get(B3_TRACE), (16, 32))
+    span = _hex_id(metadata.get(B3_SPAN), (16,))
+    if trace and span:
+        flag = metadata.get(B3_SAMPLED)
+        debug = metadata.get(B3_FLAGS) == "1"
+        decision = True if debug else None if flag is None else flag in ("1", "true")
+        return trace, span, decision, "", "multi"
+    return 0, 0, None, "", ""
+
+
+class Tracer:
+    """Starts spans for one proxy core (its random generator makes the ids and decisions)."""
+
+    def __init__(self, config: TracingConfig, rng: random.Random) -> None:
+        self.config = config
+        self.rng = rng
+
+    def begin(self, metadata: Mapping[str, str], server: bool, now: float) -> Span | None:
+        """The span of a new request, or None when it is neither sampled nor kept for errors."""
+        trace, parent, sampled, state, b3 = incoming(metadata)
+        if sampled is None:
+            sampled = self.rng.random() < self.config.rate
+        if not sampled and not self.config.errors:
+            return None
+        rng = self.rng
+        if not trace:
+            trace, parent = rng.getrandbits(128) or 1, 0
+        return Span(trace, rng.getrandbits(64) or 1, parent, sampled, server, now, state, b3)

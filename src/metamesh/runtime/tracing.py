@@ -1,0 +1,57 @@
+"""Tracing settings of a proxy, and turning tracing on (``--tracing-*`` options).
+
+The sans-IO core decides, ids and times its spans (:mod:`metamesh.proxy.tracing`) and hands
+each finished one over as a ``(SPAN, SpanRecord)`` action; the runtime exports them with the
+OpenTelemetry SDK (:mod:`metamesh.runtime.otlp`, imported only when tracing is on).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from metamesh.proxy.telemetry import UNKNOWN
+from metamesh.proxy.tracing import Tracer, TracingConfig
+
+if TYPE_CHECKING:
+    from metamesh.runtime.otlp import SpanExporter
+    from metamesh.runtime.server import ProxyServer
+
+PROTOCOLS: Final = ("grpc", "http")
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """``--tracing-endpoint HOST:PORT --tracing-protocol grpc|http --tracing-sample-rate R
+    [--tracing-errors]``; ``service_name`` is the proxy's workload."""
+
+    endpoint: str
+    protocol: str = "grpc"
+    sample_rate: float = 0.01
+    errors: bool = False
+    service_name: str = "metamesh"
+
+    @property
+    def config(self) -> TracingConfig:
+        return TracingConfig(self.sample_rate, self.errors)
+
+
+def enable_tracing(server: ProxyServer, settings: TracingSettings) -> SpanExporter:
+    """Trace ``server``'s requests: a tracer in its core, an exporter in its runtime. The
+    service name is the proxy's workload when ``settings`` names none."""
+    from metamesh.runtime.otlp import SpanExporter
+
+    name = settings.service_name
+    local = server.core.stats.local.name
+    if name == "metamesh" and local != UNKNOWN:
+        name = local
+    exporter = SpanExporter(
+        TracingSettings(
+            settings.endpoint, settings.protocol, settings.sample_rate, settings.errors, name
+        ),
+        time.monotonic(),
+    )
+    server.core.tracer = Tracer(settings.config, server.core.rng)
+    server.tracing = exporter
+    return exporter

@@ -1,0 +1,119 @@
+"""Trace context read from and written to request headers, spans per request (sans-IO, KV-RPC
+headers standing for any protocol's: Dubbo attachments, THeader headers)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from metamesh.proxy.core import SPAN
+from metamesh.proxy.tracing import Tracer, TracingConfig, incoming
+from tests.proxy.harness import Harness, call, cluster, parse_frames, reply, snapshot
+from tests.proxy.test_connection import V1, by_method
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+def traced(rate: float, errors: bool = False) -> tuple[Harness, list[object]]:
+    h = Harness(snapshot([by_method("get", V1)], [cluster(V1, 1001)], stat_prefix="svc.test"))
+    h.core.tracer = Tracer(TracingConfig(rate, errors), random.Random(7))
+    spans: list[object] = []
+    h.on_action.append(lambda a: spans.append(a[1]) if a[0] == SPAN else None)
+    return h, spans
+
+
+def forwarded(h: Harness, d: object, rid: int, **headers: str) -> dict[str, str]:
+    """Send a request; the headers the upstream got (answered with status ``status``)."""
+    h.send(d, call(rid, method="get", **headers))  # type: ignore[arg-type]
+    up = h.connects[0]
+    if up.handle is None and up.state == 0:
+        h.connect(up)
+    [(_, _, uid, got, _)] = parse_frames(bytes(h.sent.pop(up)))
+    h.respond(up, reply(uid))
+    return got
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            {"traceparent": f"00-{TRACE}-{PARENT}-01"},
+            (int(TRACE, 16), int(PARENT, 16), True, "", ""),
+        ),
+        (
+            {"traceparent": f"00-{TRACE}-{PARENT}-00"},
+            (int(TRACE, 16), int(PARENT, 16), False, "", ""),
+        ),
+        ({"traceparent": f"00-{'0' * 32}-{PARENT}-01"}, (0, 0, None, "", "")),  # invalid: ignored
+        ({"traceparent": "garbage"}, (0, 0, None, "", "")),
+        (
+            {"x-b3-traceid": TRACE[16:], "x-b3-spanid": PARENT, "x-b3-sampled": "1"},
+            (int(TRACE[16:], 16), int(PARENT, 16), True, "", "multi"),
+        ),
+        ({"b3": f"{TRACE}-{PARENT}-0"}, (int(TRACE, 16), int(PARENT, 16), False, "", "single")),
+        ({"b3": "0"}, (0, 0, False, "", "")),
+        ({}, (0, 0, None, "", "")),
+    ],
+)
+def test_incoming_context(headers: dict[str, str], expected: tuple[object, ...]) -> None:
+    assert incoming(headers) == expected
+
+
+def test_a_sampled_request_carries_the_proxy_span_as_parent() -> None:
+    h, spans = traced(rate=0.0)
+    d = h.client()
+    got = forwarded(h, d, 1, traceparent=f"00-{TRACE}-{PARENT}-01", tracestate="k=v")
+    [span] = spans
+    assert got["traceparent"] == f"00-{TRACE}-{span.span_id:016x}-01"  # type: ignore[attr-defined]
+    assert got["tracestate"] == "k=v"
+    assert span.parent_id == int(PARENT, 16) and span.trace_id == int(TRACE, 16)  # type: ignore[attr-defined]
+    assert not span.server and not span.error  # type: ignore[attr-defined]
+    assert span.attributes["metamesh.cluster"] == V1  # type: ignore[attr-defined]
+    assert span.attributes["metamesh.route"] == "to-get"  # type: ignore[attr-defined]
+
+
+def test_b3_in_b3_out() -> None:
+    h, spans = traced(rate=0.0)
+    d = h.client()
+    got = forwarded(h, d, 1, **{"x-b3-traceid": TRACE, "x-b3-spanid": PARENT, "x-b3-sampled": "1"})
+    [span] = spans
+    assert got["x-b3-traceid"] == TRACE and got["x-b3-sampled"] == "1"
+    assert got["x-b3-spanid"] == f"{span.span_id:016x}"  # type: ignore[attr-defined]
+    assert got["x-b3-parentspanid"] == PARENT
+
+
+def test_unsampled_requests_are_forwarded_untouched() -> None:
+    h, spans = traced(rate=0.0)
+    d = h.client()
+    assert "traceparent" not in forwarded(h, d, 1)
+    got = forwarded(h, d, 2, traceparent=f"00-{TRACE}-{PARENT}-00")
+    assert got["traceparent"] == f"00-{TRACE}-{PARENT}-00"  # the client's own, as it was
+    assert spans == []
+
+
+def test_the_rate_samples_new_traces() -> None:
+    h, spans = traced(rate=0.5)
+    d = h.client()
+    for i in range(200):
+        forwarded(h, d, i + 1)
+    assert 60 < len(spans) < 140
+    assert len({s.trace_id for s in spans}) == len(spans)  # type: ignore[attr-defined]
+    assert all(s.parent_id == 0 for s in spans)  # type: ignore[attr-defined]
+
+
+def test_errors_are_exported_when_asked_even_unsampled() -> None:
+    for errors, expected in ((False, 0), (True, 1)):
+        h, spans = traced(rate=0.0, errors=errors)
+        d = h.client()
+        h.send(d, call(1, method="zzz") + call(2, method="get"))  # no route, then a good one
+        up = h.connects[0]
+        h.connect(up)
+        [(_, _, uid, got, _)] = parse_frames(bytes(h.sent.pop(up)))
+        assert "traceparent" not in got
+        h.respond(up, reply(uid))
+        assert len(spans) == expected
+        if errors:
+            [span] = spans
+            assert span.error and span.attributes["metamesh.response_flags"] == "NR"  # type: ignore[attr-defined]
