@@ -1,12 +1,12 @@
-"""Network namespaces for the sidecar tests: two hosts joined by one veth pair, nothing else.
+"""Network namespaces for the sidecar tests: hosts joined by veth pairs, nothing else.
 
 :func:`namespaces_unavailable` says why the tests cannot run here (not root, no ``ip netns``,
-no ``nft``), or None. :class:`HostPair` creates a client and a server namespace with their
-own loopback up and a veth pair between them (:data:`CLIENT_IP` and :data:`SERVER_IP` from
-198.18.0.0/15, the range set aside for network tests), a default route in the client
-namespace only (so a VIP is routable there; the server namespace reaches nothing beyond the
-client), and deletes both on exit. Nothing they send can leave them: neither is connected
-to the machine's own network namespace.
+no ``nft``), or None. :class:`Hosts` creates a client namespace and one or more server
+namespaces, each with its loopback up and a veth pair to the client (addresses from
+198.18.0.0/15, the range set aside for network tests, a /30 per link), a default route in
+the client namespace only (so a VIP is routable there; a server namespace reaches nothing
+beyond the client), and deletes them all on exit. Nothing they send can leave them: none is
+connected to the machine's own network namespace.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
-
-CLIENT_IP = "198.18.0.1"
-SERVER_IP = "198.18.0.2"
 
 
 def namespaces_unavailable() -> str | None:
@@ -75,32 +72,49 @@ class Namespace:
         return self.run("nft", "list", "tables").stdout
 
 
-class HostPair:
-    """A client and a server namespace joined by a veth pair; see the module docstring."""
+class Hosts:
+    """A client namespace joined to ``servers`` server namespaces, one veth pair each; see
+    the module docstring. Server ``i`` is :func:`server_ip` ``(i)``, the client's end of its
+    link :func:`client_ip` ``(i)`` (a /30 per link)."""
 
-    def __init__(self) -> None:
+    def __init__(self, servers: int = 1) -> None:
         tag = secrets.token_hex(3)
         self.client = Namespace(f"mm-cli-{tag}")
-        self.server = Namespace(f"mm-srv-{tag}")
-        self._veth = (f"mmc{tag}", f"mms{tag}")
+        self.servers = [Namespace(f"mm-srv{i}-{tag}") for i in range(servers)]
+        self._tag = tag
 
-    def __enter__(self) -> HostPair:
-        c, s = self.client.name, self.server.name
-        vc, vs = self._veth
+    @property
+    def server(self) -> Namespace:
+        return self.servers[0]
+
+    def __enter__(self) -> Hosts:
+        c = self.client.name
         try:
             _ip("netns", "add", c)
-            _ip("netns", "add", s)
-            _ip("link", "add", vc, "netns", c, "type", "veth", "peer", "name", vs, "netns", s)
-            for ns, dev, address in ((c, vc, CLIENT_IP), (s, vs, SERVER_IP)):
-                _ip("-n", ns, "link", "set", "lo", "up")
-                _ip("-n", ns, "addr", "add", f"{address}/30", "dev", dev)
-                _ip("-n", ns, "link", "set", dev, "up")
-            _ip("-n", c, "route", "add", "default", "via", SERVER_IP)
+            _ip("-n", c, "link", "set", "lo", "up")
+            for i, server in enumerate(self.servers):
+                s, vc, vs = server.name, f"mmc{i}{self._tag}", f"mms{i}{self._tag}"
+                _ip("netns", "add", s)
+                _ip("link", "add", vc, "netns", c, "type", "veth", "peer", "name", vs, "netns", s)
+                for ns, dev, address in ((c, vc, client_ip(i)), (s, vs, server_ip(i))):
+                    _ip("-n", ns, "link", "set", "lo", "up")
+                    _ip("-n", ns, "addr", "add", f"{address}/30", "dev", dev)
+                    _ip("-n", ns, "link", "set", dev, "up")
+            if self.servers:
+                _ip("-n", c, "route", "add", "default", "via", server_ip(0))
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for ns in (self.client.name, self.server.name):  # the veth pair goes with them
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        for ns in (self.client, *self.servers):  # the veth pairs go with them
+            subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, check=False)
+
+
+def client_ip(link: int) -> str:
+    return f"198.18.0.{4 * link + 1}"
+
+
+def server_ip(link: int) -> str:
+    return f"198.18.0.{4 * link + 2}"

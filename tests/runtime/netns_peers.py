@@ -1,8 +1,8 @@
 """Unmodified Thrift and Dubbo peers for the sidecar tests, run inside a network namespace.
 
-``python netns_peers.py servers GEN_DIR``: Apache Thrift servers (framed, binary) ``v1`` on
-9090 and ``v2`` on 9091, dubbo-py providers ``v1`` on 20880 and ``v2`` on 20881, all on
-0.0.0.0; ``echo(s)`` answers ``<version>:<s>``. Prints ``READY`` when all four listen.
+``python netns_peers.py servers GEN_DIR VERSION``: an Apache Thrift server (framed, binary) on
+9090 and a dubbo-py provider on 20880, both on 0.0.0.0; ``echo(s)`` answers
+``<VERSION>:<s>``. Prints ``READY`` when both listen.
 
 ``python netns_peers.py thrift-client HOST PORT GEN_DIR`` / ``dubbo-client HOST PORT``: one
 client connection to HOST (a name, resolved by the system resolver as any application does)
@@ -30,7 +30,7 @@ def _calc(gen_dir: str) -> Any:
     return Calc
 
 
-def servers(gen_dir: str) -> None:
+def servers(gen_dir: str, version: str) -> None:
     from thrift.protocol.TBinaryProtocol import TBinaryProtocolAcceleratedFactory
     from thrift.server.TServer import TThreadedServer
     from thrift.transport import TSocket
@@ -45,24 +45,22 @@ def servers(gen_dir: str) -> None:
         def echo(self, s: str) -> str:
             return f"{self.version}:{s}"
 
-    for version, port in (("v1", 9090), ("v2", 9091)):
-        server = TThreadedServer(
-            calc.Processor(Handler(version)),
-            TSocket.TServerSocket(host="0.0.0.0", port=port),
-            TFramedTransportFactory(),
-            TBinaryProtocolAcceleratedFactory(),
-            daemon=True,
-        )
-        threading.Thread(target=server.serve, daemon=True).start()
+    server = TThreadedServer(
+        calc.Processor(Handler(version)),
+        TSocket.TServerSocket(host="0.0.0.0", port=9090),
+        TFramedTransportFactory(),
+        TBinaryProtocolAcceleratedFactory(),
+        daemon=True,
+    )
+    threading.Thread(target=server.serve, daemon=True).start()
 
     import dubbo.server as ds
 
     ds.get_pub_ip = lambda: "127.0.0.1"  # it would probe 8.8.8.8's route for its address
-    for version, port in (("v1", 20880), ("v2", 20881)):
-        svc = ds.DubboService(port, f"demo-{version}", dubbo_version="2.0.2")
-        svc.add_method(IFACE, "echo", lambda x, v=version: f"{v}:{x}")
-        svc.start()
-    for port in (9090, 9091, 20880, 20881):
+    svc = ds.DubboService(20880, f"demo-{version}", dubbo_version="2.0.2")
+    svc.add_method(IFACE, "echo", lambda x: f"{version}:{x}")
+    svc.start()
+    for port in (9090, 20880):
         _wait_listening(port)
     print("READY", flush=True)
     while True:
@@ -125,7 +123,7 @@ def _serve_stdin(call: Any, handle: Any) -> None:
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "servers":
-        servers(args[0])
+        servers(args[0], args[1])
     elif mode == "thrift-client":
         thrift_client(args[0], int(args[1]), args[2])
     elif mode == "dubbo-client":
