@@ -4,8 +4,8 @@ tls_inspector, DownstreamTlsContext with the SDS secrets) and clusters (the inbo
 auto ISTIO_MUTUAL with SPIFFE SANs, DestinationRule MUTUAL with files, SNI and a DNS SAN).
 
 Envoy has no MetaProtocol filter, so the listener's network filter is swapped for ``tcp_proxy``;
-everything TLS is the translation's own output. The SDS secrets come over ADS (validation does
-not connect).
+everything TLS is the translation's own output. The SDS secrets come from the node agent's
+``sds-grpc`` cluster, as in Istio (validation does not connect).
 """
 
 from __future__ import annotations
@@ -62,6 +62,24 @@ def bootstrap(mode: str, files: Path) -> dict[str, Any]:
     by_file = as_json(translate(model_of(text + mutual), CLIENT).clusters[f"outbound|9090||{HOST}"])
     by_file["name"] += "-mutual"
     clusters.append(by_file)
+    sds = {"pipe": {"path": str(files / "sds.sock")}}  # the node agent's socket (Istio's)
+    clusters.append(
+        {
+            "name": "sds-grpc",
+            "type": "STATIC",
+            "load_assignment": {
+                "cluster_name": "sds-grpc",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": sds}}]}],
+            },
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3"
+                    ".HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+        }
+    )
     xds = {"socket_address": {"address": "127.0.0.1", "port_value": 15010}}
     clusters.append(
         {

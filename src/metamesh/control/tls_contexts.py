@@ -4,7 +4,9 @@ Both directions use ``envoy.transport_sockets.tls`` so a real Envoy reads the sa
 
 - an inbound filter chain that takes mutual TLS has a ``DownstreamTlsContext`` with
   ``require_client_certificate: true``, its certificate from the SDS secret ``default`` and
-  the peers' validation from the SDS secret ``ROOTCA`` (Istio's secret names; both over ADS),
+  the peers' validation from the SDS secret ``ROOTCA`` (Istio's secret names and source: the
+  node agent's SDS server, cluster ``sds-grpc``, which ``metamesh agent`` serves for an Envoy;
+  a metamesh proxy has its certificate in-process and only checks the names),
   and ``filter_chain_match.transport_protocol: "tls"``. PERMISSIVE is Istio's shape: a second,
   plaintext chain (``transport_protocol: "raw_buffer"``) and the ``tls_inspector`` listener
   filter that tells them apart. metamesh's proxy does not run filter chain matching: it reads
@@ -34,6 +36,7 @@ TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 WORKLOAD_SECRET = "default"  # Istio's name of the workload certificate's SDS secret
 ROOT_SECRET = "ROOTCA"  # and of the mesh root's
+SDS_CLUSTER = "sds-grpc"  # Istio's cluster of the node agent's SDS server
 ISTIO_ALPN = ("istio-peer-exchange", "istio")
 SAN_URI = common_pb2.SubjectAltNameMatcher.URI
 
@@ -43,13 +46,15 @@ class TlsConfigError(ValueError):
 
 
 def _sds(name: str) -> secret_pb2.SdsSecretConfig:
-    return secret_pb2.SdsSecretConfig(
-        name=name,
-        sds_config=config_source_pb2.ConfigSource(
-            ads=config_source_pb2.AggregatedConfigSource(),
-            resource_api_version=config_source_pb2.V3,
-        ),
-    )
+    """Istio's SDS source: the node agent's gRPC server, cluster ``sds-grpc`` (a Unix socket
+    the sidecar's bootstrap defines; ``metamesh agent`` serves it)."""
+    source = config_source_pb2.ConfigSource(resource_api_version=config_source_pb2.V3)
+    api = source.api_config_source
+    api.api_type = config_source_pb2.ApiConfigSource.GRPC
+    api.transport_api_version = config_source_pb2.V3
+    api.set_node_on_first_message_only = True
+    api.grpc_services.add().envoy_grpc.cluster_name = SDS_CLUSTER
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=source)
 
 
 def _socket(context: Any) -> base_pb2.TransportSocket:
