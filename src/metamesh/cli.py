@@ -574,11 +574,28 @@ def _kubernetes(args: argparse.Namespace) -> KubernetesSettings | None:
             f"metamesh {args.command}: give --kubeconfig or --in-cluster, not both", file=sys.stderr
         )
         raise SystemExit(2)
+    injector = None
+    if args.webhook_cert or args.webhook_key:
+        from metamesh.control.sources.kubernetes_webhook import InjectorSettings
+
+        if not (args.webhook_cert and args.webhook_key):
+            print(f"metamesh {args.command}: give --webhook-cert and --webhook-key together",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(2)
+        injector = InjectorSettings(
+            cert=args.webhook_cert,
+            key=args.webhook_key,
+            port=args.webhook_port,
+            host=args.webhook_address,
+            image=args.sidecar_image,
+            xds=args.sidecar_xds,
+        )
     return KubernetesSettings(
         kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster,
         context=args.kube_context,
         lease_namespace=args.kube_lease_namespace,
+        injector=injector,
     )
 
 
@@ -599,6 +616,23 @@ def _add_kubernetes_options(parser: argparse.ArgumentParser) -> None:
         default="metamesh-system",
         metavar="NS",
         help="namespace of the leader Lease (status writes)",
+    )
+    group.add_argument(
+        "--webhook-cert",
+        metavar="FILE",
+        help="serve the sidecar injection webhook over HTTPS with this certificate (PEM)",
+    )
+    group.add_argument("--webhook-key", metavar="FILE", help="the webhook certificate's key")
+    group.add_argument("--webhook-port", type=int, default=15017, help="webhook port")
+    group.add_argument("--webhook-address", default="0.0.0.0", help="webhook address")
+    group.add_argument(
+        "--sidecar-image", default="metamesh:latest", help="image of the injected containers"
+    )
+    group.add_argument(
+        "--sidecar-xds",
+        default="metamesh-control-plane.metamesh-system.svc:15010",
+        metavar="HOST:PORT",
+        help="the control plane address injected proxies dial",
     )
 
 

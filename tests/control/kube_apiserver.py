@@ -23,7 +23,10 @@ and ``kubectl``), and strict about what they see:
   ``allowWatchBookmarks=true`` and the stream ending after ``timeoutSeconds``; a
   ``resourceVersion`` older than the history (after :meth:`KubeApiServer.compact`) is answered
   with an ``ERROR`` event carrying a 410 ``Expired`` Status, as the real watch cache does;
-- CRDs (``apiextensions.k8s.io/v1``) become served resources when created.
+- CRDs (``apiextensions.k8s.io/v1``) become served resources when created;
+- a creation goes through the MutatingWebhookConfigurations that match it (rules,
+  namespace and object selectors), each called over HTTPS at its ``clientConfig.url`` with the
+  ``caBundle``, and the JSON Patch answered is applied (``failurePolicy`` honoured).
 
 What a cluster's controllers would do is emulated in the smallest way the tests need: a Service
 gets a ``clusterIP`` from ``service_cidr`` (loopback, so a proxy can listen on it); a Pod is
@@ -465,7 +468,8 @@ class KubeApiServer:
                     return await self._watch(request, rt, namespace)
                 return _json(self._list(rt, namespace, request.query.get("labelSelector", "")))
             if method == "POST":
-                return _json(self._create(rt, namespace, await request.json()), 201)
+                created = await self._admit_webhooks(rt, namespace, await request.json())
+                return _json(self._create(rt, namespace, created), 201)
             raise ApiError(405, "MethodNotAllowed", f"{method} on a collection")
         if method == "GET":
             return _json(self._get(rt, namespace, name))
@@ -477,6 +481,28 @@ class KubeApiServer:
         if method == "DELETE":
             return _json(self._delete(rt, namespace, name))
         raise ApiError(405, "MethodNotAllowed", method)
+
+    # --- admission webhooks ----------------------------------------------------------------
+
+    async def _admit_webhooks(self, rt: ResourceType, namespace: str, obj: Obj) -> Obj:
+        """Call the MutatingWebhookConfigurations that match a CREATE, as the API server does
+        (webhooks with a ``clientConfig.url`` only; ``failurePolicy`` honoured)."""
+        configs = self.store.get("mutatingwebhookconfigurations.admissionregistration.k8s.io", {})
+        ns = self.store.get("namespaces", {}).get(("", namespace), {})
+        ns_labels = (ns.get("metadata") or {}).get("labels") or {}
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        for _, config in sorted(configs.items()):
+            for hook in config.get("webhooks") or []:
+                if not _hook_matches(hook, rt, ns_labels, labels):
+                    continue
+                try:
+                    obj = await _call_webhook(hook, rt, namespace, obj)
+                except (OSError, ValueError, KeyError, TimeoutError) as exc:
+                    if hook.get("failurePolicy", "Fail") == "Fail":
+                        raise ApiError(
+                            500, "InternalError", f'failed calling webhook "{hook["name"]}": {exc}'
+                        ) from exc
+        return obj
 
     # --- verbs -------------------------------------------------------------------------------
 
@@ -700,6 +726,101 @@ def _version_priority(version: str) -> tuple[int, int, int]:
         return (3, 0, 0)
     level = {"None": 0, "beta": 1, "alpha": 2}[str(match.group(2))]
     return (level, -int(match.group(1)), -int(match.group(3) or 0))
+
+
+def _selects(selector: Obj | None, labels: dict[str, str]) -> bool:
+    if not selector:
+        return True
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if (op == "In" and labels.get(key) not in values) or (
+            op == "NotIn" and key in labels and labels[key] in values
+        ):
+            return False
+        if (op == "Exists") != (key in labels) and op in ("Exists", "DoesNotExist"):
+            return False
+    return True
+
+
+def _hook_matches(
+    hook: Obj, rt: ResourceType, ns_labels: dict[str, str], labels: dict[str, str]
+) -> bool:
+    rules = hook.get("rules") or []
+    matched = any(
+        rt.group in r.get("apiGroups", []) and rt.plural in r.get("resources", [])
+        and ("CREATE" in r.get("operations", []) or "*" in r.get("operations", []))
+        for r in rules
+    )  # fmt: skip
+    return (
+        matched
+        and _selects(hook.get("namespaceSelector"), ns_labels)
+        and _selects(hook.get("objectSelector"), labels)
+    )
+
+
+async def _call_webhook(hook: Obj, rt: ResourceType, namespace: str, obj: Obj) -> Obj:
+    import base64
+    import ssl
+
+    import aiohttp
+
+    config = hook["clientConfig"]
+    url = config["url"]  # service references need cluster DNS: not emulated
+    context = ssl.create_default_context()
+    if config.get("caBundle"):
+        context.load_verify_locations(cadata=base64.b64decode(config["caBundle"]).decode())
+    request = {
+        "uid": str(uuid.uuid4()),
+        "kind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
+        "resource": {"group": rt.group, "version": rt.version, "resource": rt.plural},
+        "namespace": namespace,
+        "operation": "CREATE",
+        "object": obj,
+    }
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+    timeout = aiohttp.ClientTimeout(total=float(hook.get("timeoutSeconds") or 10))
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url, json=review, ssl=context) as response,
+    ):
+        if response.status != 200:
+            raise ValueError(f"webhook answered HTTP {response.status}")
+        answer = (await response.json())["response"]
+    if answer.get("uid") != request["uid"]:
+        raise ValueError("the webhook answered another request's uid")
+    if not answer.get("allowed", False):
+        raise ApiError(400, "BadRequest", f"admission webhook denied: {answer.get('status')}")
+    if answer.get("patchType") == "JSONPatch":
+        obj = json_patch(obj, json.loads(base64.b64decode(answer["patch"])))
+    return obj
+
+
+def json_patch(obj: Obj, ops: list[Obj]) -> Obj:
+    """RFC 6902 add/replace/remove (what webhooks send)."""
+    doc = copy.deepcopy(obj)
+    for op in ops:
+        tokens = [t.replace("~1", "/").replace("~0", "~") for t in op["path"].split("/")[1:]]
+        parent: Any = doc
+        for token in tokens[:-1]:
+            parent = parent[int(token)] if isinstance(parent, list) else parent[token]
+        last = tokens[-1]
+        if op["op"] in ("add", "replace"):
+            if isinstance(parent, list):
+                if last == "-":
+                    parent.append(op["value"])
+                elif op["op"] == "add":
+                    parent.insert(int(last), op["value"])
+                else:
+                    parent[int(last)] = op["value"]
+            else:
+                parent[last] = op["value"]
+        elif op["op"] == "remove":
+            del parent[int(last) if isinstance(parent, list) else last]
+        else:
+            raise ValueError(f"unsupported JSON Patch op {op['op']!r}")
+    return doc
 
 
 def _json(obj: Obj, status: int = 200) -> web.Response:

@@ -17,7 +17,8 @@ edit moves Thrift to v2 on the same client connection with no failed call; a con
 server's own address (no mesh service) is passed through; each server's proxy served every
 call for its version (access logs); counters in the client proxy's admin; after SIGTERM every
 proxy exits 0 and no rule is left in any namespace. A second test: a proxy killed with SIGKILL
-leaves its rules and ``metamesh intercept --cleanup`` removes them.
+leaves its rules and ``metamesh intercept --cleanup`` removes them. A third: ``metamesh up DIR
+--intercept`` serves a short name to a Thrift client.
 """
 
 from __future__ import annotations
@@ -311,6 +312,45 @@ def test_a_killed_proxy_leaves_its_rules_and_cleanup_removes_them(tmp_path: Path
         assert "metamesh" not in ns.tables()
         again = ns.run(*_metamesh(), "intercept", "--cleanup")
         assert again.stdout.strip() == "metamesh intercept: table ip metamesh was not there"
+
+
+def test_up_intercepts_with_its_own_control_plane(
+    calc_gen: types.ModuleType, tmp_path: Path
+) -> None:
+    """``metamesh up DIR --intercept``: control plane and proxy in one process (its xDS on
+    127.0.0.1 stays out of the rules); a Thrift client dials the name, the server answers."""
+    gen_dir = str(Path(calc_gen.__file__).parents[1])
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    write(
+        mesh / "calc.yaml",
+        f"""apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {META % "calc"}
+spec:
+  hosts: [{THRIFT_HOST}]
+  addresses: [{THRIFT_VIP}]
+  ports: [{{number: 9090, name: tcp-metaprotocol-thrift-x}}]
+  resolution: STATIC
+  endpoints: [{{address: {server_ip(0)}}}]
+""",
+    )
+    with Hosts(servers=1) as hosts, ExitStack() as stack:
+        servers = hosts.server.python(PEERS, "servers", gen_dir, "v1", stdout=subprocess.PIPE)
+        stack.callback(servers.wait, 10)
+        stack.callback(servers.kill)
+        up = Process(hosts.client, tmp_path, "up", "up", str(mesh), "--intercept", "-n", "demo")
+        stack.callback(up.stop)
+        assert servers.stdout is not None and servers.stdout.readline().strip() == "READY"
+        up.wait_for(f"{THRIFT_VIP}:9090")
+        up.wait_for("intercepting: outbound TCP")
+        client = Client(hosts.client, "thrift-client", "calc", "9090", gen_dir)  # short name
+        stack.callback(client.close)
+        seen, record = client.versions(5)
+        assert seen == {"v1": 5} and record["peer"] == [THRIFT_VIP, 9090]
+        client.close()
+        assert up.stop() == 0
+        assert "metamesh" not in hosts.client.tables()
 
 
 def _metamesh() -> tuple[str, ...]:

@@ -17,7 +17,9 @@
    unreachable; the state says since when (``status()``), the ``failures`` counter moves, one
    warning line is logged when it starts failing and one info line when it is back.
 
-A CRD that is not installed (404) is retried every ``backoff_max`` and logged once.
+A CRD that is not installed (404) is retried every ``backoff_max`` and logged once. With
+``settings.injector`` the source also serves the sidecar injection webhook
+(:mod:`.kubernetes_webhook`).
 
 Changes are grouped (``debounce`` seconds of quiet) and the whole store is translated
 (:class:`~.kubernetes_objects.Translator`, cached per object) into pseudo-files handed to
@@ -58,6 +60,7 @@ from metamesh.control.sources.kubernetes_objects import (
     resource_name,
 )
 from metamesh.control.sources.kubernetes_status import LeaderLease, StatusWriter, verdict
+from metamesh.control.sources.kubernetes_webhook import InjectorServer, InjectorSettings
 
 log = logging.getLogger("metamesh.control.sources.kubernetes")
 
@@ -97,6 +100,7 @@ class KubernetesSettings:
     lease_namespace: str = "metamesh-system"  #: where the leader's Lease lives
     lease_duration: int = 15  #: seconds a leader that stopped renewing keeps the Lease
     lease_renew: float = 5.0  #: seconds between renewals
+    injector: InjectorSettings | None = None  #: serve the sidecar injection webhook
     identity: str | None = None  #: this replica's name in the Lease (default: random)
 
     @property
@@ -155,13 +159,18 @@ class KubernetesSource:
         self._dirty = asyncio.Event()
         self._closing = False
         self.writer: StatusWriter | None = None
+        self.injector: InjectorServer | None = None
         self._verdicts: tuple[list[Problem], Mapping[str, Held]] | None = None
         self.lease: LeaderLease | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect and start the reflectors (raises for an unusable kubeconfig)."""
+        """Connect and start the reflectors (raises for an unusable kubeconfig, or an injector
+        certificate that cannot be loaded)."""
+        if self.settings.injector is not None:
+            self.injector = InjectorServer(self.settings.injector)
+            await self.injector.start()
         self.api = await api_client(self.settings)
         self._set_state("connecting")
         for gvr, _ in [*self._core, *self.resources]:
@@ -193,6 +202,8 @@ class KubernetesSource:
         self._tasks.clear()
         if self.writer is not None:
             await self.writer.close()
+        if self.injector is not None:
+            await self.injector.close()
         if self.api is not None:
             await self.api.close()
         self._set_state("stopped")

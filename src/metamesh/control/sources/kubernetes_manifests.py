@@ -47,6 +47,10 @@ PARTS = ("crds", "control-plane", "sidecar-template")
 ISTIO_GROUPS = ("networking.istio.io", "security.istio.io")
 XDS_PORT = 15010
 WEBHOOK_PORT = 15017
+WEBHOOK_TLS_DIR = "/etc/metamesh/webhook"
+#: kubernetes.io/tls Secret with the webhook's certificate (made by cert-manager or by hand; the
+#: MutatingWebhookConfiguration's caBundle must be its CA)
+WEBHOOK_SECRET = "metamesh-webhook-tls"
 PROXY_UID = 1337  # the proxy's own traffic is not intercepted (as Istio's)
 
 
@@ -267,6 +271,9 @@ def control_plane(namespace: str, image: str) -> list[Obj]:
                     "metadata": {"labels": labels},
                     "spec": {
                         "serviceAccountName": name,
+                        "volumes": [
+                            {"name": "webhook-tls", "secret": {"secretName": WEBHOOK_SECRET}}
+                        ],
                         "containers": [
                             {
                                 "name": "control-plane",
@@ -281,6 +288,23 @@ def control_plane(namespace: str, image: str) -> list[Obj]:
                                     str(XDS_PORT),
                                     "--kube-lease-namespace",
                                     namespace,
+                                    "--webhook-cert",
+                                    f"{WEBHOOK_TLS_DIR}/tls.crt",
+                                    "--webhook-key",
+                                    f"{WEBHOOK_TLS_DIR}/tls.key",
+                                    "--webhook-port",
+                                    str(WEBHOOK_PORT),
+                                    "--sidecar-image",
+                                    image,
+                                    "--sidecar-xds",
+                                    f"{name}.{namespace}.svc:{XDS_PORT}",
+                                ],
+                                "volumeMounts": [
+                                    {
+                                        "name": "webhook-tls",
+                                        "mountPath": WEBHOOK_TLS_DIR,
+                                        "readOnly": True,
+                                    }
                                 ],
                                 "env": [
                                     {
