@@ -4,6 +4,7 @@ read-back of those standard Envoy fields."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -425,3 +426,29 @@ def test_the_xds_proxy_warns_once_about_identity_rules_on_a_plaintext_inbound_po
         "with principals/namespaces, which can never match on a plaintext listener (no peer "
         "identity is verified there)"
     )
+
+
+def test_the_control_plane_translates_under_its_settings(tmp_path: Path) -> None:
+    # control-plane --root-namespace / --trust-domain reach what every node gets
+    import asyncio
+
+    from metamesh.control.embedded import start_control_plane
+
+    (tmp_path / "mesh.yaml").write_text(
+        MESH + peer("default", "mesh-root", "{mtls: {mode: STRICT}}")
+    )
+
+    async def nodes() -> tuple[Any, Any]:
+        settings = MeshSettings("mesh-root", "example.org")
+        ads, _source, _port = await start_control_plane(
+            tmp_path, "127.0.0.1", 0, "default", mesh=settings
+        )
+        try:
+            return ads.snapshot_for(CLIENT), ads.snapshot_for(SERVER)
+        finally:
+            await ads.stop(0)
+
+    client, server = asyncio.run(nodes())
+    cluster = to_cluster(client.clusters[f"outbound|9090||{HOST}"], None)
+    assert cluster.tls_subject_alt_names == ("spiffe://example.org/ns/server-ns/sa/server",)
+    assert to_listener(server.listeners["inbound_127.0.31.2_20001"]).tls_mode == "STRICT"
