@@ -422,6 +422,9 @@ def _proxy_xds(args: argparse.Namespace) -> int:
     from metamesh.runtime.main import open_access_log
     from metamesh.xds.resources import ProxyNode
 
+    if args.xds_tls and args.ca is None:
+        print("metamesh proxy: --xds-tls needs --ca (its certificate and root)", file=sys.stderr)
+        return 2
     try:
         labels = parse_labels(args.labels)
     except ValueError as e:
@@ -448,6 +451,7 @@ def _proxy_xds(args: argparse.Namespace) -> int:
             identity=_identity(args),
             sidecar=_sidecar(args),
             tracing=_tracing(args),
+            xds_tls=args.xds_tls,
         )
         return run(main, args.log_level)
 
@@ -574,6 +578,12 @@ def _kubernetes(args: argparse.Namespace) -> KubernetesSettings | None:
             f"metamesh {args.command}: give --kubeconfig or --in-cluster, not both", file=sys.stderr
         )
         raise SystemExit(2)
+    from metamesh.control.sources.kubernetes import config_problem
+
+    problem = config_problem(args.kubeconfig, in_cluster=args.in_cluster)
+    if problem is not None:
+        print(f"metamesh {args.command}: --kubernetes: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     injector = None
     if args.webhook_cert or args.webhook_key:
         from metamesh.control.sources.kubernetes_webhook import InjectorSettings
@@ -646,15 +656,27 @@ def _cmd_render_manifests(args: argparse.Namespace) -> int:
 def _ca_settings(args: argparse.Namespace) -> CaSettings | None:
     if args.ca_dir is None:
         return None
+    import ipaddress
     from pathlib import Path
 
     from metamesh.control.embedded import CaSettings
 
+    try:
+        loopback = ipaddress.ip_address(args.xds_address).is_loopback
+    except ValueError:
+        loopback = args.xds_address == "localhost"
+    if args.xds_tls is False and not loopback:
+        raise SystemExit(
+            "metamesh control-plane: --no-xds-tls: plaintext ADS is only served on a loopback "
+            f"address, not {args.xds_address} (docs/security.md)"
+        )
     return CaSettings(
         directory=Path(args.ca_dir),
         tokens_file=Path(args.ca_tokens) if args.ca_tokens else None,
         port=args.ca_port,
         trust_domain=args.trust_domain,
+        xds_tls=args.xds_tls is not False,
+        names=tuple(args.xds_name),
     )
 
 
@@ -822,6 +844,13 @@ def build_parser() -> argparse.ArgumentParser:
         "proxies, which listen on the services' addresses)",
     )
     proxy.add_argument(
+        "--xds-tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ADS over TLS, the control plane verified with --ca-root, the proxy authenticated "
+        "by its workload certificate or --ca-token-file (default: on with --ca)",
+    )
+    proxy.add_argument(
         "--xds-reconnect-max",
         type=float,
         default=1.0,
@@ -928,6 +957,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap tokens and their identities, YAML (default: none)",
     )
     cp.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain")
+    cp.add_argument(
+        "--xds-tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve ADS over TLS and admit only proxies with a mesh certificate or a bootstrap "
+        "token (default: on with --ca-dir; --no-xds-tls only on a loopback --xds-address)",
+    )
+    cp.add_argument(
+        "--xds-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name or address proxies dial the control plane by, added to its "
+        "certificate beside --xds-address and localhost; repeatable",
+    )
     cp.add_argument(
         "--root-namespace",
         default="istio-system",

@@ -74,3 +74,35 @@ def test_a_path_that_is_not_a_socket_is_not_replaced(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="not a socket"):
         asyncio.run(SdsServer().start(path))
     assert path.read_text() == "keep me"
+
+
+def test_garbage_on_the_socket_and_the_loopback_port_are_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    asyncio.run(_garbage(tmp_path))
+    assert "SDS: refused unix socket client: not_http2" in caplog.text
+    assert "SDS: refused" in caplog.text and "not through the socket" in caplog.text
+
+
+async def _garbage(tmp_path: Path) -> None:
+    server = SdsServer()
+    server.update(b"chain1", b"key1", b"root")
+    path = tmp_path / "sds.sock"
+    await server.start(path)
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await reader.read() == b""  # closed
+        writer.close()
+        assert server.front is not None and server.front.refused["not_http2"] == 1
+        request = discovery_pb2.DiscoveryRequest(resource_names=["default"])
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.front.backend_port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await sds_pb2_grpc.SecretDiscoveryServiceStub(ch).FetchSecrets(request)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert server.counts["not_through_socket"] == 1
+        async with grpc.aio.insecure_channel(f"unix:{path}") as channel:  # others still served
+            fetched = await sds_pb2_grpc.SecretDiscoveryServiceStub(channel).FetchSecrets(request)
+            assert len(fetched.resources) == 1
+    finally:
+        await server.stop(0)

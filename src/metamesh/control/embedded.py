@@ -56,10 +56,16 @@ from metamesh.runtime.server import ProxyServer
 from metamesh.runtime.sidecar import Sidecar, SidecarSettings
 from metamesh.runtime.tls import TlsCredentials
 from metamesh.runtime.tracing import TracingSettings, enable_tracing
-from metamesh.runtime.xds_client import XdsClient
+from metamesh.runtime.xds_client import XdsClient, XdsTls
 from metamesh.runtime.xds_state import resources_to_snapshot
 from metamesh.security.ca import CertificateAuthority
-from metamesh.security.cert_service import CertificateService, TokenBook, server_credentials
+from metamesh.security.cert_service import (
+    CertificateService,
+    TokenBook,
+    control_plane_certificate,
+    server_credentials,
+)
+from metamesh.xds.ads_auth import AdsTls, server_context
 from metamesh.xds.resources import ProxyNode
 from metamesh.xds.server import AdsServer
 
@@ -150,6 +156,7 @@ async def start_control_plane(
     limits: LoadLimits = DEFAULT_LIMITS,
     mesh: MeshSettings | None = None,
     kubernetes: KubernetesSettings | None = None,
+    xds_tls: AdsTls | None = None,
 ) -> tuple[AdsServer, FileSource | MergedSources, int]:
     """The ADS server fed by the directory and, with ``zookeeper``, the Dubbo registry too
     (control/sources/merge.py; its first read is awaited for a bounded time); ``mesh``: the
@@ -178,7 +185,7 @@ async def start_control_plane(
         await source.start()
     if source.load() is not None:
         ads.flush()
-    bound = await ads.start(host, port)
+    bound = await ads.start(host, port, tls=xds_tls)
     return ads, source, bound
 
 
@@ -389,6 +396,7 @@ async def serve_control_plane(
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
     path = Path(directory) if directory is not None else None
+    xds_tls = ads_tls(ca, host) if ca is not None and ca.xds_tls else None
     ads, source, port = await start_control_plane(
         path,
         host,
@@ -398,9 +406,11 @@ async def serve_control_plane(
         limits=config_limits,
         mesh=mesh,
         kubernetes=kubernetes,
+        xds_tls=xds_tls,
     )
     watching = _watching(directory, zookeeper, kubernetes)
-    print(f"metamesh: control plane (xDS) on {host}:{port}, watching {watching}", file=out)
+    how = " (TLS: workload certificate or bootstrap token)" if xds_tls is not None else ""
+    print(f"metamesh: control plane (xDS) on {host}:{port}{how}, watching {watching}", file=out)
     ca_server = await start_ca(ca, host, out) if ca is not None else None
     out.flush()
     task = asyncio.create_task(source.run())
@@ -425,6 +435,25 @@ class CaSettings:
     tokens_file: Path | None
     port: int = 15012
     trust_domain: str = "cluster.local"
+    #: ADS over TLS, streams authenticated (docs/security.md); False: plaintext ADS.
+    xds_tls: bool = True
+    #: More names (DNS or IP) proxies dial the control plane by, for its certificate.
+    names: tuple[str, ...] = ()
+
+
+def ads_tls(settings: CaSettings, host: str) -> AdsTls:
+    """The TLS ADS port's settings: a server certificate from the CA (naming ``host`` and
+    ``settings.names``), the mesh root for client certificates, the bootstrap tokens."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = CertificateAuthority.load_or_create(settings.directory, settings.trust_domain, now)
+    tokens = (
+        TokenBook.load(settings.tokens_file, settings.trust_domain)
+        if settings.tokens_file is not None
+        else TokenBook({})
+    )
+    chain, key = control_plane_certificate(ca, now, (host, *settings.names))
+    context = server_context(chain, key, ca.root_pem.encode())
+    return AdsTls(context, settings.trust_domain, tokens.identity)
 
 
 async def start_ca(settings: CaSettings, host: str, out: TextIO) -> grpc.aio.Server:
@@ -439,7 +468,8 @@ async def start_ca(settings: CaSettings, host: str, out: TextIO) -> grpc.aio.Ser
     )
     server = grpc.aio.server()
     CertificateService(ca, tokens).add_to(server)
-    port = server.add_secure_port(f"{host}:{settings.port}", server_credentials(ca, now, (host,)))
+    hosts = (host, *settings.names)
+    port = server.add_secure_port(f"{host}:{settings.port}", server_credentials(ca, now, hosts))
     await server.start()
     root = settings.directory / "root-cert.pem"
     print(
@@ -448,6 +478,21 @@ async def start_ca(settings: CaSettings, host: str, out: TextIO) -> grpc.aio.Ser
         file=out,
     )
     return server
+
+
+def proxy_xds_tls(agent: ProxyIdentity) -> XdsTls:
+    """ADS over TLS for a proxy with a workload identity: the control plane verified against
+    the mesh root; the current certificate (mutual TLS), or the bootstrap token before one."""
+    s = agent.settings
+
+    def certificate() -> tuple[bytes, bytes] | None:
+        current = agent.agent
+        if current is None or current.chain_pem is None or current.key_pem is None:
+            return None
+        return current.chain_pem, current.key_pem
+
+    token = s.token_file.read_text().strip() if s.token_file is not None else None
+    return XdsTls(s.root_file.read_bytes(), certificate, token)
 
 
 async def serve_proxy_xds(
@@ -464,9 +509,11 @@ async def serve_proxy_xds(
     identity: IdentitySettings | None = None,
     sidecar: SidecarSettings | None = None,
     tracing: TracingSettings | None = None,
+    xds_tls: bool | None = None,
 ) -> int:
     """``metamesh proxy --xds``: a proxy configured by the control plane at ``target``; with
-    ``identity``, its workload certificate comes from (and is renewed by) the mesh CA first."""
+    ``identity``, its workload certificate comes from (and is renewed by) the mesh CA first,
+    and ADS is TLS authenticated by it (``xds_tls`` None or True; False: plaintext)."""
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
     control = LoopThread("metamesh-xds")
@@ -491,6 +538,8 @@ async def serve_proxy_xds(
         await control.stop()
         remove_signals()
         return 1
+    if agent is not None and xds_tls is not False:
+        client.tls = proxy_xds_tls(agent)
     _print_startup(out)
     admin = proxy.bound_admin_port
     print(

@@ -15,7 +15,10 @@
   with jitter (``base * 2**n`` capped at ``cap``, 1 s by default, times a random factor in
   [0.5, 1]); the back-off restarts once a stream has delivered a response, so a control plane
   that returns after any outage is followed within about a second. While disconnected the
-  proxy keeps serving the last applied config: nothing here ever clears it.
+  proxy keeps serving the last applied config: nothing here ever clears it;
+- with :class:`XdsTls` the channel is TLS, the control plane verified against the mesh root,
+  and the proxy authenticates with its current workload certificate (mutual TLS) or, before
+  it has one, its bootstrap token (docs/security.md).
 
 :func:`check_snapshot` is the dry run the state uses before ACKing: a throwaway
 :class:`~metamesh.proxy.connection.ConnectionManager` resolves every codec and compiles every
@@ -31,6 +34,7 @@ import dataclasses
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -53,6 +57,21 @@ CHANNEL_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
+
+
+@dataclass(frozen=True)
+class XdsTls:
+    """ADS over TLS (a control plane that is the mesh CA): the server verified against
+    ``root_pem`` (and named ``server_name`` when given, else the host dialled); the proxy
+    authenticates with its workload certificate, ``certificate()`` read at each connection
+    so a renewed one is used from the next, and with ``token`` (gRPC metadata) while it has
+    none."""
+
+    root_pem: bytes
+    certificate: Callable[[], tuple[bytes, bytes] | None]
+    token: str | None = None
+    server_name: str | None = None
+
 
 Apply = Callable[[Snapshot], Awaitable[None]]
 OnApplied = Callable[[Snapshot], None]
@@ -79,8 +98,10 @@ class XdsClient:
         backoff_base: float = 0.1,
         backoff_cap: float = 1.0,
         rng: random.Random | None = None,
+        tls: XdsTls | None = None,
     ) -> None:
         self.target = target
+        self.tls = tls
         self.state = ClientState(node, convert, check_snapshot)
         self._apply = apply
         self._on_applied = on_applied
@@ -116,9 +137,10 @@ class XdsClient:
         outbox: asyncio.Queue[Any] = asyncio.Queue()
         for request in self.state.start_stream():
             outbox.put_nowait(request)
-        async with grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS) as channel:
+        channel, metadata = self._channel()
+        async with channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-            call = stub.StreamAggregatedResources(_drain(outbox))
+            call = stub.StreamAggregatedResources(_drain(outbox), metadata=metadata)
             self.streams += 1
             stopper = asyncio.create_task(self._stopping.wait())
             try:
@@ -147,6 +169,21 @@ class XdsClient:
                 await asyncio.gather(stopper, return_exceptions=True)
                 call.cancel()
                 outbox.put_nowait(None)
+
+    def _channel(self) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...] | None]:
+        """A fresh channel (TLS with the current certificate, or the token) and its metadata."""
+        tls = self.tls
+        if tls is None:
+            return grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS), None
+        pair = tls.certificate()
+        chain, key = pair if pair is not None else (None, None)
+        credentials = grpc.ssl_channel_credentials(tls.root_pem, key, chain)
+        options: tuple[tuple[str, int | str], ...] = CHANNEL_OPTIONS
+        if tls.server_name:
+            options = (*options, ("grpc.ssl_target_name_override", tls.server_name))
+        channel = grpc.aio.secure_channel(self.target, credentials, options=options)
+        token = tls.token if pair is None else None
+        return channel, (("authorization", f"Bearer {token}"),) if token else None
 
     async def _handle(self, response: Any, outbox: asyncio.Queue[Any]) -> None:
         outcome = self.state.on_response(response)

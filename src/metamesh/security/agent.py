@@ -23,7 +23,7 @@ from cryptography import x509
 
 from metamesh.security.cert_service import request_certificate
 from metamesh.security.csr import new_key_and_csr
-from metamesh.security.spiffe import SpiffeId
+from metamesh.security.spiffe import SpiffeId, identity_of
 
 log = logging.getLogger("metamesh.identity")
 
@@ -118,9 +118,10 @@ class IdentityAgent:
         # from when it was asked for: the CA backdates notBefore for clock skew
         end = leaf.not_valid_after_utc
         renew_at = asked_at + (end - asked_at) * self.renew_fraction
+        issued_to = identity_of(leaf)
         log.info(
             "certificate for %s in use (#%d), valid until %s, renewal at %s",
-            self.identity,
+            issued_to if issued_to is not None else self.identity,
             self.issued,
             end.isoformat(timespec="seconds"),
             renew_at.isoformat(timespec="seconds"),

@@ -252,24 +252,40 @@ async def request_certificate(
     return list(response.cert_chain)
 
 
-def server_credentials(
+def control_plane_certificate(
     ca: CertificateAuthority, now: dt.datetime, hosts: tuple[str, ...] = ("127.0.0.1",)
-) -> grpc.ServerCredentials:
-    """TLS for the control plane's gRPC ports: a certificate the CA issues to the control
-    plane itself (``ns/metamesh-system/sa/metamesh-control-plane``, with ``localhost`` and
-    ``hosts`` as names). Clients are not asked for certificates at the TLS layer (see the
-    module docstring for how a certificate authenticates a renewal)."""
+) -> tuple[bytes, bytes]:
+    """(chain PEM without the root, key PEM) the CA issues to the control plane itself
+    (``ns/metamesh-system/sa/metamesh-control-plane``), naming ``localhost`` and ``hosts``
+    (addresses become IP SANs, names DNS SANs): what proxies dial it by."""
     from metamesh.security.csr import new_key_and_csr
 
     identity = SpiffeId(ca.trust_domain, "metamesh-system", "metamesh-control-plane")
     pair = new_key_and_csr(identity)
-    ips = tuple(h for h in hosts if h.replace(".", "").isdigit() or ":" in h)
-    names = ("localhost", *(h for h in hosts if h not in ips))
+    ips = tuple(h for h in hosts if _is_ip(h))
+    names = tuple(dict.fromkeys(("localhost", *(h for h in hosts if h not in ips))))
     chain = ca.sign(pair.csr_pem, identity, now, MAX_SERVER_TTL, names, ips)
-    return grpc.ssl_server_credentials(
-        [(pair.key_pem, "".join(chain[:-1]).encode())],
-        require_client_auth=False,
-    )
+    return "".join(chain[:-1]).encode(), pair.key_pem
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def server_credentials(
+    ca: CertificateAuthority, now: dt.datetime, hosts: tuple[str, ...] = ("127.0.0.1",)
+) -> grpc.ServerCredentials:
+    """TLS for the CA's gRPC port with :func:`control_plane_certificate`. Clients are not
+    asked for certificates at the TLS layer (see the module docstring for how a certificate
+    authenticates a renewal)."""
+    chain_pem, key_pem = control_plane_certificate(ca, now, hosts)
+    return grpc.ssl_server_credentials([(key_pem, chain_pem)], require_client_auth=False)
 
 
 MAX_SERVER_TTL: Final = dt.timedelta(days=7)

@@ -11,7 +11,10 @@ so Envoy rotates without a restart and without closing connections) and ``FetchS
 **Only over a Unix socket.** The secret is a private key: a TCP port, even on 127.0.0.1, is
 open to every local user, while the socket is a file made mode 0600 in a directory of the
 agent's (shared with Envoy only, as Istio's ``/var/run/secrets/workload-spiffe-uds``).
-A socket path that exists and is not a socket is refused.
+A socket path that exists and is not a socket is refused. The socket is a
+:class:`~metamesh.xds.front.GrpcFront` relaying to the gRPC server on a loopback port, so that
+a client that is not gRPC is refused with a counter (``front.refused``) and a log line, and a
+connection to that loopback port directly is refused (``not_through_socket``).
 
 Each outcome is counted in :attr:`SdsServer.counts` (``streams``, ``pushes``, ``acks``,
 ``nacks``, ``unknown_secret``, ``fetches``) and logged: a NACK and a name not served at
@@ -33,6 +36,7 @@ from typing import Any
 import grpc
 from envoy.service.secret.v3 import sds_pb2_grpc
 
+from metamesh.xds.front import GrpcFront
 from metamesh.xds.sanitize import printable
 from metamesh.xds.sds_state import (
     SECRET_TYPE,
@@ -55,6 +59,7 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
         self._server: grpc.aio.Server | None = None
         self._generation = 0
         self.path: Path | None = None
+        self.front: GrpcFront | None = None
 
     async def start(self, path: Path) -> None:
         """Listen on the Unix socket ``path`` (made mode 0600; a stale socket is replaced)."""
@@ -65,15 +70,19 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
         path.parent.mkdir(parents=True, exist_ok=True)
         server = grpc.aio.server()
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self, server)
+        backend = int(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        self._server, self.front = server, GrpcFront("SDS", backend)
         old = os.umask(0o177)  # the socket is created 0600, never briefly wider
         try:
-            server.add_insecure_port(f"unix:{path}")
-            await server.start()
+            await self.front.start_unix(path)
         finally:
             os.umask(old)
-        self._server, self.path = server, path
+        self.path = path
 
     async def stop(self, grace: float = 0.5) -> None:
+        if self.front is not None:
+            await self.front.stop()
         if self._server is not None:
             await self._server.stop(grace)
         if self.path is not None:
@@ -91,19 +100,30 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
 
     # --- the gRPC methods -------------------------------------------------------------
 
+    async def _admit(self, context: Any) -> None:
+        """Only connections made through the socket: the gRPC server's loopback port is not
+        an SDS endpoint (see :mod:`metamesh.xds.front`)."""
+        if self.front is not None and self.front.peer_of(context.peer()) is None:
+            self.counts["not_through_socket"] += 1
+            log.warning("SDS: refused %s: not through the socket", printable(context.peer()))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "use the SDS socket")
+
     async def StreamSecrets(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
+        await self._admit(context)
         async for response in self._serve(request_iterator, SdsStreamState()):
             yield response
 
     async def DeltaSecrets(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
+        await self._admit(context)
         async for response in self._serve(request_iterator, SdsDeltaState()):
             yield response
 
     async def FetchSecrets(self, request: Any, context: Any) -> Any:
+        await self._admit(context)
         self.counts["fetches"] += 1
         state = SdsStreamState()
         if self.secrets is not None:

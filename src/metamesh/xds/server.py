@@ -20,6 +20,9 @@ How it works:
 - Each stream is an async generator: a reader task turns incoming requests into queue events,
   model changes add "snapshot" events, the generator yields whatever the state machine returns.
   Every task is owned and cancelled when the stream ends.
+- With ``tls`` (:meth:`AdsServer.start`) the port is TLS and each stream is authenticated and
+  held to its workload before anything is sent (:mod:`metamesh.xds.ads_auth`; refusals
+  counted in :attr:`AdsServer.refused` and by the front, and logged).
 - :meth:`AdsServer.status` reports per node and type URL the subscription, the version sent,
   the version ACKed and the last NACK with its ``error_detail`` (also logged at WARNING), for
   delta and state-of-the-world streams alike (``delta`` tells which).
@@ -30,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,7 +42,9 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import json_format
 
+from metamesh.xds.ads_auth import AdsAuthenticator, AdsTls, bind_node
 from metamesh.xds.delta import DeltaStreamState
+from metamesh.xds.front import GrpcFront
 from metamesh.xds.resources import ProxyNode, XdsResources
 from metamesh.xds.sanitize import (
     MAX_ERROR_DETAIL,
@@ -149,15 +154,31 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._wakeup = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._debounce_task: asyncio.Task[None] | None = None
+        #: The TLS port's front and stream authentication (None: plaintext ADS).
+        self.front: GrpcFront | None = None
+        self._auth: AdsAuthenticator | None = None
+        #: Streams refused after TLS: ``unauthenticated``, ``wrong_node``.
+        self.refused: Counter[str] = Counter()
 
     # --- lifecycle ------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen on ``host:port`` (0 = ephemeral); returns the bound port."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, tls: AdsTls | None = None
+    ) -> int:
+        """Listen on ``host:port`` (0 = ephemeral); returns the bound port. With ``tls``, the
+        port is TLS and every stream is authenticated (:mod:`metamesh.xds.ads_auth`): gRPC
+        listens on an ephemeral loopback port behind a :class:`~metamesh.xds.front.GrpcFront`."""
         self._server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
-        bound = int(self._server.add_insecure_port(f"{host}:{port}"))
+        if tls is None:
+            bound = int(self._server.add_insecure_port(f"{host}:{port}"))
+        else:
+            backend = int(self._server.add_insecure_port("127.0.0.1:0"))
+            self.front = GrpcFront("ADS", backend, tls.context)
+            self._auth = AdsAuthenticator(tls, self.front)
         await self._server.start()
+        if self.front is not None:
+            bound = await self.front.start_tcp(host, port)
         self._debounce_task = asyncio.create_task(self._debounce_loop())
         return bound
 
@@ -165,6 +186,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if self._debounce_task is not None:
             self._debounce_task.cancel()
             await asyncio.gather(self._debounce_task, return_exceptions=True)
+        if self.front is not None:
+            await self.front.stop()
         if self._server is not None:
             await self._server.stop(grace)
 
@@ -254,24 +277,46 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        async for response in self._serve(request_iterator, StreamState):
+        async for response in self._serve(request_iterator, StreamState, context):
             yield response
 
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> AsyncIterator[Any]:
-        async for response in self._serve(request_iterator, DeltaStreamState):
+        async for response in self._serve(request_iterator, DeltaStreamState, context):
             yield response
 
+    async def _admit(self, node: ProxyNode, context: Any) -> ProxyNode:
+        """``node`` held to the stream's identity on the TLS port; aborts the stream when
+        it is not authenticated or claims another workload (counted, logged)."""
+        if self._auth is None:
+            return node
+        identity, how = self._auth.authenticate(context)
+        if identity is None:
+            self.refused["unauthenticated"] += 1
+            log.warning("ADS: refused node %s: %s", printable(node.node_id), how)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, how)
+        assert identity is not None
+        bound, problem = bind_node(node, identity)
+        if problem:
+            self.refused["wrong_node"] += 1
+            log.warning("ADS: refused node %s: %s", printable(node.node_id), printable(problem))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+        log.info("ADS: node %s is %s (%s)", printable(node.node_id), identity, how)
+        return bound
+
     async def _serve(
-        self, request_iterator: AsyncIterator[Any], protocol: Callable[..., AdsProtocol]
+        self,
+        request_iterator: AsyncIterator[Any],
+        protocol: Callable[..., AdsProtocol],
+        context: Any = None,
     ) -> AsyncIterator[Any]:
         iterator = request_iterator.__aiter__()
         try:
             first = await iterator.__anext__()
         except StopAsyncIteration:
             return
-        node = node_identity(first.node)
+        node = await self._admit(node_identity(first.node), context)
         state = protocol(node.node_id, on_nack=self._record_nack)
         self._status[node.node_id] = state
         stream = _Stream(node, state)
