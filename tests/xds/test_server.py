@@ -125,7 +125,7 @@ def test_node_identity_from_metadata_and_istio_id() -> None:
     identity = node_identity(node("n1", "ns"))
     assert (identity.node_id, identity.namespace, identity.labels) == ("n1", "ns", (("app", "x"),))
     istio = node_identity(base_pb2.Node(id="sidecar~10.0.0.1~pod-1.shop~shop.svc.cluster.local"))
-    assert istio.namespace == "shop"
+    assert (istio.namespace, istio.instance_ips) == ("shop", ("10.0.0.1",))
     assert node_identity(base_pb2.Node(id="plain")).namespace is None
 
 

@@ -95,13 +95,13 @@ def node_identity(node: Any) -> ProxyNode:
     (Istio's metadata keys; see :class:`ProxyNode`)."""
     meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
     namespace = meta.get("NAMESPACE")
-    if namespace is None:
-        parts = node.id.split("~")  # Istio: sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local
-        if len(parts) == 4 and "." in parts[2]:
-            namespace = parts[2].split(".", 1)[1]
+    ips = meta.get("INSTANCE_IPS") or ""
+    parts = node.id.split("~")  # Istio: sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local
+    if len(parts) == 4 and "." in parts[2]:
+        namespace = namespace or parts[2].split(".", 1)[1]
+        ips = ips or parts[1]  # the id's address when the metadata names none
     labels = meta.get("LABELS") or {}
     account = meta.get("SERVICE_ACCOUNT")
-    ips = meta.get("INSTANCE_IPS") or ""
     return ProxyNode(
         node_id=bounded(node.id, MAX_NODE_ID),
         namespace=str(namespace) if namespace else None,
