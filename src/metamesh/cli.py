@@ -598,7 +598,7 @@ def _kubernetes(args: argparse.Namespace) -> KubernetesSettings | None:
             port=args.webhook_port,
             host=args.webhook_address,
             image=args.sidecar_image,
-            xds=args.sidecar_xds,
+            xds=args.sidecar_xds or f"metamesh-control-plane.{args.kube_lease_namespace}.svc:15010",
         )
     return KubernetesSettings(
         kubeconfig=args.kubeconfig,
@@ -640,9 +640,9 @@ def _add_kubernetes_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--sidecar-xds",
-        default="metamesh-control-plane.metamesh-system.svc:15010",
         metavar="HOST:PORT",
-        help="the control plane address injected proxies dial",
+        help="the control plane address injected proxies dial (default: the "
+        "metamesh-control-plane Service in the Lease's namespace, port 15010)",
     )
 
 

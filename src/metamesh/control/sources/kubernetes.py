@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ from metamesh.control.sources.kubernetes_webhook import InjectorServer, Injector
 log = logging.getLogger("metamesh.control.sources.kubernetes")
 
 OnUpdate = Callable[[Mapping[str, ResourceSet]], None]
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 #: Counters of :class:`KubernetesSource` (``status()["counters"]``).
 COUNTERS = (
@@ -108,6 +110,33 @@ class KubernetesSettings:
         if self.in_cluster:
             return "kubernetes (in-cluster)"
         return f"kubernetes ({self.kubeconfig or 'default kubeconfig'})"
+
+
+def config_problem(kubeconfig: str | None, *, in_cluster: bool = False) -> str | None:
+    """Why the client configuration cannot be loaded (None: it can be tried), so a command can
+    say it in one line instead of failing later."""
+    if in_cluster:
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return "--in-cluster outside a pod: KUBERNETES_SERVICE_HOST is not set"
+        if not os.path.exists(SERVICE_ACCOUNT_TOKEN):
+            return f"--in-cluster: no service account token at {SERVICE_ACCOUNT_TOKEN}"
+        return None
+    paths = [kubeconfig] if kubeconfig else os.environ.get("KUBECONFIG", "").split(os.pathsep)
+    paths = [p for p in paths if p] or [os.path.expanduser("~/.kube/config")]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if len(missing) == len(paths):
+        return f"no kubeconfig at {', '.join(missing)} (give --kubeconfig FILE or --in-cluster)"
+    try:  # read it now: a broken file is one line at start, not a traceback later
+        asyncio.run(_try_config(kubeconfig))
+    except Exception as exc:  # kubernetes_asyncio raises ConfigException, YAML errors, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"cannot use the kubeconfig {' or '.join(paths)}: {first}"
+    return None
+
+
+async def _try_config(kubeconfig: str | None) -> None:
+    api = await api_client(KubernetesSettings(kubeconfig=kubeconfig))
+    await api.close()
 
 
 async def api_client(settings: KubernetesSettings) -> client.ApiClient:
