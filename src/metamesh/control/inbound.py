@@ -73,13 +73,11 @@ def fronted_endpoints(model: MeshModel, node: ProxyNode) -> list[tuple[Service, 
     """The endpoints ``node`` fronts, by host then address."""
     if node.namespace is None:
         return []
-    return [
-        (service, endpoint)
-        for host in sorted(model.services)
-        for service in (model.services[host],)
-        for endpoint in service.endpoints
-        if node_matches(node, service, endpoint)
-    ]
+    found = []
+    for host in sorted(model.services):
+        service = model.services[host]
+        found += [(service, e) for e in service.endpoints if node_matches(node, service, e)]
+    return found
 
 
 def inbound_ports(model: MeshModel, node: ProxyNode) -> tuple[list[InboundPort], list[str]]:

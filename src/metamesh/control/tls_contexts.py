@@ -195,7 +195,9 @@ def listener_tls_mode(listener: Any, chains: list[Any]) -> str:
         context = _unpack(chain.transport_socket, tls_pb2.DownstreamTlsContext, where)
         if not context.require_client_certificate.value:
             raise TlsConfigError(f"{where}: only mutual TLS (require_client_certificate) is served")
-        if not _is_sds(context.common_tls_context.tls_certificate_sds_secret_configs, "default"):
+        if not _is_sds(
+            context.common_tls_context.tls_certificate_sds_secret_configs, WORKLOAD_SECRET
+        ):
             raise TlsConfigError(f"{where}: the certificate must be the SDS secret 'default'")
         tls += 1
     if not tls:

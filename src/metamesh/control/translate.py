@@ -16,6 +16,9 @@ Listener ``<address>_<port>``
     and ``metaProtocolFilters``, in order: ``metamesh.filters.rbac`` when authorization
     policies select the service, ``local_ratelimit`` and ``ratelimit`` (global) when the
     MetaRouter has them, then the router (configs: :mod:`metamesh.control.filter_configs`).
+    For a workload node (one that gave its namespace) and a service with mesh workloads,
+    those server-side filters run on the inbound side instead and the outbound listener has
+    the router only (Aeraki's split, docs/mesh.md).
 Cluster ``outbound|<port>||<host>`` and ``outbound|<port>|<subset>|<host>``
     EDS over ADS (``STRICT_DNS`` with an inline assignment for ``resolution: DNS``), lb policy,
     ring-hash size, connect timeout, circuit breakers from ``connectionPool`` (only the limits
@@ -23,7 +26,8 @@ Cluster ``outbound|<port>||<host>`` and ``outbound|<port>|<subset>|<host>``
     moved it into ``HttpProtocolOptions``, which only HTTP clusters take), outlier detection
     (Istio's mapping: a 5xx or gateway threshold is enforced at 100%, consecutive 5xx is
     switched off when only gateway errors are asked for; ``minHealthPercent`` is the healthy
-    panic threshold).
+    panic threshold), and the client TLS (DestinationRule ``tls``, else auto mTLS for a
+    workload node) as an ``UpstreamTlsContext`` (:mod:`metamesh.control.tls_contexts`).
 ClusterLoadAssignment for every EDS cluster
     the endpoints its subset's labels select; labels in ``filter_metadata["envoy.lb"]``.
 RouteConfiguration ``<host>_<port>``
@@ -32,9 +36,21 @@ The rate limit service of a global rate limit
     when ``rateLimitService`` names ``outbound|<port>||<host>`` of a known service (any port
     protocol): that cluster, with HTTP/2 upstream options (gRPC), and its endpoints.
 
-:class:`ProxyNode` carries the node id, namespace and workload labels. The namespace filters
-services by ``exportTo``; ``None`` (the embedded proxy) sees every service. Labels are carried
-for the inbound side, which metamesh does not generate yet.
+For every endpoint the node fronts (:mod:`metamesh.control.inbound`) and MetaProtocol port:
+
+Listener ``inbound_<endpoint address>_<endpoint port>``
+    the same MetaProtocol filter (stat prefix and route configuration ``inbound|<port>||<host>``,
+    the service's server-side filters, then the router), one filter chain per transport the
+    PeerAuthentication admits (a ``DownstreamTlsContext`` on the TLS one).
+Cluster ``inbound|<port>||<host>``
+    ``STATIC``, its one endpoint the local app on 127.0.0.1 at the endpoint's port.
+RouteConfiguration ``inbound|<port>||<host>``
+    one route to that cluster.
+
+:class:`ProxyNode` carries the node id, namespace, workload labels, service account and
+addresses. The namespace filters services by ``exportTo``; ``None`` (the embedded proxy) sees
+every service. A node that asks for no outbound side (``outbound`` False) gets only its
+inbound resources (and the rate limit service cluster its inbound filters need).
 """
 
 from __future__ import annotations
