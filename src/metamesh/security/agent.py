@@ -7,7 +7,9 @@ the bootstrap token the first time and with its current certificate afterwards
 established connections keep theirs) and sleeps until ``renew_fraction`` of the lifetime has
 passed (half, as Istio's agent). A failed request is retried with a capped exponential
 back-off while the current certificate stays in use; one that fails past expiry is logged
-as such. Time comes from ``clock`` and every wait is cut short by :meth:`IdentityAgent.stop`.
+as such, and once the certificate has expired the agent asks with the bootstrap token again
+(an expired certificate authenticates nothing). Time comes from ``clock`` and every wait is
+cut short by :meth:`IdentityAgent.stop`.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ class IdentityAgent:
         """Request, install; seconds until the next renewal."""
         pair = new_key_and_csr(self.identity)
         asked_at = self.clock()
-        if self.chain_pem is not None and self.key_pem is not None:
+        expired = self.not_after is not None and asked_at >= self.not_after
+        if self.chain_pem is not None and self.key_pem is not None and not expired:
             chain = await request_certificate(
                 self.target,
                 self.root_pem,
