@@ -197,6 +197,10 @@ class KubeApiServer:
     def fail(self, count: int, code: int = 500) -> None:
         self._failures.extend([code] * count)
 
+    @property
+    def pending_failures(self) -> int:
+        return len(self._failures)
+
     def stall(self, on: bool) -> None:
         self._stalled = on
 

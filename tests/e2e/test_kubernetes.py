@@ -11,7 +11,9 @@ the Service's clusterIP through the proxy on one connection while:
 - the MetaRouter is re-applied with another route (v1 -> v2);
 - a Pod's ``version`` label is changed with ``kubectl label``, so the v2 subset gains it;
 - a MetaRouter naming a subset that does not exist is applied: it is held at its last good
-  version, and its ``status.conditions`` and an Event say why (``kubectl get``).
+  version, and its ``status.conditions`` and an Event say why (``kubectl get``);
+- the API server answers 500s, cuts every watch mid-object and forgets its history (410), then
+  stops: the calls keep their routes; once it is back, a Pod relabelled is followed.
 """
 
 from __future__ import annotations
@@ -176,3 +178,20 @@ def test_kubectl_applied_service_pods_and_router_route_real_thrift_calls(
         assert answers(client, 40) == {"v1", "v2"}  # the last good router is in force
         assert client.same_connection()
         assert "kubernetes://metaprotocol.aeraki.io/metarouters/demo/calc" in cp.stderr()
+
+        # the API server misbehaves, then goes away: the mesh keeps its config and traffic
+        server = api.server
+        assert server is not None
+        api.call(server.fail, 20, 500)
+        api.call(server.cut_watches)  # every watch stream ends inside an object
+        api.call(server.compact)  # and resuming needs a relist (410 Gone)
+        wait_until(lambda: "the last good config stays in force" in cp.stderr(), "the log line")
+        wait_until(lambda: server.pending_failures == 0, "the 500s answered", timeout=15)
+        assert answers(client, 40) == {"v1", "v2"}
+        api.stop()
+        assert answers(client, 40) == {"v1", "v2"}
+        api.restart()
+        # caught up once the API server answers again: calc-v1 leaves subset v2
+        kubectl("label", "pod", "calc-v1", "-n", "demo", "version=v1", "--overwrite")
+        wait_until(lambda: answers(client, 10) == {"v2"}, "the change after the outage", 20)
+        assert client.same_connection()
