@@ -1,13 +1,14 @@
 """Run inside a fresh network namespace by ``test_capture.py``: one proxy with interception
 (a static snapshot, no control plane) and plain TCP peers, printing what each case saw.
 
-The namespace gets a veth pair of its own (198.18.0.1/24 on one end) and a default route
-through it, so addresses that exist nowhere are still routable and the rules can redirect
-them. Cases:
+The namespace gets a veth pair of its own (198.18.0.1/24 and fd00::1/64 on one end) and
+default routes through it, so addresses that exist nowhere are still routable and the rules
+can redirect them. Cases:
 
-* ``matched``: a Thrift listener on VIP 198.18.9.9:9090 routes to a real Apache Thrift server
-  on 127.0.0.1 (the client dials the VIP);
-* ``passthrough``: a TCP echo server on 0.0.0.0:7007 dialled at 198.18.0.1:7007 (no listener);
+* ``matched`` / ``matched6``: Thrift listeners on VIPs 198.18.9.9:9090 and [fd00:9::9]:9090
+  route to a real Apache Thrift server on 127.0.0.1 (the client dials a VIP);
+* ``passthrough`` / ``passthrough6``: a TCP echo server on [::]:7007 (dual stack) dialled at
+  198.18.0.1:7007 and [fd00::1]:7007 (no listener);
 * ``refused``: the same with ``REGISTRY_ONLY`` (a second run of this script);
 * ``direct``: a client dialling the capture port 127.0.0.1:15001 itself.
 
@@ -47,12 +48,14 @@ def setup_namespace() -> None:
         ["link", "set", "d0", "up"],
         ["link", "set", "d1", "up"],
         ["route", "add", "default", "dev", "d0"],
+        ["addr", "add", "fd00::1/64", "dev", "d0", "nodad"],
+        ["-6", "route", "add", "default", "dev", "d0"],
     ):
         subprocess.run(["ip", *args], check=True)
 
 
 def echo_server() -> None:
-    srv = socket.create_server(("0.0.0.0", 7007))
+    srv = socket.create_server(("::", 7007), family=socket.AF_INET6, dualstack_ipv6=True)
 
     def serve(conn: socket.socket) -> None:
         with conn:
@@ -84,7 +87,10 @@ def echo_through(address: str, port: int) -> str:
 def snapshot(thrift_port: int) -> Snapshot:
     cluster = "outbound|9090||calc.test"
     return Snapshot.build(
-        [Listener("vip", "198.18.9.9", 9090, "thrift", "calc.test_9090", cluster)],
+        [
+            Listener("vip", "198.18.9.9", 9090, "thrift", "calc.test_9090", cluster),
+            Listener("vip6", "fd00:9:0::9", 9090, "thrift", "calc.test_9090", cluster),
+        ],
         [Cluster(cluster, (Endpoint("127.0.0.1", thrift_port),))],
         [RouteConfiguration("calc.test_9090", (Route("all", (), RouteAction(cluster)),))],
     )
@@ -122,8 +128,8 @@ async def main(policy: str, gen_dir: str) -> dict[str, Any]:
     )
     await proxy.start()
 
-    def call_vip() -> str:
-        sock = TSocket.TSocket("198.18.9.9", 9090)
+    def call_vip(vip: str) -> str:
+        sock = TSocket.TSocket(vip, 9090)
         transport = TFramedTransport(sock)
         transport.open()
         try:
@@ -132,8 +138,10 @@ async def main(policy: str, gen_dir: str) -> dict[str, Any]:
             transport.close()
 
     result: dict[str, Any] = {
-        "matched": await asyncio.to_thread(call_vip),
+        "matched": await asyncio.to_thread(call_vip, "198.18.9.9"),
+        "matched6": await asyncio.to_thread(call_vip, "fd00:9::9"),
         "passthrough": await asyncio.to_thread(echo_through, "198.18.0.1", 7007),
+        "passthrough6": await asyncio.to_thread(echo_through, "fd00::1", 7007),
         "direct": await asyncio.to_thread(echo_through, "127.0.0.1", 15001),
     }
     interceptor = proxy.sidecar.interceptor if proxy.sidecar else None

@@ -1,6 +1,6 @@
 """Capture ports in a network namespace of the test's own (runtime/capture.py): a connection
-redirected to a VIP reaches its listener and a real Apache Thrift server; one to no listener
-is relayed as plain TCP (ALLOW_ANY, 100 kB echoed back with a half-close) or reset
+redirected to a VIP (IPv4 and IPv6) reaches its listener and a real Apache Thrift server; one
+to no listener is relayed as plain TCP (ALLOW_ANY, 100 kB echoed back with a half-close) or reset
 (REGISTRY_ONLY); a client dialling the capture port itself is closed, not looped; each is
 counted, and the rules are gone after the drain. The proxy runs in a child process
 (``capture_probe.py``) so this process stays in the machine's namespace."""
@@ -46,16 +46,16 @@ def test_listener_passthrough_refusal_and_loop_guard(
     policy: str, calc_gen: types.ModuleType
 ) -> None:
     result = probe(policy, str(Path(calc_gen.__file__).parents[1]))
-    assert result["matched"] == "server:hi"
+    assert result["matched"] == result["matched6"] == "server:hi"
     assert result["direct"] == "reset"
     counters = result["counters"]
-    assert counters["matched"] == {"vip": 1}
+    assert counters["matched"] == {"vip": 1, "vip6": 1}
     if policy == "ALLOW_ANY":
-        assert result["passthrough"] == "echoed"
-        assert counters["passthrough"] == 1
+        assert result["passthrough"] == result["passthrough6"] == "echoed"
+        assert counters["passthrough"] == 2
         assert counters["refused"] == {"not_redirected": 1}
     else:
-        assert result["passthrough"] == "reset"
+        assert result["passthrough"] == result["passthrough6"] == "reset"
         assert counters["passthrough"] == 0
-        assert counters["refused"] == {"not_redirected": 1, "registry_only": 1}
+        assert counters["refused"] == {"not_redirected": 1, "registry_only": 2}
     assert "metamesh" not in result["rules_after"]

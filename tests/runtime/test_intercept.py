@@ -25,12 +25,13 @@ def output_rules(script: str) -> list[str]:
 
 def test_default_rules_follow_istio_ports_and_exempt_the_proxy_mark_first() -> None:
     script = render_rules(InterceptSettings())
-    assert script.startswith("table ip metamesh\ndelete table ip metamesh\n")
+    assert script.startswith("table inet metamesh\ndelete table inet metamesh\n")
     assert output_rules(script) == [
         "meta mark 0x539 return",
         "udp dport 53 redirect to :15053",
         "tcp dport 53 redirect to :15053",
         "ip daddr 127.0.0.1 return",
+        "ip6 daddr ::1 return",
         "meta l4proto tcp redirect to :15001",
     ]
     prerouting = script.split("chain prerouting {", 1)[1]
@@ -43,7 +44,7 @@ def test_options_change_the_rules() -> None:
     settings = InterceptSettings(
         outbound_port=16001,
         dns_port=None,
-        exclude_outbound=(("10.0.0.7", 15010), ("10.9.0.0/16", 0)),
+        exclude_outbound=(("10.0.0.7", 15010), ("10.9.0.0/16", 0), ("fd00::7", 15010)),
         exclude_inbound_ports=(22,),
         exclude_uid=1337,
         inbound=False,
@@ -53,8 +54,10 @@ def test_options_change_the_rules() -> None:
         "meta mark 0x539 return",
         "meta skuid 1337 return",
         "ip daddr 127.0.0.1 return",
+        "ip6 daddr ::1 return",
         "ip daddr 10.0.0.7 tcp dport 15010 return",
         "ip daddr 10.9.0.0/16 return",
+        "ip6 daddr fd00::7 tcp dport 15010 return",
         "meta l4proto tcp redirect to :16001",
     ]
     assert "prerouting" not in script and "dport 53" not in script
@@ -67,6 +70,9 @@ def test_options_change_the_rules() -> None:
         ("10.0.0.7", ("10.0.0.7", 0)),
         ("10.9.1.2/16", ("10.9.0.0/16", 0)),
         ("10.9.0.0/16:443", ("10.9.0.0/16", 443)),
+        ("[fd00::7]:15010", ("fd00::7", 15010)),
+        ("fd00:0::7", ("fd00::7", 0)),
+        ("[fd00::/64]", ("fd00::/64", 0)),
     ],
 )
 def test_parse_exclusion(text: str, expected: tuple[str, int]) -> None:
@@ -76,10 +82,10 @@ def test_parse_exclusion(text: str, expected: tuple[str, int]) -> None:
 @pytest.mark.parametrize(
     ("text", "error"),
     [
-        ("cp.example:15010", "'cp.example' is not an IPv4 address"),
+        ("cp.example:15010", "'cp.example' is not an IP address"),
         ("10.0.0.7:http", "'http' is not a port"),
         ("10.0.0.7:70000", "'70000' is not a port"),
-        ("[::1]:15010", "is not an IPv4 address"),
+        ("[fd00::7]x", "'x' is not a port"),
     ],
 )
 def test_bad_exclusions_are_named(text: str, error: str) -> None:
@@ -89,6 +95,7 @@ def test_bad_exclusions_are_named(text: str, error: str) -> None:
 
 def test_the_proxys_own_targets_are_excluded_only_when_they_are_addresses() -> None:
     assert exclusion_for("10.0.0.7:15010") == ("10.0.0.7", 15010)
+    assert exclusion_for("[fd00::7]:15010") == ("fd00::7", 15010)
     assert exclusion_for("istiod.istio-system:15010") is None
 
 
@@ -132,7 +139,7 @@ print(installed())
 """
     done = namespace.run(sys.executable, "-c", script)
     assert done.stdout.strip() == "True"
-    listing = namespace.run("nft", "list", "table", "ip", "metamesh").stdout
+    listing = namespace.run("nft", "list", "table", "inet", "metamesh").stdout
     assert "redirect to :16001" in listing and ":15001" not in listing.split("prerouting")[0]
     done = namespace.run(sys.executable, "-c", "from metamesh.runtime.intercept import *\n"
                          "print(remove(), remove(), installed())")  # fmt: skip

@@ -306,12 +306,12 @@ def test_a_killed_proxy_leaves_its_rules_and_cleanup_removes_them(tmp_path: Path
             proxy.wait_for("intercepting: outbound TCP")
         finally:
             proxy.stop(signal.SIGKILL)
-        assert "table ip metamesh" in ns.tables()
+        assert "table inet metamesh" in ns.tables()
         done = ns.run(*_metamesh(), "intercept", "--cleanup")
-        assert done.stdout.strip() == "metamesh intercept: table ip metamesh removed"
+        assert done.stdout.strip() == "metamesh intercept: table inet metamesh removed"
         assert "metamesh" not in ns.tables()
         again = ns.run(*_metamesh(), "intercept", "--cleanup")
-        assert again.stdout.strip() == "metamesh intercept: table ip metamesh was not there"
+        assert again.stdout.strip() == "metamesh intercept: table inet metamesh was not there"
 
 
 def test_up_intercepts_with_its_own_control_plane(

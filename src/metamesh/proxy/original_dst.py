@@ -10,11 +10,12 @@ passes the connection through or closes it (``outboundTrafficPolicy``, see
 :mod:`metamesh.runtime.capture`).
 
 The index is built once per config snapshot (listeners are few; a connection costs one dict
-lookup).
+lookup); IPv6 addresses are compared in their canonical spelling.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,12 +40,20 @@ class ListenerIndex:
             if cfg.address in WILDCARDS:
                 wildcard.setdefault(cfg.port, name)
             else:
-                exact.setdefault((cfg.address, cfg.port), name)
+                exact.setdefault((canonical(cfg.address), cfg.port), name)
         return ListenerIndex(exact, wildcard)
 
     def pick(self, address: str, port: int) -> str | None:
         """The listener for a connection originally sent to ``address:port``, else None."""
-        name = self.exact.get((address, port))
+        name = self.exact.get((canonical(address), port))
         if name is None:
             name = self.wildcard.get(port)
         return name
+
+
+def canonical(address: str) -> str:
+    """One spelling per IP address (``fd00:0::9`` and ``fd00::9`` are one VIP); a name as is."""
+    try:
+        return ipaddress.ip_address(address).compressed
+    except ValueError:
+        return address

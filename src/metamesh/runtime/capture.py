@@ -1,11 +1,12 @@
 """The capture ports of ``--intercept``: original destination in, listener (or pass-through) out.
 
 :class:`Interceptor` binds the two capture ports (outbound ``127.0.0.1:15001``, inbound
-``0.0.0.0:15006``), then installs the nftables rules (:mod:`metamesh.runtime.intercept`) that
-send the workload's traffic there, and removes them first thing when the proxy stops.
+``0.0.0.0:15006``, and ``[::1]:15001``, ``[::]:15006`` where the namespace has IPv6), then
+installs the nftables rules (:mod:`metamesh.runtime.intercept`) that send the workload's
+traffic there, and removes them first thing when the proxy stops.
 
 Per accepted connection (:class:`CaptureProtocol`), the runtime reads where the client was
-going with ``getsockopt(SOL_IP, SO_ORIGINAL_DST)`` (the address conntrack recorded before the
+going with ``getsockopt(SO_ORIGINAL_DST)`` (the address conntrack recorded before the
 redirect) and hands it to the sans-IO :class:`~metamesh.proxy.original_dst.ListenerIndex`:
 
 * a listener's ``(address, port)`` (the ServiceEntry VIP:port; on the inbound side the
@@ -43,21 +44,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("metamesh.intercept")
 
-SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same number
 PASSTHROUGH_CONNECT_TIMEOUT = 10.0
 PENDING_LIMIT = 256 * 1024  # bytes held for a relay whose upstream is still connecting
 REFUSAL_LOG_EVERY = 10.0
 
 
 def original_destination(sock: Any) -> tuple[str, int] | None:
-    """Where an accepted IPv4 connection was sent before the redirect; None if it was not
-    redirected (no conntrack entry) or the socket is not IPv4."""
-    if sock is None or sock.family != socket.AF_INET:
+    """Where an accepted connection was sent before the redirect; None if it was not
+    redirected (no conntrack entry). IPv4: ``sockaddr_in`` at ``SOL_IP``; IPv6:
+    ``sockaddr_in6`` at ``SOL_IPV6``."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
+    v6 = sock.family == socket.AF_INET6
     try:
-        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        if v6:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+        else:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     except OSError:
         return None
+    if v6:
+        port, packed = struct.unpack_from("!2xH4x16s", raw)
+        return socket.inet_ntop(socket.AF_INET6, packed), port
     port, packed = struct.unpack_from("!2xH4s", raw)
     return socket.inet_ntoa(packed), port
 
@@ -91,30 +100,34 @@ class Interceptor:
         self.server = server
         loop = asyncio.get_running_loop()
         s = self.settings
-        binds = [("127.0.0.1", s.outbound_port)]
+        binds = [("127.0.0.1", "::1", s.outbound_port)]
         if s.inbound:
-            binds.append(("0.0.0.0", s.inbound_port))
-        for host, port in binds:
-            self._servers.append(
-                await loop.create_server(
-                    lambda: cast(asyncio.Protocol, CaptureProtocol(self)),
-                    host,
-                    port,
-                    reuse_address=True,
-                )
-            )
+            binds.append(("0.0.0.0", "::", s.inbound_port))
+        for v4, v6, port in binds:
+            self._servers.append(await self._capture_server(loop, v4, port))
+            try:  # IPv6 too, where the namespace has it
+                self._servers.append(await self._capture_server(loop, v6, port))
+            except OSError as exc:
+                log.info("no IPv6 capture on [%s]:%d (%s): IPv6 is not intercepted", v6, port, exc)
         if self.install_rules:
             await asyncio.to_thread(intercept.install, s)
             self.rules_installed = True
             log.info(
                 "intercepting: outbound TCP -> 127.0.0.1:%d, inbound TCP -> :%s, DNS -> %s "
-                "(nftables table ip %s; sockets marked %#x pass)",
+                "(nftables table inet %s; sockets marked %#x pass)",
                 s.outbound_port,
                 s.inbound_port if s.inbound else "(not captured)",
                 f"127.0.0.1:{s.dns_port}" if s.dns_port is not None else "(not captured)",
                 intercept.TABLE,
                 s.mark,
             )
+
+    async def _capture_server(
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int
+    ) -> asyncio.Server:
+        return await loop.create_server(
+            lambda: cast(asyncio.Protocol, CaptureProtocol(self)), host, port, reuse_address=True
+        )
 
     def release(self) -> None:
         """Remove the rules and stop accepting (the proxy is stopping). Idempotent."""
@@ -152,7 +165,7 @@ class Interceptor:
         assert server is not None
         dst = original_destination(transport.get_extra_info("socket"))
         here = transport.get_extra_info("sockname")
-        if dst is None or (here is not None and dst == tuple(here[:2])):
+        if dst is None or (here is not None and dst == (here[0], here[1])):
             self._refuse(transport, "not_redirected", f"to {here}: not redirected")
             return
         if server.draining:  # a connection that raced the removal of the rules

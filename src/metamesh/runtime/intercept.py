@@ -1,21 +1,21 @@
 """Transparent interception: the nftables rules that send a workload's traffic to its proxy.
 
 ``metamesh proxy --intercept`` (and ``metamesh intercept``, the init-container form) installs
-one nftables table, ``ip metamesh``, in the network namespace it runs in. It does what Istio's
+one nftables table, ``inet metamesh``, in the network namespace it runs in. It does what Istio's
 ``istio-iptables`` does with iptables chains:
 
 * **outbound** (nat ``output`` hook): the workload's TCP connections are redirected to the
   proxy's capture port (:attr:`InterceptSettings.outbound_port`, 15001 as in Istio), its DNS
   queries (UDP and TCP port 53, whichever nameserver they were sent to) to the DNS responder
-  (``127.0.0.1:15053``);
+  (``127.0.0.1:15053``, ``[::1]:15053``);
 * **inbound** (nat ``prerouting`` hook): TCP arriving from other hosts is redirected to the
   inbound capture port (15006).
 
 What is never redirected: packets of sockets carrying the proxy's **socket mark**
 (:data:`PROXY_MARK`, ``0x539`` = 1337, the mark Istio uses in its TPROXY mode and ztunnel
-uses), loopback traffic to ``127.0.0.1`` (the admin, the DNS responder, the control plane in
-``up``), the destinations and ports given as exclusions (the ``--xds`` and ``--ca`` addresses
-are added by the proxy), and inbound traffic to the capture ports themselves. Istio excludes
+uses), loopback traffic to ``127.0.0.1`` and ``::1`` (the admin, the DNS responder, the
+control plane in ``up``), the destinations and ports given as exclusions (the ``--xds`` and
+``--ca`` addresses are added by the proxy), and inbound traffic to the capture ports. Istio excludes
 its proxy by **user id** (1337) instead; metamesh uses the mark because its proxy installs the
 rules itself and so runs with ``CAP_NET_ADMIN``, which is what ``SO_MARK`` needs, and because
 a mark does not depend on which user the proxy and the application run as (in a test, or in a
@@ -32,7 +32,8 @@ The table is removed when the proxy stops (SIGTERM, SIGINT, a normal exit). A pr
 with SIGKILL or crashing leaves it in place: its traffic then goes to ports nobody listens on
 until ``metamesh intercept --cleanup`` (or the next ``--intercept`` start) replaces it.
 
-IPv4 only: IPv6 traffic is not redirected (it goes where the application sends it).
+IPv4 and IPv6 alike (an ``inet`` table): an IPv6 connection is redirected to ``[::1]:15001``
+or the inbound port on ``::``, an IPv6 DNS query to ``[::1]:15053``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from typing import Final
 #: The socket mark of every connection the proxy opens (upstreams, pass-through, DNS forwards).
 PROXY_MARK: Final = 0x539
 TABLE: Final = "metamesh"
-FAMILY: Final = "ip"
+FAMILY: Final = "inet"  # one table for IPv4 and IPv6
 SO_MARK: Final = getattr(socket, "SO_MARK", 36)
 
 
@@ -89,24 +90,30 @@ class InterceptSettings:
 
 
 def parse_exclusion(text: str) -> tuple[str, int]:
-    """``ADDRESS[/LEN][:PORT]`` -> ``(address or network, port)``; port 0 = every port.
-    Raises ValueError naming the problem."""
-    address, sep, port_text = text.rpartition(":")
-    if not sep:
+    """``ADDRESS[/LEN][:PORT]`` (IPv6 as ``[ADDRESS]:PORT`` or bare) -> ``(address or network,
+    port)``; port 0 = every port. Raises ValueError naming the problem."""
+    if text.startswith("["):
+        address, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else rest or "0"
+    elif text.count(":") > 1:  # a bare IPv6 address or network
         address, port_text = text, "0"
+    else:
+        address, sep, port_text = text.rpartition(":")
+        if not sep:
+            address, port_text = text, "0"
     try:
-        network = ipaddress.IPv4Network(address, strict=False)
+        network = ipaddress.ip_network(address, strict=False)
     except ValueError:
-        raise ValueError(f"{text!r}: {address!r} is not an IPv4 address or network") from None
+        raise ValueError(f"{text!r}: {address!r} is not an IP address or network") from None
     if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ValueError(f"{text!r}: {port_text!r} is not a port")
-    plain = str(network.network_address) if network.prefixlen == 32 else str(network)
-    return plain, int(port_text)
+    whole = network.prefixlen == network.max_prefixlen
+    return (str(network.network_address) if whole else str(network)), int(port_text)
 
 
 def exclusion_for(target: str) -> tuple[str, int] | None:
     """The exclusion for a ``HOST:PORT`` the proxy itself dials (``--xds``, ``--ca``) when HOST
-    is an IPv4 address; a name is resolved through the proxy's own (marked) lookups, so None."""
+    is an IP address; None for a name (it is not known before it is resolved)."""
     try:
         return parse_exclusion(target)
     except ValueError:
@@ -126,10 +133,11 @@ def render_rules(settings: InterceptSettings) -> str:
             f"    udp dport 53 redirect to :{s.dns_port}",
             f"    tcp dport 53 redirect to :{s.dns_port}",
         ]
-    out.append("    ip daddr 127.0.0.1 return")
+    out += ["    ip daddr 127.0.0.1 return", "    ip6 daddr ::1 return"]
     for address, port in s.exclude_outbound:
         only = f" tcp dport {port}" if port else ""
-        out.append(f"    ip daddr {address}{only} return")
+        family = "ip6" if ":" in address else "ip"
+        out.append(f"    {family} daddr {address}{only} return")
     out.append(f"    meta l4proto tcp redirect to :{s.outbound_port}")
     chains = [_chain("output", "output", out)]
     if s.inbound:

@@ -76,6 +76,8 @@ class DnsResponder:
         self.queries: Counter[str] = Counter()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
+        #: The same on ``[::1]`` (where the redirect sends IPv6 queries), when there is one.
+        self._v6: list[asyncio.BaseTransport | asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._tcp_clients: set[asyncio.Transport] = set()
 
@@ -89,6 +91,8 @@ class DnsResponder:
             except OSError:
                 if attempt == attempts - 1:
                     raise
+        if self.host == "127.0.0.1":
+            await self._bind_v6()
         where = ", ".join(f"{h}:{p}" for h, p in self.upstreams) or "none (REFUSED)"
         log.info(
             "DNS responder on %s:%d (UDP, TCP); other names to %s", self.host, self.port, where
@@ -109,7 +113,24 @@ class DnsResponder:
             raise
         self._udp, self.port = udp, port
 
+    async def _bind_v6(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=("::1", self.port)
+            )
+            self._v6.append(udp)
+            self._v6.append(
+                await loop.create_server(
+                    lambda: cast(asyncio.Protocol, _TcpProtocol(self)), "::1", self.port
+                )
+            )
+        except OSError as exc:
+            log.info("DNS responder: not on [::1]:%d (%s)", self.port, exc)
+
     async def stop(self) -> None:
+        for v6 in self._v6:
+            v6.close()
         if self._udp is not None:
             self._udp.close()
         if self._tcp is not None:
