@@ -1038,7 +1038,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Without --cleanup: install the rules 'proxy --intercept' would, and exit "
         "(a pod's init step). --cleanup removes them. See docs/sidecar.md.",
     )
-    icpt.add_argument("--cleanup", action="store_true", help="remove the rules (table inet metamesh)")
+    icpt.add_argument(
+        "--cleanup", action="store_true", help="remove the rules (table inet metamesh)"
+    )
     icpt.add_argument("--print", action="store_true", help="print the nft script, change nothing")
     icpt.add_argument(
         "--dns",
