@@ -103,10 +103,6 @@ REDIS_SAMPLES: dict[Any, tuple[list[Edit], str]] = {
         [redis_edit("rd", f"{POOL}.auth.secret", {**SECRET, "usernameField": "user"})],
         f"{POOL}.auth.secret.usernameField",
     ),
-    (redis.RedisPoolSettings, "mode"): (
-        [redis_edit("rd", f"{POOL}.mode", "CLUSTER")],
-        f"{POOL}.mode",
-    ),
     (redis.RedisPoolSettings, "discovery_endpoints"): (
         [redis_edit("rd", f"{POOL}.discoveryEndpoints", ["127.0.0.1:7000"])],
         f"{POOL}.discoveryEndpoints",

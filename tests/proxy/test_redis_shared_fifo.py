@@ -122,3 +122,55 @@ def test_client_leaving_with_a_request_in_flight_keeps_the_shared_connection_in_
     h.respond(up, b"+for-c1\r\n+for-c2\r\n")
     assert bytes(h.sent.pop(c2)) == b"+for-c2\r\n"
     assert c1 not in h.sent
+
+
+def cluster_mesh() -> Snapshot:
+    listener = Listener(
+        "l", "127.0.0.1", 0, "redis", "rc", stat_prefix="r", codec_options=(("mode", "CLUSTER"),)
+    )
+    nodes = (Endpoint("127.0.0.1", 7001), Endpoint("127.0.0.1", 7002))
+    cluster = Cluster("c", nodes, protocol_options=(("mode", "CLUSTER"),))
+    route = Route("all", (), RouteAction(cluster="c", hash_policy=("slot",)))
+    return Snapshot.build([listener], [cluster], [RouteConfiguration("rc", (route,))])
+
+
+def test_cluster_mode_follows_moved_remembers_it_and_follows_ask_once() -> None:
+    from metamesh.codecs.redis.cluster import key_slot
+
+    slot = key_slot(b"k")
+    h = Harness(cluster_mesh())
+    c = h.client()
+    h.send(c, cmd("GET", "k"))
+    (a,) = h.connects
+    h.connect(a)
+    h.sent.pop(a)
+    b_port = 7002 if a.endpoint.port == 7001 else 7001
+    h.respond(a, b"-MOVED %d 127.0.0.1:%d\r\n" % (slot, b_port))
+    (b,) = [u for u in h.connects if u is not a]
+    assert b.endpoint.port == b_port
+    h.connect(b)
+    assert bytes(h.sent.pop(b)) == cmd("GET", "k")
+    h.respond(b, b"$1\r\nv\r\n")
+    assert bytes(h.sent.pop(c)) == b"$1\r\nv\r\n"  # the MOVED never reached the client
+    assert h.core.stats.redirects == 1
+    # the slot is remembered: the next GET k goes to its owner directly
+    h.send(c, cmd("GET", "k"))
+    assert bytes(h.sent.pop(b)) == cmd("GET", "k") and a not in h.sent
+    # ASK: once, after ASKING, whose reply is dropped; nothing remembered
+    h.respond(b, b"-ASK %d 127.0.0.1:%d\r\n" % (slot, a.endpoint.port))
+    assert bytes(h.sent.pop(a)) == b"*1\r\n$6\r\nASKING\r\n" + cmd("GET", "k")
+    h.respond(a, b"+OK\r\n$1\r\nw\r\n")
+    assert bytes(h.sent.pop(c)) == b"$1\r\nw\r\n"
+    h.send(c, cmd("GET", "k"))
+    assert bytes(h.sent.pop(b)) == cmd("GET", "k")  # the owner is still the MOVED one
+    assert h.core.stats.redirects == 2
+
+
+def test_a_redirection_to_a_node_the_cluster_does_not_list_reaches_the_client() -> None:
+    h = Harness(cluster_mesh())
+    c = h.client()
+    h.send(c, cmd("GET", "k"))
+    (up,) = h.connects
+    h.connect(up)
+    h.respond(up, b"-MOVED 1 10.9.9.9:6379\r\n")
+    assert bytes(h.sent.pop(c)) == b"-MOVED 1 10.9.9.9:6379\r\n"

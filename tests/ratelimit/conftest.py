@@ -21,9 +21,9 @@ from tests.support.ports import free_port
 class RedisProcess:
     """A running ``redis-server``; :meth:`stop` and :meth:`start` for outage tests."""
 
-    def __init__(self, binary: str, *extra_args: str) -> None:
+    def __init__(self, binary: str, *extra_args: str, port: int | None = None) -> None:
         self.binary = binary
-        self.port = free_port()
+        self.port = port or free_port()
         #: More redis-server options (``--requirepass pw``, ``--cluster-enabled yes``).
         self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,12 +61,12 @@ class RedisProcess:
 
 
 @contextlib.contextmanager
-def running_redis(*extra_args: str) -> Iterator[RedisProcess]:
+def running_redis(*extra_args: str, port: int | None = None) -> Iterator[RedisProcess]:
     """A started :class:`RedisProcess`, stopped on exit; skips when redis-server is missing."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
-    server = RedisProcess(binary, *extra_args)
+    server = RedisProcess(binary, *extra_args, port=port)
     server.start()
     try:
         yield server

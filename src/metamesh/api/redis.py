@@ -9,7 +9,8 @@ ERROR for a share of the requests, optionally only some commands); ``settings`` 
 
 A **RedisDestination** says how to talk to a Redis host: its connection pool (Istio's TCP
 settings) and ``redis`` settings: the upstream password (``auth``) and ``mode`` (``PROXY``
-or ``CLUSTER``).
+or ``CLUSTER``: the host's endpoints are Redis Cluster nodes; requests go to the node that
+owns their key's slot, learned from and following ``MOVED``/``ASK``).
 
 Field names and nesting follow Aeraki's protos (``redis/v1alpha1/*.proto``), so Aeraki YAML
 loads unchanged. ``Auth.secret`` names a Kubernetes Secret in Aeraki; metamesh reads no
@@ -183,15 +184,15 @@ UNSUPPORTED: Mapping[tuple[type[BaseModel], str], tuple[str, Any]] = {
     (RedisSettings, "max_buffer_size_before_flush"): (_ENVOY_BUFFERING, _set),
     (RedisSettings, "buffer_flush_timeout"): (_ENVOY_BUFFERING, _set),
     (RedisSettings, "max_upstream_unknown_connections"): (
-        "MOVED/ASK redirections are not followed (cluster mode is not implemented yet)",
+        "a redirection to a node that is not one of the cluster's endpoints reaches the client",
         _set,
     ),
     (RedisSettings, "enable_hashtagging"): (
-        "hashtags matter for cluster slots, and cluster mode is not implemented yet",
+        "hashtags are always honoured in CLUSTER mode and never used otherwise",
         _set,
     ),
     (RedisSettings, "enable_redirection"): (
-        "MOVED/ASK redirections are not followed (cluster mode is not implemented yet)",
+        "MOVED/ASK are followed in CLUSTER mode (RedisDestination) only",
         _set,
     ),
     (RedisSettings, "read_policy"): (
@@ -204,13 +205,8 @@ UNSUPPORTED: Mapping[tuple[type[BaseModel], str], tuple[str, Any]] = {
         "Kubernetes Secrets are not read: only a password comes from secret.file",
         _set,
     ),
-    (RedisPoolSettings, "mode"): (
-        "CLUSTER mode (slots, MOVED/ASK) is not implemented yet: the host is proxied as a "
-        "single Redis",
-        lambda v: v == "CLUSTER",
-    ),
     (RedisPoolSettings, "discovery_endpoints"): (
-        "cluster discovery is not implemented yet (the ServiceEntry's endpoints are used)",
+        "the ServiceEntry's endpoints are the cluster's nodes (no CLUSTER SLOTS discovery)",
         _set,
     ),
 }
@@ -231,7 +227,7 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
     RedisRoute: frozenset({"match", "route", "mirror"}),
     Fault: frozenset({"type", "percentage", "delay", "commands"}),
     RedisServiceSpec: frozenset({"host", "settings", "redis", "faults"}),
-    RedisPoolSettings: frozenset({"auth"}),
+    RedisPoolSettings: frozenset({"auth", "mode"}),
     ConnectionPool: frozenset({"tcp", "redis"}),
     RedisTrafficPolicy: frozenset({"connection_pool"}),
     RedisDestinationSpec: frozenset({"host", "traffic_policy"}),

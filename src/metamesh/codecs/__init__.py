@@ -13,6 +13,7 @@ from metamesh.codecs.message import (
     Message,
     MessageType,
     Mutation,
+    Redirect,
     ResponseStatus,
 )
 from metamesh.codecs.registry import (
@@ -33,6 +34,7 @@ __all__ = [
     "Message",
     "MessageType",
     "Mutation",
+    "Redirect",
     "ResponseStatus",
     "UnknownCodecError",
     "available_codecs",

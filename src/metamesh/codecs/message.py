@@ -81,6 +81,21 @@ class FrameTooLargeError(CodecError):
     """
 
 
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A reply that says "ask that endpoint instead" (Redis Cluster ``-MOVED``/``-ASK``): a
+    codec puts one in a response's ``codec_state``, and a cluster that follows redirections
+    sends the request again to ``address:port``. ``key`` names what moved (a Redis slot);
+    ``once`` marks a one-off redirection (``ASK``: nothing is remembered), which must be
+    preceded on the new connection by ``preamble`` (``ASKING``), whose reply is dropped."""
+
+    key: int
+    address: str
+    port: int
+    once: bool = False
+    preamble: bytes = b""
+
+
 #: A mutation: metadata keys to set on the outgoing frame (empty = forward unchanged).
 Mutation = Mapping[str, str]
 

@@ -16,6 +16,11 @@ Cluster ``outbound|<port>||<host>``
     ``connectTimeout``) and the upstream password as Envoy's ``RedisProtocolOptions`` in
     ``typed_extension_protocol_options["envoy.filters.network.redis_proxy"]`` (an inline
     string, or a ``filename`` for ``secret.file``).
+Cluster mode (RedisDestination ``connectionPool.redis.mode: CLUSTER``)
+    the cluster carries ``metadata.filter_metadata["metamesh"].redisMode: CLUSTER`` (the
+    proxy then keeps a slot table and follows MOVED/ASK), the listeners of services routing
+    to it get ``codec.options.mode: CLUSTER`` (requests carry their ``slot``; SELECT is
+    refused) and routes to it hash on ``slot`` (so they take the slot-aware pick).
 RouteConfiguration ``<host>_<port>``
     one route per RedisService route, in order, key-prefix routes before the catch-all
     (``key`` prefix matcher, lower-cased when ``caseInsensitive``; the proxy's codec lowers the
@@ -73,8 +78,9 @@ def outbound_redis(
     from metamesh.control import translate as t  # translate imports this module
 
     rs = model.redis.services.get(service.host)
+    cluster_mode = _any_cluster_target(model, service, rs)
     for address in service.addresses:
-        listener = build_redis_listener(service, port, address, rs)
+        listener = build_redis_listener(service, port, address, rs, cluster_mode)
         tables[t.LISTENER_TYPE].setdefault(listener.name, listener)
     cluster = t.build_cluster(service, port.number, "")
     redis_cluster_options(cluster, model.redis.destinations.get(service.host))
@@ -114,13 +120,34 @@ def _auth_options(auth: Auth | None) -> dict[str, str]:
     return {}
 
 
+def is_cluster_mode(model: MeshModel, host: str) -> bool:
+    """Whether ``host``'s RedisDestination says ``mode: CLUSTER``."""
+    rd = model.redis.destinations.get(host)
+    policy = rd.spec.traffic_policy if rd is not None else None
+    pool = policy.connection_pool if policy is not None else None
+    return pool is not None and pool.redis is not None and pool.redis.mode == "CLUSTER"
+
+
+def _any_cluster_target(model: MeshModel, service: Service, rs: RedisService | None) -> bool:
+    hosts = [service.host]
+    if rs is not None:
+        hosts += [fqdn(r.route.host, rs.namespace) for r in rs.spec.redis if r.route]
+    return any(is_cluster_mode(model, h) for h in hosts)
+
+
 def build_redis_listener(
-    service: Service, port: ServicePort, address: str, rs: RedisService | None
+    service: Service,
+    port: ServicePort,
+    address: str,
+    rs: RedisService | None,
+    cluster_mode: bool = False,
 ) -> listener_pb2.Listener:
     from metamesh.control import translate as t
 
     codec: dict[str, Any] = {"name": REDIS_CODEC}
     options = codec_options(rs)
+    if cluster_mode:
+        options["mode"] = "CLUSTER"
     if options:
         codec["options"] = options
     proxy = {
@@ -167,10 +194,12 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 def redis_cluster_options(cluster: cluster_pb2.Cluster, rd: RedisDestination | None) -> None:
-    """Apply ``rd``'s pool settings and upstream auth to ``cluster``."""
+    """Apply ``rd``'s pool settings, mode and upstream auth to ``cluster``."""
     pool = rd.spec.traffic_policy.connection_pool if rd and rd.spec.traffic_policy else None
     if pool is None:
         return
+    if pool.redis is not None and pool.redis.mode == "CLUSTER":
+        cluster.metadata.filter_metadata["metamesh"].update({"redisMode": "CLUSTER"})
     if pool.tcp is not None:
         if pool.tcp.connect_timeout is not None:
             cluster.connect_timeout.CopyFrom(_duration(pool.tcp.connect_timeout))
@@ -218,6 +247,8 @@ def redis_route_configuration(
     if rs is None or not rs.spec.redis:
         default = rc.Route(name="default", match=rc.RouteMatch(prefix="/"))
         default.route.cluster = own
+        if is_cluster_mode(model, service.host):
+            default.route.hash_policy.add().header.header_name = "slot"
         if rs is not None:
             _apply_settings(default, rs)
         vhost.routes.extend(_with_faults(default, rs.spec.faults if rs else []))
@@ -259,6 +290,8 @@ def _routes_for(
             )
     dest = route.route
     base.route.cluster = _target(model, ns, dest.host, dest.port, port) if dest else ""
+    if dest is not None and is_cluster_mode(model, fqdn(dest.host, ns)):
+        base.route.hash_policy.add().header.header_name = "slot"
     _apply_settings(base, rs)
     for variant in _mirror_variants(route.mirror):
         r = rc.Route()

@@ -5,8 +5,10 @@ Listener: ``MetaProtocolProxy.codec.options`` (string map) becomes the listener'
 stripped, becomes ``auth_password``), so the codec never does I/O. Cluster: Envoy's
 ``RedisProtocolOptions`` under ``typed_extension_protocol_options
 ["envoy.filters.network.redis_proxy"]`` becomes ``protocol_options`` (``auth_username``,
-``auth_password``; a ``DataSource`` given inline or as a file). A file that cannot be read is
-an :class:`OptionsError` naming the resource, which the xDS client turns into a NACK.
+``auth_password``; a ``DataSource`` given inline or as a file), and the cluster metadata
+``filter_metadata["metamesh"].redisMode`` (``CLUSTER``) becomes ``mode``. A file that
+cannot be read is an :class:`OptionsError` naming the resource, which the xDS client turns
+into a NACK.
 """
 
 from __future__ import annotations
@@ -63,9 +65,15 @@ def _data_source(source: Any, where: str) -> str:
 
 
 def cluster_protocol_options(cluster: Any) -> tuple[tuple[str, str], ...]:
+    mode: tuple[tuple[str, str], ...] = ()
+    meta = (
+        cluster.metadata.filter_metadata.get("metamesh") if cluster.HasField("metadata") else None
+    )
+    if meta is not None and "redisMode" in meta.fields:
+        mode = (("mode", str(meta.fields["redisMode"].string_value)),)
     packed = cluster.typed_extension_protocol_options.get(REDIS_PROTOCOL_OPTIONS)
     if packed is None:
-        return ()
+        return mode
     where = f"Cluster {cluster.name!r}: RedisProtocolOptions"
     options = redis_proxy_pb2.RedisProtocolOptions()
     if not packed.Unpack(options):
@@ -75,4 +83,4 @@ def cluster_protocol_options(cluster: Any) -> tuple[tuple[str, str], ...]:
         out["auth_password"] = _data_source(options.auth_password, f"{where}.auth_password")
     if options.HasField("auth_username"):
         out["auth_username"] = _data_source(options.auth_username, f"{where}.auth_username")
-    return tuple(sorted((k, v) for k, v in out.items() if v))
+    return tuple(sorted([*mode, *((k, v) for k, v in out.items() if v)]))

@@ -29,12 +29,13 @@ from metamesh.codecs import (
     ErrorKind,
     Message,
 )
-from metamesh.codecs.message import metadata_get
+from metamesh.codecs.message import Redirect, metadata_get
 from metamesh.proxy.core import (
     _CLOSED,
     _CONNECTING,
     _ONEWAY,
     _READY,
+    _STATUS_ERROR,
     CLOSE_UPSTREAM,
     CONNECT,
     GONE,
@@ -59,6 +60,8 @@ MAX_REQUESTS: Final[Refusal] = (ErrorKind.OVER_LIMIT, "max_requests reached")
 NO_HEALTHY: Final[Refusal] = (ErrorKind.NO_HEALTHY_UPSTREAM, "no healthy upstream")
 MAX_CONNECTIONS: Final[Refusal] = (ErrorKind.OVER_LIMIT, "max_connections reached")
 MAX_PENDING: Final[Refusal] = (ErrorKind.OVER_LIMIT, "max_pending_requests reached")
+#: How many MOVED/ASK redirections one request may follow (a slot migrating back and forth).
+MAX_REDIRECTS: Final = 5
 
 
 class UpstreamPool(Replies):
@@ -79,14 +82,79 @@ class UpstreamPool(Replies):
         one skips the call when there is no hash key and nothing to exclude: ``_on_request``)."""
         if cs.active_requests >= cs.max_requests:
             return MAX_REQUESTS
-        hash_key = None
-        if route.hash_keys:
-            md = msg.metadata
-            hash_key = hash_metadata([metadata_get(md, k) or "" for k in route.hash_keys])
-        idx = pick_excluding(cs.lb, hash_key, excluded) if excluded else cs.lb.pick(hash_key)
+        idx = self._slot_owner(cs, msg, excluded) if cs.slots is not None else None
+        if idx is None:
+            hash_key = None
+            if route.hash_keys:
+                md = msg.metadata
+                hash_key = hash_metadata([metadata_get(md, k) or "" for k in route.hash_keys])
+            idx = pick_excluding(cs.lb, hash_key, excluded) if excluded else cs.lb.pick(hash_key)
         if idx is None:
             return NO_HEALTHY
         return self._pooled_upstream(d, cs, idx, now)
+
+    def _slot_owner(self, cs: ClusterState, msg: Message, excluded: set[int] | None) -> int | None:
+        """Cluster mode: the endpoint known to own the request's ``slot`` (learned from MOVED
+        replies), if it is healthy and not excluded; None leaves the pick to the balancer."""
+        slot = metadata_get(msg.metadata, "slot")
+        slots = cs.slots
+        if not slot or slots is None:
+            return None
+        idx = slots.get(int(slot))
+        if idx is None or not cs.lb.healthy[idx] or (excluded and idx in excluded):
+            return None
+        return idx
+
+    def _cluster_reply(self, up: Upstream, req: ActiveRequest, msg: Message, now: float) -> bool:
+        """A reply from a cluster in Redis Cluster mode: a redirection is followed (True: the
+        request went again, see :meth:`_redirected`); any other reply confirms that its
+        endpoint owns the request's slot, so the next request for that slot goes there
+        (unless the request was redirected: a MOVED already said so, an ASK did not)."""
+        if msg.status is _STATUS_ERROR and type(msg.codec_state) is Redirect:
+            return self._redirected(up, req, msg, now)
+        slots = up.cluster.slots
+        slot = metadata_get(req.request.metadata, "slot")
+        if slot and slots is not None and req.endpoint_index >= 0 and not req.redirects:
+            slots[int(slot)] = req.endpoint_index  # (after an ASK it is only importing it)
+        return False
+
+    def _redirected(self, up: Upstream, req: ActiveRequest, msg: Message, now: float) -> bool:
+        """A cluster's ``MOVED``/``ASK`` reply (a :class:`Redirect` from the codec): send the
+        request again to the endpoint named, remembering a MOVED slot's new owner; True when
+        it went. The reply reaches the client instead when the endpoint is not one of the
+        cluster's, no upstream can take it, or the request was redirected too often."""
+        target = msg.codec_state
+        cs = up.cluster
+        slots = cs.slots
+        if type(target) is not Redirect or slots is None or req.redirects >= MAX_REDIRECTS:
+            return False
+        endpoints = cs.config.endpoints
+        idx = next(
+            (
+                i
+                for i, e in enumerate(endpoints)
+                if (e.address, e.port) == (target.address, target.port)
+            ),
+            None,
+        )
+        if idx is None:
+            return False
+        if not target.once:
+            slots[target.key] = idx
+        d: Downstream = req.downstream
+        nxt = self._pooled_upstream(d, cs, idx, now)
+        if isinstance(nxt, tuple):
+            return False
+        req.redirects += 1
+        self.stats.redirects += 1
+        if target.preamble:  # ASKING: its reply holds a place in the FIFO and is dropped
+            nxt.out.append(target.preamble)
+            nxt.fifo.append(GONE)
+            nxt.dead += 1
+        self._send(nxt, req, d.codec, idx)
+        if req.ext is None and not d.listener.multiplexed:
+            d.order.pop()  # _send queued it again; it holds its first place in the reply order
+        return True
 
     def _pooled_upstream(
         self, d: Downstream, cs: ClusterState, idx: int, now: float

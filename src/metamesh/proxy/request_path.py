@@ -189,8 +189,7 @@ class RequestPath(Attempts):
         self.stats.active_requests -= 1
         if req.mirror:
             return
-        redirect = cs.slots is not None and msg.status is _STATUS_ERROR
-        if redirect and self._redirected(up, req, msg, now):  # a cluster's MOVED/ASK
+        if cs.slots is not None and self._cluster_reply(up, req, msg, now):  # MOVED/ASK
             return
         if (req.ext is not None or cs.outlier is not None) and self._settled(up, req, msg, now):
             return

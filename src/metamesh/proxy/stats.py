@@ -113,6 +113,10 @@ COUNTERS: Final[dict[str, tuple[str, str]]] = {
         "metamesh_timeouts_total",
         "Request attempts that ran past a route timeout or per-try timeout",
     ),
+    "redirects": (
+        "metamesh_redirects_total",
+        "Requests sent again to the endpoint a cluster's redirection named (Redis MOVED/ASK)",
+    ),
     "late_responses": (
         "metamesh_late_responses_total",
         "Upstream responses that arrived after their request timed out (dropped)",
@@ -197,6 +201,7 @@ class ProxyStats:
         self.retries = 0
         self.timeouts = 0
         self.late_responses = 0
+        self.redirects = 0
         self.outlier_ejections = 0
         self.ratelimit_ok = 0
         self.ratelimit_over_limit = 0

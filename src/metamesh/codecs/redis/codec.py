@@ -13,14 +13,18 @@ and authorization:
 * ``key``: its first key (lower-cased when the listener is case-insensitive), absent for
   commands without keys, which therefore only match a catch-all route;
 * ``keys``: every key, joined by ``,``; ``db``: the client's database;
-* ``access``: ``read`` for read-only commands, ``write`` otherwise (unknown commands too).
+* ``access``: ``read`` for read-only commands, ``write`` otherwise (unknown commands too);
+* ``slot``: in cluster mode (option ``mode: CLUSTER``), the first key's Redis Cluster slot
+  (hashtags honoured, :mod:`.cluster`).
 
 Commands the proxy answers itself (AUTH, HELLO, SELECT, CLIENT ..., QUIT, refused commands,
 and anything before a required AUTH) come out as ``HEARTBEAT`` messages: the core's path for a
 frame the codec answers and that is never forwarded; :meth:`heartbeat_reply` gives the reply.
 
 An upstream codec (after :meth:`upstream_preamble`) decodes replies: any RESP value, an error
-reply (``-`` or ``!``) as status ``ERROR``. It consumes the replies to its own preamble
+reply (``-`` or ``!``) as status ``ERROR``, a ``-MOVED``/``-ASK`` one with a
+:class:`~metamesh.codecs.message.Redirect` as its ``codec_state`` (followed by clusters in
+cluster mode). It consumes the replies to its own preamble
 (``AUTH``, ``HELLO 3``, ``SELECT``) itself; a refused AUTH is a :class:`CodecError`, which
 fails the connection and answers its clients with an error.
 
@@ -43,6 +47,7 @@ from metamesh.codecs.message import (
     Mutation,
     ResponseStatus,
 )
+from metamesh.codecs.redis.cluster import key_slot, parse_redirect
 from metamesh.codecs.redis.commands import LOCAL, REFUSED, command_spec
 from metamesh.codecs.redis.resp import encode_command, error, parse_command, value_end
 from metamesh.codecs.redis.session import NOAUTH, Session
@@ -98,6 +103,8 @@ class RedisCodec(Codec):
         password = options.get("auth_password")
         self.case_insensitive = options.get("case_insensitive", "") in ("1", "true")
         cluster = options.get("mode", "").upper() == "CLUSTER"
+        #: Cluster mode: requests carry their first key's ``slot``; SELECT is refused.
+        self.cluster = cluster
         self.session = Session(
             password or None, options.get("auth_username") or "default", not cluster
         )
@@ -161,6 +168,8 @@ class RedisCodec(Codec):
             key = keys[0]
             md["key"] = key.lower() if self.case_insensitive else key
             md["keys"] = ",".join(keys)
+            if self.cluster:
+                md["slot"] = str(key_slot(args[indexes[0]]))
         if session.db > 0:
             md["db"] = str(session.db)
         else:
@@ -235,5 +244,10 @@ class RedisCodec(Codec):
             return None, end
         if first == ord(">"):  # an out-of-band push (RESP3): belongs to no request
             return None, end
-        status = ResponseStatus.ERROR if first in _ERROR_PREFIXES else ResponseStatus.OK
-        return Message(_RESPONSE, None, b"", end - pos, 0, None, status), end
+        if first not in _ERROR_PREFIXES:
+            return Message(_RESPONSE, None, b"", end - pos, 0, None, ResponseStatus.OK), end
+        redirect = None
+        if buf[pos + 1 : pos + 2] in (b"M", b"A"):  # -MOVED / -ASK (Redis Cluster)
+            redirect = parse_redirect(bytes(buf[pos:end]))
+        size = end - pos
+        return Message(_RESPONSE, None, b"", size, 0, None, ResponseStatus.ERROR, redirect), end

@@ -1,0 +1,174 @@
+"""``metamesh up`` in front of a real 3-primary Redis Cluster (``mode: CLUSTER``).
+
+The test starts three ``redis-server --cluster-enabled yes`` on 127.0.0.1 and joins them with
+``redis-cli --cluster create``; a plain (not cluster-aware) redis-py client talks to the mesh
+address only. The proxy learns the slot owners from the nodes' ``MOVED`` replies and follows
+them; a slot migrated live (``CLUSTER SETSLOT ... MIGRATING/IMPORTING``, ``MIGRATE``, ``SETSLOT
+... NODE``) is followed through ``ASK`` during the migration and ``MOVED`` after it, on the
+same client connection, with no error reaching the client.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from metamesh.codecs.redis.cluster import key_slot
+from tests.e2e.mesh import DeployedMesh, free_address, wait_until, write
+from tests.ratelimit.conftest import RedisProcess, running_redis
+
+pytestmark = pytest.mark.interop
+HOST = "redis-cluster.demo.svc.cluster.local"
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[RedisProcess]]:
+    with ExitStack() as stack:
+        started = []
+        for i in range(3):
+            conf = tmp_path / f"nodes-{i}.conf"
+            args = ("--cluster-enabled", "yes", "--cluster-config-file", str(conf))
+            started.append(stack.enter_context(running_redis(*args, port=cluster_port())))
+        addresses = [f"127.0.0.1:{n.port}" for n in started]
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+        def ready() -> bool:
+            return all(direct(n).cluster("info")["cluster_state"] == "ok" for n in started)
+
+        wait_until(ready, "cluster_state:ok on every node", timeout=20)
+        yield started
+
+
+def cluster_port() -> int:
+    """A free port below 55536 whose cluster bus port (+10000) is free too."""
+    while True:
+        port = random.randint(20000, 55000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+
+
+def direct(node: RedisProcess) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
+
+
+def owner(nodes: list[RedisProcess], slot: int) -> RedisProcess:
+    for start, end, primary, *_ in direct(nodes[0]).execute_command("CLUSTER SLOTS"):
+        if start <= slot <= end:
+            return next(n for n in nodes if n.port == int(primary[1]))
+    raise AssertionError(f"no owner for slot {slot}")
+
+
+def redirects(admin: str) -> float:
+    with urllib.request.urlopen(f"http://{admin}/stats/prometheus", timeout=5) as reply:
+        text = reply.read().decode()
+    (value,) = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "metamesh_redirects_total"
+    ]
+    return value
+
+
+def test_up_routes_by_slot_and_follows_a_live_slot_migration(
+    nodes: list[RedisProcess], tmp_path: Path
+) -> None:
+    config = tmp_path / "mesh"
+    config.mkdir()
+    address, port = free_address()
+    endpoints = ", ".join(f"{{address: 127.0.0.1, ports: {{tcp-redis: {n.port}}}}}" for n in nodes)
+    write(
+        config / "redis.yaml",
+        f"""apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: redis-cluster, namespace: demo}}
+spec:
+  hosts: [{HOST}]
+  addresses: [{address}]
+  ports: [{{number: {port}, name: tcp-redis, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{endpoints}]
+---
+apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisDestination
+metadata: {{name: redis-cluster, namespace: demo}}
+spec:
+  host: {HOST}
+  trafficPolicy: {{connectionPool: {{redis: {{mode: CLUSTER}}}}}}
+""",
+    )
+    with DeployedMesh(tmp_path, "up", config) as up:
+        up.wait_for(f"{address}:{port}  redis")
+        client = redis.Redis(host=address, port=port, decode_responses=True)
+
+        # every key reaches its slot's owner (Redis itself refuses anything else)
+        for i in range(300):
+            assert client.set(f"key:{i}", str(i))
+        assert [client.get(f"key:{i}") for i in range(300)] == [str(i) for i in range(300)]
+        assert sum(direct(n).dbsize() for n in nodes) == 300
+        assert all(direct(n).dbsize() > 50 for n in nodes)
+        learned = redirects(up.admin())
+        assert learned > 0  # the slot owners were learned from MOVED (and other) replies
+        for i in range(300):  # once learned, requests go to the owner directly
+            client.get(f"key:{i}")
+        assert redirects(up.admin()) == learned
+
+        # hashtags keep multi-key commands in one slot
+        assert client.mset({"{user1}.name": "ann", "{user1}.mail": "a@x"})
+        assert client.mget("{user1}.name", "{user1}.mail") == ["ann", "a@x"]
+        with pytest.raises(redis.ResponseError, match="don't hash to the same slot"):
+            client.mget("key:1", "key:2", "key:3", "key:4")  # not split across slots (yet)
+        with pytest.raises(redis.ResponseError, match="SELECT is not allowed"):
+            client.execute_command("SELECT", "1")
+
+        # migrate the slot of 'moving' to another node, live
+        slot = key_slot(b"moving")
+        assert client.set("moving", "before")
+        src = owner(nodes, slot)
+        dst = next(n for n in nodes if n is not src)
+        src_id, dst_id = direct(src).cluster("myid"), direct(dst).cluster("myid")
+        direct(dst).execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        direct(src).execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        # during the migration: a key still on src is served there, a new one goes to dst (ASK)
+        assert client.get("moving") == "before"
+        fresh = next(f"fresh:{i}" for i in range(100000) if key_slot(f"fresh:{i}".encode()) == slot)
+        assert client.set(fresh, "new")
+        direct(src).execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", "moving")
+        for n in nodes:
+            direct(n).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        # after it: the held connection follows MOVED to the new owner, no error to the client
+        before = redirects(up.admin())
+        assert client.get("moving") == "before" and client.get(fresh) == "new"
+        assert client.set("moving", "after") and client.get("moving") == "after"
+        assert redirects(up.admin()) >= before + 1
+        dst_client = direct(dst)
+        dst_client.execute_command("READONLY")
+        assert owner(nodes, slot) is dst
+        assert up.stop() == 0
