@@ -98,10 +98,6 @@ SAMPLES: dict[FieldKey, Sample] = {
         [edit("se", "spec.location", "MESH_EXTERNAL")],
         "spec.location",
     ),
-    (istio.ServiceEntrySpec, "subject_alt_names"): (
-        [edit("se", "spec.subjectAltNames", ["spiffe://cluster.local/ns/ns/sa/svc"])],
-        "spec.subjectAltNames",
-    ),
     (istio.WorkloadEntry, "network"): (
         [edit("se", "spec.endpoints.0.network", "net-1")],
         "spec.endpoints[0].network",

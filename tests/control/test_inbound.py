@@ -452,3 +452,18 @@ def test_the_control_plane_translates_under_its_settings(tmp_path: Path) -> None
     cluster = to_cluster(client.clusters[f"outbound|9090||{HOST}"], None)
     assert cluster.tls_subject_alt_names == ("spiffe://example.org/ns/server-ns/sa/server",)
     assert to_listener(server.listeners["inbound_127.0.31.2_20001"]).tls_mode == "STRICT"
+
+
+def test_service_entry_subject_alt_names_are_the_auto_mtls_sans() -> None:
+    named = MESH.replace(
+        "  workloadSelector: {labels: {app: hello}}\n",
+        "  workloadSelector: {labels: {app: hello}}\n"
+        "  subjectAltNames: [spiffe://cluster.local/ns/server-ns/sa/hello-v2]\n",
+    )
+    cluster = translate(model_of(named), CLIENT).clusters[f"outbound|9090||{HOST}"]
+    assert to_cluster(cluster, None).tls_subject_alt_names == (
+        "spiffe://cluster.local/ns/server-ns/sa/hello-v2",
+    )
+    fixed = dr("{mode: ISTIO_MUTUAL, subjectAltNames: ['spiffe://cluster.local/ns/a/sa/b']}")
+    cluster = translate(model_of(named + fixed), CLIENT).clusters[f"outbound|9090||{HOST}"]
+    assert to_cluster(cluster, None).tls_subject_alt_names == ("spiffe://cluster.local/ns/a/sa/b",)

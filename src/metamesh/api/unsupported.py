@@ -78,10 +78,6 @@ UNSUPPORTED: Mapping[FieldKey, Unsupported] = {
         "MESH_EXTERNAL is not treated differently: the service is routed like any other",
         when=lambda value: value == "MESH_EXTERNAL",
     ),
-    (istio.ServiceEntrySpec, "subject_alt_names"): Unsupported(
-        "the SANs a client verifies come from the endpoints' service accounts or the "
-        "DestinationRule's tls.subjectAltNames"
-    ),
     (istio.WorkloadEntry, "network"): Unsupported(
         "multi-network meshes are not supported: every endpoint is dialled directly"
     ),
@@ -223,6 +219,7 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
         "endpoints",
         "export_to",
         "workload_selector",
+        "subject_alt_names",
     ),
     **_fields(base.WorkloadSelector, "labels"),
     **_fields(istio.ServicePort, "number", "name", "target_port"),

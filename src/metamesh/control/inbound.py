@@ -128,11 +128,13 @@ def cluster_tls(
 ) -> UpstreamTls | None:
     """The client TLS of ``outbound|port|subset|host``: the DestinationRule's, else (with
     ``auto``) auto mTLS (see the module docstring); ISTIO_MUTUAL without SANs gets the
-    workloads' SPIFFE ids."""
+    ServiceEntry's ``subjectAltNames``, else the workloads' SPIFFE ids (Istio's order)."""
     tls = service.policy(port, subset).tls
     endpoints = service.endpoints_for(subset)
     accounts = sorted({e.service_account for e in endpoints if e.service_account})
-    sans = tuple(spiffe_id(model.settings.trust_domain, service.namespace, a) for a in accounts)
+    sans = service.subject_alt_names or tuple(
+        spiffe_id(model.settings.trust_domain, service.namespace, a) for a in accounts
+    )
     if tls is None:
         if not auto or not endpoints or not all(e.service_account for e in endpoints):
             return None

@@ -210,6 +210,9 @@ class Service:
     authorization: tuple[MetaAuthorizationPolicy, ...] = ()
     resolution: str = "STATIC"
     export_to: tuple[str, ...] = ()
+    #: ServiceEntry ``subjectAltNames``: what its endpoints' certificates must carry one of
+    #: under mutual TLS (a DestinationRule's ``tls.subjectAltNames`` overrides them).
+    subject_alt_names: tuple[str, ...] = ()
     allocated_address: bool = False
 
     def port(self, number: int) -> ServicePort | None:
@@ -399,6 +402,7 @@ def _service(
         router=router,
         resolution=se.spec.resolution,
         export_to=tuple(se.spec.export_to),
+        subject_alt_names=tuple(se.spec.subject_alt_names),
         allocated_address=not se.spec.addresses,
     )
 
