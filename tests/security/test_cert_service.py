@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ssl
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ from cryptography import x509
 
 from metamesh.security.ca import CertificateAuthority
 from metamesh.security.cert_service import (
+    MAX_SERVER_TTL,
     CertificateService,
     TokenBook,
     request_certificate,
@@ -119,3 +121,38 @@ def test_a_renewal_needs_a_live_mesh_certificate_and_a_proof_for_this_csr() -> N
     assert service._certificate_holder(foreign_b64, proof(csr), csr) is None
     clock[0] = now + dt.timedelta(minutes=11)  # expired
     assert service._certificate_holder(cert_b64, proof(csr), csr) is None
+
+
+def test_the_ca_ports_certificate_is_renewed_at_half_its_lifetime() -> None:
+    """grpc asks before each handshake; past half the lifetime a new certificate is served."""
+
+    async def serial_seen(port: int, root: str) -> int:
+        context = ssl.create_default_context(cadata=root)
+        context.check_hostname = False  # the renewed one is issued in the test's future
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(["h2"])
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
+        )
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return x509.load_der_x509_certificate(der).serial_number
+
+    async def scenario() -> None:
+        now = dt.datetime.now(dt.UTC)
+        ca = CertificateAuthority.create(TD, now)
+        offset = [dt.timedelta()]
+        server = grpc.aio.server()
+        CertificateService(ca, TokenBook({})).add_to(server)
+        credentials = server_credentials(ca, now, clock=lambda: now + offset[0])
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+        await server.start()
+        try:
+            first = await serial_seen(port, ca.root_pem)
+            assert await serial_seen(port, ca.root_pem) == first
+            offset[0] = MAX_SERVER_TTL / 2 + dt.timedelta(seconds=1)
+            assert await serial_seen(port, ca.root_pem) != first
+        finally:
+            await server.stop(0)
+
+    asyncio.run(scenario())

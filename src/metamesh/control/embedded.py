@@ -60,12 +60,13 @@ from metamesh.runtime.xds_client import XdsClient, XdsTls
 from metamesh.runtime.xds_state import resources_to_snapshot
 from metamesh.security.ca import CertificateAuthority
 from metamesh.security.cert_service import (
+    MAX_SERVER_TTL,
     CertificateService,
     TokenBook,
     control_plane_certificate,
     server_credentials,
 )
-from metamesh.xds.ads_auth import AdsTls, server_context
+from metamesh.xds.ads_auth import AdsTls, load_certificate, server_context
 from metamesh.xds.resources import ProxyNode
 from metamesh.xds.server import AdsServer
 
@@ -414,11 +415,14 @@ async def serve_control_plane(
     ca_server = await start_ca(ca, host, out) if ca is not None else None
     out.flush()
     task = asyncio.create_task(source.run())
+    renewing = None
+    if ca is not None and xds_tls is not None:
+        renewing = asyncio.create_task(renew_ads_certificate(ca, host, xds_tls, stop))
     try:
         await stop.wait()
     finally:
         source.stop()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(task, *filter(None, [renewing]), return_exceptions=True)
         await ads.stop(0)
         if ca_server is not None:
             await ca_server.stop(0)
@@ -439,6 +443,21 @@ class CaSettings:
     xds_tls: bool = True
     #: More names (DNS or IP) proxies dial the control plane by, for its certificate.
     names: tuple[str, ...] = ()
+
+
+async def renew_ads_certificate(
+    settings: CaSettings, host: str, tls: AdsTls, stop: asyncio.Event
+) -> None:
+    """Renew the ADS port's server certificate at half its lifetime until ``stop``."""
+    every = MAX_SERVER_TTL.total_seconds() / 2
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+            return
+        now = datetime.datetime.now(datetime.UTC)
+        ca = CertificateAuthority.load_or_create(settings.directory, settings.trust_domain, now)
+        load_certificate(tls.context, *control_plane_certificate(ca, now, (host, *settings.names)))
+        logging.getLogger("metamesh.ca").info("the control plane's server certificate was renewed")
 
 
 def ads_tls(settings: CaSettings, host: str) -> AdsTls:
@@ -469,7 +488,10 @@ async def start_ca(settings: CaSettings, host: str, out: TextIO) -> grpc.aio.Ser
     server = grpc.aio.server()
     CertificateService(ca, tokens).add_to(server)
     hosts = (host, *settings.names)
-    port = server.add_secure_port(f"{host}:{settings.port}", server_credentials(ca, now, hosts))
+    credentials = server_credentials(
+        ca, now, hosts, clock=lambda: datetime.datetime.now(datetime.UTC)
+    )
+    port = server.add_secure_port(f"{host}:{settings.port}", credentials)
     await server.start()
     root = settings.directory / "root-cert.pem"
     print(

@@ -279,13 +279,31 @@ def _is_ip(host: str) -> bool:
 
 
 def server_credentials(
-    ca: CertificateAuthority, now: dt.datetime, hosts: tuple[str, ...] = ("127.0.0.1",)
+    ca: CertificateAuthority,
+    now: dt.datetime,
+    hosts: tuple[str, ...] = ("127.0.0.1",),
+    clock: Clock | None = None,
 ) -> grpc.ServerCredentials:
     """TLS for the CA's gRPC port with :func:`control_plane_certificate`. Clients are not
     asked for certificates at the TLS layer (see the module docstring for how a certificate
-    authenticates a renewal)."""
+    authenticates a renewal). With ``clock``, the certificate is renewed at half its lifetime:
+    grpc asks for it before each handshake (``dynamic_ssl_server_credentials``)."""
     chain_pem, key_pem = control_plane_certificate(ca, now, hosts)
-    return grpc.ssl_server_credentials([(key_pem, chain_pem)], require_client_auth=False)
+    config = grpc.ssl_server_certificate_configuration([(key_pem, chain_pem)])
+    if clock is None:
+        return grpc.ssl_server_credentials([(key_pem, chain_pem)], require_client_auth=False)
+    renew_at = [now + MAX_SERVER_TTL / 2]
+
+    def fetch() -> Any:
+        at = clock()
+        if at < renew_at[0]:
+            return None  # keep the current one
+        chain, key = control_plane_certificate(ca, at, hosts)
+        renew_at[0] = at + MAX_SERVER_TTL / 2
+        log.info("the control plane's server certificate was renewed (CA port)")
+        return grpc.ssl_server_certificate_configuration([(key, chain)])
+
+    return grpc.dynamic_ssl_server_credentials(config, fetch, require_client_authentication=False)
 
 
 MAX_SERVER_TTL: Final = dt.timedelta(days=7)

@@ -44,6 +44,13 @@ def server_context(chain_pem: bytes, key_pem: bytes, root_pem: bytes) -> ssl.SSL
     context.set_alpn_protocols(["h2"])
     context.verify_mode = ssl.CERT_OPTIONAL
     context.load_verify_locations(cadata=root_pem.decode())
+    load_certificate(context, chain_pem, key_pem)
+    return context
+
+
+def load_certificate(context: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    """Put ``chain_pem``/``key_pem`` in ``context``: handshakes from now on use it
+    (a renewal of the control plane's certificate; established connections keep theirs)."""
     with tempfile.TemporaryDirectory(prefix="metamesh-ads-") as tmp:  # load_cert_chain reads files
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         for path, data in ((cert, chain_pem), (key, key_pem)):
@@ -51,7 +58,6 @@ def server_context(chain_pem: bytes, key_pem: bytes, root_pem: bytes) -> ssl.SSL
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
         context.load_cert_chain(cert, key)
-    return context
 
 
 @dataclass(frozen=True)
