@@ -466,6 +466,10 @@ class KubeApiServer:
         if not rt.namespaced:
             namespace = ""
         method = request.method
+        if method in ("POST", "PUT") and request.content_type != "application/json":
+            raise ApiError(  # protobuf is the real server's other encoding: not spoken here
+                415, "UnsupportedMediaType", f"the stand-in reads JSON, not {request.content_type}"
+            )
         if not name:
             if method == "GET":
                 if _go_bool(request.query.get("watch")):

@@ -22,7 +22,9 @@ import pytest
 from metamesh.api.istio import ServiceEntry
 from metamesh.api.loader import ResourceSet
 from metamesh.api.metaprotocol import MetaRouter
+from metamesh.control.model import MeshModel
 from metamesh.control.sources.kubernetes import KubernetesSettings, KubernetesSource
+from metamesh.control.sources.merge import MergedSources
 from tests.control.kube_apiserver import RunningApiServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,5 +247,53 @@ def test_one_leader_persists_a_service_entry_address_the_next_one_keeps(tmp_path
             assert addresses(follower[1]) == [entry["value"]]
             assert follower[0].counters["addresses_allocated"] == 0
             await follower[0].close()
+
+    asyncio.run(main())
+
+
+def test_the_examples_and_the_control_plane_manifests_apply_and_are_accepted(
+    tmp_path: Path,
+) -> None:
+    """Through the merge step (no directory), as control-plane --kubernetes runs it."""
+    kinds = "applicationprotocols,serviceentries,destinationrules,metarouters"
+
+    async def main() -> None:
+        with RunningApiServer() as api:
+            cluster = Cluster(api, tmp_path)
+            for manifests in (
+                REPO / "deploy" / "crds.yaml",
+                REPO / "deploy" / "control-plane.yaml",
+            ):
+                await cluster.kubectl("apply", "--validate=false", "-f", str(manifests))
+            for namespace in ("meta-thrift", "meta-dubbo"):
+                await cluster.apply(
+                    f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
+                )
+            await cluster.kubectl(
+                "apply", "--validate=false", "-f", str(REPO / "examples" / "mesh")
+            )
+            models: list[MeshModel] = []
+            settings = KubernetesSettings(kubeconfig=str(cluster.kubeconfig), lease_renew=0.1)
+            sources = MergedSources(None, models.append, namespace="default", kubernetes=settings)
+            await sources.start()
+            run = asyncio.create_task(sources.run())
+            try:
+                for _ in range(200):
+                    listed = json.loads(await cluster.kubectl("get", kinds, "-A", "-o", "json"))
+                    seen = {
+                        f"{i['kind']}/{i['metadata']['name']}": (
+                            ((i.get("status") or {}).get("conditions") or [{}])[0].get("reason")
+                        )
+                        for i in listed["items"]
+                    }
+                    if set(seen.values()) == {"Valid"}:
+                        break
+                    await asyncio.sleep(0.05)
+                assert len(seen) == 8 and set(seen.values()) == {"Valid"}, seen
+                hosts = set(models[-1].services)
+                assert {"thrift-sample-server.meta-thrift.svc.cluster.local"} <= hosts, hosts
+            finally:
+                sources.stop()
+                await run
 
     asyncio.run(main())
