@@ -467,3 +467,29 @@ def test_service_entry_subject_alt_names_are_the_auto_mtls_sans() -> None:
     fixed = dr("{mode: ISTIO_MUTUAL, subjectAltNames: ['spiffe://cluster.local/ns/a/sa/b']}")
     cluster = translate(model_of(named + fixed), CLIENT).clusters[f"outbound|9090||{HOST}"]
     assert to_cluster(cluster, None).tls_subject_alt_names == ("spiffe://cluster.local/ns/a/sa/b",)
+
+
+def test_a_policy_reaches_only_the_workloads_it_selects() -> None:
+    v2 = (
+        "---\napiVersion: networking.istio.io/v1beta1\nkind: WorkloadEntry\n"
+        "metadata: {name: hello-2, namespace: server-ns}\n"
+        "spec: {address: 127.0.31.3, ports: {tcp-metaprotocol-thrift-hello: 20001}, "
+        "labels: {app: hello, version: v2}, serviceAccount: server}\n"
+    )
+    text = (
+        MESH.replace(
+            "spec:\n  action: ALLOW",
+            "spec:\n  selector: {matchLabels: {version: v1}}\n  action: ALLOW",
+        )
+        + v2
+    )
+    model = model_of(text)
+
+    def filters(node: ProxyNode, name: str) -> list[str]:
+        listener = as_dict(translate(model, node).listeners[name])
+        value = listener["filter_chains"][0]["filters"][0]["typed_config"]["value"]
+        return [f["name"] for f in value["metaProtocolFilters"]]
+
+    node_v2 = ProxyNode("server-2", "server-ns", (("app", "hello"), ("version", "v2")), "server")
+    assert filters(SERVER, "inbound_127.0.31.2_20001")[0] == "metamesh.filters.rbac"
+    assert "metamesh.filters.rbac" not in filters(node_v2, "inbound_127.0.31.3_20001")

@@ -19,7 +19,9 @@ For each such endpoint and MetaProtocol port the proxy gets an :class:`InboundPo
   sidecar reaches it on localhost). The endpoint's address must therefore not be 127.0.0.1
   itself; any other loopback address (127.0.20.1, ...) works without configuration on Linux;
 - its ``tls_mode`` is the PeerAuthentication resolved for the workload and port
-  (:func:`metamesh.control.peer_auth.resolve_mtls`).
+  (:func:`metamesh.control.peer_auth.resolve_mtls`);
+- its authorization policies are those of the service whose selector selects this workload
+  (Istio selects workloads, not services).
 
 Auto mutual TLS (Istio's default when no DestinationRule sets ``tls``): a client cluster whose
 endpoints are all mesh workloads connects with ISTIO_MUTUAL, accepting the SPIFFE ids of their
@@ -29,8 +31,9 @@ DISABLE, plaintext (Istio decides per endpoint; metamesh decides per cluster).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from metamesh.api import MetaAuthorizationPolicy
 from metamesh.control.model import Endpoint, MeshModel, Service, ServicePort, UpstreamTls
 from metamesh.control.peer_auth import resolve_mtls
 from metamesh.xds.resources import ProxyNode
@@ -103,8 +106,20 @@ def inbound_ports(model: MeshModel, node: ProxyNode) -> tuple[list[InboundPort],
                 listen,
                 model.settings.root_namespace,
             )
-            out.append(InboundPort(service, port, endpoint.address, listen, mode))
+            own = replace(service, authorization=_policies_of(service, endpoint))
+            out.append(InboundPort(own, port, endpoint.address, listen, mode))
     return out, problems
+
+
+def _policies_of(service: Service, endpoint: Endpoint) -> tuple[MetaAuthorizationPolicy, ...]:
+    """The service's authorization policies that select this workload: Istio selects workloads,
+    so a policy for ``version: v1`` does not reach the v2 workload's inbound side."""
+    out = []
+    for policy in service.authorization:
+        selector = policy.spec.selector
+        if selector is None or endpoint.matches(selector.match_labels):
+            out.append(policy)
+    return tuple(out)
 
 
 def _inbound_mode(model: MeshModel, service: Service, endpoint: Endpoint, port: int) -> str:
