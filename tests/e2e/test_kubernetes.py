@@ -195,3 +195,25 @@ def test_kubectl_applied_service_pods_and_router_route_real_thrift_calls(
         kubectl("label", "pod", "calc-v1", "-n", "demo", "version=v1", "--overwrite")
         wait_until(lambda: answers(client, 10) == {"v2"}, "the change after the outage", 20)
         assert client.same_connection()
+
+
+def test_up_with_a_directory_and_kubernetes_routes_a_service_by_a_file_router(
+    calc_gen: types.ModuleType, servers: tuple[int, int], tmp_path: Path
+) -> None:
+    """``metamesh up DIR --kubernetes``: the MetaRouter is a file, the Service a cluster's."""
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    (mesh / "router.yaml").write_text(router("v2"))
+    with ExitStack() as stack:
+        api = stack.enter_context(RunningApiServer())
+        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+        kubectl = Kubectl(kubeconfig, tmp_path)
+        kubectl("apply", "--validate=false", "-f", str(REPO / "deploy" / "crds.yaml"))
+        kubectl.apply(app(*servers))
+        jsonpath = "jsonpath={.spec.clusterIP}"
+        cluster_ip = kubectl("get", "service", "calc", "-n", "demo", "-o", jsonpath)
+        args = ("up", str(mesh), "--kubernetes", "--kubeconfig", str(kubeconfig))
+        up = stack.enter_context(Metamesh(tmp_path, "up", *args, "--admin-port", "0"))
+        up.wait_for(f"{cluster_ip}:9090  thrift  all-v2 -> v2")
+        client = stack.enter_context(closing(ThriftClient(calc_gen, cluster_ip, 9090)))
+        assert answers(client) == {"v2"}
