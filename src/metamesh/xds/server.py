@@ -44,7 +44,7 @@ from google.protobuf import json_format
 
 from metamesh.xds.ads_auth import AdsAuthenticator, AdsTls, bind_node
 from metamesh.xds.delta import DeltaStreamState
-from metamesh.xds.front import GrpcFront
+from metamesh.xds.front import LOG_EVERY, GrpcFront
 from metamesh.xds.resources import ProxyNode, XdsResources
 from metamesh.xds.sanitize import (
     MAX_ERROR_DETAIL,
@@ -159,6 +159,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._auth: AdsAuthenticator | None = None
         #: Streams refused after TLS: ``unauthenticated``, ``wrong_node``.
         self.refused: Counter[str] = Counter()
+        self._logged_at: dict[str, float] = {}
+        self._refusals_since: dict[str, int] = {}
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -293,17 +295,31 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             return node
         identity, how = self._auth.authenticate(context)
         if identity is None:
-            self.refused["unauthenticated"] += 1
-            log.warning("ADS: refused node %s: %s", printable(node.node_id), how)
+            self._refuse("unauthenticated", how, node, how)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, how)
         assert identity is not None
         bound, problem = bind_node(node, identity)
         if problem:
-            self.refused["wrong_node"] += 1
-            log.warning("ADS: refused node %s: %s", printable(node.node_id), printable(problem))
+            self._refuse("wrong_node", "wrong_node", node, problem)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
         log.info("ADS: node %s is %s (%s)", printable(node.node_id), identity, how)
         return bound
+
+    def _refuse(self, reason: str, key: str, node: ProxyNode, detail: str) -> None:
+        """Count; log once per ``key`` per :data:`~metamesh.xds.front.LOG_EVERY` seconds (with
+        the count), so a proxy retrying every second or a flood cannot flood the log."""
+        self.refused[reason] += 1
+        self._refusals_since[key] = self._refusals_since.get(key, 0) + 1
+        now = self._clock()
+        if now - self._logged_at.get(key, -1e9) < LOG_EVERY:
+            return
+        self._logged_at[key] = now
+        log.warning(
+            "ADS: refused node %s: %s (%d such since the last line)",
+            printable(node.node_id),
+            printable(detail),
+            self._refusals_since.pop(key),
+        )
 
     async def _serve(
         self,
