@@ -19,6 +19,8 @@ command -v kubectl >/dev/null || APT_PACKAGES+=(kubernetes-client)
 
 # prometheus: the real Prometheus that tests/e2e/test_prometheus.py runs against a mesh (no service)
 APT_PACKAGES+=(prometheus)
+# chromium: the headless browser tests/e2e/test_dashboard.py loads the live dashboard in
+APT_PACKAGES+=(chromium)
 
 if [[ "${METAMESH_SKIP_APT:-0}" != 1 ]]; then
   missing=()

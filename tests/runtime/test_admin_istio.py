@@ -60,3 +60,28 @@ def test_every_istio_label_and_metric_is_rendered() -> None:
     assert total(text, "istio_tcp_connections_closed_total") == 1
     assert total(text, "istio_tcp_received_bytes_total") == d.bytes_in + gone.bytes_in > 0
     assert total(text, "istio_tcp_sent_bytes_total") == d.bytes_out + gone.bytes_out > 0
+
+
+def test_dashboard_view_of_edges_and_routes() -> None:
+    from metamesh.telemetry import view
+
+    v1 = "outbound|1|v1|svc.test"
+    snap = snapshot([by_method("get", v1)], [cluster(v1, 1001)], stat_prefix="svc.test")
+    h = Harness(snap)
+    d = h.client()
+    h.send(d, call(1, method="get") + call(2, method="zzz"))
+    up = h.connects[0]
+    h.connect(up)
+    [(_, _, uid, _, _)] = h.take(up)
+    h.respond(up, reply(uid))
+    by_version = {e["version"]: e for e in view.edges(h.core.stats.requests.values())}
+    assert set(by_version) == {"v1", "unknown"}
+    ok = by_version["v1"]
+    assert (ok["service"], ok["ok"], ok["errors"], ok["protocol"]) == ("svc.test", 1, 0, "kvrpc")
+    assert sum(ok["buckets"]) == 1 and len(ok["buckets"]) == len(view.bounds()) + 1
+    assert by_version["unknown"]["errors"] == 1
+    [listener] = view.routes(snap)
+    assert listener["service"] == "svc.test"
+    assert listener["routes"] == [
+        {"name": "to-get", "targets": [{"cluster": v1, "subset": "v1", "weight": 100}]}
+    ]

@@ -322,6 +322,7 @@ class LiveDemo:
             "",
             "== Where to look ==",
             f"  proxy admin     http://{admin}/",
+            f"  live dashboard  http://{admin}/dashboard  (service graph, rates, routes in force)",
             f"  metrics         curl -s http://{admin}/stats/prometheus | grep istio_requests",
             f"  config dump     curl -s http://{admin}/config_dump",
             f"  routes          metamesh proxy-config routes --admin {admin}",

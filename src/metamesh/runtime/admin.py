@@ -11,7 +11,9 @@ proxy needs no web framework. Endpoints, named as in Envoy's admin API:
 * ``/clusters``: per endpoint ``cluster::host:port::<stat>::<value>`` lines (Envoy's text form:
   health, weight, active requests, upstream connections); ``?format=json`` for JSON;
 * ``/stats/prometheus``: Prometheus text exposition, rendered at scrape time by a custom
-  collector over the core's plain-int counters (``prometheus_client.generate_latest``).
+  collector over the core's plain-int counters (``prometheus_client.generate_latest``);
+* ``/dashboard``: the live view (service graph, rates, routes in force, health) as one HTML
+  page with its script inline, polling ``/dashboard/data`` (:mod:`metamesh.telemetry.view`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -44,6 +47,7 @@ from metamesh.proxy.stats import (
 from metamesh.proxy.telemetry import ISTIO_LABELS, NO_FLAGS, TCP_LABELS, full_labels, tcp_labels
 from metamesh.runtime.loops import loop_name
 from metamesh.runtime.redact import redact
+from metamesh.telemetry import view
 
 if TYPE_CHECKING:
     from metamesh.proxy.listener import Downstream
@@ -291,6 +295,33 @@ def server_info(server: ProxyServer) -> dict[str, Any]:
     }
 
 
+def dashboard_data(server: ProxyServer) -> dict[str, Any]:
+    """What the live dashboard (``/dashboard``) polls: graph edges, routes in force, health."""
+    core = server.core
+    stats = core.stats
+    clusters = {
+        name: {"healthy": sum(cs.lb.healthy), "endpoints": len(cs.lb.healthy)}
+        for name, cs in sorted(core.clusters.items())
+    }
+    return {
+        "time": server.now(),
+        "proxy": {
+            "workload": stats.local.name,
+            "namespace": stats.local.namespace,
+            "state": server_info(server)["state"],
+            "config_version": core.snapshot.version,
+            "clients": stats.active_downstream_connections,
+            "upstreams": stats.active_upstream_connections,
+            "in_flight": stats.active_requests,
+            "local_replies": sum(stats.local_replies.values()),
+            "clusters": clusters,
+        },
+        "bounds_ms": view.bounds(),
+        "edges": view.edges(stats.requests.values()),
+        "routes": view.routes(core.snapshot),
+    }
+
+
 def handle(server: ProxyServer, target: str, from_loopback: bool = False) -> tuple[int, str, bytes]:
     """(status, content type, body) for a GET of ``target``; secrets in ``/config_dump`` are
     shown only for ``?include_secrets`` asked from a loopback address (:mod:`.redact`)."""
@@ -313,6 +344,11 @@ def handle(server: ProxyServer, target: str, from_loopback: bool = False) -> tup
         if "format=json" in query:
             return 200, "application/json", json.dumps({"clusters": view}, indent=2).encode()
         return 200, "text/plain", clusters_text(view).encode()
+    if path == "/dashboard":
+        page = resources.files("metamesh.telemetry").joinpath("dashboard.html").read_bytes()
+        return 200, "text/html; charset=utf-8", page
+    if path == "/dashboard/data":
+        return 200, "application/json", json.dumps(dashboard_data(server)).encode()
     if path in ("/stats/prometheus", "/metrics"):
         return 200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(server)
     return 404, "text/plain", b"not found\n"
