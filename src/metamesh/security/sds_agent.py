@@ -76,7 +76,11 @@ async def serve_agent(
         await asyncio.gather(*waits, return_exceptions=True)
         if stop.is_set():
             return 0
-        await sds.start(settings.socket)
+        try:
+            await sds.start(settings.socket)
+        except OSError as exc:
+            print(f"metamesh agent: cannot serve SDS on {settings.socket}: {exc}", file=sys.stderr)
+            return 1
         print(
             f"metamesh: agent for {settings.identity}: SDS on unix:{settings.socket} "
             f"(secrets default, ROOTCA), certificates from {settings.ca}",
