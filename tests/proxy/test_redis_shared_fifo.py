@@ -143,13 +143,15 @@ def test_cluster_mode_follows_moved_remembers_it_and_follows_ask_once() -> None:
     h.send(c, cmd("GET", "k"))
     (a,) = h.connects
     h.connect(a)
-    h.sent.pop(a)
+    assert bytes(h.sent.pop(a)) == cmd("CLUSTER", "SLOTS") + cmd("GET", "k")
     b_port = 7002 if a.endpoint.port == 7001 else 7001
+    h.respond(a, b"*0\r\n")  # an empty slot table: nothing known yet
     h.respond(a, b"-MOVED %d 127.0.0.1:%d\r\n" % (slot, b_port))
     (b,) = [u for u in h.connects if u is not a]
     assert b.endpoint.port == b_port
     h.connect(b)
-    assert bytes(h.sent.pop(b)) == cmd("GET", "k")
+    assert bytes(h.sent.pop(b)) == cmd("CLUSTER", "SLOTS") + cmd("GET", "k")
+    h.respond(b, b"-ERR cluster support disabled\r\n")  # a failed CLUSTER SLOTS is skipped
     h.respond(b, b"$1\r\nv\r\n")
     assert bytes(h.sent.pop(c)) == b"$1\r\nv\r\n"  # the MOVED never reached the client
     assert h.core.stats.redirects == 1
@@ -172,5 +174,33 @@ def test_a_redirection_to_a_node_the_cluster_does_not_list_reaches_the_client() 
     h.send(c, cmd("GET", "k"))
     (up,) = h.connects
     h.connect(up)
-    h.respond(up, b"-MOVED 1 10.9.9.9:6379\r\n")
+    h.respond(up, b"*0\r\n-MOVED 1 10.9.9.9:6379\r\n")
     assert bytes(h.sent.pop(c)) == b"-MOVED 1 10.9.9.9:6379\r\n"
+
+
+def test_cluster_slots_on_connect_fills_the_slot_table() -> None:
+    from metamesh.codecs.redis.cluster import key_slot
+
+    slot = key_slot(b"k")
+    h = Harness(cluster_mesh())
+    c = h.client()
+    h.send(c, cmd("GET", "k"))
+    (a,) = h.connects
+    h.connect(a)
+    other = 7002 if a.endpoint.port == 7001 else 7001
+    table = b"*2\r\n" + b"".join(
+        b"*3\r\n:%d\r\n:%d\r\n*3\r\n$9\r\n127.0.0.1\r\n:%d\r\n$2\r\nid\r\n" % (lo, hi, p)
+        for lo, hi, p in ((0, slot, other), (slot + 1, 16383, a.endpoint.port))
+    )
+    h.respond(a, table + b"-MOVED %d 127.0.0.1:%d\r\n" % (slot, other))
+    cs = h.core.clusters["c"]
+    assert cs.slots is not None and len(cs.slots) == 16384
+    (b,) = [u for u in h.connects if u is not a]
+    h.connect(b)
+    h.respond(b, table + b"$1\r\nv\r\n")
+    assert bytes(h.sent.pop(c)) == b"$1\r\nv\r\n"
+    h.send(c, cmd("GET", "k") + cmd("GET", "zz"))  # both straight to their owners
+    assert bytes(h.sent.pop(b)).endswith(cmd("GET", "k"))
+    zz = key_slot(b"zz")
+    owner = b if zz <= slot else a
+    assert bytes(h.sent.pop(owner)).endswith(cmd("GET", "zz"))

@@ -96,6 +96,15 @@ class Redirect:
     preamble: bytes = b""
 
 
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """What a server said about who owns which keys (Redis ``CLUSTER SLOTS``): ``ranges`` of
+    (first, last, address, port). A codec hands one over as the ``codec_state`` of a
+    ``HEARTBEAT`` message (never forwarded); a cluster that keeps a key table adopts it."""
+
+    ranges: tuple[tuple[int, int, str, int], ...]
+
+
 #: A mutation: metadata keys to set on the outgoing frame (empty = forward unchanged).
 Mutation = Mapping[str, str]
 

@@ -29,7 +29,7 @@ from metamesh.codecs import (
     ErrorKind,
     Message,
 )
-from metamesh.codecs.message import Redirect, metadata_get
+from metamesh.codecs.message import Ownership, Redirect, metadata_get
 from metamesh.proxy.core import (
     _CLOSED,
     _CONNECTING,
@@ -104,6 +104,19 @@ class UpstreamPool(Replies):
         if idx is None or not cs.lb.healthy[idx] or (excluded and idx in excluded):
             return None
         return idx
+
+    def _adopt_owners(self, up: Upstream, owners: Ownership) -> None:
+        """A cluster node's slot table (``CLUSTER SLOTS``, asked on every new connection in
+        cluster mode): slots whose owner is one of the cluster's endpoints go to it."""
+        slots = up.cluster.slots
+        if slots is None:
+            return
+        index = {(e.address, e.port): i for i, e in enumerate(up.cluster.config.endpoints)}
+        for first, last, address, port in owners.ranges:
+            idx = index.get((address, port))
+            if idx is not None:
+                for slot in range(max(first, 0), min(last, 16383) + 1):
+                    slots[slot] = idx
 
     def _cluster_reply(self, up: Upstream, req: ActiveRequest, msg: Message, now: float) -> bool:
         """A reply from a cluster in Redis Cluster mode: a redirection is followed (True: the

@@ -21,6 +21,7 @@ from metamesh.codecs import (
     ErrorKind,
     Message,
 )
+from metamesh.codecs.message import Ownership
 from metamesh.proxy.attempts import Attempts
 from metamesh.proxy.core import (
     _CLOSED,
@@ -144,6 +145,9 @@ class RequestPath(Attempts):
         if mtype is _RESPONSE or mtype is _ERROR:
             self._on_response(up, msg, now)
         elif mtype is _HEARTBEAT:
+            if type(msg.codec_state) is Ownership:  # a cluster's slot table (Redis)
+                self._adopt_owners(up, msg.codec_state)
+                return
             # Never forwarded to clients; a server's ping is answered so that servers
             # which drop silent connections (Dubbo) keep our shared connection.
             pong = up.codec.heartbeat_reply(msg)

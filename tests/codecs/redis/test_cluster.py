@@ -3,9 +3,16 @@ values), hashtags, MOVED/ASK parsing, slot metadata and redirections on replies.
 
 import pytest
 
-from metamesh.codecs import Redirect
+from metamesh.codecs import CodecError, MessageType, Redirect
+from metamesh.codecs.message import Ownership
 from metamesh.codecs.redis import RedisCodec
-from metamesh.codecs.redis.cluster import ASKING, crc16, key_slot, parse_redirect
+from metamesh.codecs.redis.cluster import (
+    ASKING,
+    crc16,
+    key_slot,
+    parse_cluster_slots,
+    parse_redirect,
+)
 from metamesh.codecs.redis.resp import encode_command
 
 
@@ -48,8 +55,30 @@ def test_cluster_mode_requests_carry_the_slot_and_refuse_select() -> None:
 
 def test_upstream_redirections_ride_on_the_reply() -> None:
     up = RedisCodec()
-    up.upstream_preamble({"mode": "CLUSTER"})
-    buf = bytearray(b"-MOVED 1 127.0.0.1:7002\r\n-ERR other\r\n")
+    assert up.upstream_preamble({"mode": "CLUSTER"}) == encode_command([b"CLUSTER", b"SLOTS"])
+    buf = bytearray(b"*0\r\n-MOVED 1 127.0.0.1:7002\r\n-ERR other\r\n")
+    table = up.decode(buf)
+    assert table is not None and table.type is MessageType.HEARTBEAT
+    assert table.codec_state == Ownership(())
     moved, other = up.decode(buf), up.decode(buf)
     assert moved is not None and moved.codec_state == Redirect(1, "127.0.0.1", 7002)
     assert other is not None and other.codec_state is None
+
+
+def test_cluster_slots_reply_of_redis_7() -> None:
+    reply = (
+        b"*2\r\n"
+        b"*3\r\n:0\r\n:5460\r\n*4\r\n$9\r\n127.0.0.1\r\n:30001\r\n$2\r\nid\r\n*0\r\n"
+        b"*4\r\n:5461\r\n:16383\r\n*3\r\n$0\r\n\r\n:30002\r\n$1\r\nx\r\n"
+        b"*3\r\n$9\r\n127.0.0.1\r\n:30004\r\n$1\r\ny\r\n"  # a replica: ignored
+    )
+    assert parse_cluster_slots(reply) == Ownership(
+        ((0, 5460, "127.0.0.1", 30001), (5461, 16383, "127.0.0.1", 30002))
+    )
+    resp3 = (  # HELLO 3: the node's metadata is a map
+        b"*1\r\n*3\r\n:0\r\n:16383\r\n"
+        b"*4\r\n$9\r\n127.0.0.1\r\n:30001\r\n$2\r\nid\r\n%1\r\n+hostname\r\n+h\r\n"
+    )
+    assert parse_cluster_slots(resp3) == Ownership(((0, 16383, "127.0.0.1", 30001),))
+    with pytest.raises(CodecError):
+        parse_cluster_slots(b"*1\r\n:1\r\n")

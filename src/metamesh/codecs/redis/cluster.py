@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from metamesh.codecs.message import Redirect
-from metamesh.codecs.redis.resp import encode_command
+from metamesh.codecs.message import CodecError, Ownership, Redirect
+from metamesh.codecs.redis.resp import CRLF, encode_command
 
 SLOTS: Final = 16384
 ASKING: Final = encode_command([b"ASKING"])
+CLUSTER_SLOTS: Final = encode_command([b"CLUSTER", b"SLOTS"])
 
 
 def _table() -> list[int]:
@@ -64,3 +65,55 @@ def parse_redirect(frame: bytes) -> Redirect | None:
     once = parts[0] == b"ASK"
     address = host.decode("ascii", "replace") or "127.0.0.1"
     return Redirect(int(parts[1]), address, int(port), once, ASKING if once else b"")
+
+
+def parse_cluster_slots(frame: bytes) -> Ownership:
+    """The slot ranges of a ``CLUSTER SLOTS`` reply: ``[[first, last, [host, port, id, ...],
+    replicas...], ...]`` (primaries only; an empty host means the node's own address)."""
+    value, _ = _value(frame, 0, 0)
+    if not isinstance(value, list):
+        raise CodecError("CLUSTER SLOTS reply is not an array")
+    ranges = []
+    for entry in value:
+        if not (isinstance(entry, list) and len(entry) >= 3 and isinstance(entry[2], list)):
+            raise CodecError("CLUSTER SLOTS entry is not [first, last, [host, port, ...]]")
+        first, last, primary = entry[0], entry[1], entry[2]
+        if not (isinstance(first, int) and isinstance(last, int) and len(primary) >= 2):
+            raise CodecError("CLUSTER SLOTS entry has no slot range or node")
+        host, port = primary[0], primary[1]
+        if not isinstance(host, bytes) or not isinstance(port, int):
+            raise CodecError("CLUSTER SLOTS node is not [host, port]")
+        ranges.append((first, last, host.decode("ascii", "replace") or "127.0.0.1", port))
+    return Ownership(tuple(ranges))
+
+
+_Value = int | bytes | None | list["_Value"]
+
+
+def _value(buf: bytes, pos: int, depth: int) -> tuple[_Value, int]:
+    """One RESP2/RESP3 value of a complete frame (numbers and strings as such, aggregates as
+    lists, maps as flat key/value lists), and the offset after it."""
+    if depth > 8:
+        raise CodecError("CLUSTER SLOTS reply nested too deep")
+    end = buf.index(CRLF, pos)
+    kind, line = buf[pos : pos + 1], buf[pos + 1 : end]
+    if kind == b":":
+        return int(line), end + 2
+    if kind in (b"+", b"-", b",", b"#", b"("):
+        return line, end + 2
+    if kind == b"_":
+        return None, end + 2
+    if kind in (b"$", b"=", b"!"):
+        n = int(line)
+        return (None, end + 2) if n < 0 else (buf[end + 2 : end + 2 + n], end + 4 + n)
+    if kind in (b"*", b"~", b">", b"%", b"|"):
+        count = max(int(line), 0) * (2 if kind in (b"%", b"|") else 1)
+        items: list[_Value] = []
+        pos = end + 2
+        for _ in range(count):
+            item, pos = _value(buf, pos, depth + 1)
+            items.append(item)
+        if kind == b"|":  # an attribute: the value it annotates follows
+            return _value(buf, pos, depth)
+        return items, pos
+    raise CodecError(f"unexpected {kind!r} in a CLUSTER SLOTS reply")

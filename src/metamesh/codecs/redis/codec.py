@@ -26,7 +26,9 @@ reply (``-`` or ``!``) as status ``ERROR``, a ``-MOVED``/``-ASK`` one with a
 :class:`~metamesh.codecs.message.Redirect` as its ``codec_state`` (followed by clusters in
 cluster mode). It consumes the replies to its own preamble
 (``AUTH``, ``HELLO 3``, ``SELECT``) itself; a refused AUTH is a :class:`CodecError`, which
-fails the connection and answers its clients with an error.
+fails the connection and answers its clients with an error. In cluster mode the preamble ends
+with ``CLUSTER SLOTS``, whose reply comes out as a ``HEARTBEAT`` carrying an
+:class:`~metamesh.codecs.message.Ownership` (the slot table, adopted by the cluster).
 
 The one mutation applied is ``redis-remove-prefix: <prefix>`` (RedisService
 ``removePrefix``): the prefix is cut from every key that starts with it.
@@ -47,7 +49,12 @@ from metamesh.codecs.message import (
     Mutation,
     ResponseStatus,
 )
-from metamesh.codecs.redis.cluster import key_slot, parse_redirect
+from metamesh.codecs.redis.cluster import (
+    CLUSTER_SLOTS,
+    key_slot,
+    parse_cluster_slots,
+    parse_redirect,
+)
 from metamesh.codecs.redis.commands import LOCAL, REFUSED, command_spec
 from metamesh.codecs.redis.resp import encode_command, error, parse_command, value_end
 from metamesh.codecs.redis.session import NOAUTH, Session
@@ -110,6 +117,8 @@ class RedisCodec(Codec):
         )
         self.upstream = False
         self._preamble_replies = 0
+        #: Which preamble reply (counting down) answers CLUSTER SLOTS; 0: none asked.
+        self._slots_reply = 0
         self._expected: Hashable | None = None
 
     # --- client side --------------------------------------------------------------------
@@ -229,7 +238,12 @@ class RedisCodec(Codec):
             if db:
                 commands.append([b"SELECT", str(db).encode()])
         self._preamble_replies = len(commands)
-        return b"".join(encode_command(c) for c in commands) or None
+        preamble = b"".join(encode_command(c) for c in commands)
+        if options.get("mode", "").upper() == "CLUSTER":  # ask for the slot owners first
+            self._preamble_replies += 1
+            self._slots_reply = 1
+            preamble += CLUSTER_SLOTS
+        return preamble or None
 
     def _reply_at(self, buf: bytes | bytearray, pos: int) -> tuple[Message | None, int] | None:
         end = value_end(buf, pos, self.max_frame_size)
@@ -237,10 +251,17 @@ class RedisCodec(Codec):
             return None
         first = buf[pos]
         if self._preamble_replies:
+            left = self._preamble_replies
+            self._preamble_replies = left - 1
+            if left == self._slots_reply:  # the last one: CLUSTER SLOTS, for the slot table
+                if first in _ERROR_PREFIXES:
+                    return None, end  # (owners are then learned from MOVED replies)
+                frame = bytes(buf[pos:end])
+                owners = parse_cluster_slots(frame)
+                return Message(_HEARTBEAT, None, b"", end - pos, 0, {}, codec_state=owners), end
             if first in _ERROR_PREFIXES:
                 text = bytes(buf[pos + 1 : min(end, pos + 200)]).strip().decode(errors="replace")
                 raise CodecError(f"upstream refused the connection setup: {text}")
-            self._preamble_replies -= 1
             return None, end
         if first == ord(">"):  # an out-of-band push (RESP3): belongs to no request
             return None, end
