@@ -48,7 +48,8 @@ def test_control_plane_tls_ads_admits_its_workloads_only(tmp_path: Path) -> None
         )  # fmt: skip
         wait_until(lambda: "ADS: refused node bad: claims namespace 'prod'" in cp.stderr(),
                    "the control plane to refuse the proxy")  # fmt: skip
-        wait_until(lambda: "PERMISSION_DENIED" in other.stderr(), "the proxy to say why")
+        wait_until(lambda: "PERMISSION_DENIED claims namespace 'prod'" in other.stderr(),
+                   "the proxy to say why")  # fmt: skip
         assert "serving" not in other.stdout()
 
 

@@ -161,7 +161,8 @@ class XdsClient:
                     await self._handle(response, outbox)
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
-                log.warning("xDS stream to %s failed: %s", self.target, code)
+                why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else ""
+                log.warning("xDS stream to %s failed: %s %s", self.target, code, why or "")
                 return got_response
             finally:
                 self.connected = False
