@@ -19,9 +19,12 @@ import pytest
 
 from tests.runtime.netns import Namespace, namespaces_unavailable
 
-pytestmark = pytest.mark.skipif(
-    bool(namespaces_unavailable()), reason=namespaces_unavailable() or "available"
-)
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(
+        bool(namespaces_unavailable()), reason=namespaces_unavailable() or "available"
+    ),
+]
 PROBE = str(Path(__file__).with_name("capture_probe.py"))
 
 
