@@ -8,6 +8,7 @@ from typing import Any
 from metamesh.api.istio import ServiceEntry
 from metamesh.api.loader import ResourceSet
 from metamesh.api.metaprotocol import MetaRouter
+from metamesh.control.sources.dubbo_registry import interface_services
 from metamesh.control.sources.kubernetes_objects import (
     ENDPOINT_SLICES,
     NAMESPACES,
@@ -17,6 +18,8 @@ from metamesh.control.sources.kubernetes_objects import (
     Translator,
     custom_resources,
 )
+from metamesh.control.sources.merge import SourceMerge
+from tests.control.zookeeper_server import dubbo27_provider_node
 
 SERVICE_FILE = "kubernetes://v1/services/shop/calc"
 ROUTER_FILE = "kubernetes://metaprotocol.aeraki.io/metarouters/shop/calc"
@@ -145,3 +148,28 @@ def test_an_invalid_object_is_a_problem_naming_it_and_a_namespace_can_opt_out() 
         [{"metadata": {"name": "shop", "labels": {"metamesh.io/discovery": "disabled"}}}],
     )
     assert Translator().sets(store, custom_resources()) == {}
+
+
+def test_the_same_host_from_zookeeper_and_kubernetes_kubernetes_wins() -> None:
+    """Registries in name order: a Kubernetes ServiceEntry before a ZooKeeper one (docs)."""
+    lines: list[str] = []
+    merge = SourceMerge(report=lines.append)
+    gvr = next(g for g, kind in custom_resources() if kind == "ServiceEntry")
+    se = {
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "demo", "namespace": "default"},
+        "spec": {"hosts": ["org.apache.dubbo.demo.demoservice"], "addresses": ["127.0.10.7"],
+                 "ports": [{"number": 20880, "name": "tcp-metaprotocol-dubbo-x"}]},
+    }  # fmt: skip
+    store = KubeObjects()
+    store.replace(gvr, [se])
+    merge.update("kubernetes", Translator().sets(store, custom_resources()))
+    origin = "zookeeper://127.0.0.1:2181/dubbo/org.apache.dubbo.demo.DemoService/providers"
+    node = dubbo27_provider_node("org.apache.dubbo.demo.DemoService", "10.0.0.1", 20880)
+    zk = interface_services(origin, "org.apache.dubbo.demo.DemoService", [node],
+                            namespace="default")  # fmt: skip
+    merge.update("zookeeper", {origin: zk.resources})
+    merged = merge({})
+    entries = [e for one in merged.values() for e in one.of_kind(ServiceEntry)]
+    assert [e.ref for e in entries] == ["default/demo"]
+    assert len(lines) == 1 and "default/demo is used" in lines[0] and origin in lines[0]
