@@ -183,6 +183,13 @@ def test_bookmarks_move_the_version_and_the_metamesh_namespace_opt_out(tmp_path:
     run(tmp_path, body)
 
 
+BAD_SERVICE = """apiVersion: v1
+kind: Service
+metadata: {name: odd, namespace: default}
+spec:
+  ports: [{name: tcp-metaprotocol-nope-x, port: 7000}]
+"""
+
 ORDERS = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: orders, namespace: default}
@@ -292,6 +299,20 @@ def test_the_examples_and_the_control_plane_manifests_apply_and_are_accepted(
                 assert len(seen) == 8 and set(seen.values()) == {"Valid"}, seen
                 hosts = set(models[-1].services)
                 assert {"thrift-sample-server.meta-thrift.svc.cluster.local"} <= hosts, hosts
+
+                await cluster.apply(BAD_SERVICE)  # its port names no ApplicationProtocol
+                for _ in range(200):
+                    events = json.loads(await cluster.kubectl("get", "events", "-o", "json"))
+                    warned = [
+                        e["message"]
+                        for e in events["items"]
+                        if e["involvedObject"]["name"] == "odd" and e["reason"] == "InvalidConfig"
+                    ]
+                    if warned:
+                        break
+                    await asyncio.sleep(0.05)
+                assert "tcp-metaprotocol-nope-x" in warned[0], warned
+                assert "odd.default.svc.cluster.local" not in models[-1].services
             finally:
                 sources.stop()
                 await run
