@@ -12,7 +12,7 @@ PeerAuthentication DISABLE, as this test has no CA), whose listeners on the serv
 take what its rules capture.
 
 One run checks: names resolve to the VIPs (an explicit ServiceEntry address, and one the
-control plane allocated); Thrift pinned to v1 by a MetaRouter, Dubbo split 50/50; a MetaRouter
+control plane allocated), another name is forwarded to a real dnsmasq (``--dns-upstream``); Thrift pinned to v1 by a MetaRouter, Dubbo split 50/50; a MetaRouter
 edit moves Thrift to v2 on the same client connection with no failed call; a connection to a
 server's own address (no mesh service) is passed through; each server's proxy served every
 call for its version (access logs); counters in the client proxy's admin; after SIGTERM every
@@ -24,6 +24,7 @@ leaves its rules and ``metamesh intercept --cleanup`` removes them. A third: ``m
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import types
@@ -47,6 +48,7 @@ pytestmark = [
 ]
 
 PEERS = str(Path(__file__).with_name("netns_peers.py"))
+DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 THRIFT_HOST = "calc.demo.svc.cluster.local"
 THRIFT_VIP = "198.18.10.10"
 DUBBO_HOST = "demoservice.demo.svc.cluster.local"
@@ -220,10 +222,21 @@ def test_names_routes_split_and_route_change_through_intercepting_proxies(
             )  # fmt: skip
             stack.callback(proxy.stop)
             inbound.append(proxy)
+        # the client workload's nameserver for other names: a real dnsmasq on server v1's host
+        dnsmasq = subprocess.Popen(
+            hosts.server.argv([
+                DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                "--no-hosts", f"--listen-address={server_ip(0)}", "--bind-interfaces",
+                "--pid-file=", "--user=root", "--address=/upstream.test/192.0.2.7",
+            ]),
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        stack.callback(dnsmasq.wait, 10)
+        stack.callback(dnsmasq.terminate)
         proxy = Process(
             cli, tmp_path, "proxy", "proxy", "--xds", "127.0.0.1:15010", "--intercept",
             "--namespace", "demo", "--node-id", "client-1",
-            "--intercept-exclude-inbound-ports", "15010",
+            "--intercept-exclude-inbound-ports", "15010", "--dns-upstream", server_ip(0),
         )  # fmt: skip
         stack.callback(proxy.stop)
         proxy.wait_for(f"{THRIFT_VIP}:9090")
@@ -243,6 +256,8 @@ def test_names_routes_split_and_route_change_through_intercepting_proxies(
         # names resolve to the VIPs through glibc (the DNS redirect + responder)
         assert cli.run("getent", "ahostsv4", THRIFT_HOST).stdout.split()[0] == THRIFT_VIP
         assert cli.run("getent", "ahostsv4", "demoservice.demo").stdout.split()[0] == dubbo_vip
+        # another name: forwarded from the proxy's marked socket (not redirected back to it)
+        assert cli.run("getent", "ahostsv4", "upstream.test").stdout.split()[0] == "192.0.2.7"
 
         thrift = Client(cli, "thrift-client", THRIFT_HOST, "9090", gen_dir)
         stack.callback(thrift.close)
@@ -271,6 +286,7 @@ def test_names_routes_split_and_route_change_through_intercepting_proxies(
         assert metric(stats, "metamesh_intercept_passthrough_total") >= 1
         assert metric(stats, 'metamesh_intercept_connections_total{listener="') >= 2
         assert metric(stats, 'metamesh_dns_queries_total{result="mesh"}') >= 4
+        assert metric(stats, 'metamesh_dns_queries_total{result="forwarded"}') >= 1
         assert metric(stats, "metamesh_intercept_rules_installed") == 1
 
         for client in (thrift, dubbo, direct):
