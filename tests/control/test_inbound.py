@@ -493,3 +493,16 @@ def test_a_policy_reaches_only_the_workloads_it_selects() -> None:
     node_v2 = ProxyNode("server-2", "server-ns", (("app", "hello"), ("version", "v2")), "server")
     assert filters(SERVER, "inbound_127.0.31.2_20001")[0] == "metamesh.filters.rbac"
     assert "metamesh.filters.rbac" not in filters(node_v2, "inbound_127.0.31.3_20001")
+
+
+def test_a_mesh_workload_on_the_apps_address_is_a_validation_warning() -> None:
+    from metamesh.api import load_text, validate
+
+    text = MESH.replace("address: 127.0.31.2", "address: 127.0.0.1")
+    (problem,) = [p for p in validate(load_text(text, "m.yaml")) if "mesh workload" in p.message]
+    assert (problem.severity, problem.kind, problem.field_path) == (
+        "warning",
+        "WorkloadEntry",
+        "spec.address",
+    )
+    assert not [p for p in validate(load_text(MESH, "m.yaml")) if "mesh workload" in p.message]

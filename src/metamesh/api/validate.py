@@ -32,6 +32,7 @@ from metamesh.api.istio import (
     DestinationRule,
     ServiceEntry,
     TrafficPolicy,
+    WorkloadEntry,
     WorkloadEntryResource,
 )
 from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
@@ -332,6 +333,7 @@ def _service_entry(item: Loaded) -> Iterator[Finding]:
                 )
         if not endpoint.address:
             yield ("spec", "endpoints", i, "address"), "endpoint address cannot be empty", False
+        yield from _workload_address(("spec", "endpoints", i), endpoint)
     if spec.resolution == "STATIC" and not spec.endpoints and spec.workload_selector is None:
         yield (
             ("spec", "endpoints"),
@@ -384,6 +386,20 @@ def _workload_entry(item: Loaded) -> Iterator[Finding]:
     assert isinstance(entry, WorkloadEntryResource)
     if not entry.spec.address:
         yield ("spec", "address"), "a WorkloadEntry needs an address", False
+    yield from _workload_address(("spec",), entry.spec)
+
+
+def _workload_address(path: FieldPath, endpoint: WorkloadEntry) -> Iterator[Finding]:
+    """A mesh workload (it has a service account) on 127.0.0.1: its proxy's inbound listener
+    would take the app's own address (docs/mesh.md), so it gets none."""
+    if endpoint.service_account and endpoint.address in ("127.0.0.1", "0.0.0.0"):
+        yield (
+            (*path, "address"),
+            f"a mesh workload (serviceAccount set) cannot be on {endpoint.address}, the "
+            "address of its app: its proxy gets no inbound listener there; give it another "
+            "loopback address (127.0.31.2, ...)",
+            True,
+        )
 
 
 def _peer_authentication(item: Loaded) -> Iterator[Finding]:
