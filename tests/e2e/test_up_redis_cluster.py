@@ -146,8 +146,11 @@ spec:
         # hashtags keep multi-key commands in one slot
         assert client.mset({"{user1}.name": "ann", "{user1}.mail": "a@x"})
         assert client.mget("{user1}.name", "{user1}.mail") == ["ann", "a@x"]
+        # an MGET across slots is split per key and answered as one array
+        many = [f"key:{i}" for i in range(0, 300, 7)]
+        assert client.mget([*many, "nope"]) == [*(k.split(":")[1] for k in many), None]
         with pytest.raises(redis.ResponseError, match="don't hash to the same slot"):
-            client.mget("key:1", "key:2", "key:3", "key:4")  # not split across slots (yet)
+            client.delete("key:1", "key:2")  # DEL, EXISTS, MSET are not split
         with pytest.raises(redis.ResponseError, match="SELECT is not allowed"):
             client.execute_command("SELECT", "1")
 

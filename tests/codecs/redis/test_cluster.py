@@ -82,3 +82,31 @@ def test_cluster_slots_reply_of_redis_7() -> None:
     assert parse_cluster_slots(resp3) == Ownership(((0, 16383, "127.0.0.1", 30001),))
     with pytest.raises(CodecError):
         parse_cluster_slots(b"*1\r\n:1\r\n")
+
+
+def test_a_cross_slot_mget_comes_out_as_an_array_header_and_one_get_per_key() -> None:
+    codec = RedisCodec(options={"mode": "CLUSTER"})
+    mget = encode_command([b"MGET", b"a", b"b", b"{a}x"])
+    buf = bytearray(mget + encode_command([b"GET", b"z"]))
+    assert codec.decode_at(mget, 0) is None  # left to decode, which may split
+    parts = []
+    while (msg := codec.decode(buf)) is not None:
+        parts.append(msg)
+    assert not buf
+    assert codec.heartbeat_reply(parts[0]) == b"*3\r\n"
+    assert [m.frame for m in parts[1:]] == [
+        encode_command([b"GET", k]) for k in (b"a", b"b", b"{a}x", b"z")
+    ]
+    assert [m.metadata["slot"] for m in parts[1:4]] == [
+        str(key_slot(k)) for k in (b"a", b"b", b"a")
+    ]
+    # one slot: forwarded whole; a partial MGET waits
+    same = encode_command([b"MGET", b"{u}1", b"{u}2"])
+    whole = codec.decode(bytearray(same))
+    assert whole is not None and whole.frame == same
+    assert codec.decode(bytearray(mget[:-3])) is None
+    # a re-decode of another buffer (the core's mutations) never takes a pending part
+    pending = bytearray(mget)
+    codec.decode(pending)
+    other = codec.decode(bytearray(encode_command([b"GET", b"q"])))
+    assert other is not None and other.metadata["key"] == "q"

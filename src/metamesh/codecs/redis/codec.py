@@ -17,6 +17,12 @@ and authorization:
 * ``slot``: in cluster mode (option ``mode: CLUSTER``), the first key's Redis Cluster slot
   (hashtags honoured, :mod:`.cluster`).
 
+In cluster mode an ``MGET`` whose keys live in several slots comes out in parts: a
+``HEARTBEAT`` whose reply is the array header ``*<n>``, then one ``GET`` per key, each routed
+to its slot's owner; the core answers a client in request order, so the client reads one
+array, as from MGET. (DEL, EXISTS and MSET, whose replies are not a concatenation, are not
+split: Redis answers CROSSSLOT.)
+
 Commands the proxy answers itself (AUTH, HELLO, SELECT, CLIENT ..., QUIT, refused commands,
 and anything before a required AUTH) come out as ``HEARTBEAT`` messages: the core's path for a
 frame the codec answers and that is never forwarded; :meth:`heartbeat_reply` gives the reply.
@@ -116,6 +122,9 @@ class RedisCodec(Codec):
             password or None, options.get("auth_username") or "default", not cluster
         )
         self.upstream = False
+        #: An MGET being split (cluster mode): its parts still to hand out, from this buffer.
+        self._split: list[tuple[int, Message]] | None = None
+        self._split_buffer: bytearray | None = None
         self._preamble_replies = 0
         #: Which preamble reply (counting down) answers CLUSTER SLOTS; 0: none asked.
         self._slots_reply = 0
@@ -124,6 +133,9 @@ class RedisCodec(Codec):
     # --- client side --------------------------------------------------------------------
 
     def decode(self, buffer: bytearray) -> Message | None:
+        split = self._split
+        if split is not None and buffer is self._split_buffer:
+            return self._next_part(buffer, split)
         while True:
             found = self._reply_at(buffer, 0) if self.upstream else self._request_at(buffer, 0)
             if found is None:
@@ -132,13 +144,49 @@ class RedisCodec(Codec):
             if msg is None:  # a preamble reply, a push, or a blank inline line: skip it
                 del buffer[:end]
                 continue
+            if self.cluster and msg.type is _REQUEST and buffer[0] == 0x2A:
+                parts = self._split_mget(msg, end)
+                if parts is not None:
+                    self._split, self._split_buffer = parts, buffer
+                    return self._next_part(buffer, parts)
             msg.frame = bytes(buffer[:end])
             del buffer[:end]
             return msg
 
-    def decode_at(self, data: bytes, pos: int) -> Message | None:
-        if self.upstream and self._preamble_replies:
+    def _split_mget(self, msg: Message, end: int) -> list[tuple[int, Message]] | None:
+        """Cluster mode: an MGET whose keys live in several slots, as (bytes it stands for,
+        message) parts: the reply's array header, answered here, then one GET per key; their
+        replies, in order, are exactly the array the client asked for."""
+        state = msg.codec_state
+        if msg.metadata.get("command") != "mget" or not isinstance(state, RequestState):
             return None
+        keys = state.args[1:]
+        if len({key_slot(k) for k in keys}) < 2:
+            return None
+        head = len(b"*%d\r\n$4\r\n" % len(state.args)) + len(state.args[0]) + 2
+        parts = [(head, self._local(b"*%d\r\n" % len(keys), "mget"))]
+        for key in keys:
+            frame = encode_command([b"GET", key])
+            found = self._request_at(frame, 0)
+            assert found is not None and found[0] is not None
+            found[0].frame = frame
+            parts.append((len(b"$%d\r\n" % len(key)) + len(key) + 2, found[0]))
+        return parts if sum(n for n, _ in parts) == end else None
+
+    def _next_part(self, buffer: bytearray, parts: list[tuple[int, Message]]) -> Message:
+        size, msg = parts.pop(0)
+        del buffer[:size]
+        if not parts:
+            self._split = self._split_buffer = None
+        return msg
+
+    def _local(self, reply: bytes, command: str) -> Message:
+        state = RequestState([], [], reply)
+        return Message(_HEARTBEAT, None, b"", 0, 0, {"command": command}, codec_state=state)
+
+    def decode_at(self, data: bytes, pos: int) -> Message | None:
+        if self._preamble_replies if self.upstream else self.cluster:
+            return None  # (cluster mode: decode may split an MGET into parts)
         found = self._reply_at(data, pos) if self.upstream else self._request_at(data, pos)
         if found is None:
             return None
