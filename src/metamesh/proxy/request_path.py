@@ -56,7 +56,7 @@ class RequestPath(Attempts):
         span = None
         tracer = self.tracer
         if tracer is not None:
-            span = tracer.begin(msg.metadata, d.origin.inbound, now)
+            span = tracer.begin(msg, d.origin.inbound, now)
             if span is not None and span.sampled:  # the forwarded request names our span
                 msg = self._mutated(d.codec, msg, span.headers())
         listener = d.listener

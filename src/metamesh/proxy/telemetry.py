@@ -203,7 +203,7 @@ class Origin:
     """What a downstream connection contributes to its requests' labels (interned by
     :meth:`metamesh.proxy.stats.ProxyStats.origin`, so compared and hashed by identity)."""
 
-    __slots__ = ("protocol", "reporter", "security", "service", "source")
+    __slots__ = ("inbound", "protocol", "reporter", "security", "service", "source")
 
     def __init__(
         self, reporter: str, source: Workload, protocol: str, security: str, service: str
@@ -213,14 +213,12 @@ class Origin:
         self.protocol = protocol
         self.security = security
         self.service = service
+        #: Reported by the destination (an inbound listener), not the source.
+        self.inbound = reporter == "destination"
 
     @property
     def key(self) -> tuple[str, Workload, str, str, str]:
         return (self.reporter, self.source, self.protocol, self.security, self.service)
-
-    @property
-    def inbound(self) -> bool:
-        return self.reporter == "destination"
 
 
 def request_labels(origin: Origin, destination: Workload, service: str) -> tuple[str, ...]:

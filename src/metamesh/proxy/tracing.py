@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from metamesh.codecs import Message
+
 _HEX: Final = frozenset("0123456789abcdef")
 W3C: Final = "traceparent"
 W3C_STATE: Final = "tracestate"
@@ -135,9 +137,19 @@ class Tracer:
         self.config = config
         self.rng = rng
 
-    def begin(self, metadata: Mapping[str, str], server: bool, now: float) -> Span | None:
-        """The span of a new request, or None when it is neither sampled nor kept for errors."""
-        trace, parent, sampled, state, b3 = incoming(metadata)
+    def begin(self, msg: Message, server: bool, now: float) -> Span | None:
+        """The span of a new request, or None when it is neither sampled nor kept for errors.
+
+        The context headers are looked up only when their names occur in the frame's bytes:
+        codecs decode some metadata lazily (Dubbo's attachments), and decoding every request's
+        attachments to find no ``traceparent`` would cost more than the rest of the request.
+        (A compressed frame, THeader's zlib transform, hides them: such requests are sampled
+        by the rate.)"""
+        frame = msg.frame
+        if b"traceparent" in frame or b"b3" in frame:
+            trace, parent, sampled, state, b3 = incoming(msg.metadata)
+        else:
+            trace, parent, sampled, state, b3 = 0, 0, None, "", ""
         if sampled is None:
             sampled = self.rng.random() < self.config.rate
         if not sampled and not self.config.errors:
