@@ -145,3 +145,26 @@ print(installed())
                          "print(remove(), remove(), installed())")  # fmt: skip
     assert done.stdout.strip() == "True False False"
     assert "metamesh" not in namespace.tables()
+
+
+def test_a_proxy_ending_on_an_unhandled_error_removes_its_rules(namespace: Namespace) -> None:
+    """Not a drain: the interpreter's exit (atexit) takes the rules away."""
+    script = """
+import asyncio
+from metamesh.proxy.config import Snapshot
+from metamesh.runtime.intercept import InterceptSettings
+from metamesh.runtime.server import ProxyServer
+from metamesh.runtime.sidecar import Sidecar, SidecarSettings
+
+async def main():
+    sidecar = Sidecar(SidecarSettings(InterceptSettings(dns_port=None)))
+    await ProxyServer(Snapshot(), admin_port=None, sidecar=sidecar).start()
+    print(sidecar.interceptor.rules_installed, flush=True)
+    raise RuntimeError("boom")
+
+asyncio.run(main())
+"""
+    done = namespace.run(sys.executable, "-c", script, check=False)
+    assert done.returncode == 1 and "RuntimeError: boom" in done.stderr
+    assert done.stdout.strip() == "True"
+    assert "metamesh" not in namespace.tables()

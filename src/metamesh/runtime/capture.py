@@ -25,6 +25,7 @@ redirect) and hands it to the sans-IO :class:`~metamesh.proxy.original_dst.Liste
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import socket
 import struct
@@ -112,6 +113,7 @@ class Interceptor:
         if self.install_rules:
             await asyncio.to_thread(intercept.install, s)
             self.rules_installed = True
+            atexit.register(self._remove_rules)  # an unhandled error still ends with them gone
             log.info(
                 "intercepting: outbound TCP -> 127.0.0.1:%d, inbound TCP -> :%s, DNS -> %s "
                 "(nftables table inet %s; sockets marked %#x pass)",
@@ -131,15 +133,20 @@ class Interceptor:
 
     def release(self) -> None:
         """Remove the rules and stop accepting (the proxy is stopping). Idempotent."""
-        if self.rules_installed:
-            self.rules_installed = False
-            try:
-                intercept.remove()
-                log.info("interception rules removed")
-            except intercept.InterceptError as exc:
-                log.error("%s; run 'metamesh intercept --cleanup'", exc)
+        self._remove_rules()
         for srv in self._servers:
             srv.close()
+
+    def _remove_rules(self) -> None:
+        if not self.rules_installed:
+            return
+        self.rules_installed = False
+        atexit.unregister(self._remove_rules)
+        try:
+            intercept.remove()
+            log.info("interception rules removed")
+        except intercept.InterceptError as exc:
+            log.error("%s; run 'metamesh intercept --cleanup'", exc)
 
     async def stop(self) -> None:
         self.release()

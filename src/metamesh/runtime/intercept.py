@@ -28,8 +28,8 @@ to the same kernel tables); a table of our own is loaded atomically from one scr
 The script starts by creating and deleting the table, so installing over a table left by a
 crashed proxy replaces it instead of failing.
 
-The table is removed when the proxy stops (SIGTERM, SIGINT, a normal exit). A proxy killed
-with SIGKILL or crashing leaves it in place: its traffic then goes to ports nobody listens on
+The table is removed when the proxy stops (SIGTERM, SIGINT, a normal exit, an unhandled error
+through ``atexit``). A proxy killed with SIGKILL leaves it in place: its traffic then goes to ports nobody listens on
 until ``metamesh intercept --cleanup`` (or the next ``--intercept`` start) replaces it.
 
 IPv4 and IPv6 alike (an ``inet`` table): an IPv6 connection is redirected to ``[::1]:15001``
