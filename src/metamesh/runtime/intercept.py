@@ -29,8 +29,9 @@ The script starts by creating and deleting the table, so installing over a table
 crashed proxy replaces it instead of failing.
 
 The table is removed when the proxy stops (SIGTERM, SIGINT, a normal exit, an unhandled error
-through ``atexit``). A proxy killed with SIGKILL leaves it in place: its traffic then goes to ports nobody listens on
-until ``metamesh intercept --cleanup`` (or the next ``--intercept`` start) replaces it.
+through ``atexit``). A proxy killed with SIGKILL leaves it in place: its traffic then goes to
+ports nobody listens on until ``metamesh intercept --cleanup`` (or the next ``--intercept``
+start) replaces it.
 
 IPv4 and IPv6 alike (an ``inet`` table): an IPv6 connection is redirected to ``[::1]:15001``
 or the inbound port on ``::``, an IPv6 DNS query to ``[::1]:15053``.
