@@ -11,14 +11,15 @@ the ServiceEntry endpoints it fronts (mesh workloads, service account ``server``
 PeerAuthentication DISABLE, as this test has no CA), whose listeners on the server's address
 take what its rules capture.
 
-One run checks: names resolve to the VIPs (an explicit ServiceEntry address, and one the
-control plane allocated), another name is forwarded to a real dnsmasq (``--dns-upstream``); Thrift pinned to v1 by a MetaRouter, Dubbo split 50/50; a MetaRouter
-edit moves Thrift to v2 on the same client connection with no failed call; a connection to a
-server's own address (no mesh service) is passed through; each server's proxy served every
-call for its version (access logs); counters in the client proxy's admin; after SIGTERM every
-proxy exits 0 and no rule is left in any namespace. A second test: a proxy killed with SIGKILL
-leaves its rules and ``metamesh intercept --cleanup`` removes them. A third: ``metamesh up DIR
---intercept`` serves a short name to a Thrift client.
+One run checks: names resolve to the VIPs (an explicit ServiceEntry address, and one the control
+plane allocated), another name is forwarded to a real dnsmasq (``--dns-upstream``); Thrift
+pinned to v1 by a MetaRouter, Dubbo split 50/50; a MetaRouter edit moves Thrift to v2 on the
+same client connection with no failed call; a connection to a server's own address (no mesh
+service) is passed through; each server's proxy served every call for its version (access logs);
+counters in the client proxy's admin; after SIGTERM every proxy exits 0 and no rule is left in
+any namespace. A second test: a proxy killed with SIGKILL leaves its rules and ``metamesh
+intercept --cleanup`` removes them. A third: ``metamesh up DIR --intercept`` serves a short name
+to a Thrift client.
 """
 
 from __future__ import annotations
