@@ -676,7 +676,7 @@ def _ca_settings(args: argparse.Namespace) -> CaSettings | None:
         port=args.ca_port,
         trust_domain=args.trust_domain,
         xds_tls=args.xds_tls is not False,
-        names=tuple(args.xds_name),
+        names=tuple(args.xds_name or ()),
     )
 
 
@@ -967,7 +967,6 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument(
         "--xds-name",
         action="append",
-        default=[],
         metavar="NAME",
         help="a host name or address proxies dial the control plane by, added to its "
         "certificate beside --xds-address and localhost; repeatable",
