@@ -23,7 +23,9 @@ and ``kubectl``), and strict about what they see:
   ``allowWatchBookmarks=true`` and the stream ending after ``timeoutSeconds``; a
   ``resourceVersion`` older than the history (after :meth:`KubeApiServer.compact`) is answered
   with an ``ERROR`` event carrying a 410 ``Expired`` Status, as the real watch cache does;
-- CRDs (``apiextensions.k8s.io/v1``) become served resources when created;
+- CRDs (``apiextensions.k8s.io/v1``) become served resources when created, and their objects
+  are checked against the CRD's ``openAPIV3Schema`` (types, nullability, enums, bounds; 422
+  Invalid otherwise) with unknown fields pruned, or refused under ``fieldValidation=Strict``;
 - a creation goes through the MutatingWebhookConfigurations that match it (rules,
   namespace and object selectors), each called over HTTPS at its ``clientConfig.url`` with the
   ``caBundle``, and the JSON Patch answered is applied (``failurePolicy`` honoured).
@@ -75,6 +77,7 @@ class ResourceType:
     namespaced: bool
     status: bool = False  # has a /status subresource
     short_names: tuple[str, ...] = ()
+    schema: Obj | None = None  # a CRD version's openAPIV3Schema
     verbs: tuple[str, ...] = (
         "create",
         "delete",
@@ -189,6 +192,7 @@ class KubeApiServer:
         self._cuts = 0
         self._ips = ipaddress.IPv4Network(service_cidr).hosts()
         self.bookmark_interval = 1.0
+        self._strict = False  # the request being handled asked for fieldValidation=Strict
         for ns in ("default", "kube-system", "metamesh-system"):
             self._put(self.types[("", "v1", "namespaces")], "", {"metadata": {"name": ns}})
 
@@ -267,6 +271,7 @@ class KubeApiServer:
                 spec.get("scope", "Namespaced") == "Namespaced",
                 status=has_status,
                 short_names=tuple(names.get("shortNames") or ()),
+                schema=(version.get("schema") or {}).get("openAPIV3Schema"),
             )
             self.types[(rt.group, rt.version, rt.plural)] = rt
 
@@ -466,6 +471,7 @@ class KubeApiServer:
         if not rt.namespaced:
             namespace = ""
         method = request.method
+        self._strict = request.query.get("fieldValidation") == "Strict"
         if method in ("POST", "PUT") and request.content_type != "application/json":
             raise ApiError(  # protobuf is the real server's other encoding: not spoken here
                 415, "UnsupportedMediaType", f"the stand-in reads JSON, not {request.content_type}"
@@ -489,6 +495,26 @@ class KubeApiServer:
         if method == "DELETE":
             return _json(self._delete(rt, namespace, name))
         raise ApiError(405, "MethodNotAllowed", method)
+
+    def _validate(self, rt: ResourceType, obj: Obj) -> None:
+        """A custom resource against its CRD's schema, unknown fields pruned (or refused when
+        the request asked for ``fieldValidation=Strict``), as the API server does."""
+        if rt.schema is None:
+            return
+        errors: list[str] = []
+        unknown: list[str] = []
+        for key in ("spec", "status"):
+            if key in obj:
+                node = (rt.schema.get("properties") or {}).get(key) or {}
+                obj[key] = check_schema(obj[key], node, key, errors, unknown)
+        name = (obj.get("metadata") or {}).get("name")
+        if unknown and self._strict:
+            fields = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise ApiError(400, "BadRequest", f"strict decoding error: {fields}")
+        if errors:
+            raise ApiError(
+                422, "Invalid", f'{rt.kind}.{rt.group} "{name}" is invalid: ' + "; ".join(errors)
+            )
 
     # --- admission webhooks ----------------------------------------------------------------
 
@@ -555,6 +581,7 @@ class KubeApiServer:
             meta.pop(key, None)
         if rt.status and rt.kind not in ("Pod", "Namespace"):
             obj.pop("status", None)
+        self._validate(rt, obj)
         self._admit(rt, obj, None)
         return self._put(rt, namespace, obj)
 
@@ -583,6 +610,7 @@ class KubeApiServer:
             new, meta = kept, kept["metadata"]
         elif rt.status and "status" in old:
             new["status"] = old["status"]
+        self._validate(rt, new)
         if sub != "status" and new.get("spec") != old.get("spec"):
             generation += 1
         meta["generation"] = generation
@@ -829,6 +857,68 @@ def json_patch(obj: Obj, ops: list[Obj]) -> Obj:
         else:
             raise ValueError(f"unsupported JSON Patch op {op['op']!r}")
     return doc
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def check_schema(value: Any, schema: Obj, path: str, errors: list[str], unknown: list[str]) -> Any:
+    """``value`` checked against a structural OpenAPI v3 schema node (the keywords metamesh's
+    CRDs use); returns it with unknown fields pruned (their paths in ``unknown``)."""
+    if value is None:
+        if not schema.get("nullable"):
+            errors.append(f"{path}: Invalid value: null: {path} in body must not be null")
+        return value
+    if schema.get("x-kubernetes-int-or-string"):
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            errors.append(f"{path}: Invalid value: {value!r}: must be an integer or a string")
+        return value
+    kind = schema.get("type")
+    if kind is not None:
+        ok = isinstance(value, _TYPES[kind]) and not (
+            kind in ("integer", "number") and isinstance(value, bool)
+        )
+        if not ok:
+            errors.append(f'{path}: Invalid value: {json.dumps(value)[:40]}: {path} in body '
+                          f'must be of type {kind}')  # fmt: skip
+            return value
+    if "enum" in schema and value not in schema["enum"]:
+        allowed = ", ".join(json.dumps(v) for v in schema["enum"])
+        errors.append(
+            f"{path}: Unsupported value: {json.dumps(value)}: supported values: {allowed}"
+        )
+    for key, test in (("minimum", lambda b: value < b), ("maximum", lambda b: value > b)):
+        if key in schema and isinstance(value, int | float) and test(schema[key]):
+            errors.append(f"{path}: Invalid value: {value}: {path} in body should be {key} "
+                          f"{schema[key]}")  # fmt: skip
+    if "minLength" in schema and isinstance(value, str) and len(value) < schema["minLength"]:
+        errors.append(f"{path}: Invalid value: {json.dumps(value)}: too short")
+    if isinstance(value, list):
+        items = schema.get("items") or {}
+        return [
+            check_schema(v, items, f"{path}[{i}]", errors, unknown) for i, v in enumerate(value)
+        ]
+    if isinstance(value, dict) and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        out = {}
+        for key, item in value.items():
+            where = f"{path}.{key}"
+            if props is not None and key in props:
+                out[key] = check_schema(item, props[key], where, errors, unknown)
+            elif isinstance(extra, dict):
+                out[key] = check_schema(item, extra, where, errors, unknown)
+            else:
+                unknown.append(where)  # pruned, as the API server prunes
+        return out
+    return value
 
 
 def _json(obj: Obj, status: int = 200) -> web.Response:

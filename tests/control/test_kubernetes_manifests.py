@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from metamesh.api.loader import KINDS
 from metamesh.cli import main
 from metamesh.control.sources.kubernetes_manifests import documents, render
 from metamesh.control.sources.kubernetes_objects import plural
+from tests.control.kube_apiserver import RunningApiServer
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -87,3 +89,32 @@ def test_a_duration_is_a_string_and_an_enum_is_kept() -> None:
     retry_on = route["retries"]["properties"]["retryOn"]["items"]
     assert retry_on["enum"] == ["connect-failure", "reset", "error-response", "timeout"]
     assert list(yaml.safe_load_all(render("crds"))) == documents("crds")
+
+
+def test_the_crds_schemas_refuse_what_the_models_refuse(tmp_path: Path) -> None:
+    """Applied with kubectl to the stand-in, which checks objects against their CRD's schema."""
+    router = """apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: demo}}
+spec:
+  hosts: [demo.default.svc.cluster.local]
+  routes:
+  - {{name: r, timeout: {timeout}, retries: {{retryOn: [{retry_on}]}}}}
+"""
+    with RunningApiServer() as api:
+        kubeconfig = str(api.kubeconfig(tmp_path / "kubeconfig"))
+
+        def kubectl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["kubectl", "--kubeconfig", kubeconfig, *args, "--validate=false"],
+                input=stdin, capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+
+        assert kubectl("apply", "-f", str(DEPLOY / "crds.yaml")).returncode == 0
+        good = router.format(timeout="1.5s", retry_on="reset")
+        assert kubectl("apply", "-f", "-", stdin=good).returncode == 0
+        number = kubectl("apply", "-f", "-", stdin=router.format(timeout=5, retry_on="reset"))
+        assert number.returncode != 0
+        assert "spec.routes[0].timeout in body must be of type string" in number.stderr
+        enum = kubectl("apply", "-f", "-", stdin=router.format(timeout="1s", retry_on="later"))
+        assert enum.returncode != 0 and 'Unsupported value: "later"' in enum.stderr
