@@ -94,7 +94,8 @@ class GrpcFront:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start_tcp(self, host: str, port: int) -> int:
-        listener = socket.create_server((host, port), backlog=128)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family, backlog=128)
         self._listen(listener)
         bound: int = listener.getsockname()[1]
         return bound
