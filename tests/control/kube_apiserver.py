@@ -886,18 +886,18 @@ def check_schema(value: Any, schema: Obj, path: str, errors: list[str], unknown:
             kind in ("integer", "number") and isinstance(value, bool)
         )
         if not ok:
-            errors.append(f'{path}: Invalid value: {json.dumps(value)[:40]}: {path} in body '
-                          f'must be of type {kind}')  # fmt: skip
+            shown = json.dumps(value)[:40]
+            errors.append(f"{path}: Invalid value: {shown}: {path} in body must be of type {kind}")
             return value
     if "enum" in schema and value not in schema["enum"]:
         allowed = ", ".join(json.dumps(v) for v in schema["enum"])
         errors.append(
             f"{path}: Unsupported value: {json.dumps(value)}: supported values: {allowed}"
         )
-    for key, test in (("minimum", lambda b: value < b), ("maximum", lambda b: value > b)):
-        if key in schema and isinstance(value, int | float) and test(schema[key]):
-            errors.append(f"{path}: Invalid value: {value}: {path} in body should be {key} "
-                          f"{schema[key]}")  # fmt: skip
+    if isinstance(value, int | float):
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if (low is not None and value < low) or (high is not None and value > high):
+            errors.append(f"{path}: Invalid value: {value}: {path} in body is out of range")
     if "minLength" in schema and isinstance(value, str) and len(value) < schema["minLength"]:
         errors.append(f"{path}: Invalid value: {json.dumps(value)}: too short")
     if isinstance(value, list):
