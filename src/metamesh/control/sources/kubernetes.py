@@ -17,7 +17,8 @@
    unreachable; the state says since when (``status()``), the ``failures`` counter moves, one
    warning line is logged when it starts failing and one info line when it is back.
 
-A CRD that is not installed (404) is retried every ``backoff_max`` and logged once. With
+A CRD that is not installed (404), or a resource the control plane may not read (403), is
+logged once and retried every ``backoff_max``; the other resources are served meanwhile. With
 ``settings.injector`` the source also serves the sidecar injection webhook
 (:mod:`.kubernetes_webhook`).
 
@@ -302,13 +303,17 @@ class KubernetesSource:
 
     def _failed(self, gvr: Gvr, exc: Exception) -> None:
         name = resource_name(gvr)
-        if isinstance(exc, ApiException) and exc.status == 404 and gvr[0]:
+        missing = isinstance(exc, ApiException) and exc.status == 404 and gvr[0]
+        forbidden = isinstance(exc, ApiException) and exc.status == 403
+        if missing or forbidden:  # not this resource's turn: the others are served without it
             if name not in self._missing:
                 self._missing.add(name)
+                why = "is forbidden (RBAC?)" if forbidden else "is not served (CRD not installed?)"
                 log.warning(
-                    "%s: %s is not served (CRD not installed?); checking again every %.0fs",
+                    "%s: %s %s; checking again every %.0fs",
                     self._w,
                     name,
+                    why,
                     self.settings.backoff_max,
                 )
             self._listed.add(name)  # nothing to wait for
