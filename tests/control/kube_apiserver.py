@@ -193,6 +193,7 @@ class KubeApiServer:
         self._ips = ipaddress.IPv4Network(service_cidr).hosts()
         self.bookmark_interval = 1.0
         self._strict = False  # the request being handled asked for fieldValidation=Strict
+        self.forbidden: set[str] = set()  # resources (plural.group) answered 403, as RBAC would
         for ns in ("default", "kube-system", "metamesh-system"):
             self._put(self.types[("", "v1", "namespaces")], "", {"metadata": {"name": ns}})
 
@@ -462,6 +463,8 @@ class KubeApiServer:
         if len(parts) >= 3 and parts[0] == "namespaces" and parts[2] != "status":
             namespace, parts = parts[1], parts[2:]
         rt = self.types.get((group, version, parts[0])) if parts else None
+        if rt is not None and rt.key in self.forbidden:
+            raise ApiError(403, "Forbidden", f'{rt.key} is forbidden: User "tester" cannot')
         if rt is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = parts[1] if len(parts) > 1 else ""

@@ -170,6 +170,30 @@ def test_a_silent_server_times_out_and_one_that_is_gone_is_waited_for(tmp_path: 
     run(tmp_path, body, watch_timeout=1, request_timeout=1.0)
 
 
+def test_a_forbidden_resource_does_not_hold_back_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        with RunningApiServer() as api:
+            cluster = Cluster(api, tmp_path)
+            assert api.server is not None
+            api.server.forbidden.add("redisservices.redis.aeraki.io")
+            await cluster.kubectl("apply", "--validate=false", "-f", str(REPO / "deploy/crds.yaml"))
+            await cluster.apply(router("first"))
+            settings = KubernetesSettings(kubeconfig=str(cluster.kubeconfig), write_status=False)
+            source = KubernetesSource(settings, cluster.updates.append)
+            await source.start()
+            try:
+                assert await source.wait_synced(10)
+                await until(lambda: cluster.route() == "first", "the update")
+            finally:
+                await source.close()
+
+    with caplog.at_level("WARNING", "metamesh.control.sources.kubernetes"):
+        asyncio.run(main())
+    assert "redisservices.redis.aeraki.io is forbidden (RBAC?)" in caplog.text
+
+
 def test_bookmarks_move_the_version_and_the_metamesh_namespace_opt_out(tmp_path: Path) -> None:
     async def body(cluster: Cluster, source: KubernetesSource) -> None:
         await until(lambda: source.counters["bookmarks"] > 0, "a bookmark", timeout=5)
