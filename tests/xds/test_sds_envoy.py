@@ -14,6 +14,9 @@ Unix socket), Envoy (``.venv-envoy``) whose bootstrap takes secrets ``default`` 
 - Envoy as the TLS server: Thrift client -> metamesh (cluster ``tls_mode: ISTIO_MUTUAL``) ->
   Envoy listener (DownstreamTlsContext from SDS, client certificate required, the calc SPIFFE
   id matched) -> the Thrift server.
+- Envoy's ADS: its bootstrap follows the control plane's TLS ADS port with the same SDS
+  certificate (mutual TLS, the control plane's SPIFFE id checked by Envoy); the control plane
+  admits the node by its certificate and Envoy accepts CDS.
 - Rotation: the agent asks for 4-second certificates; Envoy's ``sds.*.update_success`` grows
   and its admin ``/certs`` shows a new serial, while connections held through both paths
   keep answering.
@@ -48,6 +51,7 @@ from tests.xds.test_envoy import envoy_binary
 pytestmark = [pytest.mark.interop]
 SLEEP = "spiffe://cluster.local/ns/demo/sa/sleep"
 CALC = "spiffe://cluster.local/ns/demo/sa/calc"
+CONTROL_PLANE = "spiffe://cluster.local/ns/metamesh-system/sa/metamesh-control-plane"
 
 
 def sds(api_type: str) -> str:
@@ -93,7 +97,16 @@ def envoy_bootstrap(p: Ports, socket: Path) -> str:
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"""
     return f"""
-node: {{id: envoy-sleep, cluster: sleep}}
+node:
+  id: envoy-sleep
+  cluster: sleep
+  metadata: {{NAMESPACE: demo, SERVICE_ACCOUNT: sleep}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: metamesh_xds}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p.envoy_admin}}}}}}}
 static_resources:
   listeners:
@@ -121,6 +134,13 @@ static_resources:
     connect_timeout: 2s{endpoint(p.mm_strict_denied)}{upstream_tls}{common_tls("GRPC", CALC, 8)}
   - name: calc_local
     connect_timeout: 2s{endpoint(p.thrift)}
+  - name: metamesh_xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}{endpoint(p.xds)}{upstream_tls}{common_tls("GRPC", CONTROL_PLANE, 8)}
   - name: sds-grpc
     type: STATIC
     connect_timeout: 1s
@@ -196,6 +216,7 @@ class Ports:
     mm_plain: int = 0
     mm_admin: int = 0
     ca: int = 0
+    xds: int = 0
 
 
 @dataclass
@@ -204,6 +225,7 @@ class Mesh:
     gen: types.ModuleType
     agent: Metamesh
     envoy_log: Path
+    control_plane: Metamesh
 
     def client(self, port: int) -> tuple[Any, TFramedTransport]:
         sock = TSocket.TSocket("127.0.0.1", port)
@@ -267,7 +289,7 @@ def mesh(calc_gen: types.ModuleType, tmp_path_factory: pytest.TempPathFactory) -
         p.thrift = stack.enter_context(server).port
         cp = stack.enter_context(
             Metamesh(tmp_path, "cp", "control-plane", "--config-dir", str(tmp_path / "mesh"),
-                     "--xds-port", str(free_port()), "--ca-dir", str(ca_dir),
+                     "--xds-port", str(p.xds), "--ca-dir", str(ca_dir),
                      "--ca-port", str(p.ca), "--ca-tokens", str(tokens))
         )  # fmt: skip
         cp.wait_for("metamesh: CA on")
@@ -291,7 +313,7 @@ def mesh(calc_gen: types.ModuleType, tmp_path_factory: pytest.TempPathFactory) -
         bootstrap.write_text(envoy_bootstrap(p, socket))
         envoy_log = tmp_path / "envoy.log"
         start_envoy(stack, bootstrap, envoy_log)
-        m = Mesh(p, calc_gen, agent, envoy_log)
+        m = Mesh(p, calc_gen, agent, envoy_log, cp)
 
         def envoy_ready() -> bool:
             try:
@@ -363,3 +385,21 @@ def test_envoy_certificate_rotates_over_the_open_sds_stream(mesh: Mesh) -> None:
     fresh, transport = mesh.client(mesh.ports.envoy_out_allowed)
     assert fresh.add(3, 3) == 6
     transport.close()
+
+
+def test_envoy_follows_the_tls_ads_port_with_its_sds_certificate(mesh: Mesh) -> None:
+    """Envoy's own gRPC client on the control plane's TLS ADS port: mutual TLS with the
+    certificate the agent serves, the control plane's SPIFFE id checked by Envoy, the node
+    admitted by its certificate and its CDS subscription answered and ACKed."""
+    wait_until(
+        lambda: (
+            "ADS: node envoy-sleep is spiffe://cluster.local/ns/demo/sa/sleep (certificate)"
+            in mesh.control_plane.stderr()
+        ),
+        "the control plane to admit Envoy by its certificate",
+    )
+    wait_until(
+        lambda: mesh.envoy_stat("cluster_manager.cds.update_success") >= 1,
+        "Envoy to accept CDS over the TLS ADS stream",
+    )
+    assert mesh.envoy_stat("cluster.metamesh_xds.ssl.handshake") >= 1
