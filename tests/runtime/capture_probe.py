@@ -7,6 +7,9 @@ can redirect them. Cases:
 
 * ``matched`` / ``matched6``: Thrift listeners on VIPs 198.18.9.9:9090 and [fd00:9::9]:9090
   route to a real Apache Thrift server on 127.0.0.1 (the client dials a VIP);
+* ``matched_tls``: a STRICT (mutual TLS) listener on 198.18.9.10:9090, dialled by Apache
+  Thrift's TSSLSocket with a certificate of the same mesh CA (the capture hands the
+  connection to the listener's TLS layer);
 * ``passthrough`` / ``passthrough6``: a TCP echo server on [::]:7007 (dual stack) dialled at
   198.18.0.1:7007 and [fd00::1]:7007 (no listener);
 * ``refused``: the same with ``REGISTRY_ONLY`` (a second run of this script);
@@ -18,12 +21,16 @@ Prints one JSON object: each case's outcome and the interceptor's counters.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import errno
 import json
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 from metamesh.proxy.config import (
@@ -38,6 +45,10 @@ from metamesh.proxy.config import (
 from metamesh.runtime.intercept import InterceptSettings
 from metamesh.runtime.server import ProxyServer
 from metamesh.runtime.sidecar import Sidecar, SidecarSettings
+from metamesh.runtime.tls import TlsCredentials
+from metamesh.security.ca import CertificateAuthority
+from metamesh.security.csr import new_key_and_csr
+from metamesh.security.spiffe import SpiffeId
 
 
 def setup_namespace() -> None:
@@ -84,12 +95,29 @@ def echo_through(address: str, port: int) -> str:
         return "reset" if reset else f"{type(exc).__name__}: {exc}"
 
 
+def issue(ca: CertificateAuthority, account: str) -> tuple[bytes, bytes]:
+    """A workload certificate chain and key from ``ca`` for ``default/<account>``."""
+    who = SpiffeId("cluster.local", "default", account)
+    pair = new_key_and_csr(who)
+    chain = ca.sign(pair.csr_pem, who, dt.datetime.now(dt.UTC))
+    return "".join(chain[:-1]).encode(), pair.key_pem
+
+
 def snapshot(thrift_port: int) -> Snapshot:
     cluster = "outbound|9090||calc.test"
     return Snapshot.build(
         [
             Listener("vip", "198.18.9.9", 9090, "thrift", "calc.test_9090", cluster),
             Listener("vip6", "fd00:9:0::9", 9090, "thrift", "calc.test_9090", cluster),
+            Listener(
+                "vip-tls",
+                "198.18.9.10",
+                9090,
+                "thrift",
+                "calc.test_9090",
+                cluster,
+                tls_mode="STRICT",
+            ),
         ],
         [Cluster(cluster, (Endpoint("127.0.0.1", thrift_port),))],
         [RouteConfiguration("calc.test_9090", (Route("all", (), RouteAction(cluster)),))],
@@ -101,7 +129,7 @@ async def main(policy: str, gen_dir: str) -> dict[str, Any]:
     from metamesh_calc import Calc
     from thrift.protocol.TBinaryProtocol import TBinaryProtocol, TBinaryProtocolFactory
     from thrift.server.TServer import TThreadedServer
-    from thrift.transport import TSocket
+    from thrift.transport import TSocket, TSSLSocket
     from thrift.transport.TTransport import TFramedTransport, TFramedTransportFactory
 
     class Handler:
@@ -123,13 +151,31 @@ async def main(policy: str, gen_dir: str) -> dict[str, Any]:
     echo_server()
 
     settings = InterceptSettings(dns_port=None, allow_any=policy == "ALLOW_ANY")
+    ca = CertificateAuthority.create("cluster.local", dt.datetime.now(dt.UTC))
+    proxy_cert, proxy_key = issue(ca, "proxy")
+    client_cert, client_key = issue(ca, "client")
+    tls = TlsCredentials(proxy_cert, proxy_key, ca.root_pem.encode(), "cluster.local")
     proxy = ProxyServer(
-        snapshot(thrift_port), admin_port=None, sidecar=Sidecar(SidecarSettings(settings))
+        snapshot(thrift_port),
+        admin_port=None,
+        sidecar=Sidecar(SidecarSettings(settings)),
+        tls=tls,
     )
     await proxy.start()
 
-    def call_vip(vip: str) -> str:
-        sock = TSocket.TSocket(vip, 9090)
+    def call_vip(vip: str, tls: bool = False) -> str:
+        sock: Any = TSocket.TSocket(vip, 9090)
+        if tls:  # mutual TLS with a certificate of the same mesh CA
+            ctx = ssl.create_default_context(cadata=ca.root_pem)
+            ctx.check_hostname = False  # mesh certificates name a SPIFFE id, not a host
+            with tempfile.TemporaryDirectory() as tmp:
+                cert, key = Path(tmp) / "c.pem", Path(tmp) / "c.key"
+                cert.write_bytes(client_cert)
+                key.write_bytes(client_key)
+                ctx.load_cert_chain(cert, key)
+            sock = TSSLSocket.TSSLSocket(
+                vip, 9090, ssl_context=ctx, validate_callback=lambda *_: None
+            )
         transport = TFramedTransport(sock)
         transport.open()
         try:
@@ -140,6 +186,7 @@ async def main(policy: str, gen_dir: str) -> dict[str, Any]:
     result: dict[str, Any] = {
         "matched": await asyncio.to_thread(call_vip, "198.18.9.9"),
         "matched6": await asyncio.to_thread(call_vip, "fd00:9::9"),
+        "matched_tls": await asyncio.to_thread(call_vip, "198.18.9.10", True),
         "passthrough": await asyncio.to_thread(echo_through, "198.18.0.1", 7007),
         "passthrough6": await asyncio.to_thread(echo_through, "fd00::1", 7007),
         "direct": await asyncio.to_thread(echo_through, "127.0.0.1", 15001),

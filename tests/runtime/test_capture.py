@@ -49,10 +49,10 @@ def test_listener_passthrough_refusal_and_loop_guard(
     policy: str, calc_gen: types.ModuleType
 ) -> None:
     result = probe(policy, str(Path(calc_gen.__file__).parents[1]))
-    assert result["matched"] == result["matched6"] == "server:hi"
+    assert result["matched"] == result["matched6"] == result["matched_tls"] == "server:hi"
     assert result["direct"] == "reset"
     counters = result["counters"]
-    assert counters["matched"] == {"vip": 1, "vip6": 1}
+    assert counters["matched"] == {"vip": 1, "vip6": 1, "vip-tls": 1}
     if policy == "ALLOW_ANY":
         assert result["passthrough"] == result["passthrough6"] == "echoed"
         assert counters["passthrough"] == 2
