@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from metamesh.api.istio import ServiceEntry
-from metamesh.api.loader import ResourceSet
+from metamesh.api.loader import ResourceSet, load_text
 from metamesh.api.metaprotocol import MetaRouter
 from metamesh.control.sources.dubbo_registry import interface_services
 from metamesh.control.sources.kubernetes_objects import (
@@ -18,6 +18,7 @@ from metamesh.control.sources.kubernetes_objects import (
     Translator,
     custom_resources,
 )
+from metamesh.control.sources.kubernetes_status import verdict
 from metamesh.control.sources.merge import SourceMerge
 from tests.control.zookeeper_server import dubbo27_provider_node
 
@@ -173,3 +174,24 @@ def test_the_same_host_from_zookeeper_and_kubernetes_kubernetes_wins() -> None:
     entries = [e for one in merged.values() for e in one.of_kind(ServiceEntry)]
     assert [e.ref for e in entries] == ["default/demo"]
     assert len(lines) == 1 and "default/demo is used" in lines[0] and origin in lines[0]
+
+
+def test_a_service_declared_by_a_file_too_is_reported_as_ignored() -> None:
+    pinned = load_text(
+        """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: pinned, namespace: shop}
+spec:
+  hosts: [calc.shop.svc.cluster.local]
+  addresses: [127.0.10.9]
+  ports: [{number: 9090, name: tcp-metaprotocol-thrift-x}]
+""",
+        "mesh/pinned.yaml",
+    )
+    merge = SourceMerge(report=lambda line: None)
+    merge.update("kubernetes", Translator().sets(world(), custom_resources()))
+    merged = merge({"mesh/pinned.yaml": pinned})
+    assert merged[SERVICE_FILE].of_kind(ServiceEntry) == []
+    result = verdict(SERVICE_FILE, [], {}, merge.ignored)
+    assert (result.accepted, result.reason) == (True, "ValidWithWarnings")
+    assert "shop/pinned is used" in result.message

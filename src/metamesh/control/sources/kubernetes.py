@@ -190,7 +190,9 @@ class KubernetesSource:
         self._closing = False
         self.writer: StatusWriter | None = None
         self.injector: InjectorServer | None = None
-        self._verdicts: tuple[list[Problem], Mapping[str, Held]] | None = None
+        self._verdicts: (
+            tuple[list[Problem], Mapping[str, Held], Mapping[str, list[str]] | None] | None
+        ) = None
         self.lease: LeaderLease | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -250,13 +252,19 @@ class KubernetesSource:
             "counters": dict(self.counters),
         }
 
-    def accepted(self, problems: list[Problem], held: Mapping[str, Held]) -> None:
-        """What the last load thought of the objects: status and Events (leader only)."""
-        self._verdicts = (problems, held)
+    def accepted(
+        self,
+        problems: list[Problem],
+        held: Mapping[str, Held],
+        ignored: Mapping[str, list[str]] | None = None,
+    ) -> None:
+        """What the last load thought of the objects: status and Events (leader only);
+        ``ignored``: objects left out by the merge step (a host declared first elsewhere)."""
+        self._verdicts = (problems, held, ignored)
         if self.writer is None or not self.writer.enabled:
             return
         objects = self._translator.objects
-        verdicts = {where: verdict(where, problems, held) for where in objects}
+        verdicts = {where: verdict(where, problems, held, ignored) for where in objects}
         self.writer.update(objects, verdicts)
 
     def _leading(self, leading: bool) -> None:

@@ -9,7 +9,9 @@ status reporting do:
   (JSON merge patch), ``status.conditions`` with one condition ``Accepted``: ``"True"``
   (reason ``Valid``, or ``ValidWithWarnings``), or ``"False"`` with reason
   ``HeldAtLastGood`` (an earlier version stays in force) or ``Rejected`` (nothing of it is
-  served), the problems as the message, ``observedGeneration``; and
+  served), the problems as the message (a ServiceEntry the merge step left out because its
+  host is declared first elsewhere is ``ValidWithWarnings`` saying so), ``observedGeneration``;
+  and
   ``status.validationMessages``: one ``{level, field, message}`` per problem;
 - a core **Event** on the object (custom resources and Services alike): ``Warning`` with
   reason ``InvalidConfig`` when it gets errors (again when they change), ``Normal`` with
@@ -67,8 +69,15 @@ class Verdict:
         return "; ".join(lines)
 
 
-def verdict(where: str, problems: Iterable[Problem], held: Mapping[str, Held]) -> Verdict:
+def verdict(
+    where: str,
+    problems: Iterable[Problem],
+    held: Mapping[str, Held],
+    ignored: Mapping[str, list[str]] | None = None,
+) -> Verdict:
     mine = tuple(p for p in problems if p.file == where and p.severity in ("error", "warning"))
+    for line in (ignored or {}).get(where, ()):  # left out by the merge step: say so
+        mine += (Problem(where, "ServiceEntry", "", "", line, severity="warning"),)
     why = held.get(where)
     if why is not None:
         reason = "HeldAtLastGood" if why is Held.LAST_GOOD else "Rejected"

@@ -68,6 +68,8 @@ class SourceMerge:
 
     def __init__(self, report: Report | None = None) -> None:
         self._report = report
+        #: pseudo-file -> why its ServiceEntry is left out (a host declared first elsewhere)
+        self.ignored: dict[str, list[str]] = {}
         self._sources: dict[str, Mapping[str, ResourceSet]] = {}
         self._noted: set[str] = set()
         # a registry set with hosts left out, kept while its original is the one in force, so
@@ -86,6 +88,7 @@ class SourceMerge:
                     declared.setdefault(host, (where, item.resource.ref))
         combined = dict(files)
         conflicts: list[str] = []
+        ignored: dict[str, list[str]] = {}
         for source in sorted(self._sources):
             for where, loaded in sorted(self._sources[source].items()):
                 dropped: set[int] = set()
@@ -98,11 +101,13 @@ class SourceMerge:
                             continue
                         dropped.add(index)
                         conflicts.append(_conflict(host, first, (where, item.resource.ref)))
+                        ignored.setdefault(where, []).append(conflicts[-1])
                     if index not in dropped:
                         for host in _hosts(item):
                             declared[host] = (where, item.resource.ref)
                 combined[where] = self._without(where, loaded, frozenset(dropped))
         self._note(conflicts)
+        self.ignored = ignored
         return combined
 
     def _without(self, where: str, loaded: ResourceSet, dropped: frozenset[int]) -> ResourceSet:
@@ -240,7 +245,7 @@ class MergedSources:
             model = self._only.load()
             problems, held = self._only.problems, self._only.held
         if self.kubernetes is not None:
-            self.kubernetes.accepted(problems, held)
+            self.kubernetes.accepted(problems, held, self.merge.ignored)
         return model
 
     @property
