@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -31,35 +32,66 @@ pytestmark = pytest.mark.interop
 HOST = "redis-cluster.demo.svc.cluster.local"
 
 
+def make_cluster(stack: ExitStack, tmp_path: Path, count: int, replicas: int) -> list[RedisProcess]:
+    """``count`` cluster-enabled redis-servers joined by ``redis-cli --cluster create``."""
+    started = []
+    for i in range(count):
+        home = tmp_path / f"node-{i}"  # its own dir: nodes.conf, and any dump.rdb it writes
+        home.mkdir()
+        args = (
+            "--dir",
+            str(home),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        )
+        args += ("--cluster-node-timeout", "1000")
+        started.append(stack.enter_context(running_redis(*args, port=cluster_port())))
+    addresses = [f"127.0.0.1:{n.port}" for n in started]
+    create = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(replicas)]
+    run = subprocess.run([*create, "--cluster-yes"], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    def ready() -> bool:
+        if not all(direct(n).cluster("info")["cluster_state"] == "ok" for n in started):
+            return False
+        infos = [direct(n).info("replication") for n in started]
+        synced = [i for i in infos if i["role"] == "slave" and i["master_link_status"] == "up"]
+        return len(synced) == replicas * (count // (replicas + 1))  # a replica can fail over
+
+    wait_until(ready, "cluster_state:ok on every node", timeout=20)
+    return started
+
+
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[list[RedisProcess]]:
     with ExitStack() as stack:
-        started = []
-        for i in range(3):
-            conf = tmp_path / f"nodes-{i}.conf"
-            args = ("--cluster-enabled", "yes", "--cluster-config-file", str(conf))
-            started.append(stack.enter_context(running_redis(*args, port=cluster_port())))
-        addresses = [f"127.0.0.1:{n.port}" for n in started]
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *addresses,
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        yield make_cluster(stack, tmp_path, 3, 0)
 
-        def ready() -> bool:
-            return all(direct(n).cluster("info")["cluster_state"] == "ok" for n in started)
 
-        wait_until(ready, "cluster_state:ok on every node", timeout=20)
-        yield started
+def cluster_mesh(config: Path, address: str, port: int, nodes: list[RedisProcess]) -> None:
+    endpoints = ", ".join(f"{{address: 127.0.0.1, ports: {{tcp-redis: {n.port}}}}}" for n in nodes)
+    write(
+        config / "redis.yaml",
+        f"""apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: redis-cluster, namespace: demo}}
+spec:
+  hosts: [{HOST}]
+  addresses: [{address}]
+  ports: [{{number: {port}, name: tcp-redis, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{endpoints}]
+---
+apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisDestination
+metadata: {{name: redis-cluster, namespace: demo}}
+spec:
+  host: {HOST}
+  trafficPolicy: {{connectionPool: {{redis: {{mode: CLUSTER}}}}}}
+""",
+    )
 
 
 def cluster_port() -> int:
@@ -104,27 +136,7 @@ def test_up_routes_by_slot_and_follows_a_live_slot_migration(
     config = tmp_path / "mesh"
     config.mkdir()
     address, port = free_address()
-    endpoints = ", ".join(f"{{address: 127.0.0.1, ports: {{tcp-redis: {n.port}}}}}" for n in nodes)
-    write(
-        config / "redis.yaml",
-        f"""apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {{name: redis-cluster, namespace: demo}}
-spec:
-  hosts: [{HOST}]
-  addresses: [{address}]
-  ports: [{{number: {port}, name: tcp-redis, protocol: TCP}}]
-  resolution: STATIC
-  endpoints: [{endpoints}]
----
-apiVersion: redis.aeraki.io/v1alpha1
-kind: RedisDestination
-metadata: {{name: redis-cluster, namespace: demo}}
-spec:
-  host: {HOST}
-  trafficPolicy: {{connectionPool: {{redis: {{mode: CLUSTER}}}}}}
-""",
-    )
+    cluster_mesh(config, address, port, nodes)
     with DeployedMesh(tmp_path, "up", config) as up:
         up.wait_for(f"{address}:{port}  redis")
         client = redis.Redis(host=address, port=port, decode_responses=True)
@@ -178,3 +190,40 @@ spec:
         dst_client.execute_command("READONLY")
         assert owner(nodes, slot) is dst
         assert up.stop() == 0
+
+
+FAILOVER_BOUND = 20.0  # seconds from the primary's death to the last client error (generous)
+
+
+@pytest.mark.slow
+def test_up_rides_out_the_failover_of_a_primary(tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        nodes = make_cluster(stack, tmp_path, 6, 1)  # 3 primaries, each with a replica
+        config = tmp_path / "mesh"
+        config.mkdir()
+        address, port = free_address()
+        cluster_mesh(config, address, port, nodes)
+        with DeployedMesh(tmp_path, "up", config) as up:
+            up.wait_for(f"{address}:{port}  redis")
+            client = redis.Redis(host=address, port=port, decode_responses=True)
+            keys = [f"k:{i}" for i in range(60)]
+            for k in keys:
+                assert client.set(k, k)
+            victim = owner(nodes, key_slot(b"k:0"))
+            assert victim.proc is not None
+            victim.proc.kill()  # SIGKILL: no goodbye to the cluster
+            killed = time.monotonic()
+            last_error = killed
+            errors = 0
+            while time.monotonic() - max(last_error, killed + 3.0) < 3.0:
+                assert time.monotonic() - killed < FAILOVER_BOUND + 5, "errors never stopped"
+                for k in keys:
+                    try:
+                        assert client.get(k) == k
+                    except (redis.ResponseError, redis.ConnectionError):
+                        errors += 1
+                        last_error = time.monotonic()
+            window = last_error - killed
+            assert window < FAILOVER_BOUND, window
+            assert [client.get(k) for k in keys] == keys  # every key, the victim's included
+            print(f"failover: {errors} failed GETs over {window:.2f} s")

@@ -364,6 +364,11 @@ class UpstreamPool(Replies):
             up.queued = 0
         up.state = UpstreamState.CLOSED
         self._unpool(up)
+        slots = up.cluster.slots
+        if slots:  # cluster mode: the others will say who owns this node's slots now
+            gone = up.endpoint_index
+            for slot in [k for k, i in slots.items() if i == gone]:
+                del slots[slot]
         failed = [r for r in (*up.pending.values(), *up.fifo) if r is not GONE]
         up.pending.clear()
         up.fifo.clear()
