@@ -44,6 +44,7 @@ from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.router import no_route_text
 from metamesh.proxy.stats import duration_bucket, size_bucket
 from metamesh.proxy.telemetry import NO_FLAGS
+from metamesh.proxy.tracing import NO_CONTEXT
 from metamesh.proxy.upstream import ActiveRequest, Upstream, UpstreamState
 
 
@@ -55,8 +56,14 @@ class RequestPath(Attempts):
             self._hear(d, msg)
         span = None
         tracer = self.tracer
-        if tracer is not None:
-            span = tracer.begin(msg, d.origin.inbound, now)
+        if tracer is not None:  # see Tracer: only requests that may be traced call begin
+            frame = msg.frame
+            if b"traceparent" in frame or b"b3" in frame:
+                span = tracer.begin(msg.metadata, d.origin.inbound, now)
+            elif tracer.errors:
+                span = tracer.begin(NO_CONTEXT, d.origin.inbound, now)
+            elif tracer.rng.random() < tracer.rate:
+                span = tracer.begin(NO_CONTEXT, d.origin.inbound, now, True)
             if span is not None and span.sampled:  # the forwarded request names our span
                 msg = self._mutated(d.codec, msg, span.headers())
         listener = d.listener

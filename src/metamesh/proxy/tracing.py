@@ -27,8 +27,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from metamesh.codecs import Message
-
 _HEX: Final = frozenset("0123456789abcdef")
 W3C: Final = "traceparent"
 W3C_STATE: Final = "tracestate"
@@ -130,29 +128,36 @@ def incoming(metadata: Mapping[str, str]) -> tuple[int, int, bool | None, str, s
     return 0, 0, None, "", ""
 
 
+#: The metadata of a request whose frame names no trace header.
+NO_CONTEXT: Final[Mapping[str, str]] = {}
+
+
 class Tracer:
-    """Starts spans for one proxy core (its random generator makes the ids and decisions)."""
+    """Starts spans for one proxy core (its random generator makes the ids and decisions).
+
+    The request path asks :meth:`begin` only for requests that may be traced: those whose
+    frame bytes name a trace header (``traceparent``, ``b3``), and otherwise, when errors are
+    kept, every request, else the ones the rate draws (``decided=True``). Looking at the bytes
+    first matters: codecs decode some metadata lazily (Dubbo's attachments), and asking every
+    request for a ``traceparent`` would decode them all. A compressed frame (THeader's zlib
+    transform) hides its headers: such requests are sampled by the rate."""
 
     def __init__(self, config: TracingConfig, rng: random.Random) -> None:
         self.config = config
         self.rng = rng
+        self.rate = config.rate
+        self.errors = config.errors
 
-    def begin(self, msg: Message, server: bool, now: float) -> Span | None:
-        """The span of a new request, or None when it is neither sampled nor kept for errors.
-
-        The context headers are looked up only when their names occur in the frame's bytes:
-        codecs decode some metadata lazily (Dubbo's attachments), and decoding every request's
-        attachments to find no ``traceparent`` would cost more than the rest of the request.
-        (A compressed frame, THeader's zlib transform, hides them: such requests are sampled
-        by the rate.)"""
-        frame = msg.frame
-        if b"traceparent" in frame or b"b3" in frame:
-            trace, parent, sampled, state, b3 = incoming(msg.metadata)
-        else:
-            trace, parent, sampled, state, b3 = 0, 0, None, "", ""
+    def begin(
+        self, metadata: Mapping[str, str], server: bool, now: float, decided: bool | None = None
+    ) -> Span | None:
+        """The span of a new request, or None when it is neither sampled nor kept for errors;
+        ``decided``: the caller already drew the sampling decision for a request without
+        context."""
+        trace, parent, sampled, state, b3 = incoming(metadata)
         if sampled is None:
-            sampled = self.rng.random() < self.config.rate
-        if not sampled and not self.config.errors:
+            sampled = decided if decided is not None else self.rng.random() < self.rate
+        if not sampled and not self.errors:
             return None
         rng = self.rng
         if not trace:
