@@ -153,7 +153,13 @@ def test_the_client_side_routes_only_and_connects_with_auto_mtls() -> None:
     filters = value["typed_config"]["value"]["metaProtocolFilters"]
     assert filters == [{"name": "aeraki.meta_protocol.filters.router"}]  # policies: inbound
     cluster = resources.clusters[f"outbound|9090||{HOST}"]
-    socket = as_dict(cluster)["transport_socket"]
+    # Istio's auto mTLS shape: TLS for the endpoints marked tlsMode: istio, plaintext otherwise
+    istio, disabled = as_dict(cluster)["transport_socket_matches"]
+    assert (istio["name"], istio["match"]) == ("tlsMode-istio", {"tlsMode": "istio"})
+    assert (disabled["name"], disabled["match"]) == ("tlsMode-disabled", {})
+    assert disabled["transport_socket"]["name"] == "envoy.transport_sockets.raw_buffer"
+    assert not cluster.HasField("transport_socket")
+    socket = istio["transport_socket"]
     assert socket["name"] == "envoy.transport_sockets.tls"
     context = socket["typed_config"]
     assert context["@type"].endswith("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")
@@ -165,9 +171,33 @@ def test_the_client_side_routes_only_and_connects_with_auto_mtls() -> None:
     assert combined["default_validation_context"]["match_typed_subject_alt_names"] == [
         {"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/server-ns/sa/server"}}
     ]
-    read = to_cluster(cluster, None)
+    assignment = resources.endpoints[f"outbound|9090||{HOST}"]
+    metadata = as_dict(assignment)["endpoints"][0]["lb_endpoints"][0]["metadata"]
+    assert metadata["filter_metadata"]["envoy.transport_socket_match"] == {"tlsMode": "istio"}
+    read = to_cluster(cluster, assignment)
     assert read.tls_mode == "ISTIO_MUTUAL"
     assert read.tls_subject_alt_names == ("spiffe://cluster.local/ns/server-ns/sa/server",)
+    assert read.tls_endpoint_match == (("tlsMode", "istio"),)
+    (endpoint,) = read.endpoints
+    assert endpoint.transport_match == (("tlsMode", "istio"),) and read.tls_for(endpoint)
+
+
+def test_auto_mtls_is_per_endpoint_in_a_mixed_cluster() -> None:
+    plain = (
+        "---\napiVersion: networking.istio.io/v1beta1\nkind: WorkloadEntry\n"
+        "metadata: {name: legacy, namespace: server-ns}\n"
+        "spec: {address: 127.0.31.9, ports: {tcp-metaprotocol-thrift-hello: 20009}, "
+        "labels: {app: hello}}\n"  # no serviceAccount: no proxy of its own
+    )
+    resources = translate(model_of(MESH + plain), CLIENT)
+    name = f"outbound|9090||{HOST}"
+    read = to_cluster(resources.clusters[name], resources.endpoints[name])
+    tls = {(e.address, read.tls_for(e)) for e in read.endpoints}
+    assert tls == {("127.0.31.2", True), ("127.0.31.9", False)}
+
+
+def has_tls(cluster: Any) -> bool:
+    return cluster.HasField("transport_socket") or len(cluster.transport_socket_matches) > 0
 
 
 def test_trust_domain_and_root_namespace_are_settings() -> None:
@@ -282,7 +312,7 @@ def test_inbound_transport_follows_the_mode(
     assert to_listener(listener).tls_mode == read
     # and the client follows a DISABLE server to plaintext (Istio's auto mTLS)
     client = translate(model_of(text), CLIENT).clusters[f"outbound|9090||{HOST}"]
-    assert client.HasField("transport_socket") == (mode != "DISABLE")
+    assert has_tls(client) == (mode != "DISABLE")
 
 
 def test_destination_rule_tls_modes_reach_the_cluster() -> None:
@@ -290,7 +320,7 @@ def test_destination_rule_tls_modes_reach_the_cluster() -> None:
         resources = translate(model_of(MESH + dr(tls)), CLIENT)
         return resources.clusters[f"outbound|9090||{HOST}"]
 
-    assert not cluster("{mode: DISABLE}").HasField("transport_socket")
+    assert not has_tls(cluster("{mode: DISABLE}"))
     istio = to_cluster(cluster("{mode: ISTIO_MUTUAL}"), None)
     assert istio.tls_mode == "ISTIO_MUTUAL"
     assert istio.tls_subject_alt_names == ("spiffe://cluster.local/ns/server-ns/sa/server",)
@@ -354,7 +384,7 @@ def test_a_service_without_workloads_keeps_its_policies_outbound_in_plaintext() 
     value = as_dict(resources.listeners["127.0.10.1_9090"])["filter_chains"][0]["filters"][0]
     names = [f["name"] for f in value["typed_config"]["value"]["metaProtocolFilters"]]
     assert names[0] == "metamesh.filters.rbac" and names[-1].endswith("router")
-    assert not resources.clusters[f"outbound|9090||{HOST}"].HasField("transport_socket")
+    assert not has_tls(resources.clusters[f"outbound|9090||{HOST}"])
     assert inbound_ports(model_of(text), SERVER) == ([], [])
 
 
@@ -398,7 +428,7 @@ def test_a_node_without_namespace_is_the_one_hop_router() -> None:
         "aeraki.meta_protocol.filters.local_ratelimit",
         "aeraki.meta_protocol.filters.router",
     ]
-    assert not resources.clusters[f"outbound|9090||{HOST}"].HasField("transport_socket")
+    assert not has_tls(resources.clusters[f"outbound|9090||{HOST}"])
     explicit = translate(model_of(MESH + dr("{mode: ISTIO_MUTUAL}")), ProxyNode("metamesh-up"))
     assert explicit.clusters[f"outbound|9090||{HOST}"].HasField("transport_socket")
 

@@ -23,10 +23,11 @@ For each such endpoint and MetaProtocol port the proxy gets an :class:`InboundPo
 - its authorization policies are those of the service whose selector selects this workload
   (Istio selects workloads, not services).
 
-Auto mutual TLS (Istio's default when no DestinationRule sets ``tls``): a client cluster whose
-endpoints are all mesh workloads connects with ISTIO_MUTUAL, accepting the SPIFFE ids of their
-service accounts; with a plain endpoint among them, or one whose PeerAuthentication is
-DISABLE, plaintext (Istio decides per endpoint; metamesh decides per cluster).
+Auto mutual TLS (Istio's default when no DestinationRule sets ``tls``): a client cluster
+connects to its mesh-workload endpoints with ISTIO_MUTUAL, accepting the SPIFFE ids of their
+service accounts, and to its plain endpoints in plaintext, per endpoint as Istio does it
+(``transport_socket_matches`` on the endpoints' ``tlsMode: istio``); when a workload's
+PeerAuthentication is DISABLE, the whole cluster is plaintext.
 """
 
 from __future__ import annotations
@@ -151,11 +152,12 @@ def cluster_tls(
         spiffe_id(model.settings.trust_domain, service.namespace, a) for a in accounts
     )
     if tls is None:
-        if not auto or not endpoints or not all(e.service_account for e in endpoints):
+        workloads = [e for e in endpoints if e.service_account]
+        if not auto or not workloads:
             return None
-        if any(_inbound_mode(model, service, e, port) == "DISABLE" for e in endpoints):
+        if any(_inbound_mode(model, service, e, port) == "DISABLE" for e in workloads):
             return None
-        return UpstreamTls("ISTIO_MUTUAL", subject_alt_names=sans)
+        return UpstreamTls("ISTIO_MUTUAL", subject_alt_names=sans, auto=True)
     if tls.mode == "ISTIO_MUTUAL" and not tls.subject_alt_names and sans:
         return UpstreamTls("ISTIO_MUTUAL", sni=tls.sni, subject_alt_names=sans)
     return tls

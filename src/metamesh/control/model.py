@@ -161,6 +161,8 @@ class UpstreamTls:
     ca_certificates: str = ""
     sni: str = ""
     subject_alt_names: tuple[str, ...] = ()
+    #: Istio's auto mTLS: only to the endpoints that are mesh workloads (the others plaintext).
+    auto: bool = False
 
 
 @dataclass(frozen=True, slots=True)

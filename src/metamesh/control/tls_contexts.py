@@ -23,22 +23,27 @@ Both directions use ``envoy.transport_sockets.tls`` so a real Envoy reads the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import json_format
 
 from metamesh.control.model import UpstreamTls
 
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+RAW_BUFFER = "envoy.transport_sockets.raw_buffer"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 WORKLOAD_SECRET = "default"  # Istio's name of the workload certificate's SDS secret
 ROOT_SECRET = "ROOTCA"  # and of the mesh root's
 SDS_CLUSTER = "sds-grpc"  # Istio's cluster of the node agent's SDS server
 ISTIO_ALPN = ("istio-peer-exchange", "istio")
 SAN_URI = common_pb2.SubjectAltNameMatcher.URI
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"  # endpoint metadata Envoy matches on
+ISTIO_TLS_MODE = {"tlsMode": "istio"}  # what Istio marks a workload with a sidecar with
 
 
 class TlsConfigError(ValueError):
@@ -115,6 +120,18 @@ def upstream_tls_socket(tls: UpstreamTls, sni: str) -> base_pb2.TransportSocket 
     return _socket(tls_pb2.UpstreamTlsContext(common_tls_context=common, sni=tls.sni))
 
 
+def add_auto_mtls_matches(cluster: Any, socket: base_pb2.TransportSocket) -> None:
+    """Istio's auto mTLS shape: ``tlsMode-istio`` (endpoints marked ``tlsMode: istio``) gets
+    ``socket``, ``tlsMode-disabled`` (every other endpoint) plaintext."""
+    istio = cluster.transport_socket_matches.add(name="tlsMode-istio")
+    istio.match.update(ISTIO_TLS_MODE)
+    istio.transport_socket.CopyFrom(socket)
+    plain = cluster.transport_socket_matches.add(name="tlsMode-disabled")
+    plain.match.SetInParent()
+    plain.transport_socket.name = RAW_BUFFER
+    plain.transport_socket.typed_config.Pack(raw_buffer_pb2.RawBuffer())
+
+
 # --- reading them back (the proxy side) ----------------------------------------------------
 
 
@@ -128,6 +145,9 @@ class ClientTls:
     client_certificate: str = ""
     private_key: str = ""
     ca_certificates: str = ""
+    #: Only for endpoints whose ``envoy.transport_socket_match`` metadata has these pairs
+    #: (a ``transport_socket_matches`` entry); empty: every endpoint.
+    endpoint_match: tuple[tuple[str, str], ...] = ()
 
 
 def _unpack(socket: Any, cls: Any, where: str) -> Any:
@@ -152,11 +172,26 @@ def _sans(validation: Any) -> tuple[str, ...]:
 
 
 def client_tls(cluster: Any) -> ClientTls | None:
-    """The cluster's TLS origination (None: plaintext)."""
+    """The cluster's TLS origination (None: plaintext): its ``transport_socket``, or the
+    first ``transport_socket_matches`` entry with TLS, for the endpoints it matches (the
+    metamesh proxy runs one TLS setting per cluster; the other entries must be plaintext)."""
+    where = f"Cluster {cluster.name!r}"
+    matches = cluster.transport_socket_matches
+    matched = [m for m in matches if m.transport_socket.name != RAW_BUFFER]
+    if matched:
+        if len(matched) > 1 or cluster.HasField("transport_socket"):
+            raise TlsConfigError(f"{where}: one TLS transport socket per cluster is supported")
+        entry = matched[0]
+        pairs = json_format.MessageToDict(entry.match) if entry.HasField("match") else {}
+        found = _client_tls(entry.transport_socket, where)
+        return replace(found, endpoint_match=tuple(sorted((k, str(v)) for k, v in pairs.items())))
     if not cluster.HasField("transport_socket"):
         return None
-    where = f"Cluster {cluster.name!r}"
-    context = _unpack(cluster.transport_socket, tls_pb2.UpstreamTlsContext, where)
+    return _client_tls(cluster.transport_socket, where)
+
+
+def _client_tls(socket: Any, where: str) -> ClientTls:
+    context = _unpack(socket, tls_pb2.UpstreamTlsContext, where)
     common = context.common_tls_context
     combined = common.combined_validation_context
     if _is_sds(common.tls_certificate_sds_secret_configs, WORKLOAD_SECRET):

@@ -55,7 +55,12 @@ from metamesh.control.redis_options import (
     cluster_protocol_options,
     listener_codec_options,
 )
-from metamesh.control.tls_contexts import TlsConfigError, client_tls, listener_tls_mode
+from metamesh.control.tls_contexts import (
+    TRANSPORT_SOCKET_MATCH,
+    TlsConfigError,
+    client_tls,
+    listener_tls_mode,
+)
 from metamesh.proxy import config as cfg
 
 META_PROTOCOL_FILTER = "envoy.filters.network.meta_protocol_proxy"
@@ -229,6 +234,7 @@ def _tls_fields(cluster: Any) -> dict[str, Any]:
         "tls_sni": tls.sni,
         "tls_subject_alt_names": tls.subject_alt_names,
         "tls_files": (tls.client_certificate, tls.private_key, tls.ca_certificates),
+        "tls_endpoint_match": tls.endpoint_match,
     }
 
 
@@ -273,9 +279,9 @@ def to_endpoints(assignment: Any) -> tuple[cfg.Endpoint, ...]:
     for group in assignment.endpoints:
         for lb in group.lb_endpoints:
             socket = lb.endpoint.address.socket_address
-            labels = (
-                lb.metadata.filter_metadata.get("envoy.lb") if lb.HasField("metadata") else None
-            )
+            meta = lb.metadata.filter_metadata if lb.HasField("metadata") else {}
+            labels = meta.get("envoy.lb")
+            transport = meta.get(TRANSPORT_SOCKET_MATCH)
             out.append(
                 cfg.Endpoint(
                     address=socket.address,
@@ -284,6 +290,7 @@ def to_endpoints(assignment: Any) -> tuple[cfg.Endpoint, ...]:
                     if lb.HasField("load_balancing_weight")
                     else 1,
                     labels=_labels(labels),
+                    transport_match=_labels(transport),
                 )
             )
     return tuple(out)

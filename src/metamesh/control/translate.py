@@ -82,7 +82,10 @@ from metamesh.control.model import ClusterPolicy, MeshModel, Service, ServicePor
 from metamesh.control.redis import is_redis, outbound_redis
 from metamesh.control.routes import route_configuration
 from metamesh.control.tls_contexts import (
+    ISTIO_TLS_MODE,
     TLS_INSPECTOR,
+    TRANSPORT_SOCKET_MATCH,
+    add_auto_mtls_matches,
     downstream_mtls_socket,
     upstream_tls_socket,
 )
@@ -382,7 +385,9 @@ def build_cluster(
     )
     sni = f"outbound_.{port}_.{subset}_.{service.host}"
     socket = upstream_tls_socket(tls, sni) if tls is not None else None
-    if socket is not None:
+    if socket is not None and tls is not None and tls.auto:
+        add_auto_mtls_matches(cluster, socket)
+    elif socket is not None:
         cluster.transport_socket.CopyFrom(socket)
     if service.resolution in ("DNS", "DNS_ROUND_ROBIN"):
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
@@ -467,6 +472,8 @@ def build_load_assignment(
         )
         if ep.labels:
             lb_endpoint.metadata.filter_metadata["envoy.lb"].update(dict(ep.labels))
+        if ep.service_account:  # a mesh workload: auto mTLS picks it (Istio's label)
+            lb_endpoint.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH].update(ISTIO_TLS_MODE)
         groups.setdefault(ep.locality, []).append(lb_endpoint)
     if dns_fallback and not chosen and not subset:
         groups[""] = [

@@ -152,6 +152,9 @@ class Endpoint:
     port: int
     weight: int = 1
     labels: tuple[tuple[str, str], ...] = ()
+    #: Envoy's ``envoy.transport_socket_match`` metadata (``tlsMode: istio`` for a mesh
+    #: workload), which :attr:`Cluster.tls_endpoint_match` is matched against.
+    transport_match: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,9 @@ class Cluster:
     tls_subject_alt_names: tuple[str, ...] = ()
     #: SIMPLE / MUTUAL: (client certificate, private key, CA certificates) paths, "" unset.
     tls_files: tuple[str, str, str] = ("", "", "")
+    #: TLS only to the endpoints whose ``transport_match`` has these pairs (Istio's auto
+    #: mTLS: ``tlsMode: istio``); empty: to every endpoint.
+    tls_endpoint_match: tuple[tuple[str, str], ...] = ()
     #: Protocol options for the codec of each upstream connection (Envoy's
     #: ``typed_extension_protocol_options``; Redis: ``auth_username``/``auth_password``),
     #: given to ``Codec.upstream_preamble``.
@@ -211,6 +217,12 @@ class Cluster:
     @property
     def protocol_options_map(self) -> dict[str, str]:
         return dict(self.protocol_options)
+
+    def tls_for(self, endpoint: Endpoint) -> bool:
+        """Whether connections to ``endpoint`` use this cluster's TLS."""
+        if not self.tls_mode:
+            return False
+        return all(pair in endpoint.transport_match for pair in self.tls_endpoint_match)
 
     @property
     def service(self) -> str:

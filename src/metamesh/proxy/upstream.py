@@ -97,7 +97,7 @@ class ClusterState:
         for (protocol, variant, i), up in self.mux.items():
             e = old_endpoints[i] if i < len(old_endpoints) else up.endpoint
             j = index.get((e.address, e.port))
-            if j is None or tls_changed:
+            if j is None or tls_changed or config.endpoints[j].transport_match != e.transport_match:
                 retired.append(up)
             else:
                 up.endpoint_index = j
@@ -274,4 +274,10 @@ class ActiveRequest:
 
 def _tls_of(config: Cluster) -> tuple[object, ...]:
     """What an upstream connection's TLS was opened with."""
-    return (config.tls_mode, config.tls_sni, config.tls_subject_alt_names, config.tls_files)
+    return (
+        config.tls_mode,
+        config.tls_sni,
+        config.tls_subject_alt_names,
+        config.tls_files,
+        config.tls_endpoint_match,
+    )

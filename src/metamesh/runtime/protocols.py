@@ -191,7 +191,7 @@ class UpstreamProtocol:
         tr.set_write_buffer_limits(server.high_water, server.low_water)
         up = self.up
         config = up.cluster.config
-        if config.tls_mode and not server.upstream_identity_ok(tr, config):
+        if config.tls_for(up.endpoint) and not server.upstream_identity_ok(tr, config):
             self.refused = True  # before anything is sent; the server reports the failed connect
             return
         up.handle = self

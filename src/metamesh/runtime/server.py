@@ -397,7 +397,7 @@ class ProxyServer:
         e = up.endpoint
         config = up.cluster.config
         try:
-            context = self._client_context(config)
+            context = self._client_context(config) if config.tls_for(e) else None
             mark = self.sidecar.mark if self.sidecar is not None else None
             where: dict[str, Any] = (  # with interception: a socket carrying the proxy's mark
                 {"host": e.address, "port": e.port}
