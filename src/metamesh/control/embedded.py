@@ -5,10 +5,11 @@
   :class:`XdsClient` pointed at it, so even the embedded proxy gets its config over real xDS
   (one code path for both modes). Each MetaProtocol service is served on its ServiceEntry
   address or its allocated 127.240.x.y VIP; what is served is printed at start and whenever it
-  changes. With ``--zookeeper``, the Dubbo providers registered there are services too, beside
-  the directory's (:mod:`metamesh.control.sources.merge`).
+  changes. With ``--zookeeper``, the Dubbo providers registered there are services too, and
+  with ``--kubernetes`` a cluster's resources and Services, beside the directory's
+  (:mod:`metamesh.control.sources.merge`).
 - ``metamesh control-plane --config-dir DIR`` (:func:`serve_control_plane`): source + server
-  (the directory, ``--zookeeper``, or both).
+  (the directory, ``--zookeeper``, ``--kubernetes``, or several).
 - ``metamesh proxy --xds HOST:PORT`` (:func:`serve_proxy_xds`): proxy + client, identified by
   node id, namespace and labels.
 
