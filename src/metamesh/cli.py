@@ -204,6 +204,7 @@ def _sidecar(args: argparse.Namespace) -> SidecarSettings | None:
         dns_port=args.dns_port if dns else None,
         dns_upstreams=upstreams,
         namespace=getattr(args, "namespace", None),
+        rules=args.intercept_rules,
     )
 
 
@@ -332,6 +333,13 @@ def _add_sidecar_options(parser: argparse.ArgumentParser) -> None:
         help="install nftables rules in this network namespace that send the workload's "
         "traffic through the proxy (removed on exit); listeners are picked by original "
         "destination",
+    )
+    group.add_argument(
+        "--intercept-rules",
+        choices=("own", "external"),
+        default="own",
+        help="own: install the rules at start and remove them at exit; external: they were "
+        "installed by 'metamesh intercept' (a pod's init step) and are left alone",
     )
     group.add_argument(
         "--outbound-traffic-policy",

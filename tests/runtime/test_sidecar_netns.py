@@ -370,6 +370,60 @@ spec:
         assert "metamesh" not in hosts.client.tables()
 
 
+STATIC = """static_resources:
+  listeners:
+  - name: calc
+    address: {socket_address: {address: %s, port_value: 9090}}
+    meta_protocol_proxy:
+      codec: {name: thrift}
+      route_config_name: calc.test_9090
+      meta_protocol_filters: [{name: aeraki.meta_protocol.filters.router}]
+  clusters:
+  - name: outbound|9090||calc.test
+    load_assignment:
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: %s, port_value: 9090}}}
+  route_configs:
+  - name: calc.test_9090
+    routes:
+    - {route: {cluster: outbound|9090||calc.test}}
+"""
+
+
+def test_rules_of_an_init_step_are_served_and_left_in_place(
+    calc_gen: types.ModuleType, tmp_path: Path
+) -> None:
+    """``metamesh intercept`` (a pod's init step) installs the rules; ``proxy --config ...
+    --intercept --intercept-rules external`` serves them (a static config: the name comes
+    from its route configuration) and leaves them when it stops."""
+    gen_dir = str(Path(calc_gen.__file__).parents[1])
+    config = tmp_path / "static.yaml"
+    config.write_text(STATIC % (THRIFT_VIP, server_ip(0)))
+    with Hosts(servers=1) as hosts, ExitStack() as stack:
+        cli = hosts.client
+        servers = hosts.server.python(PEERS, "servers", gen_dir, "v1", stdout=subprocess.PIPE)
+        stack.callback(servers.wait, 10)
+        stack.callback(servers.kill)
+        init = cli.run(*_metamesh(), "intercept")
+        assert init.stdout.strip() == "metamesh intercept: table inet metamesh installed"
+        proxy = Process(
+            cli, tmp_path, "proxy", "proxy", "--config", str(config), "--intercept",
+            "--intercept-rules", "external",
+        )  # fmt: skip
+        stack.callback(proxy.stop)
+        assert servers.stdout is not None and servers.stdout.readline().strip() == "READY"
+        proxy.wait_for("installed by someone else, left in place")
+        client = Client(cli, "thrift-client", "calc.test", "9090", gen_dir)
+        stack.callback(client.close)
+        seen, record = client.versions(3)
+        assert seen == {"v1": 3} and record["peer"] == [THRIFT_VIP, 9090]
+        client.close()
+        assert proxy.stop() == 0
+        assert "table inet metamesh" in cli.tables()  # not this proxy's to remove
+        cli.run(*_metamesh(), "intercept", "--cleanup")
+
+
 def _metamesh() -> tuple[str, ...]:
     import sys
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import socket
 import struct
 from collections import Counter
@@ -110,19 +111,34 @@ class Interceptor:
                 self._servers.append(await self._capture_server(loop, v6, port))
             except OSError as exc:
                 log.info("no IPv6 capture on [%s]:%d (%s): IPv6 is not intercepted", v6, port, exc)
+        rules = "installed by this proxy"
         if self.install_rules:
-            await asyncio.to_thread(intercept.install, s)
-            self.rules_installed = True
-            atexit.register(self._remove_rules)  # an unhandled error still ends with them gone
-            log.info(
-                "intercepting: outbound TCP -> 127.0.0.1:%d, inbound TCP -> :%s, DNS -> %s "
-                "(nftables table inet %s; sockets marked %#x pass)",
-                s.outbound_port,
-                s.inbound_port if s.inbound else "(not captured)",
-                f"127.0.0.1:{s.dns_port}" if s.dns_port is not None else "(not captured)",
-                intercept.TABLE,
-                s.mark,
-            )
+            try:
+                await asyncio.to_thread(intercept.install, s)
+            except intercept.InterceptNotPermittedError as exc:
+                self.install_rules = False  # a proxy without CAP_NET_ADMIN (an init step's rules)
+                log.warning(
+                    "%s; serving the capture ports for rules installed by an init step "
+                    "('metamesh intercept', which must leave this proxy's user out: "
+                    "--intercept-exclude-uid %d)",
+                    exc,
+                    os.geteuid(),
+                )
+            else:
+                self.rules_installed = True
+                atexit.register(self._remove_rules)  # an unhandled error: gone all the same
+        if not self.install_rules:
+            rules = "installed by someone else, left in place"
+        log.info(
+            "intercepting: outbound TCP -> 127.0.0.1:%d, inbound TCP -> :%s, DNS -> %s "
+            "(nftables table inet %s %s; sockets marked %#x pass)",
+            s.outbound_port,
+            s.inbound_port if s.inbound else "(not captured)",
+            f"127.0.0.1:{s.dns_port}" if s.dns_port is not None else "(not captured)",
+            intercept.TABLE,
+            rules,
+            s.mark,
+        )
 
     async def _capture_server(
         self, loop: asyncio.AbstractEventLoop, host: str, port: int

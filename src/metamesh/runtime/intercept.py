@@ -59,6 +59,10 @@ class InterceptError(OSError):
     """The rules could not be installed or removed (no ``nft``, no permission...)."""
 
 
+class InterceptNotPermittedError(InterceptError):
+    """This process may not change the namespace's nftables rules (no ``CAP_NET_ADMIN``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class InterceptSettings:
     """What ``--intercept`` captures and where it sends it (Istio's defaults for the ports).
@@ -174,7 +178,10 @@ def install(settings: InterceptSettings) -> None:
     """Load the table (replacing one left by an earlier run). Raises InterceptError."""
     done = _nft(["-f", "-"], render_rules(settings))
     if done.returncode != 0:
-        raise InterceptError(f"nft could not load the rules: {done.stderr.strip()}")
+        error = done.stderr.strip()
+        if "Operation not permitted" in error:
+            raise InterceptNotPermittedError(f"nft may not load the rules here: {error}")
+        raise InterceptError(f"nft could not load the rules: {error}")
 
 
 def installed() -> bool:
@@ -192,14 +199,25 @@ def remove() -> bool:
     return True
 
 
+def mark_socket(sock: socket.socket, mark: int) -> bool:
+    """Give ``sock`` the proxy's mark; False where this process may not (no ``CAP_NET_ADMIN``:
+    a proxy whose rules leave its user out instead, see ``--intercept-exclude-uid``)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+    except PermissionError:
+        return False
+    return True
+
+
 async def marked_connection(
     loop: asyncio.AbstractEventLoop, host: str, port: int, mark: int
 ) -> socket.socket:
-    """A TCP socket connected to ``host:port`` carrying ``mark`` (so the rules let it by)."""
+    """A TCP socket connected to ``host:port`` carrying ``mark`` where this process may set
+    one (so the rules let it by)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        mark_socket(sock, mark)
         sock.setblocking(False)
         await loop.sock_connect(sock, (host, port))
     except BaseException:

@@ -36,6 +36,9 @@ class SidecarSettings:
     dns_port: int | None = None
     dns_upstreams: tuple[tuple[str, int], ...] | None = None
     namespace: str | None = None
+    #: ``own``: install the rules at start and remove them at exit; ``external``: they were
+    #: installed by ``metamesh intercept`` (a pod's init step) and are left alone.
+    rules: str = "own"
 
 
 class Sidecar:
@@ -44,7 +47,9 @@ class Sidecar:
     def __init__(self, settings: SidecarSettings) -> None:
         self.settings = settings
         self.interceptor = (
-            Interceptor(settings.intercept) if settings.intercept is not None else None
+            Interceptor(settings.intercept, install_rules=settings.rules == "own")
+            if settings.intercept is not None
+            else None
         )
         self.dns: DnsResponder | None = None
         self._table: tuple[Snapshot | None, NameTable] = (None, NameTable({}))

@@ -33,7 +33,7 @@ import dns.rcode
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from metamesh.runtime.dnsproxy.table import HEADER, MAX_QUERY, NameTable, answer, error_reply
-from metamesh.runtime.intercept import SO_MARK
+from metamesh.runtime.intercept import mark_socket
 
 log = logging.getLogger("metamesh.dns")
 
@@ -200,7 +200,7 @@ def _socket(host: str, kind: int, mark: int | None) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
         if mark is not None:
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+            mark_socket(sock, mark)
         sock.setblocking(False)
     except OSError:
         sock.close()
