@@ -91,6 +91,20 @@ spec:
     )
 
 
+def mixed_service(vip: str, port: int, plain: int) -> str:
+    return f"""apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: mixed, namespace: server-ns}}
+spec:
+  hosts: [mixed.server-ns.svc.cluster.local]
+  addresses: [{vip}]
+  ports: [{{number: {port}, name: tcp-metaprotocol-thrift-mixed}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: server}}}}
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp-metaprotocol-thrift-mixed: {plain}}}}}]
+"""
+
+
 def policy(action: str, source: str) -> str:
     return f"""apiVersion: metamesh.io/v1alpha1
 kind: MetaAuthorizationPolicy
@@ -134,6 +148,7 @@ class Mesh:
     client_admin: str
     gen: types.ModuleType
     tmp: Path
+    mixed: int  # the port of the service with a mesh workload and a plain server
 
     def thrift_client(self) -> ThriftClient:
         return ThriftClient(self.gen, self.vip, self.thrift[0])
@@ -202,6 +217,17 @@ def mesh(calc_gen: types.ModuleType, tmp_path_factory: pytest.TempPathFactory) -
         vip, workload = "127.0.10.77", "127.0.31.7"
         thrift, dubbo = (free_port(), server.port), (free_port(), provider.port)
         write(config / "services.yaml", services(vip, thrift, dubbo, workload))
+        # a service with two endpoints: the mesh workload (its app on 127.0.0.1 at the
+        # service port) and a plain server without a proxy
+        app = stack.enter_context(
+            ApacheServer(
+                calc_gen.Calc.Processor(NamedCalc(calc_gen, "workload")), "framed", "binary"
+            )
+        )
+        plain = stack.enter_context(
+            ApacheServer(calc_gen.Calc.Processor(NamedCalc(calc_gen, "plain")), "framed", "binary")
+        )
+        write(config / "mixed.yaml", mixed_service(vip, app.port, plain.port))
         write(config / "peer.yaml", peer_authentication("STRICT"))
         write(
             config / "policy.yaml",
@@ -232,7 +258,7 @@ def mesh(calc_gen: types.ModuleType, tmp_path_factory: pytest.TempPathFactory) -
         ca = CertificateAuthority.load(root, ca_dir / "root-key.pem", "cluster.local")
         yield Mesh(
             config, vip, thrift, dubbo, workload, root, ca,
-            server_proxy.admin(), client_proxy.admin(), calc_gen, tmp,
+            server_proxy.admin(), client_proxy.admin(), calc_gen, tmp, app.port,
         )  # fmt: skip
 
 
@@ -415,4 +441,18 @@ def test_the_local_rate_limit_runs_on_the_server_side(mesh: Mesh) -> None:
     assert client.same_connection()
     (mesh.config / "router.yaml").unlink()
     wait_until(lambda: not limited(), "the limit removed", timeout=15)
+    client.close()
+
+
+def test_auto_mtls_per_endpoint_to_a_workload_and_a_plain_server(mesh: Mesh) -> None:
+    mesh.edit("policy.yaml", policy("DENY", "{namespaces: [elsewhere]}"))
+    mesh.edit("peer.yaml", peer_authentication("STRICT"))  # the workload takes mTLS only
+    client = ThriftClient(mesh.gen, mesh.vip, mesh.mixed)
+    handshakes = mesh.counter(mesh.server_admin, HANDSHAKES)
+    # round robin over both: the workload answers through its proxy (mutual TLS, or STRICT
+    # would refuse), the plain server directly (plaintext, or it could not read the call)
+    answers = {client.echo(f"m{i}").split(":")[0] for i in range(8)}
+    assert answers == {"workload", "plain"}
+    assert mesh.counter(mesh.server_admin, HANDSHAKES) > handshakes
+    assert client.same_connection()
     client.close()
