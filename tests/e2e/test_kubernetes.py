@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import types
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
@@ -27,9 +28,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.codecs.dubbo.peers import Peer
 from tests.codecs.thrift.apache_peer import ApacheServer
 from tests.control.kube_apiserver import RunningApiServer
 from tests.e2e.mesh import Metamesh, ThriftClient, wait_until
+from tests.e2e.test_up_dubbo import PROVIDER, Consumer
 from tests.runtime.thrift_servers import NamedCalc
 from tests.support.ports import free_port
 
@@ -217,3 +220,87 @@ def test_up_with_a_directory_and_kubernetes_routes_a_service_by_a_file_router(
         up.wait_for(f"{cluster_ip}:9090  thrift  all-v2 -> v2")
         client = stack.enter_context(closing(ThriftClient(calc_gen, cluster_ip, 9090)))
         assert answers(client) == {"v2"}
+
+
+DUBBO_APP = """apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: demo, namespace: shop}}
+spec:
+  selector: {{app: demo}}
+  ports:
+  - {{name: tcp-metaprotocol-dubbo-demo, port: 20880, targetPort: dubbo}}
+{pods}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: demo, namespace: shop}}
+spec:
+  host: demo.shop.svc.cluster.local
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: demo, namespace: shop}}
+spec:
+  hosts: [demo.shop.svc.cluster.local]
+  routes:
+  - name: hello-to-v2
+    match: {{attributes: {{method: {{exact: sayHello}}}}}}
+    route: [{{destination: {{host: demo.shop.svc.cluster.local, subset: v2}}}}]
+  - name: rest-to-v1
+    route: [{{destination: {{host: demo.shop.svc.cluster.local, subset: v1}}}}]
+"""
+
+
+@pytest.fixture
+def providers() -> Iterator[tuple[int, int]]:
+    """Two dubbo-py providers answering ``<version>:...`` (tests/e2e/dubbopy_versioned.py)."""
+    started: list[Peer] = []
+    try:
+        for version in ("v1", "v2"):
+            started.append(Peer([sys.executable, str(PROVIDER), "0", version], PROVIDER.parent))
+        yield started[0].port, started[1].port
+    finally:
+        for peer in started:
+            peer.stop()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_dubbo_service_in_the_cluster_routes_dubbo_py_calls_by_method(
+    providers: tuple[int, int], tmp_path: Path
+) -> None:
+    pods = "".join(
+        f"""---
+apiVersion: v1
+kind: Pod
+metadata: {{name: demo-{v}, namespace: shop, labels: {{app: demo, version: {v}}}}}
+spec:
+  containers: [{{name: provider, image: demo, ports: [{{name: dubbo, containerPort: {p}}}]}}]
+"""
+        for v, p in zip(("v1", "v2"), providers, strict=True)
+    )
+    with ExitStack() as stack:
+        api = stack.enter_context(RunningApiServer())
+        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig")
+        kubectl = Kubectl(kubeconfig, tmp_path)
+        kubectl("apply", "--validate=false", "-f", str(REPO / "deploy" / "crds.yaml"))
+        kubectl.apply(DUBBO_APP.format(pods=pods))
+        jsonpath = "jsonpath={.spec.clusterIP}"
+        cluster_ip = kubectl("get", "service", "demo", "-n", "shop", "-o", jsonpath)
+        xds = str(free_port())
+        cp_args = ("control-plane", "--kubernetes", "--kubeconfig", str(kubeconfig))
+        cp = stack.enter_context(Metamesh(tmp_path, "cp", *cp_args, "--xds-port", xds))
+        cp.wait_for("control plane (xDS) on")
+        proxy_args = ("proxy", "--xds", f"127.0.0.1:{xds}", "--admin-port", "0")
+        proxy = stack.enter_context(Metamesh(tmp_path, "proxy", *proxy_args))
+        proxy.wait_for(f"{cluster_ip}:20880  dubbo")
+        consumer = Consumer((cluster_ip, 20880))
+        stack.callback(consumer.close)
+        assert {consumer.call("sayHello", str(i)) for i in range(10)} == {"v2"}
+        assert {consumer.call("echo", str(i)) for i in range(10)} == {"v1"}
+        assert consumer.last == "9" and consumer.same_connection()
