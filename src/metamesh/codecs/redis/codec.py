@@ -91,14 +91,28 @@ _KIND_TEXT: Final = {
 
 
 class RequestState:
-    """What a decoded request keeps for :meth:`RedisCodec.encode`: its arguments and spec."""
+    """What a decoded request keeps: its arguments, command and database (for the metadata,
+    built on first access), its key positions (found on first need: metadata, or the
+    ``removePrefix`` mutation), and the reply of a message the codec answers itself."""
 
-    __slots__ = ("args", "key_indexes", "reply")
+    __slots__ = ("_key_indexes", "args", "command", "db", "reply")
 
-    def __init__(self, args: list[bytes], key_indexes: list[int], reply: bytes = b"") -> None:
+    def __init__(
+        self, args: list[bytes], command: str = "", db: int = 0, reply: bytes = b""
+    ) -> None:
         self.args = args
-        self.key_indexes = key_indexes
+        self.command = command
+        self.db = db
         self.reply = reply  # the local reply of a HEARTBEAT message
+        self._key_indexes: list[int] | None = None
+
+    @property
+    def key_indexes(self) -> list[int]:
+        indexes = self._key_indexes
+        if indexes is None:
+            spec = command_spec(self.command)
+            indexes = self._key_indexes = spec.keys(self.args) if spec is not None else []
+        return indexes
 
 
 class RedisCodec(Codec):
@@ -158,7 +172,7 @@ class RedisCodec(Codec):
         message) parts: the reply's array header, answered here, then one GET per key; their
         replies, in order, are exactly the array the client asked for."""
         state = msg.codec_state
-        if msg.metadata.get("command") != "mget" or not isinstance(state, RequestState):
+        if not isinstance(state, RequestState) or state.command != "mget":
             return None
         keys = state.args[1:]
         if len({key_slot(k) for k in keys}) < 2:
@@ -181,7 +195,7 @@ class RedisCodec(Codec):
         return msg
 
     def _local(self, reply: bytes, command: str) -> Message:
-        state = RequestState([], [], reply)
+        state = RequestState([], command, reply=reply)
         return Message(_HEARTBEAT, None, b"", 0, 0, {"command": command}, codec_state=state)
 
     def decode_at(self, data: bytes, pos: int) -> Message | None:
@@ -214,25 +228,31 @@ class RedisCodec(Codec):
                 reply = NOAUTH
             else:
                 reply = error(f"ERR {command.upper()} is not supported: {REFUSED[command]}")
-            state = RequestState(args, [], reply)
+            state = RequestState(args, command, reply=reply)
             md = {"command": command}
             return Message(_HEARTBEAT, None, b"", size, 0, md, codec_state=state), end
+        state = RequestState(args, command, max(session.db, 0))
+        msg = Message(_REQUEST, None, b"", size, 0, None, codec_state=state, loader=self._metadata)
+        return msg, end
+
+    def _metadata(self, msg: Message) -> dict[str, str]:
+        """A request's metadata, built when something first asks (a catch-all route and no
+        filter never do)."""
+        state: RequestState = msg.codec_state
+        command = state.command
         spec = command_spec(command)
-        indexes = spec.keys(args) if spec is not None else []
         md = {"command": command, "access": "write" if spec is None or spec.write else "read"}
+        indexes = state.key_indexes
         if indexes:
+            args = state.args
             keys = [args[i].decode("utf-8", "surrogateescape") for i in indexes]
             key = keys[0]
             md["key"] = key.lower() if self.case_insensitive else key
             md["keys"] = ",".join(keys)
             if self.cluster:
                 md["slot"] = str(key_slot(args[indexes[0]]))
-        if session.db > 0:
-            md["db"] = str(session.db)
-        else:
-            md["db"] = "0"
-        state = RequestState(args, indexes)
-        return Message(_REQUEST, None, b"", size, 0, md, codec_state=state), end
+        md["db"] = str(state.db)
+        return md
 
     def heartbeat_reply(self, message: Message) -> bytes | None:
         state = message.codec_state
