@@ -152,19 +152,25 @@ class Translator:
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[str, ResourceSet]] = {}
+        # the input objects of each pseudo-file at the last call: the store replaces an object
+        # on every event, so the same objects (by identity) mean nothing to translate again
+        self._inputs: dict[str, tuple[Obj | None, ...]] = {}
         self.objects: dict[str, tuple[Gvr, Obj]] = {}
 
     def sets(self, store: KubeObjects, gvrs: Iterable[tuple[Gvr, str]]) -> dict[str, ResourceSet]:
         hidden = _hidden_namespaces(store.of(NAMESPACES).values())
         out: dict[str, ResourceSet] = {}
         objects: dict[str, tuple[Gvr, Obj]] = {}
+        inputs: dict[str, tuple[Obj | None, ...]] = {}
         for gvr, _kind in gvrs:
             for (ns, name), obj in sorted(store.of(gvr).items()):
                 if ns in hidden:
                     continue
                 where = pseudo_file(gvr, ns, name)
-                objects[where] = (gvr, obj)
-                out[where] = self._load(where, as_written(with_persisted_address(obj)))
+                objects[where], inputs[where] = (gvr, obj), (obj,)
+                if not self._same(where, inputs[where]):
+                    self._load(where, as_written(with_persisted_address(obj)))
+                out[where] = self._cache[where][1]
         slices: dict[tuple[str, str], list[Obj]] = {}
         for (ns, _), obj in sorted(store.of(ENDPOINT_SLICES).items()):
             labels = (obj.get("metadata") or {}).get("labels") or {}
@@ -176,19 +182,37 @@ class Translator:
             if ns in hidden or not _mesh_ports(svc):
                 continue
             where = pseudo_file(SERVICES, ns, name)
+            mine = slices.get((ns, name), [])
+            refs = [_pod_ref(e) for eps in mine for e in eps.get("endpoints") or []]
             objects[where] = (SERVICES, svc)
-            out[where] = self._load(where, service_entry(svc, slices.get((ns, name), []), pods))
+            inputs[where] = (svc, *mine, *(pods.get((ns, r)) if r else None for r in refs))
+            if not self._same(where, inputs[where]):
+                self._load(where, service_entry(svc, mine, pods))
+            out[where] = self._cache[where][1]
         self._cache = {k: v for k, v in self._cache.items() if k in out}
+        self._inputs = inputs
         self.objects = objects
         return out
 
-    def _load(self, where: str, obj: Obj) -> ResourceSet:
+    def _same(self, where: str, inputs: tuple[Obj | None, ...]) -> bool:
+        before = self._inputs.get(where)
+        return (
+            where in self._cache
+            and before is not None
+            and len(before) == len(inputs)
+            and all(a is b for a, b in zip(before, inputs, strict=True))
+        )
+
+    def _load(self, where: str, obj: Obj) -> None:
         text = json.dumps(obj, indent=1, sort_keys=True)
         cached = self._cache.get(where)
         if cached is None or cached[0] != text:
-            cached = (text, load_text(text, where))
-            self._cache[where] = cached
-        return cached[1]
+            self._cache[where] = (text, load_text(text, where))
+
+
+def _pod_ref(endpoint: Obj) -> str | None:
+    ref = endpoint.get("targetRef") or {}
+    return str(ref["name"]) if ref.get("kind") == "Pod" and ref.get("name") else None
 
 
 def _hidden_namespaces(namespaces: Iterable[Obj]) -> set[str]:
