@@ -291,8 +291,13 @@ class KubernetesSource:
             try:
                 if version is None:
                     version = await self._list(gvr)
+                began = time.monotonic()
                 version = await self._watch(gvr, version)
-                delay = self.settings.backoff_min
+                if time.monotonic() - began < 1.0:  # a server that ends watches at once: pace
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.backoff_max)
+                else:
+                    delay = self.settings.backoff_min
             except _Gone:
                 self.counters["relists"] += 1
                 log.info("%s: %s: resourceVersion too old (410 Gone); listing again", self._w, name)
