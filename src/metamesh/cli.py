@@ -586,6 +586,8 @@ def _kubernetes(args: argparse.Namespace) -> KubernetesSettings | None:
             f"metamesh {args.command}: give --kubeconfig or --in-cluster, not both", file=sys.stderr
         )
         raise SystemExit(2)
+    import os
+
     from metamesh.control.sources.kubernetes import config_problem
 
     problem = config_problem(args.kubeconfig, in_cluster=args.in_cluster)
@@ -614,6 +616,7 @@ def _kubernetes(args: argparse.Namespace) -> KubernetesSettings | None:
         context=args.kube_context,
         lease_namespace=args.kube_lease_namespace,
         injector=injector,
+        identity=os.environ.get("POD_NAME") or None,  # the Deployment sets it (Lease holder)
     )
 
 
