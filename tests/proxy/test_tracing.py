@@ -40,21 +40,23 @@ def forwarded(h: Harness, d: object, rid: int, **headers: str) -> dict[str, str]
     [
         (
             {"traceparent": f"00-{TRACE}-{PARENT}-01"},
-            (int(TRACE, 16), int(PARENT, 16), True, "", ""),
+            (int(TRACE, 16), int(PARENT, 16), True, "", False),
         ),
         (
             {"traceparent": f"00-{TRACE}-{PARENT}-00"},
-            (int(TRACE, 16), int(PARENT, 16), False, "", ""),
+            (int(TRACE, 16), int(PARENT, 16), False, "", False),
         ),
-        ({"traceparent": f"00-{'0' * 32}-{PARENT}-01"}, (0, 0, None, "", "")),  # invalid: ignored
-        ({"traceparent": "garbage"}, (0, 0, None, "", "")),
+        (
+            {"traceparent": f"00-{'0' * 32}-{PARENT}-01"},
+            (0, 0, None, "", False),
+        ),  # invalid: ignored
+        ({"traceparent": "garbage"}, (0, 0, None, "", False)),
         (
             {"x-b3-traceid": TRACE[16:], "x-b3-spanid": PARENT, "x-b3-sampled": "1"},
-            (int(TRACE[16:], 16), int(PARENT, 16), True, "", "multi"),
+            (int(TRACE[16:], 16), int(PARENT, 16), True, "", True),
         ),
-        ({"b3": f"{TRACE}-{PARENT}-0"}, (int(TRACE, 16), int(PARENT, 16), False, "", "single")),
-        ({"b3": "0"}, (0, 0, False, "", "")),
-        ({}, (0, 0, None, "", "")),
+        ({"b3": f"{TRACE}-{PARENT}-0"}, (0, 0, None, "", False)),  # single-header B3: not read
+        ({}, (0, 0, None, "", False)),
     ],
 )
 def test_incoming_context(headers: dict[str, str], expected: tuple[object, ...]) -> None:

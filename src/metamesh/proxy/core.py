@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from metamesh.codecs import Codec, CodecError, Message, MessageType
-from metamesh.codecs.message import ResponseStatus
+from metamesh.codecs.message import ResponseStatus, metadata_get
 from metamesh.proxy import exchange
 from metamesh.proxy.config import Snapshot
 from metamesh.proxy.exchange import MAX_ORIGINS
@@ -175,7 +175,8 @@ class CoreState:
         """The first request of a client of an inbound listener: the peer's workload, if it
         told it (:mod:`metamesh.proxy.exchange`), becomes the source of its labels."""
         d.hear = False
-        told = exchange.decode(msg.metadata.get(exchange.HEADER))
+        # metadata_get: lazily loaded metadata (Dubbo attachments) in the native build too
+        told = exchange.decode(metadata_get(msg.metadata, exchange.HEADER))
         if told is not None and len(self.stats.origins) < MAX_ORIGINS:
             self._set_origin(d, exchange.source_of(principal_workload(d.principal), told))
 
@@ -209,8 +210,10 @@ class CoreState:
             return
         md = request.metadata
         listener = d.listener
-        service = md.get("interface") or md.get("service") or listener.config.service
-        method = md.get("method", "")
+        service = (
+            metadata_get(md, "interface") or metadata_get(md, "service") or listener.config.service
+        )
+        method = metadata_get(md, "method") or ""
         attributes: dict[str, str | int] = {
             "rpc.system": listener.protocol,
             "rpc.service": service,

@@ -44,7 +44,7 @@ from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.router import no_route_text
 from metamesh.proxy.stats import duration_bucket, size_bucket
 from metamesh.proxy.telemetry import NO_FLAGS
-from metamesh.proxy.tracing import NO_CONTEXT
+from metamesh.proxy.tracing import MARKER, NO_CONTEXT
 from metamesh.proxy.upstream import ActiveRequest, Upstream, UpstreamState
 
 
@@ -58,7 +58,7 @@ class RequestPath(Attempts):
         tracer = self.tracer
         if tracer is not None:  # see Tracer: only requests that may be traced call begin
             frame = msg.frame
-            if b"traceparent" in frame or b"b3" in frame:
+            if MARKER in frame:
                 span = tracer.begin(msg.metadata, d.origin.inbound, now)
             elif tracer.errors:
                 span = tracer.begin(NO_CONTEXT, d.origin.inbound, now)

@@ -2,11 +2,12 @@
 
 A request's trace context is read from the protocol's own headers, which every codec exposes as
 metadata (Dubbo attachments, THeader info headers, KV-RPC headers): W3C ``traceparent`` /
-``tracestate``, else B3 (``x-b3-traceid``/``x-b3-spanid``/``x-b3-sampled``, or the single
-``b3`` header). The proxy makes one span per request: ``CLIENT`` on an outbound listener,
-``SERVER`` on an inbound one, child of the incoming span (or the root of a new trace), and
-writes its own span as the parent into the request it forwards (``traceparent`` always, and
-the B3 form the request came with), through the codec's mutation path.
+``tracestate``, else B3's headers (``x-b3-traceid``/``x-b3-spanid``/``x-b3-sampled``/
+``x-b3-flags``; the single-header ``b3`` form is not read). The proxy makes one span per
+request: ``CLIENT`` on an outbound listener, ``SERVER`` on an inbound one, child of the
+incoming span (or the root of a new trace), and writes its own span as the parent into the
+request it forwards (``traceparent`` always, and the B3 headers when the request came with
+them), through the codec's mutation path.
 
 Sampling: an incoming sampled flag is followed (parent-based, as OpenTelemetry's default); a
 request without one is sampled with :attr:`TracingConfig.rate`, using the core's random
@@ -35,7 +36,8 @@ B3_SPAN: Final = "x-b3-spanid"
 B3_PARENT: Final = "x-b3-parentspanid"
 B3_SAMPLED: Final = "x-b3-sampled"
 B3_FLAGS: Final = "x-b3-flags"
-B3_SINGLE: Final = "b3"
+#: What a frame's bytes must contain for its trace headers to be looked up.
+MARKER: Final = b"trace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,7 @@ class Span:
     server: bool  # SERVER (inbound listener) or CLIENT (outbound) kind
     start: float
     tracestate: str = ""
-    b3: str = ""  # "multi", "single" or "": the B3 form to write besides traceparent
+    b3: bool = False  # the request came with B3 headers: write them besides traceparent
 
     def headers(self) -> dict[str, str]:
         """The headers that make this span the parent of the forwarded request."""
@@ -67,12 +69,10 @@ class Span:
         out = {W3C: f"00-{trace}-{span}-0{flag}"}
         if self.tracestate:
             out[W3C_STATE] = self.tracestate
-        if self.b3 == "multi":
+        if self.b3:
             out.update({B3_TRACE: trace, B3_SPAN: span, B3_SAMPLED: flag})
             if self.parent_id:
                 out[B3_PARENT] = f"{self.parent_id:016x}"
-        elif self.b3 == "single":
-            out[B3_SINGLE] = f"{trace}-{span}-{flag}"
         return out
 
 
@@ -98,8 +98,8 @@ def _hex_id(text: str | None, digits: tuple[int, ...]) -> int:
     return int(text, 16)
 
 
-def incoming(metadata: Mapping[str, str]) -> tuple[int, int, bool | None, str, str]:
-    """(trace id, parent span id, sampled or None if undecided, tracestate, B3 form) of a
+def incoming(metadata: Mapping[str, str]) -> tuple[int, int, bool | None, str, bool]:
+    """(trace id, parent span id, sampled or None if undecided, tracestate, came as B3) of a
     request's headers; trace id 0 when it carries no valid context."""
     parent = metadata.get(W3C)
     if parent is not None:
@@ -108,24 +108,15 @@ def incoming(metadata: Mapping[str, str]) -> tuple[int, int, bool | None, str, s
             trace, span = _hex_id(parts[1], (32,)), _hex_id(parts[2], (16,))
             if trace and span and _HEX.issuperset(parts[3]):
                 sampled = bool(int(parts[3], 16) & 1)
-                return trace, span, sampled, metadata.get(W3C_STATE, ""), ""
-    single = metadata.get(B3_SINGLE)
-    if single is not None:
-        parts = single.split("-")
-        if len(parts) >= 2:
-            trace, span = _hex_id(parts[0], (16, 32)), _hex_id(parts[1], (16,))
-            if trace and span:
-                decided = None if len(parts) < 3 else parts[2] in ("1", "d")
-                return trace, span, decided, "", "single"
-        return 0, 0, single in ("1", "d") if single in ("0", "1", "d") else None, "", ""
+                return trace, span, sampled, metadata.get(W3C_STATE, ""), False
     trace = _hex_id(metadata.get(B3_TRACE), (16, 32))
     span = _hex_id(metadata.get(B3_SPAN), (16,))
     if trace and span:
         flag = metadata.get(B3_SAMPLED)
         debug = metadata.get(B3_FLAGS) == "1"
         decision = True if debug else None if flag is None else flag in ("1", "true")
-        return trace, span, decision, "", "multi"
-    return 0, 0, None, "", ""
+        return trace, span, decision, "", True
+    return 0, 0, None, "", False
 
 
 #: The metadata of a request whose frame names no trace header.
@@ -136,7 +127,8 @@ class Tracer:
     """Starts spans for one proxy core (its random generator makes the ids and decisions).
 
     The request path asks :meth:`begin` only for requests that may be traced: those whose
-    frame bytes name a trace header (``traceparent``, ``b3``), and otherwise, when errors are
+    frame bytes contain ``trace`` (``traceparent``, ``x-b3-traceid``: one scan of the frame
+    whatever the protocol), and otherwise, when errors are
     kept, every request, else the ones the rate draws (``decided=True``). Looking at the bytes
     first matters: codecs decode some metadata lazily (Dubbo's attachments), and asking every
     request for a ``traceparent`` would decode them all. A compressed frame (THeader's zlib
