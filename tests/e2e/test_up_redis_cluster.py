@@ -158,11 +158,14 @@ def test_up_routes_by_slot_and_follows_a_live_slot_migration(
         # hashtags keep multi-key commands in one slot
         assert client.mset({"{user1}.name": "ann", "{user1}.mail": "a@x"})
         assert client.mget("{user1}.name", "{user1}.mail") == ["ann", "a@x"]
-        # an MGET across slots is split per key and answered as one array
+        # multi-key commands across slots are split per key and their replies merged
         many = [f"key:{i}" for i in range(0, 300, 7)]
         assert client.mget([*many, "nope"]) == [*(k.split(":")[1] for k in many), None]
-        with pytest.raises(redis.ResponseError, match="don't hash to the same slot"):
-            client.delete("key:1", "key:2")  # DEL, EXISTS, MSET are not split
+        assert client.exists(*many, "nope") == len(many)
+        assert client.mset({f"m:{i}": str(i) for i in range(30)})
+        assert client.mget([f"m:{i}" for i in range(30)]) == [str(i) for i in range(30)]
+        assert client.delete(*(f"m:{i}" for i in range(30)), "nope") == 30
+        assert sum(direct(n).dbsize() for n in nodes) == 300 + 2
         with pytest.raises(redis.ResponseError, match="SELECT is not allowed"):
             client.execute_command("SELECT", "1")
 

@@ -204,3 +204,27 @@ def test_cluster_slots_on_connect_fills_the_slot_table() -> None:
     zz = key_slot(b"zz")
     owner = b if zz <= slot else a
     assert bytes(h.sent.pop(owner)).endswith(cmd("GET", "zz"))
+
+
+def test_a_split_del_is_answered_once_in_request_order() -> None:
+    from metamesh.codecs.redis.cluster import key_slot
+
+    h = Harness(cluster_mesh())
+    c = h.client()
+    keys = [b"a", b"b"]  # two slots
+    assert key_slot(keys[0]) != key_slot(keys[1])
+    h.send(c, encode_command([b"DEL", *keys]) + cmd("GET", "a"))
+    ups = h.connects
+    for up in ups:
+        h.connect(up)
+        h.respond(up, b"*0\r\n")  # CLUSTER SLOTS: nothing known
+    sent = {up: bytes(h.sent.pop(up)) for up in ups}
+    # round robin spread the parts over both nodes; answer the later ones first
+    order = sorted(ups, key=lambda u: -len(sent[u]))
+    for up in order:
+        replies = b""
+        for line in sent[up].split(b"*2\r\n")[1:]:
+            if b"CLUSTER" not in line:  # (its reply was given above)
+                replies += b":1\r\n" if b"DEL" in line else b"$1\r\nv\r\n"
+        h.respond(up, replies)
+    assert bytes(h.sent.pop(c)) == b":2\r\n$1\r\nv\r\n"

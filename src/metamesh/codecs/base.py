@@ -18,7 +18,7 @@ from typing import ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
-from metamesh.codecs.message import LocalError, Message, Mutation
+from metamesh.codecs.message import LocalError, Message, Mutation, ReplyPart
 
 DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024
 
@@ -115,6 +115,13 @@ class Codec(abc.ABC):
         ``AUTH``, ``HELLO 3``, ``SELECT``), whose replies the codec then consumes itself, or
         ``None``. Tells a codec whose direction is not in its frames that it is upstream."""
         return None
+
+    def merge_reply(self, part: ReplyPart, reply: bytes) -> bytes:
+        """The bytes to send for ``reply``, the answer to a request whose ``codec_state`` is
+        ``part`` (a :class:`~metamesh.codecs.message.ReplyPart`): ``b""`` until every part of
+        its client request is answered, then the merged reply. Replies reach the client in
+        request order, so the merged reply takes the place of the whole group."""
+        return reply
 
     def goaway_notice(self) -> bytes | None:
         """A frame telling a client this end is going away (sent when the proxy drains), so it

@@ -105,6 +105,15 @@ class Ownership:
     ranges: tuple[tuple[int, int, str, int], ...]
 
 
+class ReplyPart:
+    """Base of the ``codec_state`` of a request that is one part of a client request the codec
+    split (Redis: a cross-slot DEL sent as one DEL per key): the core hands each part's reply
+    to :meth:`metamesh.codecs.base.Codec.merge_reply`, which answers ``b""`` until the last
+    part and then the one reply the client expects."""
+
+    __slots__ = ()
+
+
 #: A mutation: metadata keys to set on the outgoing frame (empty = forward unchanged).
 Mutation = Mapping[str, str]
 

@@ -21,7 +21,7 @@ from metamesh.codecs import (
     ErrorKind,
     Message,
 )
-from metamesh.codecs.message import Ownership
+from metamesh.codecs.message import Ownership, ReplyPart
 from metamesh.proxy.attempts import Attempts
 from metamesh.proxy.core import (
     _CLOSED,
@@ -243,7 +243,11 @@ class RequestPath(Attempts):
             if not d.owed and (d.eof or self.draining):  # a half-closed client's last answer
                 self._end_downstream(d)
         else:
-            self._reply_in_order(d, req, msg.frame)
+            frame = msg.frame
+            part = req.request.codec_state
+            if isinstance(part, ReplyPart):  # one part of a client request the codec split
+                frame = d.codec.merge_reply(part, frame)
+            self._reply_in_order(d, req, frame)
 
     def _settled(self, up: Upstream, req: ActiveRequest, msg: Message, now: float) -> bool:
         """A reply on a cluster with outlier detection or for a request with policies:

@@ -3,9 +3,9 @@ values), hashtags, MOVED/ASK parsing, slot metadata and redirections on replies.
 
 import pytest
 
-from metamesh.codecs import CodecError, MessageType, Redirect
-from metamesh.codecs.message import Ownership
-from metamesh.codecs.redis import RedisCodec
+from metamesh.codecs import CodecError, ErrorKind, LocalError, Message, MessageType, Redirect
+from metamesh.codecs.message import Ownership, ReplyPart
+from metamesh.codecs.redis import REMOVE_PREFIX, RedisCodec
 from metamesh.codecs.redis.cluster import (
     ASKING,
     crc16,
@@ -84,7 +84,7 @@ def test_cluster_slots_reply_of_redis_7() -> None:
         parse_cluster_slots(b"*1\r\n:1\r\n")
 
 
-def test_a_cross_slot_mget_comes_out_as_an_array_header_and_one_get_per_key() -> None:
+def test_a_cross_slot_mget_comes_out_as_one_get_per_key_whose_replies_merge() -> None:
     codec = RedisCodec(options={"mode": "CLUSTER"})
     mget = encode_command([b"MGET", b"a", b"b", b"{a}x"])
     buf = bytearray(mget + encode_command([b"GET", b"z"]))
@@ -93,20 +93,50 @@ def test_a_cross_slot_mget_comes_out_as_an_array_header_and_one_get_per_key() ->
     while (msg := codec.decode(buf)) is not None:
         parts.append(msg)
     assert not buf
-    assert codec.heartbeat_reply(parts[0]) == b"*3\r\n"
-    assert [m.frame for m in parts[1:]] == [
+    assert [m.frame for m in parts] == [
         encode_command([b"GET", k]) for k in (b"a", b"b", b"{a}x", b"z")
     ]
-    assert [m.metadata["slot"] for m in parts[1:4]] == [
-        str(key_slot(k)) for k in (b"a", b"b", b"a")
-    ]
+    assert [m.metadata["slot"] for m in parts[:3]] == [str(key_slot(k)) for k in (b"a", b"b", b"a")]
+    a, b, x = (m.codec_state for m in parts[:3])
+    assert codec.merge_reply(b, b"$1\r\nB\r\n") == b""  # any order
+    assert codec.merge_reply(a, b"-WRONGTYPE Operation\r\n") == b""
+    assert codec.merge_reply(x, b"$-1\r\n") == b"*3\r\n$-1\r\n$1\r\nB\r\n$-1\r\n"
     # one slot: forwarded whole; a partial MGET waits
     same = encode_command([b"MGET", b"{u}1", b"{u}2"])
     whole = codec.decode(bytearray(same))
     assert whole is not None and whole.frame == same
     assert codec.decode(bytearray(mget[:-3])) is None
-    # a re-decode of another buffer (the core's mutations) never takes a pending part
-    pending = bytearray(mget)
-    codec.decode(pending)
-    other = codec.decode(bytearray(encode_command([b"GET", b"q"])))
-    assert other is not None and other.metadata["key"] == "q"
+
+
+def parts_of(codec: RedisCodec, *args: bytes) -> list[Message]:
+    buf = bytearray(encode_command(list(args)))
+    out = []
+    while (m := codec.decode(buf)) is not None:
+        out.append(m)
+    return out
+
+
+def test_del_exists_and_mset_across_slots_merge_counts_and_ok() -> None:
+    codec = RedisCodec(options={"mode": "CLUSTER"})
+    d1, d2, d3 = parts_of(codec, b"DEL", b"a", b"b", b"c")
+    assert d1.frame == encode_command([b"DEL", b"a"])
+    assert codec.merge_reply(d3.codec_state, b":1\r\n") == b""
+    assert codec.merge_reply(d1.codec_state, b":1\r\n") == b""
+    assert codec.merge_reply(d2.codec_state, b":0\r\n") == b":2\r\n"
+    s1, s2 = parts_of(codec, b"MSET", b"a", b"1", b"b", b"2")
+    assert s2.frame == encode_command([b"SET", b"b", b"2"])
+    assert codec.merge_reply(s1.codec_state, b"+OK\r\n") == b""
+    assert codec.merge_reply(s2.codec_state, b"+OK\r\n") == b"+OK\r\n"
+    e1, e2 = parts_of(codec, b"EXISTS", b"a", b"b")
+    assert codec.merge_reply(e1.codec_state, b"-CLUSTERDOWN down\r\n") == b""
+    assert codec.merge_reply(e2.codec_state, b":1\r\n") == b"-CLUSTERDOWN down\r\n"
+    # a local error for a part (a timeout) takes its place in the merge too
+    t1, t2 = parts_of(codec, b"DEL", b"a", b"b")
+    timeout = LocalError(ErrorKind.TIMEOUT, "route timeout")
+    assert codec.error_reply(t1, timeout) == b""
+    assert codec.error_reply(t2, timeout).startswith(b"-ERR upstream timeout")
+    # a part re-encoded by a mutation (removePrefix) stays a part
+    r1, _ = parts_of(codec, b"DEL", b"p:a", b"p:b")
+    again = codec.decode(bytearray(codec.encode(r1, {REMOVE_PREFIX: "p:"})))
+    assert again is not None and again.frame == encode_command([b"DEL", b"a"])
+    assert isinstance(again.codec_state, ReplyPart)

@@ -17,27 +17,12 @@ and authorization:
 * ``slot``: in cluster mode (option ``mode: CLUSTER``), the first key's Redis Cluster slot
   (hashtags honoured, :mod:`.cluster`).
 
-In cluster mode an ``MGET`` whose keys live in several slots comes out in parts: a
-``HEARTBEAT`` whose reply is the array header ``*<n>``, then one ``GET`` per key, each routed
-to its slot's owner; the core answers a client in request order, so the client reads one
-array, as from MGET. (DEL, EXISTS and MSET, whose replies are not a concatenation, are not
-split: Redis answers CROSSSLOT.)
-
-Commands the proxy answers itself (AUTH, HELLO, SELECT, CLIENT ..., QUIT, refused commands,
-and anything before a required AUTH) come out as ``HEARTBEAT`` messages: the core's path for a
-frame the codec answers and that is never forwarded; :meth:`heartbeat_reply` gives the reply.
-
-An upstream codec (after :meth:`upstream_preamble`) decodes replies: any RESP value, an error
-reply (``-`` or ``!``) as status ``ERROR``, a ``-MOVED``/``-ASK`` one with a
-:class:`~metamesh.codecs.message.Redirect` as its ``codec_state`` (followed by clusters in
-cluster mode). It consumes the replies to its own preamble
-(``AUTH``, ``HELLO 3``, ``SELECT``) itself; a refused AUTH is a :class:`CodecError`, which
-fails the connection and answers its clients with an error. In cluster mode the preamble ends
-with ``CLUSTER SLOTS``, whose reply comes out as a ``HEARTBEAT`` carrying an
-:class:`~metamesh.codecs.message.Ownership` (the slot table, adopted by the cluster).
-
-The one mutation applied is ``redis-remove-prefix: <prefix>`` (RedisService
-``removePrefix``): the prefix is cut from every key that starts with it.
+In cluster mode a multi-key command whose keys live in several slots (MGET, MSET, DEL, UNLINK,
+EXISTS, TOUCH) comes out in parts, one request per key (:data:`SPLIT`), each with a
+:class:`PartState` (a :class:`~metamesh.codecs.message.ReplyPart`) naming its
+:class:`MergeGroup`; the core hands each part's reply (or local error) to
+:meth:`RedisCodec.merge_reply`, which answers ``b""`` until the last one and then the one reply
+the client expects, in the place of the whole group since the core answers in request order.
 """
 
 from __future__ import annotations
@@ -53,6 +38,7 @@ from metamesh.codecs.message import (
     Message,
     MessageType,
     Mutation,
+    ReplyPart,
     ResponseStatus,
 )
 from metamesh.codecs.redis.cluster import (
@@ -115,6 +101,56 @@ class RequestState:
         return indexes
 
 
+class MergeGroup:
+    """The parts of one split client request and how their replies combine: ``array``
+    (MGET: the parts' values in one array, a WRONGTYPE part as nil), ``sum`` (DEL, UNLINK,
+    EXISTS, TOUCH: the parts' counts added) or ``ok`` (MSET: +OK). Any other error reply of
+    a part is the reply of the whole, as Redis would give one error for the command."""
+
+    __slots__ = ("kind", "left", "replies")
+
+    def __init__(self, kind: str, count: int) -> None:
+        self.kind = kind
+        self.left = count
+        self.replies: list[bytes] = [b""] * count
+
+    def merged(self) -> bytes:
+        replies = self.replies
+        if self.kind == "array":
+            values = [b"$-1\r\n" if r.startswith(b"-WRONGTYPE") else r for r in replies]
+            failed = next((r for r in values if r[:1] in (b"-", b"!")), None)
+            return failed or b"*%d\r\n" % len(values) + b"".join(values)
+        failed = next((r for r in replies if r[:1] in (b"-", b"!")), None)
+        if failed is not None:
+            return failed
+        if self.kind == "sum":
+            return b":%d\r\n" % sum(int(r[1:].strip() or b"0") for r in replies)
+        return b"+OK\r\n"
+
+
+class PartState(RequestState, ReplyPart):
+    """A part of a split client request: its own arguments, its group and place."""
+
+    __slots__ = ("group", "index")
+
+    def __init__(self, args: list[bytes], command: str, db: int, group: MergeGroup, index: int):
+        super().__init__(args, command, db)
+        self.group = group
+        self.index = index
+
+
+#: Multi-key commands split across slots in cluster mode: name -> (arguments per key, the
+#: command each part runs, how the replies merge).
+SPLIT: Final = {
+    "mget": (1, b"GET", "array"),
+    "del": (1, b"DEL", "sum"),
+    "unlink": (1, b"UNLINK", "sum"),
+    "exists": (1, b"EXISTS", "sum"),
+    "touch": (1, b"TOUCH", "sum"),
+    "mset": (2, b"SET", "ok"),
+}
+
+
 class RedisCodec(Codec):
     """RESP2/RESP3, client side (requests) unless made an upstream codec."""
 
@@ -139,6 +175,8 @@ class RedisCodec(Codec):
         #: An MGET being split (cluster mode): its parts still to hand out, from this buffer.
         self._split: list[tuple[int, Message]] | None = None
         self._split_buffer: bytearray | None = None
+        #: A part's frame re-encoded by a mutation, which the core decodes again next.
+        self._reencoded: tuple[bytes, PartState] | None = None
         self._preamble_replies = 0
         #: Which preamble reply (counting down) answers CLUSTER SLOTS; 0: none asked.
         self._slots_reply = 0
@@ -150,6 +188,17 @@ class RedisCodec(Codec):
         split = self._split
         if split is not None and buffer is self._split_buffer:
             return self._next_part(buffer, split)
+        again = self._reencoded
+        if again is not None and buffer == again[0]:  # a part after a mutation (removePrefix)
+            self._reencoded = None
+            frame, old = again
+            args = parse_command(frame, 0, self.max_frame_size)
+            assert args is not None
+            del buffer[:]
+            state = PartState(args[0], old.command, old.db, old.group, old.index)
+            return Message(
+                _REQUEST, None, frame, len(frame), 0, codec_state=state, loader=self._metadata
+            )
         while True:
             found = self._reply_at(buffer, 0) if self.upstream else self._request_at(buffer, 0)
             if found is None:
@@ -159,7 +208,7 @@ class RedisCodec(Codec):
                 del buffer[:end]
                 continue
             if self.cluster and msg.type is _REQUEST and buffer[0] == 0x2A:
-                parts = self._split_mget(msg, end)
+                parts = self._split_multi(msg, end)
                 if parts is not None:
                     self._split, self._split_buffer = parts, buffer
                     return self._next_part(buffer, parts)
@@ -167,25 +216,42 @@ class RedisCodec(Codec):
             del buffer[:end]
             return msg
 
-    def _split_mget(self, msg: Message, end: int) -> list[tuple[int, Message]] | None:
-        """Cluster mode: an MGET whose keys live in several slots, as (bytes it stands for,
-        message) parts: the reply's array header, answered here, then one GET per key; their
-        replies, in order, are exactly the array the client asked for."""
+    def _split_multi(self, msg: Message, end: int) -> list[tuple[int, Message]] | None:
+        """Cluster mode: a multi-key command (:data:`SPLIT`) whose keys live in several slots,
+        as (bytes of the client's frame it stands for, message) parts, one per key, each routed
+        to its slot's owner; :meth:`merge_reply` makes their replies one."""
         state = msg.codec_state
-        if not isinstance(state, RequestState) or state.command != "mget":
+        if not isinstance(state, RequestState) or state.command not in SPLIT:
             return None
-        keys = state.args[1:]
+        step, sub, kind = SPLIT[state.command]
+        args = state.args
+        if len(args) < 1 + step or (len(args) - 1) % step:
+            return None
+        keys = args[1::step]
         if len({key_slot(k) for k in keys}) < 2:
             return None
-        head = len(b"*%d\r\n$4\r\n" % len(state.args)) + len(state.args[0]) + 2
-        parts = [(head, self._local(b"*%d\r\n" % len(keys), "mget"))]
-        for key in keys:
-            frame = encode_command([b"GET", key])
-            found = self._request_at(frame, 0)
-            assert found is not None and found[0] is not None
-            found[0].frame = frame
-            parts.append((len(b"$%d\r\n" % len(key)) + len(key) + 2, found[0]))
+        head = len(b"*%d\r\n$%d\r\n" % (len(args), len(args[0]))) + len(args[0]) + 2
+        group = MergeGroup(kind, len(keys))
+        parts: list[tuple[int, Message]] = []
+        for index in range(len(keys)):
+            chunk = args[1 + index * step : 1 + (index + 1) * step]
+            size = sum(len(b"$%d\r\n" % len(a)) + len(a) + 2 for a in chunk)
+            part = [sub, *chunk]
+            frame = encode_command(part)
+            pstate = PartState(part, sub.decode().lower(), state.db, group, index)
+            m = Message(
+                _REQUEST, None, frame, len(frame), 0, codec_state=pstate, loader=self._metadata
+            )
+            parts.append((size + (head if index == 0 else 0), m))
         return parts if sum(n for n, _ in parts) == end else None
+
+    def merge_reply(self, part: ReplyPart, reply: bytes) -> bytes:
+        if not isinstance(part, PartState):
+            return reply
+        group = part.group
+        group.replies[part.index] = reply
+        group.left -= 1
+        return group.merged() if group.left == 0 else b""
 
     def _next_part(self, buffer: bytearray, parts: list[tuple[int, Message]]) -> Message:
         size, msg = parts.pop(0)
@@ -193,10 +259,6 @@ class RedisCodec(Codec):
         if not parts:
             self._split = self._split_buffer = None
         return msg
-
-    def _local(self, reply: bytes, command: str) -> Message:
-        state = RequestState([], command, reply=reply)
-        return Message(_HEARTBEAT, None, b"", 0, 0, {"command": command}, codec_state=state)
 
     def decode_at(self, data: bytes, pos: int) -> Message | None:
         if self._preamble_replies if self.upstream else self.cluster:
@@ -276,11 +338,18 @@ class RedisCodec(Codec):
             if head == raw or (self.case_insensitive and head.lower() == raw.lower()):
                 args[i] = key[len(raw) :]
                 changed = True
-        return encode_command(args) if changed else message.frame
+        if not changed:
+            return message.frame
+        out = encode_command(args)
+        if isinstance(state, PartState):  # the core decodes it again: keep it a part
+            self._reencoded = (out, state)
+        return out
 
     def error_reply(self, request: Message, error_: LocalError) -> bytes:
         head = _KIND_TEXT.get(error_.kind, "ERR proxy error")
-        return error(f"{head}: {error_.message}" if error_.message else head)
+        reply = error(f"{head}: {error_.message}" if error_.message else head)
+        state = request.codec_state
+        return self.merge_reply(state, reply) if isinstance(state, PartState) else reply
 
     # --- upstream side ------------------------------------------------------------------
 
