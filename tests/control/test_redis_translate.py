@@ -89,6 +89,7 @@ def test_redis_service_routes_mirrors_faults_and_settings() -> None:
         "auth_password": "down",
         "auth_username": "app",
         "case_insensitive": "true",
+        "route_prefixes": "User:",
     }
     assert listener.filters == (
         "metamesh.filters.command_stats",
@@ -168,3 +169,24 @@ spec:
   trafficPolicy: {connectionPool: {redis: {auth: {secret: {file: /nonexistent/pw}}}}}
 """
         )
+
+
+def test_the_longest_prefix_route_comes_first() -> None:
+    snap = snapshot(
+        """
+---
+apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisService
+metadata: {name: redis, namespace: ns}
+spec:
+  host: [redis]
+  redis:
+  - {route: {host: redis}}
+  - {match: {key: {prefix: "a"}}, route: {host: redis}}
+  - {match: {key: {prefix: "ab:"}}, route: {host: redis-a}}
+  - {match: {key: {prefix: "a:"}}, route: {host: redis-a}}
+"""
+    )
+    assert [r.match[0].value if r.match else "" for r in routes(snap)] == ["ab:", "a:", "a", ""]
+    options = dict(snap.listeners["127.0.30.1_6379"].codec_options)
+    assert options["route_prefixes"].split("\n") == ["a", "ab:", "a:"]

@@ -165,6 +165,10 @@ spec:
         count = "metamesh_command_duration_milliseconds_count"
         assert sample(metrics, count, command="hgetall", response_code="0", **labels) == n - failed
 
+        # multi-key commands over both routes are split per key and merged
+        assert client.mget("a:key1", "plain1", "a:nope", "plain2") == [b"va1", b"vm1", None, b"vm2"]
+        assert client.exists("a:key1", "plain1", "a:nope") == 2
+
         # pipelined across both routes, answered in request order
         pipe = client.pipeline(transaction=False)
         for i in range(100):

@@ -7,7 +7,8 @@ Listener ``<address>_<port>``
     ``MetaProtocolProxy`` with ``codec.name: aeraki.meta_protocol.codec.redis`` and
     ``codec.options`` (a metamesh extension, read back by :mod:`metamesh.control.to_proxy`):
     the downstream password of ``settings.auth`` (``auth_password`` / ``auth_username``, or
-    ``auth_password_file`` for ``secret.file``, read by the proxy) and ``case_insensitive``;
+    ``auth_password_file`` for ``secret.file``, read by the proxy), ``case_insensitive`` and
+    ``route_prefixes`` (the codec splits a multi-key command whose keys match several);
     with ``enableCommandStats`` the ``metamesh.filters.command_stats`` filter before the router
     (requests and reply times per command, as Envoy's ``command.<name>.*`` stats).
 Cluster ``outbound|<port>||<host>``
@@ -22,7 +23,8 @@ Cluster mode (RedisDestination ``connectionPool.redis.mode: CLUSTER``)
     to it get ``codec.options.mode: CLUSTER`` (requests carry their ``slot``; SELECT is
     refused) and routes to it hash on ``slot`` (so they take the slot-aware pick).
 RouteConfiguration ``<host>_<port>``
-    one route per RedisService route, in order, key-prefix routes before the catch-all
+    one route per RedisService route, the longest key prefix first (Envoy's prefix routes),
+    then the catch-all
     (``key`` prefix matcher, lower-cased when ``caseInsensitive``; the proxy's codec lowers the
     key too); ``removePrefix`` as the request mutation ``redis-remove-prefix``; ``opTimeout``
     as the route timeout; mirrors as mirror policies with their percentage. Without a
@@ -99,6 +101,9 @@ def outbound_redis(
 def codec_options(rs: RedisService | None) -> dict[str, str]:
     settings = rs.spec.settings if rs is not None else None
     options: dict[str, str] = {}
+    prefixes = _prefixes(rs) if rs is not None else []
+    if len(prefixes) > 0:  # multi-key commands over keys of several routes are split
+        options["route_prefixes"] = "\n".join(prefixes)
     if settings is None:
         return options
     if settings.case_insensitive:
@@ -253,7 +258,10 @@ def redis_route_configuration(
             _apply_settings(default, rs)
         vhost.routes.extend(_with_faults(default, rs.spec.faults if rs else []))
         return config
-    ordered = sorted(enumerate(rs.spec.redis), key=lambda p: _is_catch_all(p[1]))
+    # Envoy's prefix routes: the longest matching prefix wins, then the catch-all
+    ordered = sorted(
+        enumerate(rs.spec.redis), key=lambda p: (_is_catch_all(p[1]), -_prefix_len(p[1]))
+    )
     for index, route in ordered:
         vhost.routes.extend(_routes_for(model, service, port, rs, index, route))
     return config
@@ -261,6 +269,15 @@ def redis_route_configuration(
 
 def _is_catch_all(route: RedisRoute) -> bool:
     return route.match is None or route.match.key is None
+
+
+def _prefix_len(route: RedisRoute) -> int:
+    key = route.match.key if route.match is not None else None
+    return len(key.prefix) if key is not None else 0
+
+
+def _prefixes(rs: RedisService) -> list[str]:
+    return [r.match.key.prefix for r in rs.spec.redis if r.match and r.match.key]
 
 
 def _target(model: MeshModel, namespace: str, host: str, port: int, fallback: int) -> str:

@@ -203,3 +203,18 @@ def test_malformed_requests_raise(bad: bytes) -> None:
 def test_oversize_request_is_refused_from_its_header() -> None:
     with pytest.raises(FrameTooLargeError):
         RedisCodec(max_frame_size=1024).decode(bytearray(b"*2\r\n$3\r\nSET\r\n$2147483648\r\n"))
+
+
+def test_multi_key_commands_over_several_prefix_routes_are_split_and_merged() -> None:
+    codec = RedisCodec(options={"route_prefixes": "a:\nab:", "case_insensitive": "true"})
+    buf = bytearray(cmd("MGET", "AB:1", "a:2", "x") + cmd("MGET", "a:1", "a:2") + cmd("DEL", "a:1"))
+    parts = decode_all(codec, bytes(buf))
+    assert [m.frame for m in parts[:3]] == [cmd("GET", k) for k in ("AB:1", "a:2", "x")]
+    assert parts[3].frame == cmd("MGET", "a:1", "a:2")  # one route: whole
+    assert parts[4].frame == cmd("DEL", "a:1")
+    states = [m.codec_state for m in parts[:3]]
+    assert codec.merge_reply(states[2], b"$1\r\nx\r\n") == b""
+    assert codec.merge_reply(states[0], b"$1\r\n1\r\n") == b""
+    assert codec.merge_reply(states[1], b"$-1\r\n") == b"*3\r\n$1\r\n1\r\n$-1\r\n$1\r\nx\r\n"
+    assert codec.decode_at(cmd("MGET", "a:1", "x"), 0) is None  # left to decode
+    assert codec.decode_at(cmd("GET", "a:1"), 0) is not None

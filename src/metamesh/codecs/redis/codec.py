@@ -17,12 +17,13 @@ and authorization:
 * ``slot``: in cluster mode (option ``mode: CLUSTER``), the first key's Redis Cluster slot
   (hashtags honoured, :mod:`.cluster`).
 
-In cluster mode a multi-key command whose keys live in several slots (MGET, MSET, DEL, UNLINK,
-EXISTS, TOUCH) comes out in parts, one request per key (:data:`SPLIT`), each with a
-:class:`PartState` (a :class:`~metamesh.codecs.message.ReplyPart`) naming its
-:class:`MergeGroup`; the core hands each part's reply (or local error) to
-:meth:`RedisCodec.merge_reply`, which answers ``b""`` until the last one and then the one reply
-the client expects, in the place of the whole group since the core answers in request order.
+A multi-key command (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH) whose keys go to several
+places (several prefix routes: option ``route_prefixes``; several slots in cluster mode) comes
+out in parts, one request per key (:data:`SPLIT`), each with a :class:`PartState` (a
+:class:`~metamesh.codecs.message.ReplyPart`) naming its :class:`MergeGroup`; the core hands
+each part's reply (or local error) to :meth:`RedisCodec.merge_reply`, which answers ``b""``
+until the last one and then the one reply the client expects, in the place of the whole group
+since the core answers in request order.
 """
 
 from __future__ import annotations
@@ -168,6 +169,18 @@ class RedisCodec(Codec):
         cluster = options.get("mode", "").upper() == "CLUSTER"
         #: Cluster mode: requests carry their first key's ``slot``; SELECT is refused.
         self.cluster = cluster
+        #: The RedisService's key prefixes, longest first (lower-cased when case-insensitive).
+        prefixes = [p for p in options.get("route_prefixes", "").split("\n") if p]
+        self.route_prefixes = sorted(
+            (
+                (p.lower() if self.case_insensitive else p).encode("utf-8", "surrogateescape")
+                for p in prefixes
+            ),
+            key=len,
+            reverse=True,
+        )
+        #: Multi-key commands whose keys go to several places are split (:data:`SPLIT`).
+        self.splits = cluster or bool(self.route_prefixes)
         self.session = Session(
             password or None, options.get("auth_username") or "default", not cluster
         )
@@ -207,7 +220,7 @@ class RedisCodec(Codec):
             if msg is None:  # a preamble reply, a push, or a blank inline line: skip it
                 del buffer[:end]
                 continue
-            if self.cluster and msg.type is _REQUEST and buffer[0] == 0x2A:
+            if self.splits and msg.type is _REQUEST and buffer[0] == 0x2A:
                 parts = self._split_multi(msg, end)
                 if parts is not None:
                     self._split, self._split_buffer = parts, buffer
@@ -228,7 +241,7 @@ class RedisCodec(Codec):
         if len(args) < 1 + step or (len(args) - 1) % step:
             return None
         keys = args[1::step]
-        if len({key_slot(k) for k in keys}) < 2:
+        if len({self._group(k) for k in keys}) < 2:
             return None
         head = len(b"*%d\r\n$%d\r\n" % (len(args), len(args[0]))) + len(args[0]) + 2
         group = MergeGroup(kind, len(keys))
@@ -244,6 +257,13 @@ class RedisCodec(Codec):
             )
             parts.append((size + (head if index == 0 else 0), m))
         return parts if sum(n for n, _ in parts) == end else None
+
+    def _group(self, key: bytes) -> tuple[bytes, int]:
+        """Where ``key`` goes: its route (the longest matching prefix, as the routes are
+        ordered) and, in cluster mode, its slot."""
+        probe = key.lower() if self.case_insensitive else key
+        prefix = next((p for p in self.route_prefixes if probe.startswith(p)), b"")
+        return prefix, key_slot(key) if self.cluster else 0
 
     def merge_reply(self, part: ReplyPart, reply: bytes) -> bytes:
         if not isinstance(part, PartState):
@@ -261,14 +281,16 @@ class RedisCodec(Codec):
         return msg
 
     def decode_at(self, data: bytes, pos: int) -> Message | None:
-        if self._preamble_replies if self.upstream else self.cluster:
-            return None  # (cluster mode: decode may split an MGET into parts)
+        if self.upstream and self._preamble_replies:
+            return None
         found = self._reply_at(data, pos) if self.upstream else self._request_at(data, pos)
         if found is None:
             return None
         msg, end = found
         if msg is None:  # something decode skips: left to it
             return None
+        if self.splits and msg.type is _REQUEST and msg.codec_state.command in SPLIT:
+            return None  # decode may split it into parts
         msg.frame = data if pos == 0 and end == len(data) else data[pos:end]
         return msg
 
