@@ -62,8 +62,10 @@ class RequestPath(Attempts):
                 span = tracer.begin(msg.metadata, d.origin.inbound, now)
             elif tracer.errors:
                 span = tracer.begin(NO_CONTEXT, d.origin.inbound, now)
-            elif tracer.rng.random() < tracer.rate:
-                span = tracer.begin(NO_CONTEXT, d.origin.inbound, now, True)
+            else:
+                tracer.skip -= 1
+                if tracer.skip < 0 and tracer.draw():
+                    span = tracer.begin(NO_CONTEXT, d.origin.inbound, now, True)
             if span is not None and span.sampled:  # the forwarded request names our span
                 msg = self._mutated(d.codec, msg, span.headers())
         listener = d.listener

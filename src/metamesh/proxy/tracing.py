@@ -23,6 +23,7 @@ Times are the core's ``now`` (loop time, seconds); the runtime maps them to wall
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -139,6 +140,24 @@ class Tracer:
         self.rng = rng
         self.rate = config.rate
         self.errors = config.errors
+        #: Requests without context to pass over before the next one the rate samples: a
+        #: geometric draw per sampled request, the same law as one draw per request, for an
+        #: integer decrement per request (:meth:`draw`).
+        self.skip = self._gap()
+
+    def _gap(self) -> int:
+        rate = self.rate
+        if rate >= 1.0:
+            return 0
+        if rate <= 0.0:
+            return 1 << 62
+        return int(math.log(1.0 - self.rng.random()) / math.log(1.0 - rate))
+
+    def draw(self) -> bool:
+        """The rate's decision for one request without context (the request path inlines the
+        decrement and calls this only when the count runs out)."""
+        self.skip = self._gap()
+        return True
 
     def begin(
         self, metadata: Mapping[str, str], server: bool, now: float, decided: bool | None = None
@@ -148,7 +167,10 @@ class Tracer:
         context."""
         trace, parent, sampled, state, b3 = incoming(metadata)
         if sampled is None:
-            sampled = decided if decided is not None else self.rng.random() < self.rate
+            if decided is None:
+                self.skip -= 1
+                decided = self.skip < 0 and self.draw()
+            sampled = decided
         if not sampled and not self.errors:
             return None
         rng = self.rng
