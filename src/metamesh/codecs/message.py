@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from mypy_extensions import mypyc_attr
+
 
 class MessageType(enum.IntEnum):
     """What a frame is, in MetaProtocol's vocabulary."""
@@ -105,6 +107,7 @@ class Ownership:
     ranges: tuple[tuple[int, int, str, int], ...]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ReplyPart:
     """Base of the ``codec_state`` of a request that is one part of a client request the codec
     split (Redis: a cross-slot DEL sent as one DEL per key): the core hands each part's reply

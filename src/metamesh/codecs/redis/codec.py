@@ -129,15 +129,25 @@ class MergeGroup:
         return b"+OK\r\n"
 
 
-class PartState(RequestState, ReplyPart):
-    """A part of a split client request: its own arguments, its group and place."""
+class PartState(ReplyPart):
+    """A part of a split client request: its own request state, its group and place. (It holds
+    a :class:`RequestState` rather than extending it: :class:`ReplyPart` is compiled in the
+    native build, where a class cannot have it and another slotted class as bases.)"""
 
-    __slots__ = ("group", "index")
+    __slots__ = ("group", "index", "request")
 
-    def __init__(self, args: list[bytes], command: str, db: int, group: MergeGroup, index: int):
-        super().__init__(args, command, db)
+    def __init__(self, request: RequestState, group: MergeGroup, index: int) -> None:
+        self.request = request
         self.group = group
         self.index = index
+
+
+def request_state(msg: Message) -> RequestState | None:
+    """The :class:`RequestState` of a request message (a part's own), or None."""
+    state = msg.codec_state
+    if isinstance(state, PartState):
+        return state.request
+    return state if isinstance(state, RequestState) else None
 
 
 #: Multi-key commands split across slots in cluster mode: name -> (arguments per key, the
@@ -208,7 +218,8 @@ class RedisCodec(Codec):
             args = parse_command(frame, 0, self.max_frame_size)
             assert args is not None
             del buffer[:]
-            state = PartState(args[0], old.command, old.db, old.group, old.index)
+            own = RequestState(args[0], old.request.command, old.request.db)
+            state = PartState(own, old.group, old.index)
             return Message(
                 _REQUEST, None, frame, len(frame), 0, codec_state=state, loader=self._metadata
             )
@@ -251,7 +262,7 @@ class RedisCodec(Codec):
             size = sum(len(b"$%d\r\n" % len(a)) + len(a) + 2 for a in chunk)
             part = [sub, *chunk]
             frame = encode_command(part)
-            pstate = PartState(part, sub.decode().lower(), state.db, group, index)
+            pstate = PartState(RequestState(part, sub.decode().lower(), state.db), group, index)
             m = Message(
                 _REQUEST, None, frame, len(frame), 0, codec_state=pstate, loader=self._metadata
             )
@@ -289,7 +300,7 @@ class RedisCodec(Codec):
         msg, end = found
         if msg is None:  # something decode skips: left to it
             return None
-        if self.splits and msg.type is _REQUEST and msg.codec_state.command in SPLIT:
+        if self.splits and msg.type is _REQUEST and msg.codec_state.command in SPLIT:  # (plain)
             return None  # decode may split it into parts
         msg.frame = data if pos == 0 and end == len(data) else data[pos:end]
         return msg
@@ -322,7 +333,8 @@ class RedisCodec(Codec):
     def _metadata(self, msg: Message) -> dict[str, str]:
         """A request's metadata, built when something first asks (a catch-all route and no
         filter never do)."""
-        state: RequestState = msg.codec_state
+        state = request_state(msg)
+        assert state is not None
         command = state.command
         spec = command_spec(command)
         md = {"command": command, "access": "write" if spec is None or spec.write else "read"}
@@ -346,10 +358,10 @@ class RedisCodec(Codec):
         if not mutation:
             return message.frame
         prefix = mutation.get(REMOVE_PREFIX)
-        state = message.codec_state
+        state = request_state(message)
         if len(mutation) > (1 if prefix is not None else 0):
             self.dropped_mutations += 1
-        if not prefix or not isinstance(state, RequestState):
+        if not prefix or state is None:
             return message.frame
         raw = prefix.encode("utf-8", "surrogateescape")
         args = list(state.args)
@@ -363,8 +375,9 @@ class RedisCodec(Codec):
         if not changed:
             return message.frame
         out = encode_command(args)
-        if isinstance(state, PartState):  # the core decodes it again: keep it a part
-            self._reencoded = (out, state)
+        part = message.codec_state
+        if isinstance(part, PartState):  # the core decodes it again: keep it a part
+            self._reencoded = (out, part)
         return out
 
     def error_reply(self, request: Message, error_: LocalError) -> bytes:
