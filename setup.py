@@ -68,6 +68,7 @@ HOT_PATH_MODULES = [
     "proxy/router",
     "proxy/lb",
     "proxy/stats",
+    "proxy/tracing",
     "proxy/upstream",
     "proxy/policy",
     "proxy/mirror",
