@@ -1,5 +1,8 @@
 """``metamesh up DIR`` with Redis: real redis-server backends, redis-py and redis-cli clients.
 
+The main test runs in both deployed modes (``up``, and ``control-plane`` + ``proxy --xds``,
+where the upstream password file is read by the proxy process).
+
 Three real ``redis-server`` processes on 127.0.0.1: ``main`` (the service's own endpoint),
 ``a`` (behind a key-prefix route, with ``requirepass``: the proxy authenticates upstream with
 a password read from a file) and ``mirror``. A RedisService routes ``a:`` keys to ``a`` with
@@ -22,7 +25,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from metamesh.demo.steps import within_5_sigma
-from tests.e2e.mesh import DeployedMesh, free_address, wait_until, write
+from tests.e2e.mesh import MODES, DeployedMesh, free_address, wait_until, write
 from tests.ratelimit.conftest import RedisProcess, redis_server, running_redis
 from tests.support.ports import free_port
 
@@ -98,8 +101,9 @@ def direct(server: RedisProcess, password: str | None = None) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=server.port, password=password)
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_up_routes_keys_by_prefix_mirrors_writes_injects_faults_and_follows_edits(
-    backends: tuple[RedisProcess, RedisProcess, RedisProcess], tmp_path: Path
+    backends: tuple[RedisProcess, RedisProcess, RedisProcess], tmp_path: Path, mode: str
 ) -> None:
     main, a, mirror = backends
     config = tmp_path / "mesh"
@@ -123,7 +127,7 @@ spec:
 """,
     )
     write(config / "rs.yaml", redis_service("redis-a"))
-    with DeployedMesh(tmp_path, "up", config) as up:
+    with DeployedMesh(tmp_path, mode, config) as up:
         up.wait_for(f"{address}:{port}  redis")
         # downstream auth: nothing passes without the password
         with pytest.raises(redis.AuthenticationError):
