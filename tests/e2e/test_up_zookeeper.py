@@ -334,7 +334,10 @@ def test_control_plane_with_zookeeper_only_and_a_proxy(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["control-plane"], "give --config-dir DIR, --zookeeper HOST:PORT, --kubernetes, or several"),
+        (
+            ["control-plane"],
+            "give --config-dir DIR, --zookeeper HOST:PORT, --kubernetes, or several",
+        ),
         (["control-plane", "--zookeeper", "zk:notaport"], "--zookeeper: Port could not be"),
         (["control-plane", "--zookeeper", "zk", "--zk-service-port", "0"], "not in 1..65535"),
     ],
