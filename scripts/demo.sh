@@ -4,6 +4,9 @@
 # for the sample servers and clients; uvloop, RE2). No Debian packages (except python3-venv when
 # this Python cannot make a virtualenv without it), no npm, no Envoy, no dev tools: those are
 # for the test suite, which scripts/setup.sh installs (into the same .venv).
+# metamesh itself is installed as users install it (not editable), so the demo runs the native
+# build: setup.py compiles the hot path with mypyc where a C compiler and the Python headers are,
+# and says so once at start-up when it could not.
 # Idempotent: a .venv that either script installed from the current pyproject.toml is reused.
 # pip's own output goes to .venv/pip-demo.log and is shown only if the install fails.
 # Arguments go to `metamesh demo` (--step-seconds N, --keep-running, --admin-port P).
@@ -31,8 +34,8 @@ fi
 installed() { [[ -f $1 && ! pyproject.toml -nt $1 ]]; }
 if ! installed .venv/.metamesh-installed && ! installed .venv/.metamesh-demo-installed; then
   log=.venv/pip-demo.log
-  echo "demo: pip install -e '.[demo,fast]' into .venv (the first time takes a minute or two)"
-  if ! .venv/bin/python -m pip install --disable-pip-version-check -e ".[demo,fast]" \
+  echo "demo: pip install '.[demo,fast]' into .venv (the first time takes a few minutes: it compiles the hot path)"
+  if ! .venv/bin/python -m pip install --disable-pip-version-check ".[demo,fast]" \
     >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     echo "demo: pip install failed; its whole output is in $log" >&2
