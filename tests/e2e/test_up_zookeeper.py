@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -196,6 +197,19 @@ def service_address(mesh: Metamesh, host: str) -> tuple[str, int]:
     return address, int(port)
 
 
+def http_get(admin: str, path: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://{admin}{path}", timeout=5) as reply:
+            return str(reply.read().decode())
+    except urllib.error.HTTPError as e:
+        return str(e.read().decode())
+
+
+def ready(admin: str) -> str:
+    """The admin's /ready body: LIVE and one line per config source."""
+    return http_get(admin, "/ready")
+
+
 def subset_endpoints(admin: str, host: str, subset: str) -> list[str]:
     with urllib.request.urlopen(f"http://{admin}/clusters?format=json", timeout=5) as reply:
         clusters = json.loads(reply.read())["clusters"]
@@ -272,9 +286,16 @@ def test_up_follows_zookeeper_providers_a_rollout_and_a_zookeeper_restart(
             # ZooKeeper restarted mid-traffic: the last good services stay, then it catches up
             zookeeper.stop()
             before = len(traffic.answers)
-            time.sleep(2.0)
+            wait_until(
+                lambda: "(serving its last good read)" in ready(admin), "the /ready detail", 5.0
+            )
+            assert ready(admin).startswith("LIVE\nzookeeper zookeeper://")  # still serving
+            time.sleep(1.0)
             zookeeper.start()
             wait_until(lambda: "connected again" in up.stderr(), "ZooKeeper back", 10.0)
+            wait_until(lambda: ": connected since" in ready(admin), "/ready: connected", 5.0)
+            info = json.loads(http_get(admin, "/server_info"))
+            assert info["config_sources"]["zookeeper"]["state"] == "connected"
             assert len(traffic.answers) > before + 100  # traffic went on meanwhile
             d = Provider(zookeeper, interface, "v2")
             providers.append(d)

@@ -361,6 +361,8 @@ async def serve_up(
         remove_signals()
         return 1
     _print_startup(out)
+    if not isinstance(source, FileSource):  # a registry or a cluster: say how it is doing
+        proxy.config_sources = source.status
     if proxy.bound_admin_port is not None:
         print(f"metamesh: proxy admin on 127.0.0.1:{proxy.bound_admin_port}", file=out, flush=True)
     running = [

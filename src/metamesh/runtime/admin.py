@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import ipaddress
 import json
 from collections.abc import Iterable, Iterator, Mapping
@@ -292,7 +293,40 @@ def server_info(server: ProxyServer) -> dict[str, Any]:
         "build": build_info.describe(),
         "loop": loop_name(server.loop) if server.loop is not None else None,
         "compiled_modules": build_info.compiled_modules(),
+        **({"config_sources": _sources(server)} if server.config_sources is not None else {}),
     }
+
+
+def _sources(server: ProxyServer) -> dict[str, Any]:
+    """The config sources' status, read from the control thread's objects: a copy may meet a
+    dict changing size mid-read, so it is read again (the values are plain data)."""
+    assert server.config_sources is not None
+    for _ in range(5):
+        try:
+            return server.config_sources()
+        except RuntimeError:
+            continue
+    return {}
+
+
+def ready_detail(server: ProxyServer) -> str:
+    """One line per config source for ``/ready``: its state, since when, and whether the mesh
+    serves its last good read (the proxy stays LIVE on the config in force)."""
+    if server.config_sources is None:
+        return ""
+    lines = []
+    for name, status in sorted(_sources(server).items()):
+        since = status.get("since")
+        when = (
+            datetime.datetime.fromtimestamp(since, datetime.UTC).isoformat(timespec="seconds")
+            if isinstance(since, (int, float))
+            else "?"
+        )
+        state = status.get("state")
+        behind = state not in ("connected", "synced") or status.get("failing")
+        note = " (serving its last good read)" if behind else ""
+        lines.append(f"{name} {status.get('source', '')}: {state} since {when}{note}")
+    return "".join(line + "\n" for line in lines)
 
 
 def dashboard_data(server: ProxyServer) -> dict[str, Any]:
@@ -327,10 +361,11 @@ def handle(server: ProxyServer, target: str, from_loopback: bool = False) -> tup
     shown only for ``?include_secrets`` asked from a loopback address (:mod:`.redact`)."""
     path, _, query = target.partition("?")
     if path == "/ready":
+        detail = ready_detail(server)
         if server.ready:
-            return 200, "text/plain", b"LIVE\n"
+            return 200, "text/plain", f"LIVE\n{detail}".encode()
         state = "DRAINING" if server.draining else "PRE_INITIALIZING"
-        return 503, "text/plain", f"{state}\n".encode()
+        return 503, "text/plain", f"{state}\n{detail}".encode()
     if path == "/server_info":
         return 200, "application/json", json.dumps(server_info(server), indent=2).encode()
     if path == "/config_dump":

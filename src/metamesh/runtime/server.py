@@ -36,7 +36,7 @@ import logging
 import random
 import signal
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from metamesh.proxy.codec_ref import resolve_codec
@@ -122,6 +122,10 @@ class ProxyServer:
         self.upstream_congested = 0
         self.draining = False
         self.ready = False
+        #: The state of the config sources feeding this proxy's control plane, when they run
+        #: in this process (``metamesh up`` with ZooKeeper or Kubernetes): the admin's
+        #: ``/ready`` detail and ``/server_info`` ``config_sources``.
+        self.config_sources: Callable[[], dict[str, Any]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.turn: Turn | None = None
         self._servers: dict[str, asyncio.Server] = {}
