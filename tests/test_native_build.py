@@ -279,3 +279,16 @@ def test_auto_without_a_compiler_gives_a_pure_wheel_and_one_line(tmp_path: Path)
     assert len(notices) == 1 and "no working C compiler" in notices[0], notices
     wheel = only_wheel(out)
     assert wheel.name.endswith("-py3-none-any.whl") and extensions_in(wheel) == []
+
+
+def test_the_isolated_build_holds_every_dependency() -> None:
+    """mypyc type-checks what the compiled modules import: a dependency missing from the build
+    environment fails the check and the build falls back to pure (a fresh venv's first
+    ``pip install .`` did), so build-system.requires lists every runtime dependency."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    requires = set(project["build-system"]["requires"])
+    missing = set(project["project"]["dependencies"]) - requires
+    assert not missing, f"add to [build-system] requires: {sorted(missing)}"
+    assert "types-PyYAML" in requires
