@@ -270,8 +270,8 @@ def test_200_dubbo_clients_share_one_provider_connection(mesh: Mesh) -> None:
         await asyncio.gather(*(client(i) for i in range(n)))
 
     def answered_by_py() -> int:
-        counts = mesh.stats().requests.get(("demo.test", "py", "dubbo"))
-        return 0 if counts is None else int(counts.count[0])
+        labels = {"destination_service": "demo.test", "destination_version": "py"}
+        return mesh.stats().totals(**labels, request_protocol="dubbo")[0]
 
     before = answered_by_py()
     asyncio.run(everyone())
