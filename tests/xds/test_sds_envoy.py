@@ -321,7 +321,12 @@ def mesh(calc_gen: types.ModuleType, tmp_path_factory: pytest.TempPathFactory) -
             except OSError:
                 return False
 
-        wait_until(envoy_ready, "Envoy's listeners (waiting on SDS)", 30)
+        try:
+            wait_until(envoy_ready, "Envoy's listeners (waiting on SDS)", 30)
+        except AssertionError as e:
+            tail = envoy_log.read_text(errors="replace")[-3000:]
+            logs = f"Envoy's log:\n{tail}\nagent:\n{agent.stderr()[-2000:]}"
+            raise AssertionError(f"{e}\n{logs}") from e
         yield m
 
 
