@@ -187,15 +187,23 @@ def write(path: Path, text: str) -> None:
 
 
 def service_with_subsets(
-    meta: str, host: str, address: tuple[str, int], port_name: str, subsets: dict[str, int]
+    meta: str,
+    host: str,
+    address: tuple[str, int],
+    port_name: str,
+    subsets: dict[str, int],
+    app: str | None = None,
 ) -> str:
     """A ServiceEntry on ``address`` and a DestinationRule, one subset per 127.0.0.1 endpoint.
 
     ``meta`` is the YAML metadata mapping (``{name: x, namespace: y}``); ``subsets`` maps each
-    subset name to its endpoint's port, and the endpoint is labelled ``version: <subset>``.
+    subset name to its endpoint's port, and the endpoint is labelled ``version: <subset>`` (and,
+    with ``app``, Istio's ``app: <app>`` too).
     """
+    extra = f"app: {app}, " if app else ""
     endpoints = "".join(
-        f"  - {{address: 127.0.0.1, ports: {{{port_name}: {p}}}, labels: {{version: {v}}}}}\n"
+        f"  - {{address: 127.0.0.1, ports: {{{port_name}: {p}}}, "
+        f"labels: {{{extra}version: {v}}}}}\n"
         for v, p in subsets.items()
     )
     names = "".join(f"  - {{name: {v}, labels: {{version: {v}}}}}\n" for v in subsets)

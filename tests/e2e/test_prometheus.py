@@ -69,33 +69,11 @@ def service(
     meta: str, host: str, at: tuple[str, int], port: str, app: str, v: dict[str, int]
 ) -> str:
     """ServiceEntry (endpoints labelled app and version) + DestinationRule + 50/50 MetaRouter."""
-    endpoints = ""
-    for subset, p in v.items():
-        labels = f"{{app: {app}, version: {subset}}}"
-        endpoints += f"  - {{address: 127.0.0.1, ports: {{{port}: {p}}}, labels: {labels}}}\n"
     routes = f"""  - name: split
     match: {{attributes: {{method: {{regex: "sayHello|echo"}}}}}}
     route: [{mesh.to("v1", 50, host)}, {mesh.to("v2", 50, host)}]"""
-    return f"""
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {meta}
-spec:
-  hosts: [{host}]
-  addresses: [{at[0]}]
-  ports: [{{number: {at[1]}, name: {port}}}]
-  resolution: STATIC
-  endpoints:
-{endpoints}---
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {meta}
-spec:
-  host: {host}
-  subsets:
-  - {{name: v1, labels: {{version: v1}}}}
-  - {{name: v2, labels: {{version: v2}}}}
----
+    entry = mesh.service_with_subsets(meta, host, at, port, v, app=app)
+    return f"""{entry}---
 {mesh.router(routes, host=host, meta=meta)}"""
 
 
