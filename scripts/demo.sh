@@ -43,5 +43,6 @@ if ! installed .venv/.metamesh-installed && ! installed .venv/.metamesh-demo-ins
   fi
   touch .venv/.metamesh-demo-installed
 fi
+scripts/fix_otlp_protos.sh .venv/bin/python
 
 exec .venv/bin/metamesh demo "$@"

@@ -48,6 +48,7 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   METAMESH_MYPYC=0 .venv/bin/python -m pip install -q -e ".[dev,fast]"
   touch "$stamp"
 fi
+scripts/fix_otlp_protos.sh .venv/bin/python
 
 if [[ -f tests/peers/node/package.json ]]; then
   if [[ ! -d tests/peers/node/node_modules || tests/peers/node/package.json -nt tests/peers/node/node_modules ]]; then

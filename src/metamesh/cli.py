@@ -320,6 +320,12 @@ def _tracing(args: argparse.Namespace) -> TracingSettings | None:
         return None
     if not 0.0 <= args.tracing_sample_rate <= 1.0:
         raise SystemExit(f"metamesh: --tracing-sample-rate {args.tracing_sample_rate}: 0..1")
+    from metamesh.runtime.otlp import TracingUnavailable, check_otlp_protos
+
+    try:
+        check_otlp_protos()  # a broken install is said at start, not as a traceback later
+    except TracingUnavailable as e:
+        raise SystemExit(f"metamesh: {e}") from None
     return TracingSettings(
         args.tracing_endpoint, args.tracing_protocol, args.tracing_sample_rate, args.tracing_errors
     )

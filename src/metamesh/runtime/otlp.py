@@ -15,6 +15,7 @@ exporter maps it to wall-clock nanoseconds with the offset taken when it is crea
 from __future__ import annotations
 
 import time
+from typing import Final
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -26,9 +27,40 @@ from metamesh import __version__
 from metamesh.proxy.tracing import SpanRecord
 from metamesh.runtime.tracing import PROTOCOLS, TracingSettings
 
+#: a message of OTLP 1.x that the older copy of ``opentelemetry/proto`` bundled by xds-protos lacks
+_NEWER_MESSAGE: Final = "InstrumentationScope"
+
+
+def check_otlp_protos() -> None:
+    """Raise :class:`TracingUnavailable` when ``opentelemetry.proto`` is not opentelemetry-proto's.
+
+    xds-protos ships its own, older copy of the OpenTelemetry protos under the same package path,
+    so whichever of the two pip installs last owns the files; when xds-protos wins, the SDK's OTLP
+    exporters fail to import. Said here, once, with the command that repairs the environment."""
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    if hasattr(common_pb2, _NEWER_MESSAGE):
+        return
+    try:
+        from importlib.metadata import version
+
+        pin = f"=={version('opentelemetry-proto')}"
+    except Exception:  # any failure: print the command without a pin
+        pin = ""
+    raise TracingUnavailable(
+        "tracing: the installed opentelemetry/proto modules are xds-protos' older copy, which "
+        "overwrote opentelemetry-proto's (both packages own those files); repair with: "
+        f"pip install --force-reinstall --no-deps 'opentelemetry-proto{pin}'"
+    )
+
+
+class TracingUnavailable(RuntimeError):
+    """The environment cannot export spans (see :func:`check_otlp_protos`)."""
+
 
 def otlp_exporter(settings: TracingSettings) -> OtelExporter:
     """The SDK's OTLP exporter for ``settings`` (plaintext: the collector is local)."""
+    check_otlp_protos()
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

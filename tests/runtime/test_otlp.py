@@ -1,0 +1,59 @@
+"""The OTLP side's guard against xds-protos' older copy of the OpenTelemetry protos.
+
+Both xds-protos and opentelemetry-proto install ``opentelemetry/proto/...``; when pip writes
+xds-protos' files last the SDK's exporters cannot import. The guard says so with the repair
+command, at start (``--tracing-endpoint``), instead of a traceback from the exporter later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+
+import opentelemetry.proto.common.v1 as common_v1
+import pytest
+
+from metamesh import cli
+from metamesh.runtime import otlp
+
+
+def shadow_protos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``opentelemetry.proto.common.v1.common_pb2`` look like xds-protos' copy."""
+    old = types.ModuleType("opentelemetry.proto.common.v1.common_pb2")
+    old.InstrumentationLibrary = object  # type: ignore[attr-defined]  # the pre-1.0 name
+    monkeypatch.setitem(sys.modules, old.__name__, old)
+    monkeypatch.setattr(common_v1, "common_pb2", old)
+
+
+def test_the_installed_protos_pass() -> None:
+    otlp.check_otlp_protos()
+
+
+def test_shadowed_protos_are_named_with_the_repair_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shadow_protos(monkeypatch)
+    with pytest.raises(otlp.TracingUnavailable) as e:
+        otlp.check_otlp_protos()
+    assert "xds-protos" in str(e.value)
+    assert "pip install --force-reinstall --no-deps 'opentelemetry-proto==" in str(e.value)
+
+
+def test_the_cli_refuses_tracing_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    shadow_protos(monkeypatch)
+    args = argparse.Namespace(
+        tracing_endpoint="127.0.0.1:4317",
+        tracing_protocol="grpc",
+        tracing_sample_rate=0.5,
+        tracing_errors=False,
+    )
+    with pytest.raises(SystemExit) as e:
+        cli._tracing(args)
+    assert str(e.value).startswith("metamesh: tracing: the installed opentelemetry/proto")
+
+
+def test_without_tracing_nothing_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    shadow_protos(monkeypatch)
+    args = argparse.Namespace(tracing_endpoint=None)
+    assert cli._tracing(args) is None
