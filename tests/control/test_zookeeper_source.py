@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.retry import KazooRetry
 
 from metamesh.api.istio import ServiceEntry
 from metamesh.api.loader import ResourceSet
@@ -94,7 +95,11 @@ class Watcher:
 
 
 def writer(hosts: str) -> KazooClient:
-    client = KazooClient(hosts=hosts, timeout=10.0)
+    """A provider's session. Reconnects at most 1 s apart, as Curator's providers do: kazoo's
+    default back-off grows past 10 s during a long ZooKeeper restart, and the restarted server
+    then expires the session (10 s, the fixture's longest) before the client tries again."""
+    retry = KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0)
+    client = KazooClient(hosts=hosts, timeout=10.0, connection_retry=retry)
     client.start(timeout=10)
     return client
 
