@@ -92,6 +92,7 @@ from metamesh.control.tls_contexts import (
 from metamesh.xds.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
+    ENVOY_DATA_PLANE,
     LISTENER_TYPE,
     ROUTE_TYPE,
     TYPE_URLS,
@@ -134,8 +135,14 @@ def route_config_name(host: str, port: int) -> str:
 
 
 def translate(model: MeshModel, node: ProxyNode | None = None) -> XdsResources:
-    """Every resource ``node`` needs (see the module docstring)."""
+    """Every resource ``node`` needs (see the module docstring); a real Envoy node gets
+    Envoy's own filters instead (:mod:`metamesh.control.envoy`, the second back end)."""
     node = node or ProxyNode()
+    if node.data_plane == ENVOY_DATA_PLANE:
+        # Imported here: the Envoy back end builds on this module's pieces.
+        from metamesh.control.envoy import translate_for_envoy
+
+        return translate_for_envoy(model, node)
     tables: dict[str, dict[str, Any]] = {url: {} for url in TYPE_URLS}
     inbound, _ = inbound_ports(model, node)
     fronted = {x.service.host for x in inbound}

@@ -15,7 +15,24 @@ LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-TYPE_URLS = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+#: The route tables of Envoy's own protocol filters, served to Envoy nodes over their RDS.
+THRIFT_ROUTE_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.RouteConfiguration"
+)
+GENERIC_ROUTE_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration"
+)
+TYPE_URLS = (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    THRIFT_ROUTE_TYPE,
+    GENERIC_ROUTE_TYPE,
+)
+#: ``ProxyNode.data_plane`` values.
+METAMESH_DATA_PLANE = "metamesh"
+ENVOY_DATA_PLANE = "envoy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +44,9 @@ class ProxyNode:
     it fronts (:mod:`metamesh.control.inbound`). ``outbound`` False (metadata
     ``METAMESH_OUTBOUND: "false"``) asks for the inbound side only: on one host without
     network namespaces, two workloads' proxies cannot both listen on the services' addresses.
+    ``data_plane`` is ``"envoy"`` for a real Envoy (its ``user_agent_name``, or node metadata
+    ``METAMESH_DATA_PLANE: envoy``), which gets Envoy's native filters
+    (:mod:`metamesh.control.envoy`), else ``"metamesh"``.
     """
 
     node_id: str = ""
@@ -35,6 +55,7 @@ class ProxyNode:
     service_account: str | None = None
     instance_ips: tuple[str, ...] = ()
     outbound: bool = True
+    data_plane: str = METAMESH_DATA_PLANE
 
 
 @dataclass(frozen=True, slots=True)

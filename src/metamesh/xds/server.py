@@ -45,7 +45,12 @@ from google.protobuf import json_format
 from metamesh.xds.ads_auth import AdsAuthenticator, AdsTls, bind_node
 from metamesh.xds.delta import DeltaStreamState
 from metamesh.xds.front import LOG_EVERY, GrpcFront
-from metamesh.xds.resources import ProxyNode, XdsResources
+from metamesh.xds.resources import (
+    ENVOY_DATA_PLANE,
+    METAMESH_DATA_PLANE,
+    ProxyNode,
+    XdsResources,
+)
 from metamesh.xds.sanitize import (
     MAX_ERROR_DETAIL,
     MAX_GONE_NODES,
@@ -109,7 +114,16 @@ def node_identity(node: Any) -> ProxyNode:
         service_account=str(account) if account else None,
         instance_ips=tuple(x.strip() for x in str(ips).split(",") if x.strip()),
         outbound=str(meta.get("METAMESH_OUTBOUND", "true")).lower() != "false",
+        data_plane=data_plane(node.user_agent_name, meta.get("METAMESH_DATA_PLANE")),
     )
+
+
+def data_plane(user_agent_name: str, flag: object) -> str:
+    """``"envoy"`` for a real Envoy (its ``user_agent_name``) or a node that asks for Envoy's
+    resources (metadata ``METAMESH_DATA_PLANE: envoy``); a flag of ``metamesh`` overrides."""
+    if flag is not None and str(flag).lower() in (ENVOY_DATA_PLANE, METAMESH_DATA_PLANE):
+        return str(flag).lower()
+    return ENVOY_DATA_PLANE if user_agent_name == "envoy" else METAMESH_DATA_PLANE
 
 
 class AdsProtocol(Protocol):

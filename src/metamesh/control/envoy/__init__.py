@@ -1,0 +1,105 @@
+"""The second back end of the model: Envoy's own filters for a node that is a real Envoy.
+
+:func:`translate_for_envoy` is what :func:`metamesh.control.translate.translate` hands a node
+whose ``data_plane`` is ``"envoy"`` (its ``user_agent_name`` says so, or its node metadata has
+``METAMESH_DATA_PLANE: envoy``; see :func:`metamesh.xds.server.node_identity`).
+
+How: the metamesh translation of the same model (as for a metamesh node with the same
+identity) already holds what Envoy loads as is: the clusters (lb policy, circuit breakers,
+outlier detection, upstream TLS), their endpoints, the inbound clusters and the rate limit
+service's cluster, and the listeners' addresses, filter chains and downstream TLS. Only the
+MetaProtocol pieces are metamesh's own: every filter chain's
+``envoy.filters.network.meta_protocol_proxy`` is replaced by the protocol's native Envoy filter
+and the MetaProtocol RouteConfiguration (``envoy.config.route.v3``, metadata as headers) by the
+protocol filter's own route table, served over that filter's RDS under the same name:
+
+- thrift codec: ``envoy.filters.network.thrift_proxy`` (:mod:`.thrift`);
+- dubbo codec: ``envoy.filters.network.generic_proxy`` with the Dubbo codec (:mod:`.dubbo`);
+- Redis ports: helper B's :mod:`.redis` (``redis_proxy``), when that module provides
+  ``redis_listeners``; until then a Redis port gets no listener on an Envoy node;
+- any other codec: no listener (Envoy has no filter for it), and :mod:`.findings` says so.
+
+What a MetaRouter asks that the Envoy filter cannot do is left out of the Envoy config (the
+closest correct config: a route that cannot be matched as written is dropped, a policy with no
+Envoy field is not approximated by a different one) and reported by
+:func:`envoy_findings` (:mod:`.findings`), which ``metamesh validate --data-plane envoy``
+prints and the control plane logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+from envoy.config.listener.v3 import listener_pb2
+
+from metamesh.codecs.registry import canonical_name
+from metamesh.control.envoy import dubbo, thrift
+from metamesh.control.envoy.ports import EnvoyPort, Tables, envoy_ports
+from metamesh.control.model import MeshModel
+from metamesh.control.redis import is_redis
+from metamesh.control.translate import META_PROTOCOL_FILTER, route_config_name, translate
+from metamesh.xds.resources import (
+    LISTENER_TYPE,
+    METAMESH_DATA_PLANE,
+    ROUTE_TYPE,
+    TYPE_URLS,
+    ProxyNode,
+    XdsResources,
+)
+
+__all__ = ["EnvoyPort", "envoy_ports", "translate_for_envoy"]
+
+
+def translate_for_envoy(model: MeshModel, node: ProxyNode) -> XdsResources:
+    """Every resource the Envoy ``node`` needs (see the module docstring)."""
+    base = translate(model, replace(node, data_plane=METAMESH_DATA_PLANE))
+    tables: Tables = {url: dict(base.of(url)) for url in TYPE_URLS}
+    for item in envoy_ports(model, node):
+        tables[ROUTE_TYPE].pop(item.routes, None)
+        listener = tables[LISTENER_TYPE].pop(item.listener, None)
+        if listener is None:
+            continue
+        native = _native_protocol(model, item, tables)
+        if native is None:
+            continue
+        made = listener_pb2.Listener()
+        made.CopyFrom(listener)
+        for chain in made.filter_chains:
+            for i, network_filter in enumerate(chain.filters):
+                if network_filter.name == META_PROTOCOL_FILTER:
+                    chain.filters[i].CopyFrom(native)
+        tables[LISTENER_TYPE][made.name] = made
+    _redis(model, node, tables)
+    return XdsResources(
+        MappingProxyType(
+            {url: MappingProxyType(dict(sorted(t.items()))) for url, t in tables.items()}
+        )
+    )
+
+
+def _native_protocol(model: MeshModel, item: EnvoyPort, tables: Tables) -> Any:
+    """The Envoy network filter for ``item``'s codec (its route table added to ``tables``),
+    or None when Envoy has none."""
+    codec = canonical_name(item.port.codec or "")
+    if codec == "thrift":
+        return thrift.thrift_filter(model, item, tables)
+    if codec == "dubbo":
+        return dubbo.dubbo_filter(model, item, tables)
+    return None
+
+
+def _redis(model: MeshModel, node: ProxyNode, tables: Tables) -> None:
+    """Redis ports: helper B's ``redis_proxy`` translation (:mod:`.redis`), when it exists.
+
+    Without it, the metamesh Redis listeners (which Envoy would NACK) and their route tables
+    are removed."""
+    for host in sorted(model.services):
+        service = model.services[host]
+        for port in service.ports:
+            if is_redis(port):
+                tables[ROUTE_TYPE].pop(route_config_name(host, port.number), None)
+                for address in service.addresses:
+                    tables[LISTENER_TYPE].pop(f"{address}_{port.number}", None)
+    # PLACE FOR HELPER B: call redis.redis_listeners(...) here once it exists.
