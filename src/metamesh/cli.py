@@ -185,6 +185,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         tls_files=_tls_files(args),
         identity=_identity(args),
         sidecar=_sidecar(args),
+        tracing=_tracing(args),
     )
 
 
@@ -533,6 +534,7 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
         config_limits=_config_limits(args),
         mesh=_mesh_settings(args),
         kubernetes=_kubernetes(args),
+        admin_port=None if args.admin_port < 0 else args.admin_port,
     )
     return run(main, args.log_level, proxy_loop=False)
 
@@ -718,6 +720,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         identity=SpiffeId(args.trust_domain, args.namespace, args.service_account),
         socket=Path(args.sds_socket),
         ttl_seconds=args.cert_ttl,
+        admin_port=None if args.admin_port < 0 else args.admin_port,
     )
     return run(serve_agent(settings), args.log_level, proxy_loop=False)
 
@@ -965,6 +968,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--xds-port", type=int, default=15010, help="xDS port")
     cp.add_argument("--xds-address", default="127.0.0.1", help="xDS address")
     cp.add_argument(
+        "--admin-port",
+        type=int,
+        default=-1,
+        help="serve /ready and /stats/prometheus (ADS and CA refusals) on 127.0.0.1:PORT "
+        "(0: any free port; -1: off; istiod uses 15014)",
+    )
+    cp.add_argument(
         "-n", "--namespace", default="default", help="namespace for resources without one"
     )
     cp.add_argument("--log-level", default="INFO", help="logging level")
@@ -1050,6 +1060,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="/var/run/metamesh/sds.sock",
         metavar="PATH",
         help="the Unix socket Envoy's SDS config points at (made mode 0600)",
+    )
+    agent.add_argument(
+        "--admin-port",
+        type=int,
+        default=-1,
+        help="serve /ready and /stats/prometheus (SDS refusals, certificates) on "
+        "127.0.0.1:PORT (0: any free port; -1: off)",
     )
     agent.add_argument("--log-level", default="INFO", help="logging level")
     agent.set_defaults(func=_cmd_agent)

@@ -4,16 +4,29 @@ workload certificate, and a proxy that claims another workload's namespace is re
 The proxies ask the CA with bootstrap tokens; the CA issues for the token's identity whatever
 the proxy asks, so a proxy started with ``--namespace prod`` and the token of ``demo/sleep``
 holds a ``demo/sleep`` certificate, and its node (``NAMESPACE: prod``) is refused at the ADS
-port: it gets no config.
+port: it gets no config. The control plane's admin port (``--admin-port``) counts that refusal,
+a plaintext client at the TLS ADS port and a certificate request without credentials, and
+says LIVE on ``/ready``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
+import socket
 import subprocess
 import sys
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
+import grpc
+import pytest
+
+from metamesh.security.cert_service import request_certificate
+from metamesh.security.csr import new_key_and_csr
+from metamesh.security.spiffe import SpiffeId
 from tests.control.cases import EXAMPLES
 from tests.e2e.mesh import Metamesh, wait_until
 from tests.support.ports import free_port
@@ -28,9 +41,9 @@ def test_control_plane_tls_ads_admits_its_workloads_only(tmp_path: Path) -> None
         cp = stack.enter_context(
             Metamesh(tmp_path, "cp", "control-plane", "--config-dir", str(EXAMPLES),
                      "--xds-port", str(xds), "--ca-dir", str(tmp_path / "ca"),
-                     "--ca-port", str(ca), "--ca-tokens", str(tokens))
+                     "--ca-port", str(ca), "--ca-tokens", str(tokens), "--admin-port", "0")
         )  # fmt: skip
-        cp.wait_for("metamesh: CA on")
+        cp.wait_for("metamesh: control plane admin on")
         assert "(TLS: workload certificate or bootstrap token)" in cp.stdout()
         identity = ["--ca", f"127.0.0.1:{ca}", "--ca-root", str(tmp_path / "ca/root-cert.pem"),
                     "--ca-token-file", str(tmp_path / "token"), "--service-account", "sleep",
@@ -51,6 +64,35 @@ def test_control_plane_tls_ads_admits_its_workloads_only(tmp_path: Path) -> None
         wait_until(lambda: "PERMISSION_DENIED claims namespace 'prod'" in other.stderr(),
                    "the proxy to say why")  # fmt: skip
         assert "serving" not in other.stdout()
+        found = re.search(r"control plane admin on 127\.0\.0\.1:(\d+)", cp.stdout())
+        assert found, cp.stdout()
+        admin = f"http://127.0.0.1:{found[1]}"
+        with socket.create_connection(("127.0.0.1", xds), timeout=5) as plain:
+            plain.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # gRPC without TLS
+            with contextlib.suppress(ConnectionResetError):
+                plain.recv(100)
+        root = (tmp_path / "ca/root-cert.pem").read_text()
+        csr = new_key_and_csr(SpiffeId("cluster.local", "demo", "sleep")).csr_pem
+        with pytest.raises(grpc.aio.AioRpcError, match="no valid certificate or token"):
+            asyncio.run(request_certificate(f"127.0.0.1:{ca}", root, csr))
+        with urllib.request.urlopen(f"{admin}/ready", timeout=5) as r:
+            assert r.read() == b"LIVE\n"
+
+        def stats() -> str:
+            with urllib.request.urlopen(f"{admin}/stats/prometheus", timeout=5) as r:
+                text: str = r.read().decode()
+            return text
+
+        def count(line: str) -> float:
+            found = re.search(rf"^{re.escape(line)} (\S+)$", stats(), re.M)
+            return float(found[1]) if found else -1.0
+
+        assert count('metamesh_ads_streams_refused_total{reason="wrong_node"}') >= 1
+        not_tls = 'metamesh_ads_tls_connections_refused_total{reason="not_tls"}'
+        wait_until(lambda: count(not_tls) == 1, "the plaintext client to be counted")
+        assert count("metamesh_ads_tls_connections_accepted_total") >= 2
+        assert count('metamesh_ca_certificates_issued_total{auth="token"}') == 2
+        assert count('metamesh_ca_requests_refused_total{reason="unauthenticated"}') == 1
 
 
 def test_plaintext_ads_is_refused_on_a_non_loopback_address(tmp_path: Path) -> None:

@@ -68,6 +68,7 @@ from metamesh.security.cert_service import (
     server_credentials,
 )
 from metamesh.xds.ads_auth import AdsTls, load_certificate, server_context
+from metamesh.xds.monitoring import Monitored, start_monitoring
 from metamesh.xds.resources import ProxyNode
 from metamesh.xds.server import AdsServer
 
@@ -394,9 +395,12 @@ async def serve_control_plane(
     config_limits: LoadLimits = DEFAULT_LIMITS,
     mesh: MeshSettings | None = None,
     kubernetes: KubernetesSettings | None = None,
+    admin_port: int | None = None,
 ) -> int:
     """``metamesh control-plane``: the watched directory (and/or, with ``zookeeper``, the Dubbo
-    registry) served over ADS (and, with ``ca``, the mesh CA's certificate API over TLS)."""
+    registry) served over ADS (and, with ``ca``, the mesh CA's certificate API over TLS);
+    with ``admin_port``, ``/ready`` and the refusal counters on 127.0.0.1
+    (:mod:`metamesh.xds.monitoring`)."""
     stop = stop or asyncio.Event()
     remove_signals = _on_signals(stop)
     path = Path(directory) if directory is not None else None
@@ -415,7 +419,14 @@ async def serve_control_plane(
     watching = _watching(directory, zookeeper, kubernetes)
     how = " (TLS: workload certificate or bootstrap token)" if xds_tls is not None else ""
     print(f"metamesh: control plane (xDS) on {host}:{port}{how}, watching {watching}", file=out)
-    ca_server = await start_ca(ca, host, out) if ca is not None else None
+    ca_server, certificates = await start_ca(ca, host, out) if ca is not None else (None, None)
+    monitoring = None
+    if admin_port is not None:
+        monitoring = await start_monitoring(
+            Monitored(ads=ads, certificates=certificates), "127.0.0.1", admin_port
+        )
+        bound = monitoring.sockets[0].getsockname()[1]
+        print(f"metamesh: control plane admin on 127.0.0.1:{bound}", file=out)
     out.flush()
     task = asyncio.create_task(source.run())
     renewing = None
@@ -429,6 +440,8 @@ async def serve_control_plane(
         await ads.stop(0)
         if ca_server is not None:
             await ca_server.stop(0)
+        if monitoring is not None:
+            monitoring.close()
         remove_signals()
     return 0
 
@@ -478,9 +491,11 @@ def ads_tls(settings: CaSettings, host: str) -> AdsTls:
     return AdsTls(context, settings.trust_domain, tokens.identity)
 
 
-async def start_ca(settings: CaSettings, host: str, out: TextIO) -> grpc.aio.Server:
+async def start_ca(
+    settings: CaSettings, host: str, out: TextIO
+) -> tuple[grpc.aio.Server, CertificateService]:
     """The CA (root made on first start in ``settings.directory``) serving Istio's
-    CreateCertificate over TLS on ``host:settings.port``."""
+    CreateCertificate over TLS on ``host:settings.port``, and its service (the counters)."""
     now = datetime.datetime.now(datetime.UTC)
     ca = CertificateAuthority.load_or_create(settings.directory, settings.trust_domain, now)
     tokens = (
@@ -489,7 +504,8 @@ async def start_ca(settings: CaSettings, host: str, out: TextIO) -> grpc.aio.Ser
         else TokenBook({})
     )
     server = grpc.aio.server()
-    CertificateService(ca, tokens).add_to(server)
+    service = CertificateService(ca, tokens)
+    service.add_to(server)
     hosts = (host, *settings.names)
     credentials = server_credentials(
         ca, now, hosts, clock=lambda: datetime.datetime.now(datetime.UTC)
@@ -502,7 +518,7 @@ async def start_ca(settings: CaSettings, host: str, out: TextIO) -> grpc.aio.Ser
         f"{len(tokens.identities)} bootstrap token(s)",
         file=out,
     )
-    return server
+    return server, service
 
 
 def proxy_xds_tls(agent: ProxyIdentity) -> XdsTls:

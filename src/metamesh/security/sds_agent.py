@@ -10,8 +10,11 @@ connections keep theirs.
 
 A command of its own rather than a mode of ``metamesh proxy``: a metamesh proxy takes its
 certificate in-process and needs no SDS, while an Envoy sidecar needs nothing else from
-metamesh, so the agent runs no proxy loop, listener or admin port. It serves only once the
-first certificate is in: Envoy connecting earlier would wait on a secret that does not exist.
+metamesh, so the agent runs no proxy loop or listener. It serves only once the first
+certificate is in: Envoy connecting earlier would wait on a secret that does not exist. With
+``--admin-port`` it serves ``/ready`` (LIVE once SDS is served) and its counters (SDS refusals,
+pushes, certificates issued, failed requests, the certificate's expiry) on 127.0.0.1
+(:mod:`metamesh.xds.monitoring`), from the start.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TextIO
 
 from metamesh.security.agent import IdentityAgent
 from metamesh.security.spiffe import SpiffeId
+from metamesh.xds.monitoring import Monitored, start_monitoring
 from metamesh.xds.sds import SdsServer
 
 
@@ -39,6 +43,8 @@ class AgentSettings:
     identity: SpiffeId
     socket: Path
     ttl_seconds: float = 86400.0
+    #: ``/ready`` and ``/stats/prometheus`` on 127.0.0.1 (None: off; 0: any free port).
+    admin_port: int | None = None
 
 
 async def serve_agent(
@@ -68,6 +74,12 @@ async def serve_agent(
         ttl=dt.timedelta(seconds=settings.ttl_seconds),
     )
     running = asyncio.create_task(agent.run())
+    monitoring = None
+    if settings.admin_port is not None:
+        parts = Monitored(sds=sds, agent=agent, ready=lambda: sds.path is not None)
+        monitoring = await start_monitoring(parts, "127.0.0.1", settings.admin_port)
+        bound = monitoring.sockets[0].getsockname()[1]
+        print(f"metamesh: agent admin on 127.0.0.1:{bound}", file=out, flush=True)
     try:
         waits = {asyncio.create_task(stop.wait()), asyncio.create_task(agent.ready.wait())}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -92,4 +104,6 @@ async def serve_agent(
         agent.stop()
         await asyncio.gather(running, return_exceptions=True)
         await sds.stop(0)
+        if monitoring is not None:
+            monitoring.close()
     return 0
