@@ -7,19 +7,22 @@ resolver (glibc, whose queries to the machine's nameserver address the rules sen
 proxy's DNS responder). Two server namespaces, one per version: an Apache Thrift server and a
 dubbo-py provider on 0.0.0.0, and ``metamesh proxy --xds <client link>:15010 --no-outbound
 --instance-ips <its address> --intercept``: the inbound side the control plane generates for
-the ServiceEntry endpoints it fronts (mesh workloads, service account ``server``; plaintext by
-PeerAuthentication DISABLE, as this test has no CA), whose listeners on the server's address
-take what its rules capture.
+the ServiceEntry endpoints it fronts (mesh workloads, service account ``server``), whose
+listeners on the server's address take what its rules capture. The control plane is the mesh CA
+(``--ca-dir``, one bootstrap token per proxy): every proxy gets its workload certificate, ADS
+runs over TLS, and the mesh's default PERMISSIVE mode leaves the choice to the client side,
+which speaks mutual TLS to mesh workloads (auto mTLS) and plaintext to anything else.
 
 One run checks: names resolve to the VIPs (an explicit ServiceEntry address, and one the control
 plane allocated), another name is forwarded to a real dnsmasq (``--dns-upstream``); Thrift
 pinned to v1 by a MetaRouter, Dubbo split 50/50; a MetaRouter edit moves Thrift to v2 on the
 same client connection with no failed call; a connection to a server's own address (no mesh
 service) is passed through; each server's proxy served every call for its version (access logs);
-counters in the client proxy's admin; after SIGTERM every proxy exits 0 and no rule is left in
-any namespace. A second test: a proxy killed with SIGKILL leaves its rules and ``metamesh
-intercept --cleanup`` removes them. A third: ``metamesh up DIR --intercept`` serves a short name
-to a Thrift client.
+each server's proxy saw its mesh calls as ``mutual_tls`` from the client's SPIFFE identity and
+the passed-through connection as plaintext; counters in the client proxy's admin; after
+SIGTERM every proxy exits 0 and no rule is left in any namespace. A second test: a proxy killed
+with SIGKILL leaves its rules and ``metamesh intercept --cleanup`` removes them. A third:
+``metamesh up DIR --intercept`` serves a short name to a Thrift client.
 """
 
 from __future__ import annotations
@@ -99,11 +102,21 @@ spec:
 """
 
 
-PLAINTEXT = """apiVersion: security.istio.io/v1beta1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec: {mtls: {mode: DISABLE}}
+TOKENS = """tokens:
+- {token: client-token, namespace: demo, serviceAccount: client}
+- {token: server-token, namespace: demo, serviceAccount: server}
 """
+
+
+def ca_options(tmp: Path, token: str, host: str) -> list[str]:
+    """A proxy's options for its workload certificate from the control plane's CA at ``host``
+    (port 15012; the control plane's certificate names that address)."""
+    token_file = tmp / f"{token}.txt"
+    token_file.write_text(token)
+    return [
+        "--ca", f"{host}:15012", "--ca-root", str(tmp / "ca" / "root-cert.pem"),
+        "--ca-token-file", str(token_file),
+    ]  # fmt: skip
 
 
 class Client:
@@ -195,14 +208,16 @@ def test_names_routes_split_and_route_change_through_intercepting_proxies(
     write(mesh / "dubbo.yaml", service("demo", DUBBO_HOST, 20880, dubbo_port, None))
     write(mesh / "calc-router.yaml", router("calc", THRIFT_HOST, {"v1": 100}))
     write(mesh / "dubbo-router.yaml", router("demo", DUBBO_HOST, {"v1": 50, "v2": 50}))
-    write(mesh / "peer-authentication.yaml", PLAINTEXT)  # no CA in this test: plaintext
+    (tmp_path / "tokens.yaml").write_text(TOKENS)
     cli = hosts.client
     with ExitStack() as stack:
         # one control plane, in the client namespace; the server proxies reach it over their
         # link (their rules leave the --xds address alone), the client proxy on 127.0.0.1
         cp = Process(
             cli, tmp_path, "cp", "control-plane", "--config-dir", str(mesh),
-            "--xds-address", "0.0.0.0",
+            "--xds-address", "0.0.0.0", "--ca-dir", str(tmp_path / "ca"),
+            "--ca-tokens", str(tmp_path / "tokens.yaml"),
+            "--xds-name", client_ip(0), "--xds-name", client_ip(1),
         )  # fmt: skip
         stack.callback(cp.stop)
         inbound = []
@@ -220,6 +235,7 @@ def test_names_routes_split_and_route_change_through_intercepting_proxies(
                 "--service-account", "server", "--instance-ips", server_ip(i),
                 "--node-id", f"server-{version}", "--intercept", "--no-dns",
                 "--access-log", str(tmp_path / f"inbound-{version}.log"),
+                *ca_options(tmp_path, "server-token", client_ip(i)),
             )  # fmt: skip
             stack.callback(proxy.stop)
             inbound.append(proxy)
@@ -238,6 +254,7 @@ def test_names_routes_split_and_route_change_through_intercepting_proxies(
             cli, tmp_path, "proxy", "proxy", "--xds", "127.0.0.1:15010", "--intercept",
             "--namespace", "demo", "--node-id", "client-1",
             "--intercept-exclude-inbound-ports", "15010", "--dns-upstream", server_ip(0),
+            "--service-account", "client", *ca_options(tmp_path, "client-token", "127.0.0.1"),
         )  # fmt: skip
         stack.callback(proxy.stop)
         proxy.wait_for(f"{THRIFT_VIP}:9090")
@@ -289,6 +306,20 @@ def test_names_routes_split_and_route_change_through_intercepting_proxies(
         assert metric(stats, 'metamesh_dns_queries_total{result="mesh"}') >= 4
         assert metric(stats, 'metamesh_dns_queries_total{result="forwarded"}') >= 1
         assert metric(stats, "metamesh_intercept_rules_installed") == 1
+
+        # the servers' side: mesh calls arrived over mutual TLS from the client's identity,
+        # the passed-through connection (the app dialled an address) in plaintext
+        client_id = 'source_principal="spiffe://cluster.local/ns/demo/sa/client"'
+        for i, srv in enumerate(hosts.servers):
+            inbound_requests = [
+                line
+                for line in admin_stats(srv).splitlines()
+                if line.startswith("istio_requests_total{") and 'reporter="destination"' in line
+            ]
+            mutual = [line for line in inbound_requests if 'security_policy="mutual_tls"' in line]
+            plain = [line for line in inbound_requests if 'security_policy="none"' in line]
+            assert mutual and all(client_id in line for line in mutual), inbound_requests
+            assert metric("\n".join(plain), "istio_requests_total") == (3 if i else 0)
 
         for client in (thrift, dubbo, direct):
             client.close()

@@ -17,6 +17,7 @@ from metamesh.security.cert_service import (
     MAX_SERVER_TTL,
     CertificateService,
     TokenBook,
+    control_plane_certificate,
     request_certificate,
     server_credentials,
 )
@@ -156,3 +157,20 @@ def test_the_ca_ports_certificate_is_renewed_at_half_its_lifetime() -> None:
             await server.stop(0)
 
     asyncio.run(scenario())
+
+
+def test_the_control_plane_certificate_names_loopback_and_what_proxies_dial() -> None:
+    """Listening on 0.0.0.0 (every address) the control plane is dialled on 127.0.0.1 by local
+    proxies and on its other addresses by the rest: loopback is always named, the unspecified
+    address never (it is nobody's destination), other hosts as given."""
+    now = dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
+    ca = CertificateAuthority.create(TD, now)
+    chain, _ = control_plane_certificate(ca, now, ("0.0.0.0", "198.18.0.1", "cp.example"))
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == {
+        "127.0.0.1",
+        "::1",
+        "198.18.0.1",
+    }
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "cp.example"]

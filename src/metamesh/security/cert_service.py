@@ -256,14 +256,23 @@ def control_plane_certificate(
     ca: CertificateAuthority, now: dt.datetime, hosts: tuple[str, ...] = ("127.0.0.1",)
 ) -> tuple[bytes, bytes]:
     """(chain PEM without the root, key PEM) the CA issues to the control plane itself
-    (``ns/metamesh-system/sa/metamesh-control-plane``), naming ``localhost`` and ``hosts``
-    (addresses become IP SANs, names DNS SANs): what proxies dial it by."""
+    (``ns/metamesh-system/sa/metamesh-control-plane``), naming ``localhost`` with its loopback
+    addresses (127.0.0.1, ::1) and ``hosts`` (addresses become IP SANs, names DNS SANs): what
+    proxies dial it by. An unspecified address (``0.0.0.0``, ``::``: listening everywhere) is
+    nobody's destination and is left out."""
+    import ipaddress
+
     from metamesh.security.csr import new_key_and_csr
 
     identity = SpiffeId(ca.trust_domain, "metamesh-system", "metamesh-control-plane")
     pair = new_key_and_csr(identity)
-    ips = tuple(h for h in hosts if _is_ip(h))
-    names = tuple(dict.fromkeys(("localhost", *(h for h in hosts if h not in ips))))
+    given = tuple(h for h in hosts if _is_ip(h))
+    ips = tuple(
+        dict.fromkeys(
+            ("127.0.0.1", "::1", *(h for h in given if not ipaddress.ip_address(h).is_unspecified))
+        )
+    )
+    names = tuple(dict.fromkeys(("localhost", *(h for h in hosts if h not in given))))
     chain = ca.sign(pair.csr_pem, identity, now, MAX_SERVER_TTL, names, ips)
     return "".join(chain[:-1]).encode(), pair.key_pem
 
