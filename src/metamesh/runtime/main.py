@@ -1,7 +1,9 @@
 """``metamesh proxy``: load a static config and serve it until SIGTERM/SIGINT.
 
 Runs on :func:`~metamesh.runtime.loops.proxy_loop_factory`'s loop (uvloop when installed), as
-``up`` and ``proxy --xds`` do. :func:`open_access_log` is the ``--access-log`` of every mode.
+``up`` and ``proxy --xds`` do. :func:`open_access_log` is the ``--access-log`` of every mode;
+``--tracing-*`` traces here as in the other modes (the spans' ``service.name`` is ``metamesh``:
+a static proxy has no workload identity).
 Exit codes: 0 after a clean drain, 2 for an invalid config (the message names the file,
 resource and field), 1 when a listener cannot bind.
 """
@@ -24,6 +26,7 @@ from metamesh.runtime.loops import LoopThread, loop_name, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
 from metamesh.runtime.sidecar import Sidecar, SidecarSettings
 from metamesh.runtime.tls import TlsCredentials
+from metamesh.runtime.tracing import TracingSettings, enable_tracing
 
 
 def open_access_log(path: str | None, stack: contextlib.ExitStack) -> IO[str] | None:
@@ -56,6 +59,7 @@ def run_proxy(
     tls_files: tuple[str, str, str, str] | None = None,
     identity: IdentitySettings | None = None,
     sidecar: SidecarSettings | None = None,
+    tracing: TracingSettings | None = None,
 ) -> int:
     logs.configure(log_level)
     try:
@@ -73,6 +77,8 @@ def run_proxy(
             tls=load_tls(tls_files),
             sidecar=Sidecar(sidecar) if sidecar is not None else None,
         )
+        if tracing is not None:  # spans flushed by server.close(), after the drain
+            enable_tracing(server, tracing)
         with asyncio.Runner(loop_factory=proxy_loop_factory()) as runner:
             control = LoopThread("metamesh-identity") if identity is not None else None
             agent = ProxyIdentity(identity, control) if identity and control else None
