@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from metamesh.api import istio, metaprotocol, validate
+from metamesh.api import istio, metaprotocol, sidecar, validate
 from metamesh.api.loader import KINDS
 from metamesh.api.unsupported import (
     APPLIED,
@@ -79,6 +79,21 @@ def policy(source: dict[str, Any], action: str = "ALLOW") -> Edit:
             "kind": "MetaAuthorizationPolicy",
             "metadata": {"name": "p", "namespace": "ns"},
             "spec": {"action": action, "rules": [{"from": [{"source": source}]}]},
+        }
+
+    return add
+
+
+def sidecar_with(**spec: Any) -> Edit:
+    """Adds a Sidecar in namespace ns importing its own namespace, plus ``spec``."""
+
+    def add(docs: Docs) -> None:
+        egress = spec.pop("egress", [{"hosts": ["./*"]}])
+        docs["sidecar"] = {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "Sidecar",
+            "metadata": {"name": "default", "namespace": "ns"},
+            "spec": {"egress": egress, **spec},
         }
 
     return add
@@ -223,6 +238,30 @@ SAMPLES: dict[FieldKey, Sample] = {
     (metaprotocol.MetaRouterSpec, "export_to"): (
         [edit("mr", "spec.exportTo", ["."])],
         "spec.exportTo",
+    ),
+    (sidecar.SidecarSpec, "ingress"): (
+        [sidecar_with(ingress=[{"port": {"number": 9080}, "defaultEndpoint": "127.0.0.1:8080"}])],
+        "spec.ingress",
+    ),
+    (sidecar.SidecarSpec, "outbound_traffic_policy"): (
+        [sidecar_with(outboundTrafficPolicy={"mode": "REGISTRY_ONLY"})],
+        "spec.outboundTrafficPolicy",
+    ),
+    (sidecar.SidecarSpec, "inbound_connection_pool"): (
+        [sidecar_with(inboundConnectionPool={"tcp": {"maxConnections": 10}})],
+        "spec.inboundConnectionPool",
+    ),
+    (sidecar.EgressListener, "port"): (
+        [sidecar_with(egress=[{"port": {"number": 9090}, "hosts": ["./*"]}])],
+        "spec.egress[0].port",
+    ),
+    (sidecar.EgressListener, "bind"): (
+        [sidecar_with(egress=[{"bind": "127.0.0.2", "hosts": ["./*"]}])],
+        "spec.egress[0].bind",
+    ),
+    (sidecar.EgressListener, "capture_mode"): (
+        [sidecar_with(egress=[{"captureMode": "NONE", "hosts": ["./*"]}])],
+        "spec.egress[0].captureMode",
     ),
     **REDIS_SAMPLES,
 }

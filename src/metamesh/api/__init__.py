@@ -3,8 +3,8 @@
 Typed, immutable pydantic models of the resources metamesh reads, spelled as users already
 write them: Istio's ServiceEntry and DestinationRule, Aeraki's ApplicationProtocol and
 MetaRouter (plus metamesh's optional route extensions: timeout, retries, fault), metamesh's
-MetaAuthorizationPolicy and Aeraki's DubboAuthorizationPolicy, Istio's WorkloadEntry and
-PeerAuthentication. :mod:`~metamesh.api.loader` reads
+MetaAuthorizationPolicy and Aeraki's DubboAuthorizationPolicy, Istio's WorkloadEntry,
+PeerAuthentication and Sidecar. :mod:`~metamesh.api.loader` reads
 YAML files and directories into a :class:`ResourceSet`; :func:`validate` applies Aeraki's webhook
 rules and cross-reference checks and returns every :class:`Problem` found.
 
@@ -30,6 +30,7 @@ from metamesh.api.protocol import (
     protocol_for_port,
 )
 from metamesh.api.security import PeerAuthentication
+from metamesh.api.sidecar import Sidecar
 from metamesh.api.validate import validate
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "Resource",
     "ResourceSet",
     "ServiceEntry",
+    "Sidecar",
     "StringMatch",
     "WorkloadEntryResource",
     "application_codecs",

@@ -51,6 +51,7 @@ from metamesh.api.metaprotocol import ApplicationProtocol, MetaRouter
 from metamesh.api.problems import FieldPath, Problem, Severity, format_path
 from metamesh.api.redis import RedisDestination, RedisService
 from metamesh.api.security import PeerAuthentication
+from metamesh.api.sidecar import Sidecar
 
 __all__ = [
     "KINDS",
@@ -79,6 +80,7 @@ KINDS: dict[str, type[Resource]] = {
         PeerAuthentication,
         RedisService,
         RedisDestination,
+        Sidecar,
     )
 }
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -41,7 +41,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from metamesh.api import authz, base, istio, metaprotocol, redis, security
+from metamesh.api import authz, base, istio, metaprotocol, redis, security, sidecar
 from metamesh.api.problems import FieldPath
 
 Finding = tuple[FieldPath, str]
@@ -69,6 +69,25 @@ _NO_MTLS = "the peer has no verified identity without mutual TLS"
 _TO_ENVOY = "it reaches Envoy in xDS, but the metamesh proxy does not use it"
 
 UNSUPPORTED: Mapping[FieldKey, Unsupported] = {
+    # Sidecar: only the egress hosts (and the workload selector) scope what a proxy gets
+    (sidecar.SidecarSpec, "ingress"): Unsupported(
+        "inbound listeners come from the workload's endpoints (docs/mesh.md), not the Sidecar"
+    ),
+    (sidecar.SidecarSpec, "outbound_traffic_policy"): Unsupported(
+        "there is no passthrough cluster: traffic to unknown destinations is not proxied"
+    ),
+    (sidecar.SidecarSpec, "inbound_connection_pool"): Unsupported(
+        "inbound connections to the local app are not pooled by settings"
+    ),
+    (sidecar.EgressListener, "port"): Unsupported(
+        "egress listeners are not built per port: the hosts are visible on all their ports"
+    ),
+    (sidecar.EgressListener, "bind"): Unsupported(
+        "listeners bind to the services' addresses, not to a Sidecar bind address"
+    ),
+    (sidecar.EgressListener, "capture_mode"): Unsupported(
+        "interception is set on the proxy's command line (docs/sidecar.md)"
+    ),
     # ServiceEntry
     (istio.ServicePort, "protocol"): Unsupported(
         "only TCP is meaningful: metamesh picks the protocol from the port name",
@@ -204,6 +223,7 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
             authz.DubboAuthorizationPolicy,
             istio.WorkloadEntryResource,
             security.PeerAuthentication,
+            sidecar.Sidecar,
         )
     },
     **_fields(base.Metadata, "name", "namespace"),
@@ -224,6 +244,9 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
     **_fields(base.WorkloadSelector, "labels"),
     **_fields(istio.ServicePort, "number", "name", "target_port"),
     **_fields(istio.WorkloadEntry, "address", "ports", "labels", "weight", "service_account"),
+    # Sidecar
+    **_fields(sidecar.SidecarSpec, "workload_selector", "egress"),
+    **_fields(sidecar.EgressListener, "hosts"),
     # PeerAuthentication
     **_fields(security.PeerAuthenticationSpec, "selector", "mtls", "port_level_mtls"),
     **_fields(security.MutualTls, "mode"),

@@ -23,7 +23,8 @@ frozen tree that :mod:`metamesh.control.translate` reads without looking at YAML
   namespace) is a mesh workload with its own proxy, which gets the inbound side
   (:mod:`metamesh.control.inbound`); the PeerAuthentications, for that side;
 - the client TLS of each cluster (DestinationRule ``tls``, merged like the other settings:
-  the most specific layer that sets ``tls`` wins).
+  the most specific layer that sets ``tls`` wins);
+- the Istio Sidecars, which limit what each proxy is sent (:mod:`metamesh.control.scope`).
 
 :class:`MeshSettings` holds what the operator chooses rather than the manifests: Istio's root
 namespace and the trust domain of SPIFFE ids. :func:`with_settings` applies them to a model
@@ -91,6 +92,7 @@ from metamesh.api.istio import (
     OutlierDetection as IstioOutlierDetection,
 )
 from metamesh.api.security import PeerAuthentication
+from metamesh.api.sidecar import Sidecar
 from metamesh.control.redis_model import RedisTables, redis_tables
 
 T = TypeVar("T")
@@ -260,6 +262,8 @@ class MeshModel:
     settings: MeshSettings = field(default_factory=lambda: MeshSettings())
     #: RedisService / RedisDestination by host (translated by control/redis.py).
     redis: RedisTables = field(default_factory=RedisTables)
+    #: Istio Sidecars in (namespace, name) order: what each proxy is sent (control/scope.py).
+    sidecars: tuple[Sidecar, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,8 +329,14 @@ def build_model(resources: ResourceSet) -> MeshModel:
     peer = sorted(resources.of_kind(PeerAuthentication), key=lambda p: (p.namespace, p.name))
     redis = redis_tables(resources)
     problems.extend(redis.problems)
+    sidecars = sorted(resources.of_kind(Sidecar), key=lambda s: (s.namespace, s.name))
     return MeshModel(
-        MappingProxyType(services), tuple(problems), tuple(peer), tuple(policies), redis=redis
+        MappingProxyType(services),
+        tuple(problems),
+        tuple(peer),
+        tuple(policies),
+        redis=redis,
+        sidecars=tuple(sidecars),
     )
 
 

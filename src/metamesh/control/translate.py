@@ -48,14 +48,15 @@ RouteConfiguration ``inbound|<port>||<host>``
     one route to that cluster.
 
 :class:`ProxyNode` carries the node id, namespace, workload labels, service account and
-addresses. The namespace filters services by ``exportTo``; ``None`` (the embedded proxy) sees
-every service. A node that asks for no outbound side (``outbound`` False) gets only its
-inbound resources (and the rate limit service cluster its inbound filters need).
+addresses. The namespace filters services by ``exportTo`` and the Istio Sidecar that applies to
+the node (:mod:`metamesh.control.scope`); ``None`` (the embedded proxy) sees every service.
+A node that asks for no outbound side (``outbound`` False) gets only its inbound resources
+(and the rate limit service cluster its inbound filters need).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -81,6 +82,7 @@ from metamesh.control.inbound import APP_ADDRESS, InboundPort, cluster_tls, inbo
 from metamesh.control.model import ClusterPolicy, MeshModel, Service, ServicePort, UpstreamTls
 from metamesh.control.redis import is_redis, outbound_redis
 from metamesh.control.routes import route_configuration
+from metamesh.control.scope import egress_scope
 from metamesh.control.tls_contexts import (
     ISTIO_TLS_MODE,
     TLS_INSPECTOR,
@@ -134,9 +136,16 @@ def route_config_name(host: str, port: int) -> str:
     return f"{host}_{port}"
 
 
-def translate(model: MeshModel, node: ProxyNode | None = None) -> XdsResources:
+def translate(
+    model: MeshModel, node: ProxyNode | None = None, *, fragments: Fragments | None = None
+) -> XdsResources:
     """Every resource ``node`` needs (see the module docstring); a real Envoy node gets
-    Envoy's own filters instead (:mod:`metamesh.control.envoy`, the second back end)."""
+    Envoy's own filters instead (:mod:`metamesh.control.envoy`, the second back end).
+
+    Only the services the node's scope admits are translated (``exportTo`` and Istio's
+    Sidecar, :mod:`metamesh.control.scope`). ``fragments`` (``(model, service, in_mesh) ->``
+    :func:`outbound_fragment`) lets a caller reuse each service's outbound resources across
+    scopes and models (:mod:`metamesh.control.scoped`); the result is the same."""
     node = node or ProxyNode()
     if node.data_plane == ENVOY_DATA_PLANE:
         # Imported here: the Envoy back end builds on this module's pieces.
@@ -146,11 +155,16 @@ def translate(model: MeshModel, node: ProxyNode | None = None) -> XdsResources:
     tables: dict[str, dict[str, Any]] = {url: {} for url in TYPE_URLS}
     inbound, _ = inbound_ports(model, node)
     fronted = {x.service.host for x in inbound}
+    scope = egress_scope(model, node)
+    in_mesh = node.namespace is not None
     for host in sorted(model.services):
         service = model.services[host]
-        if node.outbound and service.visible_to(node.namespace):
-            _outbound(model, service, tables, in_mesh=node.namespace is not None)
-        if (node.outbound and service.visible_to(node.namespace)) or host in fronted:
+        visible = node.outbound and scope.admits(service)
+        if visible and fragments is not None:
+            merge_fragment(tables, fragments(model, service, in_mesh))
+        elif visible:
+            _outbound(model, service, tables, in_mesh=in_mesh)
+        if visible or host in fronted:
             _rate_limit_service_cluster(model, service, tables)
     for port in inbound:
         _inbound(port, tables)
@@ -159,6 +173,29 @@ def translate(model: MeshModel, node: ProxyNode | None = None) -> XdsResources:
             {url: MappingProxyType(dict(sorted(t.items()))) for url, t in tables.items()}
         )
     )
+
+
+#: One service's outbound resources by type URL (see :func:`outbound_fragment`).
+Fragment = Mapping[str, Mapping[str, Any]]
+Fragments = Callable[[MeshModel, Service, bool], Fragment]
+
+
+def outbound_fragment(model: MeshModel, service: Service, in_mesh: bool) -> Fragment:
+    """The client side of one service on its own, for :func:`merge_fragment`."""
+    tables: dict[str, dict[str, Any]] = {url: {} for url in TYPE_URLS}
+    _outbound(model, service, tables, in_mesh=in_mesh)
+    return {url: table for url, table in tables.items() if table}
+
+
+def merge_fragment(tables: dict[str, dict[str, Any]], fragment: Fragment) -> None:
+    """Add a fragment as :func:`_outbound` would have: a listener address already taken by an
+    earlier host keeps its listener, other resources are set by name."""
+    for url, table in fragment.items():
+        if url == LISTENER_TYPE:
+            for name, listener in table.items():
+                tables[url].setdefault(name, listener)
+        else:
+            tables[url].update(table)
 
 
 def _outbound(
