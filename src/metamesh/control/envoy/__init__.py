@@ -15,8 +15,8 @@ protocol filter's own route table, served over that filter's RDS under the same 
 
 - thrift codec: ``envoy.filters.network.thrift_proxy`` (:mod:`.thrift`);
 - dubbo codec: ``envoy.filters.network.generic_proxy`` with the Dubbo codec (:mod:`.dubbo`);
-- Redis ports: helper B's :mod:`.redis` (``redis_proxy``), when that module provides
-  ``redis_listeners``; until then a Redis port gets no listener on an Envoy node;
+- Redis ports: ``envoy.filters.network.redis_proxy`` listeners and their clusters
+  (:func:`.redis.redis_resources`, helper B's; RedisService routes live in the listener);
 - any other codec: no listener (Envoy has no filter for it), and :mod:`.findings` says so.
 
 What a MetaRouter asks that the Envoy filter cannot do is left out of the Envoy config (the
@@ -35,12 +35,16 @@ from typing import Any
 from envoy.config.listener.v3 import listener_pb2
 
 from metamesh.codecs.registry import canonical_name
-from metamesh.control.envoy import dubbo, thrift
+from metamesh.control.envoy import dubbo, redis, thrift
+from metamesh.control.envoy.findings import EnvoyFinding, Findings
 from metamesh.control.envoy.ports import EnvoyPort, Tables, envoy_ports
 from metamesh.control.model import MeshModel
 from metamesh.control.redis import is_redis
 from metamesh.control.translate import META_PROTOCOL_FILTER, route_config_name, translate
 from metamesh.xds.resources import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    ENVOY_DATA_PLANE,
     LISTENER_TYPE,
     METAMESH_DATA_PLANE,
     ROUTE_TYPE,
@@ -49,27 +53,36 @@ from metamesh.xds.resources import (
     XdsResources,
 )
 
-__all__ = ["EnvoyPort", "envoy_ports", "translate_for_envoy"]
+__all__ = ["EnvoyFinding", "EnvoyPort", "envoy_findings", "envoy_ports", "translate_for_envoy"]
 
 
 def translate_for_envoy(model: MeshModel, node: ProxyNode) -> XdsResources:
     """Every resource the Envoy ``node`` needs (see the module docstring)."""
+    return _translate(model, node, Findings())
+
+
+def envoy_findings(model: MeshModel) -> list[EnvoyFinding]:
+    """What Envoy nodes cannot be given as ``model`` asks (a node that sees every service)."""
+    notes = Findings()
+    _translate(model, ProxyNode("validate", data_plane=ENVOY_DATA_PLANE), notes)
+    return sorted(notes)
+
+
+def _translate(model: MeshModel, node: ProxyNode, notes: Findings) -> XdsResources:
     base = translate(model, replace(node, data_plane=METAMESH_DATA_PLANE))
     tables: Tables = {url: dict(base.of(url)) for url in TYPE_URLS}
     for item in envoy_ports(model, node):
         tables[ROUTE_TYPE].pop(item.routes, None)
         listener = tables[LISTENER_TYPE].pop(item.listener, None)
-        if listener is None:
-            continue
-        native = _native_protocol(model, item, tables)
-        if native is None:
+        native = _native_filter(item, tables, notes) if listener is not None else None
+        if listener is None or native is None:
             continue
         made = listener_pb2.Listener()
         made.CopyFrom(listener)
         for chain in made.filter_chains:
-            for i, network_filter in enumerate(chain.filters):
+            for network_filter in chain.filters:
                 if network_filter.name == META_PROTOCOL_FILTER:
-                    chain.filters[i].CopyFrom(native)
+                    network_filter.CopyFrom(native)
         tables[LISTENER_TYPE][made.name] = made
     _redis(model, node, tables)
     return XdsResources(
@@ -79,22 +92,25 @@ def translate_for_envoy(model: MeshModel, node: ProxyNode) -> XdsResources:
     )
 
 
-def _native_protocol(model: MeshModel, item: EnvoyPort, tables: Tables) -> Any:
+def _native_filter(item: EnvoyPort, tables: Tables, notes: Findings) -> Any:
     """The Envoy network filter for ``item``'s codec (its route table added to ``tables``),
-    or None when Envoy has none."""
+    or None (and a finding) when Envoy has none."""
     codec = canonical_name(item.port.codec or "")
     if codec == "thrift":
-        return thrift.thrift_filter(model, item, tables)
+        return thrift.thrift_filter(item, tables, notes)
     if codec == "dubbo":
-        return dubbo.dubbo_filter(model, item, tables)
+        return dubbo.dubbo_filter(item, tables, notes)
+    notes.add(
+        f"ServiceEntry {item.service.namespace}/{item.service.host}",
+        f"ports[{item.port.name}]",
+        f"Envoy has no filter for the codec {item.port.codec!r}; Envoy nodes get no listener",
+    )
     return None
 
 
 def _redis(model: MeshModel, node: ProxyNode, tables: Tables) -> None:
-    """Redis ports: helper B's ``redis_proxy`` translation (:mod:`.redis`), when it exists.
-
-    Without it, the metamesh Redis listeners (which Envoy would NACK) and their route tables
-    are removed."""
+    """Redis ports: the metamesh Redis listeners (which Envoy would NACK) and route tables
+    are replaced by ``redis_proxy`` listeners and Envoy's clusters (:mod:`.redis`)."""
     for host in sorted(model.services):
         service = model.services[host]
         for port in service.ports:
@@ -102,4 +118,8 @@ def _redis(model: MeshModel, node: ProxyNode, tables: Tables) -> None:
                 tables[ROUTE_TYPE].pop(route_config_name(host, port.number), None)
                 for address in service.addresses:
                     tables[LISTENER_TYPE].pop(f"{address}_{port.number}", None)
-    # PLACE FOR HELPER B: call redis.redis_listeners(...) here once it exists.
+    for type_url, made in redis.redis_resources(model, node).items():
+        tables[type_url].update(made)
+    for name, cluster in tables[CLUSTER_TYPE].items():  # CLUSTER mode: no EDS endpoints
+        if cluster.HasField("cluster_type"):
+            tables[ENDPOINT_TYPE].pop(name, None)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from metamesh.control.envoy.findings import Findings
 from metamesh.control.envoy.ports import EnvoyPort, Tables
-from metamesh.control.model import MeshModel
 
 
-def dubbo_filter(model: MeshModel, item: EnvoyPort, tables: Tables) -> Any:
+def dubbo_filter(item: EnvoyPort, tables: Tables, notes: Findings) -> Any:
     return None
