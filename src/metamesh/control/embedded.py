@@ -45,8 +45,8 @@ from metamesh import logs
 from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
 from metamesh.control.model import MeshModel, MeshSettings, with_settings
 from metamesh.control.sources import FileSource
+from metamesh.control.scoped import ScopedTranslator
 from metamesh.control.to_proxy import to_snapshot
-from metamesh.control.translate import translate
 from metamesh.proxy.config import Snapshot
 from metamesh.proxy.filters.rbac import identity_rules_without_tls
 from metamesh.proxy.telemetry import local_workload
@@ -164,7 +164,10 @@ async def start_control_plane(
     """The ADS server fed by the directory and, with ``zookeeper``, the Dubbo registry too
     (control/sources/merge.py; its first read is awaited for a bounded time); ``mesh``: the
     root namespace and trust domain the models are translated under."""
-    ads = AdsServer(translate, MeshModel(), quiet=SERVER_QUIET, max_delay=SERVER_MAX_DELAY)
+    # one translation per proxy scope, reused across models (control/scoped.py)
+    ads = AdsServer(
+        ScopedTranslator(), MeshModel(), quiet=SERVER_QUIET, max_delay=SERVER_MAX_DELAY
+    )
     settings = mesh or MeshSettings()
 
     def on_model(model: MeshModel) -> None:

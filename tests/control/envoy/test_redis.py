@@ -12,7 +12,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.redis_proxy.v3 import redis_proxy_pb2
 
 from metamesh.api import load_text, validate
-from metamesh.api.redis import RedisDestination
+from metamesh.api.redis import RedisDestination, RedisService
 from metamesh.control.envoy.redis import (
     REDIS_CLUSTER_TYPE,
     REDIS_PROXY_FILTER,
@@ -141,8 +141,7 @@ def test_routes_mirrors_faults_settings_and_downstream_auth() -> None:
 
 
 def test_secret_files_are_read_by_envoy_and_upstream_auth_rides_on_the_cluster() -> None:
-    tables = resources(
-        """
+    extra = """
 ---
 apiVersion: redis.aeraki.io/v1alpha1
 kind: RedisService
@@ -164,7 +163,7 @@ spec:
       tcp: {connectTimeout: 700ms}
       redis: {auth: {secret: {file: /run/up-pw}}}
 """
-    )
+    tables = resources(extra)
     proxy = proxy_of(tables)
     (password,) = proxy.downstream_auth_passwords
     assert password.filename == "/run/down-pw"
@@ -174,6 +173,14 @@ spec:
     options = redis_proxy_pb2.RedisProtocolOptions()
     assert cluster.typed_extension_protocol_options[REDIS_PROXY_FILTER].Unpack(options)
     assert options.auth_password.filename == "/run/up-pw"
+    loaded = load_text(SERVICES + extra, "mesh.yaml")
+    for kind, path in (
+        (RedisService, ("spec", "settings", "auth", "secret", "file")),
+        (RedisDestination, ("spec", "trafficPolicy", "connectionPool", "redis", "auth")),
+    ):
+        (resource,) = loaded.of_kind(kind)
+        (finding,) = [m for p, m in envoy_redis_findings(resource) if p[: len(path)] == path]
+        assert "trailing newline" in finding and "redis_proxy" in finding
 
 
 CLUSTER_MODE = """
@@ -231,7 +238,7 @@ def test_discovery_endpoints_seed_the_cluster_and_what_envoy_cannot_do_is_a_warn
     (rd,) = loaded.of_kind(RedisDestination)
     found = dict(envoy_redis_findings(rd))
     pool = ("spec", "trafficPolicy", "connectionPool")
-    assert "Envoy data plane" in found[(*pool, "tcp", "maxConnections")]
+    assert "redis_proxy" in found[(*pool, "tcp", "maxConnections")]
     assert "nonsense" in found[(*pool, "redis", "discoveryEndpoints")]
 
 

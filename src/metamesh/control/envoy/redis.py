@@ -49,9 +49,10 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2
 
 from metamesh.api.base import Resource, fqdn
-from metamesh.api.problems import FieldPath
+from metamesh.api.problems import FieldPath, format_path
 from metamesh.api.redis import Auth, Fault, Mirror, RedisDestination, RedisRoute, RedisService
 from metamesh.control import translate as t
+from metamesh.control.envoy.findings import Findings
 from metamesh.control.model import MeshModel, Service, ServicePort
 from metamesh.control.redis import is_cluster_mode, is_redis, redis_cluster_options
 from metamesh.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ProxyNode
@@ -60,7 +61,7 @@ REDIS_PROXY_FILTER = "envoy.filters.network.redis_proxy"
 REDIS_CLUSTER_TYPE = "envoy.clusters.redis"
 #: Aeraki's outbound ``op_timeout`` when the RedisService sets none (Envoy requires one).
 DEFAULT_OP_TIMEOUT = 60.0
-DATA_PLANE = "Envoy data plane (redis_proxy)"
+DATA_PLANE = "Envoy's redis_proxy"
 
 RedisProxy = redis_proxy_pb2.RedisProxy
 PrefixRoute = redis_proxy_pb2.RedisProxy.PrefixRoutes.Route
@@ -70,11 +71,21 @@ AddressFor = Callable[[str], str]
 
 
 def redis_resources(
-    model: MeshModel, node: ProxyNode, address_for: AddressFor | None = None
+    model: MeshModel,
+    node: ProxyNode,
+    address_for: AddressFor | None = None,
+    notes: Findings | None = None,
 ) -> Tables:
     """Listeners, clusters and endpoints of every Redis port ``node`` sees (see the module
-    docstring); ``address_for`` maps a service address to the one the listener binds."""
+    docstring); ``address_for`` maps a service address to the one the listener binds; what
+    Envoy cannot do as asked goes to ``notes``."""
     tables: Tables = {LISTENER_TYPE: {}, CLUSTER_TYPE: {}, ENDPOINT_TYPE: {}}
+    if notes is not None:
+        resources: list[Resource] = [*model.redis.services.values()]
+        resources += model.redis.destinations.values()
+        for resource in resources:
+            for path, message in envoy_redis_findings(resource):
+                notes.add(resource, format_path(path), message)
     if not node.outbound:
         return tables
     for host in sorted(model.services):
@@ -303,8 +314,30 @@ Finding = tuple[FieldPath, str]
 def envoy_redis_findings(resource: Resource) -> list[Finding]:
     """Warnings for what ``resource`` asks that Envoy's ``redis_proxy`` does not do."""
     if isinstance(resource, RedisDestination):
-        return list(_destination_findings(resource))
+        pool = (
+            resource.spec.traffic_policy.connection_pool if resource.spec.traffic_policy else None
+        )
+        auth = pool.redis.auth if pool is not None and pool.redis is not None else None
+        path = ("spec", "trafficPolicy", "connectionPool", "redis", "auth")
+        return [*_destination_findings(resource), *_secret_file_findings(auth, path)]
+    if isinstance(resource, RedisService):
+        settings = resource.spec.settings
+        auth = settings.auth if settings is not None else None
+        return _secret_file_findings(auth, ("spec", "settings", "auth"))
     return []
+
+
+def _secret_file_findings(auth: Auth | None, path: FieldPath) -> list[Finding]:
+    if auth is None or auth.secret is None or not auth.secret.file:
+        return []
+    return [
+        (
+            (*path, "secret", "file"),
+            f"{DATA_PLANE} reads {auth.secret.file} as is: a trailing newline is part of "
+            "the password there (metamesh strips one); write the file without it, as "
+            "Kubernetes mounts a Secret's key",
+        )
+    ]
 
 
 def _destination_findings(rd: RedisDestination) -> list[Finding]:
@@ -316,7 +349,7 @@ def _destination_findings(rd: RedisDestination) -> list[Finding]:
         out.append(
             (
                 ("spec", "trafficPolicy", "connectionPool", "tcp", "maxConnections"),
-                f"not applied by the {DATA_PLANE}: it keeps one connection per backend and "
+                f"not applied by {DATA_PLANE}: it keeps one connection per backend and "
                 "worker thread and has no circuit breaking",
             )
         )
@@ -326,7 +359,7 @@ def _destination_findings(rd: RedisDestination) -> list[Finding]:
         out.append(
             (
                 ("spec", "trafficPolicy", "connectionPool", "redis", "discoveryEndpoints"),
-                f"the {DATA_PLANE} seeds its cluster from host:port entries only; "
+                f"{DATA_PLANE} seeds its cluster from host:port entries only; "
                 f"ignored: {', '.join(bad)}",
             )
         )
