@@ -44,8 +44,8 @@ import grpc
 from metamesh import logs
 from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
 from metamesh.control.model import MeshModel, MeshSettings, with_settings
-from metamesh.control.sources import FileSource
 from metamesh.control.scoped import ScopedTranslator
+from metamesh.control.sources import FileSource
 from metamesh.control.to_proxy import to_snapshot
 from metamesh.proxy.config import Snapshot
 from metamesh.proxy.filters.rbac import identity_rules_without_tls
