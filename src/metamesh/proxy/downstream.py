@@ -216,6 +216,18 @@ class DownstreamSide(RequestPath):
             self._count_truncated(d)
         self._forget_downstream(d)
 
+    def downstream_unread(self, d: Downstream, queued: int, why: str) -> None:
+        """The client does not read its replies (the runtime saw ``why``): count, log, close.
+
+        The runtime aborts the socket itself: ``queued`` bytes of replies would never drain.
+        """
+        if d.closed:
+            return
+        self.stats.downstream_unread += 1
+        self._close_downstream(
+            d, f"{d}: closing, it does not read its replies ({queued} bytes queued, {why})"
+        )
+
     def _count_truncated(self, d: Downstream) -> None:
         """The client stopped sending with part of a frame buffered: count and log it."""
         self.stats.downstream_truncated += 1

@@ -31,11 +31,19 @@ class ConnectionLimits:
     seconds (slow-loris clients), 0 = never. ``max_downstreams``: client connections held at
     once across listeners, 0 = no cap; at the cap a new client takes the place of the client
     idle longest, or is refused when none is idle.
+
+    A client that does not read its replies is paused first (the runtime's write-buffer
+    backpressure) and closed when it stays behind: ``unread_timeout`` seconds above the
+    high-water mark without draining to the low-water mark, or, while it is behind, queued
+    replies past ``max_unread_bytes`` (a reply to a client that is keeping up is never cut,
+    whatever its size). 0 turns either off.
     """
 
     idle_timeout: float = 3600.0
     frame_timeout: float = 30.0
     max_downstreams: int = 0
+    unread_timeout: float = 60.0
+    max_unread_bytes: int = 64 * 1024 * 1024
 
 
 class ListenerState:

@@ -76,6 +76,11 @@ COUNTERS: Final[dict[str, tuple[str, str]]] = {
         "metamesh_downstream_truncated_frames_total",
         "Client connections that closed in the middle of a frame",
     ),
+    "downstream_unread": (
+        "metamesh_downstream_unread_replies_closed_total",
+        "Client connections closed because they did not read their replies (stalled too long "
+        "or too many bytes queued)",
+    ),
     "downstream_unexpected_frames": (
         "metamesh_downstream_unexpected_frames_total",
         "Frames from clients that are neither requests nor heartbeats (dropped)",
@@ -188,6 +193,7 @@ class ProxyStats:
         self.downstream_cx_overflow = 0
         self.drain_aborted_requests = 0
         self.downstream_unexpected_frames = 0
+        self.downstream_unread = 0
         self.upstream_decode_errors = 0
         self.upstream_connects = 0
         self.upstream_connect_failures = 0

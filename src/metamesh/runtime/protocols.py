@@ -10,7 +10,11 @@ proxy core in the native build (see ``setup.py``) and kept to plain attribute wo
   replies gets its own reading paused (``pause_writing`` on its transport), and an upstream
   whose write buffer fills pauses reading from every client until it drains, since any client
   may be feeding it. A mirror's connection (which carries only request copies) never pauses
-  clients: while it is congested the core drops further copies for it instead.
+  clients: while it is congested the core drops further copies for it instead. A client that
+  stays behind is closed (socket aborted, the core counts and logs it): paused for longer than
+  ``ConnectionLimits.unread_timeout`` (one ``call_later`` armed while paused), or about to
+  queue more than ``max_unread_bytes`` while paused (checked by the flush only for a paused
+  client, so a reply to a client that keeps up is never cut, whatever its size).
 * :class:`Turn` reads the loop clock once per turn and, on the first event of a turn, schedules
   :meth:`Turn.flush` with ``call_soon``. The flush writes each dirty peer once: its ``out`` list
   of frames goes to the transport as the frame itself when there is one (a forwarded frame is
@@ -85,7 +89,10 @@ class Turn:
                 if transport is None or not out:
                     continue
                 peer.out = []
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
+                data = out[0] if len(out) == 1 else b"".join(out)
+                if handle.behind and handle.over_unread_cap(len(data)):
+                    continue  # closed: the client was behind and would pass the cap
+                transport.write(data)
         if core.actions:
             for action in core.take_actions():
                 self._execute(action)
@@ -121,6 +128,9 @@ class DownstreamProtocol:
         self.transport: asyncio.Transport | None = None
         self.conn: Downstream | None = None
         self.paused_by_self = False
+        #: Paused because the client does not read (the flush checks the unread cap then).
+        self.behind = False
+        self._unread_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tr = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -156,19 +166,58 @@ class DownstreamProtocol:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.readers.discard(self)
+        self._stop_unread_timer()
         if self.conn is not None:
             self.core.downstream_closed(self.conn, self.turn.now())
         self.transport = None
 
     def pause_writing(self) -> None:
-        self.paused_by_self = True
+        self.paused_by_self = self.behind = True
         if self.transport is not None:
             self.transport.pause_reading()
+            timeout = self.core.limits.unread_timeout
+            if timeout > 0 and self._unread_timer is None:
+                self._unread_timer = self.turn.loop.call_later(timeout, self._unread_too_long)
 
     def resume_writing(self) -> None:
-        self.paused_by_self = False
+        self.paused_by_self = self.behind = False
+        self._stop_unread_timer()
         if self.transport is not None and not self.server.upstream_congested:
             self.transport.resume_reading()
+
+    def _stop_unread_timer(self) -> None:
+        if self._unread_timer is not None:
+            self._unread_timer.cancel()
+            self._unread_timer = None
+
+    def _unread_too_long(self) -> None:
+        self._unread_timer = None
+        timeout = self.core.limits.unread_timeout
+        self.turn.now()  # schedules the flush that executes the core's close and log line
+        self.close_unread(f"not reading for {timeout:g} s")
+
+    def over_unread_cap(self, adding: int) -> bool:
+        """True (and the client closed) if ``adding`` bytes would put it past the unread cap."""
+        cap = self.core.limits.max_unread_bytes
+        tr = self.transport
+        if cap <= 0 or tr is None:
+            return False
+        queued = tr.get_write_buffer_size() + adding
+        if queued <= cap:
+            return False
+        self.close_unread(f"over the {cap}-byte cap for a client that is behind")
+        return True
+
+    def close_unread(self, why: str) -> None:
+        """Close a client that does not read its replies: the core counts and logs it, and
+        the socket is aborted (a plain close would wait for replies that never drain)."""
+        conn, tr = self.conn, self.transport
+        self.behind = False
+        self._stop_unread_timer()
+        if conn is None or tr is None:
+            return
+        self.core.downstream_unread(conn, tr.get_write_buffer_size(), why)
+        tr.abort()
 
 
 class UpstreamProtocol:
@@ -181,6 +230,8 @@ class UpstreamProtocol:
         self.up = up
         self.transport: asyncio.Transport | None = None
         self.congested = False
+        #: Never set: the flush's unread-reply check is for clients only.
+        self.behind = False
         #: ISTIO_MUTUAL and the peer had no mesh identity: never connected to the core.
         self.refused = False
 
