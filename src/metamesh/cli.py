@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from metamesh.runtime.intercept import InterceptSettings
     from metamesh.runtime.sidecar import SidecarSettings
     from metamesh.runtime.tracing import TracingSettings
+    from metamesh.runtime.workers import WorkerSpec
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -186,6 +187,41 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         identity=_identity(args),
         sidecar=_sidecar(args),
         tracing=_tracing(args),
+        workers=_workers(args, "proxy"),
+    )
+
+
+def _workers(args: argparse.Namespace, command: str) -> WorkerSpec | None:
+    """``--workers N`` (docs/workers.md): None for one process."""
+    from metamesh.runtime.workers import WorkerSpec
+
+    if args.workers < 1:
+        raise SystemExit(f"metamesh {command}: --workers must be at least 1")
+    if args.workers == 1:
+        return None
+    if args.intercept or args.dns:
+        raise SystemExit(f"metamesh {command}: --workers cannot be combined with --intercept/--dns")
+    if getattr(args, "ca", None) is not None:
+        raise SystemExit(f"metamesh {command}: --workers cannot be combined with --ca yet")
+    return WorkerSpec(
+        count=args.workers,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        limits=_limits(args),
+        tls_files=_tls_files(args) if hasattr(args, "tls_cert") else None,
+        tracing=_tracing(args),
+        drain_timeout=args.drain_timeout,
+    )
+
+
+def _add_workers_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="proxy processes sharing every listener (SO_REUSEPORT); raise it when one core "
+        "is saturated, up to the cores available (docs/workers.md)",
     )
 
 
@@ -467,6 +503,7 @@ def _proxy_xds(args: argparse.Namespace) -> int:
             sidecar=_sidecar(args),
             tracing=_tracing(args),
             xds_tls=args.xds_tls,
+            workers=_workers(args, "proxy"),
         )
         return run(main, args.log_level)
 
@@ -507,6 +544,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             kubernetes=_kubernetes(args),
             sidecar=_sidecar(args),
             tracing=_tracing(args),
+            workers=_workers(args, "up"),
         )
         return run(main, args.log_level)
 
@@ -931,6 +969,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sidecar_options(proxy)
     _add_tracing_options(proxy)
+    _add_workers_option(proxy)
     proxy.add_argument("--log-level", default="INFO", help="logging level")
     proxy.set_defaults(func=_cmd_proxy)
 
@@ -953,6 +992,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kubernetes_options(up)
     _add_sidecar_options(up)
     _add_tracing_options(up)
+    _add_workers_option(up)
     up.add_argument("--log-level", default="INFO", help="logging level")
     up.set_defaults(func=_cmd_up)
 

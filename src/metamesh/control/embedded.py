@@ -57,6 +57,7 @@ from metamesh.runtime.server import ProxyServer
 from metamesh.runtime.sidecar import Sidecar, SidecarSettings
 from metamesh.runtime.tls import TlsCredentials
 from metamesh.runtime.tracing import TracingSettings, enable_tracing
+from metamesh.runtime.workers import WorkerSet, WorkerSpec
 from metamesh.runtime.xds_client import XdsClient, XdsTls
 from metamesh.runtime.xds_state import resources_to_snapshot
 from metamesh.security.ca import CertificateAuthority
@@ -217,6 +218,7 @@ async def start_proxy(
     tls: TlsCredentials | None = None,
     sidecar: SidecarSettings | None = None,
     tracing: TracingSettings | None = None,
+    workers: WorkerSpec | None = None,
 ) -> tuple[ProxyServer, XdsClient]:
     """The proxy on the running (proxy) loop and its xDS client, to be run on a control loop.
 
@@ -231,6 +233,7 @@ async def start_proxy(
         limits=process_limits(**(limits or {})),
         tls=tls,
         sidecar=Sidecar(sidecar) if sidecar is not None else None,
+        workers=WorkerSet(workers) if workers is not None else None,  # started by start()
     )
     proxy.core.stats.local = local_workload(
         node.node_id, node.namespace, node.labels, node.service_account
@@ -322,6 +325,7 @@ async def serve_up(
     kubernetes: KubernetesSettings | None = None,
     sidecar: SidecarSettings | None = None,
     tracing: TracingSettings | None = None,
+    workers: WorkerSpec | None = None,
 ) -> int:
     """``metamesh up``: the proxy on this loop, the control plane on a thread (module doc)."""
     stop = stop or asyncio.Event()
@@ -357,6 +361,7 @@ async def serve_up(
             limits=limits,
             sidecar=sidecar,
             tracing=tracing,
+            workers=workers,
         )
     except OSError as exc:
         print(f"metamesh up: cannot start the proxy: {exc}", file=sys.stderr)
@@ -554,6 +559,7 @@ async def serve_proxy_xds(
     sidecar: SidecarSettings | None = None,
     tracing: TracingSettings | None = None,
     xds_tls: bool | None = None,
+    workers: WorkerSpec | None = None,
 ) -> int:
     """``metamesh proxy --xds``: a proxy configured by the control plane at ``target``; with
     ``identity``, its workload certificate comes from (and is renewed by) the mesh CA first,
@@ -576,6 +582,7 @@ async def serve_proxy_xds(
             tls,
             sidecar,
             tracing,
+            workers,
         )
     except OSError as exc:
         print(f"metamesh proxy: cannot start: {exc}", file=sys.stderr)

@@ -51,6 +51,7 @@ from metamesh.runtime.redact import redact
 from metamesh.telemetry import view
 
 if TYPE_CHECKING:
+    from metamesh.proxy.config import Snapshot
     from metamesh.proxy.listener import Downstream
     from metamesh.runtime.server import ProxyServer
 
@@ -98,6 +99,8 @@ class ProxyCollector:
             )
         if self.server.sidecar is not None:  # interception and DNS (runtime/sidecar.py)
             yield from self.server.sidecar.metrics()
+        if self.server.workers is not None:  # --workers N (runtime/workers.py)
+            yield from self.server.workers.metrics()
         yield CounterMetricFamily(
             "metamesh_downstream_accept_errors",
             "Accepts that failed for lack of file descriptors (EMFILE/ENFILE)",
@@ -369,11 +372,7 @@ def handle(server: ProxyServer, target: str, from_loopback: bool = False) -> tup
     if path == "/server_info":
         return 200, "application/json", json.dumps(server_info(server), indent=2).encode()
     if path == "/config_dump":
-        dump: object = server.core.snapshot.to_dict()
-        if not (from_loopback and "include_secrets" in query.split("&")):
-            dump = redact(dump)
-        body = json.dumps(dump, indent=2).encode()
-        return 200, "application/json", body
+        return 200, "application/json", config_dump(server.core.snapshot, query, from_loopback)
     if path == "/clusters":
         view = clusters_view(server)
         if "format=json" in query:
@@ -385,10 +384,32 @@ def handle(server: ProxyServer, target: str, from_loopback: bool = False) -> tup
     if path == "/dashboard/data":
         return 200, "application/json", json.dumps(dashboard_data(server)).encode()
     if path in ("/stats/prometheus", "/metrics"):
-        return 200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(server)
+        return 200, PROMETHEUS_TYPE, render_prometheus(server)
     return 404, "text/plain", b"not found\n"
 
 
+def config_dump(snapshot: Snapshot, query: str, from_loopback: bool) -> bytes:
+    """``/config_dump`` of ``snapshot``: secrets redacted unless ``include_secrets`` is asked
+    from a loopback address."""
+    dump: object = snapshot.to_dict()
+    if not (from_loopback and "include_secrets" in query.split("&")):
+        dump = redact(dump)
+    return json.dumps(dump, indent=2).encode()
+
+
+async def answer(
+    server: ProxyServer, target: str, from_loopback: bool = False
+) -> tuple[int, str, bytes]:
+    """:func:`handle`, for the whole proxy when it runs several workers (:mod:`.worker_admin`)."""
+    if server.workers is not None:
+        from metamesh.runtime.worker_admin import MERGED, merged_answer
+
+        if target.partition("?")[0] in MERGED:
+            return await merged_answer(server, target, from_loopback)
+    return handle(server, target, from_loopback)
+
+
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
 
@@ -405,7 +426,7 @@ async def _serve(
             status, ctype, body = 405, "text/plain", b"GET only\n"
         else:
             peer = writer.get_extra_info("peername")
-            status, ctype, body = handle(server, parts[1], _is_loopback(peer))
+            status, ctype, body = await answer(server, parts[1], _is_loopback(peer))
         reason = _REASONS.get(status, "Service Unavailable")
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"

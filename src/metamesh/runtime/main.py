@@ -27,6 +27,7 @@ from metamesh.runtime.server import ProxyServer
 from metamesh.runtime.sidecar import Sidecar, SidecarSettings
 from metamesh.runtime.tls import TlsCredentials
 from metamesh.runtime.tracing import TracingSettings, enable_tracing
+from metamesh.runtime.workers import WorkerSet, WorkerSpec
 
 
 def open_access_log(path: str | None, stack: contextlib.ExitStack) -> IO[str] | None:
@@ -60,6 +61,7 @@ def run_proxy(
     identity: IdentitySettings | None = None,
     sidecar: SidecarSettings | None = None,
     tracing: TracingSettings | None = None,
+    workers: WorkerSpec | None = None,
 ) -> int:
     logs.configure(log_level)
     try:
@@ -76,6 +78,7 @@ def run_proxy(
             limits=process_limits(**(limits or {})),
             tls=load_tls(tls_files),
             sidecar=Sidecar(sidecar) if sidecar is not None else None,
+            workers=WorkerSet(workers) if workers is not None else None,
         )
         if tracing is not None:  # spans flushed by server.close(), after the drain
             enable_tracing(server, tracing)

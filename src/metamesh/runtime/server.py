@@ -66,6 +66,7 @@ from metamesh.runtime.tls import (
 if TYPE_CHECKING:
     from metamesh.runtime.otlp import SpanExporter
     from metamesh.runtime.sidecar import Sidecar
+    from metamesh.runtime.workers import WorkerSet
 
 log = logging.getLogger("metamesh.proxy")
 
@@ -102,7 +103,18 @@ class ProxyServer:
         limits: ConnectionLimits | None = None,
         tls: TlsCredentials | None = None,
         sidecar: Sidecar | None = None,
+        workers: WorkerSet | None = None,
     ) -> None:
+        #: ``--workers N``: this process is worker 0 of N (runtime/workers.py); it serves its
+        #: share of the local rate limits and hands every snapshot to the others.
+        self.workers = workers
+        if workers is not None:
+            workers.snapshot = snapshot
+            snapshot = workers.share(snapshot)
+        #: Listeners bind with SO_REUSEPORT (every worker binds each listener).
+        self.reuse_port = workers is not None
+        #: Ports to bind for listeners configured on port 0 (a worker binds worker 0's port).
+        self.port_overrides: dict[str, int] = {}
         self.core = ConnectionManager(
             snapshot, resolve_codec, rng, access_log=access_log is not None, limits=limits
         )
@@ -160,6 +172,9 @@ class ProxyServer:
 
             self._admin = await start_admin(self, self.admin_host, self.admin_port)
         self._timer = self._loop.call_later(TIMER_INTERVAL, self._on_timer)
+        if self.workers is not None:  # the other workers bind the ports this one got
+            self.workers.ports = self._zero_ports()
+            await self.workers.start(self)
         if self.tune_gc:
             tune_gc()
         self.ready = True
@@ -188,9 +203,18 @@ class ProxyServer:
                 return cast(asyncio.Protocol, _Refused())
             return cast(asyncio.Protocol, TlsServerProtocol(self.tls, mode, inner))
 
+        port = self.port_overrides.get(name, cfg.port)
         self._servers[name] = await loop.create_server(
-            factory, cfg.address, cfg.port, reuse_address=True
+            factory, cfg.address, port, reuse_address=True, reuse_port=self.reuse_port or None
         )
+
+    def _zero_ports(self) -> dict[str, int]:
+        """The ports bound for listeners configured on port 0 (for the other workers)."""
+        return {
+            name: self.listener_port(name)
+            for name, state in self.core.listeners.items()
+            if state.config.port == 0 and name in self._servers
+        }
 
     def listener_port(self, name: str) -> int:
         """The port a listener is bound to (useful when configured with port 0)."""
@@ -214,7 +238,19 @@ class ProxyServer:
 
     async def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Swap config; opens new listeners, stops accepting on removed ones. A listener that
-        cannot bind raises OSError after every other new listener is bound."""
+        cannot bind raises OSError after every other new listener is bound. With workers, the
+        others have applied ``snapshot`` too when this returns."""
+        workers = self.workers
+        if workers is not None:
+            workers.snapshot = snapshot
+            try:
+                await self._apply_own(workers.share(snapshot))
+            finally:
+                await workers.apply(snapshot, self._zero_ports())
+        else:
+            await self._apply_own(snapshot)
+
+    async def _apply_own(self, snapshot: Snapshot) -> None:
         self.core.apply_snapshot(snapshot)
         for name in list(self._servers):
             if name not in self.core.listeners:
@@ -279,6 +315,7 @@ class ProxyServer:
             server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        others = self._spawn(self.workers.drain(timeout)) if self.workers is not None else None
         self.core.start_drain()
         self.flush()
         while not self.core.drained and loop.time() < deadline:
@@ -304,6 +341,8 @@ class ProxyServer:
         for server in self._servers.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+        if others is not None:  # every worker done (or killed a few seconds past the deadline)
+            await asyncio.gather(others, return_exceptions=True)
         await self.close()
 
     async def close(self) -> None:
@@ -325,6 +364,8 @@ class ProxyServer:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.ratelimit.close()
+        if self.workers is not None:
+            await self.workers.stop()
         if self.sidecar is not None:
             await self.sidecar.stop()
         if self._admin is not None:

@@ -1,0 +1,174 @@
+"""A worker process of ``--workers N`` (``python -m metamesh.runtime.worker FD``).
+
+Started by :class:`~metamesh.runtime.workers.WorkerSet` with one end of a socketpair as ``FD``.
+It runs a :class:`~metamesh.runtime.server.ProxyServer` without an admin server on its own
+uvloop loop, binds every listener with ``SO_REUSEPORT`` and does what worker 0 asks, one message
+at a time and in order:
+
+* ``("init", seq, spec, index, local)``: settings (:class:`~metamesh.runtime.workers.WorkerSpec`),
+  this worker's index and the proxy's own workload (Istio's ``source_*`` labels);
+* ``("apply", seq, snapshot, ports)``: serve ``snapshot`` (with this worker's share of the local
+  rate limits; listeners configured on port 0 bind the port worker 0 got); the answer is an
+  error text or None;
+* ``("admin", seq, target)``: the admin answer of this worker alone, merged by worker 0;
+* ``("drain", seq, timeout)``: drain and exit.
+
+The end of the pipe (worker 0 is gone) and SIGTERM also drain it: a worker never outlives its
+proxy for longer than a drain. Exit code 0 after a drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import IO, Any
+
+from metamesh import logs
+from metamesh.proxy.config import Snapshot
+from metamesh.runtime.admin import handle as admin_answer
+from metamesh.runtime.bucket_share import share_local_rate_limits
+from metamesh.runtime.fd_limits import process_limits
+from metamesh.runtime.loops import proxy_loop_factory
+from metamesh.runtime.server import ProxyServer
+from metamesh.runtime.worker_wire import encode, read_message
+from metamesh.runtime.workers import WorkerSpec, worker_status
+
+log = logging.getLogger("metamesh.workers")
+
+
+class _WholeLines:
+    """The access log of a worker: lines are kept until :meth:`flush` writes them with one
+    ``write`` on an ``O_APPEND`` file, so workers sharing one file never split each other's
+    lines."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = 1 if path == "-" else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.lines.append(text)
+        if len(self.lines) >= 256:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.lines:
+            data = "".join(self.lines).encode()
+            self.lines.clear()
+            with contextlib.suppress(OSError):
+                os.write(self.fd, data)
+
+
+class Worker:
+    """The worker side of the pipe (see the module docstring)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.server: ProxyServer | None = None
+        self.spec: WorkerSpec | None = None
+        self.index = 0
+        self._stopper: asyncio.Task[None] | None = None
+
+    async def run(self) -> int:
+        while (message := await read_message(self.reader)) is not None:
+            kind, seq = message[0], message[1]
+            if kind == "drain":
+                await self._drain(float(message[2]))
+                return 0
+            answer = await self._answer(kind, message[2:])
+            self.writer.write(encode(("done", seq, answer)))
+        if self.server is not None and not self.server.draining:
+            log.info("worker %d: worker 0 is gone; draining", self.index)
+        if self.server is not None:
+            await self._drain(self.spec.drain_timeout if self.spec is not None else 10.0)
+        return 0
+
+    async def _close_pipe_when_stopped(self, server: ProxyServer) -> None:
+        """After a drain started by SIGTERM: end :meth:`run`'s read loop."""
+        await server.wait_stopped()
+        self.writer.close()
+
+    async def _answer(self, kind: str, args: tuple[Any, ...]) -> Any:
+        if kind == "init":
+            await self._start(*args)
+            return None
+        assert self.server is not None and self.spec is not None, "init first"
+        if kind == "apply":
+            snapshot, ports = args
+            self.server.port_overrides = ports
+            try:
+                await self.server.apply_snapshot(
+                    share_local_rate_limits(snapshot, self.index, self.spec.count)
+                )
+            except OSError as exc:  # retried by the server's timer, like worker 0's
+                return f"a listener cannot bind: {exc}"
+            return None
+        if kind == "admin":
+            return admin_answer(self.server, args[0], True)
+        if kind == "status":
+            return worker_status(self.server)
+        return f"unknown message {kind!r}"
+
+    async def _start(self, spec: WorkerSpec, index: int, local: Any) -> None:
+        from metamesh.runtime.main import load_tls
+
+        self.spec, self.index = spec, index
+        logs.configure(spec.log_level)
+        access_log: IO[str] | None = None
+        if spec.access_log is not None:
+            access_log = _WholeLines(spec.access_log)  # type: ignore[assignment]
+        server = ProxyServer(
+            Snapshot(),
+            admin_port=None,
+            access_log=access_log,
+            limits=process_limits(**spec.limits),
+            tls=load_tls(spec.tls_files),
+        )
+        server.reuse_port = True
+        server.core.stats.local = local
+        if spec.tracing is not None:
+            from metamesh.runtime.tracing import enable_tracing
+
+            enable_tracing(server, spec.tracing)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, server.request_drain, spec.drain_timeout)
+        loop.add_signal_handler(signal.SIGINT, server.request_drain, spec.drain_timeout)
+        self.server = server
+        self._stopper = loop.create_task(self._close_pipe_when_stopped(server))
+
+    async def _drain(self, timeout: float) -> None:
+        if self.server is not None:
+            await self.server.drain(timeout)
+            await self.server.wait_stopped()
+
+
+async def serve(fd: int) -> int:
+    """Serve as a worker on the socketpair end ``fd`` until told to drain."""
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    worker = Worker(reader, writer)
+    try:
+        return await worker.run()
+    finally:
+        if worker.server is not None and not worker.server.draining:
+            await worker.server.close()
+        writer.close()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: python -m metamesh.runtime.worker FD (started by --workers)", file=sys.stderr)
+        return 2
+    with asyncio.Runner(loop_factory=proxy_loop_factory()) as runner:
+        return runner.run(serve(int(argv[1])))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
