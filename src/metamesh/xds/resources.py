@@ -46,7 +46,9 @@ class ProxyNode:
     network namespaces, two workloads' proxies cannot both listen on the services' addresses.
     ``data_plane`` is ``"envoy"`` for a real Envoy (its ``user_agent_name``, or node metadata
     ``METAMESH_DATA_PLANE: envoy``), which gets Envoy's native filters
-    (:mod:`metamesh.control.envoy`), else ``"metamesh"``.
+    (:mod:`metamesh.control.envoy`), else ``"metamesh"``. ``listen_address`` (metadata
+    ``METAMESH_LISTEN_ADDRESS``) makes an Envoy node's outbound listeners bind that address
+    instead of the services' own, so an Envoy can run beside another proxy on one host.
     """
 
     node_id: str = ""
@@ -56,6 +58,7 @@ class ProxyNode:
     instance_ips: tuple[str, ...] = ()
     outbound: bool = True
     data_plane: str = METAMESH_DATA_PLANE
+    listen_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

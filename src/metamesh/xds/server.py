@@ -115,6 +115,9 @@ def node_identity(node: Any) -> ProxyNode:
         instance_ips=tuple(x.strip() for x in str(ips).split(",") if x.strip()),
         outbound=str(meta.get("METAMESH_OUTBOUND", "true")).lower() != "false",
         data_plane=data_plane(node.user_agent_name, meta.get("METAMESH_DATA_PLANE")),
+        listen_address=str(meta["METAMESH_LISTEN_ADDRESS"])
+        if meta.get("METAMESH_LISTEN_ADDRESS")
+        else None,
     )
 
 

@@ -2,7 +2,8 @@
 
 :class:`EnvoyNode` starts ``.venv-envoy``'s Envoy (``--concurrency 1``, a unique
 ``--base-id``, a new session, killed on close) with a bootstrap whose only static resource is
-the ADS cluster; LDS and CDS come over ADS, and through them RDS (thrift_proxy's and
+the ADS cluster (and the node ``metadata`` given, e.g. ``METAMESH_LISTEN_ADDRESS``); LDS and
+CDS come over ADS, and through them RDS (thrift_proxy's and
 generic_proxy's route tables) and EDS. Envoy sends ``user_agent_name: envoy``, which is what
 gives it the Envoy translation (nothing in the bootstrap asks for it). Helpers read its admin:
 ``/config_dump`` (what it loaded, and any ``error_state`` of a rejected resource) and
@@ -22,7 +23,7 @@ from typing import Any
 from tests.xds.test_envoy import envoy_binary, wait_for
 
 BOOTSTRAP = """
-node: {{id: {node}, cluster: metamesh-test}}
+node: {{id: {node}, cluster: metamesh-test, metadata: {metadata}}}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
 dynamic_resources:
@@ -53,11 +54,18 @@ _instances = itertools.count()
 class EnvoyNode:
     """One Envoy process; ``admin`` is its admin base URL once started."""
 
-    def __init__(self, ads_port: int, workdir: Path, node: str = "envoy-e2e") -> None:
+    def __init__(
+        self,
+        ads_port: int,
+        workdir: Path,
+        node: str = "envoy-e2e",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         self.node = node
         self.workdir = workdir
         config = workdir / f"{node}.yaml"
-        config.write_text(BOOTSTRAP.format(node=node, port=ads_port))
+        meta = json.dumps(metadata or {})
+        config.write_text(BOOTSTRAP.format(node=node, port=ads_port, metadata=meta))
         admin_file = workdir / f"{node}.admin"
         self.log_path = workdir / f"{node}.log"
         log = self.log_path.open("wb")

@@ -21,6 +21,7 @@ from metamesh.control.model import MeshModel, build_model
 from metamesh.xds.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
+    GENERIC_ROUTE_TYPE,
     LISTENER_TYPE,
     THRIFT_ROUTE_TYPE,
 )
@@ -95,9 +96,10 @@ def check_acked(ads: ServerThread, envoy: EnvoyNode, model: MeshModel, expected:
 
 def test_envoy_acks_every_example(served: tuple[ServerThread, EnvoyNode]) -> None:
     ads, envoy = served
-    everything = {LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, THRIFT_ROUTE_TYPE}
+    everything = {LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, THRIFT_ROUTE_TYPE, GENERIC_ROUTE_TYPE}
     check_acked(ads, envoy, model_of_paths(EXAMPLES), everything)
     dump = envoy.config_dump()
     assert "envoy.filters.network.thrift_proxy" in str(dump)
+    assert "envoy.filters.network.generic_proxy" in str(dump)
     for step in sorted(p.name for p in DEMO.glob("[0-9]-*.yaml")):
         check_acked(ads, envoy, demo_model(step), everything)

@@ -71,6 +71,7 @@ def envoy_findings(model: MeshModel) -> list[EnvoyFinding]:
 def _translate(model: MeshModel, node: ProxyNode, notes: Findings) -> XdsResources:
     base = translate(model, replace(node, data_plane=METAMESH_DATA_PLANE))
     tables: Tables = {url: dict(base.of(url)) for url in TYPE_URLS}
+    bound: set[tuple[str, int]] = set()
     for item in envoy_ports(model, node):
         tables[ROUTE_TYPE].pop(item.routes, None)
         listener = tables[LISTENER_TYPE].pop(item.listener, None)
@@ -83,6 +84,8 @@ def _translate(model: MeshModel, node: ProxyNode, notes: Findings) -> XdsResourc
             for network_filter in chain.filters:
                 if network_filter.name == META_PROTOCOL_FILTER:
                     network_filter.CopyFrom(native)
+        if not item.inbound and not _rebind(made, node, bound, notes):
+            continue
         tables[LISTENER_TYPE][made.name] = made
     _redis(model, node, tables)
     return XdsResources(
@@ -108,6 +111,27 @@ def _native_filter(item: EnvoyPort, tables: Tables, notes: Findings) -> Any:
     return None
 
 
+def _rebind(
+    listener: listener_pb2.Listener, node: ProxyNode, bound: set[tuple[str, int]], notes: Findings
+) -> bool:
+    """Bind an outbound listener to the node's ``listen_address`` (when it gives one); False
+    (and a finding) when another service's listener already has that address and port."""
+    if node.listen_address is None:
+        return True
+    address = listener.address.socket_address
+    address.address = node.listen_address
+    key = (address.address, address.port_value)
+    if key in bound:
+        notes.add(
+            f"Listener {listener.name}",
+            "METAMESH_LISTEN_ADDRESS",
+            f"another service already listens on {key[0]}:{key[1]} on this node; skipped",
+        )
+        return False
+    bound.add(key)
+    return True
+
+
 def _redis(model: MeshModel, node: ProxyNode, tables: Tables) -> None:
     """Redis ports: the metamesh Redis listeners (which Envoy would NACK) and route tables
     are replaced by ``redis_proxy`` listeners and Envoy's clusters (:mod:`.redis`)."""
@@ -118,7 +142,9 @@ def _redis(model: MeshModel, node: ProxyNode, tables: Tables) -> None:
                 tables[ROUTE_TYPE].pop(route_config_name(host, port.number), None)
                 for address in service.addresses:
                     tables[LISTENER_TYPE].pop(f"{address}_{port.number}", None)
-    for type_url, made in redis.redis_resources(model, node).items():
+    listen = node.listen_address
+    rebind = (lambda _: listen) if listen is not None else None
+    for type_url, made in redis.redis_resources(model, node, rebind).items():
         tables[type_url].update(made)
     for name, cluster in tables[CLUSTER_TYPE].items():  # CLUSTER mode: no EDS endpoints
         if cluster.HasField("cluster_type"):
