@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import types
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -60,6 +60,9 @@ class Tallied:
         self.seen[version] += 1
         return version
 
+    def echoes_from(self, version: str) -> Callable[[], bool]:
+        return lambda: self.echo("poll") == version
+
     def add(self, a: int) -> None:
         assert self.client.client.add(a, 1) == a + 1
         self.seen["v2"] += 1  # checked against the servers' counts below
@@ -97,7 +100,7 @@ def test_thrift_same_scenario_through_metamesh_and_envoy(
                 assert set(split) == {"v1", "v2"} and within_5_sigma(split["v1"], n, 0.2), split
 
             write(config / "router.yaml", router(EDITED))
-            took = within_budget([lambda c=c: c.echo("poll") == "v1" for c in clients])
+            took = within_budget([client.echoes_from("v1") for client in clients])
             print(f"route change in force on both proxies after {took:.3f}s")
             for client in clients:
                 client.add(0)
