@@ -87,7 +87,7 @@ def _translate(model: MeshModel, node: ProxyNode, notes: Findings) -> XdsResourc
         if not item.inbound and not _rebind(made, node, bound, notes):
             continue
         tables[LISTENER_TYPE][made.name] = made
-    _redis(model, node, tables)
+    _redis(model, node, tables, notes)
     return XdsResources(
         MappingProxyType(
             {url: MappingProxyType(dict(sorted(t.items()))) for url, t in tables.items()}
@@ -132,7 +132,7 @@ def _rebind(
     return True
 
 
-def _redis(model: MeshModel, node: ProxyNode, tables: Tables) -> None:
+def _redis(model: MeshModel, node: ProxyNode, tables: Tables, notes: Findings) -> None:
     """Redis ports: the metamesh Redis listeners (which Envoy would NACK) and route tables
     are replaced by ``redis_proxy`` listeners and Envoy's clusters (:mod:`.redis`)."""
     for host in sorted(model.services):
@@ -144,7 +144,7 @@ def _redis(model: MeshModel, node: ProxyNode, tables: Tables) -> None:
                     tables[LISTENER_TYPE].pop(f"{address}_{port.number}", None)
     listen = node.listen_address
     rebind = (lambda _: listen) if listen is not None else None
-    for type_url, made in redis.redis_resources(model, node, rebind).items():
+    for type_url, made in redis.redis_resources(model, node, rebind, notes).items():
         tables[type_url].update(made)
     for name, cluster in tables[CLUSTER_TYPE].items():  # CLUSTER mode: no EDS endpoints
         if cluster.HasField("cluster_type"):
