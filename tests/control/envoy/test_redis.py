@@ -13,6 +13,7 @@ from envoy.extensions.filters.network.redis_proxy.v3 import redis_proxy_pb2
 
 from metamesh.api import load_text, validate
 from metamesh.api.redis import RedisDestination, RedisService
+from metamesh.control.envoy.findings import Findings
 from metamesh.control.envoy.redis import (
     REDIS_CLUSTER_TYPE,
     REDIS_PROXY_FILTER,
@@ -254,3 +255,12 @@ def test_a_listen_address_override_moves_the_listener_not_its_name() -> None:
     listener = tables[LISTENER_TYPE]["127.0.30.1_6379"]
     assert listener.address.socket_address.address == "127.0.99.1"
     assert listener.address.socket_address.port_value == 6379
+
+
+def test_listeners_moved_onto_one_address_and_port_keep_the_first_and_say_so() -> None:
+    loaded = load_text(SERVICES.replace("number: 6380", "number: 6379"), "mesh.yaml")
+    notes = Findings()
+    tables = redis_resources(build_model(loaded), ProxyNode(), lambda a: "127.0.99.1", notes)
+    assert list(tables[LISTENER_TYPE]) == ["127.0.30.1_6379"]
+    (finding,) = notes
+    assert finding.resource == "Listener 127.0.30.2_6379" and "127.0.99.1:6379" in finding.message

@@ -95,7 +95,27 @@ def redis_resources(
         for port in service.ports:
             if is_redis(port):
                 _redis_port(model, service, port, tables, address_for or (lambda a: a))
+    _drop_rebound_twins(tables[LISTENER_TYPE], notes)
     return tables
+
+
+def _drop_rebound_twins(listeners: dict[str, Any], notes: Findings | None) -> None:
+    """Listeners moved by ``address_for`` onto one address and port: the first (by name)
+    stays, the others are dropped (Envoy would refuse the pair) and reported."""
+    bound: set[tuple[str, int]] = set()
+    for name in sorted(listeners):
+        socket = listeners[name].address.socket_address
+        key = (socket.address, socket.port_value)
+        if key not in bound:
+            bound.add(key)
+            continue
+        del listeners[name]
+        if notes is not None:
+            notes.add(
+                f"Listener {name}",
+                "METAMESH_LISTEN_ADDRESS",
+                f"another Redis service already listens on {key[0]}:{key[1]} on this node; skipped",
+            )
 
 
 def _redis_port(
