@@ -87,10 +87,6 @@ REDIS_SAMPLES: dict[Any, tuple[list[Edit], str]] = {
         [redis_edit("rs", f"{SETTINGS}.enableRedirection", True)],
         f"{SETTINGS}.enableRedirection",
     ),
-    (redis.RedisSettings, "read_policy"): (
-        [redis_edit("rs", f"{SETTINGS}.readPolicy", "REPLICA")],
-        f"{SETTINGS}.readPolicy",
-    ),
     (redis.SecretAuth, "name"): (
         [redis_edit("rs", f"{SETTINGS}.auth.secret", {**SECRET, "name": "redis-pw"})],
         f"{SETTINGS}.auth.secret.name",

@@ -135,3 +135,15 @@ def test_hosts_must_be_redis_services_and_ports_redis_ports() -> None:
     )
     lonely = problems(redis_service())
     assert any("warning: RedisService ns/redis: spec.host[0]: no ServiceEntry" in p for p in lonely)
+
+
+def test_a_read_policy_applies_only_where_some_target_is_a_cluster() -> None:
+    rs = redis_service()
+    rs["spec"]["settings"] = {"readPolicy": "REPLICA"}
+    rd = redis_destination()
+    warning = "spec.settings.readPolicy: not applied: readPolicy REPLICA reads from replicas"
+    assert any(warning in p for p in problems(redis_services(), rs, rd))
+    rd["spec"]["trafficPolicy"] = {"connectionPool": {"redis": {"mode": "CLUSTER"}}}
+    assert not any("readPolicy" in p for p in problems(redis_services(), rs, rd))
+    rs["spec"]["settings"] = {"readPolicy": "MASTER"}  # what a cluster-less service does anyway
+    assert not any("readPolicy" in p for p in problems(redis_services(), rs))

@@ -190,3 +190,35 @@ spec:
     assert [r.match[0].value if r.match else "" for r in routes(snap)] == ["ab:", "a:", "a", ""]
     options = dict(snap.listeners["127.0.30.1_6379"].codec_options)
     assert options["route_prefixes"].split("\n") == ["a", "ab:", "a:"]
+
+
+def test_a_read_policy_reaches_the_listener_and_makes_the_clusters_connections_readonly() -> None:
+    cluster_a = """
+---
+apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisDestination
+metadata: {name: redis-a, namespace: ns}
+spec:
+  host: redis-a
+  trafficPolicy: {connectionPool: {redis: {mode: CLUSTER}}}
+"""
+    reading = """
+---
+apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisService
+metadata: {name: redis, namespace: ns}
+spec:
+  host: [redis]
+  settings: {readPolicy: PREFER_REPLICA}
+  redis: [{route: {host: redis-a}}]
+"""
+    snap = snapshot(cluster_a + reading)
+    options = dict(snap.listeners["127.0.30.1_6379"].codec_options)
+    assert options["mode"] == "CLUSTER" and options["read_policy"] == "PREFER_REPLICA"
+    cluster = snap.clusters["outbound|6380||redis-a.ns.svc.cluster.local"]
+    assert cluster.protocol_options == (("mode", "CLUSTER"), ("readonly", "true"))
+    # no listener reading from replicas: the cluster's connections stay as they were
+    snap = snapshot(cluster_a + reading.replace("PREFER_REPLICA", "MASTER"))
+    assert "read_policy" not in dict(snap.listeners["127.0.30.1_6379"].codec_options)
+    cluster = snap.clusters["outbound|6380||redis-a.ns.svc.cluster.local"]
+    assert cluster.protocol_options == (("mode", "CLUSTER"),)

@@ -230,3 +230,65 @@ def test_up_rides_out_the_failover_of_a_primary(tmp_path: Path) -> None:
             assert window < FAILOVER_BOUND, window
             assert [client.get(k) for k in keys] == keys  # every key, the victim's included
             print(f"failover: {errors} failed GETs over {window:.2f} s")
+
+
+def gets(node: RedisProcess) -> int:
+    """How many GETs ``node`` has served since its stats were reset."""
+    stats = direct(node).info("commandstats").get("cmdstat_get", {})
+    return int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
+
+
+@pytest.mark.slow
+def test_up_reads_from_replicas_by_read_policy(tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        nodes = make_cluster(stack, tmp_path, 6, 1)  # 3 primaries, each with a replica
+        config = tmp_path / "mesh"
+        config.mkdir()
+        address, port = free_address()
+        cluster_mesh(config, address, port, nodes)
+        service = f"""apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisService
+metadata: {{name: redis-cluster, namespace: demo}}
+spec:
+  host: [{HOST}]
+  settings: {{readPolicy: REPLICA}}
+  redis: [{{route: {{host: {HOST}}}}}]
+"""
+        write(config / "service.yaml", service)
+        with DeployedMesh(tmp_path, "up", config) as up:
+            up.wait_for(f"{address}:{port}  redis")
+            client = redis.Redis(host=address, port=port, decode_responses=True)
+            keys = [f"r:{i}" for i in range(90)]
+            for k in keys:
+                assert client.set(k, k)
+            roles = {n.port: direct(n).info("replication")["role"] for n in nodes}
+            primaries = [n for n in nodes if roles[n.port] == "master"]
+            replicas = [n for n in nodes if roles[n.port] == "slave"]
+            assert len(primaries) == len(replicas) == 3
+            for p in primaries:  # every write is on its replica before reading it there
+                assert direct(p).execute_command("WAIT", 1, 5000) == 1
+            # a new cluster's CLUSTER SLOTS names the replicas only once the nodes have
+            # gossiped; the proxy asks for the table again every 5 s on a connection in use
+            wait_until(lambda: client.get("r:1") == "r:1" and sum(map(gets, replicas)) > 0,
+                       "a read served by a replica", timeout=20)  # fmt: skip
+            for n in nodes:
+                direct(n).config_resetstat()
+            assert [client.get(k) for k in keys] == keys
+            assert [gets(n) for n in primaries] == [0, 0, 0]
+            assert sum(gets(n) for n in replicas) == len(keys)
+            assert all(gets(n) > 0 for n in replicas)  # every shard's copy served its slots
+            # writes still go to the primaries (a replica would answer MOVED, or READONLY)
+            assert client.set("r:0", "changed") and client.incr("counter") == 1
+            assert sum(direct(n).dbsize() for n in primaries) == len(keys) + 1
+            # the policy edited live to MASTER: new connections read from the primaries
+            write(config / "service.yaml", service.replace("REPLICA", "MASTER"))
+
+            def primaries_only() -> bool:
+                before = [gets(n) for n in replicas]
+                with redis.Redis(host=address, port=port, decode_responses=True) as fresh:
+                    assert [fresh.get(k) for k in keys[1:]] == keys[1:]
+                return [gets(n) for n in replicas] == before
+
+            wait_until(primaries_only, "reads back on the primaries", timeout=10)
+            assert primaries_only()
+            assert up.stop() == 0

@@ -155,6 +155,11 @@ def test_cluster_mode_follows_moved_remembers_it_and_follows_ask_once() -> None:
     h.respond(b, b"$1\r\nv\r\n")
     assert bytes(h.sent.pop(c)) == b"$1\r\nv\r\n"  # the MOVED never reached the client
     assert h.core.stats.redirects == 1
+    # a MOVED says the table changed: it is asked for again with the next reply, and what
+    # the answer says (here: nothing) never reaches a client
+    assert bytes(h.sent.pop(b)) == cmd("CLUSTER", "SLOTS")
+    h.respond(b, b"*0\r\n")
+    assert c not in h.sent
     # the slot is remembered: the next GET k goes to its owner directly
     h.send(c, cmd("GET", "k"))
     assert bytes(h.sent.pop(b)) == cmd("GET", "k") and a not in h.sent
@@ -228,3 +233,124 @@ def test_a_split_del_is_answered_once_in_request_order() -> None:
                 replies += b":1\r\n" if b"DEL" in line else b"$1\r\nv\r\n"
         h.respond(up, replies)
     assert bytes(h.sent.pop(c)) == b":2\r\n$1\r\nv\r\n"
+
+
+def replica_mesh(policy: str) -> Snapshot:
+    """A cluster of a primary (7001) and its replica (7002), a listener reading by ``policy``."""
+    listener = Listener(
+        "l", "127.0.0.1", 0, "redis", "rc", stat_prefix="r",
+        codec_options=(("mode", "CLUSTER"), ("read_policy", policy)),
+    )  # fmt: skip
+    nodes = (Endpoint("127.0.0.1", 7001), Endpoint("127.0.0.1", 7002))
+    options = (("mode", "CLUSTER"), ("readonly", "true"))
+    cluster = Cluster("c", nodes, protocol_options=options)
+    route = Route("all", (), RouteAction(cluster="c", hash_policy=("slot",)))
+    return Snapshot.build([listener], [cluster], [RouteConfiguration("rc", (route,))])
+
+
+#: CLUSTER SLOTS: every slot on 7001, replicated on 7002
+PRIMARY_AND_REPLICA = (
+    b"*1\r\n*4\r\n:0\r\n:16383\r\n"
+    b"*3\r\n$9\r\n127.0.0.1\r\n:7001\r\n$1\r\np\r\n*3\r\n$9\r\n127.0.0.1\r\n:7002\r\n$1\r\nr\r\n"
+)
+
+
+def learn_the_table(h: Harness, policy: str) -> tuple[object, dict[int, object]]:
+    """A client whose first GET opens a connection (READONLY, CLUSTER SLOTS first) and teaches
+    the core the table; returns the client and the upstreams by port, both connected."""
+    c = h.client()
+    h.send(c, cmd("GET", "k"))
+    (first,) = h.connects
+    h.connect(first)
+    assert bytes(h.sent.pop(first)) == cmd("READONLY") + cmd("CLUSTER", "SLOTS") + cmd("GET", "k")
+    h.respond(first, b"+OK\r\n" + PRIMARY_AND_REPLICA + b"$1\r\nv\r\n")
+    assert bytes(h.sent.pop(c)) == b"$1\r\nv\r\n"
+    ups = {first.endpoint.port: first}
+    h.send(c, cmd("SET", "k", "w"))  # a write: always to the primary
+    if 7001 not in ups:
+        (primary,) = [u for u in h.connects if u is not first]
+        h.connect(primary)
+        h.respond(primary, b"+OK\r\n" + PRIMARY_AND_REPLICA)
+        ups[7001] = primary
+    assert bytes(h.sent.pop(ups[7001])).endswith(cmd("SET", "k", "w"))
+    h.respond(ups[7001], b"+OK\r\n")
+    assert bytes(h.sent.pop(c)) == b"+OK\r\n"
+    return c, ups
+
+
+def reads_by_port(h: Harness, c: object, ups: dict[int, object], n: int) -> dict[int, int]:
+    """Send ``n`` GETs one at a time; how many each node got (opening the replica's
+    connection when it is first used)."""
+    got = {7001: 0, 7002: 0}
+    for _ in range(n):
+        h.send(c, cmd("GET", "k"))
+        if 7002 not in ups and any(u.endpoint.port == 7002 for u in h.connects):
+            (replica,) = [u for u in h.connects if u.endpoint.port == 7002]
+            h.connect(replica)
+            h.respond(replica, b"+OK\r\n" + PRIMARY_AND_REPLICA)
+            ups[7002] = replica
+        (port,) = [p for p, u in ups.items() if u in h.sent]
+        assert bytes(h.sent.pop(ups[port])).endswith(cmd("GET", "k"))
+        h.respond(ups[port], b"$1\r\nw\r\n")
+        assert bytes(h.sent.pop(c)) == b"$1\r\nw\r\n"
+        got[port] += 1
+    return got
+
+
+def test_read_policies_send_reads_to_replicas_and_writes_to_the_primary() -> None:
+    for policy, expect in (
+        ("REPLICA", lambda got: got == {7001: 0, 7002: 40}),
+        ("PREFER_REPLICA", lambda got: got == {7001: 0, 7002: 40}),
+        ("PREFER_MASTER", lambda got: got == {7001: 40, 7002: 0}),
+        ("ANY", lambda got: got[7001] > 5 and got[7002] > 5),
+    ):
+        h = Harness(replica_mesh(policy))
+        c, ups = learn_the_table(h, policy)
+        got = reads_by_port(h, c, ups, 40)
+        assert expect(got), (policy, got)
+        # a reply from the replica never makes it the slot's owner: writes stay on the primary
+        h.send(c, cmd("SET", "k", "x"))
+        assert bytes(h.sent.pop(ups[7001])).endswith(cmd("SET", "k", "x"))
+
+
+def test_without_a_read_policy_reads_stay_on_the_primary() -> None:
+    h = Harness(replica_mesh("MASTER"))
+    c, ups = learn_the_table(h, "MASTER")
+    assert reads_by_port(h, c, ups, 20) == {7001: 20, 7002: 0}
+
+
+def test_the_table_is_asked_for_again_and_replicas_learned_later_serve_reads() -> None:
+    """A cluster's replicas appear in CLUSTER SLOTS only once the nodes have gossiped: a table
+    learned at connect time without them is refreshed (every 5 s, on a connection in use)."""
+    h = Harness(replica_mesh("REPLICA"))
+    c = h.client()
+    h.send(c, cmd("SET", "k", "v"))
+    (first,) = h.connects
+    h.connect(first)
+    h.sent.pop(first)
+    primary_only = b"*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:7001\r\n$1\r\np\r\n"
+    h.respond(first, b"+OK\r\n" + primary_only)  # READONLY, then the table: no replica yet
+    ups = {first.endpoint.port: first}
+    if first.endpoint.port != 7001:  # the SET was sent where the balancer picked: answered
+        h.respond(first, b"-MOVED 1 127.0.0.1:7001\r\n")
+        (primary,) = [u for u in h.connects if u is not first]
+        h.connect(primary)
+        h.sent.pop(primary)
+        h.respond(primary, b"+OK\r\n" + primary_only)
+        ups[7001] = primary
+    h.respond(ups[7001], b"+OK\r\n")
+    assert bytes(h.sent.pop(c)) == b"+OK\r\n"
+    for u in ups.values():  # (a table asked for after the MOVED, if there was one)
+        if u in h.sent and bytes(h.sent.pop(u)) == cmd("CLUSTER", "SLOTS"):
+            h.respond(u, primary_only)
+    h.sent.clear()
+    assert reads_by_port(h, c, ups, 3) == {7001: 3, 7002: 0}  # no replica known: the primary
+    h.now += 5.0  # the next reply asks again, and this time the replica is there
+    h.send(c, cmd("GET", "k"))
+    assert bytes(h.sent.pop(ups[7001])) == cmd("GET", "k")
+    h.respond(ups[7001], b"$1\r\nw\r\n")
+    assert bytes(h.sent.pop(c)) == b"$1\r\nw\r\n"
+    assert bytes(h.sent.pop(ups[7001])) == cmd("CLUSTER", "SLOTS")
+    h.respond(ups[7001], PRIMARY_AND_REPLICA)
+    assert c not in h.sent
+    assert reads_by_port(h, c, ups, 10) == {7001: 0, 7002: 10}

@@ -279,7 +279,7 @@ def kill_a_worker(up: Metamesh, admin: str, gen: types.ModuleType, at: tuple[str
 
         def restarted() -> bool:
             w = server_info(admin)["workers"][1]
-            return w["state"] == "LIVE" and w["pid"] != before["pid"]
+            return bool(w["state"] == "LIVE" and w["pid"] != before["pid"])
 
         wait_until(restarted, "worker 1 restarted", 60)
         marks = callers.calls()

@@ -195,10 +195,6 @@ UNSUPPORTED: Mapping[tuple[type[BaseModel], str], tuple[str, Any]] = {
         "MOVED/ASK are followed in CLUSTER mode (RedisDestination) only",
         _set,
     ),
-    (RedisSettings, "read_policy"): (
-        "replicas are not discovered: every request goes to the endpoint the load balancer picks",
-        lambda v: v not in (None, "MASTER", "PREFER_MASTER"),
-    ),
     (SecretAuth, "name"): ("Kubernetes Secrets are not read: secret.file is used", _set),
     (SecretAuth, "password_field"): ("Kubernetes Secrets are not read: the file is used", _set),
     (SecretAuth, "username_field"): (
@@ -219,7 +215,10 @@ APPLIED: Mapping[type[BaseModel], frozenset[str]] = {
     SecretAuth: frozenset({"file"}),
     Auth: frozenset({"secret", "plain"}),
     Percent: frozenset({"value"}),
-    RedisSettings: frozenset({"case_insensitive", "op_timeout", "auth", "enable_command_stats"}),
+    # read_policy: in cluster mode (api/redis_rules.py warns where it cannot apply)
+    RedisSettings: frozenset(
+        {"case_insensitive", "op_timeout", "auth", "enable_command_stats", "read_policy"}
+    ),
     KeyMatch: frozenset({"prefix", "remove_prefix"}),
     RouteMatch: frozenset({"key"}),
     RedisDestinationRef: frozenset({"host", "port"}),

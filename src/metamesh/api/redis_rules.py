@@ -3,7 +3,9 @@
 Aeraki's webhook checks little here; these rules catch what would otherwise be silently
 odd at run time: a route without a destination, two catch-all routes or the same prefix twice
 (the later one could never match), a mirror without a target, a RedisService without hosts;
-and, across the resource set (:func:`redis_references`), hosts that are not Redis services.
+and, across the resource set (:func:`redis_references`), hosts that are not Redis services,
+and a ``readPolicy`` reading from replicas where none are known (no destination in
+``mode: CLUSTER``, whose ``CLUSTER SLOTS`` names the replicas).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def redis_references(resources: ResourceSet) -> Iterator[Problem]:
     """Hosts named by RedisServices and RedisDestinations are ServiceEntry hosts with a
     ``tcp-redis*`` port (a RedisService for any other host is never applied), and a route's
     or mirror's ``port`` is a Redis port of its host."""
+    yield from _read_policies(resources)
     redis_ports: dict[str, set[int]] = {}
     for se in resources.of_kind(ServiceEntry):
         numbers = {p.number for p in se.spec.ports if _is_redis_port(p.name)}
@@ -88,6 +91,36 @@ def redis_references(resources: ResourceSet) -> Iterator[Problem]:
             and not redis_ports.get(fqdn(resource.spec.host, resource.namespace))
         ):
             yield item.problem(("spec", "host"), _not_redis(resource.spec.host), "warning")
+
+
+def _read_policies(resources: ResourceSet) -> Iterator[Problem]:
+    """A RedisService whose ``readPolicy`` reads from replicas (not ``MASTER``) is applied in
+    cluster mode only: a warning when none of the hosts it sends to is a cluster."""
+    clusters = {
+        fqdn(d.spec.host, d.namespace)
+        for d in resources.of_kind(RedisDestination)
+        if d.spec.traffic_policy is not None
+        and d.spec.traffic_policy.connection_pool is not None
+        and d.spec.traffic_policy.connection_pool.redis is not None
+        and d.spec.traffic_policy.connection_pool.redis.mode == "CLUSTER"
+    }
+    for item in resources.items:
+        rs = item.resource
+        if not isinstance(rs, RedisService) or rs.spec.settings is None:
+            continue
+        policy = rs.spec.settings.read_policy
+        if policy in (None, "MASTER"):
+            continue
+        targets = [fqdn(h, rs.namespace) for h in rs.spec.host]
+        targets += [fqdn(r.route.host, rs.namespace) for r in rs.spec.redis if r.route]
+        if not clusters.intersection(targets):
+            message = (
+                f"not applied: readPolicy {policy} reads from replicas, which only a "
+                "destination in mode: CLUSTER knows (from CLUSTER SLOTS); none of this "
+                "service's hosts or routes is one, so every read goes to the endpoint the "
+                "load balancer picks"
+            )
+            yield item.problem(("spec", "settings", "readPolicy"), message, "warning")
 
 
 def _is_redis_port(name: str) -> bool:

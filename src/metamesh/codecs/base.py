@@ -18,7 +18,7 @@ from typing import ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
-from metamesh.codecs.message import LocalError, Message, Mutation, ReplyPart
+from metamesh.codecs.message import LocalError, Message, Mutation, Ownership, ReplyPart
 
 DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024
 
@@ -114,6 +114,16 @@ class Codec(abc.ABC):
         with its cluster's protocol options; returns bytes to send before any request (Redis:
         ``AUTH``, ``HELLO 3``, ``SELECT``), whose replies the codec then consumes itself, or
         ``None``. Tells a codec whose direction is not in its frames that it is upstream."""
+        return None
+
+    def ownership_query(self) -> bytes:
+        """A request asking an upstream which node owns which keys (Redis Cluster:
+        ``CLUSTER SLOTS``), sent by the proxy now and then on a connection it already uses;
+        ``b""``: the protocol has none. Its reply goes to :meth:`ownership`."""
+        return b""
+
+    def ownership(self, reply: Message) -> Ownership | None:
+        """What the reply to :meth:`ownership_query` says, or None (an error reply)."""
         return None
 
     def merge_reply(self, part: ReplyPart, reply: bytes) -> bytes:

@@ -101,10 +101,13 @@ class Redirect:
 @dataclass(frozen=True, slots=True)
 class Ownership:
     """What a server said about who owns which keys (Redis ``CLUSTER SLOTS``): ``ranges`` of
-    (first, last, address, port). A codec hands one over as the ``codec_state`` of a
-    ``HEARTBEAT`` message (never forwarded); a cluster that keeps a key table adopts it."""
+    (first, last, address, port) of the owners, and the same for the nodes holding read-only
+    copies (``replicas``: one entry per range and replica). A codec hands one over as the
+    ``codec_state`` of a ``HEARTBEAT`` message (never forwarded); a cluster that keeps a key
+    table adopts it."""
 
     ranges: tuple[tuple[int, int, str, int], ...]
+    replicas: tuple[tuple[int, int, str, int], ...] = ()
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

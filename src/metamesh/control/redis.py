@@ -21,7 +21,11 @@ Cluster mode (RedisDestination ``connectionPool.redis.mode: CLUSTER``)
     the cluster carries ``metadata.filter_metadata["metamesh"].redisMode: CLUSTER`` (the
     proxy then keeps a slot table and follows MOVED/ASK), the listeners of services routing
     to it get ``codec.options.mode: CLUSTER`` (requests carry their ``slot``; SELECT is
-    refused) and routes to it hash on ``slot`` (so they take the slot-aware pick).
+    refused) and routes to it hash on ``slot`` (so they take the slot-aware pick). A
+    RedisService ``settings.readPolicy`` other than ``MASTER`` becomes
+    ``codec.options.read_policy`` of its listeners (reads may go to the slot's replicas), and
+    every cluster-mode cluster it routes to gets ``redisReadOnly: true`` beside ``redisMode``
+    (its connections send ``READONLY``, without which replicas redirect reads).
 RouteConfiguration ``<host>_<port>``
     one route per RedisService route, the longest key prefix first (Envoy's prefix routes),
     then the catch-all
@@ -85,7 +89,9 @@ def outbound_redis(
         listener = build_redis_listener(service, port, address, rs, cluster_mode)
         tables[t.LISTENER_TYPE].setdefault(listener.name, listener)
     cluster = t.build_cluster(service, port.number, "")
-    redis_cluster_options(cluster, model.redis.destinations.get(service.host))
+    redis_cluster_options(
+        cluster, model.redis.destinations.get(service.host), replica_reads(model, service.host)
+    )
     tables[t.CLUSTER_TYPE][cluster.name] = cluster
     if cluster.type == cluster_pb2.Cluster.EDS:
         tables[t.ENDPOINT_TYPE][cluster.name] = t.build_load_assignment(
@@ -134,10 +140,30 @@ def is_cluster_mode(model: MeshModel, host: str) -> bool:
 
 
 def _any_cluster_target(model: MeshModel, service: Service, rs: RedisService | None) -> bool:
-    hosts = [service.host]
+    return any(is_cluster_mode(model, h) for h in _targets(service.host, rs))
+
+
+def _targets(host: str, rs: RedisService | None) -> list[str]:
+    """The hosts the listener of ``host`` sends to: its own and its RedisService's routes'."""
+    hosts = [host]
     if rs is not None:
         hosts += [fqdn(r.route.host, rs.namespace) for r in rs.spec.redis if r.route]
-    return any(is_cluster_mode(model, h) for h in hosts)
+    return hosts
+
+
+def reads_replicas(rs: RedisService | None) -> bool:
+    """Whether ``rs`` lets reads go to replicas (``readPolicy`` set, not ``MASTER``)."""
+    settings = rs.spec.settings if rs is not None else None
+    return settings is not None and settings.read_policy not in (None, "MASTER")
+
+
+def replica_reads(model: MeshModel, host: str) -> bool:
+    """Whether some RedisService reading from replicas sends to ``host`` in cluster mode (its
+    connections must then say ``READONLY``)."""
+    return is_cluster_mode(model, host) and any(
+        reads_replicas(rs) and host in _targets(source, rs)
+        for source, rs in model.redis.services.items()
+    )
 
 
 def build_redis_listener(
@@ -153,6 +179,9 @@ def build_redis_listener(
     options = codec_options(rs)
     if cluster_mode:
         options["mode"] = "CLUSTER"
+        if reads_replicas(rs):
+            assert rs is not None and rs.spec.settings is not None
+            options["read_policy"] = str(rs.spec.settings.read_policy)
     if options:
         codec["options"] = options
     proxy = {
@@ -198,13 +227,19 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return value
 
 
-def redis_cluster_options(cluster: cluster_pb2.Cluster, rd: RedisDestination | None) -> None:
-    """Apply ``rd``'s pool settings, mode and upstream auth to ``cluster``."""
+def redis_cluster_options(
+    cluster: cluster_pb2.Cluster, rd: RedisDestination | None, readonly: bool = False
+) -> None:
+    """Apply ``rd``'s pool settings, mode and upstream auth to ``cluster``; ``readonly``: some
+    listener reads from this cluster's replicas."""
     pool = rd.spec.traffic_policy.connection_pool if rd and rd.spec.traffic_policy else None
     if pool is None:
         return
     if pool.redis is not None and pool.redis.mode == "CLUSTER":
-        cluster.metadata.filter_metadata["metamesh"].update({"redisMode": "CLUSTER"})
+        mode: dict[str, Any] = {"redisMode": "CLUSTER"}
+        if readonly:
+            mode["redisReadOnly"] = True
+        cluster.metadata.filter_metadata["metamesh"].update(mode)
     if pool.tcp is not None:
         if pool.tcp.connect_timeout is not None:
             cluster.connect_timeout.CopyFrom(_duration(pool.tcp.connect_timeout))

@@ -6,7 +6,8 @@ stripped, becomes ``auth_password``), so the codec never does I/O. Cluster: Envo
 ``RedisProtocolOptions`` under ``typed_extension_protocol_options
 ["envoy.filters.network.redis_proxy"]`` becomes ``protocol_options`` (``auth_username``,
 ``auth_password``; a ``DataSource`` given inline or as a file), and the cluster metadata
-``filter_metadata["metamesh"].redisMode`` (``CLUSTER``) becomes ``mode``. A file that
+``filter_metadata["metamesh"].redisMode`` (``CLUSTER``) becomes ``mode`` and ``redisReadOnly``
+(true: connections say ``READONLY`` for reads from replicas) ``readonly``. A file that
 cannot be read is an :class:`OptionsError` naming the resource, which the xDS client turns
 into a NACK.
 """
@@ -71,6 +72,8 @@ def cluster_protocol_options(cluster: Any) -> tuple[tuple[str, str], ...]:
     )
     if meta is not None and "redisMode" in meta.fields:
         mode = (("mode", str(meta.fields["redisMode"].string_value)),)
+        if meta.fields["redisReadOnly"].bool_value if "redisReadOnly" in meta.fields else False:
+            mode += (("readonly", "true"),)
     packed = cluster.typed_extension_protocol_options.get(REDIS_PROTOCOL_OPTIONS)
     if packed is None:
         return mode

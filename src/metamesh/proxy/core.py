@@ -86,6 +86,12 @@ _CLOSED: Final = UpstreamState.CLOSED
 PLACEHOLDER: Final = Message(MessageType.HEARTBEAT, None, b"", 0, 0, metadata={})
 #: Stands in an upstream's pending/fifo for a timed-out request until its late reply arrives.
 GONE: Final = ActiveRequest(None, PLACEHOLDER, None, None, 0.0, None, True)
+#: Stands in an upstream's fifo for the proxy's own ownership query (Redis ``CLUSTER SLOTS``,
+#: :meth:`metamesh.codecs.base.Codec.ownership_query`), whose reply updates the key table.
+TABLE: Final = ActiveRequest(None, PLACEHOLDER, None, None, 0.0, None, True)
+#: Seconds between two refreshes of a cluster's key table (Envoy's cluster_refresh_rate);
+#: a redirection asks again at the next reply.
+TABLE_REFRESH: Final = 5.0
 #: Timed-out requests an upstream may owe us before we stop sending it new ones.
 MAX_DEAD: Final = 1024
 

@@ -40,6 +40,8 @@ from metamesh.proxy.core import (
     CONNECT,
     GONE,
     LOG,
+    TABLE,
+    TABLE_REFRESH,
     WARNING,
 )
 from metamesh.proxy.lb import hash_metadata
@@ -94,42 +96,95 @@ class UpstreamPool(Replies):
         return self._pooled_upstream(d, cs, idx, now)
 
     def _slot_owner(self, cs: ClusterState, msg: Message, excluded: set[int] | None) -> int | None:
-        """Cluster mode: the endpoint known to own the request's ``slot`` (learned from MOVED
-        replies), if it is healthy and not excluded; None leaves the pick to the balancer."""
-        slot = metadata_get(msg.metadata, "slot")
+        """Cluster mode: the endpoint known to own the request's ``slot`` (from ``CLUSTER
+        SLOTS`` and MOVED replies), if it is healthy and not excluded; None leaves the pick to
+        the balancer. A read whose ``read_policy`` allows replicas (Envoy's read policies) may
+        go to one of the slot's replicas instead: ``REPLICA`` / ``PREFER_REPLICA`` a random
+        usable replica (else the primary), ``ANY`` a random usable node of the slot,
+        ``PREFER_MASTER`` the primary, else a replica."""
+        md = msg.metadata
+        slot = metadata_get(md, "slot")
         slots = cs.slots
         if not slot or slots is None:
             return None
-        idx = slots.get(int(slot))
-        if idx is None or not cs.lb.healthy[idx] or (excluded and idx in excluded):
-            return None
-        return idx
+        key = int(slot)
+        idx = slots.get(key)
+        healthy = cs.lb.healthy
+        usable = idx is not None and healthy[idx] and not (excluded and idx in excluded)
+        policy = metadata_get(md, "read_policy")
+        if policy:
+            replicas = [
+                r
+                for r in cs.replicas.get(key, ())
+                if healthy[r] and not (excluded and r in excluded)
+            ]
+            if replicas and (policy != "PREFER_MASTER" or not usable):
+                if policy == "ANY" and usable:
+                    assert idx is not None
+                    replicas.append(idx)
+                return replicas[self.rng.randrange(len(replicas))]
+        return idx if usable else None
 
-    def _adopt_owners(self, up: Upstream, owners: Ownership) -> None:
+    def _adopt_owners(self, up: Upstream, owners: Ownership, now: float) -> None:
         """A cluster node's slot table (``CLUSTER SLOTS``, asked on every new connection in
         cluster mode): slots whose owner is one of the cluster's endpoints go to it."""
-        slots = up.cluster.slots
+        cs = up.cluster
+        slots = cs.slots
         if slots is None:
             return
-        index = {(e.address, e.port): i for i, e in enumerate(up.cluster.config.endpoints)}
+        cs.table_refresh_at = now + TABLE_REFRESH
+        index = {(e.address, e.port): i for i, e in enumerate(cs.config.endpoints)}
         for first, last, address, port in owners.ranges:
             idx = index.get((address, port))
             if idx is not None:
                 for slot in range(max(first, 0), min(last, 16383) + 1):
                     slots[slot] = idx
+        by_range: dict[tuple[int, int], list[int]] = {}
+        for first, last, address, port in owners.replicas:
+            idx = index.get((address, port))
+            if idx is not None:
+                by_range.setdefault((first, last), []).append(idx)
+        replicas: dict[int, tuple[int, ...]] = {}
+        for (first, last), idxs in by_range.items():
+            copies = tuple(idxs)
+            for slot in range(max(first, 0), min(last, 16383) + 1):
+                replicas[slot] = copies
+        cs.replicas = replicas  # the latest table whole: a failover moves replicas too
 
     def _cluster_reply(self, up: Upstream, req: ActiveRequest, msg: Message, now: float) -> bool:
         """A reply from a cluster in Redis Cluster mode: a redirection is followed (True: the
         request went again, see :meth:`_redirected`); any other reply confirms that its
         endpoint owns the request's slot, so the next request for that slot goes there
-        (unless the request was redirected: a MOVED already said so, an ASK did not)."""
+        (unless the request was redirected: a MOVED already said so, an ASK did not, and
+        unless it came from a replica). The cluster's table is asked for again when due."""
+        cs = up.cluster
+        if now >= cs.table_refresh_at:
+            self._ask_owners(up, now)
         if msg.status is _STATUS_ERROR and type(msg.codec_state) is Redirect:
             return self._redirected(up, req, msg, now)
-        slots = up.cluster.slots
+        slots = cs.slots
         slot = metadata_get(req.request.metadata, "slot")
         if slot and slots is not None and req.endpoint_index >= 0 and not req.redirects:
-            slots[int(slot)] = req.endpoint_index  # (after an ASK it is only importing it)
+            key = int(slot)
+            if req.endpoint_index not in cs.replicas.get(key, ()):  # (a replica read: a copy)
+                slots[key] = req.endpoint_index  # (after an ASK it is only importing it)
         return False
+
+    def _ask_owners(self, up: Upstream, now: float) -> None:
+        """Ask ``up``'s node for the cluster's key table again (Redis ``CLUSTER SLOTS``), on
+        this connection, behind what it already carries: replicas that joined or were
+        promoted, slots that moved. Once per :data:`TABLE_REFRESH` per cluster."""
+        cs = up.cluster
+        cs.table_refresh_at = now + TABLE_REFRESH  # whether or not the answer comes
+        query = up.codec.ownership_query()
+        if not query or up.id_limit or up.state is not _READY:
+            return
+        up.out.append(query)
+        up.fifo.append(TABLE)
+        up.dead += 1
+        if not up.dirty:
+            up.dirty = True
+            self.dirty.append(up)
 
     def _redirected(self, up: Upstream, req: ActiveRequest, msg: Message, now: float) -> bool:
         """A cluster's ``MOVED``/``ASK`` reply (a :class:`Redirect` from the codec): send the
@@ -154,6 +209,7 @@ class UpstreamPool(Replies):
             return False
         if not target.once:
             slots[target.key] = idx
+            cs.table_refresh_at = now  # the table changed: ask for it with the next reply
         d: Downstream = req.downstream
         nxt = self._pooled_upstream(d, cs, idx, now)
         if isinstance(nxt, tuple):

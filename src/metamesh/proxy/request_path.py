@@ -33,6 +33,7 @@ from metamesh.proxy.core import (
     CLOSE_UPSTREAM,
     GONE,
     LOG,
+    TABLE,
     WARNING,
 )
 from metamesh.proxy.listener import Downstream
@@ -155,7 +156,7 @@ class RequestPath(Attempts):
             self._on_response(up, msg, now)
         elif mtype is _HEARTBEAT:
             if type(msg.codec_state) is Ownership:  # a cluster's slot table (Redis)
-                self._adopt_owners(up, msg.codec_state)
+                self._adopt_owners(up, msg.codec_state, now)
                 return
             # Never forwarded to clients; a server's ping is answered so that servers
             # which drop silent connections (Dubbo) keep our shared connection.
@@ -192,6 +193,12 @@ class RequestPath(Attempts):
         if req is GONE:  # the request timed out; its id was kept reserved until now
             up.dead -= 1
             self.stats.late_responses += 1
+            return
+        if req is TABLE:  # the proxy's own key table query (Redis CLUSTER SLOTS)
+            up.dead -= 1
+            owners = up.codec.ownership(msg)
+            if owners is not None:
+                self._adopt_owners(up, owners, now)
             return
         # Inline _untrack: this runs once per proxied request.
         cs = up.cluster

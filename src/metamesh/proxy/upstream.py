@@ -55,10 +55,12 @@ class ClusterState:
         "outlier",
         "peers",
         "pending_requests",
+        "replicas",
         "request_stats",
         "service",
         "slots",
         "subset",
+        "table_refresh_at",
     )
 
     def __init__(self, config: Cluster, rng: random.Random) -> None:
@@ -122,6 +124,11 @@ class ClusterState:
         self.slots: dict[int, int] | None = (
             {} if dict(config.protocol_options).get("mode") == "CLUSTER" else None
         )
+        #: Cluster mode: slot -> the endpoint indexes of its replicas (from ``CLUSTER SLOTS``),
+        #: for reads a RedisService ``readPolicy`` lets go to replicas.
+        self.replicas: dict[int, tuple[int, ...]] = {}
+        #: Cluster mode: when the key table is next asked for again (pool._ask_owners).
+        self.table_refresh_at = 0.0
 
 
 class Peer:

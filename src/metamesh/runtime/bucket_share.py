@@ -7,9 +7,10 @@ snapshot whose local rate limit buckets hold 1/N of the configured tokens:
 * **burst**: ``max_tokens`` is divided, the remainder going to the first workers, so the shares
   add up to the configured burst exactly (a worker's share is at least one token: with fewer
   tokens than workers the whole proxy's burst is the number of workers);
-* **rate**: when ``tokens_per_fill`` divides by N, each worker adds ``tokens_per_fill / N``
-  every ``fill_interval``; otherwise each adds ``tokens_per_fill`` every ``N * fill_interval``.
-  Either way the refills of all workers add up to the configured rate.
+* **rate**: ``tokens_per_fill`` is divided the same way, every worker keeping ``fill_interval``;
+  with fewer tokens per fill than workers, each adds all of them every ``N * fill_interval``.
+  Either way the refills of all workers add up to the configured rate (a worker refills at most
+  to its burst share, so a bucket whose burst is below N times its fill can give less).
 
 The kernel spreads client connections over the workers (``SO_REUSEPORT`` hashes each
 connection), so a single client connection only ever draws on one worker's share: the limit
@@ -32,10 +33,12 @@ from metamesh.proxy.filters.base import LOCAL_RATELIMIT
 def bucket_share(bucket: TokenBucket, index: int, count: int) -> TokenBucket:
     """Worker ``index``'s (0-based) share of ``bucket`` among ``count`` workers."""
     burst = bucket.max_tokens // count + (1 if index < bucket.max_tokens % count else 0)
-    if bucket.tokens_per_fill % count == 0:
-        per_fill, interval = bucket.tokens_per_fill // count, bucket.fill_interval
-    else:
-        per_fill, interval = bucket.tokens_per_fill, bucket.fill_interval * count
+    tokens = bucket.tokens_per_fill
+    if tokens >= count:
+        per_fill = tokens // count + (1 if index < tokens % count else 0)
+        interval = bucket.fill_interval
+    else:  # fewer tokens per fill than workers: each refills all of them, N times less often
+        per_fill, interval = tokens, bucket.fill_interval * count
     return TokenBucket(max(burst, 1), per_fill, interval)
 
 

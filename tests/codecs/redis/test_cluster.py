@@ -70,10 +70,11 @@ def test_cluster_slots_reply_of_redis_7() -> None:
         b"*2\r\n"
         b"*3\r\n:0\r\n:5460\r\n*4\r\n$9\r\n127.0.0.1\r\n:30001\r\n$2\r\nid\r\n*0\r\n"
         b"*4\r\n:5461\r\n:16383\r\n*3\r\n$0\r\n\r\n:30002\r\n$1\r\nx\r\n"
-        b"*3\r\n$9\r\n127.0.0.1\r\n:30004\r\n$1\r\ny\r\n"  # a replica: ignored
+        b"*3\r\n$9\r\n127.0.0.1\r\n:30004\r\n$1\r\ny\r\n"  # its replica
     )
     assert parse_cluster_slots(reply) == Ownership(
-        ((0, 5460, "127.0.0.1", 30001), (5461, 16383, "127.0.0.1", 30002))
+        ((0, 5460, "127.0.0.1", 30001), (5461, 16383, "127.0.0.1", 30002)),
+        ((5461, 16383, "127.0.0.1", 30004),),
     )
     resp3 = (  # HELLO 3: the node's metadata is a map
         b"*1\r\n*3\r\n:0\r\n:16383\r\n"

@@ -18,6 +18,9 @@ from metamesh.codecs.redis.resp import CRLF, encode_command
 SLOTS: Final = 16384
 ASKING: Final = encode_command([b"ASKING"])
 CLUSTER_SLOTS: Final = encode_command([b"CLUSTER", b"SLOTS"])
+READONLY: Final = encode_command([b"READONLY"])
+#: RedisService ``readPolicy`` values that may read from replicas (``MASTER`` never does).
+REPLICA_READ_POLICIES: Final = frozenset({"PREFER_MASTER", "REPLICA", "PREFER_REPLICA", "ANY"})
 
 
 def _table() -> list[int]:
@@ -69,22 +72,35 @@ def parse_redirect(frame: bytes) -> Redirect | None:
 
 def parse_cluster_slots(frame: bytes) -> Ownership:
     """The slot ranges of a ``CLUSTER SLOTS`` reply: ``[[first, last, [host, port, id, ...],
-    replicas...], ...]`` (primaries only; an empty host means the node's own address)."""
+    [replica host, port, id, ...]...], ...]``: each range's primary in ``ranges``, its
+    replicas in ``replicas`` (an empty host means the node's own address)."""
     value, _ = _value(frame, 0, 0)
     if not isinstance(value, list):
         raise CodecError("CLUSTER SLOTS reply is not an array")
     ranges = []
+    replicas = []
     for entry in value:
         if not (isinstance(entry, list) and len(entry) >= 3 and isinstance(entry[2], list)):
             raise CodecError("CLUSTER SLOTS entry is not [first, last, [host, port, ...]]")
-        first, last, primary = entry[0], entry[1], entry[2]
-        if not (isinstance(first, int) and isinstance(last, int) and len(primary) >= 2):
-            raise CodecError("CLUSTER SLOTS entry has no slot range or node")
-        host, port = primary[0], primary[1]
-        if not isinstance(host, bytes) or not isinstance(port, int):
-            raise CodecError("CLUSTER SLOTS node is not [host, port]")
-        ranges.append((first, last, host.decode("ascii", "replace") or "127.0.0.1", port))
-    return Ownership(tuple(ranges))
+        first, last = entry[0], entry[1]
+        if not (isinstance(first, int) and isinstance(last, int)):
+            raise CodecError("CLUSTER SLOTS entry has no slot range")
+        host, port = _node(entry[2])
+        ranges.append((first, last, host, port))
+        for node in entry[3:]:
+            host, port = _node(node)
+            replicas.append((first, last, host, port))
+    return Ownership(tuple(ranges), tuple(replicas))
+
+
+def _node(node: object) -> tuple[str, int]:
+    """(address, port) of a ``CLUSTER SLOTS`` node entry ``[host, port, id, ...]``."""
+    if not (isinstance(node, list) and len(node) >= 2):
+        raise CodecError("CLUSTER SLOTS entry has no node")
+    host, port = node[0], node[1]
+    if not isinstance(host, bytes) or not isinstance(port, int):
+        raise CodecError("CLUSTER SLOTS node is not [host, port]")
+    return host.decode("ascii", "replace") or "127.0.0.1", port
 
 
 _Value = int | bytes | None | list["_Value"]

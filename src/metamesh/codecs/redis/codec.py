@@ -15,7 +15,15 @@ and authorization:
 * ``keys``: every key, joined by ``,``; ``db``: the client's database;
 * ``access``: ``read`` for read-only commands, ``write`` otherwise (unknown commands too);
 * ``slot``: in cluster mode (option ``mode: CLUSTER``), the first key's Redis Cluster slot
-  (hashtags honoured, :mod:`.cluster`).
+  (hashtags honoured, :mod:`.cluster`);
+* ``read_policy``: in cluster mode, on read commands, the RedisService's ``readPolicy`` (option
+  ``read_policy``) when it is not ``MASTER``: ``PREFER_MASTER``, ``REPLICA``,
+  ``PREFER_REPLICA`` or ``ANY``, which the core's slot-aware pick follows
+  (:meth:`metamesh.proxy.pool.UpstreamPool._slot_owner`).
+
+Upstream, in cluster mode, a connection first asks ``CLUSTER SLOTS`` (the slot owners and their
+replicas), after ``READONLY`` when the cluster option ``readonly`` is ``true`` (some listener
+reads from replicas, which serve reads only to connections that said so).
 
 A multi-key command (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH) whose keys go to several
 places (several prefix routes: option ``route_prefixes``; several slots in cluster mode) comes
@@ -39,11 +47,14 @@ from metamesh.codecs.message import (
     Message,
     MessageType,
     Mutation,
+    Ownership,
     ReplyPart,
     ResponseStatus,
 )
 from metamesh.codecs.redis.cluster import (
     CLUSTER_SLOTS,
+    READONLY,
+    REPLICA_READ_POLICIES,
     key_slot,
     parse_cluster_slots,
     parse_redirect,
@@ -179,6 +190,9 @@ class RedisCodec(Codec):
         cluster = options.get("mode", "").upper() == "CLUSTER"
         #: Cluster mode: requests carry their first key's ``slot``; SELECT is refused.
         self.cluster = cluster
+        policy = options.get("read_policy", "").upper()
+        #: Cluster mode: where reads may go, when not only to the slot's primary.
+        self.read_policy = policy if cluster and policy in REPLICA_READ_POLICIES else ""
         #: The RedisService's key prefixes, longest first (lower-cased when case-insensitive).
         prefixes = [p for p in options.get("route_prefixes", "").split("\n") if p]
         self.route_prefixes = sorted(
@@ -203,6 +217,8 @@ class RedisCodec(Codec):
         self._preamble_replies = 0
         #: Which preamble reply (counting down) answers CLUSTER SLOTS; 0: none asked.
         self._slots_reply = 0
+        #: An upstream connection to a Redis Cluster node (its slot table can be asked again).
+        self._cluster_upstream = False
         self._expected: Hashable | None = None
 
     # --- client side --------------------------------------------------------------------
@@ -347,6 +363,8 @@ class RedisCodec(Codec):
             md["keys"] = ",".join(keys)
             if self.cluster:
                 md["slot"] = str(key_slot(args[indexes[0]]))
+                if self.read_policy and md["access"] == "read":
+                    md["read_policy"] = self.read_policy
         md["db"] = str(state.db)
         return md
 
@@ -388,6 +406,18 @@ class RedisCodec(Codec):
 
     # --- upstream side ------------------------------------------------------------------
 
+    def ownership_query(self) -> bytes:
+        return CLUSTER_SLOTS if self._cluster_upstream else b""
+
+    def ownership(self, reply: Message) -> Ownership | None:
+        frame = reply.frame
+        if not frame or frame[0] in _ERROR_PREFIXES:
+            return None
+        try:
+            return parse_cluster_slots(bytes(frame))
+        except CodecError:  # a table the node garbled: the one the proxy has stays
+            return None
+
     def expect_variant(self, variant: Hashable | None) -> None:
         self._expected = variant
 
@@ -412,6 +442,10 @@ class RedisCodec(Codec):
         self._preamble_replies = len(commands)
         preamble = b"".join(encode_command(c) for c in commands)
         if options.get("mode", "").upper() == "CLUSTER":  # ask for the slot owners first
+            self._cluster_upstream = True
+            if options.get("readonly") == "true":  # replicas then serve this connection reads
+                self._preamble_replies += 1
+                preamble += READONLY
             self._preamble_replies += 1
             self._slots_reply = 1
             preamble += CLUSTER_SLOTS
