@@ -19,8 +19,8 @@ ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 THRIFT_ROUTE_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.RouteConfiguration"
 )
-GENERIC_ROUTE_TYPE = (
-    "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration"
+DUBBO_ROUTE_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.MultipleRouteConfiguration"
 )
 TYPE_URLS = (
     CLUSTER_TYPE,
@@ -28,7 +28,7 @@ TYPE_URLS = (
     LISTENER_TYPE,
     ROUTE_TYPE,
     THRIFT_ROUTE_TYPE,
-    GENERIC_ROUTE_TYPE,
+    DUBBO_ROUTE_TYPE,
 )
 #: ``ProxyNode.data_plane`` values.
 METAMESH_DATA_PLANE = "metamesh"

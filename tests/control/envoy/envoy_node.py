@@ -4,7 +4,7 @@
 ``--base-id``, a new session, killed on close) with a bootstrap whose only static resource is
 the ADS cluster (and the node ``metadata`` given, e.g. ``METAMESH_LISTEN_ADDRESS``); LDS and
 CDS come over ADS, and through them RDS (thrift_proxy's and
-generic_proxy's route tables) and EDS. Envoy sends ``user_agent_name: envoy``, which is what
+dubbo_proxy's route tables) and EDS. Envoy sends ``user_agent_name: envoy``, which is what
 gives it the Envoy translation (nothing in the bootstrap asks for it). Helpers read its admin:
 ``/config_dump`` (what it loaded, and any ``error_state`` of a rejected resource) and
 ``/stats``.

@@ -4,7 +4,7 @@ Each case is one model served to one real Envoy (:mod:`.envoy_node`): the mesh e
 (``examples/mesh``), each step of the demo (``src/metamesh/demo/manifests``) and a set that
 uses every policy the Envoy translation emits (:data:`POLICIES`). The test waits until Envoy
 has ACKed the current version of every type it subscribed to (LDS, CDS, EDS and the
-thrift_proxy / generic_proxy RDS), then checks that the server recorded no NACK and that
+thrift_proxy / dubbo_proxy RDS), then checks that the server recorded no NACK and that
 Envoy's ``/config_dump`` has no ``error_state``.
 """
 
@@ -20,8 +20,8 @@ from metamesh.api import load_paths, load_text
 from metamesh.control.model import MeshModel, build_model
 from metamesh.xds.resources import (
     CLUSTER_TYPE,
+    DUBBO_ROUTE_TYPE,
     ENDPOINT_TYPE,
-    GENERIC_ROUTE_TYPE,
     LISTENER_TYPE,
     THRIFT_ROUTE_TYPE,
 )
@@ -96,10 +96,10 @@ def check_acked(ads: ServerThread, envoy: EnvoyNode, model: MeshModel, expected:
 
 def test_envoy_acks_every_example(served: tuple[ServerThread, EnvoyNode]) -> None:
     ads, envoy = served
-    everything = {LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, THRIFT_ROUTE_TYPE, GENERIC_ROUTE_TYPE}
+    everything = {LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, THRIFT_ROUTE_TYPE, DUBBO_ROUTE_TYPE}
     check_acked(ads, envoy, model_of_paths(EXAMPLES), everything)
     dump = envoy.config_dump()
     assert "envoy.filters.network.thrift_proxy" in str(dump)
-    assert "envoy.filters.network.generic_proxy" in str(dump)
+    assert "envoy.filters.network.dubbo_proxy" in str(dump)
     for step in sorted(p.name for p in DEMO.glob("[0-9]-*.yaml")):
         check_acked(ads, envoy, demo_model(step), everything)

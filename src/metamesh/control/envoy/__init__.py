@@ -14,7 +14,8 @@ and the MetaProtocol RouteConfiguration (``envoy.config.route.v3``, metadata as 
 protocol filter's own route table, served over that filter's RDS under the same name:
 
 - thrift codec: ``envoy.filters.network.thrift_proxy`` (:mod:`.thrift`);
-- dubbo codec: ``envoy.filters.network.generic_proxy`` with the Dubbo codec (:mod:`.dubbo`);
+- dubbo codec: ``envoy.filters.network.dubbo_proxy`` (:mod:`.dubbo`, which says why not
+  generic_proxy);
 - Redis ports: ``envoy.filters.network.redis_proxy`` listeners and their clusters
   (:func:`.redis.redis_resources`, helper B's; RedisService routes live in the listener);
 - any other codec: no listener (Envoy has no filter for it), and :mod:`.findings` says so.

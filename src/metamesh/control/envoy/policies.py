@@ -1,9 +1,9 @@
 """Route policies Envoy's protocol filters have no field for: findings, never approximations.
 
-A MetaRoute's ``timeout`` and ``retries`` map to generic_proxy's route action (Dubbo); Envoy's
-thrift_proxy has neither. No Envoy protocol filter here injects faults into Thrift or Dubbo
-calls or rewrites their headers / attachments, so ``fault``, ``requestMutation`` and
-``responseMutation`` are findings on every protocol. Each finding names the MetaRouter and the
+Neither thrift_proxy nor dubbo_proxy has a route timeout, retries, fault injection for their
+calls or header / attachment mutations, so ``timeout``, ``retries``, ``fault``,
+``requestMutation`` and ``responseMutation`` are findings (the flags say which of the first two
+a filter does carry, for a future one that does). Each finding names the MetaRouter and the
 route's field (:mod:`metamesh.control.envoy.findings`).
 """
 

@@ -1,6 +1,6 @@
 """A MetaRoute's destinations as Envoy cluster names and weights (shared by every protocol).
 
-Both of Envoy's protocol route tables (thrift_proxy's and generic_proxy's) send a route to one
+Both of Envoy's protocol route tables (thrift_proxy's and dubbo_proxy's) send a route to one
 cluster or to weighted clusters, and name clusters as metamesh does
 (``outbound|<port>|<subset>|<host>``, :func:`metamesh.control.translate.cluster_name`), so the
 cluster resources of the metamesh translation serve both. A destination of weight 0 takes no
