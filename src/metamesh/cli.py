@@ -1132,11 +1132,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_intercept_options(icpt)
     icpt.set_defaults(func=_cmd_intercept)
 
-    pc = sub.add_parser("proxy-config", help="show a running proxy's config (from its admin)")
+    pc = sub.add_parser(
+        "proxy-config", help="show a running proxy's config (from its admin: metamesh or Envoy)"
+    )
     pc.add_argument(
         "view", choices=("listeners", "routes", "clusters", "endpoints"), help="what to show"
     )
-    pc.add_argument("--admin", default="127.0.0.1:15000", metavar="HOST:PORT", help="proxy admin")
+    pc.add_argument(
+        "--admin",
+        default="127.0.0.1:15000",
+        metavar="HOST:PORT",
+        help="the admin of a metamesh proxy or of an Envoy",
+    )
     pc.add_argument(
         "-o",
         "--output",

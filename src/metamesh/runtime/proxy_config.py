@@ -5,6 +5,8 @@ JSON (listeners with their addresses, so the allocated 127.240.x.y VIPs show, cl
 endpoints, route configurations). This module fetches it over HTTP (stdlib ``urllib``) and
 renders one of four views the way ``istioctl proxy-config`` does: ``listeners``, ``routes``,
 ``clusters``, ``endpoints``, as a table or as the JSON of that part of the dump only.
+An Envoy admin works too: its dump is read into the same shape
+(:mod:`metamesh.runtime.envoy_admin`), so one command inspects either data plane.
 Rendering and selecting are pure functions of the dump, so they are tested without a proxy;
 the one thing that needs a proxy, reaching it, fails with a sentence that says where it looked.
 """
@@ -17,6 +19,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from metamesh.runtime.envoy_admin import from_envoy, is_envoy_dump
+
 VIEWS = ("listeners", "routes", "clusters", "endpoints")
 
 
@@ -25,12 +29,22 @@ class AdminUnreachableError(Exception):
 
 
 def fetch_config_dump(admin: str, timeout: float = 5.0) -> dict[str, Any]:
-    """GET ``http://ADMIN/config_dump`` (``admin`` is ``host:port``).
+    """GET ``http://ADMIN/config_dump`` (``admin`` is ``host:port``); from an Envoy admin, its
+    dump (with EDS) and ``/clusters`` in the metamesh shape
+    (:func:`metamesh.runtime.envoy_admin.from_envoy`).
 
     Raises :class:`AdminUnreachableError` with a message for a person: which address, and
     (when nothing listens there) that no proxy runs there and how to name another one.
     """
-    url = f"http://{admin}/config_dump"
+    dump = _get_json(admin, "/config_dump", timeout)
+    if not is_envoy_dump(dump):
+        return dump
+    with_eds = _get_json(admin, "/config_dump?include_eds", timeout)
+    return from_envoy(with_eds, _get_json(admin, "/clusters?format=json", timeout))
+
+
+def _get_json(admin: str, path: str, timeout: float) -> dict[str, Any]:
+    url = f"http://{admin}{path}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
             dump: dict[str, Any] = json.load(reply)
@@ -92,8 +106,11 @@ def _match_text(matchers: list[dict[str, Any]]) -> str:
 def _destination(action: dict[str, Any]) -> str:
     weighted = action.get("weighted_clusters") or []
     if weighted:
-        return ", ".join(f"{c['name']} ({c['weight']})" for c in weighted)
-    return str(action.get("cluster", ""))
+        text = ", ".join(f"{c['name']} ({c['weight']})" for c in weighted)
+    else:
+        text = str(action.get("cluster", ""))
+    mirrors = [m["cluster"] for m in action.get("request_mirror_policies") or []]
+    return text + "".join(f" +mirror {m}" for m in mirrors)
 
 
 def render(view: str, dump: dict[str, Any]) -> str:
