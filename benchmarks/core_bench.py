@@ -38,25 +38,39 @@ from benchmarks.targets import metamesh_config
 from metamesh.proxy.codec_ref import resolve_codec
 from metamesh.proxy.config_yaml import parse_snapshot
 from metamesh.proxy.connection import CONNECT, ConnectionManager
+from metamesh.proxy.tracing import Tracer, TracingConfig
 
 
-def build(protocol: str, clients: int) -> tuple[ConnectionManager, list[Any], Any]:
-    """A core with ``clients`` connected clients and its (connected) upstream."""
+def build(
+    protocol: str, clients: int, tracing: float | None = None
+) -> tuple[ConnectionManager, list[Any], Any]:
+    """A core with ``clients`` connected clients and its (connected) upstream; ``tracing``: a
+    tracer sampling that share of the requests (they carry no trace context), as
+    ``--tracing-sample-rate`` sets it."""
     snap = parse_snapshot(yaml.safe_dump(metamesh_config(protocol, 1, 2)))
     core = ConnectionManager(snap, resolve_codec, random.Random(1))
+    if tracing is not None:
+        core.tracer = Tracer(TracingConfig(tracing), core.rng)
     listener = next(iter(snap.listeners))
     downs = [core.downstream_connected(listener, f"c{i}") for i in range(clients)]
     return core, downs, None
 
 
-def run(protocol: str, clients: int, depth: int, turns: int, evict: int = 0) -> float:
+def run(
+    protocol: str,
+    clients: int,
+    depth: int,
+    turns: int,
+    evict: int = 0,
+    tracing: float | None = None,
+) -> float:
     """Seconds per request over ``turns`` turns (after one warm-up turn).
 
     With ``evict`` > 0, ``evict`` bytes are written (one byte per 64-byte line) before every
     turn, outside the timed part, so that each turn starts with the core's code and data out of
     the CPU caches, as after a proxy wakes from a sleep during which other processes ran.
     """
-    core, downs, _ = build(protocol, clients)
+    core, downs, _ = build(protocol, clients, tracing)
     template = request_template(protocol)
     answer = answer_dubbo if protocol == "dubbo" else _thrift_answerer()
     # Distinct ids across clients, as loadgen.py sends them; every turn is fully answered, so
@@ -71,7 +85,7 @@ def run(protocol: str, clients: int, depth: int, turns: int, evict: int = 0) -> 
         nonlocal upstream
         for d, batch in work:
             core.downstream_data(d, batch, 0.0)
-        for action in core.take_actions():
+        for action in core.take_actions():  # SPAN records are dropped: exporting is not core
             if action[0] == CONNECT:
                 upstream = action[1]
                 core.upstream_connected(upstream, 0.0)
@@ -137,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="write this many MB before every turn (untimed): cold caches, as after a sleep",
     )
+    p.add_argument(
+        "--tracing-rate",
+        type=float,
+        default=None,
+        help="trace with this sample rate (0..1; requests carry no context); default: off",
+    )
     args = p.parse_args(argv)
     evict = int(args.evict_mb * 1e6)
     gc.collect()
@@ -148,16 +168,18 @@ def main(argv: list[str] | None = None) -> int:
 
         prof = cProfile.Profile()
         prof.enable()
-        run(args.protocol, args.clients, args.depth, args.turns, evict)
+        run(args.protocol, args.clients, args.depth, args.turns, evict, args.tracing_rate)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return 0
     results = [
-        run(args.protocol, args.clients, args.depth, args.turns, evict) * 1e6
+        run(args.protocol, args.clients, args.depth, args.turns, evict, args.tracing_rate) * 1e6
         for _ in range(args.repeat)
     ]
     print(
-        f"{args.protocol} c{args.clients}k{args.depth}: min {min(results):.3f} µs/req "
+        f"{args.protocol} c{args.clients}k{args.depth}"
+        + ("" if args.tracing_rate is None else f" tracing {args.tracing_rate:g}")
+        + f": min {min(results):.3f} µs/req "
         f"(median {sorted(results)[len(results) // 2]:.3f}, {args.repeat} x {args.turns} turns"
         + (f", {args.evict_mb:g} MB evicted before each turn)" if evict else ")")
     )

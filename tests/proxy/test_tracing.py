@@ -119,3 +119,27 @@ def test_errors_are_exported_when_asked_even_unsampled() -> None:
         if errors:
             [span] = spans
             assert span.error and span.attributes["metamesh.response_flags"] == "NR"  # type: ignore[attr-defined]
+
+
+def test_a_failed_reply_gets_its_span_at_the_end_and_unsampled_contexts_keep_their_parent() -> None:
+    h, spans = traced(rate=0.0, errors=True)
+    d = h.client()
+    h.now = 5.0
+    h.send(d, call(1, method="get"))  # no context: no span until it fails
+    up = h.connects[0]
+    h.connect(up)
+    [(_, _, uid, got, _)] = parse_frames(bytes(h.sent.pop(up)))
+    assert "traceparent" not in got
+    h.now = 5.25
+    h.respond(up, reply(uid, status=1))  # an error reply from upstream
+    h.send(d, call(2, method="get", traceparent=f"00-{TRACE}-{PARENT}-00"))
+    [(_, _, uid, got, _)] = parse_frames(bytes(h.sent.pop(up)))
+    assert got["traceparent"] == f"00-{TRACE}-{PARENT}-00"  # forwarded as it came
+    h.respond(up, reply(uid, status=1))
+    h.send(d, call(3, method="get"))
+    [(_, _, uid, _, _)] = parse_frames(bytes(h.sent.pop(up)))
+    h.respond(up, reply(uid))  # a success, not sampled: no span
+    late, kept = spans
+    assert late.error and late.parent_id == 0 and (late.start, late.end) == (5.0, 5.25)  # type: ignore[attr-defined]
+    assert late.attributes["metamesh.route"]  # type: ignore[attr-defined]
+    assert kept.trace_id == int(TRACE, 16) and kept.parent_id == int(PARENT, 16)  # type: ignore[attr-defined]

@@ -77,6 +77,9 @@ class Replies(CoreState):
         flags = RESPONSE_FLAGS[kind]
         sent = len(reply) if reply else 0
         stats.flag(flags).observe(1, (now - start) * 1000.0, len(msg.frame), sent)
+        tracer = self.tracer
+        if span is None and tracer is not None and tracer.errors:
+            span = tracer.late(start, d.origin.inbound)  # see Tracer.late
         if span is not None:
             self._end_span(span, d, msg, route, up, flags, True, now)
         return reply

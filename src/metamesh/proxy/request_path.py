@@ -45,7 +45,7 @@ from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.router import no_route_text
 from metamesh.proxy.stats import duration_bucket, size_bucket
 from metamesh.proxy.telemetry import NO_FLAGS
-from metamesh.proxy.tracing import MARKER, NO_CONTEXT
+from metamesh.proxy.tracing import MARKER
 from metamesh.proxy.upstream import ActiveRequest, Upstream, UpstreamState
 
 
@@ -58,15 +58,12 @@ class RequestPath(Attempts):
         span = None
         tracer = self.tracer
         if tracer is not None:  # see Tracer: only requests that may be traced call begin
-            frame = msg.frame
-            if MARKER in frame:
+            if msg.frame.find(MARKER) >= 0:  # not `in`: see MARKER
                 span = tracer.begin(msg.metadata, d.origin.inbound, now)
-            elif tracer.errors:
-                span = tracer.begin(NO_CONTEXT, d.origin.inbound, now)
             else:
                 tracer.skip -= 1
                 if tracer.skip < 0 and tracer.draw():
-                    span = tracer.begin(NO_CONTEXT, d.origin.inbound, now, True)
+                    span = tracer.fresh(d.origin.inbound, now)
             if span is not None and span.sampled:  # the forwarded request names our span
                 msg = self._mutated(d.codec, msg, span.headers())
         listener = d.listener
@@ -227,8 +224,11 @@ class RequestPath(Attempts):
         stats.response_bytes[code] += size
         stats.response_buckets[code][size_bucket(size)] += 1
         d: Downstream = req.downstream  # typed here, so the native build reads it as a struct
-        if req.span is not None:
-            self._end_span(req.span, d, req.request, req.route, up, NO_FLAGS, code == 1, now)
+        span = req.span
+        if span is None and code and self.tracer is not None and self.tracer.errors:
+            span = self.tracer.late(req.start, d.origin.inbound)
+        if span is not None:
+            self._end_span(span, d, req.request, req.route, up, NO_FLAGS, code == 1, now)
         if self.access_log:
             self._access_log(d, req.request, req.route, up, msg, str(code), req.start, now)
         if d.closed:
