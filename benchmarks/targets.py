@@ -259,7 +259,8 @@ class Target:
         config = self.workdir / f"envoy-{self.protocol}-{name}.yaml"
         config.write_text(text)
         log = self.workdir / f"envoy-{self.protocol}-{name}.log"
-        cmd = [str(binary), "-c", str(config), "--concurrency", "1"]
+        concurrency = str(options.get("envoy_concurrency", 1))  # benchmarks/workers.py: 1 or 2
+        cmd = [str(binary), "-c", str(config), "--concurrency", concurrency]
         cmd += ["--base-id", str(next(_base_ids)), "-l", "warning"]
         self.proc = spawn(cmd, log)
         self.extra = {"admin_port": admin, "config": str(config), "base_id": cmd[-3]}
