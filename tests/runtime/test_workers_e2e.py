@@ -37,7 +37,7 @@ import pytest
 from tests.codecs.dubbo import peers
 from tests.codecs.thrift.apache_peer import ApacheServer
 from tests.e2e import mesh
-from tests.e2e.mesh import Metamesh, ThriftClient, free_address, wait_until, write
+from tests.e2e.mesh import DeployedMesh, Metamesh, ThriftClient, free_address, wait_until, write
 from tests.runtime.thrift_servers import NamedCalc
 from tests.support import prom
 
@@ -291,3 +291,53 @@ def kill_a_worker(up: Metamesh, admin: str, gen: types.ModuleType, at: tuple[str
     assert prom.total(text, "metamesh_worker_restarts_total", worker="1") == 1
     assert server_info(admin)["workers"][1]["restarts"] == 1
     assert f"worker 1 (pid {before['pid']}) exited with signal 9" in up.stderr()
+
+
+def connections_to(port: int) -> int:
+    """ESTABLISHED TCP connections to ``port`` on this host (``/proc/net/tcp`` and ``tcp6``)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            remote, state = line.split()[2:4]
+            if state == "01" and remote.endswith(f":{port:04X}"):
+                count += 1
+    return count
+
+
+def test_proxy_xds_with_two_workers_holds_one_xds_stream(
+    calc_gen: types.ModuleType, tmp_path: Path
+) -> None:
+    """``control-plane`` + ``proxy --xds --workers 2``: one ADS connection for the whole
+    proxy, and a route change reaches the clients of both workers."""
+    config = tmp_path / "mesh"
+    config.mkdir()
+    at = free_address()
+    handlers = {v: NamedCalc(calc_gen, v) for v in ("v1", "v2")}
+    with (
+        ApacheServer(calc_gen.Calc.Processor(handlers["v1"]), "framed", "binary") as v1,
+        ApacheServer(calc_gen.Calc.Processor(handlers["v2"]), "framed", "binary") as v2,
+    ):
+        ports = {"v1": v1.port, "v2": v2.port}
+        write(config / "thrift.yaml", thrift_yaml(at, ports, split_routes()))
+        with DeployedMesh(tmp_path, "xds", config, "--workers", "2") as deployed:
+            deployed.wait_for(f"{at[0]}:{at[1]}  thrift  split -> v1 50%", 60)
+            admin = deployed.admin()
+            xds_port = int(deployed.control.args[deployed.control.args.index("--xds-port") + 1])
+            with ThriftCallers(calc_gen, at, CLIENTS) as callers:
+                wait_until(lambda: callers.calls() >= 100, "100 Thrift calls", 30)
+                workers = server_info(admin)["workers"]
+                assert all(w["clients"] > 0 for w in workers), workers
+                assert connections_to(xds_port) == 1  # one ADS stream, not one per worker
+                write(config / "thrift.yaml", thrift_yaml(at, ports, all_v2_routes()))
+                deployed.wait_for(f"{at[0]}:{at[1]}  thrift  all-v2 -> v2", 30)
+                marks = [len(a) for a in callers.answers]
+                wait_until(lambda: callers.calls() >= sum(marks) + 100, "100 more calls", 30)
+            assert all(not e for e in callers.errors), callers.errors
+            assert all(
+                x.startswith("v2:")
+                for a, m in zip(callers.answers, marks, strict=True)
+                for x in a[m + 1 :]
+            )
+            versions = {w["config_version"] for w in server_info(admin)["workers"]}
+            assert len(versions) == 1, versions
+            assert deployed.stop() == 0
