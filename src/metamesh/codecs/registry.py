@@ -27,6 +27,7 @@ _BUILTIN: dict[str, str] = {
     "dubbo": "metamesh.codecs.dubbo:DubboCodec",
     "thrift": "metamesh.codecs.thrift:ThriftCodec",
     "redis": "metamesh.codecs.redis:RedisCodec",
+    "kafka": "metamesh.codecs.kafka:KafkaCodec",
 }
 
 _factories: dict[str, CodecFactory | str] = dict(_BUILTIN)
