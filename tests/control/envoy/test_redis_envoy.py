@@ -17,6 +17,7 @@ working on the routes it started with and new connections get the new ones
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -26,10 +27,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from metamesh.codecs.redis.cluster import key_slot
 from metamesh.demo.steps import within_5_sigma
 from tests.control.envoy.envoy_node import EnvoyNode, error_states
 from tests.e2e.mesh import Metamesh, free_address, wait_until, write
 from tests.e2e.test_up_redis import HOST, redis_service, service_entry
+from tests.e2e.test_up_redis_cluster import cluster_mesh, make_cluster, owner
+from tests.e2e.test_up_redis_cluster import direct as cluster_direct
 from tests.ratelimit.conftest import RedisProcess, running_redis
 from tests.support.ports import free_port
 
@@ -46,9 +50,9 @@ def direct(server: RedisProcess, password: str | None = None) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=server.port, password=password)
 
 
-def answers(address: str, port: int) -> bool:
+def answers(address: str, port: int, password: str | None = "down-pw") -> bool:
     try:
-        return bool(redis.Redis(host=address, port=port, password="down-pw").ping())
+        return bool(redis.Redis(host=address, port=port, password=password).ping())
     except redis.RedisError:
         return False
 
@@ -207,3 +211,44 @@ spec:
         finally:
             envoy.close()
         assert "NACK" not in control.stderr()
+
+
+def test_cluster_mode_through_metamesh_and_envoy_from_one_control_plane(tmp_path: Path) -> None:
+    """``mode: CLUSTER`` over a real 3-primary Redis Cluster: Envoy's ``envoy.clusters.redis``
+    (seeded by the ServiceEntry's endpoints) and the metamesh proxy put every key on its slot's
+    owner, and split an MGET over several slots."""
+    config = tmp_path / "mesh"
+    config.mkdir()
+    address, port = free_address()
+    envoy_address = f"127.0.11.{random.randint(100, 250)}"
+    xds = free_port()
+    with ExitStack() as stack:
+        nodes = make_cluster(stack, tmp_path, 3, 0)
+        cluster_mesh(config, address, port, nodes)
+        control = stack.enter_context(
+            Metamesh(
+                tmp_path, "control-plane", "control-plane", "--config-dir", str(config),
+                "--xds-port", str(xds),
+            )
+        )  # fmt: skip
+        control.wait_for("control plane (xDS) on")
+        stack.enter_context(
+            Metamesh(tmp_path, "proxy", "proxy", "--xds", f"127.0.0.1:{xds}", "--admin-port", "0")
+        )
+        envoy = EnvoyNode(
+            xds, tmp_path, "envoy-cluster", {"METAMESH_LISTEN_ADDRESS": envoy_address}
+        )
+        stack.callback(envoy.close)
+        for plane, at in (("metamesh", address), ("envoy", envoy_address)):
+            client = redis.Redis(host=at, port=port, protocol=2)
+            listening = functools.partial(answers, at, port, None)
+            wait_until(listening, f"{plane}'s Redis listener", timeout=30)
+            keys = [f"{plane}:{i}" for i in range(60)]
+            for key in keys:
+                assert client.set(key, key)
+            for key in keys:  # on the owner of its slot, read back on that node directly
+                assert cluster_direct(owner(nodes, key_slot(key.encode()))).get(key) == key
+            owners = {owner(nodes, key_slot(k.encode())).port for k in keys}
+            assert len(owners) == 3  # the keys span every primary
+            assert client.mget(keys[:10]) == [k.encode() for k in keys[:10]]
+        assert error_states(envoy.config_dump()) == []
