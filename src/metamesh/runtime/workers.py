@@ -188,12 +188,14 @@ class WorkerSet:
         await asyncio.wait_for(
             handle.request("init", self.spec, handle.index, local), START_TIMEOUT
         )
-        await asyncio.wait_for(self._apply_one(handle), START_TIMEOUT)
+        applied = None
+        while applied is not self.snapshot:  # one that arrived meanwhile is sent too
+            applied = self.snapshot
+            await asyncio.wait_for(self._apply_one(handle, applied), START_TIMEOUT)
         handle.state = "LIVE"
         log.info("worker %d started (pid %s)", handle.index, handle.pid)
 
-    async def _apply_one(self, handle: WorkerHandle) -> None:
-        snapshot = self.snapshot
+    async def _apply_one(self, handle: WorkerHandle, snapshot: Snapshot) -> None:
         error = await handle.request("apply", snapshot, dict(self.ports))
         handle.config_version = snapshot.version
         if error:
@@ -205,7 +207,9 @@ class WorkerSet:
         self.snapshot = snapshot
         self.ports = ports
         live = [h for h in self.handles if h.state == "LIVE"]
-        results = await asyncio.gather(*(self._apply_one(h) for h in live), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._apply_one(h, snapshot) for h in live), return_exceptions=True
+        )
         for handle, result in zip(live, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning(
