@@ -25,6 +25,9 @@ and ``nacks()`` show delta and state-of-the-world nodes alike.
   request naming one of them ACKs it (``acked_version`` := that response's system version)
   or, with ``error_detail``, NACKs it; older in-flight nonces of the type are dropped. An
   unknown nonce is ignored; the request's subscription changes still apply.
+- **Shared work.** Versions and the encoded ``Resource`` entries come from
+  :mod:`metamesh.xds.encoded` (computed once per snapshot for every stream); a snapshot
+  that is the very object the stream already has is not compared.
 - **Ordering.** A snapshot change is sent as CDS, EDS, LDS, RDS, one response per type with
   something added, changed or removed.
 - **Re-warming.** Envoy replaces an updated EDS cluster by a new one that waits for its
@@ -40,8 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from envoy.service.discovery.v3 import discovery_pb2
-
+from metamesh.xds.encoded import delta_response, encoded
 from metamesh.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, TYPE_URLS, XdsResources
 from metamesh.xds.sanitize import MAX_ERROR_DETAIL, bounded
 from metamesh.xds.streams import WILDCARD_TYPES, TypeStatus
@@ -112,11 +114,11 @@ class DeltaStreamState:
 
     def set_snapshot(self, version: str, resources: XdsResources) -> list[DeltaDiscoveryResponse]:
         """Adopt a new snapshot; a response for every subscribed type with a difference."""
+        unchanged = resources is self.resources and bool(self.version)
         self.version, self.resources = version, resources
-        self._versions = {
-            url: {name: resource_version(msg) for name, msg in resources.of(url).items()}
-            for url in TYPE_URLS
-        }
+        if unchanged:
+            return []  # the same snapshot object (an unchanged scope): no difference
+        self._versions = {url: encoded(resources, url).versions for url in TYPE_URLS}
         self._resend_assignments_of_updated_clusters()
         out = []
         for type_url in TYPE_URLS:
@@ -195,37 +197,32 @@ class DeltaStreamState:
         status = state.status
         status.sent_version, status.sent_nonce = self.version, str(self._nonce)
         status.sent_names = tuple(sorted(n for n, v in state.known.items() if v != ABSENT))
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=self.version,
-            type_url=type_url,
-            nonce=status.sent_nonce,
-            removed_resources=removed,
-        )
-        table = self.resources.of(type_url)
-        for name, version in changed:
-            entry = response.resources.add(name=name, version=version)
-            entry.resource.Pack(table[name])
-        return response
+        table = encoded(self.resources, type_url)
+        entries = [table.delta_entry(name) for name, _ in changed]
+        return delta_response(self.version, type_url, status.sent_nonce, entries, removed)
 
     def _diff(self, type_url: str, state: DeltaType) -> tuple[list[tuple[str, str]], list[str]]:
         """What to send (name, version) and remove; updates ``known`` as if sent."""
         versions = self._versions.get(type_url, {})
         explicit = state.status.names
-        scope = set(explicit)
-        if state.status.wildcard:
-            scope |= versions.keys() | state.known.keys()
+        known = state.known
         changed, removed = [], []
-        for name in sorted(scope):
-            current = versions.get(name)
-            held = state.known.get(name)
-            if current is not None:
-                if held != current:
-                    changed.append((name, current))
-                    state.known[name] = current
-            elif held != ABSENT:
+        if state.status.wildcard:  # versions are in name order already (XdsResources)
+            current_names: Iterable[str] = versions
+            gone = sorted(n for n in (known.keys() | explicit) if n not in versions)
+        else:
+            current_names = sorted(n for n in explicit if n in versions)
+            gone = sorted(n for n in explicit if n not in versions)
+        for name in current_names:
+            current = versions[name]
+            if known.get(name) != current:
+                changed.append((name, current))
+                known[name] = current
+        for name in gone:
+            if known.get(name) != ABSENT:
                 removed.append(name)
                 if name in explicit:
-                    state.known[name] = ABSENT
+                    known[name] = ABSENT
                 else:
-                    state.known.pop(name, None)
+                    known.pop(name, None)
         return changed, removed

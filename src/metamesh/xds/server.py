@@ -14,6 +14,9 @@ How it works:
   node's identity (the ``translate`` function; node id plus ``NAMESPACE`` and
   ``LABELS`` from ``node.metadata`` as Istio's agent sends them) and hands the result to each
   stream's :class:`~metamesh.xds.streams.StreamState`, which decides what to send.
+- Responses reach gRPC already encoded where possible (:mod:`metamesh.xds.encoded`: each
+  resource serialized once, response bodies shared by the streams of one snapshot), through
+  method handlers whose serializer accepts them (:func:`~metamesh.xds.encoded.ads_service_handler`).
 - Both ``StreamAggregatedResources`` (state of the world, :class:`StreamState`) and
   ``DeltaAggregatedResources`` (incremental, :class:`~metamesh.xds.delta.DeltaStreamState`)
   run the same loop; only the protocol state object differs.
@@ -44,6 +47,7 @@ from google.protobuf import json_format
 
 from metamesh.xds.ads_auth import AdsAuthenticator, AdsTls, bind_node
 from metamesh.xds.delta import DeltaStreamState
+from metamesh.xds.encoded import ads_service_handler
 from metamesh.xds.front import LOG_EVERY, GrpcFront
 from metamesh.xds.resources import (
     ENVOY_DATA_PLANE,
@@ -188,7 +192,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         port is TLS and every stream is authenticated (:mod:`metamesh.xds.ads_auth`): gRPC
         listens on an ephemeral loopback port behind a :class:`~metamesh.xds.front.GrpcFront`."""
         self._server = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
+        self._server.add_generic_rpc_handlers((ads_service_handler(self),))  # encoded.py
         if tls is None:
             bound = int(self._server.add_insecure_port(f"{host}:{port}"))
         else:

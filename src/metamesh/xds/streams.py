@@ -14,6 +14,10 @@ messages. Keeping the protocol here makes every rule testable without a socket:
 - **Subscriptions.** CDS and LDS are wildcard when ``resource_names`` is empty (or holds
   ``*``); EDS and RDS return only the names asked for. A request that changes the names is
   answered with the current resources even when they did not change.
+- **Shared work.** Serialization, the comparison with what was sent and the response body
+  come from :mod:`metamesh.xds.encoded`, computed once per snapshot and shared by every
+  stream with that snapshot; a snapshot that is the very object the stream already has (its
+  scope did not change) is not even compared.
 - **Ordering.** A snapshot change is sent as CDS, EDS, LDS, RDS (only the types the client
   subscribed to whose content changed), the order Envoy's ADS documentation asks for so that
   clusters exist before endpoints and listeners before routes. When a cluster already sent
@@ -27,9 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
-
+from metamesh.xds.encoded import EncodedTable, encoded, sotw_response
 from metamesh.xds.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -58,7 +60,10 @@ class TypeStatus:
     acked_version: str = ""
     nack_version: str = ""
     nack_error: str = ""
-    sent_content: dict[str, bytes] = field(default_factory=dict, repr=False)
+    #: What was last sent, shared with the other streams (:mod:`metamesh.xds.encoded`): the
+    #: encoded table it came from and the encoded ``resources`` field.
+    sent_table: EncodedTable | None = field(default=None, repr=False)
+    sent_body: bytes = field(default=b"", repr=False)
 
     def view(self) -> dict[str, object]:
         return {
@@ -89,7 +94,10 @@ class StreamState:
 
     def set_snapshot(self, version: str, resources: XdsResources) -> list[DiscoveryResponse]:
         """Adopt a new snapshot; the responses for every subscribed type whose content changed."""
+        unchanged = resources is self.resources and bool(self.version)
         self.version, self.resources = version, resources
+        if unchanged:
+            return []  # the same snapshot object (an unchanged scope): nothing to compare
         rewarm = self._assignments_of_updated_clusters()
         out = []
         for type_url in TYPE_URLS:
@@ -104,12 +112,14 @@ class StreamState:
     def _assignments_of_updated_clusters(self) -> set[str]:
         """The assignments of sent clusters whose content changes (Envoy re-warms them)."""
         status = self.types.get(CLUSTER_TYPE)
-        if status is None or not status.sent_content:
+        if status is None or status.sent_table is None:
             return set()
+        before, now = status.sent_table.serialized, encoded(self.resources, CLUSTER_TYPE)
         out = set()
-        for name, cluster in self.resources.clusters.items():
-            sent = status.sent_content.get(name)
-            if sent is not None and sent != cluster.SerializeToString(deterministic=True):
+        for name, data in now.serialized.items():
+            sent = before.get(name)
+            if sent is not None and sent is not data and sent != data:
+                cluster = self.resources.clusters[name]
                 out.add(cluster.eds_cluster_config.service_name or name)
         return out
 
@@ -139,21 +149,18 @@ class StreamState:
 
     def _respond(self, type_url: str, *, force: bool) -> DiscoveryResponse | None:
         status = self.status(type_url)
-        table = self.resources.of(type_url)
-        names = sorted(table) if status.wildcard else sorted(n for n in status.names if n in table)
-        content = {name: table[name].SerializeToString(deterministic=True) for name in names}
-        if not force and content == status.sent_content and status.sent_version:
+        table = encoded(self.resources, type_url)
+        if status.wildcard:
+            names = table.names
+        else:
+            names = tuple(sorted(n for n in status.names if n in table.serialized))
+        body = table.sotw_body(names)
+        unchanged = body is status.sent_body or body == status.sent_body
+        if not force and unchanged and status.sent_version:
             return None
         if not self.version:
             return None  # no snapshot yet: answer once the first one arrives
         self._nonce += 1
         status.sent_version, status.sent_nonce = self.version, str(self._nonce)
-        status.sent_names, status.sent_content = tuple(names), content
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=self.version, type_url=type_url, nonce=status.sent_nonce
-        )
-        for name in names:
-            packed = any_pb2.Any()
-            packed.Pack(table[name])
-            response.resources.append(packed)
-        return response
+        status.sent_names, status.sent_table, status.sent_body = names, table, body
+        return sotw_response(self.version, type_url, status.sent_nonce, body)
