@@ -69,13 +69,20 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from metamesh.api.validate import report
 
-    return report(
+    code = report(
         args.paths,
         sys.stdout,
         default_namespace=args.namespace,
         strict=args.strict,
         limits=_config_limits(args),
     )
+    if args.data_plane == "envoy":  # what Envoy nodes cannot be given (docs/envoy.md)
+        from metamesh.control.envoy.validate import envoy_report
+
+        strict, limits = args.strict, _config_limits(args)
+        found = envoy_report(args.paths, sys.stdout, args.namespace, strict=strict, limits=limits)
+        code = max(code, found)
+    return code
 
 
 def _config_limits(args: argparse.Namespace) -> LoadLimits:
@@ -882,6 +889,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="also exit 1 on warnings and on objects of kinds metamesh does not read (skipped)",
+    )
+    validate.add_argument(
+        "--data-plane",
+        choices=("metamesh", "envoy"),
+        default="metamesh",
+        help="envoy: also warn about what Envoy nodes cannot be given as asked (docs/envoy.md)",
     )
     _add_config_limit_options(validate)
     validate.set_defaults(func=_cmd_validate)

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,21 @@ static_resources:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
 """
+#: Istio's node agent SDS cluster (``metamesh agent --sds-socket``), for inbound mTLS.
+SDS_CLUSTER = """
+  - name: sds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: sds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{pipe: {{path: {path}}}}}}}
+"""
 _instances = itertools.count()
 
 
@@ -59,13 +75,18 @@ class EnvoyNode:
         ads_port: int,
         workdir: Path,
         node: str = "envoy-e2e",
-        metadata: dict[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
+        *,
+        sds_socket: Path | None = None,
     ) -> None:
         self.node = node
         self.workdir = workdir
         config = workdir / f"{node}.yaml"
         meta = json.dumps(metadata or {})
-        config.write_text(BOOTSTRAP.format(node=node, port=ads_port, metadata=meta))
+        text = BOOTSTRAP.format(node=node, port=ads_port, metadata=meta)
+        if sds_socket is not None:
+            text += SDS_CLUSTER.format(path=sds_socket)
+        config.write_text(text)
         admin_file = workdir / f"{node}.admin"
         self.log_path = workdir / f"{node}.log"
         log = self.log_path.open("wb")

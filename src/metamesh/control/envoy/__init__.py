@@ -33,15 +33,23 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from metamesh.codecs.registry import canonical_name
 from metamesh.control.envoy import dubbo, redis, thrift
+from metamesh.control.envoy.authz import rbac_filters, server_filters
 from metamesh.control.envoy.findings import EnvoyFinding, Findings
 from metamesh.control.envoy.ports import EnvoyPort, Tables, envoy_ports
 from metamesh.control.model import MeshModel
 from metamesh.control.redis import is_redis
-from metamesh.control.translate import META_PROTOCOL_FILTER, route_config_name, translate
+from metamesh.control.translate import (
+    GLOBAL_RATELIMIT_FILTER,
+    LOCAL_RATELIMIT_FILTER,
+    META_PROTOCOL_FILTER,
+    RBAC_FILTER,
+    route_config_name,
+    translate,
+)
 from metamesh.xds.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -52,6 +60,11 @@ from metamesh.xds.resources import (
     TYPE_URLS,
     ProxyNode,
     XdsResources,
+)
+
+RATE_LIMIT_NOT_APPLIED = (
+    "Envoy's thrift_proxy and dubbo_proxy have no per-request rate limit metamesh can "
+    "configure; Envoy nodes do not apply it"
 )
 
 __all__ = ["EnvoyFinding", "EnvoyPort", "envoy_findings", "envoy_ports", "translate_for_envoy"]
@@ -79,12 +92,13 @@ def _translate(model: MeshModel, node: ProxyNode, notes: Findings) -> XdsResourc
         native = _native_filter(item, tables, notes) if listener is not None else None
         if listener is None or native is None:
             continue
+        filters = [*_server_side(item, listener, notes), native]
         made = listener_pb2.Listener()
         made.CopyFrom(listener)
         for chain in made.filter_chains:
-            for network_filter in chain.filters:
-                if network_filter.name == META_PROTOCOL_FILTER:
-                    network_filter.CopyFrom(native)
+            kept = [f for f in chain.filters if f.name != META_PROTOCOL_FILTER]
+            del chain.filters[:]
+            chain.filters.extend([*kept, *filters])
         if not item.inbound and not _rebind(made, node, bound, notes):
             continue
         tables[LISTENER_TYPE][made.name] = made
@@ -94,6 +108,24 @@ def _translate(model: MeshModel, node: ProxyNode, notes: Findings) -> XdsResourc
             {url: MappingProxyType(dict(sorted(t.items()))) for url, t in tables.items()}
         )
     )
+
+
+def _server_side(
+    item: EnvoyPort, listener: listener_pb2.Listener, notes: Findings
+) -> list[listener_components_pb2.Filter]:
+    """The server-side policies where the metamesh translation put them (on the inbound side
+    of a service with mesh workloads, else on its outbound listeners): authorization as
+    network RBAC filters (:mod:`.authz`); the rate limits have no Envoy filter for Thrift or
+    Dubbo requests, so they are findings."""
+    placed = server_filters(listener)
+    router = item.service.router
+    for name, field in ((LOCAL_RATELIMIT_FILTER, "localRateLimit"),
+                        (GLOBAL_RATELIMIT_FILTER, "globalRateLimit")):  # fmt: skip
+        if name in placed and router is not None:
+            notes.add(router, f"spec.{field}", RATE_LIMIT_NOT_APPLIED)
+    if RBAC_FILTER not in placed:
+        return []
+    return rbac_filters(item.service.authorization, item.stat_prefix, notes)
 
 
 def _native_filter(item: EnvoyPort, tables: Tables, notes: Findings) -> Any:

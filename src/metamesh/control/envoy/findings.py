@@ -42,4 +42,4 @@ class Findings(list[EnvoyFinding]):
 
 def describe(resource: Resource) -> str:
     """``Kind namespace/name`` of a loaded resource."""
-    return f"{resource.kind} {resource.namespace}/{resource.name}"
+    return f"{resource.KIND} {resource.ref}"
