@@ -68,6 +68,10 @@ REMOVE_PREFIX: Final = "redis-remove-prefix"
 #: Redis's own limit on a bulk string (proto-max-bulk-len): the default frame limit here.
 DEFAULT_MAX_SIZE: Final = 512 * 1024 * 1024
 
+#: Command names as clients spell them (``GET``, ``get``) -> lower-case text; filled as
+#: requests come, with known commands only (so bounded by the command table's spellings).
+_NAMES: Final[dict[bytes, str]] = {}
+
 _REQUEST = MessageType.REQUEST
 _RESPONSE = MessageType.RESPONSE
 _HEARTBEAT = MessageType.HEARTBEAT
@@ -329,7 +333,12 @@ class RedisCodec(Codec):
         if not args:
             return None, end
         size = end - pos
-        command = args[0].decode("utf-8", "replace").lower()
+        raw = args[0]
+        command = _NAMES.get(raw)
+        if command is None:
+            command = raw.decode("utf-8", "replace").lower()
+            if command_spec(command) is not None or command in LOCAL:  # bounded: known names
+                _NAMES[raw] = command
         session = self.session
         if command in LOCAL or not session.authenticated or command in REFUSED:
             if command in LOCAL:

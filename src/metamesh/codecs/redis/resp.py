@@ -55,7 +55,32 @@ def _length(buf: bytes | bytearray, start: int, end: int) -> int:
 
 
 def value_end(buf: bytes | bytearray, pos: int, max_size: int, max_depth: int = 64) -> int | None:
-    """Offset just past the complete RESP value at ``buf[pos:]``, or None if incomplete."""
+    """Offset just past the complete RESP value at ``buf[pos:]``, or None if incomplete.
+
+    Most replies are one bulk string (``GET``) or one simple value (``+OK``, ``:1``): those are
+    measured in a few steps before the general walk over nested aggregates."""
+    size = len(buf)
+    if pos < size:
+        kind = buf[pos]
+        if kind == 0x24 or kind in SIMPLE_TYPES:  # '$', or '+', '-', ':', ...: one line
+            end = buf.find(CRLF, pos + 1)
+            if end > 0:
+                if kind != 0x24:
+                    return end + 2
+                digits = buf[pos + 1 : end]
+                if 0 < end - pos <= 10 and digits.isdigit():  # a bulk string of < 1 GB
+                    n = int(digits)
+                    if n <= max_size:
+                        stop = end + 2 + n
+                        if size < stop + 2:
+                            return None
+                        if buf[stop] == 13 and buf[stop + 1] == 10:
+                            return stop + 2
+    return _value_end(buf, pos, max_size, max_depth)
+
+
+def _value_end(buf: bytes | bytearray, pos: int, max_size: int, max_depth: int) -> int | None:
+    """:func:`value_end`'s general walk: every type, nesting, and the errors."""
     start = pos
     owed: list[int] = []  # elements still owed by each open aggregate, innermost last
     while True:
@@ -131,26 +156,32 @@ def parse_command(
     pos = end + 2
     args: list[bytes] = []
     total = 0
+    size = len(buf)
     for _ in range(count):
-        if pos >= len(buf):
+        if pos >= size:
             return None
         if buf[pos] != 0x24:  # '$'
             raise CodecError(f"request argument is not a bulk string ({bytes([buf[pos]])!r})")
-        end = _line(buf, pos + 1, MAX_INLINE)
-        if end is None:
+        end = buf.find(CRLF, pos + 1)
+        if end < 0:
+            if size - pos > MAX_INLINE:
+                raise CodecError(f"line longer than {MAX_INLINE} bytes without CRLF")
             return None
-        n = _length(buf, pos + 1, end)
+        digits = buf[pos + 1 : end]
+        # the common case checked inline (a short run of digits); anything else, _length
+        n = int(digits) if 0 < end - pos <= 10 and digits.isdigit() else _length(buf, pos + 1, end)
         if n < 0:
             raise CodecError(f"bad argument length {n}")
         total += n
         if total > max_size:
             raise FrameTooLargeError(f"request of over {total} bytes (limit {max_size})")
-        stop = end + 2 + n
-        if len(buf) < stop + 2:
+        start = end + 2
+        stop = start + n
+        if size < stop + 2:
             return None
-        if buf[stop : stop + 2] != CRLF:
+        if buf[stop] != 13 or buf[stop + 1] != 10:
             raise CodecError("argument not followed by CRLF")
-        args.append(bytes(buf[end + 2 : stop]))
+        args.append(bytes(buf[start:stop]))
         pos = stop + 2
     return args, pos
 
