@@ -792,6 +792,12 @@ def _cmd_proxy_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from metamesh.telemetry.aggregator import run_dashboard
+
+    return run_dashboard(args.proxy, args.port, args.log_level)
+
+
 def _cmd_ratelimit_server(args: argparse.Namespace) -> int:
     from metamesh.ratelimit.service import run_ratelimit_server
 
@@ -1165,6 +1171,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="a table, or that part of the config dump as JSON",
     )
     pc.set_defaults(func=_cmd_proxy_config)
+    dash = sub.add_parser(
+        "dashboard",
+        help="the live page for a mesh of proxies, gathered from their admins (docs/telemetry.md)",
+    )
+    dash.add_argument(
+        "--proxy",
+        required=True,
+        action="append",
+        metavar="HOST:PORT",
+        help="a proxy's admin address; repeat for every proxy of the mesh",
+    )
+    dash.add_argument(
+        "--port", type=int, default=15080, help="the page's port on 127.0.0.1 (0: any)"
+    )
+    dash.add_argument("--log-level", default="INFO", help="logging level")
+    dash.set_defaults(func=_cmd_dashboard)
     rls = sub.add_parser(
         "ratelimit-server",
         help="run the global rate limit service (Envoy RLS gRPC API, counters in Redis)",

@@ -10,22 +10,30 @@ test's temp dir and its size checked."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 import types
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from metamesh.proxy.telemetry import Workload
 from tests.codecs.dubbo import peers
 from tests.codecs.thrift.apache_peer import ApacheServer
 from tests.e2e import mesh
 from tests.e2e.mesh import DeployedMesh, free_address, write
 from tests.e2e.test_prometheus import DUBBO_HOST, DUBBO_META, PROVIDER, Traffic, service
+from tests.runtime import mesh_config as mc
+from tests.runtime.proxy_thread import ProxyThread
 from tests.runtime.thrift_servers import NamedCalc
+from tests.support.ports import free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -134,3 +142,91 @@ def check_page(
     assert "LIVE" in first and "2/2 healthy" in first  # the proxy's health
     assert 'data-node="source:metamesh-up"' in first
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+@contextlib.contextmanager
+def workload_proxy(name: str, v1: int, v2: int) -> Iterator[ProxyThread]:
+    """A client-side proxy of workload ``name``: calc.test -> v1 and v2 (round robin), with an
+    admin on a free port."""
+    cluster = mc.cluster("outbound|9090||calc.test", v1, v2)
+    lb_endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    for ep, version in zip(lb_endpoints, ("v1", "v2"), strict=True):
+        ep["metadata"] = {"labels": {"version": version}}
+    snap = mc.snapshot(
+        [mc.listener("calc", "thrift", "calc.test_9090")],
+        [cluster],
+        {"calc.test_9090": [mc.route("all", "outbound|9090||calc.test", method="~.*")]},
+    )
+    with ProxyThread(snap, admin_port=0) as proxy:
+        assert proxy.server is not None
+        proxy.call(setattr, proxy.server.core.stats, "local", Workload(name, "default"))
+        yield proxy
+
+
+def calls(gen: types.ModuleType, port: int, stop: threading.Event, errors: list[str]) -> None:
+    client = mesh.ThriftClient(gen, "127.0.0.1", port)
+    try:
+        while not stop.is_set():
+            if not client.echo("x").endswith(":x"):
+                errors.append("bad answer")
+            time.sleep(0.004)
+    finally:
+        client.close()
+
+
+def test_mesh_dashboard_of_several_proxies(calc_gen: types.ModuleType, tmp_path: Path) -> None:
+    """``metamesh dashboard`` over two proxies' admins and one address where nothing answers:
+    one graph with both source workloads, every proxy's health, the pushes each took."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed: run scripts/setup.sh")
+    calc, dead, port = calc_gen.Calc.Processor, free_port(), free_port()
+    stop, errors = threading.Event(), list[str]()
+    with ExitStack() as stack:
+        v1, v2 = (
+            stack.enter_context(ApacheServer(calc(NamedCalc(calc_gen, v)), "framed", "binary"))
+            for v in ("v1", "v2")
+        )
+        proxies = [
+            stack.enter_context(workload_proxy(n, v1.port, v2.port)) for n in ("web", "batch")
+        ]
+        admins = [f"127.0.0.1:{p.server.bound_admin_port}" for p in proxies if p.server]
+        args = [a for x in (*admins, f"127.0.0.1:{dead}") for a in ("--proxy", x)]
+        dash = stack.enter_context(
+            mesh.Metamesh(tmp_path, "dashboard", "dashboard", *args, "--port", str(port))
+        )
+        dash.wait_for(f"metamesh dashboard: http://127.0.0.1:{port}/dashboard (3 proxies)")
+        threads = [
+            threading.Thread(target=calls, args=(calc_gen, p.port("calc"), stop, errors))
+            for p in proxies
+        ]
+        for t in threads:
+            t.start()
+        try:
+            url = f"http://127.0.0.1:{port}/dashboard"
+            first = chromium(tmp_path, url, "--dump-dom")
+            second = chromium(tmp_path, url, "--dump-dom")
+            shot = tmp_path / "mesh.png"
+            chromium(tmp_path, url, f"--screenshot={shot}")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(15)
+        assert dash.stop() == 0
+    assert errors == []
+    assert "mesh of 3 proxies, 2 answering" in first
+    for source in ("web", "batch"):
+        assert f'data-node="source:{source}"' in first
+    for version in ("v1", "v2"):
+        assert f'data-node="version:calc.test:{version}"' in first
+        assert cell(first, "calc.test", version, "rate") > 0
+        assert cell(second, "calc.test", version, "total") > cell(
+            first, "calc.test", version, "total"
+        )
+    for admin, name in zip(admins, ("web", "batch"), strict=True):
+        row = re.search(rf'<tr data-proxy="{admin}">(.*?)</tr>', first)
+        assert row is not None and "LIVE" in row.group(1) and "2/2 healthy" in row.group(1)
+        assert f"ACK <small>{name} ({admin})</small>" in first  # the config each one took
+    down = re.search(rf'<tr data-proxy="127.0.0.1:{dead}">(.*?)</tr>', first)
+    assert down is not None and "unreachable" in down.group(1)
+    assert dash.stderr().count(f"proxy 127.0.0.1:{dead} unreachable") == 1  # once, not per poll
+    assert shot.stat().st_size > 20_000

@@ -257,6 +257,7 @@ async def start_proxy(
     convert = resources_to_snapshot(to_snapshot)
     on_proxy_loop = call_on(asyncio.get_running_loop(), apply)
     client = XdsClient(target, node, convert, on_proxy_loop, backoff_cap=reconnect_max)
+    proxy.last_nack = lambda: client.last_nack  # the dashboard's NACK per proxy
     return proxy, client
 
 

@@ -353,6 +353,7 @@ def dashboard_data(server: ProxyServer) -> dict[str, Any]:
             "local_replies": sum(stats.local_replies.values()),
             "clusters": clusters,
         },
+        "xds": {"last_nack": server.last_nack() if server.last_nack is not None else None},
         "bounds_ms": view.bounds(),
         "edges": view.edges(stats.requests.values()),
         "routes": view.routes(core.snapshot),

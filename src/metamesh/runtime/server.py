@@ -138,6 +138,9 @@ class ProxyServer:
         #: in this process (``metamesh up`` with ZooKeeper or Kubernetes): the admin's
         #: ``/ready`` detail and ``/server_info`` ``config_sources``.
         self.config_sources: Callable[[], dict[str, Any]] | None = None
+        #: The xDS client's last rejected config (``proxy --xds``, ``up``): the dashboard's
+        #: NACK per proxy. None when the config is static.
+        self.last_nack: Callable[[], str | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.turn: Turn | None = None
         self._servers: dict[str, asyncio.Server] = {}
