@@ -172,6 +172,9 @@ def test_what_envoy_cannot_do_is_a_finding_naming_resource_field_and_data_plane(
         "MetaAuthorizationPolicy server-ns/no-admin: spec.rules[0].to: a network RBAC filter "
         "cannot match operations; this DENY rule denies every request of its sources on Envoy "
         "nodes (data plane: envoy)",
+        "DestinationRule (host org.apache.dubbo.demo.demoservice): "
+        "spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName: Envoy's dubbo_proxy "
+        "routes have no hash policy: Envoy nodes do not hash on 'x-user' (data plane: envoy)",
     ]
     for line in expected:
         assert line in found, (line, found)

@@ -39,6 +39,7 @@ from metamesh.codecs.registry import canonical_name
 from metamesh.control.envoy import dubbo, redis, thrift
 from metamesh.control.envoy.authz import rbac_filters, server_filters
 from metamesh.control.envoy.findings import EnvoyFinding, Findings
+from metamesh.control.envoy.policies import hash_key_findings
 from metamesh.control.envoy.ports import EnvoyPort, Tables, envoy_ports
 from metamesh.control.model import MeshModel
 from metamesh.control.redis import is_redis
@@ -132,6 +133,8 @@ def _native_filter(item: EnvoyPort, tables: Tables, notes: Findings) -> Any:
     """The Envoy network filter for ``item``'s codec (its route table added to ``tables``),
     or None (and a finding) when Envoy has none."""
     codec = canonical_name(item.port.codec or "")
+    if codec in ("thrift", "dubbo") and not item.inbound:
+        hash_key_findings(item.service, item.port.number, f"{codec}_proxy", notes)
     if codec == "thrift":
         return thrift.thrift_filter(item, tables, notes)
     if codec == "dubbo":

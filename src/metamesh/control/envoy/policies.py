@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from metamesh.api.metaprotocol import MetaRoute, MetaRouter
 from metamesh.control.envoy.findings import Findings
+from metamesh.control.model import Service
 
 NOT_APPLIED = "Envoy's {filter} has no field for it; Envoy nodes do not apply it"
 
@@ -37,3 +38,20 @@ def route_policy_findings(
     for field, present in unsupported.items():
         if present:
             notes.add(router, f"{where}.{field}", NOT_APPLIED.format(filter=filter_name))
+
+
+def hash_key_findings(service: Service, port: int, filter_name: str, notes: Findings) -> None:
+    """A DestinationRule ``consistentHash.httpHeaderName``: metamesh hashes on that request
+    attribute; thrift_proxy and dubbo_proxy routes have no hash policy, so Envoy's ring hash
+    would get no key. The cluster keeps its ring hash (what the rule asks); the finding says
+    that Envoy nodes do not hash on the attribute."""
+    for subset in ("", *(s.name for s in service.subsets)):
+        key = service.policy(port, subset).hash_key
+        if key:
+            notes.add(
+                f"DestinationRule (host {service.host})",
+                "spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName",
+                f"Envoy's {filter_name} routes have no hash policy: Envoy nodes do not hash "
+                f"on {key!r}",
+            )
+            return
