@@ -218,6 +218,7 @@ def _workers(args: argparse.Namespace, command: str) -> WorkerSpec | None:
         tls_files=_tls_files(args) if hasattr(args, "tls_cert") else None,
         tracing=_tracing(args),
         drain_timeout=args.drain_timeout,
+        accept=args.worker_accept,
     )
 
 
@@ -229,6 +230,13 @@ def _add_workers_option(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="proxy processes sharing every listener (SO_REUSEPORT); raise it when one core "
         "is saturated, up to the cores available (docs/workers.md)",
+    )
+    parser.add_argument(
+        "--worker-accept",
+        choices=("reuseport", "handover"),
+        default="reuseport",
+        help="with --workers: each worker binds every listener (reuseport), or the first "
+        "accepts and hands connections out round robin (handover)",
     )
 
 

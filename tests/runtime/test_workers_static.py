@@ -1,5 +1,6 @@
 """``metamesh proxy --config FILE --workers 2`` as a process: a port-0 listener shared by both
-workers, requests in flight in both, SIGTERM drains both with every reply delivered.
+workers (SO_REUSEPORT, or handed over by worker 0), requests in flight in both, SIGTERM drains
+both with every reply delivered.
 
 The upstream answers each KV-RPC call after 0.5 s, so when SIGTERM arrives every client has a
 request in flight; ``/server_info`` shows them spread over the two workers first. Every client
@@ -22,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from examples.kvrpc.kvrpc_codec import KvRpcCodec, build_frame
 from tests.runtime.test_cli_proxy import recv_message
@@ -77,7 +80,10 @@ def start(cfg: Path, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def test_two_workers_share_a_port_zero_listener_and_drain_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("accept", ["reuseport", "handover"])
+def test_two_workers_share_a_port_zero_listener_and_drain_on_sigterm(
+    tmp_path: Path, accept: str
+) -> None:
     upstream = slow_echo_server()
     text = (ROOT / "examples" / "proxy-static.yaml").read_text()
     text = text.replace("port_value: 19000", "port_value: 0")
@@ -86,7 +92,10 @@ def test_two_workers_share_a_port_zero_listener_and_drain_on_sigterm(tmp_path: P
     cfg = tmp_path / "proxy.yaml"
     cfg.write_text(text)
     access = tmp_path / "access.log"
-    proc = start(cfg, "--admin-port", "0", "--workers", "2", "--access-log", str(access))
+    proc = start(
+        cfg, "--admin-port", "0", "--workers", "2", "--worker-accept", accept,
+        "--access-log", str(access),
+    )  # fmt: skip
     try:
         assert proc.stderr is not None
         log, port, admin = "", 0, 0
@@ -111,7 +120,9 @@ def test_two_workers_share_a_port_zero_listener_and_drain_on_sigterm(tmp_path: P
             assert time.monotonic() < deadline, workers
             workers = server_info(admin)["workers"]
         assert [w["state"] for w in workers] == ["LIVE", "LIVE"]
-        assert all(w["clients"] > 0 for w in workers), workers  # SO_REUSEPORT spread them
+        assert all(w["clients"] > 0 for w in workers), workers  # spread over both workers
+        if accept == "handover":  # dealt round robin
+            assert [w["clients"] for w in workers] == [CLIENTS // 2, CLIENTS // 2], workers
         assert sum(w["requests_in_flight"] for w in workers) == CLIENTS
         proc.send_signal(signal.SIGTERM)
         for i, c in enumerate(clients):

@@ -64,6 +64,7 @@ from metamesh.runtime.tls import (
 )
 
 if TYPE_CHECKING:
+    from metamesh.runtime.handover import HandOverListener
     from metamesh.runtime.otlp import SpanExporter
     from metamesh.runtime.sidecar import Sidecar
     from metamesh.runtime.workers import WorkerSet
@@ -111,8 +112,11 @@ class ProxyServer:
         if workers is not None:
             workers.snapshot = snapshot
             snapshot = workers.share(snapshot)
-        #: Listeners bind with SO_REUSEPORT (every worker binds each listener).
-        self.reuse_port = workers is not None
+        #: Listeners bind with SO_REUSEPORT (every worker binds each listener), unless worker 0
+        #: accepts for all and hands connections over (runtime/handover.py).
+        self.reuse_port = workers is not None and not workers.hands_over
+        #: A worker in hand-over mode binds nothing: worker 0 sends it its connections.
+        self.accepts_handed_over = False
         #: Ports to bind for listeners configured on port 0 (a worker binds worker 0's port).
         self.port_overrides: dict[str, int] = {}
         self.core = ConnectionManager(
@@ -143,7 +147,7 @@ class ProxyServer:
         self.last_nack: Callable[[], str | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.turn: Turn | None = None
-        self._servers: dict[str, asyncio.Server] = {}
+        self._servers: dict[str, asyncio.Server | HandOverListener] = {}
         self._admin: asyncio.Server | None = None
         self._connects: dict[Upstream, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -185,14 +189,32 @@ class ProxyServer:
     async def _listen(self, name: str) -> None:
         if self.sidecar is not None and not self.sidecar.binds_listeners:
             return  # served through the capture ports (runtime/capture.py)
+        if self.accepts_handed_over:
+            return  # worker 0 accepts and hands the connections over (runtime/handover.py)
         cfg = self.core.listeners[name].config
         loop = self._loop
-        turn = self.turn
-        assert loop is not None and turn is not None
+        assert loop is not None
         if cfg.tls_mode and self.tls is None:
             raise OSError(
                 f"listener {name} asks for {cfg.tls_mode} TLS but the proxy has no certificate"
             )
+        factory = self.protocol_factory(name)
+        port = self.port_overrides.get(name, cfg.port)
+        if self.workers is not None and self.workers.hands_over:
+            from metamesh.runtime.handover import HandOverListener, listen_socket
+
+            sock = listen_socket(cfg.address, port)
+            targets = self.workers.handover_targets
+            self._servers[name] = HandOverListener(self, name, sock, factory, targets)
+            return
+        self._servers[name] = await loop.create_server(
+            factory, cfg.address, port, reuse_address=True, reuse_port=self.reuse_port or None
+        )
+
+    def protocol_factory(self, name: str) -> Callable[[], asyncio.Protocol]:
+        """The protocol of a new client connection of listener ``name``."""
+        turn = self.turn
+        assert turn is not None
 
         def factory() -> asyncio.Protocol:
             # the mode in force when the client connects (a PeerAuthentication edit applies
@@ -206,10 +228,7 @@ class ProxyServer:
                 return cast(asyncio.Protocol, _Refused())
             return cast(asyncio.Protocol, TlsServerProtocol(self.tls, mode, inner))
 
-        port = self.port_overrides.get(name, cfg.port)
-        self._servers[name] = await loop.create_server(
-            factory, cfg.address, port, reuse_address=True, reuse_port=self.reuse_port or None
-        )
+        return factory
 
     def _zero_ports(self) -> dict[str, int]:
         """The ports bound for listeners configured on port 0 (for the other workers)."""
@@ -469,6 +488,10 @@ class ProxyServer:
                 transport.close()
         finally:
             self._connects.pop(up, None)
+
+    def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task this server owns (cancelled by :meth:`close`)."""
+        return self._spawn(coro)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

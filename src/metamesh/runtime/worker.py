@@ -67,7 +67,13 @@ class _WholeLines:
 class Worker:
     """The worker side of the pipe (see the module docstring)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        channel: socket.socket | None = None,
+    ) -> None:
+        self.channel = channel  # connections handed over by worker 0 (runtime/handover.py)
         self.reader = reader
         self.writer = writer
         self.server: ProxyServer | None = None
@@ -130,7 +136,8 @@ class Worker:
             limits=process_limits(**spec.limits),
             tls=load_tls(spec.tls_files),
         )
-        server.reuse_port = True
+        server.reuse_port = spec.accept == "reuseport"
+        server.accepts_handed_over = spec.accept == "handover"
         server.core.stats.local = local
         if spec.tracing is not None:
             from metamesh.runtime.tracing import enable_tracing
@@ -138,6 +145,10 @@ class Worker:
             enable_tracing(server, spec.tracing)
         await server.start()
         loop = asyncio.get_running_loop()
+        if server.accepts_handed_over and self.channel is not None:
+            from metamesh.runtime.handover import receive_handed_over
+
+            receive_handed_over(server, self.channel)
         loop.add_signal_handler(signal.SIGTERM, server.request_drain, spec.drain_timeout)
         loop.add_signal_handler(signal.SIGINT, server.request_drain, spec.drain_timeout)
         self.server = server
@@ -149,11 +160,13 @@ class Worker:
             await self.server.wait_stopped()
 
 
-async def serve(fd: int) -> int:
-    """Serve as a worker on the socketpair end ``fd`` until told to drain."""
+async def serve(fd: int, channel_fd: int | None = None) -> int:
+    """Serve as a worker on the socketpair end ``fd`` until told to drain; connections handed
+    over arrive on ``channel_fd``."""
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
-    worker = Worker(reader, writer)
+    channel = socket.socket(fileno=channel_fd) if channel_fd is not None else None
+    worker = Worker(reader, writer, channel)
     try:
         return await worker.run()
     finally:
@@ -163,11 +176,15 @@ async def serve(fd: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or not argv[1].isdigit():
-        print("usage: python -m metamesh.runtime.worker FD (started by --workers)", file=sys.stderr)
+    if len(argv) not in (2, 3) or not all(a.isdigit() for a in argv[1:]):
+        print(
+            "usage: python -m metamesh.runtime.worker FD [FD] (started by --workers)",
+            file=sys.stderr,
+        )
         return 2
+    channel = int(argv[2]) if len(argv) == 3 else None
     with asyncio.Runner(loop_factory=proxy_loop_factory()) as runner:
-        return runner.run(serve(int(argv[1])))
+        return runner.run(serve(int(argv[1]), channel))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ class WorkerSpec:
     tls_files: tuple[str, str, str, str] | None = None
     tracing: TracingSettings | None = None
     drain_timeout: float = 10.0
+    #: How connections reach the workers: ``"reuseport"`` (each binds every listener with
+    #: SO_REUSEPORT) or ``"handover"`` (worker 0 accepts and sends them, runtime/handover.py).
+    accept: str = "reuseport"
 
 
 def worker_status(server: ProxyServer) -> dict[str, Any]:
@@ -93,6 +96,8 @@ class WorkerHandle:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
         self.writer: asyncio.StreamWriter | None = None
+        #: Worker 0's end of the datagram socketpair connections are handed over on.
+        self.fd_channel: socket.socket | None = None
         self.state = "STARTING"
         self.restarts = 0
         self.started_at = 0.0
@@ -151,6 +156,16 @@ class WorkerSet:
         self._server: ProxyServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    @property
+    def hands_over(self) -> bool:
+        return self.spec.accept == "handover"
+
+    def handover_targets(self) -> list[socket.socket | None]:
+        """Where new connections go in hand-over mode: None for worker 0, then the channel
+        of every live worker."""
+        channels = [h.fd_channel for h in self.handles if h.state == "LIVE"]
+        return [None, *(c for c in channels if c is not None)]
+
     def share(self, snapshot: Snapshot, index: int = 0) -> Snapshot:
         return share_local_rate_limits(snapshot, index, self.count)
 
@@ -167,17 +182,24 @@ class WorkerSet:
 
     async def _spawn(self, handle: WorkerHandle) -> None:
         parent_end, child_end = socket.socketpair()
+        fds_parent, fds_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        fds_parent.setblocking(False)
+        if handle.fd_channel is not None:
+            handle.fd_channel.close()
+        handle.fd_channel = fds_parent
         try:
             handle.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "metamesh.runtime.worker",
                 str(child_end.fileno()),
-                pass_fds=(child_end.fileno(),),
+                str(fds_child.fileno()),
+                pass_fds=(child_end.fileno(), fds_child.fileno()),
                 start_new_session=True,
             )
         finally:
             child_end.close()
+            fds_child.close()
         handle.state = "STARTING"
         handle.started_at = time.monotonic()
         reader, handle.writer = await asyncio.open_connection(sock=parent_end)
