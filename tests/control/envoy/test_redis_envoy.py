@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from metamesh.codecs.redis.cluster import key_slot
 from metamesh.demo.steps import within_5_sigma
@@ -85,10 +87,11 @@ def scenario(
     main, a, mirror = backends
     wait_until(lambda: answers(address, port), "the Redis listener", timeout=30)
     # downstream auth: nothing passes without the password, or with a wrong one
+    no_retry = Retry(NoBackoff(), 0)  # redis-py retries an AuthenticationError by default
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host=address, port=port).get("k")
+        redis.Redis(host=address, port=port, retry=no_retry).get("k")
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host=address, port=port, password="wrong").get("k")
+        redis.Redis(host=address, port=port, password="wrong", retry=no_retry).get("k")
     client = client_of(address, port)
     # prefix routes: a:* lands on backend a without its prefix, the rest on main
     for i in range(20):
@@ -199,6 +202,7 @@ spec:
                 # neither held connection was broken
                 assert held_metamesh.get("plain1") == held_envoy.get("plain1") == b"vm1"
                 assert (socket_of(held_metamesh), socket_of(held_envoy)) == sockets
+                held_metamesh.close()
                 assert proxy.stop() == 0
             listeners = envoy_listeners(envoy)
             assert listeners and error_states(json.loads(envoy.get("/config_dump"))) == []
