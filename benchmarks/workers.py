@@ -1,5 +1,8 @@
 """``--workers``: metamesh 1 vs 2 workers beside Envoy ``--concurrency`` 1 vs 2 (issue 21).
 
+metamesh with 2 workers runs twice: connections spread by ``SO_REUSEPORT`` (the default) and
+handed over by worker 0 (``--worker-accept handover``).
+
 Two measurements, each with every target started once on fresh loopback ports, the same
 responder (``responder.py``) behind all of them and the ``static-native`` mode of
 ``compare.py`` (``metamesh proxy --config``, the mypyc build; ``--native DIR`` picks a built
@@ -53,11 +56,13 @@ class Setup:
     name: str
     kind: str
     workers: int
+    accept: str = "reuseport"
     target: Target | None = None
     pids: list[int] = field(default_factory=list)
 
     def options(self, args: argparse.Namespace) -> dict[str, Any]:
         extra = ["--workers", str(self.workers)] if self.workers > 1 else []
+        extra += ["--worker-accept", self.accept] if self.workers > 1 else []
         return {
             "envoy_bin": args.envoy_bin or find_envoy(),
             "metamesh_args": [*extra, "--max-connections", "0"],
@@ -234,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     kind = f"static-native@{args.native}" if args.native else "static-native"
     setups = [
         Setup("metamesh 1 worker", kind, 1),
-        Setup("metamesh 2 workers", kind, 2),
+        Setup("metamesh 2 workers (SO_REUSEPORT)", kind, 2),
+        Setup("metamesh 2 workers (hand-over)", kind, 2, "handover"),
         Setup("Envoy L7 --concurrency 1", "envoy", 1),
         Setup("Envoy L7 --concurrency 2", "envoy", 2),
     ]
