@@ -140,9 +140,17 @@ def test_two_workers_share_a_port_zero_listener_and_drain_on_sigterm(
         upstream.close()
 
 
-def test_workers_must_be_at_least_one(tmp_path: Path) -> None:
-    cfg = tmp_path / "proxy.yaml"
-    cfg.write_text((ROOT / "examples" / "proxy-static.yaml").read_text())
-    proc = start(cfg, "--workers", "0")
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "--workers must be at least 1" in err
+def test_workers_option_is_checked() -> None:
+    from metamesh.cli import _workers, build_parser
+    from metamesh.runtime.workers import WorkerSpec
+
+    def spec(*argv: str) -> WorkerSpec | None:
+        return _workers(build_parser().parse_args(["proxy", "--config", "x.yaml", *argv]), "proxy")
+
+    assert spec() is None and spec("--workers", "1") is None
+    two = spec("--workers", "2", "--worker-accept", "handover", "--drain-timeout", "3")
+    assert two is not None and (two.count, two.accept, two.drain_timeout) == (2, "handover", 3.0)
+    with pytest.raises(SystemExit, match="--workers must be at least 1"):
+        spec("--workers", "0")
+    with pytest.raises(SystemExit, match="cannot be combined with --intercept"):
+        spec("--workers", "2", "--intercept")
