@@ -222,9 +222,15 @@ def _check_references(source: str, snap: cfg.Snapshot, codec_search: Sequence[Pa
                 f"configuration named {listener.route_config_name!r}"
             )
         try:
-            resolve_codec(listener.codec, codec_search)
+            factory = resolve_codec(listener.codec, codec_search)
         except LookupError as e:
             errors.append(f"{where}: field 'meta_protocol_proxy.codec.name': {e}")
+            continue
+        if listener.codec_options:
+            try:  # the codec checks its own options (Kafka's advertise map)
+                factory(options=dict(listener.codec_options))
+            except (TypeError, ValueError) as e:
+                errors.append(f"{where}: field 'meta_protocol_proxy.codec.options': {e}")
     for i, rc in enumerate(snap.route_configs.values()):
         for j, route in enumerate(rc.routes):
             where = f"{source}: route_configs[{i}] (name {rc.name!r}): routes[{j}]"

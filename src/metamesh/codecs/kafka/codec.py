@@ -15,9 +15,10 @@ whose header is only the correlation id.
 **Metadata** of a request: ``api`` (the API's name: ``Produce``, ``Fetch``, ``Metadata``,
 ...), ``api_key``, ``api_version``, ``correlation_id``, ``client_id`` (empty when null), and for
 Produce and Fetch ``topic`` (the first topic) and ``topics`` (every topic, comma-separated, in
-request order). ``command`` repeats ``api`` so that ``metamesh.filters.command_stats`` counts
-requests per API without options. Requests are not mutated: a Kafka header has no field a
-broker would pass on (mutations are counted as dropped).
+request order). ``command`` is ``api``, or ``api/topic`` for Produce and Fetch, so that
+``metamesh.filters.command_stats`` counts requests per API and, for those two, per topic.
+Requests are not mutated: a Kafka header has no field a broker would pass on (mutations are
+counted as dropped).
 
 **Ordering and connections.** The proxy matches responses by order, not by correlation id:
 a broker answers the requests of one connection in the order they came, and clients require
@@ -195,6 +196,7 @@ class KafkaCodec(Codec):
             names = list(dict.fromkeys(name for name, _ in topics))
             metadata["topic"] = names[0]
             metadata["topics"] = ",".join(names)
+            metadata["command"] = f"{api}/{names[0]}"
         if header.api_key == PRODUCE and produce_acks(frame, header) == 0:
             kind = MessageType.ONEWAY
         elif self.addresses and header.api_key in (METADATA, FIND_COORDINATOR):

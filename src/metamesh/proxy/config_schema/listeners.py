@@ -23,6 +23,8 @@ from metamesh.proxy.filters import (
 class _Codec(_Model):
     name: str
     max_frame_size: int | None = Field(default=None, gt=0)
+    #: Options handed to the codec (Kafka: ``advertise``; Redis: its settings).
+    options: dict[str, str] | None = None
 
 
 class _Protocol(_Model):
@@ -116,6 +118,7 @@ def _listener(x: _Listener) -> cfg.Listener:
         stat_prefix=mpp.stat_prefix,
         filters=filters,
         max_frame_size=codec.max_frame_size,
+        codec_options=tuple(sorted((codec.options or {}).items())),
         filter_configs=filter_configs,
         idle_timeout=mpp.idle_timeout,
         tls_mode="" if x.tls_mode == "DISABLE" else x.tls_mode,
