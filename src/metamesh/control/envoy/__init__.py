@@ -24,7 +24,7 @@ What a MetaRouter asks that the Envoy filter cannot do is left out of the Envoy 
 closest correct config: a route that cannot be matched as written is dropped, a policy with no
 Envoy field is not approximated by a different one) and reported by
 :func:`envoy_findings` (:mod:`.findings`), which ``metamesh validate --data-plane envoy``
-prints and the control plane logs.
+prints as warnings at their file and line (:mod:`.validate`).
 """
 
 from __future__ import annotations

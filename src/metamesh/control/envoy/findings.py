@@ -6,7 +6,7 @@ translation leaves it out (or takes the closest correct form) and records an
 :class:`EnvoyFinding` naming the resource, the field and the data plane. The translators
 append to a :class:`Findings` list; :func:`metamesh.control.envoy.envoy_findings` runs the
 translation for a node that sees every service and returns them, which is what ``metamesh
-validate --data-plane envoy`` prints and the control plane logs as warnings.
+validate --data-plane envoy`` prints as warnings (:mod:`metamesh.control.envoy.validate`).
 """
 
 from __future__ import annotations
