@@ -221,6 +221,7 @@ def run_checks(
         up.wait_for(f"{thrift_at[0]}:{thrift_at[1]}  thrift  all-v2 -> v2", 30)
         marks = [len(a) for a in callers.answers]
         wait_until(lambda: callers.calls() >= sum(marks) + 200, "200 calls after the change", 30)
+        check_clusters_and_config(admin)
     assert all(not e for e in callers.errors), callers.errors  # the change dropped nothing
     # a call in flight at the change keeps the routes it started with: skip one per client
     after = [a[m + 1 :] for a, m in zip(callers.answers, marks, strict=True)]
@@ -268,6 +269,20 @@ def run_checks(
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert "did not exit in time" not in up.stderr()
+
+
+def check_clusters_and_config(admin: str) -> None:
+    """Under traffic: each worker holds its own upstream connection to v2, and /clusters adds
+    them up; /config_dump is the version every worker runs."""
+    clusters = json.loads(get(admin, "/clusters?format=json"))["clusters"]
+    (v2,) = [c for c in clusters if c["name"].endswith(f"|v2|{mesh.HOST}")]
+    (host,) = v2["hosts"]
+    assert host["health"] == "healthy" and host["unhealthy_workers"] == 0
+    assert host["cx_active"] >= 2 and v2["cx_active"] >= 2, v2  # one per worker at least
+    assert "::cx_active::" in get(admin, "/clusters").decode()
+    dump = json.loads(get(admin, "/config_dump"))
+    versions = {w["config_version"] for w in server_info(admin)["workers"]}
+    assert versions == {dump["version"]}, (versions, dump["version"])
 
 
 def kill_a_worker(up: Metamesh, admin: str, gen: types.ModuleType, at: tuple[str, int]) -> None:
