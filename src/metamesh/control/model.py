@@ -445,6 +445,8 @@ def _port(
         proto = None
     if proto is None:
         return ServicePort(number, name, target_port=target_port)
+    if proto.protocol == "kafka":  # served by the Kafka codec as MetaProtocol (control/kafka.py)
+        return ServicePort(number, name, "metaprotocol", "kafka", "kafka", target_port)
     return ServicePort(number, name, proto.protocol, proto.application, proto.codec, target_port)
 
 

@@ -79,6 +79,7 @@ from metamesh.control.filter_configs import (
     rbac_json,
 )
 from metamesh.control.inbound import APP_ADDRESS, InboundPort, cluster_tls, inbound_ports
+from metamesh.control.kafka import advertise_map, kafka_port
 from metamesh.control.model import ClusterPolicy, MeshModel, Service, ServicePort, UpstreamTls
 from metamesh.control.redis import is_redis, outbound_redis
 from metamesh.control.routes import route_configuration
@@ -212,8 +213,11 @@ def _outbound(
             continue
         if not port.is_metaprotocol:
             continue
+        options = {"advertise": advertise_map(model)} if kafka_port(port) else None
         for address in service.addresses:
-            listener = build_listener(service, port, address, server_side=not in_mesh)
+            listener = build_listener(
+                service, port, address, server_side=not in_mesh, codec_options=options
+            )
             tables[LISTENER_TYPE].setdefault(listener.name, listener)
         for subset in ("", *(s.name for s in service.subsets)):
             tls = cluster_tls(model, service, port.number, subset, auto=in_mesh)
@@ -323,14 +327,19 @@ def meta_protocol_proxy(
     inbound: InboundPort | None = None,
     *,
     server_side: bool = True,
+    codec_options: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``MetaProtocolProxy`` fields, in protojson spelling, as Aeraki writes them (the
-    inbound side's stat prefix and route configuration are its ``inbound|`` cluster)."""
+    inbound side's stat prefix and route configuration are its ``inbound|`` cluster), with
+    ``codec.options`` when given (Kafka's ``advertise``)."""
     name = inbound.cluster if inbound is not None else None
+    codec: dict[str, Any] = {"name": codec_name(port.codec or "")}
+    if codec_options:
+        codec["options"] = dict(codec_options)
     return {
         "statPrefix": name or cluster_name(port.number, "", service.host),
         "applicationProtocol": port.application or "",
-        "codec": {"name": codec_name(port.codec or "")},
+        "codec": codec,
         "rds": {
             "routeConfigName": name or route_config_name(service.host, port.number),
             "configSource": {"ads": {}, "resourceApiVersion": "V3"},
@@ -350,9 +359,14 @@ def typed_struct(type_url: str, value: Mapping[str, Any]) -> any_pb2.Any:
 
 
 def build_listener(
-    service: Service, port: ServicePort, address: str, *, server_side: bool = True
+    service: Service,
+    port: ServicePort,
+    address: str,
+    *,
+    server_side: bool = True,
+    codec_options: Mapping[str, str] | None = None,
 ) -> listener_pb2.Listener:
-    proxy = meta_protocol_proxy(service, port, server_side=server_side)
+    proxy = meta_protocol_proxy(service, port, server_side=server_side, codec_options=codec_options)
     return listener_pb2.Listener(
         name=f"{address}_{port.number}",
         address=socket_address(address, port.number),
