@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from kafka.protocol.metadata import (
     ApiVersionsRequest,
     ApiVersionsResponse,
     FindCoordinatorResponse,
+    MetadataRequest,
     MetadataResponse,
 )
 from kafka.protocol.producer import ProduceRequest, ProduceResponse
@@ -233,6 +235,31 @@ def test_fetch_topics_and_error_reply_every_named_version(version: int) -> None:
         (t.topic, p.partition_index, p.error_code) for t in response.responses for p in t.partitions
     ]
     assert got == [("t1", 0, 3), ("t2", 2, 3), ("t2", 4, 3)]
+
+
+@pytest.mark.parametrize("version", range(13))
+def test_metadata_topics_and_error_reply_every_version(version: int) -> None:
+    topic = MetadataRequest.MetadataRequestTopic
+    names = [topic(name=n, topic_id=uuid.UUID(int=0)) for n in ("t1", "t2")]
+    request = MetadataRequest(version=version, topics=names, allow_auto_topic_creation=False)
+    request.with_header(correlation_id=9, client_id="m")
+    [msg] = decode_all(KafkaCodec(), request.encode(version=version, header=True, framed=True))
+    assert "topic" not in msg.metadata and msg.metadata["command"] == "Metadata"
+    reply = KafkaCodec().error_reply(msg, LocalError(ErrorKind.UNAUTHORIZED, "no"))
+    response = MetadataResponse.decode(reply, version=version, header=True, framed=True)
+    assert response.header.correlation_id == 9 and response.brokers == []
+    assert [(t.name, t.error_code) for t in response.topics] == [("t1", 29), ("t2", 29)]
+
+
+@pytest.mark.parametrize("version", [1, 9, 12])
+def test_metadata_for_every_topic_names_none(version: int) -> None:
+    request = MetadataRequest(version=version, topics=None, allow_auto_topic_creation=False)
+    request.with_header(correlation_id=9, client_id="m")
+    [msg] = decode_all(KafkaCodec(), request.encode(version=version, header=True, framed=True))
+    assert "topic" not in msg.metadata
+    reply = KafkaCodec().error_reply(msg, LocalError(ErrorKind.UNAUTHORIZED, "no"))
+    response = MetadataResponse.decode(reply, version=version, header=True, framed=True)
+    assert response.topics == [] and response.brokers == []
 
 
 @pytest.mark.parametrize("version", range(5))

@@ -17,6 +17,10 @@ whose header is only the correlation id.
 Produce and Fetch ``topic`` (the first topic) and ``topics`` (every topic, comma-separated, in
 request order). ``command`` is ``api``, or ``api/topic`` for Produce and Fetch, so that
 ``metamesh.filters.command_stats`` counts requests per API and, for those two, per topic.
+Metadata requests carry no topic keys, although they name topics: refused, a Metadata request
+gets no broker list, which clients ignore and ask again (kafka-python until its send times
+out) instead of reporting the topic's error; refusing the Produce or Fetch is what they
+report.
 Requests are not mutated: a Kafka header has no field a broker would pass on (mutations are
 counted as dropped).
 
@@ -44,7 +48,7 @@ from collections.abc import Mapping
 from typing import ClassVar, Final
 
 from metamesh.codecs.base import Codec
-from metamesh.codecs.kafka.apis import FIND_COORDINATOR, METADATA, PRODUCE, api_name
+from metamesh.codecs.kafka.apis import FETCH, FIND_COORDINATOR, METADATA, PRODUCE, api_name
 from metamesh.codecs.kafka.requests import (
     MIN_REQUEST,
     RequestHeader,
@@ -191,7 +195,7 @@ class KafkaCodec(Codec):
         }
         kind = MessageType.REQUEST
         state: AddressRewrite | None = None
-        topics = topic_partitions(frame, header)
+        topics = topic_partitions(frame, header) if header.api_key in (PRODUCE, FETCH) else None
         if topics:
             names = list(dict.fromkeys(name for name, _ in topics))
             metadata["topic"] = names[0]

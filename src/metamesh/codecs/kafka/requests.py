@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from metamesh.codecs.kafka.apis import FETCH, PRODUCE, request_header_version
+from metamesh.codecs.kafka.apis import FETCH, METADATA, PRODUCE, request_header_version
 from metamesh.codecs.kafka.wire import Reader
 from metamesh.codecs.message import CodecError
 
@@ -63,13 +63,36 @@ def produce_acks(frame: bytes, header: RequestHeader) -> int:
 
 
 def topic_partitions(frame: bytes, header: RequestHeader) -> TopicPartitions | None:
-    """(topic, partition indexes) of a Produce or Fetch request, in request order; ``None``
-    for other APIs and for versions that name topics by id."""
+    """(topic, partition indexes) of a Produce or Fetch request, in request order, or the
+    topics a Metadata request names (no partitions); ``None`` for other APIs, for versions
+    that name topics by id, and for a Metadata request about every topic."""
     if header.api_key == PRODUCE:
         return _produce(Reader(frame, header.body), header.api_version)
     if header.api_key == FETCH:
         return _fetch(Reader(frame, header.body), header.api_version)
+    if header.api_key == METADATA:
+        return _metadata(Reader(frame, header.body), header.api_version)
     return None
+
+
+def _metadata(r: Reader, version: int) -> TopicPartitions | None:
+    """The topics a Metadata request asks about (no partitions); ``None`` for "all topics"."""
+    flex = version >= 9
+    count = r.uvarint() - 1 if flex else r.int32()
+    if count < 0:
+        return None
+    if count > r.end - r.pos:
+        raise CodecError(f"kafka: array of {count} elements at offset {r.pos} is too long")
+    topics: TopicPartitions = []
+    for _ in range(count):
+        if version >= 10:
+            r.skip(16)  # topic_id
+        name = r.string(flex)
+        if flex:
+            r.tagged_fields()
+        if name is not None:
+            topics.append((name, []))
+    return topics
 
 
 def _produce(r: Reader, version: int) -> TopicPartitions | None:

@@ -9,13 +9,13 @@ address not in the map is left as it is (that client then leaves the mesh for th
 
 **Error responses.** Kafka has no generic error frame: each API answers in its own schema.
 :func:`error_response` writes a complete, well-formed response for Produce (v0-v12), Fetch
-(v0-v12) and ApiVersions (any version, in v0's body, as brokers answer a version they do not
+(v0-v12), Metadata (every version: no brokers, each topic asked about with the error) and
+ApiVersions (any version, in v0's body, as brokers answer a version they do not
 know), with the error code on every partition (or at the top, for ApiVersions), which
 clients surface as that error and, for retriable codes, retry. Other APIs get a response
 holding ``throttle_time_ms`` and the error code, which is where most of their schemas keep
 them, but not the rest of their fields: their clients fail to read it, and close and
-reconnect. Routes, authorization and rate limits on topics only ever refuse Produce and
-Fetch, since only those carry topics.
+reconnect.
 """
 
 from __future__ import annotations
@@ -152,6 +152,8 @@ def error_response(header: RequestHeader, topics: TopicPartitions | None, code: 
         body = _produce_error(topics, version, flex, code)
     elif api_key == FETCH and topics is not None:
         body = _fetch_error(topics, version, flex, code)
+    elif api_key == METADATA:
+        body = _metadata_error(topics or [], version, flex, code)
     elif api_key == API_VERSIONS:
         # Version 0's body whatever the request's: clients read a failed ApiVersions response
         # as v0 (how a broker answers a version it does not know), and its header is v0 too.
@@ -207,5 +209,38 @@ def _fetch_error(topics: TopicPartitions, version: int, flex: bool, code: int) -
                 out.append(write_int32(-1))  # preferred_read_replica
             out += [write_uvarint(0) if flex else write_int32(-1), tag]  # records: null
         out.append(tag)
+    out.append(tag)
+    return b"".join(out)
+
+
+_NO_OPERATIONS = -(2**31)  # authorized operations not asked for
+
+
+def _metadata_error(topics: TopicPartitions, version: int, flex: bool, code: int) -> bytes:
+    """No brokers, and each topic asked about with ``code`` (v13 has a top-level code too)."""
+    tag = b"\x00" if flex else b""
+    out: list[bytes] = []
+    if version >= 3:
+        out.append(write_int32(0))  # throttle_time_ms
+    out.append(write_array_length(0, flex))  # brokers
+    if version >= 2:
+        out.append(write_string(None, flex))  # cluster_id
+    if version >= 1:
+        out.append(write_int32(-1))  # controller_id
+    out.append(write_array_length(len(topics), flex))
+    for name, _ in topics:
+        out += [write_int16(code), write_string(name, flex)]
+        if version >= 10:
+            out.append(bytes(16))  # topic_id
+        if version >= 1:
+            out.append(b"\x00")  # is_internal
+        out.append(write_array_length(0, flex))  # partitions
+        if version >= 8:
+            out.append(write_int32(_NO_OPERATIONS))
+        out.append(tag)
+    if 8 <= version <= 10:
+        out.append(write_int32(_NO_OPERATIONS))  # cluster_authorized_operations
+    if version >= 13:
+        out.append(write_int16(code))
     out.append(tag)
     return b"".join(out)
