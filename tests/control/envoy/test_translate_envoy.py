@@ -162,9 +162,9 @@ def test_what_envoy_cannot_do_is_a_finding_naming_resource_field_and_data_plane(
         "MetaRouter server-ns/hello: spec.routes[1].match.attributes.method: thrift_proxy "
         "matches the method name exactly or the service name exactly; this route is left out "
         "of Envoy's route table (data plane: envoy)",
-        "MetaRouter server-ns/hello: spec.localRateLimit: Envoy's thrift_proxy and dubbo_proxy "
-        "have no per-request rate limit metamesh can configure; Envoy nodes do not apply it "
-        "(data plane: envoy)",
+        "MetaRouter server-ns/hello: spec.localRateLimit: Envoy has no per-request rate limit "
+        "of this kind for this protocol (thrift_proxy: no local one; dubbo_proxy: none); Envoy "
+        "nodes do not apply it (data plane: envoy)",
         "MetaRouter server-ns/demo: spec.routes[1].timeout: Envoy's dubbo_proxy has no field "
         "for it; Envoy nodes do not apply it (data plane: envoy)",
         "MetaRouter server-ns/demo: spec.routes[1].retries: Envoy's dubbo_proxy has no field "

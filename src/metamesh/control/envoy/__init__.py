@@ -64,8 +64,8 @@ from metamesh.xds.resources import (
 )
 
 RATE_LIMIT_NOT_APPLIED = (
-    "Envoy's thrift_proxy and dubbo_proxy have no per-request rate limit metamesh can "
-    "configure; Envoy nodes do not apply it"
+    "Envoy has no per-request rate limit of this kind for this protocol (thrift_proxy: no local "
+    "one; dubbo_proxy: none); Envoy nodes do not apply it"
 )
 
 __all__ = ["EnvoyFinding", "EnvoyPort", "envoy_findings", "envoy_ports", "translate_for_envoy"]
@@ -90,10 +90,13 @@ def _translate(model: MeshModel, node: ProxyNode, notes: Findings) -> XdsResourc
     for item in envoy_ports(model, node):
         tables[ROUTE_TYPE].pop(item.routes, None)
         listener = tables[LISTENER_TYPE].pop(item.listener, None)
-        native = _native_filter(item, tables, notes) if listener is not None else None
-        if listener is None or native is None:
+        if listener is None:
             continue
-        filters = [*_server_side(item, listener, notes), native]
+        placed = server_filters(listener)
+        native = _native_filter(item, tables, notes, placed)
+        if native is None:
+            continue
+        filters = [*_server_side(item, placed, notes), native]
         made = listener_pb2.Listener()
         made.CopyFrom(listener)
         for chain in made.filter_chains:
@@ -112,31 +115,40 @@ def _translate(model: MeshModel, node: ProxyNode, notes: Findings) -> XdsResourc
 
 
 def _server_side(
-    item: EnvoyPort, listener: listener_pb2.Listener, notes: Findings
+    item: EnvoyPort, placed: set[str], notes: Findings
 ) -> list[listener_components_pb2.Filter]:
-    """The server-side policies where the metamesh translation put them (on the inbound side
-    of a service with mesh workloads, else on its outbound listeners): authorization as
-    network RBAC filters (:mod:`.authz`); the rate limits have no Envoy filter for Thrift or
-    Dubbo requests, so they are findings."""
-    placed = server_filters(listener)
+    """The server-side policies where the metamesh translation put them (``placed``: on the
+    inbound side of a service with mesh workloads, else on its outbound listeners):
+    authorization as network RBAC filters (:mod:`.authz`). A local rate limit has no Envoy
+    filter for Thrift or Dubbo requests, nor a global one for Dubbo: findings (Thrift's global
+    rate limit is in its filter, :mod:`.thrift`)."""
     router = item.service.router
+    thrift_global = canonical_name(item.port.codec or "") == "thrift"
     for name, field in ((LOCAL_RATELIMIT_FILTER, "localRateLimit"),
                         (GLOBAL_RATELIMIT_FILTER, "globalRateLimit")):  # fmt: skip
-        if name in placed and router is not None:
+        if (
+            name in placed
+            and router is not None
+            and not (field == "globalRateLimit" and thrift_global)
+        ):
             notes.add(router, f"spec.{field}", RATE_LIMIT_NOT_APPLIED)
     if RBAC_FILTER not in placed:
         return []
     return rbac_filters(item.service.authorization, item.stat_prefix, notes)
 
 
-def _native_filter(item: EnvoyPort, tables: Tables, notes: Findings) -> Any:
+def _native_filter(item: EnvoyPort, tables: Tables, notes: Findings, placed: set[str]) -> Any:
     """The Envoy network filter for ``item``'s codec (its route table added to ``tables``),
     or None (and a finding) when Envoy has none."""
     codec = canonical_name(item.port.codec or "")
     if codec in ("thrift", "dubbo") and not item.inbound:
         hash_key_findings(item.service, item.port.number, f"{codec}_proxy", notes)
     if codec == "thrift":
-        return thrift.thrift_filter(item, tables, notes)
+        router = item.service.router
+        limit = router.spec.global_rate_limit if router is not None else None
+        return thrift.thrift_filter(
+            item, tables, notes, limit if GLOBAL_RATELIMIT_FILTER in placed else None
+        )
     if codec == "dubbo":
         return dubbo.dubbo_filter(item, tables, notes)
     notes.add(

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from metamesh.api.base import Resource
 
 DATA_PLANE = "envoy"
+RATE_LIMIT_MATCH = (
+    "Envoy's thrift rate limit applies to whole routes: a globalRateLimit with a match is not "
+    "applied on Envoy nodes"
+)
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -25,36 +25,55 @@ next route, as in the MetaRouter when that route does not match) and a finding s
 Actions: one cluster, or ``weighted_clusters``; ``mirror`` -> ``request_mirror_policies``
 (runtime fraction = ``mirrorPercentage``). thrift_proxy has no field for a route timeout,
 retries, fault injection, header mutations or a hash key: each is a finding and is not applied.
+
+Global rate limit (a MetaRouter's ``globalRateLimit``, where the metamesh translation puts it):
+``envoy.filters.thrift.rate_limit`` before the router (domain, timeout, ``failure_mode_deny``,
+the rate limit service's cluster over gRPC; ``metamesh ratelimit-server`` speaks Envoy's RLS)
+and, on every route, one ``rate_limits`` entry whose actions build the same descriptor:
+``request_headers`` from ``:method-name`` (Envoy's name for the method) for ``method``, from
+the THeader header otherwise. A limit with a ``match`` is a finding (not applied).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from envoy.config.core.v3 import config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.network.thrift_proxy.filters.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.network.thrift_proxy.router.v3 import router_pb2
 from envoy.extensions.filters.network.thrift_proxy.v3 import route_pb2 as tr
 from envoy.extensions.filters.network.thrift_proxy.v3 import thrift_proxy_pb2 as tp
 from envoy.type.v3 import percent_pb2
 
 from metamesh.api.base import StringMatch
-from metamesh.api.metaprotocol import MetaRoute, MetaRouter
-from metamesh.control.envoy.findings import Findings
+from metamesh.api.metaprotocol import GlobalRateLimit, MetaRoute, MetaRouter
+from metamesh.control.envoy.findings import RATE_LIMIT_MATCH, Findings
 from metamesh.control.envoy.policies import route_policy_findings
 from metamesh.control.envoy.ports import EnvoyPort, Tables
 from metamesh.control.envoy.targets import destination_cluster, route_targets
+from metamesh.control.filter_configs import DEFAULT_RATELIMIT_TIMEOUT
 from metamesh.control.routes import header_matcher
-from metamesh.control.translate import ads_config_source, cluster_name
+from metamesh.control.translate import ads_config_source, cluster_name, duration
 from metamesh.xds.resources import THRIFT_ROUTE_TYPE
 
 THRIFT_PROXY = "envoy.filters.network.thrift_proxy"
 THRIFT_ROUTER = "envoy.filters.thrift.router"
+THRIFT_RATE_LIMIT = "envoy.filters.thrift.rate_limit"
+METHOD_NAME_HEADER = ":method-name"  # what Envoy's thrift rate limit reads the method from
 NAME_KEYS = ("method", "service", "full_method")
 
 
 def thrift_filter(
-    item: EnvoyPort, tables: Tables, notes: Findings
+    item: EnvoyPort, tables: Tables, notes: Findings, limit: GlobalRateLimit | None = None
 ) -> listener_components_pb2.Filter:
-    """The ``thrift_proxy`` filter of ``item`` (its route table added to ``tables``)."""
+    """The ``thrift_proxy`` filter of ``item`` (its route table added to ``tables``); with
+    ``limit``, the global rate limit the metamesh translation puts on this listener."""
+    limits = _rate_limits(item, limit, notes)
     routes = thrift_routes(item, notes)
+    for route in routes.routes:
+        route.route.rate_limits.extend(limits)
     tables[THRIFT_ROUTE_TYPE][routes.name] = routes
     proxy = tp.ThriftProxy(
         stat_prefix=item.stat_prefix,
@@ -62,6 +81,8 @@ def thrift_filter(
         protocol=tp.AUTO_PROTOCOL,
         trds=tp.Trds(config_source=ads_config_source(), route_config_name=item.routes),
     )
+    if limits and limit is not None:
+        proxy.thrift_filters.add(name=THRIFT_RATE_LIMIT).typed_config.Pack(_rate_limit(limit))
     proxy.thrift_filters.add(name=THRIFT_ROUTER).typed_config.Pack(router_pb2.Router())
     made = listener_components_pb2.Filter(name=THRIFT_PROXY)
     made.typed_config.Pack(proxy)
@@ -156,3 +177,38 @@ def _match(
         match.service_name = service
     match.headers.extend(header_matcher(key, value) for key, value in attributes.items())
     return match
+
+
+def _rate_limits(item: EnvoyPort, limit: GlobalRateLimit | None, notes: Findings) -> list[Any]:
+    """The route ``rate_limits`` of a MetaRouter's ``globalRateLimit``: one descriptor, one
+    entry per ``descriptors`` item (``method`` from the method name, anything else from the
+    THeader header of that name). A ``match`` has no equivalent (an Envoy rate limit action
+    would add its own descriptor entry), so such a limit is a finding and not applied."""
+    router = item.service.router
+    if limit is None or router is None:
+        return []
+    if limit.match is not None and limit.match.attributes:
+        notes.add(router, "spec.globalRateLimit.match", RATE_LIMIT_MATCH)
+        return []
+    made = rc.RateLimit()
+    for descriptor in limit.descriptors:
+        header = METHOD_NAME_HEADER if descriptor.property == "method" else descriptor.property
+        made.actions.add().request_headers.CopyFrom(
+            rc.RateLimit.Action.RequestHeaders(
+                header_name=header, descriptor_key=descriptor.descriptor_key
+            )
+        )
+    return [made]
+
+
+def _rate_limit(limit: GlobalRateLimit) -> rate_limit_pb2.RateLimit:
+    """``envoy.filters.thrift.rate_limit``: the domain, timeout, failure mode and service."""
+    made = rate_limit_pb2.RateLimit(
+        domain=limit.domain,
+        failure_mode_deny=limit.deny_on_fail,
+        timeout=duration(limit.request_timeout or DEFAULT_RATELIMIT_TIMEOUT),
+    )
+    service = made.rate_limit_service
+    service.grpc_service.envoy_grpc.cluster_name = limit.rate_limit_service
+    service.transport_api_version = config_source_pb2.V3
+    return made

@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import TextIO
 
+from metamesh.api.base import fqdn
+from metamesh.api.istio import DestinationRule
 from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
 from metamesh.api.loader import ResourceSet, load_paths
 from metamesh.api.problems import FieldPath, Problem, sort_problems
@@ -34,6 +36,10 @@ def envoy_problems(resources: ResourceSet) -> list[Problem]:
     if any(p.is_error for p in resources.problems):
         return []
     items = {f"{item.resource.KIND} {item.resource.ref}": item for item in resources.items}
+    for loaded in resources.items:  # a host's DestinationRule, as policies.py names it
+        if isinstance(loaded.resource, DestinationRule):
+            host = fqdn(loaded.resource.spec.host, loaded.resource.namespace)
+            items.setdefault(f"DestinationRule (host {host})", loaded)
     problems = []
     for finding in envoy_findings(build_model(resources)):
         message = f"{finding.message} (data plane: {DATA_PLANE})"
