@@ -145,6 +145,8 @@ def _limits(args: argparse.Namespace) -> dict[str, object]:
         "idle_timeout": args.idle_timeout,
         "frame_timeout": args.frame_timeout,
         "max_connections": args.max_connections,
+        "unread_timeout": args.unread_timeout,
+        "max_unread_bytes": args.max_unread_bytes,
     }
 
 
@@ -171,6 +173,21 @@ def _add_limit_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="client connections held at once; at the cap a new client replaces the one idle "
         "longest (default: the open-file limit less a reserve; 0: no cap)",
+    )
+    parser.add_argument(
+        "--unread-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close a client that leaves its replies unread (its reads paused) this long (0: off)",
+    )
+    parser.add_argument(
+        "--max-unread-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        metavar="N",
+        help="close a client whose reads are paused when its unread replies would pass N bytes "
+        "(0: off)",
     )
 
 

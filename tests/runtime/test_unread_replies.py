@@ -21,7 +21,9 @@ from contextlib import ExitStack
 import pytest
 import redis
 
+from metamesh.cli import _limits, build_parser
 from metamesh.proxy.connection import ConnectionLimits
+from metamesh.runtime.fd_limits import process_limits
 from tests.ratelimit.conftest import RedisProcess, running_redis
 from tests.runtime import mesh_config as mc
 from tests.runtime.proxy_thread import ProxyThread
@@ -126,3 +128,11 @@ def test_a_client_paused_past_the_unread_timeout_is_closed(
         sock = stack.enter_context(stuck_client(proxy.port("kv")))
         check_closed_and_others_served(proxy, sock, caplog)
         assert "not reading for 0.5 s" in caplog.text
+
+
+def test_the_command_line_sets_both_limits() -> None:
+    args = build_parser().parse_args(
+        ["proxy", "--config", "x.yaml", "--unread-timeout", "5", "--max-unread-bytes", "1024"]
+    )
+    limits = process_limits(**_limits(args))  # type: ignore[arg-type]
+    assert (limits.unread_timeout, limits.max_unread_bytes) == (5.0, 1024)

@@ -49,13 +49,17 @@ def default_max_connections(open_files: int) -> int:
 
 
 def process_limits(
-    idle_timeout: float = 3600.0, frame_timeout: float = 30.0, max_connections: int | None = None
+    idle_timeout: float = 3600.0,
+    frame_timeout: float = 30.0,
+    max_connections: int | None = None,
+    unread_timeout: float = 60.0,
+    max_unread_bytes: int = 64 * 1024 * 1024,
 ) -> ConnectionLimits:
     """The limits a proxy process runs with: raises the open-file limit first, then caps
     client connections below it unless ``max_connections`` is given (0: no cap)."""
     open_files = raise_open_file_limit()
     cap = default_max_connections(open_files) if max_connections is None else max_connections
-    limits = ConnectionLimits(idle_timeout, frame_timeout, cap)
+    limits = ConnectionLimits(idle_timeout, frame_timeout, cap, unread_timeout, max_unread_bytes)
     log.info(
         "client connections: cap %s, idle timeout %s, frame timeout %s",
         cap or "none",
