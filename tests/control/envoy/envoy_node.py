@@ -29,7 +29,7 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: metamesh_xds}}}}]
   cds_config: {{ads: {{}}, resource_api_version: V3}}
@@ -78,12 +78,13 @@ class EnvoyNode:
         metadata: Mapping[str, object] | None = None,
         *,
         sds_socket: Path | None = None,
+        api_type: str = "GRPC",
     ) -> None:
         self.node = node
         self.workdir = workdir
         config = workdir / f"{node}.yaml"
         meta = json.dumps(metadata or {})
-        text = BOOTSTRAP.format(node=node, port=ads_port, metadata=meta)
+        text = BOOTSTRAP.format(node=node, port=ads_port, metadata=meta, api_type=api_type)
         if sds_socket is not None:
             text += SDS_CLUSTER.format(path=sds_socket)
         config.write_text(text)

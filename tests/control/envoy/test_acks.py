@@ -73,10 +73,13 @@ def acked_everything(ads: ServerThread, expected: set[str]) -> bool:
     return acked and max(sent) == int(version)
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[ServerThread, EnvoyNode]]:
+@pytest.fixture(params=["GRPC", "DELTA_GRPC"])
+def served(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[ServerThread, EnvoyNode]]:
+    """Envoy on state-of-the-world ADS, then on incremental (delta) ADS."""
     ads = ServerThread(MeshModel())
-    envoy = EnvoyNode(ads.port, tmp_path, NODE)
+    envoy = EnvoyNode(ads.port, tmp_path, NODE, api_type=str(request.param))
     yield ads, envoy
     envoy.close()
     ads.close()

@@ -21,6 +21,7 @@ import pytest
 
 from metamesh.demo.steps import within_5_sigma
 from tests.codecs.dubbo.peers import Peer
+from tests.control.envoy.envoy_node import error_states
 from tests.control.envoy.side_by_side import TwoDataPlanes, within_budget
 from tests.e2e.mesh import free_address, write
 from tests.e2e.test_up_dubbo import HOST, IFACE, PROVIDER, Consumer, router, services, to
@@ -125,3 +126,4 @@ def test_dubbo_same_scenario_through_metamesh_and_envoy(
         assert counts.errors() == 0
         assert {v: counts.requests(HOST, v) for v in ("v1", "v2")} == dict(consumers[0].seen)
         assert envoy_counts(mesh, address[1]) == dict(consumers[1].seen)
+        assert error_states(mesh.node.config_dump()) == []  # Envoy rejected nothing

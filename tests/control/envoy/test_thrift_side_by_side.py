@@ -21,6 +21,7 @@ import pytest
 
 from metamesh.demo.steps import within_5_sigma
 from tests.codecs.thrift.apache_peer import ApacheServer
+from tests.control.envoy.envoy_node import error_states
 from tests.control.envoy.side_by_side import TwoDataPlanes, within_budget
 from tests.e2e.mesh import HOST, ThriftClient, free_address, router, thrift_mesh, to, write
 from tests.runtime.thrift_servers import NamedCalc
@@ -115,5 +116,6 @@ def test_thrift_same_scenario_through_metamesh_and_envoy(
         assert {v: counts.requests(HOST, v) for v in served} == dict(clients[0].seen)
         assert envoy_counts(mesh, port) == dict(clients[1].seen)
         assert served == dict(clients[0].seen + clients[1].seen)
+        assert error_states(mesh.node.config_dump()) == []  # Envoy rejected nothing
         errors = mesh.node.stats("thrift.")
         assert not {k: n for k, n in errors.items() if n and ("exception" in k or "error" in k)}

@@ -8,6 +8,8 @@ themselves, with the findings for what Envoy cannot do.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -22,7 +24,7 @@ from metamesh.control.envoy.validate import envoy_report, parse_path
 from metamesh.control.translate import translate
 from metamesh.xds.resources import DUBBO_ROUTE_TYPE, THRIFT_ROUTE_TYPE, ProxyNode
 from metamesh.xds.server import node_identity
-from tests.control.cases import model_of
+from tests.control.cases import EXAMPLES, model_of
 from tests.control.envoy.test_acks import POLICIES
 
 ENVOY = ProxyNode("envoy-1", data_plane="envoy")
@@ -209,3 +211,19 @@ def test_a_listen_address_rebinds_outbound_listeners_only() -> None:
 
 def test_examples_load_for_envoy_without_errors() -> None:
     assert not load_text(POLICIES).problems
+
+
+def test_the_validate_command_takes_the_data_plane() -> None:
+    examples = str(EXAMPLES)
+    plain = run_cli("validate", examples)
+    assert plain.returncode == 0 and "data plane: envoy" not in plain.stdout
+    envoy = run_cli("validate", "--data-plane", "envoy", examples)
+    assert envoy.returncode == 0, envoy.stderr
+    assert "dubbo.yaml:106: warning: MetaRouter meta-dubbo/dubbo-demoservice: spec.routes[1]." \
+        "timeout: Envoy's dubbo_proxy has no field for it" in envoy.stdout  # fmt: skip
+    assert run_cli("validate", "--data-plane", "envoy", "--strict", examples).returncode == 1
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "metamesh", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
