@@ -84,11 +84,11 @@ def prometheus(proxy: ProxyThread) -> str:
     return http_get(proxy.server.bound_admin_port, "/stats/prometheus")[1]
 
 
-def read(bootstrap_servers: str, topic: str, count: int) -> list[bytes]:
-    """The first ``count`` messages of the topic's partition 0 (fewer if 3 s pass without
-    one), read with kafka-python from ``bootstrap_servers``."""
+def read(bootstrap_servers: str, topic: str, count: int, wait_ms: int = 3000) -> list[bytes]:
+    """The first ``count`` messages of the topic's partition 0 (fewer if ``wait_ms`` pass
+    without one), read with kafka-python from ``bootstrap_servers``."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, consumer_timeout_ms=3000,
+        bootstrap_servers=bootstrap_servers, consumer_timeout_ms=wait_ms,
         auto_offset_reset="earliest", fetch_max_wait_ms=100,
     )  # fmt: skip
     got: list[bytes] = []
@@ -103,9 +103,9 @@ def read(bootstrap_servers: str, topic: str, count: int) -> list[bytes]:
         consumer.close()
 
 
-def read_direct(broker: KafkaBroker, topic: str, count: int) -> list[bytes]:
+def read_direct(broker: KafkaBroker, topic: str, count: int, wait_ms: int = 3000) -> list[bytes]:
     """What the broker itself holds (no proxy)."""
-    return read(broker.address, topic, count)
+    return read(broker.address, topic, count, wait_ms)
 
 
 def test_kafka_python_produces_and_consumes_through_the_mesh(
@@ -196,7 +196,7 @@ def test_a_topic_no_route_takes_is_refused_by_the_proxy(
         producer.send("orders", b"after", partition=0).get(timeout=15)  # same client, served
     finally:
         producer.close()
-    assert read_direct(broker, "secret", 1) == []
+    assert read_direct(broker, "secret", 1, wait_ms=1000) == []
     text = prometheus(mesh)
     assert total(text, "istio_requests_total", request_protocol="kafka", response_flags="NR") >= 1
 
