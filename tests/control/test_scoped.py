@@ -64,6 +64,7 @@ def test_a_sidecar_change_retranslates_every_scope() -> None:
     assert len(cache(after, NS_B[0]).clusters) == 3
     cache(after, NS_A[0])
     assert set(cache.translations.values()) == {2}
+    assert cache.fragments_built == 3  # who sees what changed, not the services
 
 
 def test_a_change_to_a_host_another_router_names_retranslates_all() -> None:

@@ -46,11 +46,23 @@ class _Index:
             self.rules[fqdn(dr.spec.host, dr.namespace)].append(dr)
         self.app_codecs = application_codecs(resources.of_kind(ApplicationProtocol))
 
-    def subsets(self, host: str) -> set[str]:
-        return {s.name for dr in self.rules.get(host, []) for s in dr.spec.subsets}
+        self._subsets: dict[str, frozenset[str]] = {}
+        self._ports: dict[str, frozenset[int]] = {}
 
-    def ports(self, host: str) -> set[int]:
-        return {p.number for se in self.services.get(host, []) for p in se.spec.ports}
+    def subsets(self, host: str) -> frozenset[str]:
+        """Computed once per host (10,000 routers name their hosts ten times each)."""
+        found = self._subsets.get(host)
+        if found is None:
+            rules = self.rules.get(host, [])
+            found = self._subsets[host] = frozenset(s.name for dr in rules for s in dr.spec.subsets)
+        return found
+
+    def ports(self, host: str) -> frozenset[int]:
+        found = self._ports.get(host)
+        if found is None:
+            entries = self.services.get(host, [])
+            found = self._ports[host] = frozenset(p.number for se in entries for p in se.spec.ports)
+        return found
 
 
 def check_references(resources: ResourceSet) -> list[Problem]:

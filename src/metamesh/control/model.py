@@ -59,12 +59,15 @@ Problems (an unresolvable port name, an endpoint without an address) are collect
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TypeVar
+
+from pydantic import BaseModel
 
 from metamesh.api import (
     ApplicationProtocol,
@@ -321,11 +324,12 @@ def build_model(resources: ResourceSet) -> MeshModel:
             problems.append(f"ServiceEntry {se.ref}: host {host} already defined; ignored")
             continue
         addresses = tuple(se.spec.addresses) or (vips[host],)
-        service = _service(
+        service = _services.get(
             host, se, addresses, codecs, rules.get(host), routers.get(host), problems, workloads
         )
         selected = tuple(p for p in policies if policy_selects(p, service))
         services[host] = replace(service, authorization=selected) if selected else service
+    _services.finish()
     peer = sorted(resources.of_kind(PeerAuthentication), key=lambda p: (p.namespace, p.name))
     redis = redis_tables(resources)
     problems.extend(redis.problems)
@@ -364,6 +368,55 @@ def _by_host(pairs: Iterable[tuple[str, T]]) -> dict[str, T]:
     for host, item in pairs:
         table.setdefault(host, item)
     return table
+
+
+class _ServiceMemo:
+    """:func:`_service` results of the last build, reused when their inputs are the very same
+    objects: the config sources hand an unchanged file's resources over as the same frozen
+    objects, so a model rebuilt after one edit among 10,000 services rebuilds one service.
+    The problems a build reported are replayed with its result."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[tuple[object, ...], Service, list[str]]] = {}
+        self._next: dict[str, tuple[tuple[object, ...], Service, list[str]]] = {}
+        self._built_with: object = None
+
+    def get(
+        self,
+        host: str,
+        se: ServiceEntry,
+        addresses: tuple[str, ...],
+        codecs: Mapping[str, str],
+        rule: DestinationRule | None,
+        router: MetaRouter | None,
+        problems: list[str],
+        workloads: Sequence[WorkloadEntryResource],
+    ) -> Service:
+        selector = se.spec.workload_selector
+        selected = tuple(workloads) if selector is not None and selector.labels else ()
+        key = (se, addresses, codecs, rule, router, selected)
+        hit = self._last.get(host) or self._next.get(host)
+        if hit is not None and _same_inputs(hit[0], key):
+            service, found = hit[1], hit[2]
+        else:
+            found = []
+            service = _service(host, se, addresses, codecs, rule, router, found, workloads)
+        problems.extend(found)
+        self._next[host] = (key, service, found)
+        return service
+
+    def finish(self) -> None:
+        """End of one build: keep only what it used."""
+        self._last, self._next = self._next, {}
+
+
+def _same_inputs(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """Identity for resources (frozen, compared cheaply), equality for the small rest."""
+    pairs = zip(a, b, strict=True)
+    return all(x is y or (not isinstance(x, BaseModel) and x == y) for x, y in pairs)
+
+
+_services = _ServiceMemo()
 
 
 def _service(
@@ -559,6 +612,7 @@ def _outlier(od: IstioOutlierDetection | None) -> OutlierPolicy | None:
 # --- address allocation ------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def vip_slot(host: str) -> int:
     """The preferred slot of ``host`` in 127.240.0.0/16 (0 .. 65,023)."""
     digest = hashlib.sha256(host.encode()).digest()

@@ -15,8 +15,10 @@ labels and workload identity get the same resources. :class:`ScopedTranslator` i
   services that changed.
 
 When a new model arrives, it is compared with the previous one (services by host; everything
-else as a whole). Any change outside the services (Sidecars, policies, PeerAuthentications,
-Redis tables, settings) drops both caches. Otherwise only the changed hosts matter: their
+else as a whole). A change to what services' resources depend on besides the services
+(policies, PeerAuthentications, Redis tables, settings) drops both caches; a Sidecar change
+drops the scopes' results but keeps the services' fragments (who sees a service changed, not
+what it is). Otherwise only the changed hosts matter: their
 fragments are dropped, and so is the result of every scope that admits one of them (in the
 old or the new model) or shares its namespace (its inbound side); other scopes keep theirs,
 unchanged and not re-translated. A changed host that other services' rules name (a MetaRouter
@@ -101,6 +103,8 @@ class ScopedTranslator:
             self._scopes.clear()
             self._fragments.clear()
             return
+        if old is not None and old.sidecars != model.sidecars:
+            self._scopes.clear()  # who sees what changed; each service's resources did not
         if not changed:
             return
         for host in changed:
@@ -138,13 +142,13 @@ class ScopedTranslator:
 
 
 def changed_hosts(old: MeshModel, new: MeshModel) -> set[str] | None:
-    """The hosts whose service differs; None when something besides the services changed."""
+    """The hosts whose service differs; None when something a service's resources depend on
+    besides the service changed (policies, PeerAuthentications, Redis tables, settings)."""
     if (
         old.peer_authentications != new.peer_authentications
         or old.authorization_policies != new.authorization_policies
         or old.settings != new.settings
         or old.redis != new.redis
-        or old.sidecars != new.sidecars
     ):
         return None
     hosts = old.services.keys() | new.services.keys()
