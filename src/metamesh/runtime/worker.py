@@ -7,9 +7,9 @@ at a time and in order:
 
 * ``("init", seq, spec, index, local)``: settings (:class:`~metamesh.runtime.workers.WorkerSpec`),
   this worker's index and the proxy's own workload (Istio's ``source_*`` labels);
-* ``("apply", seq, snapshot, ports)``: serve ``snapshot`` (with this worker's share of the local
-  rate limits; listeners configured on port 0 bind the port worker 0 got); the answer is an
-  error text or None;
+* ``("apply", seq, snapshot, ports)``: serve ``snapshot`` (pickled once by worker 0 for all
+  workers) with this worker's share of the local rate limits; listeners configured on port 0
+  bind the port worker 0 got; the answer is an error text or None;
 * ``("admin", seq, target)``: the admin answer of this worker alone, merged by worker 0;
 * ``("drain", seq, timeout)``: drain and exit.
 
@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -106,7 +107,8 @@ class Worker:
             return None
         assert self.server is not None and self.spec is not None, "init first"
         if kind == "apply":
-            snapshot, ports = args
+            pickled, ports = args
+            snapshot = pickle.loads(pickled)
             self.server.port_overrides = ports
             try:
                 await self.server.apply_snapshot(

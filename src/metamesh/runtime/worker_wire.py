@@ -45,6 +45,13 @@ class _SnapshotPickler(pickle.Pickler):
         return NotImplemented
 
 
+def dumps(obj: Any) -> bytes:
+    """``obj`` pickled (a snapshot is pickled once and sent to every worker as bytes)."""
+    out = io.BytesIO()
+    _SnapshotPickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return out.getvalue()
+
+
 def encode(message: tuple[Any, ...]) -> bytes:
     """``message`` as one frame: length, then the pickle."""
     out = io.BytesIO()

@@ -46,7 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from metamesh.proxy.config import Snapshot
 from metamesh.runtime.bucket_share import share_local_rate_limits
-from metamesh.runtime.worker_wire import encode, read_message
+from metamesh.runtime.worker_wire import dumps, encode, read_message
 
 if TYPE_CHECKING:
     from metamesh.runtime.server import ProxyServer
@@ -217,8 +217,12 @@ class WorkerSet:
         handle.state = "LIVE"
         log.info("worker %d started (pid %s)", handle.index, handle.pid)
 
-    async def _apply_one(self, handle: WorkerHandle, snapshot: Snapshot) -> None:
-        error = await handle.request("apply", snapshot, dict(self.ports))
+    async def _apply_one(
+        self, handle: WorkerHandle, snapshot: Snapshot, pickled: bytes | None = None
+    ) -> None:
+        """Have ``handle``'s worker apply ``snapshot`` (``pickled``: it already pickled)."""
+        data = pickled if pickled is not None else dumps(snapshot)
+        error = await handle.request("apply", data, dict(self.ports))
         handle.config_version = snapshot.version
         if error:
             log.warning("worker %d: %s", handle.index, error)
@@ -229,8 +233,9 @@ class WorkerSet:
         self.snapshot = snapshot
         self.ports = ports
         live = [h for h in self.handles if h.state == "LIVE"]
+        pickled = dumps(snapshot) if live else None  # once for every worker
         results = await asyncio.gather(
-            *(self._apply_one(h, snapshot) for h in live), return_exceptions=True
+            *(self._apply_one(h, snapshot, pickled) for h in live), return_exceptions=True
         )
         for handle, result in zip(live, results, strict=True):
             if isinstance(result, BaseException):
