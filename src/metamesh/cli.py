@@ -9,16 +9,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from metamesh import __version__, build_info
 
 if TYPE_CHECKING:
+    import contextlib
+
     from metamesh.api.limits import LoadLimits
     from metamesh.control.embedded import CaSettings
     from metamesh.control.model import MeshSettings
     from metamesh.control.sources.kubernetes import KubernetesSettings
     from metamesh.control.sources.zookeeper import ZooKeeperSettings
+    from metamesh.runtime.access_log import AccessLogFile
     from metamesh.runtime.identity import IdentitySettings
     from metamesh.runtime.intercept import InterceptSettings
     from metamesh.runtime.sidecar import SidecarSettings
@@ -212,6 +215,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         sidecar=_sidecar(args),
         tracing=_tracing(args),
         workers=_workers(args, "proxy"),
+        access_log_format=args.access_log_format,
     )
 
 
@@ -227,6 +231,10 @@ def _workers(args: argparse.Namespace, command: str) -> WorkerSpec | None:
         raise SystemExit(f"metamesh {command}: --workers cannot be combined with --intercept/--dns")
     if getattr(args, "ca", None) is not None:
         raise SystemExit(f"metamesh {command}: --workers cannot be combined with --ca yet")
+    if args.access_log_format is not None:
+        raise SystemExit(
+            f"metamesh {command}: --workers cannot be combined with --access-log-format yet"
+        )
     return WorkerSpec(
         count=args.workers,
         log_level=args.log_level,
@@ -356,6 +364,30 @@ def _add_intercept_options(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="the DNS responder's port on 127.0.0.1 (UDP and TCP)",
     )
+
+
+def _add_access_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--access-log-format",
+        metavar="FORMAT",
+        help="write access log lines in this Envoy-style format instead of JSON, e.g. "
+        "'%%START_TIME%% %%META(method)%% %%RESPONSE_CODE%% %%DURATION%% %%UPSTREAM_HOST%%' "
+        "(operators: docs/telemetry.md)",
+    )
+
+
+def _access_log(
+    args: argparse.Namespace, stack: contextlib.ExitStack
+) -> IO[str] | AccessLogFile | None:
+    """``--access-log`` (and ``--access-log-format``) of ``up`` and ``proxy --xds``."""
+    from metamesh.runtime.access_log import FormatError
+    from metamesh.runtime.main import open_access_log
+
+    try:
+        return open_access_log(args.access_log, stack, args.access_log_format)
+    except FormatError as e:
+        print(f"metamesh {args.command}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _add_tracing_options(parser: argparse.ArgumentParser) -> None:
@@ -502,7 +534,6 @@ def _proxy_xds(args: argparse.Namespace) -> int:
     import os
 
     from metamesh.control.embedded import parse_labels, run, serve_proxy_xds
-    from metamesh.runtime.main import open_access_log
     from metamesh.xds.resources import ProxyNode
 
     if args.xds_tls and args.ca is None:
@@ -528,7 +559,7 @@ def _proxy_xds(args: argparse.Namespace) -> int:
             node,
             admin_port=admin,
             drain_timeout=args.drain_timeout,
-            access_log=open_access_log(args.access_log, stack),
+            access_log=_access_log(args, stack),
             reconnect_max=args.xds_reconnect_max,
             limits=_limits(args),
             identity=_identity(args),
@@ -559,7 +590,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     if _config_dir_missing("up", args.directory):
         return 2
-    from metamesh.runtime.main import open_access_log
 
     admin = None if args.admin_port < 0 else args.admin_port
     with contextlib.ExitStack() as stack:
@@ -571,7 +601,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             limits=_limits(args),
             config_limits=_config_limits(args),
-            access_log=open_access_log(args.access_log, stack),
+            access_log=_access_log(args, stack),
             zookeeper=_zookeeper(args),
             kubernetes=_kubernetes(args),
             sidecar=_sidecar(args),
@@ -970,6 +1000,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--admin-port", type=int, default=15000, help="admin HTTP port on 127.0.0.1 (-1: off)"
     )
     proxy.add_argument("--access-log", metavar="PATH", help="JSON-lines access log ('-': stdout)")
+    _add_access_log_format(proxy)
     proxy.add_argument(
         "--drain-timeout", type=float, default=10.0, help="seconds to drain on SIGTERM"
     )
@@ -1029,6 +1060,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--namespace", default="default", help="namespace for resources without one"
     )
     up.add_argument("--access-log", metavar="PATH", help="JSON-lines access log ('-': stdout)")
+    _add_access_log_format(up)
     up.add_argument("--drain-timeout", type=float, default=5.0, help="seconds to drain on SIGTERM")
     _add_limit_options(up)
     _add_config_limit_options(up)

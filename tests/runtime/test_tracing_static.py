@@ -34,7 +34,9 @@ TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
 
 
-def static_config(path: Path, port: int, upstream: int) -> None:
+def static_config(path: Path, port: int, upstream: int, **match: str) -> None:
+    """One Thrift listener on ``port``, one route (matching ``match``, else every call) to
+    ``upstream``."""
     listener = mc.listener("calc", "thrift", "calc.test_1")
     listener["address"]["socket_address"]["port_value"] = port
     doc = {
@@ -42,7 +44,10 @@ def static_config(path: Path, port: int, upstream: int) -> None:
             "listeners": [listener],
             "clusters": [mc.cluster("outbound|1||calc.test", upstream)],
             "route_configs": [
-                {"name": "calc.test_1", "routes": [mc.route("calc", "outbound|1||calc.test")]}
+                {
+                    "name": "calc.test_1",
+                    "routes": [mc.route("calc", "outbound|1||calc.test", **match)],
+                }
             ],
         }
     }

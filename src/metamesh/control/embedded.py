@@ -50,6 +50,7 @@ from metamesh.control.to_proxy import to_snapshot
 from metamesh.proxy.config import Snapshot
 from metamesh.proxy.filters.rbac import identity_rules_without_tls
 from metamesh.proxy.telemetry import local_workload
+from metamesh.runtime.access_log import AccessLogFile
 from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.identity import IdentitySettings, ProxyIdentity
 from metamesh.runtime.loops import LoopThread, call_on, loop_name, proxy_loop_factory
@@ -212,7 +213,7 @@ async def start_proxy(
     node: ProxyNode,
     admin_port: int | None,
     on_applied: Callable[[Snapshot], None],
-    access_log: IO[str] | None,
+    access_log: IO[str] | AccessLogFile | None,
     reconnect_max: float = 1.0,
     limits: dict[str, Any] | None = None,
     tls: TlsCredentials | None = None,
@@ -319,7 +320,7 @@ async def serve_up(
     out: TextIO = sys.stdout,
     stop: asyncio.Event | None = None,
     drain_timeout: float = 5.0,
-    access_log: IO[str] | None = None,
+    access_log: IO[str] | AccessLogFile | None = None,
     limits: dict[str, Any] | None = None,
     config_limits: LoadLimits = DEFAULT_LIMITS,
     zookeeper: ZooKeeperSettings | None = None,
@@ -553,7 +554,7 @@ async def serve_proxy_xds(
     out: TextIO = sys.stdout,
     stop: asyncio.Event | None = None,
     drain_timeout: float = 10.0,
-    access_log: IO[str] | None = None,
+    access_log: IO[str] | AccessLogFile | None = None,
     reconnect_max: float = 1.0,
     limits: dict[str, Any] | None = None,
     identity: IdentitySettings | None = None,

@@ -26,7 +26,7 @@ the ``out`` list of each peer, which is listed once in :attr:`CoreState.dirty` (
 writes each dirty peer once per loop turn, a lone frame as is, several joined);
 control actions are plain tuples in :attr:`CoreState.actions`: ``(CONNECT, upstream)``,
 ``(CLOSE_DOWNSTREAM, downstream)``, ``(CLOSE_UPSTREAM, upstream)``, ``(LOG, level, text)``
-and ``(ACCESS_LOG, record)``. The runtime writes the dirty peers before it executes the
+and ``(ACCESS_LOG, record, metadata)``. The runtime writes the dirty peers before it executes the
 actions, so a close never cuts off the replies queued before it.
 """
 
@@ -326,5 +326,6 @@ class CoreState:
                     "request_id": request.request_id,
                     "oneway": request.type is _ONEWAY,
                 },
+                md,  # for %META(key)% (runtime/access_log.py)
             )
         )

@@ -20,6 +20,7 @@ from metamesh import build_info, logs
 from metamesh.api.limits import DEFAULT_LIMITS, LoadLimits
 from metamesh.proxy.config_yaml import ConfigError, load_snapshot
 from metamesh.proxy.filters.rbac import identity_rules_without_tls
+from metamesh.runtime.access_log import AccessLogFile, FormatError, compile_format
 from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.identity import IdentitySettings, ProxyIdentity
 from metamesh.runtime.loops import LoopThread, loop_name, proxy_loop_factory
@@ -30,10 +31,22 @@ from metamesh.runtime.tracing import TracingSettings, enable_tracing
 from metamesh.runtime.workers import WorkerSet, WorkerSpec
 
 
-def open_access_log(path: str | None, stack: contextlib.ExitStack) -> IO[str] | None:
-    """``--access-log PATH|-``: a line-buffered-enough file (flushed by the proxy's timer)."""
+def open_access_log(
+    path: str | None, stack: contextlib.ExitStack, line_format: str | None = None
+) -> IO[str] | AccessLogFile | None:
+    """``--access-log PATH|-``: a line-buffered-enough file (flushed by the proxy's timer);
+    ``--access-log-format``: its lines as that Envoy-style format string (else JSON). Raises
+    :class:`~metamesh.runtime.access_log.FormatError` for a format that does not compile."""
     if path is None:
+        if line_format is not None:
+            raise FormatError("--access-log-format needs --access-log PATH|-")
         return None
+    line = None if line_format is None else compile_format(line_format)
+    file = _log_file(path, stack)
+    return file if line is None else AccessLogFile(file, line)
+
+
+def _log_file(path: str, stack: contextlib.ExitStack) -> IO[str]:
     if path == "-":
         return sys.stdout
     return stack.enter_context(open(path, "a", buffering=1 << 16))
@@ -62,6 +75,7 @@ def run_proxy(
     sidecar: SidecarSettings | None = None,
     tracing: TracingSettings | None = None,
     workers: WorkerSpec | None = None,
+    access_log_format: str | None = None,
 ) -> int:
     logs.configure(log_level)
     try:
@@ -70,7 +84,11 @@ def run_proxy(
         print(f"metamesh proxy: invalid config:\n{e}", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:
-        log_file = open_access_log(access_log, stack)
+        try:
+            log_file = open_access_log(access_log, stack, access_log_format)
+        except FormatError as e:
+            print(f"metamesh proxy: {e}", file=sys.stderr)
+            return 2
         server = ProxyServer(
             snapshot,
             admin_port=admin_port,

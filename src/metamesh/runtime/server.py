@@ -53,6 +53,7 @@ from metamesh.proxy.connection import (
 from metamesh.proxy.core import SPAN
 from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
 from metamesh.proxy.upstream import Upstream, UpstreamState
+from metamesh.runtime.access_log import AccessLogFile
 from metamesh.runtime.intercept import marked_connection
 from metamesh.runtime.protocols import DownstreamProtocol, Turn, UpstreamProtocol
 from metamesh.runtime.ratelimit_client import RateLimitClient
@@ -96,7 +97,7 @@ class ProxyServer:
         *,
         admin_port: int | None = 15000,
         admin_host: str = "127.0.0.1",
-        access_log: IO[str] | None = None,
+        access_log: IO[str] | AccessLogFile | None = None,
         rng: random.Random | None = None,
         high_water: int = 256 * 1024,
         low_water: int = 64 * 1024,
@@ -450,7 +451,10 @@ class ProxyServer:
         elif op == SPAN and self.tracing is not None:
             self.tracing.export(action[1])
         elif op == ACCESS_LOG and self.access_log is not None:
-            self.access_log.write(json.dumps(action[1], separators=(",", ":")) + "\n")
+            if isinstance(self.access_log, AccessLogFile):  # --access-log-format
+                self.access_log.record(action[1], action[2])
+            else:
+                self.access_log.write(json.dumps(action[1], separators=(",", ":")) + "\n")
         elif op == RATELIMIT_CHECK:  # an owned task per check; answers resume the request
             self._spawn(self.ratelimit.check(action, self._resume_request))
 
