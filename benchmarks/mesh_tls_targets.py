@@ -100,6 +100,8 @@ class TwoHop:
     workdir: Path
     port: int = 0
     tls: tuple[str, int] = ("127.0.0.1", 0)
+    #: metamesh with several services: protocol -> the client side's port for it.
+    ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     admin: dict[str, int] = field(default_factory=dict)
@@ -127,10 +129,16 @@ class TwoHop:
 
 
 def start_metamesh(
-    target: TwoHop, ca: MeshCa, upstream: int, build: str, cert_ttl: float = 86400.0
+    target: TwoHop,
+    ca: MeshCa,
+    upstream: int,
+    build: str,
+    cert_ttl: float = 86400.0,
+    more: dict[str, int] | None = None,
 ) -> None:
     """The mesh: control plane (CA, TLS ADS) + server proxy + client proxy; ``upstream`` is the
-    responder's port on 127.0.0.1, which is also the inbound port on :data:`WORKLOAD`."""
+    responder's port on 127.0.0.1, which is also the inbound port on :data:`WORKLOAD`;
+    ``more``: other services (protocol -> their responder's port), served the same way."""
     work = target.workdir / f"metamesh-{target.protocol}"
     work.mkdir(exist_ok=True)
     env = dict(os.environ)
@@ -142,8 +150,11 @@ def start_metamesh(
     target.version = run.stdout.strip()
     if build == "native" and "native" not in target.version:
         raise Unavailable(f"the native build does not load: {target.version!r}")
-    target.port = free_port()
-    mesh = write_mesh(work / "mesh", {target.protocol: (target.port, upstream)})
+    upstreams = {target.protocol: upstream, **(more or {})}
+    target.ports = {protocol: free_port() for protocol in upstreams}
+    target.port = target.ports[target.protocol]
+    services = {p: (target.ports[p], upstreams[p]) for p in upstreams}
+    mesh = write_mesh(work / "mesh", services)
     tokens = work / "tokens.yaml"
     write_tokens(tokens)
     log = work / "control-plane.log"
@@ -177,8 +188,10 @@ def start_metamesh(
         target.admin[who] = admin
         wait_ready(admin, target.procs[who], 60.0, plog)
     target.tls = (WORKLOAD, upstream)
-    wait_accepting(target.tls, target.procs["server"], 30.0, work / "server.log")
-    wait_accepting(("127.0.0.1", target.port), target.procs["client"], 30.0, work / "client.log")
+    for protocol, port in target.ports.items():
+        inbound = (WORKLOAD, upstreams[protocol])
+        wait_accepting(inbound, target.procs["server"], 30.0, work / "server.log")
+        wait_accepting(("127.0.0.1", port), target.procs["client"], 30.0, work / "client.log")
     status, body = admin_get(target.admin["client"], "/server_info")
     info = json.loads(body) if status == 200 else {}
     target.version += f"; /server_info: {info.get('build')}, loop {info.get('loop')}"
