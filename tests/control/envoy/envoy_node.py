@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.xds.test_envoy import envoy_binary, wait_for
+from tests.xds.test_sds_envoy import common_tls
 
 BOOTSTRAP = """
 node: {{id: {node}, cluster: metamesh-test, metadata: {metadata}}}
@@ -64,6 +65,11 @@ SDS_CLUSTER = """
       - lb_endpoints:
         - endpoint: {{address: {{pipe: {{path: {path}}}}}}}
 """
+#: The ADS cluster's client TLS (appended to it: it is the bootstrap's last cluster).
+XDS_TLS = """    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"""
 _instances = itertools.count()
 
 
@@ -79,12 +85,15 @@ class EnvoyNode:
         *,
         sds_socket: Path | None = None,
         api_type: str = "GRPC",
+        xds_tls_peer: str | None = None,
     ) -> None:
         self.node = node
         self.workdir = workdir
         config = workdir / f"{node}.yaml"
         meta = json.dumps(metadata or {})
         text = BOOTSTRAP.format(node=node, port=ads_port, metadata=meta, api_type=api_type)
+        if xds_tls_peer is not None:  # ADS over TLS with the SDS certificate (docs/security.md)
+            text += XDS_TLS + common_tls("GRPC", xds_tls_peer, 8) + "\n"
         if sds_socket is not None:
             text += SDS_CLUSTER.format(path=sds_socket)
         config.write_text(text)

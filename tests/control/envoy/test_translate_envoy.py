@@ -129,6 +129,9 @@ def test_the_workload_node_gets_rbac_on_its_inbound_listener() -> None:
     inbound = resources.listeners["inbound_127.0.93.2_20001"]
     chain = inbound.filter_chains[0]
     assert chain.filter_chain_match.transport_protocol == "tls"  # STRICT
+    # Envoy matches transport_protocol only after tls_inspector (the metamesh translation
+    # adds it for PERMISSIVE only)
+    assert [f.name for f in inbound.listener_filters] == ["envoy.filters.listener.tls_inspector"]
     assert chain.transport_socket.name == "envoy.transport_sockets.tls"
     deny, allow = (rbac_pb2.RBAC(), rbac_pb2.RBAC())
     chain.filters[0].typed_config.Unpack(deny)

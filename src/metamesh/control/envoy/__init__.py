@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 
 from metamesh.codecs.registry import canonical_name
 from metamesh.control.envoy import dubbo, redis, thrift
@@ -43,6 +44,7 @@ from metamesh.control.envoy.policies import hash_key_findings
 from metamesh.control.envoy.ports import EnvoyPort, Tables, envoy_ports
 from metamesh.control.model import MeshModel
 from metamesh.control.redis import is_redis
+from metamesh.control.tls_contexts import TLS_INSPECTOR
 from metamesh.control.translate import (
     GLOBAL_RATELIMIT_FILTER,
     LOCAL_RATELIMIT_FILTER,
@@ -103,7 +105,9 @@ def _translate(model: MeshModel, node: ProxyNode, notes: Findings) -> XdsResourc
             kept = [f for f in chain.filters if f.name != META_PROTOCOL_FILTER]
             del chain.filters[:]
             chain.filters.extend([*kept, *filters])
-        if not item.inbound and not _rebind(made, node, bound, notes):
+        if item.inbound:
+            _inspect_tls(made)
+        elif not _rebind(made, node, bound, notes):
             continue
         tables[LISTENER_TYPE][made.name] = made
     _redis(model, node, tables, notes)
@@ -157,6 +161,20 @@ def _native_filter(item: EnvoyPort, tables: Tables, notes: Findings, placed: set
         f"Envoy has no filter for the codec {item.port.codec!r}; Envoy nodes get no listener",
     )
     return None
+
+
+def _inspect_tls(listener: listener_pb2.Listener) -> None:
+    """Envoy picks a filter chain by ``transport_protocol`` only when ``tls_inspector`` has
+    looked at the first bytes; without it every connection is ``raw_buffer``, so a STRICT
+    listener (one chain, ``tls``) would match nothing (found with the real binary). The
+    metamesh translation adds the inspector for PERMISSIVE only (its proxy reads the first
+    byte itself); an Envoy node gets it whenever a chain matches on the transport."""
+    if not any(c.filter_chain_match.transport_protocol for c in listener.filter_chains):
+        return
+    if any(f.name == TLS_INSPECTOR for f in listener.listener_filters):
+        return
+    inspector = listener.listener_filters.add(name=TLS_INSPECTOR)
+    inspector.typed_config.Pack(tls_inspector_pb2.TlsInspector())
 
 
 def _rebind(
