@@ -39,6 +39,7 @@ def test_each_broker_gets_a_kafka_listener_advertising_every_broker_through_the_
         listener = snap.listeners[f"127.0.40.{n}_9092"]
         assert listener.codec == "aeraki.meta_protocol.codec.kafka"
         assert listener.codec_options == expected
+        assert listener.filters[0] == "metamesh.filters.command_stats"
         cluster = snap.clusters[f"outbound|9092||kafka-{n}.ns.svc.cluster.local"]
         assert [(e.address, e.port) for e in cluster.endpoints] == [(f"10.0.0.{n}", 19092)]
 

@@ -9,7 +9,8 @@ kafka-python clients that know only the mesh address.
   written on the broker.
 * A local rate limit by client id (a MetaRouter ``localRateLimit`` condition on ``client_id`` and
   ``api``): the greedy client's third Produce gets THROTTLING_QUOTA_EXCEEDED; others are served.
-* Istio metrics with ``request_protocol="kafka"`` and the service as destination.
+* Istio metrics with ``request_protocol="kafka"`` and the service as destination, and the
+  per-API-and-topic request counts every Kafka listener keeps.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ def test_up_serves_kafka_with_topic_authz_and_client_rate_limits(tmp_path: Path)
             labels = {"request_protocol": "kafka", "destination_service": HOST}
             assert total(text, "istio_requests_total", **labels) >= 10
             assert total(text, "metamesh_rbac_denied_total") >= 1
+            per_topic = {"command": "Produce/orders", "destination_service": HOST}
+            assert total(text, "metamesh_command_requests_total", **per_topic) >= 5
         assert up.stop() == 0
 
 

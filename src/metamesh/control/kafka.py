@@ -2,7 +2,9 @@
 
 A ``tcp-kafka`` port becomes a MetaProtocol port whose codec is ``kafka`` (see
 :func:`kafka_port`), so everything MetaProtocol gives applies to it: MetaRouter routes on the
-codec's metadata (``topic``, ``client_id``, ``api``...), authorization, rate limits, metrics.
+codec's metadata (``topic``, ``client_id``, ``api``...), authorization, rate limits, metrics;
+and :func:`kafka_filters` adds ``metamesh.filters.command_stats`` to its listeners, keyed by the
+codec's ``command`` (``Produce/orders``, ``Metadata``, ...).
 
 Kafka clients connect to the brokers the Metadata response lists, not to the address they
 bootstrapped from. The proxy rewrites those addresses (the codec's ``advertise`` option), and
@@ -15,13 +17,22 @@ requests must reach its leader); docs/kafka.md shows a ServiceEntry per broker.
 
 from __future__ import annotations
 
+from typing import Any
+
 from metamesh.control.model import MeshModel, ServicePort
+from metamesh.control.redis import COMMAND_STATS_FILTER
 
 KAFKA = "kafka"
 
 
 def kafka_port(port: ServicePort) -> bool:
     return port.codec == KAFKA
+
+
+def kafka_filters(port: ServicePort) -> list[dict[str, Any]]:
+    """Filters a Kafka listener runs first: per-API (and per API and topic) request counts,
+    what Envoy's kafka_broker filter always gives (refused requests counted too)."""
+    return [{"name": COMMAND_STATS_FILTER}] if kafka_port(port) else []
 
 
 def advertise_map(model: MeshModel) -> str:

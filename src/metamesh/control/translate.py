@@ -79,7 +79,7 @@ from metamesh.control.filter_configs import (
     rbac_json,
 )
 from metamesh.control.inbound import APP_ADDRESS, InboundPort, cluster_tls, inbound_ports
-from metamesh.control.kafka import advertise_map, kafka_port
+from metamesh.control.kafka import advertise_map, kafka_filters, kafka_port
 from metamesh.control.model import ClusterPolicy, MeshModel, Service, ServicePort, UpstreamTls
 from metamesh.control.redis import is_redis, outbound_redis
 from metamesh.control.routes import route_configuration
@@ -344,9 +344,8 @@ def meta_protocol_proxy(
             "routeConfigName": name or route_config_name(service.host, port.number),
             "configSource": {"ads": {}, "resourceApiVersion": "V3"},
         },
-        "metaProtocolFilters": meta_protocol_filters(
-            service, server_side=server_side or inbound is not None
-        ),
+        "metaProtocolFilters": kafka_filters(port)
+        + meta_protocol_filters(service, server_side=server_side or inbound is not None),
     }
 
 
