@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -37,18 +39,19 @@ from benchmarks.responder import _ThriftReplies, answer_dubbo, answer_thrift
 from benchmarks.targets import metamesh_config
 from metamesh.proxy.codec_ref import resolve_codec
 from metamesh.proxy.config_yaml import parse_snapshot
-from metamesh.proxy.connection import CONNECT, ConnectionManager
+from metamesh.proxy.connection import ACCESS_LOG, CONNECT, ConnectionManager
 from metamesh.proxy.tracing import Tracer, TracingConfig
+from metamesh.runtime.access_log import json_line
 
 
 def build(
-    protocol: str, clients: int, tracing: float | None = None
+    protocol: str, clients: int, tracing: float | None = None, access_log: bool = False
 ) -> tuple[ConnectionManager, list[Any], Any]:
     """A core with ``clients`` connected clients and its (connected) upstream; ``tracing``: a
     tracer sampling that share of the requests (they carry no trace context), as
-    ``--tracing-sample-rate`` sets it."""
+    ``--tracing-sample-rate`` sets it; ``access_log``: the core makes access log records."""
     snap = parse_snapshot(yaml.safe_dump(metamesh_config(protocol, 1, 2)))
-    core = ConnectionManager(snap, resolve_codec, random.Random(1))
+    core = ConnectionManager(snap, resolve_codec, random.Random(1), access_log=access_log)
     if tracing is not None:
         core.tracer = Tracer(TracingConfig(tracing), core.rng)
     listener = next(iter(snap.listeners))
@@ -63,6 +66,8 @@ def run(
     turns: int,
     evict: int = 0,
     tracing: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    access_log: bool = False,
 ) -> float:
     """Seconds per request over ``turns`` turns (after one warm-up turn).
 
@@ -70,7 +75,8 @@ def run(
     turn, outside the timed part, so that each turn starts with the core's code and data out of
     the CPU caches, as after a proxy wakes from a sleep during which other processes ran.
     """
-    core, downs, _ = build(protocol, clients, tracing)
+    core, downs, _ = build(protocol, clients, tracing, access_log)
+    log = io.StringIO()
     template = request_template(protocol)
     answer = answer_dubbo if protocol == "dubbo" else _thrift_answerer()
     # Distinct ids across clients, as loadgen.py sends them; every turn is fully answered, so
@@ -101,6 +107,11 @@ def run(
         core.dirty.clear()
         if replies:
             core.upstream_data(upstream, data, 0.0)
+        for action in core.take_actions():  # the records written as the runtime writes them
+            if action[0] == ACCESS_LOG:
+                log.write(json_line(action[1], action[2], 0.0))
+        log.seek(0)
+        log.truncate()
         for peer in core.dirty:
             peer.dirty = False
             peer.out.clear()
@@ -116,14 +127,14 @@ def run(
         elapsed = 0.0
         for _ in range(turns):
             junk[::64] = zeros  # a write to every line: the caches now hold junk
-            start = time.perf_counter()
+            start = clock()
             done += turn()
-            elapsed += time.perf_counter() - start
+            elapsed += clock() - start
     else:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(turns):
             done += turn()
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
     assert done == turns * clients * depth, (done, turns * clients * depth)
     return elapsed / done
 
@@ -157,7 +168,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="trace with this sample rate (0..1; requests carry no context); default: off",
     )
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with the process's CPU clock instead of the wall clock: steadier on a "
+        "machine where other processes compete for the cores",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="the core makes access log records and they are written as JSON lines (to memory)",
+    )
     args = p.parse_args(argv)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    shape = (args.protocol, args.clients, args.depth, args.turns)
     evict = int(args.evict_mb * 1e6)
     gc.collect()
     gc.freeze()
@@ -168,18 +192,19 @@ def main(argv: list[str] | None = None) -> int:
 
         prof = cProfile.Profile()
         prof.enable()
-        run(args.protocol, args.clients, args.depth, args.turns, evict, args.tracing_rate)
+        run(*shape, evict, args.tracing_rate, clock, args.access_log)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return 0
     results = [
-        run(args.protocol, args.clients, args.depth, args.turns, evict, args.tracing_rate) * 1e6
+        run(*shape, evict, args.tracing_rate, clock, args.access_log) * 1e6
         for _ in range(args.repeat)
     ]
     print(
         f"{args.protocol} c{args.clients}k{args.depth}"
         + ("" if args.tracing_rate is None else f" tracing {args.tracing_rate:g}")
-        + f": min {min(results):.3f} µs/req "
+        + (" json-access-log" if args.access_log else "")
+        + f": min {min(results):.3f} µs{' CPU' if args.cpu_time else ''}/req "
         f"(median {sorted(results)[len(results) // 2]:.3f}, {args.repeat} x {args.turns} turns"
         + (f", {args.evict_mb:g} MB evicted before each turn)" if evict else ")")
     )

@@ -15,3 +15,9 @@ def test_core_bench_answers_every_request(protocol: str) -> None:
 
 def test_core_bench_with_cold_caches_still_answers_every_request() -> None:
     assert run("dubbo", clients=2, depth=1, turns=3, evict=1 << 20) > 0
+
+
+@pytest.mark.parametrize("protocol", ["dubbo", "thrift"])
+def test_core_bench_traced_and_logged_still_answers_every_request(protocol: str) -> None:
+    # every request sampled (re-encoded with traceparent) and logged as a JSON line
+    assert run(protocol, clients=2, depth=4, turns=3, tracing=1.0, access_log=True) > 0
