@@ -229,7 +229,10 @@ class KafkaCodec(Codec):
     def error_reply(self, request: Message, error: LocalError) -> bytes:
         header = parse_header(request.frame)
         code = ERROR_CODES.get(error.kind, UNKNOWN_SERVER_ERROR)
-        topics = topic_partitions(request.frame, header)
+        try:  # decode read Produce and Fetch bodies already; Metadata's is read only here
+            topics = topic_partitions(request.frame, header)
+        except CodecError:
+            topics = None
         if error.kind is ErrorKind.UNAUTHORIZED and topics is None:
             code = CLUSTER_AUTHORIZATION_FAILED
         return error_response(header, topics, code)
