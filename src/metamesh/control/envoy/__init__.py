@@ -20,6 +20,12 @@ protocol filter's own route table, served over that filter's RDS under the same 
   (:func:`.redis.redis_resources`, helper B's; RedisService routes live in the listener);
 - any other codec: no listener (Envoy has no filter for it), and :mod:`.findings` says so.
 
+The server-side policies go where the metamesh translation put its own filters (read back from
+its listener): authorization as network RBAC filters in front of the protocol filter
+(:mod:`.authz`), a Thrift global rate limit inside thrift_proxy (:mod:`.thrift`). Inbound
+listeners whose chains match on the transport get ``tls_inspector``, which Envoy needs for that
+match. ``METAMESH_LISTEN_ADDRESS`` moves the outbound listeners (:func:`_rebind`).
+
 What a MetaRouter asks that the Envoy filter cannot do is left out of the Envoy config (the
 closest correct config: a route that cannot be matched as written is dropped, a policy with no
 Envoy field is not approximated by a different one) and reported by
