@@ -264,3 +264,25 @@ def test_listeners_moved_onto_one_address_and_port_keep_the_first_and_say_so() -
     assert list(tables[LISTENER_TYPE]) == ["127.0.30.1_6379"]
     (finding,) = notes
     assert finding.resource == "Listener 127.0.30.2_6379" and "127.0.99.1:6379" in finding.message
+
+
+def test_a_redis_service_without_routes_to_a_cluster_mode_host_follows_redirections() -> None:
+    extra = """
+---
+apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisService
+metadata: {name: redis, namespace: ns}
+spec:
+  host: [redis]
+  settings: {opTimeout: 1s}
+---
+apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisDestination
+metadata: {name: redis, namespace: ns}
+spec:
+  host: redis
+  trafficPolicy: {connectionPool: {redis: {mode: CLUSTER}}}
+"""
+    proxy = proxy_of(resources(extra))
+    assert proxy.prefix_routes.catch_all_route.cluster == MAIN
+    assert proxy.settings.enable_redirection and proxy.settings.op_timeout.seconds == 1

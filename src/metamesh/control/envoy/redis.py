@@ -170,7 +170,8 @@ def redis_proxy_config(
     pool.op_timeout.CopyFrom(
         t.duration(settings.op_timeout if settings and settings.op_timeout else DEFAULT_OP_TIMEOUT)
     )
-    clusters = [own] if rs is None else [_target(model, rs, r.route, port) for r in rs.spec.redis]
+    routes = rs.spec.redis if rs is not None else []
+    clusters = [_target(model, rs, r.route, port) for r in routes] if rs and routes else [own]
     pool.enable_redirection = any(_is_cluster(model, name) for name in clusters)
     if settings is not None:
         _pool_settings(pool, settings)
