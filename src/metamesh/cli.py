@@ -231,10 +231,6 @@ def _workers(args: argparse.Namespace, command: str) -> WorkerSpec | None:
         raise SystemExit(f"metamesh {command}: --workers cannot be combined with --intercept/--dns")
     if getattr(args, "ca", None) is not None:
         raise SystemExit(f"metamesh {command}: --workers cannot be combined with --ca yet")
-    if args.access_log_format is not None:
-        raise SystemExit(
-            f"metamesh {command}: --workers cannot be combined with --access-log-format yet"
-        )
     return WorkerSpec(
         count=args.workers,
         log_level=args.log_level,
@@ -244,6 +240,7 @@ def _workers(args: argparse.Namespace, command: str) -> WorkerSpec | None:
         tracing=_tracing(args),
         drain_timeout=args.drain_timeout,
         accept=args.worker_accept,
+        access_log_format=args.access_log_format,
     )
 
 

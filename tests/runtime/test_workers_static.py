@@ -5,7 +5,7 @@ both with every reply delivered.
 The upstream answers each KV-RPC call after 0.5 s, so when SIGTERM arrives every client has a
 request in flight; ``/server_info`` shows them spread over the two workers first. Every client
 gets its reply, the proxy exits 0, each request is in the shared access log once (the workers
-append whole lines), and ``--workers 0`` is refused.
+append whole lines; JSON, or the ``--access-log-format`` line), and ``--workers 0`` is refused.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def test_two_workers_share_a_port_zero_listener_and_drain_on_sigterm(
     proc = start(
         cfg, "--admin-port", "0", "--workers", "2", "--worker-accept", accept,
         "--access-log", str(access),
+        *(["--access-log-format", "%REQUEST_ID% %ROUTE_NAME%"] if accept == "handover" else []),
     )  # fmt: skip
     try:
         assert proc.stderr is not None
@@ -130,8 +131,13 @@ def test_two_workers_share_a_port_zero_listener_and_drain_on_sigterm(
             assert msg.request_id == 100 + i and msg.frame[msg.header_size :] == b"up:c%d" % i
             c.close()
         assert proc.wait(timeout=30) == 0
-        records = [json.loads(x) for x in access.read_text().splitlines()]
-        assert sorted(r["request_id"] for r in records) == list(range(100, 100 + CLIENTS))
+        lines = access.read_text().splitlines()
+        if accept == "handover":  # with --access-log-format in every worker
+            assert all(x.endswith(" canary-by-user") for x in lines), lines
+            ids = [int(x.split()[0]) for x in lines]
+        else:
+            ids = [json.loads(x)["request_id"] for x in lines]
+        assert sorted(ids) == list(range(100, 100 + CLIENTS))
         assert "worker 1 started" in log
     finally:
         if proc.poll() is None:

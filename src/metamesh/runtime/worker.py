@@ -27,10 +27,11 @@ import pickle
 import signal
 import socket
 import sys
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from metamesh import logs
 from metamesh.proxy.config import Snapshot
+from metamesh.runtime.access_log import AccessLogFile, compile_format
 from metamesh.runtime.admin import handle as admin_answer
 from metamesh.runtime.bucket_share import share_local_rate_limits
 from metamesh.runtime.fd_limits import process_limits
@@ -128,9 +129,12 @@ class Worker:
 
         self.spec, self.index = spec, index
         logs.configure(spec.log_level)
-        access_log: IO[str] | None = None
+        access_log: IO[str] | AccessLogFile | None = None
         if spec.access_log is not None:
-            access_log = _WholeLines(spec.access_log)  # type: ignore[assignment]
+            lines = cast(IO[str], _WholeLines(spec.access_log))
+            access_log = lines
+            if spec.access_log_format is not None:  # checked by worker 0 before it started us
+                access_log = AccessLogFile(lines, compile_format(spec.access_log_format))
         server = ProxyServer(
             Snapshot(),
             admin_port=None,

@@ -77,6 +77,8 @@ class WorkerSpec:
     #: How connections reach the workers: ``"reuseport"`` (each binds every listener with
     #: SO_REUSEPORT) or ``"handover"`` (worker 0 accepts and sends them, runtime/handover.py).
     accept: str = "reuseport"
+    #: ``--access-log-format`` (None: JSON lines), compiled again by each worker.
+    access_log_format: str | None = None
 
 
 def worker_status(server: ProxyServer) -> dict[str, Any]:
