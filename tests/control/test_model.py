@@ -106,3 +106,20 @@ def test_export_to_visibility() -> None:
     model = model_of(service_entry(extra="  exportTo: ['.']"))
     kv = model.services[KV]
     assert kv.visible_to("ns") and kv.visible_to(None) and not kv.visible_to("other")
+
+
+def test_a_rebuild_reuses_services_whose_resources_are_the_same_objects() -> None:
+    from metamesh.api import load_text
+    from metamesh.control.model import build_model
+
+    loaded = load_text(service_entry("kv") + "---" + service_entry("db", "[127.0.10.8]"))
+    first = build_model(loaded)
+    again = build_model(loaded)  # same resource objects: same services
+    assert all(again.services[h] is first.services[h] for h in first.services)
+    changed = load_text(service_entry("kv", "[127.0.10.7]"))
+    changed.extend(load_text(service_entry("db", "[127.0.10.8]")))
+    third = build_model(changed)  # new objects, new services, equal where the content is
+    assert third.services["kv.ns.svc.cluster.local"].addresses == ("127.0.10.7",)
+    assert third.services["db.ns.svc.cluster.local"] == first.services["db.ns.svc.cluster.local"]
+    broken = load_text(service_entry("kv", port_name="tcp-metaprotocol-nope-x"))
+    assert build_model(broken).problems == build_model(broken).problems != ()  # replayed

@@ -255,6 +255,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._pending = None
         self._model = model
         self._generation += 1
+        log.info("ADS: version %s pushed to %d streams", self.version, len(self._streams))
         for stream in self._streams:
             stream.events.put_nowait(("snapshot", None))
 
