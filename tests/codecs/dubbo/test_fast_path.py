@@ -247,3 +247,69 @@ def test_error_and_no_attachment_responses_have_empty_metadata() -> None:
     for data in (response(8, kind=1, value="v"), error_response(9, 80, "boom")):
         m = DubboCodec().decode(bytearray(data))
         assert m is not None and m.metadata == {}
+
+
+def _encoded(value: object, as_long: bool = False) -> bytes:
+    from metamesh.codecs.hessian2 import Hessian2Encoder
+
+    enc = Hessian2Encoder()
+    if as_long:
+        enc.write_long(value)  # type: ignore[arg-type]
+    else:
+        enc.write(value)
+    return enc.getvalue()
+
+
+def _walked(body: bytes) -> tuple[int, tuple[object, ...]] | None:
+    """(tail start, map) of ``body`` by the inline walk, or None when it hands over."""
+    from metamesh.codecs.dubbo.body import _inline_attachments, _NotInline
+
+    try:
+        tail, amap = _inline_attachments(bytes(16) + body, 16)
+    except (_NotInline, IndexError):
+        return None
+    return tail, (amap.start, amap.end, amap.prefix, amap.entries)
+
+
+def _decoded(body: bytes) -> tuple[int, tuple[object, ...]]:
+    from metamesh.codecs.dubbo.body import _read_map
+    from metamesh.codecs.dubbo.descriptor import count_parameters
+    from metamesh.codecs.hessian2 import Hessian2Decoder
+
+    d = Hessian2Decoder(bytes(16) + body, 16)
+    for _ in range(count_parameters(d.read_string_or_none() or "")):
+        d.skip()
+    tail = d.offset
+    amap = _read_map(bytes(16) + body, d)
+    return tail, (amap.start, amap.end, amap.prefix, amap.entries)
+
+
+def test_the_inline_attachment_walk_finds_what_the_decoder_finds() -> None:
+    import random
+
+    rng = random.Random(19)
+    ints = [0, -16, 47, -2048, 2047, -(2**18), 2**18 - 1, -(2**31), 2**31 - 1]
+    longs = [0, -8, 15, -2048, 2047, -(2**18), 2**18 - 1, -(2**31), 2**31 - 1, 2**63 - 1]
+    args = [
+        *(_encoded(i) for i in ints),
+        *(_encoded(i, as_long=True) for i in longs),
+        *(_encoded(v) for v in (None, True, False, "", "x" * 31, "x" * 200, "x" * 1023)),
+        # handed over: not ASCII, long string, double, list, map
+        *(_encoded(v) for v in ("\u00e9", "x" * 1024, 1.5, [1, 2], {"a": 1})),
+    ]
+    maps = [
+        _encoded({"path": "svc", "traceparent": "00-" + "a" * 52}),
+        _encoded({}),
+        _encoded(None),
+        b"",
+        _encoded({"k": 1}),  # handed over: a value that is not a string
+    ]
+    walked = 0
+    for _ in range(400):
+        chosen = rng.sample(args, rng.randint(0, 3))
+        body = _encoded("Ljava/lang/Object;" * len(chosen)) + b"".join(chosen) + rng.choice(maps)
+        got = _walked(body)
+        if got is not None:
+            walked += 1
+            assert got == _decoded(body), body
+    assert walked > 100  # the common shapes do take the inline walk

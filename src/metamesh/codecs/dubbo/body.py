@@ -200,8 +200,20 @@ def read_result_kind(frame: bytes) -> tuple[int, int]:
 
 
 def request_attachments(frame: bytes, layout: BodyLayout) -> AttachmentMap:
-    """The attachments map of a request, walking past the arguments the first time."""
+    """The attachments map of a request, walking past the arguments the first time.
+
+    Fast path (:func:`_inline_attachments`): arguments that are short ASCII strings, ints,
+    longs, booleans or nulls and a map of short ASCII strings, the common shape, are walked
+    by their tags alone; anything else, or anything malformed, goes to the Hessian2 decoder,
+    which finds the same offsets or raises the precise error."""
     if layout.attachments is None:
+        try:
+            tail_start, amap = _inline_attachments(frame, layout.head_end)
+            layout.tail_start = tail_start
+            layout.attachments = amap
+            return amap
+        except (_NotInline, IndexError, CodecError):
+            pass
         try:
             d = Hessian2Decoder(frame, layout.head_end)
             n_args = count_parameters(d.read_string_or_none() or "")
@@ -212,6 +224,69 @@ def request_attachments(frame: bytes, layout: BodyLayout) -> AttachmentMap:
         except DECODE_ERRORS as e:
             raise CodecError(f"dubbo: malformed request arguments or attachments: {e}") from e
     return layout.attachments
+
+
+def _inline_attachments(frame: bytes, pos: int) -> tuple[int, AttachmentMap]:
+    """``(tail_start, map)`` of a request whose descriptor, arguments and attachments have the
+    common simple shape (see :func:`request_attachments`); raises :class:`_NotInline` (or
+    ``IndexError``) for any other."""
+    descriptor, pos = _ascii_string(frame, pos)
+    for _ in range(count_parameters(descriptor)):
+        pos = _skip_scalar(frame, pos)
+    end = len(frame)
+    if pos >= end:
+        return pos, AttachmentMap(pos, pos, b"", [])
+    if frame[pos] == _NULL:
+        return pos, AttachmentMap(pos, pos + 1, b"", [])
+    if frame[pos] != _MAP_UNTYPED:
+        raise _NotInline
+    entries: list[tuple[str | None, int, int, int, str | None]] = []
+    at = pos + 1
+    while frame[at] != _MAP_END:
+        key, value_start = _ascii_string(frame, at)
+        value, value_end = _ascii_string(frame, value_start)
+        entries.append((key, at, value_start, value_end, value))
+        at = value_end
+    return pos, AttachmentMap(pos, at + 1, frame[pos : pos + 1], entries)
+
+
+def _ascii_string(frame: bytes, pos: int) -> tuple[str, int]:
+    """``(value, end)`` of a short or medium Hessian string at ``pos`` that is ASCII (its
+    character count is then its byte count); raises :class:`_NotInline` otherwise."""
+    tag = frame[pos]
+    if tag < 0x20:
+        start, end = pos + 1, pos + 1 + tag
+    else:
+        start, end = _medium_string(frame, pos)
+    raw = frame[start:end]
+    if end > len(frame) or not raw.isascii():
+        raise _NotInline
+    return raw.decode("ascii"), end
+
+
+#: Bytes taken by a scalar Hessian value, by its first byte (0: not a scalar handled inline):
+#: null, true, false, the compact ints and longs, int32 'I', long 'L' and long-as-int32 'Y'.
+_SCALAR_SIZE: Final = bytes(
+    1 if t in (0x4E, 0x54, 0x46) or 0x80 <= t <= 0xBF or 0xD8 <= t <= 0xEF
+    else 2 if 0xC0 <= t <= 0xCF or 0xF0 <= t <= 0xFF
+    else 3 if 0xD0 <= t <= 0xD7 or 0x38 <= t <= 0x3F
+    else 5 if t in (0x49, 0x59)
+    else 9 if t == 0x4C
+    else 0
+    for t in range(256)
+)  # fmt: skip
+
+
+def _skip_scalar(frame: bytes, pos: int) -> int:
+    """Where the argument at ``pos`` ends, if it is an ASCII string or a scalar (strings and
+    scalars take no reference slot, so skipping them needs no decoder state)."""
+    tag = frame[pos]
+    if tag < 0x20 or 0x30 <= tag <= 0x33:
+        return _ascii_string(frame, pos)[1]
+    size = _SCALAR_SIZE[tag]
+    if not size or pos + size > len(frame):
+        raise _NotInline
+    return pos + size
 
 
 def response_attachments(frame: bytes, layout: BodyLayout) -> AttachmentMap:
@@ -271,7 +346,12 @@ def _read_map(frame: bytes, d: Hessian2Decoder) -> AttachmentMap:
 
 
 def encode_string(value: str) -> bytes:
-    """``value`` as one Hessian2 string."""
+    """``value`` as one Hessian2 string (an ASCII one under 1,024 characters, as trace and
+    exchange headers are, written directly: a short or medium string)."""
+    n = len(value)
+    if n < 1024 and value.isascii():
+        raw = value.encode("ascii")
+        return bytes((n,)) + raw if n < 0x20 else bytes((0x30 + (n >> 8), n & 0xFF)) + raw
     enc = Hessian2Encoder()
     enc.write_string(value)
     return enc.getvalue()
