@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client.parser import text_string_to_metric_families
 
-from metamesh.runtime.worker_admin import merge_clusters, merge_prometheus
+from metamesh.runtime.worker_admin import merge_clusters, merge_dashboard, merge_prometheus
 from tests.support import prom
 
 WORKER_0 = """# HELP istio_requests_total Requests
@@ -75,3 +77,30 @@ def test_clusters_add_up_and_a_host_sick_anywhere_is_unhealthy() -> None:
         "healthy", 3, 2, 0,
     )  # fmt: skip
     assert (h2["health"], h2["unhealthy_workers"]) == ("unhealthy", 1)
+
+
+def dashboard(clients: int, healthy: int, edges: list[dict[str, object]]) -> dict[str, Any]:
+    proxy = {"workload": "w", "clients": clients, "upstreams": 1, "in_flight": 0,
+             "local_replies": 1,
+             "clusters": {"c": {"healthy": healthy, "endpoints": 2}}}  # fmt: skip
+    return {"time": 1.0, "proxy": proxy, "edges": edges, "routes": ["r"], "bounds_ms": [1.0]}
+
+
+def edge(version: str, ok: int, errors: int, buckets: list[int]) -> dict[str, object]:
+    return {"reporter": "source", "source": "w", "service": "s", "version": version,
+            "workload": f"s-{version}", "protocol": "thrift", "ok": ok, "errors": errors,
+            "buckets": buckets}  # fmt: skip
+
+
+def test_dashboard_counts_and_edges_add_up() -> None:
+    w0 = dashboard(3, 2, [edge("v1", 5, 1, [4, 2])])
+    w1 = dashboard(4, 1, [edge("v1", 2, 0, [1, 1]), edge("v2", 7, 0, [7, 0])])
+    merged = merge_dashboard([w0, w1])
+    proxy = merged["proxy"]
+    assert (proxy["clients"], proxy["local_replies"]) == (7, 2)
+    assert proxy["clusters"] == {"c": {"healthy": 1, "endpoints": 2}}
+    assert sorted((e["version"], e["ok"], e["errors"], e["buckets"]) for e in merged["edges"]) == [
+        ("v1", 7, 1, [5, 3]),
+        ("v2", 7, 0, [7, 0]),
+    ]
+    assert merged["routes"] == ["r"] and w0["proxy"]["clients"] == 3  # inputs untouched

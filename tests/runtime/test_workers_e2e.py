@@ -261,6 +261,8 @@ def run_checks(
     )
     assert count == seen["v1"] + seen["v2"]  # the histograms merged too
     assert prom.total(text, "metamesh_workers") == 2
+    edges = json.loads(get(admin, "/dashboard/data"))["edges"]
+    assert sum(e["ok"] for e in edges if e["service"] == mesh.HOST) == seen["v1"] + seen["v2"]
 
     kill_a_worker(up, admin, gen, thrift_at)
     pids = [w["pid"] for w in server_info(admin)["workers"]]

@@ -14,9 +14,10 @@ with its own :func:`~metamesh.runtime.admin.handle`) and merges:
 * ``/server_info``: worker 0's, plus ``workers``: pid, state, restarts and config version of
   each (:meth:`WorkerSet.info`).
 
-``/config_dump`` is the snapshot as configured, which every worker runs (worker 0 applies a new
-one only after handing it to the others): each worker's local rate limit buckets hold its
-share (:mod:`.bucket_share`). ``/ready`` and ``/dashboard`` are worker 0's.
+``/dashboard/data``: worker 0's view with the counts and graph edges of every worker added up
+(:func:`merge_dashboard`). ``/config_dump`` is the snapshot as configured, which every worker
+runs (worker 0 applies a new one only after handing it to the others): each worker's local
+rate limit buckets hold its share (:mod:`.bucket_share`). ``/ready`` is worker 0's.
 """
 
 from __future__ import annotations
@@ -40,7 +41,15 @@ from metamesh.runtime.admin import (
 if TYPE_CHECKING:
     from metamesh.runtime.server import ProxyServer
 
-MERGED = ("/stats/prometheus", "/metrics", "/clusters", "/server_info", "/config_dump")
+MERGED = (
+    "/stats/prometheus",
+    "/metrics",
+    "/clusters",
+    "/server_info",
+    "/config_dump",
+    "/dashboard/data",
+)
+EDGE_KEY = ("reporter", "source", "service", "version", "workload", "protocol")
 
 
 class _MergedFamilies:
@@ -106,6 +115,36 @@ def merge_clusters(views: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [merged[name] for name in sorted(merged)]
 
 
+def merge_dashboard(views: list[dict[str, Any]]) -> dict[str, Any]:
+    """``/dashboard/data`` of several workers as one: worker 0's (routes, state, version) with
+    the counts added up, each graph edge's counts and buckets added up, and per cluster the
+    endpoints every worker finds healthy (the fewest any worker finds)."""
+    first, *rest = views
+    merged = {**first, "proxy": dict(first["proxy"])}
+    proxy = merged["proxy"]
+    clusters = {name: dict(c) for name, c in proxy["clusters"].items()}
+    edges = {
+        tuple(e[k] for k in EDGE_KEY): dict(e, buckets=list(e["buckets"])) for e in first["edges"]
+    }
+    for view in rest:
+        for key in ("clients", "upstreams", "in_flight", "local_replies"):
+            proxy[key] += view["proxy"][key]
+        for name, c in view["proxy"]["clusters"].items():
+            if name in clusters:
+                clusters[name]["healthy"] = min(clusters[name]["healthy"], c["healthy"])
+        for e in view["edges"]:
+            into = edges.setdefault(
+                tuple(e[k] for k in EDGE_KEY),
+                dict(e, ok=0, errors=0, buckets=[0] * len(e["buckets"])),
+            )
+            into["ok"] += e["ok"]
+            into["errors"] += e["errors"]
+            into["buckets"] = [a + b for a, b in zip(into["buckets"], e["buckets"], strict=True)]
+    proxy["clusters"] = clusters
+    merged["edges"] = list(edges.values())
+    return merged
+
+
 async def merged_answer(
     server: ProxyServer, target: str, from_loopback: bool
 ) -> tuple[int, str, bytes]:
@@ -126,6 +165,12 @@ async def merged_answer(
         if "format=json" in query:
             return 200, "application/json", json.dumps({"clusters": view}, indent=2).encode()
         return 200, "text/plain", clusters_text(view).encode()
+    if path == "/dashboard/data":
+        views = [json.loads(handle(server, target)[2])]
+        views += [
+            json.loads(body) for status, _, body in await workers.ask(target) if status == 200
+        ]
+        return 200, "application/json", json.dumps(merge_dashboard(views)).encode()
     if path == "/server_info":
         info = {**server_info(server), "workers": await workers.info(server)}
         return 200, "application/json", json.dumps(info, indent=2).encode()
