@@ -45,6 +45,7 @@ pytestmark = pytest.mark.interop
 
 NODE_PEERS = Path(__file__).parents[1] / "peers" / "node"
 CLUSTER = "outbound|9092||kafka.test"
+SHARED = "outbound|9092|shared|kafka.test"
 
 
 @pytest.fixture(scope="module")
@@ -53,24 +54,33 @@ def broker() -> Iterator[KafkaBroker]:
         yield b
 
 
-@pytest.fixture(scope="module")
-def mesh(broker: KafkaBroker) -> Iterator[ProxyThread]:
+def kafka_listener(name: str, broker: KafkaBroker, **options: str) -> dict[str, Any]:
+    """A Kafka listener on a free port, advertising itself in place of ``broker``."""
     port = free_port()
-    listener = mc.listener("kafka", "kafka", "kafka")
+    listener = mc.listener(name, "kafka", name)
     listener["address"]["socket_address"]["port_value"] = port
     mpp = listener["meta_protocol_proxy"]
-    mpp["codec"]["options"] = {"advertise": f"{broker.address}=127.0.0.1:{port}"}
+    mpp["codec"]["options"] = {"advertise": f"{broker.address}=127.0.0.1:{port}", **options}
     mpp["stat_prefix"] = "kafka.test"
     mpp["meta_protocol_filters"] = [
         {"name": "metamesh.filters.command_stats"},
         {"name": "aeraki.meta_protocol.filters.router"},
     ]
+    return listener
+
+
+@pytest.fixture(scope="module")
+def mesh(broker: KafkaBroker) -> Iterator[ProxyThread]:
     no_topic = [{"name": "topic", "present_match": True, "invert_match": True}]
     routes = [
         mc.route("listed-topics", CLUSTER, topic="~orders|payments|events|guarded"),
         {"name": "no-topic", "match": {"metadata": no_topic}, "route": {"cluster": CLUSTER}},
     ]
-    snap = mc.snapshot([listener], [mc.cluster(CLUSTER, broker.port)], {"kafka": routes})
+    snap = mc.snapshot(
+        [kafka_listener("kafka", broker), kafka_listener("shared", broker, share_upstream="true")],
+        [mc.cluster(CLUSTER, broker.port), mc.cluster(SHARED, broker.port)],
+        {"kafka": routes, "shared": [mc.route("all", SHARED)]},
+    )
     with ProxyThread(snap, admin_port=0) as proxy:
         yield proxy
 
@@ -199,6 +209,42 @@ def test_a_topic_no_route_takes_is_refused_by_the_proxy(
     assert read_direct(broker, "secret", 1, wait_ms=1000) == []
     text = prometheus(mesh)
     assert total(text, "istio_requests_total", request_protocol="kafka", response_flags="NR") >= 1
+
+
+def test_producers_share_upstream_connections_where_the_listener_allows_it(
+    mesh: ProxyThread, broker: KafkaBroker
+) -> None:
+    server = mesh.server
+    assert server is not None
+
+    def connects() -> int:
+        return int(mesh.call(lambda: server.core.stats.upstream_connects))
+
+    shared = f"127.0.0.1:{mesh.port('shared')}"
+    before = connects()
+    producers = [KafkaProducer(bootstrap_servers=shared, client_id=f"p{i}") for i in range(3)]
+    try:
+        for round_ in range(3):
+            futures = [p.send("audit", b"%d-%d" % (i, round_), partition=0) for i, p in
+                       enumerate(producers)]  # fmt: skip
+            for f in futures:
+                f.get(timeout=15)
+    finally:
+        for p in producers:
+            p.close()
+    shared_connects = connects() - before
+    expected = sorted(b"%d-%d" % (i, r) for r in range(3) for i in range(3))
+    assert sorted(read_direct(broker, "audit", 9)) == expected
+    # Three producers, each with a bootstrap and a broker connection to the proxy: one
+    # upstream connection for all of them; the default listener opens one per client one.
+    assert shared_connects == 1
+    before = connects()
+    produce_one = KafkaProducer(bootstrap_servers=bootstrap(mesh), client_id="alone")
+    try:
+        produce_one.send("orders", b"alone", partition=0).get(timeout=15)
+    finally:
+        produce_one.close()
+    assert connects() - before == 2
 
 
 def raw_client(proxy: ProxyThread, data: bytes) -> bool:

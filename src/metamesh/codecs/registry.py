@@ -27,7 +27,7 @@ _BUILTIN: dict[str, str] = {
     "dubbo": "metamesh.codecs.dubbo:DubboCodec",
     "thrift": "metamesh.codecs.thrift:ThriftCodec",
     "redis": "metamesh.codecs.redis:RedisCodec",
-    "kafka": "metamesh.codecs.kafka:KafkaCodec",
+    "kafka": "metamesh.codecs.kafka:kafka_codec",
 }
 
 _factories: dict[str, CodecFactory | str] = dict(_BUILTIN)

@@ -320,3 +320,14 @@ def test_advertise_option_is_checked() -> None:
     for bad in ("a:1", "a=b:2", "a:1=b:x", "a:1=b:70000"):
         with pytest.raises(ValueError):
             parse_advertise(bad)
+
+
+def test_the_registered_factory_shares_upstream_only_when_asked() -> None:
+    from metamesh.codecs import create_codec
+    from metamesh.codecs.kafka import SharedKafkaCodec
+
+    assert type(create_codec("kafka")) is KafkaCodec and not KafkaCodec.shares_upstream
+    shared = create_codec("aeraki.meta_protocol.codec.kafka", options={"share_upstream": "TRUE"})
+    assert isinstance(shared, SharedKafkaCodec) and shared.shares_upstream
+    with pytest.raises(ValueError, match="share_upstream"):
+        create_codec("kafka", options={"share_upstream": "yes"})

@@ -32,6 +32,9 @@ connections of its own (``shares_upstream`` is off): a broker handles one reques
 connection at a time, so a consumer's Fetch long poll (up to ``fetch.max.wait.ms``) or a
 JoinGroup held for a rebalance would stall every other client sharing that connection.
 
+A listener whose clients are producers (short requests only) may let them share upstream
+connections instead: the ``share_upstream: "true"`` option (:class:`SharedKafkaCodec`).
+
 **Broker addresses.** With the ``advertise`` option (``broker-host:port=listener-host:port``
 pairs, comma-separated), Metadata and FindCoordinator responses have those broker addresses
 replaced by the proxy's listeners (:mod:`.responses`), so clients keep talking through the
@@ -243,4 +246,33 @@ class KafkaCodec(Codec):
         return None
 
 
-__all__ = ["AddressRewrite", "KafkaCodec", "RequestHeader", "parse_advertise"]
+class SharedKafkaCodec(KafkaCodec):
+    """:class:`KafkaCodec` for listeners whose clients share upstream connections (the
+    ``share_upstream: "true"`` option): requests of many clients go down one connection in
+    order, and responses come back by that order, so correlation ids still pass unchanged (a
+    broker only echoes them). For producers and other short requests; never for consumers,
+    whose Fetch long polls and group joins would hold up everyone else on the connection."""
+
+    shares_upstream: ClassVar[bool] = True
+
+
+def kafka_codec(
+    *, max_frame_size: int = DEFAULT_MAX_SIZE, options: Mapping[str, str] | None = None
+) -> KafkaCodec:
+    """The codec factory registered as ``kafka``: :class:`SharedKafkaCodec` when the
+    listener's options say ``share_upstream: "true"``, else :class:`KafkaCodec`."""
+    share = (options or {}).get("share_upstream", "false").strip().lower()
+    if share not in ("true", "false"):
+        raise ValueError(f"share_upstream must be 'true' or 'false', not {share!r}")
+    cls = SharedKafkaCodec if share == "true" else KafkaCodec
+    return cls(max_frame_size=max_frame_size, options=options)
+
+
+__all__ = [
+    "AddressRewrite",
+    "KafkaCodec",
+    "RequestHeader",
+    "SharedKafkaCodec",
+    "kafka_codec",
+    "parse_advertise",
+]
