@@ -229,8 +229,6 @@ def _workers(args: argparse.Namespace, command: str) -> WorkerSpec | None:
         return None
     if args.intercept or args.dns:
         raise SystemExit(f"metamesh {command}: --workers cannot be combined with --intercept/--dns")
-    if getattr(args, "ca", None) is not None:
-        raise SystemExit(f"metamesh {command}: --workers cannot be combined with --ca yet")
     return WorkerSpec(
         count=args.workers,
         log_level=args.log_level,
@@ -241,6 +239,7 @@ def _workers(args: argparse.Namespace, command: str) -> WorkerSpec | None:
         drain_timeout=args.drain_timeout,
         accept=args.worker_accept,
         access_log_format=args.access_log_format,
+        identity=_identity(args) if hasattr(args, "ca") else None,
     )
 
 

@@ -27,7 +27,7 @@ import pickle
 import signal
 import socket
 import sys
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from metamesh import logs
 from metamesh.proxy.config import Snapshot
@@ -35,10 +35,13 @@ from metamesh.runtime.access_log import AccessLogFile, compile_format
 from metamesh.runtime.admin import handle as admin_answer
 from metamesh.runtime.bucket_share import share_local_rate_limits
 from metamesh.runtime.fd_limits import process_limits
-from metamesh.runtime.loops import proxy_loop_factory
+from metamesh.runtime.loops import LoopThread, proxy_loop_factory
 from metamesh.runtime.server import ProxyServer
 from metamesh.runtime.worker_wire import encode, read_message
 from metamesh.runtime.workers import WorkerSpec, worker_status
+
+if TYPE_CHECKING:
+    from metamesh.runtime.identity import ProxyIdentity
 
 log = logging.getLogger("metamesh.workers")
 
@@ -82,6 +85,8 @@ class Worker:
         self.spec: WorkerSpec | None = None
         self.index = 0
         self._stopper: asyncio.Task[None] | None = None
+        self._control: LoopThread | None = None
+        self._agent: ProxyIdentity | None = None
 
     async def run(self) -> int:
         while (message := await read_message(self.reader)) is not None:
@@ -149,6 +154,13 @@ class Worker:
             from metamesh.runtime.tracing import enable_tracing
 
             enable_tracing(server, spec.tracing)
+        if spec.identity is not None:  # a certificate of its own before any listener binds
+            from metamesh.runtime.identity import ProxyIdentity
+
+            self._control = LoopThread("metamesh-identity")
+            self._control.start()
+            self._agent = ProxyIdentity(spec.identity, self._control)
+            server.tls = await self._agent.start()
         await server.start()
         loop = asyncio.get_running_loop()
         if server.accepts_handed_over and self.channel is not None:
@@ -164,6 +176,15 @@ class Worker:
         if self.server is not None:
             await self.server.drain(timeout)
             await self.server.wait_stopped()
+        await self.stop_identity()
+
+    async def stop_identity(self) -> None:
+        if self._agent is not None:
+            self._agent.stop()
+            self._agent = None
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
 
 
 async def serve(fd: int, channel_fd: int | None = None) -> int:
@@ -178,6 +199,7 @@ async def serve(fd: int, channel_fd: int | None = None) -> int:
     finally:
         if worker.server is not None and not worker.server.draining:
             await worker.server.close()
+        await worker.stop_identity()
         writer.close()
 
 

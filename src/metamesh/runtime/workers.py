@@ -49,6 +49,7 @@ from metamesh.runtime.bucket_share import share_local_rate_limits
 from metamesh.runtime.worker_wire import dumps, encode, read_message
 
 if TYPE_CHECKING:
+    from metamesh.runtime.identity import IdentitySettings
     from metamesh.runtime.server import ProxyServer
     from metamesh.runtime.tracing import TracingSettings
 
@@ -79,6 +80,9 @@ class WorkerSpec:
     accept: str = "reuseport"
     #: ``--access-log-format`` (None: JSON lines), compiled again by each worker.
     access_log_format: str | None = None
+    #: ``--ca``: each worker keeps its own certificate for the proxy's identity (its own
+    #: agent, as worker 0 has), so no private key crosses a pipe.
+    identity: IdentitySettings | None = None
 
 
 def worker_status(server: ProxyServer) -> dict[str, Any]:
