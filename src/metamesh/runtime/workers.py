@@ -10,9 +10,9 @@ sources of ``metamesh up``. :class:`WorkerSet` starts workers 1..N-1 as child pr
   ``SO_REUSEPORT`` and the kernel spreads new connections over the workers' sockets by a hash
   of the connection. A listener configured on port 0 is bound by worker 0 first and the others
   are told its port. Each worker has its own uvloop loop, upstream pools and health state.
-  (Handing accepted sockets over from one accepting process was the alternative; it puts one
-  process and an extra ``sendmsg`` on every new connection and, for long-lived multiplexed
-  RPC connections, buys no better balance: see docs/workers.md.)
+  ``--worker-accept handover`` is the other design (:mod:`.handover`: worker 0 accepts and
+  deals the connections round robin); docs/workers.md has both measured, and why this one is
+  the default.
 * **Config reaches every worker.** Worker 0 applies each snapshot (from ``--config`` or xDS)
   and sends it down a socketpair to every other worker (:mod:`.worker_wire`), waiting for each
   to have applied it, so an xDS ACK means the whole proxy runs the config. Snapshots are
