@@ -47,3 +47,15 @@ def test_each_broker_gets_a_kafka_listener_advertising_every_broker_through_the_
 def test_other_protocols_get_no_advertise_map() -> None:
     text = broker(1).replace("tcp-kafka-broker", "tcp-metaprotocol-thrift")
     assert snapshot(text).listeners["127.0.40.1_9092"].codec_options == ()
+
+
+def test_a_kafka_service_entry_with_several_brokers_is_a_warning() -> None:
+    text = broker(1).replace(
+        "endpoints: [{address: 10.0.0.1, ports: {tcp-kafka-broker: 19092}}]",
+        "endpoints: [{address: 10.0.0.1}, {address: 10.0.0.2}]",
+    )
+    problems = validate(load_text(text, "mesh.yaml"))
+    [warning] = [p for p in problems if "one ServiceEntry per broker" in p.format()]
+    assert not warning.is_error
+    assert "mesh.yaml" in warning.format() and "spec.endpoints" in warning.format()
+    assert validate(load_text(broker(1), "mesh.yaml")) == []

@@ -362,6 +362,15 @@ def _service_entry(item: Loaded) -> Iterator[Finding]:
             "resolution STATIC needs endpoints or a workloadSelector",
             False,
         )
+    kafka = [p.name for p in spec.ports if p.name.lower().split("-")[1:2] == ["kafka"]]
+    if kafka and len(spec.endpoints) > 1:
+        yield (
+            ("spec", "endpoints"),
+            f"port {kafka[0]!r} is Kafka, whose clients must reach each broker by its own "
+            f"address: {len(spec.endpoints)} endpoints here share one (requests would be "
+            "balanced across brokers); declare one ServiceEntry per broker (docs/kafka.md)",
+            True,
+        )
     yield from _err(("spec", "exportTo"), export_to_errors(se.namespace, spec.export_to))
 
 
