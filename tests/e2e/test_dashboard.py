@@ -11,6 +11,7 @@ test's temp dir and its size checked."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ import sys
 import threading
 import time
 import types
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -230,3 +233,69 @@ def test_mesh_dashboard_of_several_proxies(calc_gen: types.ModuleType, tmp_path:
     assert down is not None and "unreachable" in down.group(1)
     assert dash.stderr().count(f"proxy 127.0.0.1:{dead} unreachable") == 1  # once, not per poll
     assert shot.stat().st_size > 20_000
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        body: bytes = reply.read()
+        return body
+
+
+def live(admin: str) -> bool:
+    try:
+        return get(f"http://{admin}/ready").startswith(b"LIVE")
+    except urllib.error.HTTPError:  # 503 until the first config is in force
+        return False
+
+
+def test_control_plane_serves_the_mesh_page(calc_gen: types.ModuleType, tmp_path: Path) -> None:
+    """``control-plane --admin-port``: ``/dashboard`` of the proxies connected to it, found by
+    the admin address each tells in its xDS node: two ``proxy --xds`` processes (one carrying
+    real Apache Thrift calls, one inbound-only and idle), their health and the pushes each
+    ACKed as the control plane saw them."""
+    config = tmp_path / "mesh"
+    config.mkdir()
+    address, port = free_address()
+    xds = free_port()
+    calc = calc_gen.Calc.Processor
+    with ExitStack() as stack:
+        v1, v2 = (
+            stack.enter_context(ApacheServer(calc(NamedCalc(calc_gen, v)), "framed", "binary"))
+            for v in ("v1", "v2")
+        )
+        mesh.thrift_mesh(config, address, port, v1.port, v2.port)
+        control = stack.enter_context(
+            mesh.Metamesh(tmp_path, "cp", "control-plane", "--config-dir", str(config),
+                          "--xds-port", str(xds), "--admin-port", "0")
+        )  # fmt: skip
+        control.wait_for("control plane admin on 127.0.0.1:")
+        line = next(x for x in control.stdout().splitlines() if "control plane admin on" in x)
+        page = "http://127.0.0.1:" + line.rsplit(":", 1)[1].strip() + "/dashboard"
+        dial = ("--xds", f"127.0.0.1:{xds}", "--admin-port", "0")
+        proxies = [
+            stack.enter_context(mesh.Metamesh(tmp_path, n, "proxy", *dial, "--node-id", n, *more))
+            for n, more in (("web", ()), ("batch", ("--no-outbound",)))
+        ]
+        admins = [p.admin() for p in proxies]
+        for admin in admins:
+            mesh.wait_until(lambda a=admin: live(a), f"{admin} LIVE")
+        client = mesh.ThriftClient(calc_gen, address, port)
+        stack.callback(client.close)
+        for i in range(20):
+            assert client.echo(str(i)).endswith(str(i))
+        first = json.loads(get(page + "/data"))
+        for i in range(20):
+            client.echo(str(i))
+        second = json.loads(get(page + "/data"))
+        assert b"metamesh: live mesh" in get(page)
+    health = {p["address"]: p for p in first["proxies"]}
+    assert set(health) == set(admins)
+    assert [health[a]["workload"] for a in admins] == ["web", "batch"]
+    assert all(p["state"] == "LIVE" for p in health.values())
+    assert {(p["proxy"], p["status"]) for p in first["pushes"]} == {
+        ("web", "ACK"),
+        ("batch", "ACK"),
+    }
+    totals = [sum(e["ok"] for e in d["edges"] if e["source"] == "web") for d in (first, second)]
+    assert totals == [20, 40]
+    assert {e["version"] for e in first["edges"]} == {"v1", "v2"}

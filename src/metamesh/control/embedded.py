@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import signal
@@ -69,6 +70,7 @@ from metamesh.security.cert_service import (
     control_plane_certificate,
     server_credentials,
 )
+from metamesh.telemetry.aggregator import mesh_dashboard
 from metamesh.xds.ads_auth import AdsTls, load_certificate, server_context
 from metamesh.xds.monitoring import Monitored, start_monitoring
 from metamesh.xds.resources import ProxyNode
@@ -243,6 +245,8 @@ async def start_proxy(
         enable_tracing(proxy, tracing)
     await proxy.start()
     proxy.ready = False  # ready once the first config from the control plane is in force
+    if proxy.bound_admin_port is not None:  # told to the control plane (its mesh dashboard)
+        node = dataclasses.replace(node, admin=f"127.0.0.1:{proxy.bound_admin_port}")
 
     warned: set[tuple[str, str]] = set()
 
@@ -433,7 +437,9 @@ async def serve_control_plane(
     monitoring = None
     if admin_port is not None:
         monitoring = await start_monitoring(
-            Monitored(ads=ads, certificates=certificates), "127.0.0.1", admin_port
+            Monitored(ads=ads, certificates=certificates, dashboard=mesh_dashboard(ads)),
+            "127.0.0.1",
+            admin_port,
         )
         bound = monitoring.sockets[0].getsockname()[1]
         print(f"metamesh: control plane admin on 127.0.0.1:{bound}", file=out)

@@ -80,6 +80,8 @@ def node_message(node: ProxyNode) -> Any:
         message.metadata.update({"INSTANCE_IPS": ",".join(node.instance_ips)})
     if not node.outbound:
         message.metadata.update({"METAMESH_OUTBOUND": "false"})
+    if node.admin:  # for the control plane's mesh dashboard
+        message.metadata.update({"METAMESH_ADMIN": node.admin})
     return message
 
 

@@ -1,4 +1,4 @@
-"""``metamesh dashboard``: the live page for a mesh of proxies, gathered from their admins.
+"""``metamesh dashboard`` and the control plane's page: a mesh of proxies, from their admins.
 
 A small HTTP server on 127.0.0.1 serves the same page as every proxy admin (``/dashboard``,
 the package's ``dashboard.html``); its ``/dashboard/data`` asks every proxy's admin for its
@@ -23,11 +23,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from metamesh.telemetry.mesh import MeshView, Reading
+from metamesh.xds.resources import ProxyNode
 
 log = logging.getLogger("metamesh.dashboard")
 #: Seconds one proxy admin may take to answer a poll.
@@ -144,3 +146,49 @@ def run_dashboard(proxies: list[str], port: int, log_level: str = "INFO") -> int
         server.server_close()
         dashboard.close()
     return 0
+
+
+class ControlPlaneDashboard:
+    """The page's data on the control plane (``control-plane --admin-port``): its connected
+    proxies, found by their xDS nodes (each tells its admin address, node metadata
+    ``METAMESH_ADMIN``), read as ``metamesh dashboard`` reads them; the pushes from the control
+    plane's own bookkeeping: per node, the version it ACKed and the last NACK of any type."""
+
+    def __init__(self, ads: ConnectedNodes) -> None:
+        self.ads = ads
+        self.view = MeshView()
+        self._lock = threading.Lock()
+
+    def data(self) -> dict[str, Any]:
+        nodes = {n.node_id: n for n in self.ads.connected()}
+        status = self.ads.status()
+        with ThreadPoolExecutor(max(1, min(len(nodes), 16))) as pool:
+            readings = list(pool.map(_reading_of, nodes.values()))
+        wall = datetime.datetime.now().strftime("%H:%M:%S")
+        with self._lock:
+            for node_id in nodes:
+                types = status.get(node_id, {}).values()
+                acked = sorted({str(t.get("acked_version") or "") for t in types} - {""})
+                nacks = [str(t["nack"]) for t in types if t.get("nack")]
+                version = ",".join(acked) or "-"
+                self.view.note(node_id, node_id, version, nacks[0] if nacks else None, wall)
+            return self.view.merge(readings, time.monotonic(), wall, told=False)
+
+
+class ConnectedNodes(Protocol):
+    """What :class:`ControlPlaneDashboard` needs of the ADS server."""
+
+    def connected(self) -> list[ProxyNode]: ...
+
+    def status(self) -> dict[str, dict[str, dict[str, object]]]: ...
+
+
+def _reading_of(node: ProxyNode) -> Reading:
+    if node.admin is None:
+        return Reading(node.node_id, error="no admin address (its admin is off, or not metamesh)")
+    return fetch(node.admin)
+
+
+def mesh_dashboard(ads: ConnectedNodes) -> Callable[[], dict[str, Any]]:
+    """The control plane admin's ``/dashboard/data``: a blocking call (run it on a thread)."""
+    return ControlPlaneDashboard(ads).data

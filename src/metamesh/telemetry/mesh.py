@@ -14,9 +14,9 @@ reads from a single proxy, plus ``proxies`` and ``pushes``:
 - **routes** are the same tables on every proxy of one control plane: kept once per
   (listener, address);
 - **proxies**: each one's health as its admin said it, or ``unreachable`` with the reason;
-- **pushes**: the aggregator remembers, across rounds, when each proxy's config version
-  changed (applied: the proxy ACKed it) and each new NACK the proxy reported (its xDS client's
-  last rejection), newest first, bounded.
+- **pushes**: the view remembers, across rounds, when each proxy's config version changed
+  (applied: the proxy ACKed it) and each new NACK, newest first, bounded: as the proxies report
+  them (their xDS client's last rejection), or as the control plane saw them (:meth:`note`).
 
 Pure: no I/O and no clock (``now`` is an argument); :mod:`.aggregator` fetches the readings.
 """
@@ -55,13 +55,20 @@ class MeshView:
     seen: dict[str, _Seen] = field(default_factory=dict)
     pushes: list[dict[str, Any]] = field(default_factory=list)
 
-    def merge(self, readings: list[Reading], now: float, wall: str) -> dict[str, Any]:
+    def merge(
+        self, readings: list[Reading], now: float, wall: str, told: bool = True
+    ) -> dict[str, Any]:
         """The page's data for one round; ``now``: seconds (monotonic, for rates), ``wall``:
-        the time of day shown for pushes seen this round."""
+        the time of day shown for pushes seen this round; ``told``: take the pushes from what
+        the proxies say (else the caller records them with :meth:`note`, as the control plane
+        does from its own ACK/NACK bookkeeping)."""
         live = [r for r in readings if r.data is not None]
-        for r in live:
+        for r in live if told else ():
             assert r.data is not None
-            self._note_pushes(r.address, r.data, wall)
+            proxy = r.data.get("proxy", {})
+            name = f"{proxy.get('workload', '?')} ({r.address})"
+            version = str(proxy.get("config_version", ""))
+            self.note(r.address, name, version, r.data.get("xds", {}).get("last_nack"), wall)
         return {
             "time": now,
             "mesh": True,
@@ -72,15 +79,12 @@ class MeshView:
             "pushes": list(self.pushes),
         }
 
-    def _note_pushes(self, address: str, data: dict[str, Any], wall: str) -> None:
-        proxy = data.get("proxy", {})
-        name = f"{proxy.get('workload', '?')} ({address})"
-        seen = self.seen.setdefault(address, _Seen())
-        version = str(proxy.get("config_version", ""))
+    def note(self, key: str, name: str, version: str, nack: str | None, wall: str) -> None:
+        """One proxy's config version and last NACK now: a push event when either changed."""
+        seen = self.seen.setdefault(key, _Seen())
         if version != seen.version:
             seen.version = version
             self._push({"version": version, "time": wall, "proxy": name, "status": "ACK"})
-        nack = data.get("xds", {}).get("last_nack")
         if nack and nack != seen.nack:
             seen.nack = nack
             self._push({"version": version, "time": wall, "proxy": name, "status": f"NACK: {nack}"})

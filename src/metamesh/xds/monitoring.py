@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -52,6 +54,9 @@ class Monitored:
     sds: SdsServer | None = None
     agent: IdentityAgent | None = None
     ready: Callable[[], bool] = field(default=lambda: True)
+    #: The mesh dashboard's data (``/dashboard/data``; the page at ``/dashboard``): a blocking
+    #: call that reads the proxies' admins, run on a thread (:mod:`metamesh.telemetry`).
+    dashboard: Callable[[], dict[str, Any]] | None = None
 
 
 def _by_reason(name: str, doc: str, counts: Counter[str], label: str = "reason") -> Metric:
@@ -169,6 +174,9 @@ def handle(parts: Monitored, target: str) -> tuple[int, str, bytes]:
         return 503, "text/plain", b"PRE_INITIALIZING\n"
     if path in ("/stats/prometheus", "/metrics"):
         return 200, PROMETHEUS_TEXT, render(parts)
+    if path == "/dashboard" and parts.dashboard is not None:
+        page = resources.files("metamesh.telemetry").joinpath("dashboard.html").read_bytes()
+        return 200, "text/html; charset=utf-8", page
     return 404, "text/plain", b"not found: /ready, /stats/prometheus\n"
 
 
@@ -185,6 +193,9 @@ async def _serve(
             status, ctype, body = 400, "text/plain", b"bad request\n"
         elif words[0] != "GET":
             status, ctype, body = 405, "text/plain", b"GET only\n"
+        elif words[1].partition("?")[0] == "/dashboard/data" and parts.dashboard is not None:
+            data = await asyncio.to_thread(parts.dashboard)  # it reads the proxies' admins
+            status, ctype, body = 200, "application/json", json.dumps(data).encode()
         else:
             status, ctype, body = handle(parts, words[1])
         reason = _REASONS.get(status, "Service Unavailable")

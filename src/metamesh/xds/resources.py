@@ -49,6 +49,8 @@ class ProxyNode:
     (:mod:`metamesh.control.envoy`), else ``"metamesh"``. ``listen_address`` (metadata
     ``METAMESH_LISTEN_ADDRESS``) makes an Envoy node's outbound listeners bind that address
     instead of the services' own, so an Envoy can run beside another proxy on one host.
+    ``admin`` (metadata ``METAMESH_ADMIN``, ``HOST:PORT``) is where the proxy's admin answers,
+    for the control plane's mesh dashboard (:mod:`metamesh.telemetry.aggregator`).
     """
 
     node_id: str = ""
@@ -59,6 +61,7 @@ class ProxyNode:
     outbound: bool = True
     data_plane: str = METAMESH_DATA_PLANE
     listen_address: str | None = None
+    admin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,6 +122,9 @@ def node_identity(node: Any) -> ProxyNode:
         listen_address=str(meta["METAMESH_LISTEN_ADDRESS"])
         if meta.get("METAMESH_LISTEN_ADDRESS")
         else None,
+        admin=bounded(str(meta["METAMESH_ADMIN"]), MAX_NODE_ID)
+        if meta.get("METAMESH_ADMIN")
+        else None,
     )
 
 
@@ -264,6 +267,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         return self._translate(self._model, node)
 
     # --- status ---------------------------------------------------------------------
+
+    def connected(self) -> list[ProxyNode]:
+        """The nodes with an open stream now (one entry per stream)."""
+        return [stream.node for stream in self._streams]
 
     def status(self) -> dict[str, dict[str, dict[str, object]]]:
         """``{node_id: {type_url: {subscribed, sent_version, acked_version, nack}}}``."""
