@@ -98,6 +98,7 @@ def read(bootstrap: str, topic: str, count: int) -> list[bytes]:
         consumer.close()
 
 
+@pytest.mark.slow
 def test_up_serves_kafka_with_topic_authz_and_client_rate_limits(tmp_path: Path) -> None:
     config = tmp_path / "mesh"
     config.mkdir()

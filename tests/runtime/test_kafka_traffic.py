@@ -139,6 +139,7 @@ def test_kafka_python_produces_and_consumes_through_the_mesh(
     assert total(text, "metamesh_command_requests_total", command="Metadata") >= 1
 
 
+@pytest.mark.slow
 def test_aiokafka_consumer_group_through_the_mesh(mesh: ProxyThread, broker: KafkaBroker) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -177,6 +178,7 @@ def test_aiokafka_consumer_group_through_the_mesh(mesh: ProxyThread, broker: Kaf
         assert total(text, "metamesh_command_requests_total", command=api) >= 1, api
 
 
+@pytest.mark.slow
 def test_kafkajs_produces_and_consumes_in_a_group_through_the_mesh(
     mesh: ProxyThread, broker: KafkaBroker
 ) -> None:
