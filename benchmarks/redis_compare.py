@@ -326,6 +326,15 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tree_state() -> str:
+    """The commit measured, and whether the working tree differed from it (a shared tree)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True)  # fmt: skip
+    changed = len(dirty.stdout.splitlines())
+    return head.stdout.strip() + (f" + {changed} uncommitted file(s)" if changed else "")
+
+
 def machine_facts() -> dict[str, str]:
     return {
         "cpus": str(os.cpu_count()),
@@ -361,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if envoy_bin is None or shutil.which("redis-benchmark") is None:
         print("needs Envoy (benchmarks/setup.sh) and redis-benchmark (scripts/setup.sh)")
         return 2
+    tree = tree_state()  # when the run starts (the native copy is taken then too)
     with tempfile.TemporaryDirectory(prefix="redis-bench-") as tmp:
         bench = Bench(Path(tmp), envoy_bin, args.native)
         try:
@@ -378,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.stop()
     results = {s: {t: medians(v) for t, v in by.items()} for s, by in samples.items()}
-    facts = {**machine_facts(), **bench.info}
+    facts = {"tree": tree, **machine_facts(), **bench.info}
     text = (
         f"# Redis: direct vs metamesh vs Envoy redis_proxy\n\n"
         f"`{shlex.join([sys.executable, *sys.argv])}`, "
