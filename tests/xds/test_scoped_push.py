@@ -115,3 +115,38 @@ def test_encoded_responses_are_the_messages_protobuf_would_build() -> None:
     (only,) = parsed.resources
     assert (only.name, only.version) == (name, table.versions[name])
     assert only.resource.value == resources.clusters[name].SerializeToString(deterministic=True)
+
+
+def test_delta_through_the_shared_table_difference_equals_a_full_comparison() -> None:
+    from metamesh.control.translate import ENDPOINT_TYPE, ROUTE_TYPE
+    from metamesh.xds.delta import DeltaStreamState
+
+    node = ProxyNode("n", "ns-a")
+    models = [mesh(), mesh("127.0.10.9"), mesh("127.0.10.9"), mesh("127.0.10.1")]
+    fast, full = DeltaStreamState("fast"), DeltaStreamState("full")
+    first = translate(models[0], node)
+    for state in (fast, full):
+        state.set_snapshot("1", first)
+        for url in (CLUSTER_TYPE, LISTENER_TYPE):
+            state.on_request(discovery_pb2.DeltaDiscoveryRequest(type_url=url))
+        for url, table in ((ENDPOINT_TYPE, first.endpoints), (ROUTE_TYPE, first.routes)):
+            subscribe = [*table, "missing"]
+            state.on_request(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=url, resource_names_subscribe=subscribe
+                )
+            )
+    for version, each in enumerate(models[1:], start=2):
+        resources = translate(each, node)
+        for delta in full._delta.values():
+            delta.synced = None  # compare every name
+        got = [
+            ([r.name for r in x.resources], list(x.removed_resources))
+            for x in fast.set_snapshot(str(version), resources)
+        ]
+        want = [
+            ([r.name for r in x.resources], list(x.removed_resources))
+            for x in full.set_snapshot(str(version), resources)
+        ]
+        assert got == want
+        assert all(d.synced is not None for d in fast._delta.values())

@@ -27,7 +27,9 @@ and ``nacks()`` show delta and state-of-the-world nodes alike.
   unknown nonce is ignored; the request's subscription changes still apply.
 - **Shared work.** Versions and the encoded ``Resource`` entries come from
   :mod:`metamesh.xds.encoded` (computed once per snapshot for every stream); a snapshot
-  that is the very object the stream already has is not compared.
+  that is the very object the stream already has is not compared, and a stream that holds
+  all of the previous snapshot looks only at the names the two differ by (the difference is
+  computed once for all streams), not at every name it subscribes to.
 - **Ordering.** A snapshot change is sent as CDS, EDS, LDS, RDS, one response per type with
   something added, changed or removed.
 - **Re-warming.** Envoy replaces an updated EDS cluster by a new one that waits for its
@@ -43,7 +45,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from metamesh.xds.encoded import delta_response, encoded
+from metamesh.xds.encoded import EncodedTable, delta_response, encoded, table_diff
 from metamesh.xds.resources import CLUSTER_TYPE, ENDPOINT_TYPE, TYPE_URLS, XdsResources
 from metamesh.xds.sanitize import MAX_ERROR_DETAIL, bounded
 from metamesh.xds.streams import WILDCARD_TYPES, TypeStatus
@@ -67,6 +69,9 @@ class DeltaType:
     answered: bool = False
     known: dict[str, str] = field(default_factory=dict)
     in_flight: dict[int, str] = field(default_factory=dict)  # nonce -> system version
+    #: The table ``known`` mirrors for every subscribed name (after a full comparison); the
+    #: next snapshot is then compared through the shared table difference (None: compare all).
+    synced: EncodedTable | None = None
 
     def subscribe(self, names: Iterable[str], first: bool, type_url: str) -> bool:
         """Apply subscribe names; True when something new was subscribed."""
@@ -84,6 +89,8 @@ class DeltaType:
 
     def unsubscribe(self, names: Iterable[str]) -> None:
         names = set(names)
+        if names:
+            self.synced = None
         if WILDCARD in names:
             self.status.wildcard = False
         self.status.names = self.status.names - names
@@ -124,7 +131,7 @@ class DeltaStreamState:
         for type_url in TYPE_URLS:
             state = self._delta.get(type_url)
             if state is not None and state.status.subscribed:
-                response = self._respond(type_url, state)
+                response = self._respond(type_url, state, since_synced=True)
                 if response is not None:
                     out.append(response)
         return out
@@ -152,10 +159,17 @@ class DeltaStreamState:
         if clusters is None or endpoints is None:
             return
         current = self._versions[CLUSTER_TYPE]
-        for name, held in clusters.known.items():
-            if held not in (ABSENT, current.get(name, held)):
+        if clusters.synced is not None:  # only the clusters that changed since
+            diff = table_diff(clusters.synced, encoded(self.resources, CLUSTER_TYPE))
+            candidates: Iterable[str] = diff.changed
+        else:
+            candidates = list(clusters.known)
+        for name in candidates:
+            held = clusters.known.get(name)
+            if held is not None and held not in (ABSENT, current.get(name, held)):
                 cluster = self.resources.clusters[name]
                 endpoints.known.pop(cluster.eds_cluster_config.service_name or name, None)
+                endpoints.synced = None
 
     def _type(self, type_url: str) -> DeltaType:
         state = self._delta.get(type_url)
@@ -185,10 +199,17 @@ class DeltaStreamState:
             status.acked_version = version
             status.nack_version = status.nack_error = ""
 
-    def _respond(self, type_url: str, state: DeltaType) -> DeltaDiscoveryResponse | None:
+    def _respond(
+        self, type_url: str, state: DeltaType, *, since_synced: bool = False
+    ) -> DeltaDiscoveryResponse | None:
         if not self.version:
             return None  # no snapshot yet: answer once the first one arrives
-        changed, removed = self._diff(type_url, state)
+        table = encoded(self.resources, type_url)
+        if since_synced and state.synced is not None:
+            changed, removed = self._diff_since(state, table)
+        else:
+            changed, removed = self._diff(type_url, state)
+        state.synced = table
         if not changed and not removed and state.answered:
             return None
         self._nonce += 1
@@ -200,6 +221,30 @@ class DeltaStreamState:
         table = encoded(self.resources, type_url)
         entries = [table.delta_entry(name) for name, _ in changed]
         return delta_response(self.version, type_url, status.sent_nonce, entries, removed)
+
+    def _diff_since(
+        self, state: DeltaType, table: EncodedTable
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """:meth:`_diff` when ``known`` mirrors ``state.synced``: only the names that differ
+        between the two tables (computed once for all streams) are looked at."""
+        assert state.synced is not None
+        diff = table_diff(state.synced, table)
+        explicit, wildcard, known = state.status.names, state.status.wildcard, state.known
+        changed, removed = [], []
+        for name in diff.changed:
+            if wildcard or name in explicit:
+                version = table.versions[name]
+                if known.get(name) != version:
+                    changed.append((name, version))
+                    known[name] = version
+        for name in diff.gone:
+            if (wildcard or name in explicit) and known.get(name) != ABSENT:
+                removed.append(name)
+                if name in explicit:
+                    known[name] = ABSENT
+                else:
+                    known.pop(name, None)
+        return changed, removed
 
     def _diff(self, type_url: str, state: DeltaType) -> tuple[list[tuple[str, str]], list[str]]:
         """What to send (name, version) and remove; updates ``known`` as if sent."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -89,7 +89,16 @@ _messages = _MessageCache()
 class EncodedTable:
     """One resource type of one snapshot, encoded: names in order, bytes, versions."""
 
-    __slots__ = ("_anys", "_bodies", "_entries", "names", "serialized", "type_url", "versions")
+    __slots__ = (
+        "_anys",
+        "_bodies",
+        "_entries",
+        "_selected",
+        "names",
+        "serialized",
+        "type_url",
+        "versions",
+    )
 
     def __init__(self, type_url: str, table: Mapping[str, Any]) -> None:
         self.type_url = type_url
@@ -101,6 +110,17 @@ class EncodedTable:
         self._anys: dict[str, bytes] = {}
         self._entries: dict[str, bytes] = {}
         self._bodies: dict[tuple[str, ...], bytes] = {}
+        self._selected: dict[frozenset[str], tuple[str, ...]] = {}
+
+    def selected(self, names: frozenset[str]) -> tuple[str, ...]:
+        """The subscribed ``names`` this table has, in order (shared: streams of one scope
+        subscribe to the same names)."""
+        hit = self._selected.get(names)
+        if hit is None:
+            if len(self._selected) >= 8:
+                self._selected.clear()
+            hit = self._selected[names] = tuple(sorted(n for n in names if n in self.versions))
+        return hit
 
     def _any(self, name: str) -> bytes:
         packed = self._anys.get(name)
@@ -153,6 +173,35 @@ def encoded(resources: XdsResources, type_url: str) -> EncodedTable:
     if table is None:
         table = hit[1][type_url] = EncodedTable(type_url, resources.of(type_url))
     return table
+
+
+_diffs: OrderedDict[tuple[int, int], tuple[EncodedTable, EncodedTable, TableDiff]] = OrderedDict()
+
+
+class TableDiff(NamedTuple):
+    """What differs from one table to the next: names new or with another version (sorted),
+    and names gone (sorted)."""
+
+    changed: tuple[str, ...]
+    gone: tuple[str, ...]
+
+
+def table_diff(old: EncodedTable, new: EncodedTable) -> TableDiff:
+    """The difference between two tables, computed once for every stream that moves from
+    ``old`` to ``new`` (a stream then handles only the names that changed)."""
+    key = (id(old), id(new))
+    hit = _diffs.get(key)
+    if hit is not None and hit[0] is old and hit[1] is new:
+        return hit[2]
+    before, after = old.versions, new.versions
+    diff = TableDiff(
+        tuple(n for n, v in after.items() if before.get(n) != v),
+        tuple(sorted(n for n in before if n not in after)),
+    )
+    _diffs[key] = (old, new, diff)
+    while len(_diffs) > MAX_SNAPSHOTS:
+        _diffs.popitem(last=False)
+    return diff
 
 
 class EncodedResponse:

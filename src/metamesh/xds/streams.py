@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from metamesh.xds.encoded import EncodedTable, encoded, sotw_response
+from metamesh.xds.encoded import EncodedTable, encoded, sotw_response, table_diff
 from metamesh.xds.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -114,11 +114,11 @@ class StreamState:
         status = self.types.get(CLUSTER_TYPE)
         if status is None or status.sent_table is None:
             return set()
-        before, now = status.sent_table.serialized, encoded(self.resources, CLUSTER_TYPE)
+        now = encoded(self.resources, CLUSTER_TYPE)
+        sent = status.sent_table.versions
         out = set()
-        for name, data in now.serialized.items():
-            sent = before.get(name)
-            if sent is not None and sent is not data and sent != data:
+        for name in table_diff(status.sent_table, now).changed:  # shared by the streams
+            if name in sent:
                 cluster = self.resources.clusters[name]
                 out.add(cluster.eds_cluster_config.service_name or name)
         return out
@@ -150,10 +150,7 @@ class StreamState:
     def _respond(self, type_url: str, *, force: bool) -> DiscoveryResponse | None:
         status = self.status(type_url)
         table = encoded(self.resources, type_url)
-        if status.wildcard:
-            names = table.names
-        else:
-            names = tuple(sorted(n for n in status.names if n in table.serialized))
+        names = table.names if status.wildcard else table.selected(status.names)
         body = table.sotw_body(names)
         unchanged = body is status.sent_body or body == status.sent_body
         if not force and unchanged and status.sent_version:
