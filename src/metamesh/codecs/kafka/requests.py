@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from metamesh.codecs.kafka.apis import FETCH, METADATA, PRODUCE, request_header_version
+from metamesh.codecs.kafka.apis import (
+    FETCH,
+    FIND_COORDINATOR,
+    METADATA,
+    PRODUCE,
+    request_header_version,
+)
 from metamesh.codecs.kafka.wire import Reader
 from metamesh.codecs.message import CodecError
 
@@ -152,3 +158,16 @@ def _fetch(r: Reader, version: int) -> TopicPartitions | None:
             r.tagged_fields()
         topics.append((name, partitions))
     return topics
+
+
+def coordinator_keys(frame: bytes, header: RequestHeader) -> list[str]:
+    """The group (or transaction) ids a FindCoordinator request asks about: one before v4, a
+    list from v4 on; empty for other APIs."""
+    if header.api_key != FIND_COORDINATOR:
+        return []
+    version = header.api_version
+    r = Reader(frame, header.body)
+    if version < 4:
+        return [r.string(version >= 3) or ""]
+    r.int8()  # key_type
+    return [r.string(True) or "" for _ in range(r.array_length(True))]

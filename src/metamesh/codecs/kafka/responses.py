@@ -8,10 +8,10 @@ leads to that broker, re-encoding only the broker entries and copying every othe
 address not in the map is left as it is (that client then leaves the mesh for that broker).
 
 **Error responses.** Kafka has no generic error frame: each API answers in its own schema.
-:func:`error_response` writes a complete, well-formed response for Produce (v0-v12), Fetch
-(v0-v12), Metadata (every version: no brokers, each topic asked about with the error) and
-ApiVersions (any version, in v0's body, as brokers answer a version they do not
-know), with the error code on every partition (or at the top, for ApiVersions), which
+:func:`error_response` writes a complete, well-formed response for Produce and Fetch
+(v0-v12: the error on every partition), Metadata (every version: no brokers, the error on each
+topic asked about), FindCoordinator (every version: no coordinator, the error per key) and
+ApiVersions (any version, in v0's body, as brokers answer a version they do not know), which
 clients surface as that error and, for retriable codes, retry. Other APIs get a response
 holding ``throttle_time_ms`` and the error code, which is where most of their schemas keep
 them, but not the rest of their fields: their clients fail to read it, and close and
@@ -144,8 +144,14 @@ def _find_coordinator(frame: bytes, version: int, addresses: AddressMap) -> byte
     return _framed(frame, start, parts, r.pos) if changed else None
 
 
-def error_response(header: RequestHeader, topics: TopicPartitions | None, code: int) -> bytes:
-    """A response to the request ``header`` describes carrying Kafka error ``code``."""
+def error_response(
+    header: RequestHeader,
+    topics: TopicPartitions | None,
+    code: int,
+    keys: list[str] | None = None,
+) -> bytes:
+    """A response to the request ``header`` describes carrying Kafka error ``code``
+    (``topics``: a Produce, Fetch or Metadata request's; ``keys``: a FindCoordinator's)."""
     api_key, version = header.api_key, header.api_version
     flex = is_flexible(api_key, version)
     if api_key == PRODUCE and topics is not None:
@@ -154,6 +160,8 @@ def error_response(header: RequestHeader, topics: TopicPartitions | None, code: 
         body = _fetch_error(topics, version, flex, code)
     elif api_key == METADATA:
         body = _metadata_error(topics or [], version, flex, code)
+    elif api_key == FIND_COORDINATOR:
+        body = _find_coordinator_error(keys or [], version, code)
     elif api_key == API_VERSIONS:
         # Version 0's body whatever the request's: clients read a failed ApiVersions response
         # as v0 (how a broker answers a version it does not know), and its header is v0 too.
@@ -243,4 +251,24 @@ def _metadata_error(topics: TopicPartitions, version: int, flex: bool, code: int
     if version >= 13:
         out.append(write_int16(code))
     out.append(tag)
+    return b"".join(out)
+
+
+def _find_coordinator_error(keys: list[str], version: int, code: int) -> bytes:
+    """No coordinator (node -1, no host, port -1) with ``code``, per key from v4 on."""
+    flex = version >= 3
+    nobody = write_int32(-1) + write_string("", flex) + write_int32(-1)
+    if version == 0:
+        return write_int16(code) + nobody
+    out = [write_int32(0)]  # throttle_time_ms
+    if version < 4:
+        out += [write_int16(code), write_string(None, flex), nobody]
+        if flex:
+            out.append(b"\x00")
+        return b"".join(out)
+    out.append(write_array_length(len(keys), True))
+    for key in keys:
+        out += [write_string(key, True), nobody, write_int16(code), write_string(None, True)]
+        out.append(b"\x00")
+    out.append(b"\x00")
     return b"".join(out)
