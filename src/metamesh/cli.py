@@ -825,18 +825,27 @@ def _cmd_proxy_config(args: argparse.Namespace) -> int:
     import json
 
     from metamesh.runtime.proxy_config import (
+        STATS_VIEW,
         AdminUnreachableError,
         fetch_config_dump,
+        fetch_stats,
         render,
+        render_stats,
         select,
     )
 
     try:
-        dump = fetch_config_dump(args.admin)
+        if args.view == STATS_VIEW:
+            samples = fetch_stats(args.admin, args.match)
+        else:
+            dump = fetch_config_dump(args.admin)
     except AdminUnreachableError as e:
         print(f"metamesh proxy-config: {e}", file=sys.stderr)
         return 1
-    if args.output == "json":
+    if args.view == STATS_VIEW:
+        text = json.dumps(samples, indent=2) + "\n" if args.output == "json" else None
+        sys.stdout.write(text or render_stats(samples))
+    elif args.output == "json":
         print(json.dumps(select(args.view, dump), indent=2))
     else:
         sys.stdout.write(render(args.view, dump))
@@ -1208,8 +1217,11 @@ def build_parser() -> argparse.ArgumentParser:
         "proxy-config", help="show a running proxy's config (from its admin: metamesh or Envoy)"
     )
     pc.add_argument(
-        "view", choices=("listeners", "routes", "clusters", "endpoints"), help="what to show"
+        "view",
+        choices=("listeners", "routes", "clusters", "endpoints", "stats"),
+        help="what to show (stats: a metamesh proxy's /stats/prometheus, Envoy's /stats)",
     )
+    pc.add_argument("--match", default="", metavar="TEXT", help="stats: names containing TEXT")
     pc.add_argument(
         "--admin",
         default="127.0.0.1:15000",

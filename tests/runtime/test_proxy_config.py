@@ -70,3 +70,17 @@ def test_no_proxy_at_the_admin_address_says_so(capsys: pytest.CaptureFixture[str
         f"metamesh proxy-config: no proxy admin at {admin} (connection refused): "
         "is a proxy running? use --admin HOST:PORT\n"
     )
+
+
+def test_stats_of_a_running_proxy(capsys: pytest.CaptureFixture[str]) -> None:
+    with ProxyThread(load_snapshot(STATIC), admin_port=0) as proxy:
+        assert proxy.server is not None
+        admin = f"127.0.0.1:{proxy.server.bound_admin_port}"
+        assert main(["proxy-config", "stats", "--admin", admin, "-o", "json"]) == 0
+        samples = json.loads(capsys.readouterr().out)
+        assert main(["proxy-config", "stats", "--match", "metamesh_", "--admin", admin]) == 0
+    assert samples and all(set(s) == {"name", "labels", "value"} for s in samples)
+    assert not any(s["name"].endswith("_bucket") for s in samples)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == ["NAME", "LABELS", "VALUE"] and len(rows) > 1
+    assert all(r[0].startswith("metamesh_") for r in rows[1:])

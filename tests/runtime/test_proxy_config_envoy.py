@@ -138,3 +138,19 @@ def test_json_output_from_envoy_is_that_kind_only(
     assert main(["proxy-config", view, "-o", "json", "--admin", admin]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed and printed == select(view, fetch_config_dump(admin))
+
+
+def test_stats_from_envoy_in_the_same_table_as_metamesh(
+    envoy_admin: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin, _ = envoy_admin
+    args = ["proxy-config", "stats", "--match", ".membership_total", "--admin", admin]
+    assert main([*args, "-o", "json"]) == 0
+    samples = {s["name"]: s["value"] for s in json.loads(capsys.readouterr().out)}
+    # Envoy's own names, whole (its Prometheus export would cut the cluster name at a dot)
+    assert samples[f"cluster.outbound|9090|v1|{THRIFT}.membership_total"] == 1
+    assert samples[f"cluster.outbound|9090||{THRIFT}.membership_total"] == 2
+    assert main(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == ["NAME", "LABELS", "VALUE"]
+    assert [f"cluster.outbound|9090||{THRIFT}.membership_total", "2"] in rows

@@ -6,7 +6,8 @@ endpoints, route configurations). This module fetches it over HTTP (stdlib ``url
 renders one of four views the way ``istioctl proxy-config`` does: ``listeners``, ``routes``,
 ``clusters``, ``endpoints``, as a table or as the JSON of that part of the dump only.
 An Envoy admin works too: its dump is read into the same shape
-(:mod:`metamesh.runtime.envoy_admin`), so one command inspects either data plane.
+(:mod:`metamesh.runtime.envoy_admin`), so one command inspects either data plane. The
+``stats`` view reads a metamesh proxy's ``/stats/prometheus`` and Envoy's ``/stats``.
 Rendering and selecting are pure functions of the dump, so they are tested without a proxy;
 the one thing that needs a proxy, reaching it, fails with a sentence that says where it looked.
 """
@@ -19,9 +20,13 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from metamesh.runtime.envoy_admin import from_envoy, is_envoy_dump
 
 VIEWS = ("listeners", "routes", "clusters", "endpoints")
+#: Not a part of the config dump: the admin's stats (:func:`fetch_stats`).
+STATS_VIEW = "stats"
 
 
 class AdminUnreachableError(Exception):
@@ -152,3 +157,48 @@ def render(view: str, dump: dict[str, Any]) -> str:
         ]
         return table(["ENDPOINT", "WEIGHT", "LABELS", "CLUSTER"], rows)
     raise ValueError(f"unknown view {view!r}; one of {', '.join(VIEWS)}")
+
+
+def fetch_stats(admin: str, match: str = "", timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The stats whose name contains ``match``, as ``{name, labels, value}``.
+
+    A metamesh proxy: the samples of ``/stats/prometheus`` (histogram buckets left out, their
+    ``_count`` and ``_sum`` stay). Envoy (its ``/server_info`` has ``command_line_options``):
+    its counters and gauges by their own names from ``/stats?format=json``, since its
+    Prometheus export cuts names at dots by its tag rules (``outbound|9090||a.b.svc`` would
+    come out as a cluster ``outbound|9090||a`` in a metric named after the rest)."""
+    if "command_line_options" in _get_json(admin, "/server_info", timeout):
+        stats = _get_json(admin, "/stats?format=json", timeout).get("stats", [])
+        return [
+            {"name": str(s["name"]), "labels": {}, "value": s["value"]}
+            for s in stats
+            if "value" in s and match in str(s["name"])
+        ]
+    url = f"http://{admin}/stats/prometheus"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            text = reply.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as e:
+        raise AdminUnreachableError(f"cannot read {url}: {e}") from None
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as e:
+        raise AdminUnreachableError(f"{url} is not Prometheus text: {e}") from None
+    return [
+        {"name": s.name, "labels": dict(s.labels), "value": s.value}
+        for family in families
+        for s in family.samples
+        if match in s.name and not s.name.endswith("_bucket")
+    ]
+
+
+def render_stats(samples: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            s["name"],
+            ",".join(f"{k}={v}" for k, v in sorted(s["labels"].items())),
+            f"{s['value']:g}",
+        ]
+        for s in samples
+    ]
+    return table(["NAME", "LABELS", "VALUE"], rows)
