@@ -20,7 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka.protocol.consumer import FetchRequest, FetchResponse
+from kafka.protocol.consumer import (
+    FetchRequest,
+    FetchResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JoinGroupRequest,
+    JoinGroupResponse,
+    LeaveGroupRequest,
+    LeaveGroupResponse,
+    SyncGroupRequest,
+    SyncGroupResponse,
+)
 from kafka.protocol.metadata import (
     ApiVersionsRequest,
     ApiVersionsResponse,
@@ -29,7 +40,12 @@ from kafka.protocol.metadata import (
     MetadataRequest,
     MetadataResponse,
 )
-from kafka.protocol.producer import ProduceRequest, ProduceResponse
+from kafka.protocol.producer import (
+    InitProducerIdRequest,
+    InitProducerIdResponse,
+    ProduceRequest,
+    ProduceResponse,
+)
 
 from metamesh.codecs import ErrorKind, LocalError, MessageType
 from metamesh.codecs.kafka import KafkaCodec
@@ -292,6 +308,37 @@ def test_find_coordinator_error_reply_every_version(version: int) -> None:
     else:
         got = [(c.key, c.error_code, c.node_id) for c in response.coordinators]
         assert got == [("g1", 89, -1), ("g2", 89, -1)]
+
+
+GROUP_REQUESTS: list[tuple[Any, Any, dict[str, Any]]] = [
+    (HeartbeatRequest, HeartbeatResponse, {"group_id": "g", "generation_id": 1, "member_id": "m"}),
+    (LeaveGroupRequest, LeaveGroupResponse, {"group_id": "g", "member_id": "m", "members": []}),
+    (SyncGroupRequest, SyncGroupResponse,
+     {"group_id": "g", "generation_id": 1, "member_id": "m", "assignments": []}),
+    (JoinGroupRequest, JoinGroupResponse,
+     {"group_id": "g", "session_timeout_ms": 6000, "rebalance_timeout_ms": 6000, "member_id": "",
+      "protocol_type": "consumer", "protocols": []}),
+    (InitProducerIdRequest, InitProducerIdResponse,
+     {"transactional_id": None, "transaction_timeout_ms": 1000}),
+]  # fmt: skip
+GROUP_CASES = [(req, resp, fields, v) for req, resp, fields in GROUP_REQUESTS
+               for v in range(req.max_version + 1)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("request_class", "response_class", "fields", "version"),
+    GROUP_CASES,
+    ids=[f"{c[0].__name__}-v{c[3]}" for c in GROUP_CASES],
+)
+def test_group_and_producer_id_error_replies_every_version(
+    request_class: Any, response_class: Any, fields: dict[str, Any], version: int
+) -> None:
+    request = request_class(version=version, **fields)
+    request.with_header(correlation_id=13, client_id="c")
+    [msg] = decode_all(KafkaCodec(), request.encode(version=version, header=True, framed=True))
+    reply = KafkaCodec().error_reply(msg, LocalError(ErrorKind.UNAUTHORIZED, "no"))
+    response = response_class.decode(reply, version=version, header=True, framed=True)
+    assert (response.header.correlation_id, response.error_code) == (13, 31)
 
 
 @pytest.mark.parametrize("version", range(5))

@@ -22,7 +22,12 @@ FETCH: Final = 1
 METADATA: Final = 3
 CONTROLLED_SHUTDOWN: Final = 7
 FIND_COORDINATOR: Final = 10
+JOIN_GROUP: Final = 11
+HEARTBEAT: Final = 12
+LEAVE_GROUP: Final = 13
+SYNC_GROUP: Final = 14
 API_VERSIONS: Final = 18
+INIT_PRODUCER_ID: Final = 22
 
 #: API key -> (name, first flexible version; None: never flexible).
 APIS: Final[dict[int, tuple[str, int | None]]] = {

@@ -10,12 +10,13 @@ address not in the map is left as it is (that client then leaves the mesh for th
 **Error responses.** Kafka has no generic error frame: each API answers in its own schema.
 :func:`error_response` writes a complete, well-formed response for Produce and Fetch
 (v0-v12: the error on every partition), Metadata (every version: no brokers, the error on each
-topic asked about), FindCoordinator (every version: no coordinator, the error per key) and
-ApiVersions (any version, in v0's body, as brokers answer a version they do not know), which
-clients surface as that error and, for retriable codes, retry. Other APIs get a response
-holding ``throttle_time_ms`` and the error code, which is where most of their schemas keep
-them, but not the rest of their fields: their clients fail to read it, and close and
-reconnect.
+topic asked about), FindCoordinator (every version: no coordinator, the error per key),
+JoinGroup, SyncGroup, Heartbeat, LeaveGroup and InitProducerId (every version: the error at
+the top, every other field empty) and ApiVersions (any version, in v0's body, as brokers
+answer a version they do not know), which clients surface as that error and, for retriable
+codes, retry. Other APIs (offsets, transactions, admin) get a response holding
+``throttle_time_ms`` and the error code, which is where most of their schemas keep them, but
+not the rest of their fields: their clients fail to read it, and close and reconnect.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ from metamesh.codecs.kafka.apis import (
     API_VERSIONS,
     FETCH,
     FIND_COORDINATOR,
+    HEARTBEAT,
+    INIT_PRODUCER_ID,
+    JOIN_GROUP,
+    LEAVE_GROUP,
     METADATA,
     PRODUCE,
+    SYNC_GROUP,
     is_flexible,
     response_header_flexible,
 )
@@ -162,6 +168,8 @@ def error_response(
         body = _metadata_error(topics or [], version, flex, code)
     elif api_key == FIND_COORDINATOR:
         body = _find_coordinator_error(keys or [], version, code)
+    elif api_key in _GROUP_ERRORS:
+        body = _GROUP_ERRORS[api_key](version, flex, code)
     elif api_key == API_VERSIONS:
         # Version 0's body whatever the request's: clients read a failed ApiVersions response
         # as v0 (how a broker answers a version it does not know), and its header is v0 too.
@@ -272,3 +280,59 @@ def _find_coordinator_error(keys: list[str], version: int, code: int) -> bytes:
         out.append(b"\x00")
     out.append(b"\x00")
     return b"".join(out)
+
+
+def _throttle_then_code(version: int, code: int, first_throttled: int = 1) -> list[bytes]:
+    head = [write_int32(0)] if version >= first_throttled else []  # throttle_time_ms
+    return [*head, write_int16(code)]
+
+
+def _heartbeat_error(version: int, flex: bool, code: int) -> bytes:
+    return b"".join(_throttle_then_code(version, code)) + (b"\x00" if flex else b"")
+
+
+def _leave_group_error(version: int, flex: bool, code: int) -> bytes:
+    out = _throttle_then_code(version, code)
+    if version >= 3:
+        out.append(write_array_length(0, flex))  # members
+    return b"".join(out) + (b"\x00" if flex else b"")
+
+
+def _sync_group_error(version: int, flex: bool, code: int) -> bytes:
+    out = _throttle_then_code(version, code)
+    if version >= 5:
+        out += [write_string(None, flex), write_string(None, flex)]  # protocol type and name
+    out.append(write_uvarint(1) if flex else write_int32(0))  # assignment: empty
+    return b"".join(out) + (b"\x00" if flex else b"")
+
+
+def _join_group_error(version: int, flex: bool, code: int) -> bytes:
+    out = _throttle_then_code(version, code, first_throttled=2)
+    out.append(write_int32(-1))  # generation_id
+    if version >= 7:
+        out += [write_string(None, flex), write_string(None, flex)]  # protocol type and name
+    else:
+        out.append(write_string("", flex))  # protocol_name
+    out.append(write_string("", flex))  # leader
+    if version >= 9:
+        out.append(b"\x00")  # skip_assignment
+    out += [write_string("", flex), write_array_length(0, flex)]  # member_id, members
+    return b"".join(out) + (b"\x00" if flex else b"")
+
+
+def _init_producer_id_error(version: int, flex: bool, code: int) -> bytes:
+    no_producer = write_int64(-1) + write_int16(-1)  # producer id and epoch
+    out = [*_throttle_then_code(version, code, first_throttled=0), no_producer]
+    if version >= 6:
+        out.append(no_producer)  # the ongoing transaction's producer id and epoch
+    return b"".join(out) + (b"\x00" if flex else b"")
+
+
+#: Error bodies of the group and producer APIs whose error is one top-level code.
+_GROUP_ERRORS = {
+    HEARTBEAT: _heartbeat_error,
+    LEAVE_GROUP: _leave_group_error,
+    SYNC_GROUP: _sync_group_error,
+    JOIN_GROUP: _join_group_error,
+    INIT_PRODUCER_ID: _init_producer_id_error,
+}
