@@ -41,7 +41,6 @@ from metamesh.proxy.codec_ref import resolve_codec
 from metamesh.proxy.config_yaml import parse_snapshot
 from metamesh.proxy.connection import ACCESS_LOG, CONNECT, ConnectionManager
 from metamesh.proxy.tracing import Tracer, TracingConfig
-from metamesh.runtime.access_log import json_line
 
 
 def build(
@@ -77,6 +76,8 @@ def run(
     """
     core, downs, _ = build(protocol, clients, tracing, access_log)
     log = io.StringIO()
+    if access_log:  # imported here: an older tree (native@DIR) may not have it
+        from metamesh.runtime.access_log import json_line
     template = request_template(protocol)
     answer = answer_dubbo if protocol == "dubbo" else _thrift_answerer()
     # Distinct ids across clients, as loadgen.py sends them; every turn is fully answered, so
