@@ -33,7 +33,7 @@ from metamesh.codecs.redis.cluster import key_slot
 from metamesh.demo.steps import within_5_sigma
 from tests.control.envoy.envoy_node import EnvoyNode, error_states
 from tests.e2e.mesh import Metamesh, free_address, wait_until, write
-from tests.e2e.test_up_redis import HOST, redis_service, service_entry
+from tests.e2e.test_up_redis import HOST, service_entry
 from tests.e2e.test_up_redis_cluster import cluster_mesh, make_cluster, owner
 from tests.e2e.test_up_redis_cluster import direct as cluster_direct
 from tests.ratelimit.conftest import RedisProcess, running_redis
@@ -41,6 +41,30 @@ from tests.support.ports import free_port
 
 pytestmark = pytest.mark.interop
 ROUTE_CHANGE_BUDGET = 2.0
+
+
+def redis_service(prefix_target: str) -> str:
+    """``a:`` keys to ``prefix_target`` (prefix removed), the rest to the service with writes
+    mirrored; downstream password; an ERROR fault on half the HGETALLs; command stats."""
+    return f"""apiVersion: redis.aeraki.io/v1alpha1
+kind: RedisService
+metadata: {{name: redis, namespace: demo}}
+spec:
+  host: [{HOST}]
+  settings:
+    opTimeout: 2s
+    enableCommandStats: true
+    auth: {{plain: {{password: down-pw}}}}
+  redis:
+  - match: {{key: {{prefix: "a:", removePrefix: true}}}}
+    route: {{host: {prefix_target}}}
+  - route: {{host: {HOST}}}
+    mirror:
+    - route: {{host: redis-mirror}}
+      excludeReadCommands: true
+  faults:
+  - {{type: ERROR, percentage: {{value: 50}}, commands: [HGETALL]}}
+"""
 
 
 def envoy_listeners(node: EnvoyNode) -> list[dict[str, object]]:
