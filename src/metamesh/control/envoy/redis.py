@@ -30,9 +30,13 @@ Cluster ``outbound|<port>||<host>``
     ServiceEntry's endpoints (or ``discoveryEndpoints``, ``host:port`` each, as in Aeraki) as
     the seeds from which Envoy learns the topology with ``CLUSTER SLOTS``.
 
-What Envoy's ``redis_proxy`` cannot do that the model asks is reported by
-:func:`envoy_redis_findings` (a warning per resource and field, naming the Envoy data plane);
-such a node still gets the closest correct config.
+What Envoy's ``redis_proxy`` cannot do as the model asks is reported by
+:func:`envoy_redis_findings` (a warning per resource and field, naming the Envoy data plane;
+the dispatch passes its ``Findings`` as ``notes``, so ``metamesh validate --data-plane envoy``
+prints them); such a node still gets the closest correct config. The dispatch's
+``address_for`` binds the listeners elsewhere (node metadata ``METAMESH_LISTEN_ADDRESS``);
+Redis listeners that land on one address and port keep the first, and the others are
+reported.
 """
 
 from __future__ import annotations
