@@ -46,6 +46,41 @@ class EgressScope:
             return True
         return any(_matches(rule, service) for rule in self.hosts)
 
+    def candidates(self, model: MeshModel) -> tuple[str, ...]:
+        """The hosts :meth:`admits` may accept, sorted: only the namespaces the Sidecar names
+        when it names no ``*/`` (10,000 services, a scope of two namespaces: 1,000 looked at)."""
+        index = namespace_index(model)
+        if self.namespace is None or self.sidecar is None:
+            return index.hosts
+        namespaces = {namespace for namespace, _ in self.hosts} - {"~"}
+        if "*" in namespaces:
+            return index.hosts
+        return tuple(sorted(h for ns in namespaces for h in index.by_namespace.get(ns, ())))
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceIndex:
+    hosts: tuple[str, ...]
+    by_namespace: dict[str, tuple[str, ...]]
+
+
+_index: tuple[MeshModel, NamespaceIndex] | None = None
+
+
+def namespace_index(model: MeshModel) -> NamespaceIndex:
+    """Every host sorted, and by namespace; kept for the last model (every scope of a push
+    asks about the same one)."""
+    global _index
+    if _index is not None and _index[0] is model:
+        return _index[1]
+    hosts = tuple(sorted(model.services))
+    grouped: dict[str, list[str]] = {}
+    for host in hosts:
+        grouped.setdefault(model.services[host].namespace, []).append(host)
+    index = NamespaceIndex(hosts, {ns: tuple(h) for ns, h in grouped.items()})
+    _index = (model, index)
+    return index
+
 
 def _matches(rule: HostRule, service: Service) -> bool:
     namespace, host = rule

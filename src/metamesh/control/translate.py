@@ -158,7 +158,8 @@ def translate(
     fronted = {x.service.host for x in inbound}
     scope = egress_scope(model, node)
     in_mesh = node.namespace is not None
-    for host in sorted(model.services):
+    candidates = scope.candidates(model) if node.outbound else ()
+    for host in sorted({*candidates, *fronted}) if fronted else candidates:
         service = model.services[host]
         visible = node.outbound and scope.admits(service)
         if visible and fragments is not None:
