@@ -68,6 +68,29 @@ def counter(admin: int, kind: str) -> int:
     return int(float(found[1])) if found else 0
 
 
+def local_replies(target: TwoHop) -> dict[str, dict[str, int]]:
+    """metamesh only: the requests each proxy answered itself so far, by reason (what an
+    error reply in the table was)."""
+    found: dict[str, dict[str, int]] = {}
+    for side in SIDES:
+        url = f"http://127.0.0.1:{target.admin[side]}/stats/prometheus"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        pattern = r'^metamesh_local_replies_total\{reason="([^"]+)"\} (\S+)$'
+        counts = {m[1]: int(float(m[2])) for m in re.finditer(pattern, text, re.M)}
+        found[side] = {k: v for k, v in counts.items() if v}
+    return found
+
+
+def envoy_connections(target: TwoHop) -> int:
+    """Envoy only: upstream connections the client Envoy opened so far (each one a TLS
+    handshake on the mesh hop; Envoy's L7 filters hold one per request in flight)."""
+    url = f"http://127.0.0.1:{target.admin['client']}/stats?filter=^cluster.upstream.upstream_cx_total$"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        found = re.search(r": (\d+)", r.read().decode())
+    return int(found[1]) if found else 0
+
+
 def handshakes(target: TwoHop, ca: MeshCa, seconds: int) -> dict[str, Any]:
     """``openssl s_time -new`` against the server side for ``seconds``."""
     cert, key = ca.directory / "sleep.pem", ca.directory / "sleep.key"
@@ -123,6 +146,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out["two_hop_sys_us"] = median([r["two_hop_sys_us_per_req"] for r in ok])
     for key in ("errors", "id_mismatches", "connections_lost", "not_sent"):
         out[key] = sum(r[key] for r in ok)
+    if "new_upstream_conns" in ok[0]:
+        out["new_upstream_conns"] = median([r["new_upstream_conns"] for r in ok])
+    offered = ok[0].get("offered_rps")
+    if offered and out["rps"] < 0.97 * offered:
+        out["fell_behind"] = f"fell behind: {out['rps'] / offered:.0%} of {offered:,.0f}/s"
     return out
 
 
@@ -137,23 +165,29 @@ def fmt(value: Any, digits: int = 2) -> str:
 def request_table(shapes: list[str], labels: dict[str, str], results: dict[str, Any]) -> str:
     lines = [
         "| load | target | req/s | p50 µs | p99 µs | client-side CPU µs/req | server-side CPU "
-        "µs/req | two-hop CPU µs/req (kernel) | vs Envoy L7 | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "µs/req | two-hop CPU µs/req (kernel) | vs Envoy L7 | vs Envoy L4 | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape in shapes:
         envoy = results[shape].get("envoy", {}).get("two_hop_us")
+        tcp = results[shape].get("envoy-tcp", {}).get("two_hop_us")
         for kind, label in labels.items():
             s = results[shape].get(kind)
             if s is None:
                 continue
             if "failed" in s:
-                lines.append(f"| {shape} | {label} | {NA} | | | | | | | failed: {s['failed']} |")
+                lines.append(f"| {shape} | {label} | {NA} | | | | | | | | failed: {s['failed']} |")
                 continue
-            ratio = NA
+            ratio = l4 = NA
             if envoy and s.get("two_hop_us") and kind != "envoy":
                 ratio = f"{s['two_hop_us'] / envoy:.2f}x"
+            if tcp and s.get("two_hop_us") and kind not in ("envoy-tcp", "direct"):
+                l4 = f"{s['two_hop_us'] / tcp:.2f}x"
             counted = ("errors", "id_mismatches", "connections_lost", "not_sent")
             notes = [f"{k.replace('_', ' ')} {s[k]}" for k in counted if s.get(k)]
+            notes += [s["fell_behind"]] if "fell_behind" in s else []
+            if s.get("new_upstream_conns") is not None:
+                notes.append(f"new upstream conns {s['new_upstream_conns']:,.0f}")
             if s.get("failed_reps"):
                 notes.append(f"{s['failed_reps']} failed reps")
             two = s.get("two_hop_us")
@@ -161,7 +195,7 @@ def request_table(shapes: list[str], labels: dict[str, str], results: dict[str, 
             lines.append(
                 f"| {shape} | {label} | {fmt(s['rps'], 0)} | {fmt(s['p50_us'], 0)} | "
                 f"{fmt(s['p99_us'], 0)} | {fmt(s.get('client_us'))} | {fmt(s.get('server_us'))} "
-                f"| {hop} | {ratio} | {'; '.join(notes)} |"
+                f"| {hop} | {ratio} | {l4} | {'; '.join(notes)} |"
             )
     return "\n".join(lines)
 
@@ -267,8 +301,14 @@ def main(argv: list[str] | None = None) -> int:
                         target.check_alive()
                         watch |= target.pids()
                     port = target.port if target is not None else upstream
+                    envoy = target is not None and target.kind.startswith("envoy")
+                    conns = envoy_connections(target) if envoy else 0
                     result = run_loadgen(args.protocol, port, shape, args, watch)
                     two_hop(result)
+                    if envoy:
+                        result["new_upstream_conns"] = envoy_connections(target) - conns
+                    if target is not None and target.kind == "metamesh":
+                        result["local_replies"] = local_replies(target)
                     raw[shape][kind].append(result)
                     cpu = result.get("two_hop_us_per_req", "-")
                     line = f"{shape} rep {rep + 1} {kind}: {result.get('rps')} req/s, {cpu} µs/req"
@@ -301,6 +341,15 @@ def main(argv: list[str] | None = None) -> int:
         request_table(shapes, labels, summary),
         "",
     ]
+    replies = {
+        shape: runs[-1]["local_replies"]
+        for shape, kinds in raw.items()
+        for runs in [kinds.get("metamesh", [])]
+        if runs and runs[-1].get("local_replies")
+    }
+    if any(any(sides.values()) for sides in replies.values()):
+        text += ["metamesh's local replies (cumulative, by proxy and reason) after each shape: "
+                 + json.dumps(replies), ""]  # fmt: skip
     if shakes:
         text += [handshake_table({t.kind: t.label for t in targets}, shakes), ""]
     if unavailable:
