@@ -208,8 +208,6 @@ def test_mesh_dashboard_of_several_proxies(calc_gen: types.ModuleType, tmp_path:
             url = f"http://127.0.0.1:{port}/dashboard"
             first = chromium(tmp_path, url, "--dump-dom")
             second = chromium(tmp_path, url, "--dump-dom")
-            shot = tmp_path / "mesh.png"
-            chromium(tmp_path, url, f"--screenshot={shot}")
         finally:
             stop.set()
             for t in threads:
@@ -232,7 +230,6 @@ def test_mesh_dashboard_of_several_proxies(calc_gen: types.ModuleType, tmp_path:
     down = re.search(rf'<tr data-proxy="127.0.0.1:{dead}">(.*?)</tr>', first)
     assert down is not None and "unreachable" in down.group(1)
     assert dash.stderr().count(f"proxy 127.0.0.1:{dead} unreachable") == 1  # once, not per poll
-    assert shot.stat().st_size > 20_000
 
 
 def get(url: str) -> bytes:
