@@ -169,9 +169,7 @@ async def start_control_plane(
     (control/sources/merge.py; its first read is awaited for a bounded time); ``mesh``: the
     root namespace and trust domain the models are translated under."""
     # one translation per proxy scope, reused across models (control/scoped.py)
-    ads = AdsServer(
-        ScopedTranslator(), MeshModel(), quiet=SERVER_QUIET, max_delay=SERVER_MAX_DELAY
-    )
+    ads = AdsServer(ScopedTranslator(), MeshModel(), quiet=SERVER_QUIET, max_delay=SERVER_MAX_DELAY)
     settings = mesh or MeshSettings()
 
     def on_model(model: MeshModel) -> None:
