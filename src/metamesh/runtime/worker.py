@@ -133,7 +133,11 @@ class Worker:
         from metamesh.runtime.main import load_tls
 
         self.spec, self.index = spec, index
-        logs.configure(spec.log_level)
+        logging.basicConfig(  # metamesh's log format, each line saying which worker wrote it
+            level=spec.log_level.upper(),
+            format=logs.FORMAT.replace("%(name)s", f"%(name)s[worker {index}]"),
+            stream=sys.stderr,
+        )
         access_log: IO[str] | AccessLogFile | None = None
         if spec.access_log is not None:
             lines = cast(IO[str], _WholeLines(spec.access_log))
