@@ -160,8 +160,7 @@ class ControlPlaneDashboard:
         self._lock = threading.Lock()
 
     def data(self) -> dict[str, Any]:
-        nodes = {n.node_id: n for n in self.ads.connected()}
-        status = self.ads.status()
+        nodes, status = self._read_ads()
         with ThreadPoolExecutor(max(1, min(len(nodes), 16))) as pool:
             readings = list(pool.map(_reading_of, nodes.values()))
         wall = datetime.datetime.now().strftime("%H:%M:%S")
@@ -173,6 +172,16 @@ class ControlPlaneDashboard:
                 version = ",".join(acked) or "-"
                 self.view.note(node_id, node_id, version, nacks[0] if nacks else None, wall)
             return self.view.merge(readings, time.monotonic(), wall, told=False)
+
+    def _read_ads(self) -> tuple[dict[str, ProxyNode], dict[str, dict[str, dict[str, object]]]]:
+        """The connected nodes and their xDS status, read from this thread while the server's
+        loop may change them: a set or dict changing size mid-read is read again."""
+        for _ in range(5):
+            try:
+                return {n.node_id: n for n in self.ads.connected()}, self.ads.status()
+            except RuntimeError:
+                continue
+        return {}, {}
 
 
 class ConnectedNodes(Protocol):
