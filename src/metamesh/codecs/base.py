@@ -126,6 +126,13 @@ class Codec(abc.ABC):
         """What the reply to :meth:`ownership_query` says, or None (an error reply)."""
         return None
 
+    def headers_span(self, message: Message) -> tuple[int, int]:
+        """Where in ``message.frame`` (a request) the headers a client may add can be: Dubbo
+        attachments, THeader info headers. ``(start, end)``, empty (``start >= end``) when the
+        framing carries none. The tracer looks for trace header names only there, so a framing
+        without headers pays no scan. Default: the whole frame."""
+        return 0, len(message.frame)
+
     def merge_reply(self, part: ReplyPart, reply: bytes) -> bytes:
         """The bytes to send for ``reply``, the answer to a request whose ``codec_state`` is
         ``part`` (a :class:`~metamesh.codecs.message.ReplyPart`): ``b""`` until every part of

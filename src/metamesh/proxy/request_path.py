@@ -58,7 +58,8 @@ class RequestPath(Attempts):
         span = None
         tracer = self.tracer
         if tracer is not None:  # see Tracer: only requests that may be traced call begin
-            if msg.frame.find(MARKER) >= 0:  # not `in`: see MARKER
+            start, end = d.codec.headers_span(msg)  # (0, 0): a framing without headers
+            if start < end and msg.frame.find(MARKER, start, end) >= 0:  # not `in`: see MARKER
                 span = tracer.begin(msg.metadata, d.origin.inbound, now)
             else:
                 tracer.skip -= 1

@@ -484,6 +484,13 @@ class ThriftCodec(Codec):
             return message.frame
         return theader.with_headers(message.frame, state.layout, mutation)
 
+    def headers_span(self, message: Message) -> tuple[int, int]:
+        # Only THeader frames carry headers; framed and unframed binary/compact carry none.
+        state = message.codec_state
+        if isinstance(state, FrameState) and state.transport is Transport.HEADER:
+            return 0, len(message.frame)
+        return 0, 0
+
     def rewrite_request_id(self, message: Message, request_id: int) -> bytes:
         if not -0x80000000 <= request_id <= 0xFFFFFFFF:
             raise ValueError(f"thrift seqid {request_id} does not fit in 32 bits")
