@@ -161,8 +161,9 @@ class Attempts(Mirroring):
         else:
             policy = ext.policy
             if policy is not None and policy.per_try_timeout is not None:
-                when = now + policy.per_try_timeout
-                self.deadlines.push(when, TRY_TIMEOUT, req, ext.attempt)
+                self.deadlines.push_after(
+                    now, policy.per_try_timeout, TRY_TIMEOUT, req, ext.attempt
+                )
         if first and route.mirrors:
             self._mirror(d, msg, route, now)
 
@@ -182,8 +183,7 @@ class Attempts(Mirroring):
         req.stats = self._request_stats(d, cs, -1)  # until an endpoint is picked
         policy = ext.policy
         if policy is not None and policy.timeout is not None and req.request.type is _REQUEST:
-            ext.deadline = now + policy.timeout
-            self.deadlines.push(ext.deadline, ROUTE_TIMEOUT, req)
+            ext.deadline = self.deadlines.push_after(now, policy.timeout, ROUTE_TIMEOUT, req)
         if route.request_mutation is not None:
             req.request = self._mutated(d.codec, req.request, route.request_mutation)
         return cs
