@@ -624,8 +624,23 @@ def slot_address(slot: int) -> str:
     return str(VIP_NETWORK.network_address + third * 256 + last + 1)
 
 
+_last_allocation: tuple[tuple[tuple[str, ...], tuple[str, ...]], dict[str, str]] | None = None
+
+
 def allocate_addresses(hosts: Iterable[str], taken: Iterable[str] = ()) -> dict[str, str]:
-    """A stable address in 127.240.0.0/16 for each host (see the module docstring)."""
+    """A stable address in 127.240.0.0/16 for each host (see the module docstring); the last
+    allocation is reused when hosts and taken addresses are the same (an edit that adds no
+    host, among 10,000)."""
+    global _last_allocation
+    key = (tuple(hosts), tuple(taken))
+    if _last_allocation is not None and _last_allocation[0] == key:
+        return dict(_last_allocation[1])
+    allocated = _allocate(key[0], key[1])
+    _last_allocation = (key, allocated)
+    return dict(allocated)
+
+
+def _allocate(hosts: Iterable[str], taken: Iterable[str]) -> dict[str, str]:
     used = set(taken)
     allocated: dict[str, str] = {}
     for host in sorted(set(hosts)):
