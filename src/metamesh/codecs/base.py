@@ -54,6 +54,10 @@ class Codec(abc.ABC):
         #: one upstream connection (the server would see mixed framings). A plain attribute,
         #: not a property: the proxy reads it once per request.
         self.wire_variant: Hashable | None = None
+        #: Whether this connection's requests can carry headers a client adds (Dubbo
+        #: attachments, THeader info headers). False (Thrift framed or unframed binary and
+        #: compact): the tracer does not scan its frames for trace header names at all.
+        self.carries_headers = True
 
     @abc.abstractmethod
     def decode(self, buffer: bytearray) -> Message | None:
@@ -125,13 +129,6 @@ class Codec(abc.ABC):
     def ownership(self, reply: Message) -> Ownership | None:
         """What the reply to :meth:`ownership_query` says, or None (an error reply)."""
         return None
-
-    def headers_span(self, message: Message) -> tuple[int, int]:
-        """Where in ``message.frame`` (a request) the headers a client may add can be: Dubbo
-        attachments, THeader info headers. ``(start, end)``, empty (``start >= end``) when the
-        framing carries none. The tracer looks for trace header names only there, so a framing
-        without headers pays no scan. Default: the whole frame."""
-        return 0, len(message.frame)
 
     def merge_reply(self, part: ReplyPart, reply: bytes) -> bytes:
         """The bytes to send for ``reply``, the answer to a request whose ``codec_state`` is

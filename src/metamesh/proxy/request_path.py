@@ -58,8 +58,8 @@ class RequestPath(Attempts):
         span = None
         tracer = self.tracer
         if tracer is not None:  # see Tracer: only requests that may be traced call begin
-            start, end = d.codec.headers_span(msg)  # (0, 0): a framing without headers
-            if start < end and msg.frame.find(MARKER, start, end) >= 0:  # not `in`: see MARKER
+            # a framing without headers is never scanned; `find`, not `in`: see MARKER
+            if d.codec.carries_headers and msg.frame.find(MARKER) >= 0:
                 span = tracer.begin(msg.metadata, d.origin.inbound, now)
             else:
                 tracer.skip -= 1

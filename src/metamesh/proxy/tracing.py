@@ -42,9 +42,9 @@ B3_SPAN: Final = "x-b3-spanid"
 B3_PARENT: Final = "x-b3-parentspanid"
 B3_SAMPLED: Final = "x-b3-sampled"
 B3_FLAGS: Final = "x-b3-flags"
-#: What a frame's bytes must contain, in the span its codec says headers can be
-#: (``Codec.headers_span``), for its trace headers to be looked up: look with
-#: ``frame.find(MARKER, start, end) >= 0``, not ``MARKER in frame``: CPython's
+#: What a frame's bytes must contain for its trace headers to be looked up (frames of a codec
+#: whose framing has no headers, ``Codec.carries_headers`` False, are not scanned): look with
+#: ``frame.find(MARKER) >= 0``, not ``MARKER in frame``: CPython's
 #: ``bytes.__contains__`` first tries its argument as an integer and builds (then clears) a
 #: TypeError for every other one, which cost more than the scan itself (perf:
 #: ``PyUnicode_FromFormatV`` per request).

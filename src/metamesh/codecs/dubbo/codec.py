@@ -293,13 +293,6 @@ class DubboCodec(Codec):
     def rewrite_request_id(self, message: Message, request_id: int) -> bytes:
         return with_request_id(message.frame, request_id)
 
-    def headers_span(self, message: Message) -> tuple[int, int]:
-        # The attachments follow the head (service, method, versions): never the head itself,
-        # so a service named like a trace header costs no header lookup.
-        metadata = message.metadata
-        start = metadata._head_end if isinstance(metadata, RequestMetadata) else 0
-        return start, len(message.frame)
-
 
 def _layout(message: Message) -> BodyLayout | None:
     """The body layout of a request or OK response decoded by this codec, else ``None``.

@@ -330,6 +330,7 @@ class ThriftCodec(Codec):
         transport, protocol = cast("tuple[Transport, Protocol]", variant)
         self.transport, self.protocol = transport, protocol
         self.wire_variant = variant
+        self.carries_headers = transport is Transport.HEADER  # only THeader has headers
         self._framed_binary = transport is Transport.FRAMED and protocol is _BINARY
         self._framed_compact = transport is Transport.FRAMED and protocol is _COMPACT
 
@@ -365,6 +366,7 @@ class ThriftCodec(Codec):
             transport, self.protocol = detected
             self.transport = transport
             self.wire_variant = (transport, self.protocol)
+            self.carries_headers = transport is Transport.HEADER  # only THeader has headers
             self._framed_binary = transport is Transport.FRAMED and self.protocol is _BINARY
             self._framed_compact = transport is Transport.FRAMED and self.protocol is _COMPACT
         if transport is Transport.FRAMED:
@@ -483,13 +485,6 @@ class ThriftCodec(Codec):
             self.dropped_mutations += 1
             return message.frame
         return theader.with_headers(message.frame, state.layout, mutation)
-
-    def headers_span(self, message: Message) -> tuple[int, int]:
-        # Only THeader frames carry headers; framed and unframed binary/compact carry none.
-        state = message.codec_state
-        if isinstance(state, FrameState) and state.transport is Transport.HEADER:
-            return 0, len(message.frame)
-        return 0, 0
 
     def rewrite_request_id(self, message: Message, request_id: int) -> bytes:
         if not -0x80000000 <= request_id <= 0xFFFFFFFF:
