@@ -21,6 +21,8 @@ command -v kubectl >/dev/null || APT_PACKAGES+=(kubernetes-client)
 APT_PACKAGES+=(prometheus)
 # chromium: the headless browser tests/e2e/test_dashboard.py loads the live dashboard in
 APT_PACKAGES+=(chromium)
+# openssl: the real TLS client of the mTLS tests (s_client) and the two-hop benchmark (s_time)
+APT_PACKAGES+=(openssl)
 
 if [[ "${METAMESH_SKIP_APT:-0}" != 1 ]]; then
   missing=()
