@@ -321,9 +321,10 @@ def test_control_plane_with_zookeeper_only_and_a_proxy(
     host = interface.lower()
     a = Provider(zookeeper, interface, "v1")
     providers.append(a)
-    xds = str(free_port())
+    xds, monitoring = str(free_port()), f"127.0.0.1:{free_port()}"
     control = Metamesh(tmp_path, "control-plane", "control-plane", "--zookeeper",
-                       zookeeper.hosts, "--xds-port", xds)  # fmt: skip
+                       zookeeper.hosts, "--xds-port", xds,
+                       "--admin-port", monitoring.rsplit(":", 1)[1])  # fmt: skip
     proxy = Metamesh(tmp_path, "proxy", "proxy", "--xds", f"127.0.0.1:{xds}",
                      "--admin-port", "0", "--node-id", "zk-proxy")  # fmt: skip
     with control, proxy:
@@ -349,6 +350,13 @@ def test_control_plane_with_zookeeper_only_and_a_proxy(
         )
         assert (answer.status, answer.error) == (80, "no healthy upstream")
         close_client(client)
+        # the control plane's own /ready names the registry's state, as up's admin does
+        assert ready(monitoring).startswith(f"LIVE\nzookeeper zookeeper://{zookeeper.hosts}")
+        assert ": connected since" in ready(monitoring)
+        zookeeper.stop()
+        wait_until(
+            lambda: "(serving its last good read)" in ready(monitoring), "the /ready detail", 5.0
+        )
         assert proxy.stop() == 0 and control.stop() == 0
     assert "Traceback" not in control.stderr()
 

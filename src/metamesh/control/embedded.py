@@ -52,6 +52,7 @@ from metamesh.proxy.config import Snapshot
 from metamesh.proxy.filters.rbac import identity_rules_without_tls
 from metamesh.proxy.telemetry import local_workload
 from metamesh.runtime.access_log import AccessLogFile
+from metamesh.runtime.admin import sources_detail
 from metamesh.runtime.fd_limits import process_limits
 from metamesh.runtime.identity import IdentitySettings, ProxyIdentity
 from metamesh.runtime.loops import LoopThread, call_on, loop_name, proxy_loop_factory
@@ -435,7 +436,16 @@ async def serve_control_plane(
     monitoring = None
     if admin_port is not None:
         monitoring = await start_monitoring(
-            Monitored(ads=ads, certificates=certificates, dashboard=mesh_dashboard(ads)),
+            Monitored(
+                ads=ads,
+                certificates=certificates,
+                dashboard=mesh_dashboard(ads),
+                ready_detail=(
+                    (lambda: "")
+                    if isinstance(source, FileSource)
+                    else (lambda: sources_detail(source.status()))
+                ),
+            ),
             "127.0.0.1",
             admin_port,
         )

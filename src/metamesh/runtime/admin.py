@@ -317,8 +317,14 @@ def ready_detail(server: ProxyServer) -> str:
     serves its last good read (the proxy stays LIVE on the config in force)."""
     if server.config_sources is None:
         return ""
+    return sources_detail(_sources(server))
+
+
+def sources_detail(sources: Mapping[str, Any]) -> str:
+    """The ``/ready`` lines of config sources' statuses (``MergedSources.status``); the
+    standalone control plane's monitoring port shows the same."""
     lines = []
-    for name, status in sorted(_sources(server).items()):
+    for name, status in sorted(sources.items()):
         since = status.get("since")
         when = (
             datetime.datetime.fromtimestamp(since, datetime.UTC).isoformat(timespec="seconds")

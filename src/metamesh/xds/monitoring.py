@@ -11,7 +11,9 @@ the agent's status port do the same job in Istio):
   certificate requests issued and refused by the CA, and on the agent the SDS refusals, the
   pushes to Envoy and the workload certificate's issue count, failures and expiry time;
 * ``/ready``: ``200 LIVE`` once the process serves (the control plane: its ADS port is bound;
-  the agent: the first certificate is in and SDS is served), ``503 PRE_INITIALIZING`` before.
+  the agent: the first certificate is in and SDS is served), ``503 PRE_INITIALIZING`` before;
+  then one line per config source (ZooKeeper, Kubernetes: its state, since when, and whether
+  the mesh serves its last good read), as a proxy's admin shows them in ``up``.
 
 It is the proxy admin's HTTP handling cut down to two GET endpoints (one request per
 connection, a bounded head, a 10 s read timeout), kept here rather than reusing
@@ -54,6 +56,8 @@ class Monitored:
     sds: SdsServer | None = None
     agent: IdentityAgent | None = None
     ready: Callable[[], bool] = field(default=lambda: True)
+    #: The config sources' lines for ``/ready`` (the control layer formats them).
+    ready_detail: Callable[[], str] = field(default=lambda: "")
     #: The mesh dashboard's data (``/dashboard/data``; the page at ``/dashboard``): a blocking
     #: call that reads the proxies' admins, run on a thread (:mod:`metamesh.telemetry`).
     dashboard: Callable[[], dict[str, Any]] | None = None
@@ -169,9 +173,10 @@ def handle(parts: Monitored, target: str) -> tuple[int, str, bytes]:
     """(status, content type, body) for a GET of ``target``."""
     path = target.partition("?")[0]
     if path == "/ready":
+        detail = parts.ready_detail()
         if parts.ready():
-            return 200, "text/plain", b"LIVE\n"
-        return 503, "text/plain", b"PRE_INITIALIZING\n"
+            return 200, "text/plain", f"LIVE\n{detail}".encode()
+        return 503, "text/plain", f"PRE_INITIALIZING\n{detail}".encode()
     if path in ("/stats/prometheus", "/metrics"):
         return 200, PROMETHEUS_TEXT, render(parts)
     if path == "/dashboard" and parts.dashboard is not None:
