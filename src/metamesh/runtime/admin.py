@@ -19,9 +19,7 @@ proxy needs no web framework. Endpoints, named as in Envoy's admin API:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
-import ipaddress
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
@@ -36,6 +34,7 @@ from prometheus_client.core import (
 )
 
 from metamesh import __version__, build_info
+from metamesh.http_get import serve_get
 from metamesh.proxy.stats import (
     COUNTERS,
     DURATION_BUCKETS_MS,
@@ -417,46 +416,12 @@ async def answer(
 
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-
-
-async def _serve(
-    server: ProxyServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
-        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = request_line.split()
-        if len(parts) != 3:
-            status, ctype, body = 400, "text/plain", b"bad request\n"
-        elif parts[0] != "GET":
-            status, ctype, body = 405, "text/plain", b"GET only\n"
-        else:
-            peer = writer.get_extra_info("peername")
-            status, ctype, body = await answer(server, parts[1], _is_loopback(peer))
-        reason = _REASONS.get(status, "Service Unavailable")
-        writer.write(
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
-        pass
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-def _is_loopback(peer: object) -> bool:
-    if not isinstance(peer, tuple) or not peer:
-        return False
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(str(peer[0])).is_loopback
-    return False
 
 
 async def start_admin(server: ProxyServer, host: str, port: int) -> asyncio.Server:
     """Start the admin HTTP server for ``server`` on ``host:port``."""
-    return await asyncio.start_server(lambda r, w: _serve(server, r, w), host, port)
+
+    async def respond(target: str, from_loopback: bool) -> tuple[int, str, bytes]:
+        return await answer(server, target, from_loopback)
+
+    return await asyncio.start_server(lambda r, w: serve_get(respond, r, w), host, port)

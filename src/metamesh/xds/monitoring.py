@@ -23,7 +23,6 @@ connection, a bounded head, a 10 s read timeout), kept here rather than reusing
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from metamesh.http_get import serve_get
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -185,39 +186,17 @@ def handle(parts: Monitored, target: str) -> tuple[int, str, bytes]:
     return 404, "text/plain", b"not found: /ready, /stats/prometheus\n"
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-
-
-async def _serve(
-    parts: Monitored, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
-        words = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-        if len(words) != 3:
-            status, ctype, body = 400, "text/plain", b"bad request\n"
-        elif words[0] != "GET":
-            status, ctype, body = 405, "text/plain", b"GET only\n"
-        elif words[1].partition("?")[0] == "/dashboard/data" and parts.dashboard is not None:
-            data = await asyncio.to_thread(parts.dashboard)  # it reads the proxies' admins
-            status, ctype, body = 200, "application/json", json.dumps(data).encode()
-        else:
-            status, ctype, body = handle(parts, words[1])
-        reason = _REASONS.get(status, "Service Unavailable")
-        writer.write(
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
-        pass
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+async def _respond(parts: Monitored, target: str, from_loopback: bool) -> tuple[int, str, bytes]:
+    if target.partition("?")[0] == "/dashboard/data" and parts.dashboard is not None:
+        data = await asyncio.to_thread(parts.dashboard)  # it reads the proxies' admins
+        return 200, "application/json", json.dumps(data).encode()
+    return handle(parts, target)
 
 
 async def start_monitoring(parts: Monitored, host: str, port: int) -> asyncio.Server:
     """Serve ``parts`` on ``host:port`` (0: any free port; read it from the server's socket)."""
-    return await asyncio.start_server(lambda r, w: _serve(parts, r, w), host, port)
+
+    async def respond(target: str, from_loopback: bool) -> tuple[int, str, bytes]:
+        return await _respond(parts, target, from_loopback)
+
+    return await asyncio.start_server(lambda r, w: serve_get(respond, r, w), host, port)
