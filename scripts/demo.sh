@@ -41,8 +41,13 @@ if ! installed .venv/.metamesh-installed && ! installed .venv/.metamesh-demo-ins
     echo "demo: pip install failed; its whole output is in $log" >&2
     exit 1
   fi
+  # (xds-protos may have overwritten opentelemetry-proto's modules: scripts/fix_otlp_protos.sh)
+  if ! scripts/fix_otlp_protos.sh .venv/bin/python >>"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "demo: repairing opentelemetry-proto failed; the whole output is in $log" >&2
+    exit 1
+  fi
   touch .venv/.metamesh-demo-installed
 fi
-scripts/fix_otlp_protos.sh .venv/bin/python
 
 exec .venv/bin/metamesh demo "$@"

@@ -84,6 +84,13 @@ def test_demo_script_installs_only_the_demo_and_runs_it(tmp_path: Path) -> None:
         [str(venv / "bin" / "metamesh"), "--version"], capture_output=True, text=True, check=True
     ).stdout
     assert "native (mypyc" in version, version
+    # a fresh venv's pip may let xds-protos' older opentelemetry/proto overwrite
+    # opentelemetry-proto's (it did here); the script repairs it, so tracing can load
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope"],
+        check=True,
+    )  # fmt: skip
 
     again = run_demo_script(project)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
