@@ -249,8 +249,10 @@ def test_a_zookeeper_restart_keeps_then_refreshes_the_services(zookeeper: ZooKee
         await asyncio.sleep(1.0)
         assert watcher.source.state == "suspended" and len(watcher.updates) == updates
         await asyncio.to_thread(zookeeper.start)
-        # the provider's session survived the restart; the source reads everything again
-        await watcher.until(lambda now: len(watcher.updates) > updates, 5.0)
+        # the provider's session survived the restart; the source reads everything again.
+        # (15 s: a connect attempt kazoo began while the JVM was still starting waits out its
+        # read timeout, a share of the 10 s session, before the next one: seen under CI load)
+        await watcher.until(lambda now: len(watcher.updates) > updates, 15.0)
         assert watcher.now == {HOST: [("127.0.0.1", 20001, "")]}
         register(provider, 20002)
         await watcher.until(lambda now: len(now[HOST]) == 2, IN_FORCE)
