@@ -16,6 +16,11 @@ APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools build-ess
 # kubernetes-client: the real kubectl the Kubernetes source tests apply manifests with (only
 # when no kubectl is installed: some machine images ship their own package of it)
 command -v kubectl >/dev/null || APT_PACKAGES+=(kubernetes-client)
+# node + npm: the Node peers (sofa-rpc-node, dubbo-js, kafkajs under tests/peers/node); a JDK:
+# javac builds the Java Hessian interop program, java runs it and ZooKeeper (each only when
+# missing: machine images often ship their own node or JDK)
+command -v node >/dev/null && command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
+command -v javac >/dev/null || APT_PACKAGES+=(default-jdk-headless)
 
 # prometheus: the real Prometheus that tests/e2e/test_prometheus.py runs against a mesh (no service)
 APT_PACKAGES+=(prometheus)
