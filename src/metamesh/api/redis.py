@@ -84,6 +84,11 @@ class RedisSettings(SpecModel):
     )
     auth: Auth | None = None
 
+    @property
+    def reads_replicas(self) -> bool:
+        """Whether ``readPolicy`` lets reads go to replicas (set, and not ``MASTER``)."""
+        return self.read_policy not in (None, "MASTER")
+
 
 class KeyMatch(SpecModel):
     prefix: str = ""
@@ -165,6 +170,13 @@ class RedisDestination(Resource):
     KIND = "RedisDestination"
 
     spec: RedisDestinationSpec
+
+    @property
+    def cluster_mode(self) -> bool:
+        """Whether it says ``connectionPool.redis.mode: CLUSTER``."""
+        policy = self.spec.traffic_policy
+        pool = policy.connection_pool if policy is not None else None
+        return pool is not None and pool.redis is not None and pool.redis.mode == "CLUSTER"
 
 
 # --- field registries (see metamesh.api.unsupported) --------------------------------------

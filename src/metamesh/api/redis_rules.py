@@ -96,21 +96,15 @@ def redis_references(resources: ResourceSet) -> Iterator[Problem]:
 def _read_policies(resources: ResourceSet) -> Iterator[Problem]:
     """A RedisService whose ``readPolicy`` reads from replicas (not ``MASTER``) is applied in
     cluster mode only: a warning when none of the hosts it sends to is a cluster."""
-    clusters = {
-        fqdn(d.spec.host, d.namespace)
-        for d in resources.of_kind(RedisDestination)
-        if d.spec.traffic_policy is not None
-        and d.spec.traffic_policy.connection_pool is not None
-        and d.spec.traffic_policy.connection_pool.redis is not None
-        and d.spec.traffic_policy.connection_pool.redis.mode == "CLUSTER"
-    }
+    destinations = resources.of_kind(RedisDestination)
+    clusters = {fqdn(d.spec.host, d.namespace) for d in destinations if d.cluster_mode}
     for item in resources.items:
         rs = item.resource
         if not isinstance(rs, RedisService) or rs.spec.settings is None:
             continue
-        policy = rs.spec.settings.read_policy
-        if policy in (None, "MASTER"):
+        if not rs.spec.settings.reads_replicas:
             continue
+        policy = rs.spec.settings.read_policy
         targets = [fqdn(h, rs.namespace) for h in rs.spec.host]
         targets += [fqdn(r.route.host, rs.namespace) for r in rs.spec.redis if r.route]
         if not clusters.intersection(targets):

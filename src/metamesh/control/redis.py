@@ -134,9 +134,7 @@ def _auth_options(auth: Auth | None) -> dict[str, str]:
 def is_cluster_mode(model: MeshModel, host: str) -> bool:
     """Whether ``host``'s RedisDestination says ``mode: CLUSTER``."""
     rd = model.redis.destinations.get(host)
-    policy = rd.spec.traffic_policy if rd is not None else None
-    pool = policy.connection_pool if policy is not None else None
-    return pool is not None and pool.redis is not None and pool.redis.mode == "CLUSTER"
+    return rd is not None and rd.cluster_mode
 
 
 def _any_cluster_target(model: MeshModel, service: Service, rs: RedisService | None) -> bool:
@@ -154,7 +152,7 @@ def _targets(host: str, rs: RedisService | None) -> list[str]:
 def reads_replicas(rs: RedisService | None) -> bool:
     """Whether ``rs`` lets reads go to replicas (``readPolicy`` set, not ``MASTER``)."""
     settings = rs.spec.settings if rs is not None else None
-    return settings is not None and settings.read_policy not in (None, "MASTER")
+    return settings is not None and settings.reads_replicas
 
 
 def replica_reads(model: MeshModel, host: str) -> bool:
@@ -235,7 +233,7 @@ def redis_cluster_options(
     pool = rd.spec.traffic_policy.connection_pool if rd and rd.spec.traffic_policy else None
     if pool is None:
         return
-    if pool.redis is not None and pool.redis.mode == "CLUSTER":
+    if rd is not None and rd.cluster_mode:
         mode: dict[str, Any] = {"redisMode": "CLUSTER"}
         if readonly:
             mode["redisReadOnly"] = True
