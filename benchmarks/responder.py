@@ -10,6 +10,12 @@ single ``write``, replies built from precomputed bytes with the request's id cop
 ``add(a, b)`` gets ``a + b`` back (so real clients can check the answer), any other Thrift call
 gets 0; Dubbo requests get status 20 with the string "Hello world"; Dubbo heartbeats get a
 heartbeat response; oneway calls get nothing.
+
+``--hold`` adds a control port (printed as ``CONTROL <n>``) for the in-flight memory benchmark
+(``benchmarks/inflight.py``): after ``hold`` the responder still reads and parses every request
+but keeps its reply, so the proxy in front holds the request in flight; ``count`` answers the
+number of requests held now; ``release`` writes every held reply, stops holding and answers the
+number released. One command per line, one answer line per command.
 """
 
 from __future__ import annotations
@@ -105,12 +111,34 @@ def answer_dubbo(buf: bytes | bytearray, out: list[bytes]) -> int:
     return pos
 
 
+class Hold:
+    """Replies kept back while holding (``--hold``): per connection, in arrival order."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.count = 0
+        self.kept: dict[ResponderProtocol, list[bytes]] = {}
+
+    def keep(self, conn: ResponderProtocol, out: list[bytes]) -> None:
+        self.kept.setdefault(conn, []).extend(out)
+        self.count += len(out)
+
+    def release(self) -> int:
+        """Write every kept reply and stop holding; the number of replies released."""
+        released, self.on = self.count, False
+        for conn, out in self.kept.items():
+            conn.write(out)
+        self.kept, self.count = {}, 0
+        return released
+
+
 class ResponderProtocol(asyncio.Protocol):
     """One upstream connection: answer all complete frames of each read in one write."""
 
-    def __init__(self, protocol: str, replies: _ThriftReplies) -> None:
+    def __init__(self, protocol: str, replies: _ThriftReplies, hold: Hold | None = None) -> None:
         self._thrift = protocol == "thrift"
         self._replies = replies
+        self._hold = hold
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
 
@@ -131,17 +159,62 @@ class ResponderProtocol(asyncio.Protocol):
             return
         keep_unused(self._buf, buf, used)
         if out:
-            assert self._transport is not None
+            hold = self._hold
+            if hold is not None and hold.on:
+                hold.keep(self, out)
+            else:
+                self.write(out)
+
+    def write(self, out: list[bytes]) -> None:
+        assert self._transport is not None
+        if not self._transport.is_closing():
             self._transport.write(b"".join(out))
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._hold is not None and self in self._hold.kept:  # its replies have nowhere to go
+            self._hold.count -= len(self._hold.kept.pop(self))
 
-async def serve(protocol: str, port: int, max_seconds: float) -> None:
+
+class ControlProtocol(asyncio.Protocol):
+    """``--hold``'s control connection: ``hold``, ``count``, ``release``, one per line."""
+
+    def __init__(self, hold: Hold) -> None:
+        self._hold = hold
+        self._buf = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            command = line.strip().decode()
+            if command == "hold":
+                self._hold.on = True
+                answer = "holding"
+            elif command == "count":
+                answer = str(self._hold.count)
+            elif command == "release":
+                answer = str(self._hold.release())
+            else:
+                answer = f"unknown command {command!r}"
+            assert self._transport is not None
+            self._transport.write(answer.encode() + b"\n")
+
+
+async def serve(protocol: str, port: int, max_seconds: float, hold: bool = False) -> None:
     loop = asyncio.get_running_loop()
     replies = _ThriftReplies()
+    held = Hold() if hold else None
     server = await loop.create_server(
-        lambda: ResponderProtocol(protocol, replies), "127.0.0.1", port, backlog=1024
+        lambda: ResponderProtocol(protocol, replies, held), "127.0.0.1", port, backlog=4096
     )
     bound = server.sockets[0].getsockname()[1]
+    if held is not None:
+        control = await loop.create_server(lambda: ControlProtocol(held), "127.0.0.1", 0)
+        print(f"CONTROL {control.sockets[0].getsockname()[1]}", flush=True)
     print(f"PORT {bound}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -166,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=["thrift", "dubbo"], required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="exit after this long")
+    parser.add_argument("--hold", action="store_true", help="add the hold/release control port")
     args = parser.parse_args(argv)
     install_event_loop()
-    asyncio.run(serve(args.protocol, args.port, args.max_seconds))
+    asyncio.run(serve(args.protocol, args.port, args.max_seconds, args.hold))
     return 0
 
 

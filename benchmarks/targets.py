@@ -253,7 +253,8 @@ class Target:
             raise Unavailable("no Envoy binary: run benchmarks/setup.sh (or pass --envoy-bin)")
         name = "tcp_proxy" if self.kind == "envoy-tcp" else f"{self.protocol}_proxy"
         self.port, admin = free_port(), free_port()
-        text = string.Template((ENVOY_CONFIGS / f"{name}.yaml").read_text()).substitute(
+        source = options.get("envoy_config") or ENVOY_CONFIGS / f"{name}.yaml"  # inflight.py
+        text = string.Template(Path(source).read_text()).substitute(
             admin_port=admin, listen_port=self.port, upstream_port=upstream_port
         )
         config = self.workdir / f"envoy-{self.protocol}-{name}.yaml"
