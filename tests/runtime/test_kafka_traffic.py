@@ -1,12 +1,15 @@
-"""Kafka through the real proxy to a real Kafka-compatible broker (Tansu, tests/support/
-kafka_broker.py), with real clients: kafka-python, aiokafka and kafkajs (Node).
+"""Kafka through the real proxy to real brokers (tests/support/kafka_broker.py): Tansu, a
+Kafka-compatible broker, and the real Apache Kafka broker (0.9.0.1, the one the registries
+carry); with real clients: kafka-python against both, aiokafka and kafkajs (Node) against
+Tansu (they cannot talk to a 0.9 broker).
 
 * Each client bootstraps from the proxy's listener only, produces, and consumes its messages
   back (aiokafka and kafkajs in a consumer group: FindCoordinator, JoinGroup, SyncGroup,
   OffsetCommit all go through the proxy). The broker advertises its own address; the proxy
   rewrites it in Metadata and FindCoordinator responses (``advertise``), so the clients'
   broker list names the proxy and every connection they open goes through it. The messages
-  are read back from the broker directly too.
+  are read back from the broker directly too. kafka-python in a consumer group against Apache
+  Kafka (Tansu assigns its group no partitions, even without the proxy).
 * Metrics: Istio's ``istio_requests_total`` with ``request_protocol="kafka"``, and the
   per-API / per-API-and-topic rows of ``metamesh.filters.command_stats``.
 * Routes on ``topic``: a Produce to a topic no route takes gets Kafka's
@@ -37,7 +40,7 @@ from kafka.errors import UnknownTopicOrPartitionError
 from tests.runtime import mesh_config as mc
 from tests.runtime.proxy_thread import ProxyThread
 from tests.runtime.test_thrift_traffic import http_get, wait_until
-from tests.support.kafka_broker import KafkaBroker, running_broker
+from tests.support.kafka_broker import KINDS, Broker, running_broker
 from tests.support.ports import free_port
 from tests.support.prom import total
 
@@ -48,13 +51,17 @@ CLUSTER = "outbound|9092||kafka.test"
 SHARED = "outbound|9092|shared|kafka.test"
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[KafkaBroker]:
-    with running_broker() as b:
+@pytest.fixture(scope="module", params=KINDS)
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    with running_broker(kind=request.param) as b:
         yield b
 
 
-def kafka_listener(name: str, broker: KafkaBroker, **options: str) -> dict[str, Any]:
+only_tansu = pytest.mark.parametrize("broker", ["tansu"], indirect=True)
+only_apache = pytest.mark.parametrize("broker", ["apache-0.9"], indirect=True)
+
+
+def kafka_listener(name: str, broker: Broker, **options: str) -> dict[str, Any]:
     """A Kafka listener on a free port, advertising itself in place of ``broker``."""
     port = free_port()
     listener = mc.listener(name, "kafka", name)
@@ -70,7 +77,7 @@ def kafka_listener(name: str, broker: KafkaBroker, **options: str) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def mesh(broker: KafkaBroker) -> Iterator[ProxyThread]:
+def mesh(broker: Broker) -> Iterator[ProxyThread]:
     no_topic = [{"name": "topic", "present_match": True, "invert_match": True}]
     routes = [
         mc.route("listed-topics", CLUSTER, topic="~orders|payments|events|guarded"),
@@ -94,12 +101,14 @@ def prometheus(proxy: ProxyThread) -> str:
     return http_get(proxy.server.bound_admin_port, "/stats/prometheus")[1]
 
 
-def read(bootstrap_servers: str, topic: str, count: int, wait_ms: int = 3000) -> list[bytes]:
+def read(
+    broker: Broker, bootstrap_servers: str, topic: str, count: int, wait_ms: int = 3000
+) -> list[bytes]:
     """The first ``count`` messages of the topic's partition 0 (fewer if ``wait_ms`` pass
     without one), read with kafka-python from ``bootstrap_servers``."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers, consumer_timeout_ms=wait_ms,
-        auto_offset_reset="earliest", fetch_max_wait_ms=100,
+        auto_offset_reset="earliest", fetch_max_wait_ms=100, **broker.client_options,
     )  # fmt: skip
     got: list[bytes] = []
     try:
@@ -113,15 +122,17 @@ def read(bootstrap_servers: str, topic: str, count: int, wait_ms: int = 3000) ->
         consumer.close()
 
 
-def read_direct(broker: KafkaBroker, topic: str, count: int, wait_ms: int = 3000) -> list[bytes]:
+def read_direct(broker: Broker, topic: str, count: int, wait_ms: int = 3000) -> list[bytes]:
     """What the broker itself holds (no proxy)."""
-    return read(broker.address, topic, count, wait_ms)
+    return read(broker, broker.address, topic, count, wait_ms)
 
 
 def test_kafka_python_produces_and_consumes_through_the_mesh(
-    mesh: ProxyThread, broker: KafkaBroker
+    mesh: ProxyThread, broker: Broker
 ) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap(mesh), client_id="kp-orders")
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap(mesh), client_id="kp-orders", **broker.client_options
+    )
     try:
         for i in range(5):
             producer.send("orders", b"order-%d" % i, partition=0).get(timeout=15)
@@ -130,7 +141,7 @@ def test_kafka_python_produces_and_consumes_through_the_mesh(
         producer.close()
     assert brokers == {("127.0.0.1", mesh.port("kafka"))}, "the broker list names the proxy"
     expected = [b"order-%d" % i for i in range(5)]
-    assert read(bootstrap(mesh), "orders", 5) == expected
+    assert read(broker, bootstrap(mesh), "orders", 5) == expected
     assert read_direct(broker, "orders", 5) == expected
     text = prometheus(mesh)
     assert total(text, "istio_requests_total", request_protocol="kafka") >= 7
@@ -140,7 +151,45 @@ def test_kafka_python_produces_and_consumes_through_the_mesh(
 
 
 @pytest.mark.slow
-def test_aiokafka_consumer_group_through_the_mesh(mesh: ProxyThread, broker: KafkaBroker) -> None:
+@only_apache
+def test_kafka_python_consumer_group_through_the_mesh(mesh: ProxyThread, broker: Broker) -> None:
+    """Apache Kafka's group coordinator through the proxy: FindCoordinator's answer is
+    rewritten to the proxy, so JoinGroup, SyncGroup and OffsetCommit are counted there."""
+    before = prometheus(mesh)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap(mesh), client_id="kp-payments", **broker.client_options
+    )
+    try:
+        for i in range(3):
+            producer.send("payments", b"pay-%d" % i, partition=0).get(timeout=15)
+    finally:
+        producer.close()
+    consumer = KafkaConsumer(
+        "payments", bootstrap_servers=bootstrap(mesh), group_id="kp-group",
+        client_id="kp-consumer", auto_offset_reset="earliest", consumer_timeout_ms=10000,
+        fetch_max_wait_ms=100, **broker.client_options,
+    )  # fmt: skip
+    got: list[bytes] = []
+    try:
+        for m in consumer:
+            got.append(m.value)
+            if len(got) == 3:
+                break
+        consumer.commit()
+    finally:
+        consumer.close()
+    assert got == [b"pay-%d" % i for i in range(3)]
+    after = prometheus(mesh)
+    for api in ("FindCoordinator", "JoinGroup", "SyncGroup", "OffsetCommit"):
+        grew = total(after, "metamesh_command_requests_total", command=api) - total(
+            before, "metamesh_command_requests_total", command=api
+        )
+        assert grew >= 1, api
+
+
+@pytest.mark.slow
+@only_tansu
+def test_aiokafka_consumer_group_through_the_mesh(mesh: ProxyThread, broker: Broker) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     async def run() -> list[bytes]:
@@ -179,8 +228,9 @@ def test_aiokafka_consumer_group_through_the_mesh(mesh: ProxyThread, broker: Kaf
 
 
 @pytest.mark.slow
+@only_tansu
 def test_kafkajs_produces_and_consumes_in_a_group_through_the_mesh(
-    mesh: ProxyThread, broker: KafkaBroker
+    mesh: ProxyThread, broker: Broker
 ) -> None:
     node = shutil.which("node")
     assert node is not None and (NODE_PEERS / "node_modules" / "kafkajs").is_dir(), (
@@ -197,10 +247,11 @@ def test_kafkajs_produces_and_consumes_in_a_group_through_the_mesh(
     assert read_direct(broker, "events", 4) == [v.encode() for v in expected]
 
 
-def test_a_topic_no_route_takes_is_refused_by_the_proxy(
-    mesh: ProxyThread, broker: KafkaBroker
-) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap(mesh), retries=0, client_id="kp-secret")
+def test_a_topic_no_route_takes_is_refused_by_the_proxy(mesh: ProxyThread, broker: Broker) -> None:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap(mesh), retries=0, client_id="kp-secret",
+        **broker.client_options,
+    )  # fmt: skip
     try:
         future = producer.send("secret", b"leak", partition=0)
         with pytest.raises(UnknownTopicOrPartitionError):
@@ -214,7 +265,7 @@ def test_a_topic_no_route_takes_is_refused_by_the_proxy(
 
 
 def test_producers_share_upstream_connections_where_the_listener_allows_it(
-    mesh: ProxyThread, broker: KafkaBroker
+    mesh: ProxyThread, broker: Broker
 ) -> None:
     server = mesh.server
     assert server is not None
@@ -224,7 +275,10 @@ def test_producers_share_upstream_connections_where_the_listener_allows_it(
 
     shared = f"127.0.0.1:{mesh.port('shared')}"
     before = connects()
-    producers = [KafkaProducer(bootstrap_servers=shared, client_id=f"p{i}") for i in range(3)]
+    producers = [
+        KafkaProducer(bootstrap_servers=shared, client_id=f"p{i}", **broker.client_options)
+        for i in range(3)
+    ]
     try:
         for round_ in range(3):
             futures = [p.send("audit", b"%d-%d" % (i, round_), partition=0) for i, p in
@@ -241,7 +295,9 @@ def test_producers_share_upstream_connections_where_the_listener_allows_it(
     # upstream connection for all of them; the default listener opens one per client one.
     assert shared_connects == 1
     before = connects()
-    produce_one = KafkaProducer(bootstrap_servers=bootstrap(mesh), client_id="alone")
+    produce_one = KafkaProducer(
+        bootstrap_servers=bootstrap(mesh), client_id="alone", **broker.client_options
+    )
     try:
         produce_one.send("orders", b"alone", partition=0).get(timeout=15)
     finally:
@@ -261,11 +317,13 @@ def raw_client(proxy: ProxyThread, data: bytes) -> bool:
 
 
 def test_bad_frames_close_only_their_client(
-    mesh: ProxyThread, caplog: pytest.LogCaptureFixture
+    mesh: ProxyThread, broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "metamesh.proxy")
     before = prometheus(mesh)
-    producer = KafkaProducer(bootstrap_servers=bootstrap(mesh), client_id="kp-steady")
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap(mesh), client_id="kp-steady", **broker.client_options
+    )
     try:
         producer.send("orders", b"before", partition=0).get(timeout=15)
         assert raw_client(mesh, struct.pack(">i", 0x7FFFFFFF) + b"\x00" * 64)  # 2 GB

