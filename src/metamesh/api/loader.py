@@ -62,6 +62,7 @@ __all__ = [
     "Origin",
     "ResourceSet",
     "fqdn",
+    "load_file",
     "load_files",
     "load_paths",
     "load_text",
@@ -240,6 +241,25 @@ def load_files(
             cache.clear()
             cache.update(seen)
     return files
+
+
+def load_file(
+    file: Path,
+    default_namespace: str,
+    cache: LoadCache,
+    limits: LoadLimits = DEFAULT_LIMITS,
+    loaded_before: int = 0,
+) -> ResourceSet:
+    """One file as :func:`load_files` loads it among others, ``loaded_before`` objects into
+    the load: the cached set when its inode, mtime and size are unchanged, else parsed again;
+    its ``cache`` entry is updated (the rest of the cache is left alone). Raises
+    :class:`LimitExceeded` past ``limits.max_resources`` objects in all."""
+    key, loaded = _load_cached(file, cache, default_namespace, limits, loaded_before)
+    if key is None:
+        cache.pop(file, None)
+    else:
+        cache[file] = (key, loaded)
+    return loaded
 
 
 def _load_cached(

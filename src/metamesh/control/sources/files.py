@@ -26,30 +26,34 @@ that file (its last good version stays in force, like any other error); a direct
 than ``max_resources`` resources is refused whole: parsing stops there, the error names the
 file where the limit was passed, and the model in force stays.
 
-Only files whose inode, modification time or size changed are parsed again (the rest come
-from a per-file cache), so an edit in a directory of 1,000 services does not re-read them all.
-
-Watching uses ``watchfiles`` (inotify on Linux): changes are grouped for ``step_ms`` of quiet
-(capped at ``debounce_ms``), then the directory is reloaded once. With the ADS server's own
-debounce the path from a saved file to a proxy running the new route is a few hundred
-milliseconds. :meth:`FileSource.stop` ends :meth:`FileSource.run`.
+The files are kept between loads (:class:`~.watched_files.WatchedFiles`). Watching uses
+``watchfiles`` (inotify on Linux): changes are grouped until ``step_ms`` pass without a new one
+(capped at ``debounce_ms``), then :meth:`FileSource.load` is given the paths reported and
+reads only those files; a path it cannot pin on a file (a directory created, removed or
+renamed) makes it walk the whole directory, and so does a safety rescan every ``rescan_s``
+(in case the watcher missed something; only files whose inode, modification time or size
+changed are parsed again). With the ADS server's own debounce the path from a saved file to
+a proxy running the new route is a few hundred milliseconds. :meth:`FileSource.stop` ends
+:meth:`FileSource.run`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import watchfiles
 
 from metamesh.api.base import DEFAULT_NAMESPACE
 from metamesh.api.limits import DEFAULT_LIMITS, LimitExceeded, LoadLimits
-from metamesh.api.loader import YAML_SUFFIXES, LoadCache, ResourceSet, load_files
+from metamesh.api.loader import ResourceSet
 from metamesh.api.problems import Problem
 from metamesh.control.model import MeshModel, build_model
 from metamesh.control.sources.accept import Acceptance, Held, accept
+from metamesh.control.sources.watched_files import WatchedFiles
 
 log = logging.getLogger("metamesh.control.sources")
 
@@ -75,10 +79,6 @@ def config_directory(directory: str | Path) -> Path:
     return path
 
 
-def _yaml_only(change: watchfiles.Change, path: str) -> bool:
-    return path.endswith(YAML_SUFFIXES)
-
-
 def _key(problem: Problem) -> ProblemKey:
     p = problem
     return (p.severity, p.file, p.kind, p.name, p.field_path, p.message)
@@ -100,6 +100,7 @@ class FileSource:
         report: Report | None = None,
         debounce_ms: int = 200,
         step_ms: int = 30,
+        rescan_s: float = 300.0,
         limits: LoadLimits = DEFAULT_LIMITS,
         merge: Merge | None = None,
     ) -> None:
@@ -111,6 +112,7 @@ class FileSource:
         self._report = report
         self._debounce_ms = debounce_ms
         self._step_ms = step_ms
+        self._rescan_s = rescan_s
         self._stop = asyncio.Event()
         self.model: MeshModel | None = None  #: the model in force (the last handed on)
         self.problems: list[Problem] = []  #: the problems of the directory at the last load
@@ -118,14 +120,18 @@ class FileSource:
         self.loads = 0
         self.generation = 0  #: models handed on so far (the "config N" of the log)
         self.rejected = 0  #: loads with errors (some file held back)
-        self._cache: LoadCache = {}  # unchanged files are not parsed again
+        self.watched = WatchedFiles(self.directory, namespace, limits)  #: kept between loads
         self._last_good: dict[str, ResourceSet] = {}
         self._noted: set[ProblemKey] = set()  # warnings and notes logged at the last load
         self._noted_model: set[str] = set()
         self._had_errors = False  # the last load had errors (for "back in force")
 
-    def load(self) -> MeshModel | None:
-        """Load the directory; the model handed on, or None when what is in force is unchanged."""
+    def load(self, changed: Collection[str] | None = None) -> MeshModel | None:
+        """Load the directory; the model handed on, or None when what is in force is unchanged.
+
+        ``changed``: the paths the watcher reported since the last load (only those files are
+        read again; see the module docstring); None walks the whole directory.
+        """
         self.loads += 1
         had_errors, self._had_errors = self._had_errors, True
         if not self.directory.is_dir():
@@ -133,26 +139,27 @@ class FileSource:
             self._line("error", f"{self.directory}: config directory is gone; {self._kept()}")
             return None
         try:
-            files = load_files([self.directory], self._namespace, self._cache, self.limits)
+            if changed is None or not self.watched.update(changed):
+                self.watched.scan()
         except LimitExceeded as exc:
             self.rejected += 1
             self.problems = [exc.problem]
             self._line("error", f"{exc.problem.format()}; {self._kept()}")
             return None
-        current = {str(f): loaded for f, loaded in files.items()}
+        current = dict(self.watched.files)
         if self._merge is not None:  # other sources' resources, as pseudo-files (merge.py)
             current = self._merge(current)
         result = accept(current, self._last_good)
         self.problems = result.problems
         self._report_problems(result)
-        changed = self._changed(result)
+        differs = self._changed(result)
         self.held = {file: why for file, (why, _) in result.held.items()}
         self._last_good = dict(result.in_force)
         self._had_errors = bool(self.held)
         if self.held:
             self.rejected += 1
         model = None
-        if changed:
+        if differs:
             model = build_model(result.resources)
             self._report_model(model.problems)
             self.model = model
@@ -163,15 +170,24 @@ class FileSource:
         return model
 
     async def run(self) -> None:
-        """Reload on every change under the directory until :meth:`stop`."""
-        async for _changes in watchfiles.awatch(
+        """Reload on every change under the directory until :meth:`stop`; walk the whole
+        directory every ``rescan_s`` (when the watcher is quiet, or with the next change)."""
+        scanned = time.monotonic()
+        async for changes in watchfiles.awatch(
             self.directory,
-            watch_filter=_yaml_only,
+            watch_filter=self.watched.wants,
             debounce=self._debounce_ms,
             step=self._step_ms,
             stop_event=self._stop,
+            rust_timeout=int(min(self._rescan_s, 60.0) * 1000),
+            yield_on_timeout=True,
         ):
-            self.load()
+            now = time.monotonic()
+            if now - scanned >= self._rescan_s:
+                scanned = now
+                self.load()
+            elif changes:
+                self.load({path for _, path in changes})
 
     def stop(self) -> None:
         self._stop.set()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -209,11 +209,11 @@ class MergedSources:
 
     def _on_zookeeper(self, sets: Mapping[str, ResourceSet]) -> None:
         self.merge.update("zookeeper", sets)
-        self.load()
+        self.load(changed=())  # no file changed: the directory is not walked again
 
     def _on_kubernetes(self, sets: Mapping[str, ResourceSet]) -> None:
         self.merge.update("kubernetes", sets)
-        self.load()
+        self.load(changed=())
 
     async def start(self) -> None:
         if self.zookeeper is not None:
@@ -236,9 +236,10 @@ class MergedSources:
                     wait,
                 )
 
-    def load(self) -> MeshModel | None:
+    def load(self, changed: Collection[str] | None = None) -> MeshModel | None:
+        """Load everything; ``changed``: the files changed, as for :meth:`FileSource.load`."""
         if self.files is not None:
-            model = self.files.load()
+            model = self.files.load(changed)
             problems, held = self.files.problems, self.files.held
         else:
             assert self._only is not None
