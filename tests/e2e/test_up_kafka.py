@@ -1,6 +1,7 @@
 """Kafka in a deployed mesh: a ``tcp-kafka`` ServiceEntry port -> ``metamesh up`` -> the Kafka
-codec, with a real Kafka-compatible broker (Tansu, tests/support/kafka_broker.py) and real
-kafka-python clients that know only the mesh address.
+codec, with real brokers (tests/support/kafka_broker.py: Tansu, a Kafka-compatible broker, and
+the real Apache Kafka broker 0.9.0.1) and real kafka-python clients that know only the mesh
+address.
 
 * The port name alone selects the codec; the control plane builds the ``advertise`` map from
   the ServiceEntry (its endpoint -> its address), so the clients' broker list names the mesh.
@@ -23,7 +24,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import ThrottlingQuotaExceededError, TopicAuthorizationFailedError
 
 from tests.e2e.mesh import DeployedMesh, free_address, write
-from tests.support.kafka_broker import KafkaBroker, running_broker
+from tests.support.kafka_broker import KINDS, Broker, running_broker
 from tests.support.prom import total
 
 pytestmark = pytest.mark.interop
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.interop
 HOST = "kafka.demo.svc.cluster.local"
 
 
-def mesh_config(directory: Path, address: tuple[str, int], broker: KafkaBroker) -> None:
+def mesh_config(directory: Path, address: tuple[str, int], broker: Broker) -> None:
     write(
         directory / "kafka.yaml",
         f"""apiVersion: networking.istio.io/v1beta1
@@ -72,8 +73,12 @@ spec:
     )
 
 
-def produce(bootstrap: str, client_id: str, topic: str, values: list[bytes]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, retries=0)
+def produce(
+    broker: Broker, bootstrap: str, client_id: str, topic: str, values: list[bytes]
+) -> None:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, client_id=client_id, retries=0, **broker.client_options
+    )
     try:
         for value in values:
             producer.send(topic, value, partition=0).get(timeout=15)
@@ -81,10 +86,10 @@ def produce(bootstrap: str, client_id: str, topic: str, values: list[bytes]) -> 
         producer.close()
 
 
-def read(bootstrap: str, topic: str, count: int) -> list[bytes]:
+def read(broker: Broker, bootstrap: str, topic: str, count: int) -> list[bytes]:
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, consumer_timeout_ms=3000, auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
+        fetch_max_wait_ms=100, **broker.client_options,
     )  # fmt: skip
     got: list[bytes] = []
     try:
@@ -99,33 +104,36 @@ def read(bootstrap: str, topic: str, count: int) -> list[bytes]:
 
 
 @pytest.mark.slow
-def test_up_serves_kafka_with_topic_authz_and_client_rate_limits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_up_serves_kafka_with_topic_authz_and_client_rate_limits(tmp_path: Path, kind: str) -> None:
     config = tmp_path / "mesh"
     config.mkdir()
     address = free_address()
     mesh = f"{address[0]}:{address[1]}"
-    with running_broker() as broker:
+    with running_broker(kind=kind) as broker:
         mesh_config(config, address, broker)
         with DeployedMesh(tmp_path, "up", config) as up:
             up.wait_for(f"{mesh}  kafka")
-            producer = KafkaProducer(bootstrap_servers=mesh, client_id="app")
+            producer = KafkaProducer(
+                bootstrap_servers=mesh, client_id="app", **broker.client_options
+            )
             try:
                 producer.send("orders", b"o1", partition=0).get(timeout=15)
                 brokers = {(b.host, b.port) for b in producer._metadata.brokers()}
             finally:
                 producer.close()
             assert brokers == {address}, "the broker list names the mesh"
-            assert read(mesh, "orders", 1) == [b"o1"]
+            assert read(broker, mesh, "orders", 1) == [b"o1"]
 
             with pytest.raises(TopicAuthorizationFailedError):
-                produce(mesh, "intruder", "audit", [b"x"])
-            produce(mesh, "auditor", "audit", [b"a1"])
-            assert read(broker.address, "audit", 2) == [b"a1"]
+                produce(broker, mesh, "intruder", "audit", [b"x"])
+            produce(broker, mesh, "auditor", "audit", [b"a1"])
+            assert read(broker, broker.address, "audit", 2) == [b"a1"]
 
             with pytest.raises(ThrottlingQuotaExceededError):
-                produce(mesh, "greedy", "orders", [b"g1", b"g2", b"g3"])
-            produce(mesh, "app", "orders", [b"o2"])
-            assert read(broker.address, "orders", 4) == [b"o1", b"g1", b"g2", b"o2"]
+                produce(broker, mesh, "greedy", "orders", [b"g1", b"g2", b"g3"])
+            produce(broker, mesh, "app", "orders", [b"o2"])
+            assert read(broker, broker.address, "orders", 4) == [b"o1", b"g1", b"g2", b"o2"]
 
             text = scrape(up.admin())
             labels = {"request_protocol": "kafka", "destination_service": HOST}
