@@ -49,6 +49,7 @@ import json
 import re
 import resource
 import socket
+import string
 import sys
 import tempfile
 import time
@@ -259,6 +260,74 @@ def measure(
     return out
 
 
+def sans_io_breakdown(protocol: str, connections: int, per_connection: int) -> dict[str, Any]:
+    """Where a held request's bytes go in the core alone (no runtime, no allocator slack):
+    the same config and shape played into a :class:`ConnectionManager`, the upstream never
+    answering; ``tracemalloc``'s growth per request, with the source lines that allocated it
+    (pure build; a native build's allocations are all charged to the caller), and the
+    ``sys.getsizeof`` of the objects one held request keeps."""
+    import gc
+    import random
+    import tracemalloc
+
+    from metamesh.proxy.codec_ref import resolve_codec
+    from metamesh.proxy.config_yaml import parse_snapshot
+    from metamesh.proxy.connection import CONNECT, ConnectionManager
+
+    config = yaml.safe_load(
+        string.Template(
+            metamesh_template(protocol, Path(tempfile.mkdtemp())).read_text()
+        ).substitute(listen_port=1, upstream_port=2)
+    )
+    snapshot = parse_snapshot(yaml.safe_dump(config))
+    core = ConnectionManager(snapshot, resolve_codec, random.Random(1))
+    listener = next(iter(snapshot.listeners))
+    downs = [core.downstream_connected(listener, f"c{i}") for i in range(connections)]
+    template = request_template(protocol)
+    batch = b"".join(template.build(i) for i in range(1, per_connection + 1))
+
+    def flush() -> Any:  # the runtime's part: connect, write out (the upstream keeps it all)
+        for action in core.take_actions():
+            if action[0] == CONNECT:
+                core.upstream_connected(action[1], 0.0)
+                flush.up = action[1]  # type: ignore[attr-defined]
+        for peer in core.dirty:
+            peer.dirty = False
+            peer.out.clear()
+        core.dirty.clear()
+
+    total = connections * per_connection
+    gc.collect()
+    tracemalloc.start(1)
+    before = tracemalloc.take_snapshot()
+    for d in downs:
+        core.downstream_data(d, batch, 0.0)
+        flush()
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    assert core.stats.active_requests == total, core.stats.active_requests
+    lines = after.compare_to(before, "lineno")
+    held = next(iter(flush.up.pending.values()))  # type: ignore[attr-defined]
+    msg = held.request
+    return {
+        "bytes_per_request": round(sum(x.size_diff for x in lines) / total),
+        "objects_per_request": round(sum(x.count_diff for x in lines) / total, 1),
+        "by_line": [
+            (str(x.traceback[0]), round(x.size_diff / total, 1), round(x.count_diff / total, 2))
+            for x in lines
+            if abs(x.size_diff) >= total
+        ],
+        "getsizeof": {
+            "ActiveRequest": sys.getsizeof(held),
+            "Message": sys.getsizeof(msg),
+            "frame": sys.getsizeof(msg.frame),
+            "metadata": sys.getsizeof(msg.metadata),
+            "codec_state": sys.getsizeof(msg.codec_state),
+        },
+    }
+
+
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     any_row = next(iter(report["targets"].values()))
@@ -297,7 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--native", metavar="DIR", help="a native tree (default: build/native)")
     parser.add_argument("--envoy-bin")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--sans-io", action="store_true", help="print the core's breakdown (no processes)"
+    )
     args = parser.parse_args(argv)
+    if args.sans_io:
+        found = sans_io_breakdown(args.protocol, args.connections, args.per_connection)
+        print(json.dumps(found, indent=1))
+        return 0
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every target
     kind = f"static-native@{args.native}" if args.native else "static-native"

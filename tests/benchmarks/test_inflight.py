@@ -15,10 +15,17 @@ from pathlib import Path
 import pytest
 
 from benchmarks.frames import reply_scanner, request_template
-from benchmarks.inflight import Control, measure, metamesh_template, start_hold_responder
+from benchmarks.inflight import (
+    Control,
+    measure,
+    metamesh_template,
+    sans_io_breakdown,
+    start_hold_responder,
+)
 from benchmarks.processes import stop_process
 from benchmarks.targets import Target
 from benchmarks.workers import Setup
+from metamesh.proxy import request_path
 
 
 @pytest.mark.parametrize("protocol", ["thrift", "dubbo"])
@@ -77,3 +84,12 @@ def test_measure_holds_every_request_in_metamesh(tmp_path: Path) -> None:
     assert result["answered"] == 1_800 and result["error_replies"] == 0
     assert result["upstream_connections_in_flight"] == 1
     assert result["proxy_in_flight_after_release"] == 0
+
+
+@pytest.mark.parametrize("protocol", ["thrift", "dubbo"])
+def test_sans_io_breakdown_charges_the_held_requests(protocol: str) -> None:
+    found = sans_io_breakdown(protocol, connections=4, per_connection=300)  # 1,200 > 1,024 held
+    assert found["bytes_per_request"] >= found["getsizeof"]["ActiveRequest"]
+    sources = [line for line, _size, _count in found["by_line"]]
+    if request_path.__file__.endswith(".py"):  # compiled, it charges its callers instead
+        assert any("proxy/request_path.py" in line for line in sources), sources
