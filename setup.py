@@ -67,6 +67,7 @@ HOT_PATH_MODULES = [
     "proxy/core",
     "proxy/downstream",
     "proxy/request_path",
+    "proxy/runs",
     "proxy/attempts",
     "proxy/pool",
     "proxy/replies",

@@ -21,6 +21,10 @@ from mypy_extensions import mypyc_attr
 from metamesh.codecs.message import LocalError, Message, Mutation, Ownership, ReplyPart
 
 DEFAULT_MAX_FRAME_SIZE: Final = 8 * 1024 * 1024
+#: Kinds of :meth:`Codec.reply_run` entries (the low two bits of each).
+REPLY_OK: Final = 0
+REPLY_ERROR: Final = 1
+REPLY_SKIP: Final = 2
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -41,6 +45,9 @@ class Codec(abc.ABC):
     #: are independent of the connection once the codec keeps per-client state itself).
     #: ``False``: each client gets upstream connections of its own.
     shares_upstream: ClassVar[bool] = False
+    #: For protocols without ids: whether :meth:`reply_run` measures replies, so the proxy
+    #: may forward a burst of pipelined requests as one run (:mod:`metamesh.proxy.runs`).
+    runs: ClassVar[bool] = False
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size <= 0:
@@ -136,6 +143,16 @@ class Codec(abc.ABC):
         its client request is answered, then the merged reply. Replies reach the client in
         request order, so the merged reply takes the place of the whole group."""
         return reply
+
+    def reply_run(self, buf: bytes | bytearray, pos: int, count: int, ends: list[int]) -> int:
+        """Upstream side, for :attr:`runs` codecs: measure up to ``count`` whole replies at
+        ``buf[pos:]`` without building messages. One entry per value taken is appended to
+        ``ends``: ``end << 2 | kind``, kind :data:`REPLY_OK`, :data:`REPLY_ERROR` (an error
+        reply) or :data:`REPLY_SKIP` (a value that answers no request, which the codec
+        consumed as :meth:`decode` would: a setup reply, a push). Returns how many replies
+        (not skipped values) were taken; stops at an incomplete value. Raises
+        :class:`~metamesh.codecs.message.CodecError` like :meth:`decode`."""
+        raise NotImplementedError(f"codec {self.name!r} does not measure reply runs")
 
     def goaway_notice(self) -> bytes | None:
         """A frame telling a client this end is going away (sent when the proxy drains), so it

@@ -41,14 +41,14 @@ from metamesh.proxy.core import (
 )
 from metamesh.proxy.exchange import MAX_ORIGINS
 from metamesh.proxy.listener import Downstream
-from metamesh.proxy.request_path import RequestPath
+from metamesh.proxy.runs import Runs
 from metamesh.proxy.telemetry import principal_workload
 
 #: Seconds between two log lines about the connection cap (the counters count every case).
 CX_LIMIT_LOG_EVERY: Final = 10.0
 
 
-class DownstreamSide(RequestPath):
+class DownstreamSide(Runs):
     """Client connections: accept, decode loop, heartbeats, close and truncation."""
 
     def downstream_connected(
@@ -102,6 +102,10 @@ class DownstreamSide(RequestPath):
         codec = d.codec
         if not buf:  # whole frames straight from the bytes read (Codec.decode_at)
             pos = 0
+            if codec.runs and self.tracer is None and not self.access_log and not d.hear:
+                pos = self._forward_runs(d, data, now)  # runs of pipelined requests
+                if d.closed:
+                    return
             end = len(data)
             while pos < end:
                 try:

@@ -11,6 +11,7 @@ from metamesh.codecs import (
     ResponseStatus,
     create_codec,
 )
+from metamesh.codecs.base import REPLY_ERROR, REPLY_OK, REPLY_SKIP
 from metamesh.codecs.redis import REMOVE_PREFIX, RedisCodec
 from metamesh.codecs.redis.resp import encode_command
 
@@ -218,3 +219,31 @@ def test_multi_key_commands_over_several_prefix_routes_are_split_and_merged() ->
     assert codec.merge_reply(states[1], b"$-1\r\n") == b"*3\r\n$1\r\n1\r\n$-1\r\n$1\r\nx\r\n"
     assert codec.decode_at(cmd("MGET", "a:1", "x"), 0) is None  # left to decode
     assert codec.decode_at(cmd("GET", "a:1"), 0) is not None
+
+
+def test_reply_run_measures_replies_and_marks_errors() -> None:
+    up = RedisCodec()
+    assert up.upstream_preamble({}) is None
+    data = b"+OK\r\n$3\r\nabc\r\n-ERR no\r\n*2\r\n:1\r\n$-1\r\n!5\r\nerror\r\n$4\r\nab"
+    ends: list[int] = []
+    assert up.reply_run(data, 0, 10, ends) == 5  # the sixth is incomplete
+    assert [(e >> 2, e & 3) for e in ends] == [
+        (5, REPLY_OK), (14, REPLY_OK), (23, REPLY_ERROR), (36, REPLY_OK), (47, REPLY_ERROR)
+    ]  # fmt: skip
+    ends.clear()
+    assert up.reply_run(data, 5, 2, ends) == 2 and [e >> 2 for e in ends] == [14, 23]
+
+
+def test_reply_run_skips_setup_replies_and_pushes_and_refuses_a_failed_setup() -> None:
+    up = RedisCodec()
+    up.expect_variant((3, 2))
+    up.upstream_preamble({"auth_password": "pw"})  # AUTH, HELLO 3, SELECT 2
+    data = b"+OK\r\n%1\r\n+proto\r\n:3\r\n+OK\r\n>2\r\n+message\r\n+x\r\n:7\r\n"
+    ends: list[int] = []
+    assert up.reply_run(data, 0, 1, ends) == 1
+    assert [e & 3 for e in ends] == [REPLY_SKIP] * 4 + [REPLY_OK]
+    assert ends[-1] >> 2 == len(data)
+    refused = RedisCodec()
+    refused.upstream_preamble({"auth_password": "bad"})
+    with pytest.raises(CodecError, match="WRONGPASS"):
+        refused.reply_run(b"-WRONGPASS invalid\r\n+OK\r\n", 0, 1, [])

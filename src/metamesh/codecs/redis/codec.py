@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import ClassVar, Final
 
-from metamesh.codecs.base import Codec
+from metamesh.codecs.base import REPLY_ERROR, REPLY_OK, REPLY_SKIP, Codec
 from metamesh.codecs.message import (
     CodecError,
     ErrorKind,
@@ -183,6 +183,7 @@ class RedisCodec(Codec):
     name: ClassVar[str] = "redis"
     request_id_bits: ClassVar[int | None] = None
     shares_upstream: ClassVar[bool] = True
+    runs: ClassVar[bool] = True
 
     def __init__(
         self, *, max_frame_size: int = DEFAULT_MAX_SIZE, options: Mapping[str, str] | None = None
@@ -459,6 +460,37 @@ class RedisCodec(Codec):
             self._slots_reply = 1
             preamble += CLUSTER_SLOTS
         return preamble or None
+
+    def reply_run(self, buf: bytes | bytearray, pos: int, count: int, ends: list[int]) -> int:
+        """Up to ``count`` replies at ``buf[pos:]`` for a run of pipelined requests (see
+        :meth:`Codec.reply_run`): one :func:`value_end` walk each. Setup replies still owed
+        (AUTH, HELLO, SELECT, READONLY, CLUSTER SLOTS: runs never go to cluster connections,
+        whose table the proxy reads through :meth:`decode`) and RESP3 pushes are skipped as
+        :meth:`decode` skips them; a refused setup raises :class:`CodecError` as there."""
+        max_size = self.max_frame_size
+        size = len(buf)
+        taken = 0
+        while taken < count and pos < size:
+            end = value_end(buf, pos, max_size)
+            if end is None:
+                break
+            first = buf[pos]
+            left = self._preamble_replies
+            if left:
+                self._preamble_replies = left - 1
+                if left != self._slots_reply and first in _ERROR_PREFIXES:
+                    text = (
+                        bytes(buf[pos + 1 : min(end, pos + 200)]).strip().decode(errors="replace")
+                    )
+                    raise CodecError(f"upstream refused the connection setup: {text}")
+                ends.append(end << 2 | REPLY_SKIP)
+            elif first == 0x3E:  # '>': an out-of-band push (RESP3): belongs to no request
+                ends.append(end << 2 | REPLY_SKIP)
+            else:
+                ends.append(end << 2 | (REPLY_ERROR if first in _ERROR_PREFIXES else REPLY_OK))
+                taken += 1
+            pos = end
+        return taken
 
     def _reply_at(self, buf: bytes | bytearray, pos: int) -> tuple[Message | None, int] | None:
         end = value_end(buf, pos, self.max_frame_size)
