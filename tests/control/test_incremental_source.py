@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from pathlib import Path
+
+import pytest
 
 from metamesh.api.problems import Problem
 from metamesh.control.model import MeshModel
@@ -49,7 +52,9 @@ class Pair:
         self.full_lines: list[str] = []
         self.models: list[MeshModel] = []
         self.source = FileSource(directory, self.models.append, report=self.lines.append)
-        self.full = FileSource(directory, lambda model: None, report=self.full_lines.append)
+        self.full = FileSource(
+            directory, lambda model: None, report=self.full_lines.append, incremental=False
+        )
         assert (self.source.load() is None) == (self.full.load() is None)
         self.check()
 
@@ -243,3 +248,49 @@ async def _until(condition: object, what: str) -> None:
 
 def test_the_watched_source_follows_a_directory_rename(tmp_path: Path) -> None:
     asyncio.run(_follows_a_directory_rename(tmp_path))
+
+
+def _random_file(rng: random.Random, hosts: list[str]) -> str:
+    """A file of one to three documents drawn from services, rules, routers (to any host,
+    perhaps an unknown subset), duplicates and errors."""
+    docs = []
+    for _ in range(rng.randint(1, 3)):
+        host, target = rng.choice(hosts), rng.choice(hosts)
+        address = f"[127.0.10.{rng.randint(1, 9)}]"
+        docs.append(
+            rng.choice(
+                [
+                    service_entry(host=host, addresses=address),
+                    service_entry(host=host, addresses="[]"),
+                    rules(host, rng.choice(["[v1]", "[v1, v2]"])),
+                    routes_to(host, target, rng.choice(["v1", "v2"])),
+                    router(rng.choice(["v1", "v2"]), host),
+                    service_entry(host=host, extra="  portz: []"),
+                    "kind: ServiceEntry\nspec: [unclosed\n",
+                ]
+            )
+        )
+    return "---".join(docs)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_edits_give_what_a_full_reload_gives(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    hosts = ["a", "b", "c", "d"]
+    names = [f"f{i}.yaml" for i in range(6)]
+    for name in names[:4]:
+        write(tmp_path / name, _random_file(rng, hosts))
+    pair = Pair(tmp_path)
+    for _ in range(40):
+        name, other = rng.sample(names, 2)
+        what = rng.random()
+        if what < 0.6:
+            write(tmp_path / name, _random_file(rng, hosts))
+            pair.step(tmp_path / name)
+        elif what < 0.8 and (tmp_path / name).exists():
+            (tmp_path / name).unlink()
+            pair.step(tmp_path / name)
+        elif (tmp_path / name).exists():
+            os.rename(tmp_path / name, tmp_path / other)
+            pair.step(tmp_path / name, tmp_path / other)
+    assert pair.source.checks.partial_runs > 0  # type: ignore[attr-defined]

@@ -68,17 +68,20 @@ def validate(resources: ResourceSet) -> list[Problem]:
 _found: dict[int, tuple[Resource, list[Finding]]] = {}
 
 
-def check_resources(resources: ResourceSet) -> list[Problem]:
+def check_resources(
+    resources: ResourceSet, everything: Sequence[Resource] | None = None
+) -> list[Problem]:
     """Loading problems and each resource's own problems: what holds whatever else is loaded.
 
     A resource's findings depend on the resource alone (authorization policies aside, whose
-    warnings depend on what else is loaded), and the config sources hand an unchanged file's
-    resources over as the same (frozen) objects; so the findings are kept per object, for the
-    objects of the latest call, and a directory of 10,000 services re-checks only what an
-    edit changed."""
+    warnings depend on what else is loaded: ``everything``, by default ``resources``), and
+    the config sources hand an unchanged file's resources over as the same (frozen) objects;
+    so the findings are kept per object, for the objects of the latest call, and a directory
+    of 10,000 services re-checks only what an edit changed."""
     global _found
     problems = list(resources.problems)
-    everything = [item.resource for item in resources.items]
+    if everything is None:
+        everything = [item.resource for item in resources.items]
     found: dict[int, tuple[Resource, list[Finding]]] = {}
     for item in resources.items:
         resource = item.resource
@@ -93,7 +96,7 @@ def check_resources(resources: ResourceSet) -> list[Problem]:
     return problems
 
 
-def _own_findings(item: Loaded, everything: list[Resource]) -> list[Finding]:
+def _own_findings(item: Loaded, everything: Sequence[Resource]) -> list[Finding]:
     out = [(path, message, True) for path, message in resource_findings(item.resource, everything)]
     rule = _RULES.get(type(item.resource))
     if rule is not None:

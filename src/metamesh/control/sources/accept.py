@@ -27,8 +27,7 @@ from enum import Enum
 
 from metamesh.api.loader import ResourceSet
 from metamesh.api.problems import Problem, sort_problems
-from metamesh.api.references import check_references
-from metamesh.api.validate import check_resources
+from metamesh.control.sources.rechecks import FULL_CHECKS, Checks, merge
 
 
 class Held(Enum):
@@ -52,21 +51,23 @@ class Acceptance:
     problems: list[Problem]
     in_force: Mapping[str, ResourceSet]
     held: Mapping[str, tuple[Held, tuple[Problem, ...]]]
-    resources: ResourceSet
+
+    @property
+    def resources(self) -> ResourceSet:
+        return merge(self.in_force.values())
 
 
-def merge(sets: list[ResourceSet]) -> ResourceSet:
-    merged = ResourceSet()
-    for one in sets:
-        merged.extend(one)
-    return merged
+def accept(
+    current: Mapping[str, ResourceSet],
+    last_good: Mapping[str, ResourceSet],
+    checks: Checks = FULL_CHECKS,
+) -> Acceptance:
+    """The versions in force for the files ``current`` (file -> its set as loaded now).
 
-
-def accept(current: Mapping[str, ResourceSet], last_good: Mapping[str, ResourceSet]) -> Acceptance:
-    """The versions in force for the files ``current`` (file -> its set as loaded now)."""
-    now = merge(list(current.values()))
-    own = check_resources(now)
-    crossing = check_references(now)
+    ``checks``: how the sets are checked; :class:`~.rechecks.Rechecks`, kept by the caller
+    between loads, checks again only what changed (same result)."""
+    own = checks.own(current)
+    crossing = checks.references(current)
     problems = sort_problems([*own, *crossing])
     reasons: dict[str, list[Problem]] = {}
     for problem in own:
@@ -78,8 +79,8 @@ def accept(current: Mapping[str, ResourceSet], last_good: Mapping[str, ResourceS
     errors = [p for p in crossing if p.is_error] if not reasons else None
     while True:
         if errors is None:
-            merged = merge([one for one in chosen.values() if one is not None])
-            errors = [p for p in check_references(merged) if p.is_error]
+            served = {file: one for file, one in chosen.items() if one is not None}
+            errors = [p for p in checks.references(served) if p.is_error]
         blamed = {p.file for p in errors if chosen.get(p.file) is not None}
         if not blamed:
             break
@@ -100,4 +101,4 @@ def accept(current: Mapping[str, ResourceSet], last_good: Mapping[str, ResourceS
         for file in current
         if chosen[file] is not current[file]
     }
-    return Acceptance(problems, in_force, held, merge(list(in_force.values())))
+    return Acceptance(problems, in_force, held)

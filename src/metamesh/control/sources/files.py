@@ -53,6 +53,7 @@ from metamesh.api.loader import ResourceSet
 from metamesh.api.problems import Problem
 from metamesh.control.model import MeshModel, build_model
 from metamesh.control.sources.accept import Acceptance, Held, accept
+from metamesh.control.sources.rechecks import FULL_CHECKS, Checks, Rechecks
 from metamesh.control.sources.watched_files import WatchedFiles
 
 log = logging.getLogger("metamesh.control.sources")
@@ -103,6 +104,7 @@ class FileSource:
         rescan_s: float = 300.0,
         limits: LoadLimits = DEFAULT_LIMITS,
         merge: Merge | None = None,
+        incremental: bool = True,
     ) -> None:
         self.directory = config_directory(directory)
         self.limits = limits
@@ -121,6 +123,8 @@ class FileSource:
         self.generation = 0  #: models handed on so far (the "config N" of the log)
         self.rejected = 0  #: loads with errors (some file held back)
         self.watched = WatchedFiles(self.directory, namespace, limits)  #: kept between loads
+        #: checks again only what changed (incremental=False: everything, at every load)
+        self.checks: Checks = Rechecks() if incremental else FULL_CHECKS
         self._last_good: dict[str, ResourceSet] = {}
         self._noted: set[ProblemKey] = set()  # warnings and notes logged at the last load
         self._noted_model: set[str] = set()
@@ -149,7 +153,7 @@ class FileSource:
         current = dict(self.watched.files)
         if self._merge is not None:  # other sources' resources, as pseudo-files (merge.py)
             current = self._merge(current)
-        result = accept(current, self._last_good)
+        result = accept(current, self._last_good, self.checks)
         self.problems = result.problems
         self._report_problems(result)
         differs = self._changed(result)
