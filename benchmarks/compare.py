@@ -57,6 +57,7 @@ from benchmarks.targets import (
     find_envoy,
     prepare_native,
     python_facts,
+    spans_received,
     spawn,
     stop_process,
 )
@@ -175,7 +176,7 @@ def machine_facts(targets: list[Target]) -> dict[str, Any]:
 def target_facts(t: Target) -> dict[str, Any]:
     """What the JSON report keeps about a target: kind, version, measured pid, and what its
     start found (for metamesh: /server_info's build and loop, the config check)."""
-    keep = ("server_info", "config_check", "control_plane_pid", "base_id")
+    keep = ("server_info", "config_check", "control_plane_pid", "base_id", "spans_received")
     facts = {"kind": t.kind, "version": t.version, "pid": t.pid, "port": t.port}
     return facts | {k: t.extra[k] for k in keep if k in t.extra}
 
@@ -317,6 +318,12 @@ def measure(args: argparse.Namespace, workdir: Path, children: list[Any]) -> dic
                     f"[bench] {shape} rep {rep + 1}/{args.reps} {t.label}: {_brief(result)}",
                     file=sys.stderr,
                 )
+    if any(t.extra.get("span_counts") for t in targets):
+        time.sleep(1.5)  # the sinks write their counts once a second
+    for t in targets:
+        spans = spans_received(t)
+        if spans is not None:  # a traced target that exported nothing measured nothing
+            t.extra["spans_received"] = spans
     return {
         "protocol": args.protocol,
         "warmup_s": args.warmup,

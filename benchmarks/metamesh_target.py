@@ -13,6 +13,13 @@ A metamesh target kind is ``<mode>-<build>``, optionally ``@DIR`` (native builds
   rebuild of ``build/native`` during a long run cannot change what is measured; ``native@DIR``
   runs the native tree ``DIR`` (an A/B of two builds), not rebuilt.
 
+A ``+VARIANT`` suffix runs the same target with an observability feature on, for the cost of
+telemetry (issue 19) measured interleaved against the plain target: ``+tracing`` (spans
+sampled at 1%, ``--tracing-sample-rate 0.01``, the default), ``+tracing100`` (every request
+traced), both exported over OTLP/gRPC to :mod:`benchmarks.otlp_sink` (a helper process whose
+span count is checked when the target stops), and ``+jsonlog`` (``--access-log FILE``, JSON
+lines on disk). The requests carry no trace context, so the rate decides.
+
 ``DIR`` for the control plane is :func:`mesh_configs.write_mesh_dir`. Every target is ready
 when its admin ``/ready`` says LIVE and its listener accepts; then ``/server_info`` must report
 uvloop (and, for native builds, "native": ``metamesh --version`` is checked before the start
@@ -62,17 +69,30 @@ _REFERENCE_DUMP = (
     "print(json.dumps(load_snapshot(sys.argv[1]).to_dict()))"
 )
 _native_copies: dict[Path, Path] = {}
+#: ``+VARIANT`` -> (sample rate for tracing or None, JSON access log).
+VARIANTS: dict[str, tuple[float | None, bool]] = {
+    "tracing": (0.01, False),
+    "tracing100": (1.0, False),
+    "jsonlog": (None, True),
+}
+
+
+def split_variant(kind: str) -> tuple[str, str]:
+    """``static-native@DIR+tracing`` -> (``static-native@DIR``, ``tracing``); no variant: ''."""
+    base, plus, variant = kind.rpartition("+")
+    return (base, variant) if plus and variant in VARIANTS else (kind, "")
 
 
 def canonical_kind(kind: str) -> str:
     """``metamesh-native@DIR`` -> ``static-native@DIR``; other kinds unchanged."""
+    kind, variant = split_variant(kind)
     base, at, tree = kind.partition("@")
-    return ALIASES.get(base, base) + at + tree
+    return ALIASES.get(base, base) + at + tree + ("+" + variant if variant else "")
 
 
 def metamesh_kind(kind: str) -> tuple[str, bool, Path | None] | None:
     """(mode, native, tree) of a metamesh target kind; None for any other kind."""
-    base, at, tree = canonical_kind(kind).partition("@")
+    base, at, tree = split_variant(canonical_kind(kind))[0].partition("@")
     mode, _, build = base.partition("-")
     if mode not in MODES or build not in ("pure", "native") or (at and build != "native"):
         return None
@@ -100,6 +120,7 @@ def start_metamesh(target: Target, upstream_port: int, options: dict[str, Any]) 
     cmd = _mode_command(target, mode, binary, env, upstream_port, template, slug)
     admin = free_port() if "--admin-port" in help_text else None
     cmd += _common_options(help_text, admin) + list(options.get("metamesh_args") or [])
+    cmd += _variant_options(target, split_variant(target.kind)[1], slug)
     log = target.workdir / f"{slug}.log"
     target.proc = spawn(cmd, log, env=env)
     if admin is None:  # a tree from before the admin port: nothing to check
@@ -145,6 +166,48 @@ def _mode_command(
         return [str(binary), "up", str(mesh), "--xds-port", "0"]
     xds_port = _start_control_plane(target, binary, env, mesh, slug)
     return [str(binary), "proxy", "--xds", f"127.0.0.1:{xds_port}", "--node-id", "bench"]
+
+
+def _variant_options(target: Target, variant: str, slug: str) -> list[str]:
+    """The options of a ``+VARIANT`` target (the OTLP sink is started here as a helper)."""
+    if not variant:
+        return []
+    rate, json_log = VARIANTS[variant]
+    if json_log:
+        path = target.workdir / f"{slug}-access.log"
+        target.extra["access_log"] = str(path)
+        return ["--access-log", str(path)]
+    counts = target.workdir / f"{slug}-spans"
+    log = target.workdir / f"{slug}-otlp-sink.log"
+    sink = spawn(
+        [sys.executable, str(ROOT / "benchmarks" / "otlp_sink.py"), "--count-file", str(counts)],
+        log,
+    )
+    target.helpers.append(sink)
+    target.extra["span_counts"] = str(counts)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = re.search(r"^PORT (\d+)$", log.read_text(errors="replace"), re.M)
+        if found:
+            return [
+                "--tracing-endpoint",
+                f"127.0.0.1:{found.group(1)}",
+                "--tracing-sample-rate",
+                str(rate),
+            ]
+        fail_if_exited(sink, log, "serving OTLP")
+        time.sleep(0.05)
+    raise Unavailable(f"the OTLP sink reported no port in 20s (log: {log})")
+
+
+def spans_received(target: Target) -> int | None:
+    """Spans the target's OTLP sink has counted (after its stop: all), None if not traced."""
+    path = target.extra.get("span_counts")
+    if not path:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path(path).read_text().strip() or 0)
+    return 0
 
 
 def _common_options(help_text: str, admin: int | None) -> list[str]:

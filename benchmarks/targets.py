@@ -55,6 +55,7 @@ from benchmarks.metamesh_target import (
     canonical_kind,
     metamesh_kind,
     prepare_native,
+    spans_received,
     start_metamesh,
 )
 from benchmarks.processes import (
@@ -82,6 +83,7 @@ __all__ = [
     "prepare_native",
     "probe",
     "python_facts",
+    "spans_received",
     "spawn",
     "stop_process",
     "wait_listening",

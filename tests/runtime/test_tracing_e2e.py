@@ -103,7 +103,7 @@ def traced_proxy(
 def check_trace(receiver: OtlpReceiver, proxy: ProxyThread, b_saw: str, protocol: str) -> None:
     server = proxy.server
     assert server is not None
-    proxy.call(lambda: server.tracing.processor.force_flush())  # type: ignore[union-attr]
+    proxy.call(lambda: server.tracing.flush())  # type: ignore[union-attr]
     spans = [s for _, s in receiver.wait_for(2)]
     assert len(spans) == 2
     by_route = {

@@ -1,0 +1,152 @@
+"""The span exporter: OTLP bytes the official classes read back, batches off the loop, failures
+counted (``metamesh.runtime.otlp``).
+
+The encoder writes the span's framing by tag; every field is checked here by decoding with
+opentelemetry-proto's own ``ExportTraceServiceRequest``, and the exporter is run against the
+official TraceService (gRPC) and OTLP/HTTP receiver of ``tests/support/otlp.py``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from metamesh import __version__
+from metamesh.proxy.tracing import SpanRecord
+from metamesh.runtime import otlp
+from metamesh.runtime.tracing import TracingSettings
+from tests.support.otlp import OtlpReceiver
+
+TRACE = 0x0AF7651916CD43DD8448EB211C80319C
+ATTRS: dict[str, str | int] = {
+    "rpc.system": "dubbo",
+    "rpc.method": "sayHello",
+    "metamesh.response_code": 0,
+    "server.port": 20880,
+    "metamesh.route": "r\u00e9",  # non-ASCII survives
+}
+
+
+def record(span_id: int, parent: int = 0, **kw: object) -> SpanRecord:
+    fields: dict[str, object] = dict(
+        trace_id=TRACE,
+        span_id=span_id,
+        parent_id=parent,
+        server=False,
+        name="demo.Greeter/sayHello",
+        start=10.5,
+        end=10.75,
+        error=False,
+        attributes=ATTRS,
+    )
+    fields.update(kw)
+    return SpanRecord(**fields)  # type: ignore[arg-type]
+
+
+def decode(payload: bytes) -> ExportTraceServiceRequest:
+    request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(payload)
+    return request
+
+
+def attributes(kvs: object) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for kv in kvs:  # type: ignore[attr-defined]
+        which = kv.value.WhichOneof("value")
+        out[kv.key] = getattr(kv.value, which)
+    return out
+
+
+def test_every_field_reads_back_with_the_official_classes() -> None:
+    enc = otlp.OtlpEncoder("reviews-v1", offset_ns=1_000)
+    child = record(0x00F067AA0BA902B7, parent=0x1122334455667788, server=True)
+    root = record(0x0102030405060708, error=True, name="svc")
+    request = decode(enc.encode([child, root]))
+    (rs,) = request.resource_spans
+    assert attributes(rs.resource.attributes) == {
+        "service.name": "reviews-v1",
+        "service.version": __version__,
+        "telemetry.sdk.name": "metamesh",
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.version": __version__,
+    }
+    (ss,) = rs.scope_spans
+    assert (ss.scope.name, ss.scope.version) == ("metamesh", __version__)
+    a, b = ss.spans
+    assert a.trace_id == TRACE.to_bytes(16, "big")
+    assert a.span_id == bytes.fromhex("00f067aa0ba902b7")
+    assert a.parent_span_id == bytes.fromhex("1122334455667788")
+    assert a.kind == Span.SPAN_KIND_SERVER and b.kind == Span.SPAN_KIND_CLIENT
+    assert a.name == "demo.Greeter/sayHello" and b.name == "svc"
+    assert a.start_time_unix_nano == 10_500_001_000
+    assert a.end_time_unix_nano == 10_750_001_000
+    assert a.status.code == Status.STATUS_CODE_OK
+    assert b.status.code == Status.STATUS_CODE_ERROR
+    assert attributes(a.attributes) == ATTRS
+    assert a.flags == 0x301  # sampled, and "the parent is remote" known and true
+    assert b.flags == 0x101 and b.parent_span_id == b""
+    assert not a.trace_state and not a.events and not a.links
+
+
+def test_a_long_name_and_many_distinct_attributes() -> None:
+    enc = otlp.OtlpEncoder("s", 0)
+    name = "x" * 300  # a two-byte length
+    records = [record(i + 1, name=name, attributes={"k": f"v{i}", "n": i}) for i in range(300)]
+    spans = decode(enc.encode(records)).resource_spans[0].scope_spans[0].spans
+    assert [attributes(s.attributes) for s in spans] == [{"k": f"v{i}", "n": i} for i in range(300)]
+    assert {s.name for s in spans} == {name}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_exporter_delivers_to_a_real_receiver(protocol: str) -> None:
+    receiver = OtlpReceiver()
+    try:
+        endpoint = receiver.grpc_address if protocol == "grpc" else receiver.http_address
+        exporter = otlp.SpanExporter(TracingSettings(endpoint, protocol), time.monotonic())
+        for i in range(1200):  # more than two batches
+            exporter.export(record(i + 1))
+        exporter.close()
+        spans = receiver.wait_for(1200)
+        assert exporter.exported == 1200 and exporter.dropped == 0
+        assert sorted(int.from_bytes(s.span_id, "big") for _, s in spans) == list(range(1, 1201))
+        assert {name for name, _ in spans} == {"metamesh"}
+    finally:
+        receiver.stop()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_an_absent_receiver_drops_and_counts(
+    protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter = otlp.SpanExporter(
+        TracingSettings(f"127.0.0.1:{closed_port()}", protocol), time.monotonic()
+    )
+    for i in range(10):
+        exporter.export(record(i + 1))
+    exporter.flush()
+    assert exporter.exported == 0 and exporter.dropped == 10
+    assert "10 spans not exported" in caplog.text
+    exporter.close()
+
+
+def test_a_full_queue_drops_on_the_loop_without_blocking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(otlp, "MAX_PENDING", 5)
+    monkeypatch.setattr(otlp, "FLUSH_SECONDS", 60.0)  # the thread sleeps: nothing is sent
+    exporter = otlp.SpanExporter(
+        TracingSettings(f"127.0.0.1:{closed_port()}", "grpc"), time.monotonic()
+    )
+    for i in range(8):
+        exporter.export(record(i + 1))
+    assert len(exporter.pending) == 5 and exporter.dropped == 3
+    exporter.close()
