@@ -1,4 +1,4 @@
-"""A trace across the mesh, exported by the proxy with the OpenTelemetry SDK to a real OTLP
+"""A trace across the mesh, exported by the proxy over OTLP to a real OTLP
 receiver (the official protobuf service: gRPC for Thrift, OTLP/HTTP for Dubbo).
 
 A client calls service A through the proxy with its own ``traceparent``; A's handler calls B

@@ -22,7 +22,7 @@ keeps its span from the start (its parent ids), its context not propagated (the 
 out unchanged).
 
 The core never exports: a finished span is a :class:`SpanRecord` in the ``(SPAN, record)``
-action, which the runtime hands to the OpenTelemetry SDK (:mod:`metamesh.runtime.tracing`).
+action, which the runtime exports over OTLP (:mod:`metamesh.runtime.otlp`).
 Times are the core's ``now`` (loop time, seconds); the runtime maps them to wall time.
 """
 

@@ -2,7 +2,7 @@
 
 The sans-IO core decides, ids and times its spans (:mod:`metamesh.proxy.tracing`) and hands
 each finished one over as a ``(SPAN, SpanRecord)`` action; the runtime exports them with the
-OpenTelemetry SDK (:mod:`metamesh.runtime.otlp`, imported only when tracing is on).
+OTLP exporter (:mod:`metamesh.runtime.otlp`, imported only when tracing is on).
 """
 
 from __future__ import annotations
