@@ -21,6 +21,11 @@ redis-benchmark's requests per second per test. Medians over the rounds go into 
 table (printed, and saved under ``benchmarks/results/`` with the command line, the date, the
 machine facts and the metamesh build the proxy reported on ``/server_info``) and a JSON file.
 
+``--floor`` adds a fourth target, ``benchmarks/floor/floor_redis.py``: a uvloop forwarder that
+only copies bytes (an upstream connection per client), the kernel + event loop floor of a
+Python proxy. ``--native-tree DIR`` runs metamesh from a native build made elsewhere (a
+``pip install --target DIR`` with ``METAMESH_MYPYC=1``) instead of building ``build/native``.
+
 The measured part holds ``/tmp/metamesh-bench.lock`` (``flock``), so two benchmarks never run
 at once on the shared machine; other work may still run beside it: figures from a shared
 machine are smoke, not publishable.
@@ -138,13 +143,26 @@ def cpu_seconds(pid: int) -> float:
 class Bench:
     """The backend, the control plane and the two proxies of one run (see the docstring)."""
 
-    def __init__(self, workdir: Path, envoy_bin: Path, native: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        envoy_bin: Path,
+        native: bool = False,
+        tree: Path | None = None,
+        floor: bool = False,
+    ) -> None:
         self.workdir = workdir
         #: the metamesh processes' environment: the native build on PYTHONPATH when asked
+        #: (``tree``: a native build made elsewhere, used as is)
         self.env = {**os.environ}
-        self.native = native
-        if native:
+        self.native = native or tree is not None
+        if tree is not None:
+            self.env["PYTHONPATH"] = str(tree)
+        elif native:
             self.env["PYTHONPATH"] = str(native_tree(workdir))
+        #: also measure benchmarks/floor/floor_redis.py (a byte-copying uvloop forwarder)
+        self.floor = floor
+        self.floor_port = free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.backend_port = free_port()
         self.address = f"127.0.14.{random.randint(10, 250)}"
@@ -176,6 +194,13 @@ class Bench:
             [*metamesh, "proxy", "--xds", f"127.0.0.1:{xds}", "--node-id", "redis-bench",
              "--admin-port", str(self.admin), "--log-level", "WARNING"],
         )  # fmt: skip
+        if self.floor:
+            self.floor_proc = self._spawn(
+                "floor-redis",
+                [sys.executable, str(HERE / "floor" / "floor_redis.py"), "127.0.0.1",
+                 str(self.floor_port), str(self.backend_port)],
+            )  # fmt: skip
+            wait_listening(self.floor_port, self.floor_proc, 10, self.workdir / "floor-redis.log")
         envoy_admin = free_port()
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(
@@ -234,11 +259,12 @@ class Bench:
 
     def targets(self) -> dict[str, tuple[str, int, int]]:
         """name -> (host, port, PID whose CPU is the proxy's; the backend's for direct)."""
-        return {
-            "direct": ("127.0.0.1", self.backend_port, self.backend.pid),
-            "metamesh": (self.address, self.port, self.proxy.pid),
-            "envoy redis_proxy": (self.envoy_address, self.port, self.envoy.pid),
-        }
+        found = {"direct": ("127.0.0.1", self.backend_port, self.backend.pid)}
+        if self.floor:
+            found["floor (uvloop byte copy)"] = ("127.0.0.1", self.floor_port, self.floor_proc.pid)
+        found["metamesh"] = (self.address, self.port, self.proxy.pid)
+        found["envoy redis_proxy"] = (self.envoy_address, self.port, self.envoy.pid)
+        return found
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -363,6 +389,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run metamesh from the mypyc build (scripts/build_mypyc.sh; rebuilt when stale)",
     )
+    parser.add_argument(
+        "--native-tree",
+        type=Path,
+        default=None,
+        help="run metamesh from this native build (a pip --target directory) instead",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure benchmarks/floor/floor_redis.py, a byte-copying uvloop forwarder",
+    )
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args(argv)
     shapes = [(s, parse_shape(s)) for s in args.shapes.split(",")]
@@ -372,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tree = tree_state()  # when the run starts (the native copy is taken then too)
     with tempfile.TemporaryDirectory(prefix="redis-bench-") as tmp:
-        bench = Bench(Path(tmp), envoy_bin, args.native)
+        bench = Bench(Path(tmp), envoy_bin, args.native, args.native_tree, args.floor)
         try:
             bench.start()
             samples: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -396,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.requests} requests per test.\n\n"
         "Taken on a shared 2-core machine with other work running: smoke figures, not "
         "publishable. Proxy CPU is the proxy process's utime+stime per request (GET and SET); "
-        "for direct, the redis-server's.\n\n"
+        "for direct, the redis-server's. The floor, when measured, is a uvloop forwarder that "
+        "only copies bytes (an upstream connection per client).\n\n"
         + table(results)
         + "\n"
         + "\n".join(f"- {k}: {v}" for k, v in facts.items())

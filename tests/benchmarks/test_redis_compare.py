@@ -5,10 +5,15 @@ measurement read from redis-benchmark's CSV, and the table it prints."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import redis
 
-from benchmarks.redis_compare import cpu_seconds, parse_shape, run_shape, table
+from benchmarks.processes import free_port, wait_listening
+from benchmarks.redis_compare import ROOT, cpu_seconds, parse_shape, run_shape, table
 from tests.ratelimit.conftest import RedisProcess, redis_server
 
 __all__ = ["redis_server"]  # the fixture, used below
@@ -31,3 +36,22 @@ def test_one_measurement_of_a_real_redis_server(redis_server: RedisProcess) -> N
     rows = [line.split(" | ") for line in text.splitlines()[2:]]
     assert [r[1] for r in rows] == ["direct", "envoy redis_proxy", "metamesh"]
     assert rows[0][6].endswith("server)") and rows[2][7].strip(" |") == "1.00x"
+
+
+def test_the_floor_forwards_a_real_redis_server_s_replies(redis_server: RedisProcess) -> None:
+    """benchmarks/floor/floor_redis.py copies bytes both ways: redis-benchmark's pipelines
+    through it get every reply (a tiny run, no timing)."""
+    port = free_port()
+    floor = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "floor" / "floor_redis.py"), "127.0.0.1",
+         str(port), str(redis_server.port)],
+    )  # fmt: skip
+    try:
+        wait_listening(port, floor, 10, Path("/dev/null"))
+        sample = run_shape("127.0.0.1", port, floor.pid, floor.pid, 3, 8, 3000)
+        assert sample["set_rps"] > 0 and sample["get_rps"] > 0
+        client = redis.Redis(host="127.0.0.1", port=port)
+        assert client.set("floor", "x") and client.get("floor") == b"x"
+    finally:
+        floor.kill()
+        floor.wait()
