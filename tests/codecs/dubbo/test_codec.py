@@ -67,6 +67,15 @@ def test_routing_on_head_fields_does_not_walk_the_arguments() -> None:
     assert md.loaded
 
 
+def test_request_metadata_keeps_its_attributes_in_slots() -> None:
+    """Each request held in flight keeps its metadata: no per-instance ``__dict__`` (which
+    mypyc gave a native ``dict`` subclass, ignoring ``__slots__``: 176 bytes per request)."""
+    md = decode_one(frames.CAPTURED_SAYHELLO.read_bytes()).metadata
+    assert isinstance(md, RequestMetadata)
+    assert not hasattr(md, "__dict__")
+    assert md.get("application") == "dubbo-js"  # the slots still serve the lazy load
+
+
 def test_body_fields_win_over_attachments_of_the_same_name() -> None:
     data = frames.request(attachments={"interface": "evil.Service", "group": "g1"})
     md = decode_one(data).metadata
