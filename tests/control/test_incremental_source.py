@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from metamesh.api.problems import Problem
-from metamesh.control.model import MeshModel
+from metamesh.control.model import MeshModel, slot_address, vip_slot
 from metamesh.control.sources import FileSource, Held
 from tests.control.cases import router, rules, service_entry
 
@@ -250,6 +250,40 @@ def test_the_watched_source_follows_a_directory_rename(tmp_path: Path) -> None:
     asyncio.run(_follows_a_directory_rename(tmp_path))
 
 
+SIDECAR = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: istio-system}}
+spec: {{egress: [{{hosts: ["./*", "ns/{host}.ns.svc.cluster.local"]}}]}}
+"""
+PROTOCOL = """
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: ApplicationProtocol
+metadata: {name: thrift, namespace: ns}
+spec: {protocol: thrift, codec: thrift}
+"""
+
+#: An authorization policy whose warnings depend on the mesh workloads in its namespace.
+POLICY = """
+apiVersion: metamesh.io/v1alpha1
+kind: MetaAuthorizationPolicy
+metadata: {name: only-client, namespace: ns}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/ns/sa/client]}}]}]
+"""
+MESH_ENTRY = """
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: {host}-mesh, namespace: ns}}
+spec:
+  hosts: [{host}-mesh]
+  addresses: [127.0.11.1]
+  ports: [{{number: 7000, name: tcp-metaprotocol-thrift-kv}}]
+  endpoints: [{{address: 127.0.30.3, serviceAccount: client}}]
+"""
+
+
 def _random_file(rng: random.Random, hosts: list[str]) -> str:
     """A file of one to three documents drawn from services, rules, routers (to any host,
     perhaps an unknown subset), duplicates and errors."""
@@ -267,13 +301,17 @@ def _random_file(rng: random.Random, hosts: list[str]) -> str:
                     router(rng.choice(["v1", "v2"]), host),
                     service_entry(host=host, extra="  portz: []"),
                     "kind: ServiceEntry\nspec: [unclosed\n",
+                    SIDECAR.format(host=host),
+                    PROTOCOL,
+                    POLICY,
+                    MESH_ENTRY.format(host=host),
                 ]
             )
         )
     return "---".join(docs)
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(10))
 def test_random_edits_give_what_a_full_reload_gives(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     hosts = ["a", "b", "c", "d"]
@@ -294,3 +332,20 @@ def test_random_edits_give_what_a_full_reload_gives(tmp_path: Path, seed: int) -
             os.rename(tmp_path / name, tmp_path / other)
             pair.step(tmp_path / name, tmp_path / other)
     assert pair.source.checks.partial_runs > 0  # type: ignore[attr-defined]
+    assert pair.source.builds is not None and pair.source.builds.partial_builds > 0
+
+
+def test_an_address_taken_by_another_file_moves_the_allocated_one(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", service_entry(host="a", addresses="[]"))
+    pair = Pair(tmp_path)
+    host = "a.ns.svc.cluster.local"
+    assert pair.source.model is not None
+    (allocated,) = pair.source.model.services[host].addresses
+    assert allocated == slot_address(vip_slot(host))
+    # b takes a's allocated address explicitly: a moves to the next free one
+    write(tmp_path / "b.yaml", service_entry(host="b", addresses=f"[{allocated}]"))
+    model = pair.step(tmp_path / "b.yaml")
+    assert model is not None and model.services[host].addresses != (allocated,)
+    (tmp_path / "b.yaml").unlink()
+    model = pair.step(tmp_path / "b.yaml")
+    assert model is not None and model.services[host].addresses == (allocated,)

@@ -297,9 +297,65 @@ def with_settings(model: MeshModel, settings: MeshSettings) -> MeshModel:
 
 def build_model(resources: ResourceSet) -> MeshModel:
     """The mesh model of ``resources`` (validate them first; this only skips what is unusable)."""
-    problems: list[str] = []
-    workloads = resources.of_kind(WorkloadEntryResource)
-    codecs = application_codecs(resources.of_kind(ApplicationProtocol))
+    parts = model_parts(resources)
+    entries = service_entries(resources)
+    vips = allocate_addresses(
+        [host for host, se in entries if not se.spec.addresses],
+        taken=[a for _, se in entries for a in se.spec.addresses],
+    )
+    built = build_services(resources, parts, vips, _services, entries)
+    problems = [p for _, found in built.values() for p in found]
+    return assemble_model({h: s for h, (s, _) in built.items()}, problems, parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelParts:
+    """What :func:`build_model` reads across the whole set rather than per host: the
+    application codecs, WorkloadEntries and authorization policies (which every service's
+    build may look at) and the tables the model carries beside the services."""
+
+    codecs: Mapping[str, str]
+    workloads: tuple[WorkloadEntryResource, ...]
+    policies: tuple[MetaAuthorizationPolicy, ...]
+    peer: tuple[PeerAuthentication, ...]
+    redis: RedisTables
+    sidecars: tuple[Sidecar, ...]
+
+
+def model_parts(resources: ResourceSet) -> ModelParts:
+    return ModelParts(
+        codecs=application_codecs(resources.of_kind(ApplicationProtocol)),
+        workloads=tuple(resources.of_kind(WorkloadEntryResource)),
+        policies=tuple(authorization_policies(resources)),
+        peer=tuple(
+            sorted(resources.of_kind(PeerAuthentication), key=lambda p: (p.namespace, p.name))
+        ),
+        redis=redis_tables(resources),
+        sidecars=tuple(sorted(resources.of_kind(Sidecar), key=lambda s: (s.namespace, s.name))),
+    )
+
+
+def service_entries(resources: ResourceSet) -> list[tuple[str, ServiceEntry]]:
+    """(host, ServiceEntry) for every host of every entry, by host, in load order per host."""
+    entries = [
+        (fqdn(h, se.namespace), se) for se in resources.of_kind(ServiceEntry) for h in se.spec.hosts
+    ]
+    entries.sort(key=lambda pair: pair[0])
+    return entries
+
+
+def build_services(
+    resources: ResourceSet,
+    parts: ModelParts,
+    vips: Mapping[str, str],
+    memo: ServiceMemo | None = None,
+    entries: list[tuple[str, ServiceEntry]] | None = None,
+) -> dict[str, tuple[Service, list[str]]]:
+    """Host -> its service and the problems met building it (a second ServiceEntry for the
+    host included), in host order; ``vips``: the addresses allocated to entries without any.
+    A host's result depends on its ServiceEntries, DestinationRule and MetaRouter (the
+    first of each in load order) and ``parts`` only, so ``resources`` may be any part of a
+    set that holds all of those for the hosts wanted."""
     rules = _by_host(
         (fqdn(dr.spec.host, dr.namespace), dr) for dr in resources.of_kind(DestinationRule)
     )
@@ -308,39 +364,35 @@ def build_model(resources: ResourceSet) -> MeshModel:
         for mr in resources.of_kind(MetaRouter)
         if mr.spec.hosts
     )
-    entries: list[tuple[str, ServiceEntry]] = []
-    for se in resources.of_kind(ServiceEntry):
-        for host in se.spec.hosts:
-            entries.append((fqdn(host, se.namespace), se))
-    entries.sort(key=lambda pair: pair[0])
-    policies = authorization_policies(resources)
-    vips = allocate_addresses(
-        [host for host, se in entries if not se.spec.addresses],
-        taken=[a for _, se in entries for a in se.spec.addresses],
-    )
-    services: dict[str, Service] = {}
-    for host, se in entries:
-        if host in services:
-            problems.append(f"ServiceEntry {se.ref}: host {host} already defined; ignored")
+    built: dict[str, tuple[Service, list[str]]] = {}
+    for host, se in entries if entries is not None else service_entries(resources):
+        if host in built:
+            built[host][1].append(f"ServiceEntry {se.ref}: host {host} already defined; ignored")
             continue
         addresses = tuple(se.spec.addresses) or (vips[host],)
-        service = _services.get(
-            host, se, addresses, codecs, rules.get(host), routers.get(host), problems, workloads
-        )
-        selected = tuple(p for p in policies if policy_selects(p, service))
-        services[host] = replace(service, authorization=selected) if selected else service
-    _services.finish()
-    peer = sorted(resources.of_kind(PeerAuthentication), key=lambda p: (p.namespace, p.name))
-    redis = redis_tables(resources)
-    problems.extend(redis.problems)
-    sidecars = sorted(resources.of_kind(Sidecar), key=lambda s: (s.namespace, s.name))
+        found: list[str] = []
+        args = (host, se, addresses, parts.codecs, rules.get(host), routers.get(host))
+        if memo is not None:
+            service = memo.get(*args, found, parts.workloads)
+        else:
+            service = _service(*args, found, parts.workloads)
+        selected = tuple(p for p in parts.policies if policy_selects(p, service))
+        built[host] = (replace(service, authorization=selected) if selected else service, found)
+    if memo is not None:
+        memo.finish()
+    return built
+
+
+def assemble_model(
+    services: Mapping[str, Service], problems: Iterable[str], parts: ModelParts
+) -> MeshModel:
     return MeshModel(
-        MappingProxyType(services),
-        tuple(problems),
-        tuple(peer),
-        tuple(policies),
-        redis=redis,
-        sidecars=tuple(sidecars),
+        MappingProxyType(dict(services)),
+        (*problems, *parts.redis.problems),
+        parts.peer,
+        parts.policies,
+        redis=parts.redis,
+        sidecars=parts.sidecars,
     )
 
 
@@ -370,7 +422,7 @@ def _by_host(pairs: Iterable[tuple[str, T]]) -> dict[str, T]:
     return table
 
 
-class _ServiceMemo:
+class ServiceMemo:
     """:func:`_service` results of the last build, reused when their inputs are the very same
     objects: the config sources hand an unchanged file's resources over as the same frozen
     objects, so a model rebuilt after one edit among 10,000 services rebuilds one service.
@@ -416,7 +468,7 @@ def _same_inputs(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
     return all(x is y or (not isinstance(x, BaseModel) and x == y) for x, y in pairs)
 
 
-_services = _ServiceMemo()
+_services = ServiceMemo()
 
 
 def _service(

@@ -51,8 +51,9 @@ from metamesh.api.base import DEFAULT_NAMESPACE
 from metamesh.api.limits import DEFAULT_LIMITS, LimitExceeded, LoadLimits
 from metamesh.api.loader import ResourceSet
 from metamesh.api.problems import Problem
-from metamesh.control.model import MeshModel, build_model
+from metamesh.control.model import MeshModel
 from metamesh.control.sources.accept import Acceptance, Held, accept
+from metamesh.control.sources.model_rebuilds import ModelRebuilds, full_build
 from metamesh.control.sources.rechecks import FULL_CHECKS, Checks, Rechecks
 from metamesh.control.sources.watched_files import WatchedFiles
 
@@ -125,6 +126,7 @@ class FileSource:
         self.watched = WatchedFiles(self.directory, namespace, limits)  #: kept between loads
         #: checks again only what changed (incremental=False: everything, at every load)
         self.checks: Checks = Rechecks() if incremental else FULL_CHECKS
+        self.builds = ModelRebuilds() if incremental else None  #: likewise for the model
         self._last_good: dict[str, ResourceSet] = {}
         self._noted: set[ProblemKey] = set()  # warnings and notes logged at the last load
         self._noted_model: set[str] = set()
@@ -164,7 +166,9 @@ class FileSource:
             self.rejected += 1
         model = None
         if differs:
-            model = build_model(result.resources)
+            model = (
+                self.builds.build(result.in_force) if self.builds else full_build(result.in_force)
+            )
             self._report_model(model.problems)
             self.model = model
             self.generation += 1

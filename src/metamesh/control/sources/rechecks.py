@@ -118,6 +118,7 @@ class Rechecks:
         # own problems: per file, with the set they are of
         self._own: dict[str, tuple[ResourceSet, list[Problem]]] = {}
         self._own_sets: dict[str, ResourceSet] = {}
+        self._authz_files: set[str] = set()  # files holding an authorization policy
         # reference problems: the sets last checked, their keys' files, problems per file
         self._sets: dict[str, ResourceSet] = {}
         self._files_by_key: dict[Key, set[str]] = {}
@@ -136,12 +137,17 @@ class Rechecks:
             for one in (self._own_sets.get(file), sets.get(file))
             if one is not None
         )
+        for file in changed:
+            if file in sets and self._facts_of(sets[file]).authz:
+                self._authz_files.add(file)
+            else:
+                self._authz_files.discard(file)
         everything: list[Resource] | None = None
         problems: list[Problem] = []
         for file, one in sets.items():
             hit = self._own.get(file)
-            if hit is None or hit[0] is not one or (redo_authz and self._facts_of(one).authz):
-                authz = self._facts_of(one).authz
+            if hit is None or hit[0] is not one or (redo_authz and file in self._authz_files):
+                authz = file in self._authz_files
                 if authz and everything is None:
                     everything = [i.resource for s in sets.values() for i in s.items]
                 hit = self._own[file] = (one, check_resources(one, everything if authz else None))
