@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from metamesh.codecs import CodecError, Message
 from metamesh.codecs.redis import RedisCodec
-from metamesh.codecs.redis.resp import encode_command, value_end
+from metamesh.codecs.redis.resp import _value_end, encode_command, parse_command, value_end
 
 _SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -82,3 +82,64 @@ def test_arbitrary_bytes_give_messages_or_codec_errors(data: bytes) -> None:
                 assert isinstance(msg, Message)
         except CodecError:
             pass
+
+
+def _parsed(buf: bytes | bytearray, pos: int, max_size: int) -> object:
+    try:
+        return parse_command(buf, pos, max_size)
+    except CodecError as e:
+        return type(e)
+
+
+@_SETTINGS
+@given(commands, st.data())
+def test_the_fast_parse_of_bytes_agrees_with_the_general_one(
+    cmds: list[tuple[bytes, list[bytes]]], data: st.DataObject
+) -> None:
+    """parse_command on ``bytes`` (digit-by-digit fast path) and on ``bytearray`` (the general
+    parse) give the same answer for any cut, any corruption and any size limit."""
+    wire = bytearray(b"".join(encode_command([name, *a]) for name, a in cmds))
+    framing = [i for i, b in enumerate(wire) if b in b"\r\n$*0123456789"]
+    for _ in range(data.draw(st.integers(0, 2))):  # corrupt framing bytes mostly
+        at = data.draw(st.sampled_from(framing) | st.integers(0, len(wire) - 1))
+        wire[at] = data.draw(st.sampled_from(b"*$-0123\r\nx"))
+    cut = data.draw(st.integers(0, len(wire)))
+    limit = data.draw(st.sampled_from([8, 64, 1 << 20]))
+    raw = bytes(wire[:cut])
+    pos = 0
+    while True:
+        fast, general = _parsed(raw, pos, limit), _parsed(bytearray(raw), pos, limit)
+        assert fast == general
+        if not isinstance(fast, tuple) or not fast[0]:
+            break
+        pos = fast[1]
+
+
+def _measured(f: object, buf: bytes, pos: int, limit: int) -> object:
+    try:
+        return f(buf, pos, limit, 64)  # type: ignore[operator]
+    except CodecError as e:
+        return type(e)
+
+
+@_SETTINGS
+@given(st.lists(replies, min_size=1, max_size=6), st.data())
+def test_value_end_s_fast_paths_agree_with_the_general_walk(
+    values: list[bytes], data: st.DataObject
+) -> None:
+    """value_end (bulk lengths read digit by digit) and the general walk agree on every
+    cut and corruption of a run of replies, whatever the size limit."""
+    wire = bytearray(b"".join(values))
+    framing = [i for i, b in enumerate(wire) if b in b"\r\n$*+-:0123456789"]
+    for _ in range(data.draw(st.integers(0, 2))):
+        at = data.draw(st.sampled_from(framing) | st.integers(0, len(wire) - 1))
+        wire[at] = data.draw(st.sampled_from(b"*$-+09\r\nx"))
+    raw = bytes(wire[: data.draw(st.integers(0, len(wire)))])
+    limit = data.draw(st.sampled_from([4, 64, 1 << 20]))
+    pos = 0
+    while pos < len(raw):
+        fast = _measured(value_end, raw, pos, limit)
+        assert fast == _measured(_value_end, raw, pos, limit)
+        if not isinstance(fast, int):
+            break
+        pos = fast

@@ -62,20 +62,26 @@ def value_end(buf: bytes | bytearray, pos: int, max_size: int, max_depth: int = 
     size = len(buf)
     if pos < size:
         kind = buf[pos]
-        if kind == 0x24 or kind in SIMPLE_TYPES:  # '$', or '+', '-', ':', ...: one line
+        if kind == 0x24:  # '$': its length read digit by digit (no line search, no int())
+            i = pos + 1
+            n = 0
+            while i < size:
+                c = buf[i]
+                if c < 48 or c > 57:
+                    break
+                n = n * 10 + c - 48
+                i += 1
+            # a bulk string of < 1 GB within the limit, its header complete
+            if pos + 1 < i <= pos + 10 and i + 1 < size and buf[i] == 13 and n <= max_size:
+                stop = i + 2 + n
+                if size < stop + 2:
+                    return None
+                if buf[i + 1] == 10 and buf[stop] == 13 and buf[stop + 1] == 10:
+                    return stop + 2
+        elif kind in SIMPLE_TYPES:  # '+', '-', ':', ...: one line
             end = buf.find(CRLF, pos + 1)
             if end > 0:
-                if kind != 0x24:
-                    return end + 2
-                digits = buf[pos + 1 : end]
-                if 0 < end - pos <= 10 and digits.isdigit():  # a bulk string of < 1 GB
-                    n = int(digits)
-                    if n <= max_size:
-                        stop = end + 2 + n
-                        if size < stop + 2:
-                            return None
-                        if buf[stop] == 13 and buf[stop + 1] == 10:
-                            return stop + 2
+                return end + 2
     return _value_end(buf, pos, max_size, max_depth)
 
 
@@ -136,6 +142,10 @@ def _value_end(buf: bytes | bytearray, pos: int, max_size: int, max_depth: int) 
             return pos
 
 
+#: :func:`_parse_whole`'s answer when the request is not a complete, well-formed array.
+_SLOW: Final[tuple[list[bytes], int]] = ([], -1)
+
+
 def parse_command(
     buf: bytes | bytearray, pos: int, max_size: int
 ) -> tuple[list[bytes], int] | None:
@@ -143,6 +153,10 @@ def parse_command(
 
     An empty inline line (a bare CRLF, which redis-server ignores) gives no arguments.
     """
+    if isinstance(buf, bytes):  # the bytes of a read, as the client side decodes them
+        found = _parse_whole(buf, pos, max_size)
+        if found is not _SLOW:
+            return found
     if pos >= len(buf):
         return None
     if buf[pos] != 0x2A:  # '*': anything else is an inline command
@@ -182,6 +196,54 @@ def parse_command(
         if buf[stop] != 13 or buf[stop + 1] != 10:
             raise CodecError("argument not followed by CRLF")
         args.append(bytes(buf[start:stop]))
+        pos = stop + 2
+    return args, pos
+
+
+def _parse_whole(buf: bytes, pos: int, max_size: int) -> tuple[list[bytes], int]:
+    """:func:`parse_command`'s common case: a complete array of bulk strings in ``bytes``,
+    its lengths read digit by digit (no line search, slice or ``int()`` per header: pipelined
+    requests come many to a read, and this runs for each). Anything else, an incomplete or
+    malformed request included, gives :data:`_SLOW`, for the general parse to answer."""
+    size = len(buf)
+    if pos >= size or buf[pos] != 0x2A:  # '*'
+        return _SLOW
+    i = pos + 1
+    count = 0
+    while i < size:
+        c = buf[i]
+        if c < 48 or c > 57:
+            break
+        count = count * 10 + c - 48
+        i += 1
+    if i == pos + 1 or i - pos > 8 or i + 1 >= size or buf[i] != 13 or buf[i + 1] != 10:
+        return _SLOW
+    if count > MAX_ARGS:
+        return _SLOW
+    pos = i + 2
+    args: list[bytes] = []
+    total = 0
+    for _ in range(count):
+        if pos >= size or buf[pos] != 0x24:  # '$'
+            return _SLOW
+        i = pos + 1
+        n = 0
+        while i < size:
+            c = buf[i]
+            if c < 48 or c > 57:
+                break
+            n = n * 10 + c - 48
+            i += 1
+        if i == pos + 1 or i - pos > 10 or i + 1 >= size or buf[i] != 13 or buf[i + 1] != 10:
+            return _SLOW
+        total += n
+        if total > max_size:
+            return _SLOW
+        start = i + 2
+        stop = start + n
+        if size < stop + 2 or buf[stop] != 13 or buf[stop + 1] != 10:
+            return _SLOW
+        args.append(buf[start:stop])
         pos = stop + 2
     return args, pos
 
