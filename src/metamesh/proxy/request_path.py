@@ -45,7 +45,7 @@ from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.router import no_route_text
 from metamesh.proxy.stats import duration_bucket, size_bucket
 from metamesh.proxy.telemetry import NO_FLAGS
-from metamesh.proxy.tracing import MARKER
+from metamesh.proxy.tracing import HAS_MARKER
 from metamesh.proxy.upstream import ActiveRequest, Upstream, UpstreamState
 
 
@@ -58,8 +58,8 @@ class RequestPath(Attempts):
         span = None
         tracer = self.tracer
         if tracer is not None:  # see Tracer: only requests that may be traced call begin
-            # a framing without headers is never scanned; `find`, not `in`: see MARKER
-            if d.codec.carries_headers and msg.frame.find(MARKER) >= 0:
+            # a framing without headers is never scanned; see HAS_MARKER for the search
+            if d.codec.carries_headers and HAS_MARKER(msg.frame) is not None:
                 span = tracer.begin(msg.metadata, d.origin.inbound, now)
             else:
                 tracer.skip -= 1

