@@ -152,6 +152,7 @@ class OtlpEncoder:
         scope = InstrumentationScope(name="metamesh", version=__version__)
         self._scope = _field(_T_SCOPE, scope.SerializeToString())
         self._attributes: dict[tuple[str, str | int], bytes] = {}
+        self._blocks: dict[tuple[tuple[str, str | int], ...], bytes] = {}
 
     @staticmethod
     def _key_value(key: str, value: str | int | bool) -> KeyValue:
@@ -200,9 +201,13 @@ class OtlpEncoder:
             _T_END,
             (int(r.end * 1e9) + offset).to_bytes(8, "little"),
         )
-        attribute = self._attribute
-        parts += [attribute(k, v) for k, v in r.attributes.items()]
-        parts.append(_STATUS_ERROR if r.error else _STATUS_OK)
+        items = tuple(r.attributes.items())
+        block = self._blocks.get(items)  # the whole set repeats too: one lookup, not ten
+        if block is None:
+            if len(self._blocks) >= _ATTRIBUTE_CACHE:
+                self._blocks.clear()
+            block = self._blocks[items] = b"".join(self._attribute(k, v) for k, v in items)
+        parts += (block, _STATUS_ERROR if r.error else _STATUS_OK)
         return b"".join(parts)
 
     def encode(self, records: list[SpanRecord]) -> bytes:
