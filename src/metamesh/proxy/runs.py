@@ -135,11 +135,17 @@ class Runs(RequestPath):
                     if c is not None and c.active_requests + len(run) < c.max_requests:
                         i = c.lb.pick(None)
                         if i is not None:
-                            up = c.mux.get((listener.protocol, codec.wire_variant, i))
-                            if up is not None and (
-                                up.state is not _READY or up.tell or up.requests_left or up.retired
-                            ):
-                                up = None
+                            if run and c is cs and i == idx:  # where the run goes (checked)
+                                up = target
+                            else:
+                                up = c.mux.get((listener.protocol, codec.wire_variant, i))
+                                if up is not None and (
+                                    up.state is not _READY
+                                    or up.tell
+                                    or up.requests_left
+                                    or up.retired
+                                ):
+                                    up = None
                             if up is not None:
                                 if run and (up is not target or last_policy is not policy):
                                     self._send_run(

@@ -72,6 +72,8 @@ DEFAULT_MAX_SIZE: Final = 512 * 1024 * 1024
 #: requests come, with known commands only (so bounded by the command table's spellings).
 _NAMES: Final[dict[bytes, str]] = {}
 
+#: ``db`` metadata of the first databases, made once.
+_DB_TEXT: Final = tuple(str(n) for n in range(16))
 _REQUEST = MessageType.REQUEST
 _RESPONSE = MessageType.RESPONSE
 _HEARTBEAT = MessageType.HEARTBEAT
@@ -225,6 +227,8 @@ class RedisCodec(Codec):
         #: An upstream connection to a Redis Cluster node (its slot table can be asked again).
         self._cluster_upstream = False
         self._expected: Hashable | None = None
+        #: :meth:`_metadata` bound once (a bound method per request is an allocation).
+        self._loader = self._metadata
 
     # --- client side --------------------------------------------------------------------
 
@@ -242,7 +246,7 @@ class RedisCodec(Codec):
             own = RequestState(args[0], old.request.command, old.request.db)
             state = PartState(own, old.group, old.index)
             return Message(
-                _REQUEST, None, frame, len(frame), 0, codec_state=state, loader=self._metadata
+                _REQUEST, None, frame, len(frame), 0, codec_state=state, loader=self._loader
             )
         while True:
             found = self._reply_at(buffer, 0) if self.upstream else self._request_at(buffer, 0)
@@ -285,7 +289,7 @@ class RedisCodec(Codec):
             frame = encode_command(part)
             pstate = PartState(RequestState(part, sub.decode().lower(), state.db), group, index)
             m = Message(
-                _REQUEST, None, frame, len(frame), 0, codec_state=pstate, loader=self._metadata
+                _REQUEST, None, frame, len(frame), 0, codec_state=pstate, loader=self._loader
             )
             parts.append((size + (head if index == 0 else 0), m))
         return parts if sum(n for n, _ in parts) == end else None
@@ -321,7 +325,8 @@ class RedisCodec(Codec):
         msg, end = found
         if msg is None:  # something decode skips: left to it
             return None
-        if self.splits and msg.type is _REQUEST and msg.codec_state.command in SPLIT:  # (plain)
+        state = msg.codec_state
+        if self.splits and type(state) is RequestState and state.command in SPLIT:  # (plain)
             return None  # decode may split it into parts
         msg.frame = data if pos == 0 and end == len(data) else data[pos:end]
         return msg
@@ -352,15 +357,18 @@ class RedisCodec(Codec):
             state = RequestState(args, command, reply=reply)
             md = {"command": command}
             return Message(_HEARTBEAT, None, b"", size, 0, md, codec_state=state), end
-        state = RequestState(args, command, max(session.db, 0))
-        msg = Message(_REQUEST, None, b"", size, 0, None, codec_state=state, loader=self._metadata)
+        db = session.db
+        state = RequestState(args, command, db if db > 0 else 0)
+        msg = Message(_REQUEST, None, b"", size, 0, None, codec_state=state, loader=self._loader)
         return msg, end
 
     def _metadata(self, msg: Message) -> dict[str, str]:
         """A request's metadata, built when something first asks (a catch-all route and no
         filter never do)."""
-        state = request_state(msg)
-        assert state is not None
+        state = msg.codec_state
+        if type(state) is not RequestState:
+            state = request_state(msg)
+            assert state is not None
         command = state.command
         spec = command_spec(command)
         md = {"command": command, "access": "write" if spec is None or spec.write else "read"}
@@ -370,12 +378,13 @@ class RedisCodec(Codec):
             keys = [args[i].decode("utf-8", "surrogateescape") for i in indexes]
             key = keys[0]
             md["key"] = key.lower() if self.case_insensitive else key
-            md["keys"] = ",".join(keys)
+            md["keys"] = key if len(keys) == 1 else ",".join(keys)
             if self.cluster:
                 md["slot"] = str(key_slot(args[indexes[0]]))
                 if self.read_policy and md["access"] == "read":
                     md["read_policy"] = self.read_policy
-        md["db"] = str(state.db)
+        db = state.db
+        md["db"] = _DB_TEXT[db] if db < len(_DB_TEXT) else str(db)
         return md
 
     def heartbeat_reply(self, message: Message) -> bytes | None:
