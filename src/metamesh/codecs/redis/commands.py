@@ -34,6 +34,8 @@ class CommandSpec:
     def keys(self, args: list[bytes]) -> list[int]:
         """Indexes of the key arguments of ``args`` (``args[0]`` is the command)."""
         n = len(args)
+        if self.first == 1 and self.last == 1:  # most commands: one key, the first argument
+            return [1] if n > 1 else []
         if self.numkeys:
             return _numkeys_positions(self.numkeys, args)
         if self.first <= 0 or self.first >= n:
