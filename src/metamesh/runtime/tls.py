@@ -324,13 +324,19 @@ class TlsServerProtocol:
 
     def _read_plaintext(self) -> None:
         assert self.sslobj is not None
+        sslobj, incoming = self.sslobj, self._incoming
         chunks = []
         try:
             while True:
-                chunk = self.sslobj.read(_READ)
+                chunk = sslobj.read(_READ)
                 if not chunk:
                     break
                 chunks.append(chunk)
+                # Nothing left to decrypt (no record bytes waiting, no plaintext buffered):
+                # stop here instead of reading until SSLWantReadError, an exception built
+                # (message formatted) and caught for every request otherwise.
+                if not incoming.pending and not sslobj.pending():
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:  # close_notify: the client is done sending
