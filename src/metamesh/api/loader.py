@@ -52,6 +52,7 @@ from metamesh.api.problems import FieldPath, Problem, Severity, format_path
 from metamesh.api.redis import RedisDestination, RedisService
 from metamesh.api.security import PeerAuthentication
 from metamesh.api.sidecar import Sidecar
+from metamesh.api.yaml_values import node_values
 
 __all__ = [
     "KINDS",
@@ -349,7 +350,7 @@ def _load_stream(
                     Problem(file, "", "", "", refusal, line=line, document=index)
                 )
             else:
-                data = loader.construct_document(node)
+                data = loader.construct_document(node) if may_alias else node_values(loader, node)
                 origin = Origin(file, index, node)
                 _load_document(data, origin, namespace, result, skipped)
                 if result.objects_read > budget:
