@@ -257,11 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--rate-connections", type=int, default=4)
     p.add_argument("--handshake-seconds", type=int, default=5, help="0: skip handshakes")
-    p.add_argument("--build", choices=["native", "pure"], default="native")
+    p.add_argument(
+        "--build",
+        default="native",
+        help="native (build/native, rebuilt if stale), pure, or native@DIR (built elsewhere)",
+    )
     p.add_argument("--envoy-bin")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--keep-workdir", action="store_true")
     args = p.parse_args(argv)
+    if args.build not in ("native", "pure") and not args.build.startswith("native@"):
+        p.error(f"--build {args.build}: native, pure or native@DIR")
     shapes = [s for s in args.shapes.split(",") if s]
     kinds = [k for k in args.targets.split(",") if k]
     for k in kinds:

@@ -143,8 +143,9 @@ def start_metamesh(
     work.mkdir(exist_ok=True)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
+    build, _, tree = build.partition("@")  # native@DIR: a native tree built elsewhere
     if build == "native":
-        env["PYTHONPATH"] = str(native_tree(target.workdir))
+        env["PYTHONPATH"] = tree or str(native_tree(target.workdir))
     binary = [sys.executable, "-m", "metamesh"]
     run = subprocess.run([*binary, "--version"], capture_output=True, text=True, env=env)
     target.version = run.stdout.strip()
