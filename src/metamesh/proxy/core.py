@@ -291,7 +291,8 @@ class CoreState:
         frame = codec.encode(msg, mutation)
         if frame is msg.frame:
             return msg
-        again = codec.decode(bytearray(frame))
+        # the fast path first: a whole frame, no buffer copies (codecs without it say None)
+        again = codec.decode_at(frame, 0) or codec.decode(bytearray(frame))
         if again is None:  # pragma: no cover - a codec bug, never expected
             raise CodecError("codec could not decode its own mutated frame")
         return again
