@@ -57,7 +57,7 @@ kind: RedisService
 metadata: {{name: redis, namespace: demo}}
 spec:
   host: [{HOST}]
-  settings: {{opTimeout: {op_timeout}}}
+  settings: {{opTimeout: {op_timeout}, enableCommandStats: true}}
   redis:
   - match: {{key: {{prefix: "key:"}}}}
     route: {{host: {HOST}}}
@@ -67,7 +67,8 @@ spec:
 
 
 def requests_by_code(admin: str) -> dict[str, float]:
-    """istio_requests_total of the Redis listener, summed by response_code."""
+    """istio_requests_total of the Redis listener, summed by response_code, and the
+    per-command counts (``metamesh_command_requests_total``) under ``command:<name>``."""
     with urllib.request.urlopen(f"http://{admin}/stats/prometheus", timeout=5) as reply:
         text = reply.read().decode()
     out: dict[str, float] = {}
@@ -76,6 +77,9 @@ def requests_by_code(admin: str) -> dict[str, float]:
             if s.name == "istio_requests_total" and s.labels.get("request_protocol") == "redis":
                 code = s.labels["response_code"]
                 out[code] = out.get(code, 0.0) + s.value
+            elif s.name == "metamesh_command_requests_total":
+                key = "command:" + s.labels["command"]
+                out[key] = out.get(key, 0.0) + s.value
     return out
 
 
@@ -103,7 +107,7 @@ def test_a_long_pipeline_is_answered_in_order_and_every_command_counted(
     for i in range(N):
         pipe.set(f"key:{i}", f"v{i}")
         pipe.get(f"key:{i}")
-        pipe.incr(f"n{i % 7}")  # the catch-all route, same backend
+        pipe.incr(f"n{i % 7}")  # INCRBY, on the catch-all route, same backend
     pipe.hget("key:0", "f")  # WRONGTYPE: an error reply mid-pipeline
     results = pipe.execute(raise_on_error=False)
     assert len(results) == 3 * N + 1
@@ -121,6 +125,9 @@ def test_a_long_pipeline_is_answered_in_order_and_every_command_counted(
     after = requests_by_code(up.admin())
     assert after.get("0", 0) - before.get("0", 0) == 3 * N
     assert after.get("1", 0) - before.get("1", 0) == 1
+    for command, count in (("set", N), ("get", N), ("incrby", N), ("hget", 1)):
+        key = f"command:{command}"
+        assert after.get(key, 0) - before.get(key, 0) == count, command
 
 
 def test_commands_behind_a_slow_script_time_out_and_the_connection_stays_in_step(

@@ -22,6 +22,7 @@ from metamesh.proxy.config import (
     RouteConfiguration,
     Snapshot,
 )
+from metamesh.proxy.filters.command_stats import COMMAND_STATS
 from metamesh.proxy.runs import Run
 from tests.proxy.harness import Harness
 
@@ -30,10 +31,12 @@ def cmd(*args: str) -> bytes:
     return encode_command([a.encode() for a in args])
 
 
-def mesh(timeout: float | None = 2.0) -> Snapshot:
+def mesh(timeout: float | None = 2.0, command_stats: bool = False) -> Snapshot:
     """A ``key:`` prefix route and a catch-all to cluster ``r`` (as the benchmark's
     RedisService), ``other:`` to cluster ``o``, each with the route timeout (opTimeout)."""
-    listener = Listener("l", "127.0.0.1", 0, "redis", "rc", stat_prefix="r")
+    router = "aeraki.meta_protocol.filters.router"
+    filters = (COMMAND_STATS, router) if command_stats else (router,)
+    listener = Listener("l", "127.0.0.1", 0, "redis", "rc", stat_prefix="r", filters=filters)
     clusters = [
         Cluster("r", (Endpoint("127.0.0.1", 7001),)),
         Cluster("o", (Endpoint("127.0.0.1", 7002),)),
@@ -93,16 +96,21 @@ def observed(h: Harness) -> dict[str, Any]:
             dict(stats.local_replies),
         ),
         "clusters": {n: cs.active_requests for n, cs in h.core.clusters.items()},
+        "commands": {
+            labels: (c.requests, c.count, c.buckets) for labels, c in stats.commands.items()
+        },
         "closed": [repr(x) for x in h.closed],
     }
 
 
-def both(scenario: Callable[[Harness], None], timeout: float | None = 2.0) -> Harness:
+def both(
+    scenario: Callable[[Harness], None], timeout: float | None = 2.0, command_stats: bool = False
+) -> Harness:
     """Play ``scenario`` with runs and on the plain path; the same must come out."""
-    with_runs = Harness(mesh(timeout))
+    with_runs = Harness(mesh(timeout, command_stats))
     scenario(with_runs)
     assert with_runs.core.runs_on is not None, "no run was formed"
-    plain = Harness(mesh(timeout), access_log=True)
+    plain = Harness(mesh(timeout, command_stats), access_log=True)
     scenario(plain)
     assert observed(with_runs) == observed(plain)
     return with_runs
@@ -267,3 +275,25 @@ def test_without_a_route_timeout_and_half_closed_client_is_closed_after_its_run(
 
     h = both(scenario, timeout=None)
     assert len(h.closed) == 1
+
+
+def test_command_stats_count_every_command_of_a_run_and_its_reply() -> None:
+    data = replies(5) + b"-WRONGTYPE x\r\n" + replies(4)
+
+    def scenario(h: Harness) -> None:
+        c = h.client()
+        up = ready(h, c)
+        h.send(c, pipeline(10) + cmd("HGET", "key:0", "f") + pipeline(6))
+        h.now += 0.004
+        h.respond(up, data[:17])
+        h.now += 0.2
+        h.respond(up, data[17:] + replies(2))
+        h.now += 3.0
+        h.core.on_timer(h.now)  # the last 5 time out: counted as requests, no reply time
+        h.flush()
+
+    h = both(scenario, command_stats=True)
+    rows = {labels[2]: c for labels, c in h.core.stats.commands.items()}
+    assert rows["get"].requests == 9 and rows["set"].requests == 8 and rows["hget"].requests == 1
+    assert sum(r.count[0] + r.count[1] for r in rows.values()) == 13  # 5 timed out
+    assert rows["set"].count[1] == 1 and rows["hget"].count == [1, 0]

@@ -39,11 +39,13 @@ from typing import Any, Final, cast
 from metamesh.codecs import CodecError, ErrorKind, Message
 from metamesh.codecs.base import REPLY_SKIP
 from metamesh.proxy.core import _CLOSED, _READY, _REQUEST, MAX_DEAD
+from metamesh.proxy.filters.chain import RouteExtras
+from metamesh.proxy.filters.command_stats import CommandStatsFilter
 from metamesh.proxy.listener import Downstream, ListenerState
-from metamesh.proxy.policy import ROUTE_TIMEOUT, RequestExt, RoutePolicy
+from metamesh.proxy.policy import ROUTE_TIMEOUT, RequestExt
 from metamesh.proxy.request_path import RequestPath
 from metamesh.proxy.router import CompiledRoute
-from metamesh.proxy.stats import RequestStats, duration_bucket, size_bucket
+from metamesh.proxy.stats import CommandStats, RequestStats, duration_bucket, size_bucket
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream, UpstreamState
 
 #: The text of the local reply to a request of a run still unanswered at its route timeout
@@ -59,7 +61,7 @@ class Run(ActiveRequest):
     earlier request of the client; ``gone`` says the client was already answered for the
     rest (timeout, or the connection failed)."""
 
-    __slots__ = ("answered", "count", "gone", "held", "messages")
+    __slots__ = ("answered", "count", "gone", "held", "messages", "rows")
 
     def __init__(
         self,
@@ -76,6 +78,8 @@ class Run(ActiveRequest):
         self.answered = 0
         self.held = b""
         self.gone = False
+        #: Per-command counters of each request (``enableCommandStats``), else None.
+        self.rows: list[CommandStats] | None = None
 
 
 class Runs(RequestPath):
@@ -108,17 +112,17 @@ class Runs(RequestPath):
         target: Upstream | None = None
         route: CompiledRoute | None = None
         cs: ClusterState | None = None
-        policy: RoutePolicy | None = None
+        extras: RouteExtras | None = None
         idx = -1
         last: CompiledRoute | None = None
         last_cs: ClusterState | None = None
-        last_policy: RoutePolicy | None = None
+        last_extras: RouteExtras | None = None
         while pos < end:
             try:
                 msg = codec.decode_at(data, pos)
             except CodecError as bad:
                 if run:
-                    self._send_run(d, run, data, first, pos, target, route, cs, policy, idx, now)
+                    self._send_run(d, run, data, first, pos, target, route, cs, extras, idx, now)
                 self._refuse_downstream(d, bad)
                 return end
             if msg is None:
@@ -130,7 +134,7 @@ class Runs(RequestPath):
                 if r is not None:
                     if r is not last:
                         last = r
-                        last_cs, last_policy = self._run_route(listener, r)
+                        last_cs, last_extras = self._run_route(listener, r)
                     c = last_cs
                     if c is not None and c.active_requests + len(run) < c.max_requests:
                         i = c.lb.pick(None)
@@ -147,33 +151,33 @@ class Runs(RequestPath):
                                 ):
                                     up = None
                             if up is not None:
-                                if run and (up is not target or last_policy is not policy):
+                                if run and (up is not target or last_extras is not extras):
                                     self._send_run(
-                                        d, run, data, first, pos, target, route, cs, policy,
+                                        d, run, data, first, pos, target, route, cs, extras,
                                         idx, now,
                                     )  # fmt: skip
                                     run = []
                                 if not run:
                                     first = pos
-                                    target, route, cs, policy, idx = up, r, c, last_policy, i
+                                    target, route, cs, extras, idx = up, r, c, last_extras, i
                                 run.append(msg)
             if up is None:
                 if run:
-                    self._send_run(d, run, data, first, pos, target, route, cs, policy, idx, now)
+                    self._send_run(d, run, data, first, pos, target, route, cs, extras, idx, now)
                     run = []
                 self._downstream_message(d, msg, now)
                 if d.closed:
                     return end
             pos = nxt
         if run:
-            self._send_run(d, run, data, first, pos, target, route, cs, policy, idx, now)
+            self._send_run(d, run, data, first, pos, target, route, cs, extras, idx, now)
         return pos
 
     def _run_route(
         self, listener: ListenerState, route: CompiledRoute
-    ) -> tuple[ClusterState | None, RoutePolicy | None]:
+    ) -> tuple[ClusterState | None, RouteExtras | None]:
         """The cluster requests matching ``route`` may go to in a run (None: they take the
-        plain path) and the route's policy (a route timeout at most)."""
+        plain path) and the route's extras: a route timeout and per-command stats at most."""
         if (
             route.mirrors
             or route.request_mutation is not None
@@ -182,23 +186,19 @@ class Runs(RequestPath):
             or not route.cluster
         ):
             return None, None
-        policy: RoutePolicy | None = None
         extras = listener.extras
-        if extras is not None:
-            ex = extras.get(route)
-            if ex is not None:
-                policy = ex.policy
-                if (
-                    ex.chain
-                    or policy is None
-                    or policy.num_retries
-                    or policy.per_try_timeout is not None
-                ):
-                    return None, None
+        ex = extras.get(route) if extras is not None else None
+        if ex is not None:
+            policy = ex.policy
+            if policy is not None and (policy.num_retries or policy.per_try_timeout is not None):
+                return None, None
+            chain = ex.chain
+            if chain and (len(chain) > 1 or type(chain[0]) is not CommandStatsFilter):
+                return None, None
         cs = self.clusters.get(route.cluster)
         if cs is None or cs.slots is not None or cs.outlier is not None:
             return None, None
-        return cs, policy
+        return cs, ex
 
     def _send_run(
         self,
@@ -210,7 +210,7 @@ class Runs(RequestPath):
         up: Upstream | None,
         route: CompiledRoute | None,
         cs: ClusterState | None,
-        policy: RoutePolicy | None,
+        extras: RouteExtras | None,
         idx: int,
         now: float,
     ) -> None:
@@ -220,7 +220,15 @@ class Runs(RequestPath):
         row = cs.request_stats.get(d.origin)
         stats = row[idx] if row is not None else self._request_stats(d, cs, idx)
         run = Run(d, messages, route, cs, now, stats)
+        policy = extras.policy if extras is not None else None
         ext = run.ext = RequestExt(policy, ())
+        if extras is not None and extras.chain:  # enableCommandStats: counted as its filter does
+            counter = extras.chain[0]
+            assert isinstance(counter, CommandStatsFilter)
+            listener = d.listener
+            rows = run.rows = [counter.row(listener, m) for m in messages]
+            for command in rows:
+                command.requests += 1
         ext.ordered = True
         ext.sent = True
         d.owed += n
@@ -318,6 +326,7 @@ class Runs(RequestPath):
             elapsed_ms = (now - run.start) * 1000.0
             bucket = duration_bucket(elapsed_ms)
             messages = run.messages
+            rows = run.rows
             i = run.answered
             at = pos
             skipped = False
@@ -337,6 +346,8 @@ class Runs(RequestPath):
                 size = end - at
                 stats.response_bytes[code] += size
                 stats.response_buckets[code][size_bucket(size)] += 1
+                if rows is not None:  # the command stats filter's on_response
+                    rows[i].observe(code, elapsed_ms)
                 at = end
                 i += 1
             self._run_untrack(run, taken)

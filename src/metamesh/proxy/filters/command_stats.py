@@ -21,6 +21,7 @@ from typing import Final
 from metamesh.codecs import Message, ResponseStatus
 from metamesh.codecs.message import metadata_get
 from metamesh.proxy.filters.base import CONTINUE, Filter, FilterContext, FilterResult
+from metamesh.proxy.listener import ListenerState
 from metamesh.proxy.stats import CommandStats, ProxyStats
 from metamesh.proxy.upstream import ActiveRequest
 
@@ -41,8 +42,12 @@ class CommandStatsFilter(Filter):
         self.max_commands = max_commands
 
     def _row(self, req: ActiveRequest) -> CommandStats:
-        listener = req.downstream.listener
-        command = metadata_get(req.request.metadata, self.key) or OTHER
+        return self.row(req.downstream.listener, req.request)
+
+    def row(self, listener: ListenerState, request: Message) -> CommandStats:
+        """The counters of ``request``'s command on ``listener`` (also used by
+        :mod:`metamesh.proxy.runs`, which counts pipelined requests without a filter pass)."""
+        command = metadata_get(request.metadata, self.key) or OTHER
         labels = (listener.config.service or "unknown", listener.protocol, command)
         table = self.stats.commands
         row = table.get(labels)
