@@ -371,20 +371,29 @@ class RedisCodec(Codec):
             assert state is not None
         command = state.command
         spec = command_spec(command)
-        md = {"command": command, "access": "write" if spec is None or spec.write else "read"}
-        indexes = state.key_indexes
-        if indexes:
-            args = state.args
-            keys = [args[i].decode("utf-8", "surrogateescape") for i in indexes]
-            key = keys[0]
-            md["key"] = key.lower() if self.case_insensitive else key
-            md["keys"] = key if len(keys) == 1 else ",".join(keys)
-            if self.cluster:
-                md["slot"] = str(key_slot(args[indexes[0]]))
-                if self.read_policy and md["access"] == "read":
-                    md["read_policy"] = self.read_policy
+        access = "write" if spec is None or spec.write else "read"
         db = state.db
-        md["db"] = _DB_TEXT[db] if db < len(_DB_TEXT) else str(db)
+        db_text = _DB_TEXT[db] if db < len(_DB_TEXT) else str(db)
+        indexes = state.key_indexes
+        if not indexes:
+            return {"command": command, "access": access, "db": db_text}
+        args = state.args
+        if len(indexes) == 1:  # most commands: one literal, no resize, no list of names
+            key = args[indexes[0]].decode("utf-8", "surrogateescape")
+            keys = key
+        else:
+            names = [args[i].decode("utf-8", "surrogateescape") for i in indexes]
+            key = names[0]
+            keys = ",".join(names)
+        if self.case_insensitive:
+            key = key.lower()
+        if not self.cluster:
+            return {"command": command, "access": access, "key": key, "keys": keys, "db": db_text}
+        md = {"command": command, "access": access, "key": key, "keys": keys}
+        md["slot"] = str(key_slot(args[indexes[0]]))
+        if self.read_policy and access == "read":
+            md["read_policy"] = self.read_policy
+        md["db"] = db_text
         return md
 
     def heartbeat_reply(self, message: Message) -> bytes | None:
