@@ -354,3 +354,35 @@ def test_the_table_is_asked_for_again_and_replicas_learned_later_serve_reads() -
     h.respond(ups[7001], PRIMARY_AND_REPLICA)
     assert c not in h.sent
     assert reads_by_port(h, c, ups, 10) == {7001: 0, 7002: 10}
+
+
+def test_an_mget_split_across_routes_with_remove_prefix_is_merged() -> None:
+    """A part re-encoded by removePrefix is still a part (its reply merged, not sent alone)."""
+    listener = Listener(
+        "l", "127.0.0.1", 0, "redis", "rc", stat_prefix="r",
+        codec_options=(("route_prefixes", "a:"),),
+    )  # fmt: skip
+    clusters = [
+        Cluster("a", (Endpoint("127.0.0.1", 7001),)),
+        Cluster("b", (Endpoint("127.0.0.1", 7002),)),
+    ]
+    routes = (
+        Route(
+            "a",
+            (MetadataMatcher("key", MatchKind.PREFIX, "a:"),),
+            RouteAction(cluster="a"),
+            request_mutation=(("redis-remove-prefix", "a:"),),
+        ),
+        Route("b", (), RouteAction(cluster="b")),
+    )
+    h = Harness(Snapshot.build([listener], clusters, [RouteConfiguration("rc", routes)]))
+    c = h.client()
+    h.send(c, cmd("MGET", "a:1", "other") + cmd("GET", "a:2"))
+    up_a, up_b = h.connects
+    h.connect(up_a)
+    h.connect(up_b)
+    assert bytes(h.sent.pop(up_a)) == cmd("GET", "1") + cmd("GET", "2")
+    assert bytes(h.sent.pop(up_b)) == cmd("GET", "other")
+    h.respond(up_b, b"$1\r\nb\r\n")
+    h.respond(up_a, b"$1\r\nx\r\n$1\r\ny\r\n")
+    assert bytes(h.sent.pop(c)) == b"*2\r\n$1\r\nx\r\n$1\r\nb\r\n$1\r\ny\r\n"

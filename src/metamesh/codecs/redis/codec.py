@@ -319,6 +319,8 @@ class RedisCodec(Codec):
     def decode_at(self, data: bytes, pos: int) -> Message | None:
         if self.upstream and self._preamble_replies:
             return None
+        if self._reencoded is not None:  # a split part after removePrefix: decode keeps it one
+            return None
         found = self._reply_at(data, pos) if self.upstream else self._request_at(data, pos)
         if found is None:
             return None
