@@ -30,7 +30,7 @@ The files are kept between loads (:class:`~.watched_files.WatchedFiles`). Watchi
 ``watchfiles`` (inotify on Linux): its thread looks every ``step_ms`` and hands the changes
 over once a step brought no new one (or ``debounce_ms`` after the first), so an edit is seen
 ``step_ms`` to twice that after it; 10 ms (instead of 30) took ~25 ms off every edit for
-~2.5 ms more CPU per idle second. :meth:`FileSource.load` is then given the paths reported and
+~1.5-2.5 ms more CPU per idle second. :meth:`FileSource.load` is then given the paths reported and
 reads only those files; a path it cannot pin on a file (a directory created, removed or
 renamed) makes it walk the whole directory, and so does a safety rescan every ``rescan_s``
 (in case the watcher missed something; only files whose inode, modification time or size
