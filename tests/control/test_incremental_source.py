@@ -349,3 +349,20 @@ def test_an_address_taken_by_another_file_moves_the_allocated_one(tmp_path: Path
     (tmp_path / "b.yaml").unlink()
     model = pair.step(tmp_path / "b.yaml")
     assert model is not None and model.services[host].addresses == (allocated,)
+
+
+async def _rescans(tmp: Path) -> None:
+    write(tmp / "kv.yaml", service_entry())
+    source = FileSource(tmp, lambda model: None, report=lambda line: None, rescan_s=0.2)
+    assert source.load() is not None and source.watched.scans == 1
+    task = asyncio.create_task(source.run())
+    try:
+        # nothing changes, yet the directory is walked again on the safety timer
+        await _until(lambda: source.watched.scans >= 3, "two safety rescans")
+    finally:
+        source.stop()
+        await asyncio.wait_for(task, 5)
+
+
+def test_the_directory_is_walked_again_on_a_slow_safety_timer(tmp_path: Path) -> None:
+    asyncio.run(_rescans(tmp_path))
