@@ -135,15 +135,7 @@ class ModelRebuilds:
         if self._parts is None or any(f.service_wide for f in facts):
             return self._build_all(sets)
         self.partial_builds += 1
-        hosts: set[str] = set()
-        for file in changed:
-            old, new = self._sets.get(file), sets.get(file)
-            if old is not None:
-                self._unindex(file, old)
-                hosts |= self._facts_of(old).hosts
-            if new is not None:
-                self._index(file, new)
-                hosts |= self._facts_of(new).hosts
+        hosts = self._reindex(changed, sets)
         if _addressing(before) != _addressing(after):
             hosts |= self._allocate()
         position = {file: i for i, file in enumerate(sets)}
@@ -157,6 +149,19 @@ class ModelRebuilds:
         self._update(hosts, built)
         self._prune_facts()
         return self._model()
+
+    def _reindex(self, changed: list[str], sets: Sets) -> set[str]:
+        """Index the changed files' new sets instead of their old ones; the hosts of both."""
+        hosts: set[str] = set()
+        for file in changed:
+            old, new = self._sets.get(file), sets.get(file)
+            if old is not None:
+                self._unindex(file, old)
+                hosts |= self._facts_of(old).hosts
+            if new is not None:
+                self._index(file, new)
+                hosts |= self._facts_of(new).hosts
+        return hosts
 
     def _build_all(self, sets: Sets) -> MeshModel:
         self.full_builds += 1

@@ -168,6 +168,23 @@ class Rechecks:
         if not self._sets or any(self._facts_of(s).global_kind for s in (*before, *after)):
             return self._check_all(sets)
         self.partial_runs += 1
+        affected = set(changed) | self._global_files
+        for key in self._reindex(changed, sets):
+            affected |= self._files_by_key.get(key, set())
+        position = {file: i for i, file in enumerate(sets)}
+        around = self._around(affected, sets) & position.keys()
+        part = merge(sets[f] for f in sorted(around, key=position.__getitem__))
+        for file in affected:
+            self._crossing.pop(file, None)
+        for problem in check_references(part):
+            if problem.file in affected:
+                self._crossing.setdefault(problem.file, []).append(problem)
+        self._sets = dict(sets)
+        self._prune_facts()
+        return [p for f in sets if f in self._crossing for p in self._crossing[f]]
+
+    def _reindex(self, changed: list[str], sets: Sets) -> set[Key]:
+        """Index the changed files' new sets instead of their old ones; the keys of both."""
         touched: set[Key] = set()
         for file in changed:
             old, new = self._sets.get(file), sets.get(file)
@@ -177,25 +194,17 @@ class Rechecks:
             if new is not None:
                 self._index(file, new)
                 touched |= self._facts_of(new).keys
-        affected = set(changed) | self._global_files
-        for key in touched:
-            affected |= self._files_by_key.get(key, set())
+        return touched
+
+    def _around(self, affected: set[str], sets: Sets) -> set[str]:
+        """``affected`` and every file sharing a key with one of them: all they refer to."""
         around = set(affected)
         for file in affected:
             one = sets.get(file)
             if one is not None:
                 for key in self._facts_of(one).keys:
                     around |= self._files_by_key[key]
-        position = {file: i for i, file in enumerate(sets)}
-        part = merge(sets[f] for f in sorted(around & position.keys(), key=position.__getitem__))
-        for file in affected:
-            self._crossing.pop(file, None)
-        for problem in check_references(part):
-            if problem.file in affected:
-                self._crossing.setdefault(problem.file, []).append(problem)
-        self._sets = dict(sets)
-        self._prune_facts()
-        return [p for f in sets if f in self._crossing for p in self._crossing[f]]
+        return around
 
     def _check_all(self, sets: Sets) -> list[Problem]:
         self.full_runs += 1
