@@ -142,7 +142,8 @@ def _value_end(buf: bytes | bytearray, pos: int, max_size: int, max_depth: int) 
             return pos
 
 
-#: :func:`_parse_whole`'s answer when the request is not a complete, well-formed array.
+#: :func:`_parse_whole`'s answer when the request is not a complete, well-formed array (its
+#: offset, -1, says so: tested by value, since the native build copies tuples).
 _SLOW: Final[tuple[list[bytes], int]] = ([], -1)
 
 
@@ -155,7 +156,7 @@ def parse_command(
     """
     if isinstance(buf, bytes):  # the bytes of a read, as the client side decodes them
         found = _parse_whole(buf, pos, max_size)
-        if found is not _SLOW:
+        if found[1] >= 0:
             return found
     if pos >= len(buf):
         return None
