@@ -297,3 +297,19 @@ def test_command_stats_count_every_command_of_a_run_and_its_reply() -> None:
     assert rows["get"].requests == 9 and rows["set"].requests == 8 and rows["hget"].requests == 1
     assert sum(r.count[0] + r.count[1] for r in rows.values()) == 13  # 5 timed out
     assert rows["set"].count[1] == 1 and rows["hget"].count == [1, 0]
+
+
+def test_a_run_answered_last_releases_the_replies_waiting_behind_it() -> None:
+    def scenario(h: Harness) -> None:
+        c = h.client()
+        up = ready(h, c)
+        h.send(c, cmd("GET", "other:0"))  # opens the connection to `o`
+        (up_o,) = h.connects[1:]
+        h.connect(up_o)
+        h.respond(up_o, b"$-1\r\n")
+        h.send(c, pipeline(6) + cmd("GET", "other:1") + cmd("PING") + cmd("GET", "other:2"))
+        h.respond(up_o, b"$1\r\na\r\n$1\r\nb\r\n")  # the later replies first
+        h.respond(up, replies(3))
+        h.respond(up, replies(6)[len(replies(3)) :])  # the run ends: all of it goes out
+
+    both(scenario)

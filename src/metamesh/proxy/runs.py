@@ -392,7 +392,8 @@ class Runs(RequestPath):
         if not chunk or d.closed:
             return
         order = d.order
-        if order and order[0] is run:
+        first = order[0] if order else None
+        if first is run:
             if run.held:
                 chunk = run.held + chunk
                 run.held = b""
@@ -415,7 +416,8 @@ class Runs(RequestPath):
         order = d.order
         data = run.held
         run.held = b""
-        if not order or order[0] is not run:
+        first = order[0] if order else None  # (not `order[0] is run`: that would type order[0])
+        if first is not run:
             run.reply = data  # written when the earlier requests are answered
             return
         order.popleft()
