@@ -8,8 +8,8 @@ everything, every time (what ``metamesh validate`` does). :class:`Rechecks` keep
 calls, each file's problems and which *keys* its resources touch, and after an edit runs the
 same two functions on a small part of the set only:
 
-- a file's own problems depend on its set alone, so they are kept per set object (an
-  unchanged file is the very same object from one load to the next); the exception is an
+- a file's own problems depend on its set alone, so they are kept per file while its set
+  is the same object (an unchanged file's is, from one load to the next); the exception is an
   authorization policy, whose warnings look at every ServiceEntry and WorkloadEntry: a file
   holding one is checked again against everything when such a resource changed anywhere;
 - a file's reference problems depend on the resources that share a key with it: the
@@ -24,6 +24,8 @@ same two functions on a small part of the set only:
 
 So an edit of one service among 10,000 checks that service's file and the few that name its
 hosts, and the result is the same as a full check (the tests compare both on every case).
+The problems come grouped by file (the files in no particular order, each file's in the
+order the checks found them): :func:`~.accept.accept` sorts them, and reads them per file.
 """
 
 from __future__ import annotations
@@ -115,9 +117,9 @@ class Rechecks:
 
     def __init__(self) -> None:
         self._facts: dict[int, _SetFacts] = {}
-        # own problems: per file, with the set they are of
-        self._own: dict[str, tuple[ResourceSet, list[Problem]]] = {}
+        # own problems: the sets last checked, the problems of the files that have some
         self._own_sets: dict[str, ResourceSet] = {}
+        self._own: dict[str, list[Problem]] = {}
         self._authz_files: set[str] = set()  # files holding an authorization policy
         # reference problems: the sets last checked, their keys' files, problems per file
         self._sets: dict[str, ResourceSet] = {}
@@ -142,22 +144,22 @@ class Rechecks:
                 self._authz_files.add(file)
             else:
                 self._authz_files.discard(file)
+        redo = set(changed) | (self._authz_files if redo_authz else set())
         everything: list[Resource] | None = None
-        problems: list[Problem] = []
-        for file, one in sets.items():
-            hit = self._own.get(file)
-            if hit is None or hit[0] is not one or (redo_authz and file in self._authz_files):
-                authz = file in self._authz_files
-                if authz and everything is None:
-                    everything = [i.resource for s in sets.values() for i in s.items]
-                hit = self._own[file] = (one, check_resources(one, everything if authz else None))
-            problems.extend(hit[1])
-        for file in changed:
-            if file not in sets:
-                self._own.pop(file, None)
+        for file in redo:
+            self._own.pop(file, None)
+            one = sets.get(file)
+            if one is None:
+                continue
+            authz = file in self._authz_files
+            if authz and everything is None:
+                everything = [i.resource for s in sets.values() for i in s.items]
+            found = check_resources(one, everything if authz else None)
+            if found:
+                self._own[file] = found
         self._own_sets = dict(sets)
         self._prune_facts()
-        return problems
+        return [p for found in self._own.values() for p in found]
 
     # --- reference problems --------------------------------------------------------------
 
@@ -181,7 +183,7 @@ class Rechecks:
                 self._crossing.setdefault(problem.file, []).append(problem)
         self._sets = dict(sets)
         self._prune_facts()
-        return [p for f in sets if f in self._crossing for p in self._crossing[f]]
+        return [p for found in self._crossing.values() for p in found]
 
     def _reindex(self, changed: list[str], sets: Sets) -> set[Key]:
         """Index the changed files' new sets instead of their old ones; the keys of both."""
@@ -218,7 +220,7 @@ class Rechecks:
             self._crossing.setdefault(problem.file, []).append(problem)
         self._sets = dict(sets)
         self._prune_facts()
-        return [p for f in sets if f in self._crossing for p in self._crossing[f]]
+        return [p for found in self._crossing.values() for p in found]
 
     def _index(self, file: str, one: ResourceSet) -> None:
         facts = self._facts_of(one)
