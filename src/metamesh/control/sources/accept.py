@@ -15,8 +15,10 @@ nothing); then, while the chosen set has reference errors, each file that has on
 too (current -> last good -> nothing). Every step moves at least one file down, so this ends;
 the result has no errors. In the common case (no errors) the directory is checked once.
 
-:func:`accept` is pure: the caller (:class:`~metamesh.control.sources.files.FileSource`) keeps
-the last good versions between loads.
+:func:`accept` keeps nothing itself: the caller (:class:`~.files.FileSource`) keeps the last
+good versions between loads, and the checks, which may remember what they found
+(:class:`~.rechecks.Rechecks` checks again only the files an edit concerns; the default
+checks everything, every time).
 """
 
 from __future__ import annotations
