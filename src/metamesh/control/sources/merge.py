@@ -24,8 +24,8 @@ first in order of source name, then pseudo-file, wins, with the same warning.
 
 :class:`MergedSources` wires a :class:`~.files.FileSource` (when a directory is given) and the
 ZooKeeper and Kubernetes sources (either or both) to this step: a registry update re-runs the
-file source's load, which re-reads only files that changed and rebuilds the model only when
-something in force changed. Without a
+file source's load without reading any file (no file changed), and the model is rebuilt only
+when something in force changed. Without a
 directory, registry updates are accepted and built the same way, with no files.
 """
 
