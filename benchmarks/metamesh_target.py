@@ -73,7 +73,8 @@ _native_copies: dict[Path, Path] = {}
 VARIANTS: dict[str, tuple[float | None, bool]] = {
     "tracing": (0.01, False),
     "tracing100": (1.0, False),
-    "tracing0": (0.0, False),  # tracing on, nothing sampled: the unsampled path and the exporter alone
+    # tracing on, nothing sampled: the unsampled path and the idle exporter alone
+    "tracing0": (0.0, False),
     "jsonlog": (None, True),
 }
 

@@ -1,8 +1,9 @@
 """The OTLP side's guard against xds-protos' older copy of the OpenTelemetry protos.
 
 Both xds-protos and opentelemetry-proto install ``opentelemetry/proto/...``; when pip writes
-xds-protos' files last the OTLP messages the exporter writes are missing. The guard says so with the repair
-command, at start (``--tracing-endpoint``), instead of a traceback from the exporter later.
+xds-protos' files last, the OTLP messages the exporter writes are missing. The guard says so
+with the repair command, at start (``--tracing-endpoint``), instead of a traceback from the
+exporter later.
 """
 
 from __future__ import annotations
