@@ -51,6 +51,7 @@ from metamesh.control.model import (
     model_parts,
 )
 from metamesh.control.sources.rechecks import merge
+from metamesh.control.sources.set_facts import SetFacts, changed_files
 
 Sets = Mapping[str, ResourceSet]
 #: Read by every service's build: an edit of one rebuilds everything.
@@ -72,10 +73,9 @@ def full_build(sets: Sets) -> MeshModel:
 class _SetFacts:
     """What a rebuild needs to know of one set, computed once per set object."""
 
-    __slots__ = ("hosts", "service_wide", "set", "tables", "taken", "unaddressed")
+    __slots__ = ("hosts", "service_wide", "tables", "taken", "unaddressed")
 
     def __init__(self, one: ResourceSet) -> None:
-        self.set = one
         resources = [item.resource for item in one.items]
         self.hosts = frozenset(h for r in resources for h in _hosts(r))
         self.service_wide = any(isinstance(r, _SERVICE_WIDE) for r in resources)
@@ -112,7 +112,7 @@ class ModelRebuilds:
     """Models built again only where an edit reaches; see the module docstring."""
 
     def __init__(self) -> None:
-        self._facts: dict[int, _SetFacts] = {}
+        self._facts: SetFacts[_SetFacts] = SetFacts(_SetFacts)
         self._sets: dict[str, ResourceSet] = {}
         self._files_by_host: dict[str, set[str]] = {}
         self._table_files: set[str] = set()
@@ -127,8 +127,7 @@ class ModelRebuilds:
         self.partial_builds = 0
 
     def build(self, sets: Sets) -> MeshModel:
-        changed = [f for f, one in sets.items() if self._sets.get(f) is not one]
-        changed += [f for f in self._sets if f not in sets]
+        changed = changed_files(self._sets, sets)
         before = [self._facts_of(self._sets[f]) for f in changed if f in self._sets]
         after = [self._facts_of(sets[f]) for f in changed if f in sets]
         facts = [*before, *after]
@@ -228,12 +227,7 @@ class ModelRebuilds:
         self._taken.subtract(facts.taken)
 
     def _facts_of(self, one: ResourceSet) -> _SetFacts:
-        facts = self._facts.get(id(one))
-        if facts is None or facts.set is not one:
-            facts = self._facts[id(one)] = _SetFacts(one)
-        return facts
+        return self._facts.of(one)
 
     def _prune_facts(self) -> None:
-        if len(self._facts) > 2 * len(self._sets) + 64:
-            live = {id(s) for s in self._sets.values()}
-            self._facts = {k: v for k, v in self._facts.items() if k in live}
+        self._facts.prune(self._sets.values())

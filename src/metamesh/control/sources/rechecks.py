@@ -42,6 +42,7 @@ from metamesh.api.problems import Problem
 from metamesh.api.redis import RedisDestination, RedisService
 from metamesh.api.references import check_references
 from metamesh.api.validate import check_resources
+from metamesh.control.sources.set_facts import SetFacts, changed_files
 
 Key = tuple[str, ...]
 Sets = Mapping[str, ResourceSet]
@@ -101,10 +102,9 @@ def resource_keys(resource: Resource) -> Iterator[Key]:
 class _SetFacts:
     """What the checks need to know of one set, computed once per set object."""
 
-    __slots__ = ("authz", "authz_input", "global_kind", "keys", "set")
+    __slots__ = ("authz", "authz_input", "global_kind", "keys")
 
     def __init__(self, one: ResourceSet) -> None:
-        self.set = one
         resources = [item.resource for item in one.items]
         self.keys = frozenset(k for r in resources for k in resource_keys(r))
         self.global_kind = any(isinstance(r, _GLOBAL) for r in resources)
@@ -116,7 +116,7 @@ class Rechecks:
     """Both checks, redone only where an edit reaches; see the module docstring."""
 
     def __init__(self) -> None:
-        self._facts: dict[int, _SetFacts] = {}
+        self._facts: SetFacts[_SetFacts] = SetFacts(_SetFacts)
         # own problems: the sets last checked, the problems of the files that have some
         self._own_sets: dict[str, ResourceSet] = {}
         self._own: dict[str, list[Problem]] = {}
@@ -132,7 +132,7 @@ class Rechecks:
     # --- own problems --------------------------------------------------------------------
 
     def own(self, sets: Sets) -> list[Problem]:
-        changed = _changed(self._own_sets, sets)
+        changed = changed_files(self._own_sets, sets)
         redo_authz = any(
             self._facts_of(one).authz_input
             for file in changed
@@ -164,7 +164,7 @@ class Rechecks:
     # --- reference problems --------------------------------------------------------------
 
     def references(self, sets: Sets) -> list[Problem]:
-        changed = _changed(self._sets, sets)
+        changed = changed_files(self._sets, sets)
         before = [self._sets[f] for f in changed if f in self._sets]
         after = [sets[f] for f in changed if f in sets]
         if not self._sets or any(self._facts_of(s).global_kind for s in (*before, *after)):
@@ -242,20 +242,7 @@ class Rechecks:
     # --- per-set facts -------------------------------------------------------------------
 
     def _facts_of(self, one: ResourceSet) -> _SetFacts:
-        facts = self._facts.get(id(one))
-        if facts is None or facts.set is not one:
-            facts = self._facts[id(one)] = _SetFacts(one)
-        return facts
+        return self._facts.of(one)
 
     def _prune_facts(self) -> None:
-        """Keep the facts of the sets either check holds (bounded by twice the files)."""
-        if len(self._facts) > 2 * (len(self._sets) + len(self._own_sets)) + 64:
-            live = {id(s) for s in (*self._sets.values(), *self._own_sets.values())}
-            self._facts = {k: v for k, v in self._facts.items() if k in live}
-
-
-def _changed(before: Sets, after: Sets) -> list[str]:
-    """Files added, removed or with another set object (by identity: no content compared)."""
-    changed = [f for f, one in after.items() if before.get(f) is not one]
-    changed += [f for f in before if f not in after]
-    return changed
+        self._facts.prune((*self._sets.values(), *self._own_sets.values()))
