@@ -66,7 +66,7 @@ from benchmarks.compare import machine_facts
 from benchmarks.frames import reply_scanner, request_template
 from benchmarks.mesh_configs import metamesh_config
 from benchmarks.metamesh_target import admin_get, prepare_native
-from benchmarks.processes import Unavailable, spawn, stop_process
+from benchmarks.processes import Unavailable, save_results, spawn, stop_process
 from benchmarks.targets import ENVOY_CONFIGS, Target
 from benchmarks.workers import Setup, rss_kib, target_pids
 
@@ -421,10 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(report)
     print(text)
     if not args.no_save:
-        stamp = time.strftime("%Y-%m-%d-%H%M%S")
-        base = HERE / "results" / f"{stamp}-inflight-{args.protocol}"
-        base.with_suffix(".md").write_text(text)
-        base.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+        save_results(f"inflight-{args.protocol}", text, report)
     return 0
 
 

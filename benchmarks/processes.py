@@ -82,3 +82,14 @@ def fail_if_exited(proc: subprocess.Popen[bytes] | None, log: Path, before: str)
 def last_line(run: subprocess.CompletedProcess[str]) -> str:
     lines = (run.stderr or run.stdout).strip().splitlines()
     return lines[-1] if lines else f"exit code {run.returncode}"
+
+
+def save_results(stem: str, text: str, report: dict[str, Any]) -> Path:
+    """Write ``results/<local time>-<stem>.md`` (``text``) and the ``.json`` beside it."""
+    import json
+
+    stamp = time.strftime("%Y-%m-%d-%H%M%S")
+    base = Path(__file__).resolve().parent / "results" / f"{stamp}-{stem}"
+    base.with_suffix(".md").write_text(text)
+    base.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+    return base

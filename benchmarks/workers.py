@@ -43,7 +43,7 @@ if __package__ in (None, ""):
 from benchmarks.compare import machine_facts, median, run_loadgen, start_responder
 from benchmarks.frames import reply_scanner, request_template
 from benchmarks.metamesh_target import admin_get, prepare_native
-from benchmarks.processes import Unavailable, stop_process
+from benchmarks.processes import Unavailable, save_results, stop_process
 from benchmarks.targets import Target, find_envoy
 
 HERE = Path(__file__).resolve().parent
@@ -282,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(report)
     print(text)
     if not args.no_save:
-        stamp = time.strftime("%Y-%m-%d-%H%M%S")
-        base = HERE / "results" / f"{stamp}-workers-{args.protocol}"
-        base.with_suffix(".md").write_text(text)
-        base.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+        save_results(f"workers-{args.protocol}", text, report)
     return 0
 
 
