@@ -550,3 +550,16 @@ def test_bad_filter_configs_are_rejected_with_the_field_named() -> None:
     typed.Pack(struct)
     with pytest.raises(XdsConversionError, match=r"config.tokenBucket.fillInterval: not a dur"):
         to_snapshot([broken], [], {}, [])
+
+
+def test_an_re2_only_regex_in_a_policy_reaches_the_proxy() -> None:
+    # RE2 syntax Python's re refuses (\pN: a Unicode class); validation accepts it, so the
+    # proxy's read-back of the RBAC filter must not NACK it
+    spec = """  action: DENY
+  rules:
+  - to: [{operation: {attributes: {method: {regex: "\\\\pN+"}}}}]"""
+    model = model_of(service_entry() + meta_policy("digits", spec))
+    config = snapshot(model).listeners["127.0.10.9_7000"].filter_config("metamesh.filters.rbac")
+    assert isinstance(config, cfg.RbacConfig)
+    (operation,) = config.policies[0].rules[0].operations
+    assert operation.attributes == (("method", (cfg.MetadataMatcher("method", REGEX, r"\pN+"),)),)

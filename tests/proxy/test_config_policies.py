@@ -62,3 +62,28 @@ def test_errors_name_the_field(old: str, new: str, field: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_snapshot(text.replace(old, new, 1), "p.yaml")
     assert field in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("regex", "refused"),
+    [
+        (r'"(?=d)delete"', "RE2 refuses regex '(?=d)delete'"),  # lookaround: Python's re takes it
+        ('"' + "a" * 1100 + '"', "over the limit of 1024"),
+        (r'"\\pL+"', None),  # RE2 syntax Python's re refuses
+    ],
+)
+def test_authorization_regexes_are_re2(regex: str, refused: str | None) -> None:
+    text = EXAMPLE.read_text()
+    assert "{exact: delete}" in text
+    text = text.replace("{exact: delete}", "{regex: " + regex + "}", 1)
+    if refused is None:
+        rbac = (
+            parse_snapshot(text, "p.yaml")
+            .listeners["kv-19100"]
+            .filter_config("metamesh.filters.rbac")
+        )
+        assert isinstance(rbac, RbacConfig)
+        return
+    with pytest.raises(ConfigError) as e:
+        parse_snapshot(text, "p.yaml")
+    assert "meta_protocol_filters.0" in str(e.value) and refused in str(e.value)

@@ -63,7 +63,7 @@ class Metadata(BaseModel):
 
 
 class StringMatch(SpecModel):
-    """One of ``exact``, ``prefix`` or ``regex`` (RE2 in Aeraki; Python ``re`` here).
+    """One of ``exact``, ``prefix`` or ``regex`` (RE2, as in Aeraki: :mod:`metamesh.api.regex`).
 
     An empty match (``{}``), like a null one in an attribute map, means "the attribute is
     present", and so does ``regex: "*"``, as in Aeraki.

@@ -10,13 +10,13 @@ is also the control plane's conversion when it reads an rbac filter config back 
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from metamesh.api.authz import Rule as _AuthzRule
 from metamesh.api.base import StringMatch
+from metamesh.api.regex import regex_error
 from metamesh.proxy import config as cfg
 from metamesh.proxy.config_schema.common import _Duration, _Model, _parse_duration, _RouteMatch
 from metamesh.proxy.filters import (
@@ -71,10 +71,9 @@ def _string_matcher(key: str, sm: StringMatch) -> cfg.MetadataMatcher:
         return cfg.MetadataMatcher(key, cfg.MatchKind.EXACT, sm.exact)
     if sm.prefix is not None:
         return cfg.MetadataMatcher(key, cfg.MatchKind.PREFIX, sm.prefix)
-    try:
-        re.compile(sm.regex or "")
-    except re.error as e:
-        raise ValueError(f"attribute {key!r}: regex does not compile: {e}") from None
+    error = regex_error(sm.regex or "")  # RE2, as the router matches (api/regex.py)
+    if error is not None:
+        raise ValueError(f"attribute {key!r}: {error}")
     return cfg.MetadataMatcher(key, cfg.MatchKind.SAFE_REGEX, sm.regex or "")
 
 
