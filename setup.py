@@ -89,6 +89,7 @@ HOT_PATH_MODULES = [
     "proxy/filters/ratelimit",
     "proxy/filters/rbac",
     "runtime/protocols",
+    "runtime/tls_protocols",
 ]
 
 #: setup.py commands that build code (the rest only write metadata or an sdist).

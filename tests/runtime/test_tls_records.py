@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from metamesh.runtime.tls import TlsCredentials, TlsServerProtocol
+from metamesh.runtime.tls import TlsCredentials
+from metamesh.runtime.tls_protocols import TlsServerProtocol
 from metamesh.security.ca import CertificateAuthority
 from tests.runtime.capture_probe import issue
 

@@ -260,7 +260,7 @@ def downstream_protocol(server: ProxyServer, name: str) -> asyncio.Protocol:
     """The adapter a connection accepted for listener ``name`` gets (as ``ProxyServer._listen``
     builds it: TLS listeners get their TLS layer in front)."""
     from metamesh.runtime.protocols import DownstreamProtocol
-    from metamesh.runtime.tls import TlsServerProtocol
+    from metamesh.runtime.tls_protocols import TlsServerProtocol
 
     turn = server.turn
     assert turn is not None

@@ -57,12 +57,8 @@ from metamesh.runtime.access_log import AccessLogFile
 from metamesh.runtime.intercept import marked_connection
 from metamesh.runtime.protocols import DownstreamProtocol, Turn, UpstreamProtocol
 from metamesh.runtime.ratelimit_client import RateLimitClient
-from metamesh.runtime.tls import (
-    TlsCredentials,
-    TlsServerProtocol,
-    origination_context,
-    peer_sans_ok,
-)
+from metamesh.runtime.tls import TlsCredentials, origination_context, peer_sans_ok
+from metamesh.runtime.tls_protocols import TlsClientProtocol, TlsServerProtocol
 
 if TYPE_CHECKING:
     from metamesh.runtime.handover import HandOverListener
@@ -475,12 +471,23 @@ class ProxyServer:
                 if mark is None
                 else {"sock": await marked_connection(loop, e.address, e.port, mark)}
             )
-            transport, protocol = await loop.create_connection(
-                lambda: cast(asyncio.Protocol, UpstreamProtocol(self, turn, up)),
-                **where,
-                ssl=context,
-                server_hostname=(config.tls_sni or "") if context is not None else None,
-            )
+            if context is None:
+                transport, protocol = await loop.create_connection(
+                    lambda: cast(asyncio.Protocol, UpstreamProtocol(self, turn, up)), **where
+                )
+            else:  # TLS over memory BIOs (runtime/tls_protocols.py: cheaper per request)
+                tls = TlsClientProtocol(
+                    context, config.tls_sni or None, UpstreamProtocol(self, turn, up)
+                )
+                transport, _ = await loop.create_connection(
+                    lambda: cast(asyncio.Protocol, tls), **where
+                )
+                try:
+                    await tls.handshake
+                except BaseException:  # failed, or cancelled (the connect timed out)
+                    transport.abort()
+                    raise
+                protocol = tls.inner
         except OSError as exc:  # ssl.SSLError included: a refused handshake is a failed connect
             self.core.upstream_connect_failed(up, exc.strerror or str(exc), self.now())
         else:
