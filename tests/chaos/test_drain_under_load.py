@@ -1,9 +1,11 @@
 """SIGTERM under load, Thrift and Dubbo at once: no call sent before the close is lost.
 
-One ``metamesh proxy --config --drain-timeout 30`` serves a Thrift listener (real Apache
-server, its own process) and a Dubbo listener (dubbo-py provider, its own process), each
-server taking 1 s per call. Three Apache Thrift clients and three dubbo-py consumers call in a
-loop, so calls are in flight on every connection when the proxy gets SIGTERM.
+One proxy with ``--drain-timeout 30`` serves a Thrift listener (real Apache server, its own
+process) and a Dubbo listener (dubbo-py provider, its own process), each server taking 1 s per
+call, in each mode a proxy runs in: ``proxy --config``, ``up`` and ``control-plane`` +
+``proxy --xds`` (the SIGTERM goes to the process that runs the proxy). Three Apache Thrift
+clients and three dubbo-py consumers call in a loop, so calls are in flight on every connection
+when the proxy gets SIGTERM.
 
 How a client knows to stop (``docs/operations.md``, "Shutdown"):
 
@@ -40,7 +42,19 @@ from tests.chaos.traffic import (
     kinds,
     static_config,
 )
-from tests.e2e.mesh import Metamesh, free_port, wait_until
+from tests.e2e import test_up_dubbo as dubbo_mesh
+from tests.e2e.mesh import (
+    MODES,
+    DeployedMesh,
+    Metamesh,
+    free_address,
+    free_port,
+    router,
+    thrift_mesh,
+    to,
+    wait_until,
+    write,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.interop]
 
@@ -53,20 +67,19 @@ def slow_call(name: str, n: int) -> str:
     return f"slow:1:{name}-{n}"
 
 
-def test_sigterm_under_load_loses_no_call_sent_before_the_close(
-    calc_gen: types.ModuleType, tmp_path: Path
-) -> None:
-    thrift_port, dubbo_port = free_port(), free_port()
-    never = threading.Event()  # callers stop only when the proxy tells them to
-    with ExitStack() as stack:
-        thrift = stack.enter_context(ServerProcess.thrift(calc_gen, "t"))
-        dubbo = stack.enter_context(ServerProcess.dubbo("d"))
+def start_proxy(
+    stack: ExitStack, tmp_path: Path, mode: str, thrift_up: int, dubbo_up: int
+) -> tuple[Metamesh, tuple[str, int], tuple[str, int]]:
+    """The proxy process in ``mode`` (``static`` or one of :data:`MODES`), serving; the
+    Thrift and Dubbo listeners' addresses."""
+    if mode == "static":
+        thrift_at, dubbo_at = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
         config = tmp_path / "proxy.yaml"
         config.write_text(
             static_config(
                 {
-                    "calc": ("thrift", thrift_port, thrift.port),
-                    "demo": ("dubbo", dubbo_port, dubbo.port),
+                    "calc": ("thrift", thrift_at[1], thrift_up),
+                    "demo": ("dubbo", dubbo_at[1], dubbo_up),
                 }
             )
         )
@@ -75,12 +88,36 @@ def test_sigterm_under_load_loses_no_call_sent_before_the_close(
                      "--admin-port", str(free_port()), "--drain-timeout", "30")
         )  # fmt: skip
         wait_until(lambda: "admin on" in proxy.stderr(), "the proxy to start", 20)
+        return proxy, thrift_at, dubbo_at
+    thrift_at, dubbo_at = free_address(), free_address()
+    directory = tmp_path / "mesh"
+    directory.mkdir()
+    thrift_mesh(directory, *thrift_at, thrift_up, thrift_up)  # v1 and v2: the same server
+    write(directory / "dubbo.yaml", dubbo_mesh.services(dubbo_at, dubbo_up, dubbo_up))
+    thrift = router(f"  - name: all\n    route: [{to('v1')}]")
+    dubbo = dubbo_mesh.router(f"  - name: all\n    route: [{dubbo_mesh.to('v1')}]")
+    write(directory / "router.yaml", thrift + "---" + dubbo)
+    deployed = stack.enter_context(DeployedMesh(tmp_path, mode, directory, "--drain-timeout", "30"))
+    deployed.wait_for(f"{thrift_at[0]}:{thrift_at[1]}  thrift  all -> v1")
+    deployed.wait_for(f"{dubbo_at[0]}:{dubbo_at[1]}  dubbo  all -> v1")
+    return deployed.proxy, thrift_at, dubbo_at
+
+
+@pytest.mark.parametrize("mode", ["static", *MODES])
+def test_sigterm_under_load_loses_no_call_sent_before_the_close(
+    calc_gen: types.ModuleType, tmp_path: Path, mode: str
+) -> None:
+    never = threading.Event()  # callers stop only when the proxy tells them to
+    with ExitStack() as stack:
+        thrift = stack.enter_context(ServerProcess.thrift(calc_gen, "t"))
+        dubbo = stack.enter_context(ServerProcess.dubbo("d"))
+        proxy, thrift_at, dubbo_at = start_proxy(stack, tmp_path, mode, thrift.port, dubbo.port)
         callers = [
-            Caller(f"thrift{i}", ThriftPeer(calc_gen, "127.0.0.1", thrift_port), never,
+            Caller(f"thrift{i}", ThriftPeer(calc_gen, *thrift_at), never,
                    text=slow_call, pause=THINK, check_usable=True)
             for i in range(CLIENTS)
         ] + [
-            Caller(f"dubbo{i}", DubboPeer("127.0.0.1", dubbo_port), never,
+            Caller(f"dubbo{i}", DubboPeer(*dubbo_at), never,
                    text=slow_call, pause=0, check_usable=True)
             for i in range(CLIENTS)
         ]  # fmt: skip
@@ -120,7 +157,7 @@ def test_sigterm_under_load_loses_no_call_sent_before_the_close(
     log = proxy.stderr()
     assert "drain deadline" not in log
     print(
-        f"drain under load: exit {took:.2f} s after SIGTERM; {len(calls)} calls sent, all "
+        f"drain under load ({mode}): exit {took:.2f} s after SIGTERM; {len(calls)} calls sent, all "
         f"answered right (thrift {sum(c.caller.startswith('thrift') for c in calls)}, "
         f"dubbo {sum(c.caller.startswith('dubbo') for c in calls)})"
     )
