@@ -3,7 +3,9 @@
 Each test runs in both deployed modes (``up``, and ``control-plane`` + ``proxy --xds``).
 
 The servers' ``echo`` answers ``<version>:<text>``, so the client itself sees which subset a
-request reached. One ``metamesh up`` subprocess serves the directory; the tests check a
+request reached. One ``metamesh up`` subprocess serves the directory, which also holds what a
+team keeps beside its Aeraki resources (an Istio VirtualService and Gateway, a Kubernetes
+Service and Deployment: skipped, one info line per kind); the tests check a
 method route and a 20/80 split (+-5 sigma), then edit the MetaRouter file and, on the same
 client connection with no error, poll until echo follows the new route (2 s budget), drop
 invalid YAML and an invalid resource into the directory (reported on stderr, traffic keeps
@@ -42,6 +44,32 @@ from tests.runtime.thrift_servers import NamedCalc
 
 pytestmark = pytest.mark.interop
 ROUTE_CHANGE_BUDGET = 2.0  # seconds from the file write to the new route in force
+#: Kinds metamesh does not read, as they sit beside Aeraki resources in a team's repository.
+NOT_READ = """
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: web, namespace: demo}
+spec: {hosts: [web], http: [{route: [{destination: {host: web}}]}]}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: ingress, namespace: demo}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: thrift-e2e, namespace: demo}
+spec: {ports: [{name: tcp-metaprotocol-thrift-e2e, port: 9090}], selector: {app: thrift-e2e}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: thrift-e2e-v1, namespace: demo}
+spec:
+  selector: {matchLabels: {app: thrift-e2e}}
+  template: {metadata: {labels: {app: thrift-e2e}}}
+"""
 
 
 @pytest.fixture
@@ -85,9 +113,14 @@ def test_up_routes_splits_and_follows_edits(
     route: [{to("v1", 20)}, {to("v2", 80)}]"""
         ),
     )
+    write(config / "k8s.yaml", NOT_READ)
     log = tmp_path / "access.log"
     with DeployedMesh(tmp_path, mode, config, "--access-log", str(log)) as up:
         up.wait_for(f"{address}:{port}  thrift  add-to-v2 -> v2; split -> v1 20%, v2 80%")
+        skipped = [x for x in up.stderr().splitlines() if "k8s.yaml:" in x and ": info: " in x]
+        assert [x.split(": info: ")[1].split(":")[0] for x in skipped] == [
+            "VirtualService", "Gateway", "Service", "Deployment"
+        ], skipped  # fmt: skip
         check_server_info(up.admin())
         client = ThriftClient(calc_gen, address, port)
         try:
