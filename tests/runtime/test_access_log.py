@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import types
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -20,7 +21,10 @@ import pytest
 from thrift.Thrift import TApplicationException
 
 from metamesh.runtime.access_log import FormatError, compile_format, json_line
+from tests.chaos.traffic import IFACE, OK, DubboPeer, ServerProcess, ThriftPeer
+from tests.chaos.traffic import static_config as two_listeners
 from tests.codecs.thrift.apache_peer import ApacheServer, connect
+from tests.e2e.mesh import Metamesh, access_records, wait_until
 from tests.runtime.test_tracing_static import ROOT, static_config, stop
 from tests.runtime.thrift_servers import NamedCalc
 from tests.support.ports import free_port
@@ -128,3 +132,43 @@ def test_an_unknown_operator_is_refused_at_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert "metamesh proxy: access log format: unknown operator %NOPE%" in out.stderr
+
+
+def test_json_lines_from_real_thrift_and_dubbo_clients_in_static_mode(
+    calc_gen: types.ModuleType, tmp_path: Path
+) -> None:
+    """``proxy --config --access-log``: one JSON line per call of an Apache Thrift client and a
+    dubbo-py consumer, with the fields every mode writes (``tests/e2e`` checks ``up`` and
+    ``proxy --xds`` with the same :func:`~tests.e2e.mesh.access_records`)."""
+    thrift_port, dubbo_port = free_port(), free_port()
+    log = tmp_path / "access.log"
+    with ExitStack() as stack:
+        thrift = stack.enter_context(ServerProcess.thrift(calc_gen, "t"))
+        dubbo = stack.enter_context(ServerProcess.dubbo("d"))
+        cfg = tmp_path / "proxy.yaml"
+        cfg.write_text(
+            two_listeners(
+                {
+                    "calc": ("thrift", thrift_port, thrift.port),
+                    "demo": ("dubbo", dubbo_port, dubbo.port),
+                }
+            )
+        )
+        proxy = stack.enter_context(
+            Metamesh(tmp_path, "proxy", "proxy", "--config", str(cfg), "--admin-port", "-1",
+                     "--access-log", str(log))
+        )  # fmt: skip
+        wait_until(lambda: "listener demo on" in proxy.stderr(), "the proxy to start", 20)
+        peers = [ThriftPeer(calc_gen, "127.0.0.1", thrift_port), DubboPeer("127.0.0.1", dubbo_port)]
+        for peer in peers:
+            for i in range(3):
+                assert peer.call(f"call-{i}")[0] == OK
+            peer.close()
+        assert proxy.stop() == 0
+    records = access_records(log)
+    assert Counter((r["protocol"], r["listener"], r["method"]) for r in records) == {
+        ("thrift", "calc", "echo"): 3,
+        ("dubbo", "demo", "echo"): 3,
+    }
+    assert {r["interface"] for r in records if r["protocol"] == "dubbo"} == {IFACE}
+    assert {(r["route"], r["response_code"]) for r in records} == {("all", "0")}
