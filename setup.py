@@ -56,6 +56,7 @@ HOT_PATH_MODULES = [
     "codecs/thrift/transport",
     "codecs/dubbo/codec",
     "codecs/dubbo/body",
+    "codecs/dubbo/descriptor",
     "codecs/dubbo/header",
     "codecs/dubbo/metadata",
     "codecs/redis/codec",

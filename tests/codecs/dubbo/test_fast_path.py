@@ -217,6 +217,32 @@ def test_request_mutation_with_and_without_an_attachment_lookup_first(lookup_fir
     assert out[:4] == data[:4] and out[4:12] == data[4:12]
 
 
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},  # only new keys
+        {"b": "B"},  # the middle entry replaced
+        {"a": "A", "c": "C" * 200, "d": "D"},  # both ends replaced, one key added
+        {"b": "\u00e9t\u00e9"},  # a value that is not ASCII
+    ],
+)
+def test_request_mutation_copies_the_untouched_entries_byte_for_byte(
+    mutation: dict[str, str],
+) -> None:
+    data = request(6, attachments={"a": "1", "b": "x" * 200, "c": "3"})
+    codec = DubboCodec()
+    m = codec.decode(bytearray(data))
+    assert m is not None
+    out = codec.encode(m, mutation)
+    again = DubboCodec().decode(bytearray(out))
+    assert again is not None
+    assert dict(again.metadata) == {**m.metadata, **mutation}
+    assert int.from_bytes(out[12:16], "big") == len(out) - 16
+    for key in {"a", "b", "c"} - set(mutation):  # its key and value bytes, unchanged
+        entry = hstr(key) + hstr(m.metadata[key])
+        assert entry in data and entry in out
+
+
 @pytest.mark.parametrize("kind", range(6))
 @pytest.mark.parametrize("lookup_first", [False, True])
 def test_response_layout_made_on_demand_agrees_with_the_long_form(
@@ -303,6 +329,9 @@ def test_the_inline_attachment_walk_finds_what_the_decoder_finds() -> None:
         _encoded(None),
         b"",
         _encoded({"k": 1}),  # handed over: a value that is not a string
+        # a medium length byte >= 0x80 (the map is not ASCII as a whole, its strings are)
+        _encoded({"tracestate": "x" * 200, "a": "b"}),
+        _encoded({"a": "\u00e9"}),  # handed over: a string that is not ASCII
     ]
     walked = 0
     for _ in range(400):

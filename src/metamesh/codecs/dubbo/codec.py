@@ -40,7 +40,7 @@ from metamesh.codecs.dubbo.body import (
     BodyLayout,
     encode_int,
     encode_string,
-    merged_map,
+    merge_into,
     read_request_head,
     read_result_kind,
     request_attachments,
@@ -242,26 +242,27 @@ class DubboCodec(Codec):
             self.dropped_mutations += 1  # heartbeats and error responses carry no attachments
             return message.frame
         frame = message.frame
+        # the whole frame joined once: header (its body length patched), the body up to the
+        # attachments, the merged map, the rest
+        parts = [b""]  # the header's place
         if layout.kind < 0:
             amap = request_attachments(frame, layout)
-            body = b"".join(
-                (
-                    frame[HEADER_SIZE : amap.start],
-                    merged_map(frame, amap, mutation),
-                    frame[amap.end :],
-                )
-            )
+            parts.append(frame[HEADER_SIZE : amap.start])
         else:
             amap = response_attachments(frame, layout)
             kind = layout.kind
             if kind >= RESULT_WITH_ATTACHMENTS:
-                head = frame[HEADER_SIZE : amap.start]
+                parts.append(frame[HEADER_SIZE : amap.start])
             else:  # upgrade 0/1/2 to 3/4/5 so the body can carry attachments
-                head = (
-                    encode_int(kind + RESULT_WITH_ATTACHMENTS) + frame[layout.kind_end : amap.start]
-                )
-            body = b"".join((head, merged_map(frame, amap, mutation), frame[amap.end :]))
-        return with_body_length(frame[:HEADER_SIZE], len(body)) + body
+                parts.append(encode_int(kind + RESULT_WITH_ATTACHMENTS))
+                parts.append(frame[layout.kind_end : amap.start])
+        merge_into(parts, frame, amap, mutation)
+        parts.append(frame[amap.end :])
+        body_length = 0
+        for part in parts:
+            body_length += len(part)
+        parts[0] = with_body_length(frame[:HEADER_SIZE], body_length)
+        return b"".join(parts)
 
     # -- local replies --------------------------------------------------------------------------
     def error_reply(self, request: Message, error: LocalError) -> bytes:
