@@ -81,7 +81,9 @@ async def connect(context: ssl.SSLContext, port: int) -> tuple[TlsClientProtocol
     return tls, inner, transport
 
 
-def test_requests_and_replies_of_any_size_cross(mesh: tuple[TlsCredentials, TlsCredentials]) -> None:
+def test_requests_and_replies_of_any_size_cross(
+    mesh: tuple[TlsCredentials, TlsCredentials],
+) -> None:
     server_creds, client_creds = mesh
 
     async def run() -> None:
