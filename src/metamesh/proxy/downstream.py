@@ -41,8 +41,10 @@ from metamesh.proxy.core import (
 )
 from metamesh.proxy.exchange import MAX_ORIGINS
 from metamesh.proxy.listener import Downstream
+from metamesh.proxy.request_path import UNKNOWN, frame_hint
 from metamesh.proxy.runs import Runs
 from metamesh.proxy.telemetry import principal_workload
+from metamesh.proxy.tracing import MARKER
 
 #: Seconds between two log lines about the connection cap (the counters count every case).
 CX_LIMIT_LOG_EVERY: Final = 10.0
@@ -107,6 +109,10 @@ class DownstreamSide(Runs):
                 if d.closed:
                     return
             end = len(data)
+            # tracing: where the read's last trace marker starts, found once per read (see
+            # RequestPath.trace_hint), -2 when not looked for
+            scan = self.tracer is not None and codec.carries_headers
+            last = data.rfind(MARKER, pos) if scan else -2
             while pos < end:
                 try:
                     msg = codec.decode_at(data, pos)
@@ -115,8 +121,16 @@ class DownstreamSide(Runs):
                     return
                 if msg is None:
                     break
+                start = pos
                 pos += len(msg.frame)
-                self._downstream_message(d, msg, now)
+                if last == -2:
+                    self._downstream_message(d, msg, now)
+                else:
+                    self.trace_hint = frame_hint(start, pos, last)
+                    try:
+                        self._downstream_message(d, msg, now)
+                    finally:
+                        self.trace_hint = UNKNOWN
                 if d.closed:
                     return
             if pos == end:

@@ -14,7 +14,7 @@ This code runs once per proxied request, so it binds locals and inlines small st
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Final, cast
 
 from metamesh.codecs import (
     CodecError,
@@ -45,12 +45,35 @@ from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.router import no_route_text
 from metamesh.proxy.stats import duration_bucket, size_bucket
 from metamesh.proxy.telemetry import NO_FLAGS
-from metamesh.proxy.tracing import HAS_MARKER
+from metamesh.proxy.tracing import HAS_MARKER, MARKER_SIZE
 from metamesh.proxy.upstream import ActiveRequest, Upstream, UpstreamState
+
+#: :attr:`RequestPath.trace_hint` values: what the client side knows of the request frame being
+#: handled from its read's one scan.
+UNKNOWN: Final = 0  # scan the frame
+CLEAN: Final = 1  # no trace marker in it
+MARKED: Final = 2  # the marker is in it
+
+
+def frame_hint(start: int, end: int, last: int) -> int:
+    """The hint for the frame at ``start:end`` of a read whose last trace marker starts at
+    ``last`` (-1: none): clean after it, marked if it holds it whole, else unknown (an earlier
+    frame, or the marker straddles two frames: as in a scan of either, it is in neither)."""
+    if last < start:
+        return CLEAN
+    return MARKED if last + MARKER_SIZE <= end else UNKNOWN
 
 
 class RequestPath(Attempts):
     """The plain request path and every response."""
+
+    #: Set by the client side around each request frame of a read taken whole (``Codec.
+    #: decode_at``) while tracing: the read is searched once for the trace marker, from its
+    #: end (``bytes.rfind``), and every frame after the last marker is known clean, so a burst
+    #: of pipelined requests without context costs one search, not one per request (a 200 B
+    #: Dubbo request: ~150 ns per frame scanned, ~1/4 of that per frame of a 32-frame read).
+    #: Frames before the last marker are scanned on their own, as buffered frames are.
+    trace_hint: int = UNKNOWN
 
     def _on_request(self, d: Downstream, msg: Message, now: float) -> None:
         if d.hear:
@@ -58,8 +81,12 @@ class RequestPath(Attempts):
         span = None
         tracer = self.tracer
         if tracer is not None:  # see Tracer: only requests that may be traced call begin
-            # a framing without headers is never scanned; see HAS_MARKER for the search
-            if d.codec.carries_headers and HAS_MARKER(msg.frame) is not None:
+            # a framing without headers is never scanned; see HAS_MARKER for the search, and
+            # trace_hint for the frames a scan of their whole read found clean or marked
+            hint = self.trace_hint
+            if d.codec.carries_headers and (
+                hint == MARKED or (hint == UNKNOWN and HAS_MARKER(msg.frame) is not None)
+            ):
                 span = tracer.begin(msg.metadata, d.origin.inbound, now)
             else:
                 tracer.skip -= 1

@@ -32,7 +32,7 @@ import math
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 _HEX: Final = frozenset("0123456789abcdef")
@@ -46,6 +46,7 @@ B3_FLAGS: Final = "x-b3-flags"
 #: What a frame's bytes must contain for its trace headers to be looked up (frames of a codec
 #: whose framing has no headers, ``Codec.carries_headers`` False, are not scanned).
 MARKER: Final = b"trace"
+MARKER_SIZE: Final = 5  # len(MARKER)
 #: The search for :data:`MARKER`: ``HAS_MARKER(frame) is not None``. A compiled pattern's
 #: ``search`` takes its arguments the fast way (a C array, no tuple) and scans long frames
 #: faster than ``bytes.find``, whose arguments are parsed from a tuple by a format string
@@ -69,18 +70,44 @@ class TracingConfig:
     errors: bool = False
 
 
-@dataclass(slots=True)
 class Span:
-    """One request's span while it is in flight."""
+    """One request's span while it is in flight.
 
-    trace_id: int
-    span_id: int
-    parent_id: int  # 0: a root span
-    sampled: bool
-    server: bool  # SERVER (inbound listener) or CLIENT (outbound) kind
-    start: float
-    tracestate: str = ""
-    b3: bool = False  # the request came with B3 headers: write them besides traceparent
+    A plain class with its own ``__init__`` rather than a dataclass: in the native build a
+    dataclass's ``__init__`` is the one the ``dataclasses`` module generates, which runs
+    interpreted (and a frozen one sets every field through ``object.__setattr__``); this one
+    is compiled, and both are made for every sampled request."""
+
+    __slots__ = (
+        "b3",
+        "parent_id",
+        "sampled",
+        "server",
+        "span_id",
+        "start",
+        "trace_id",
+        "tracestate",
+    )
+
+    def __init__(
+        self,
+        trace_id: int,
+        span_id: int,
+        parent_id: int,  # 0: a root span
+        sampled: bool,
+        server: bool,  # SERVER (inbound listener) or CLIENT (outbound) kind
+        start: float,
+        tracestate: str = "",
+        b3: bool = False,  # the request came with B3 headers: write them besides traceparent
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.sampled = sampled
+        self.server = server
+        self.start = start
+        self.tracestate = tracestate
+        self.b3 = b3
 
     def headers(self) -> dict[str, str]:
         """The headers that make this span the parent of the forwarded request."""
@@ -98,19 +125,49 @@ class Span:
         return out
 
 
-@dataclass(frozen=True, slots=True)
 class SpanRecord:
-    """A finished span, for the runtime's exporter."""
+    """A finished span, for the runtime's exporter (not changed once made). A plain class for
+    the same reason as :class:`Span`."""
 
-    trace_id: int
-    span_id: int
-    parent_id: int
-    server: bool
-    name: str
-    start: float
-    end: float
-    error: bool
-    attributes: Mapping[str, str | int] = field(default_factory=dict)
+    __slots__ = (
+        "attributes",
+        "end",
+        "error",
+        "name",
+        "parent_id",
+        "server",
+        "span_id",
+        "start",
+        "trace_id",
+    )
+
+    def __init__(
+        self,
+        trace_id: int,
+        span_id: int,
+        parent_id: int,
+        server: bool,
+        name: str,
+        start: float,
+        end: float,
+        error: bool,
+        attributes: Mapping[str, str | int] | None = None,
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.server = server
+        self.name = name
+        self.start = start
+        self.end = end
+        self.error = error
+        self.attributes: Mapping[str, str | int] = {} if attributes is None else attributes
+
+    def __repr__(self) -> str:
+        return (
+            f"SpanRecord({self.name!r}, trace {self.trace_id:032x}, span {self.span_id:016x}, "
+            f"parent {self.parent_id:016x}, error={self.error})"
+        )
 
 
 def _hex_id(text: str | None, digits: tuple[int, ...]) -> int:
