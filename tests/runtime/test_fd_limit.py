@@ -78,3 +78,85 @@ def test_a_new_client_is_served_with_2000_idle_clients_and_1024_files(
             proc.terminate()
             proc.wait(15)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+IDLE_FLOOD = 120
+
+
+def limit_to_64() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+def _counter(admin: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats/prometheus", timeout=5) as r:
+            stats = r.read().decode()
+    except OSError:  # the admin cannot accept either when the process is out of descriptors
+        return -1.0
+    return next(float(x.split()[-1]) for x in stats.splitlines() if x.startswith(name + " "))
+
+
+def _still_open(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1) != b""  # a byte from the proxy would be a surprise too
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def test_out_of_descriptors_on_uvloop_pauses_accepting_and_drops_nobody(
+    calc_gen: types.ModuleType, tmp_path: Path
+) -> None:
+    """64 open files, no connection cap, 120 idle clients (uvloop, the CLI's loop): libuv used
+    to accept and close 72 of them silently, uncounted. Now the proxy stops accepting just
+    below the limit: the clients past it wait in the listen backlog (none is closed), the pause
+    is counted and logged once, and once the idle clients go a real Thrift client is served."""
+    port, admin = free_port(), free_port()
+    with ApacheServer(calc_gen.Calc.Processor(CalcHandler(calc_gen)), "framed", "binary") as up:
+        path = tmp_path / "proxy.yaml"
+        path.write_text(config(port, up.port))
+        err = tmp_path / "proxy.err"
+        with open(err, "wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "metamesh", "proxy", "--config", str(path),
+                 "--admin-port", str(admin), "--max-connections", "0", "--idle-timeout", "0",
+                 "--log-level", "debug"],
+                stderr=stderr, preexec_fn=limit_to_64,
+            )  # fmt: skip
+        idle: list[socket.socket] = []
+        try:
+            wait_until(lambda: "admin on" in err.read_text(), "the proxy to start")
+            assert "uvloop" in _server_info(admin)
+            for _ in range(IDLE_FLOOD):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            wait_until(
+                lambda: _counter(admin, "metamesh_downstream_accept_errors_total") > 0,
+                "the proxy to pause accepting",
+            )
+            active = _counter(admin, "metamesh_active_downstream_connections")
+            assert 20 < active < 64  # accepted up to the high mark, the rest wait
+            assert all(_still_open(s) for s in idle)  # nobody dropped
+            for s in idle:
+                s.close()
+            idle.clear()
+            client = ThriftClient(calc_gen, "127.0.0.1", port)
+            assert [client.client.add(i, 1) for i in range(10)] == list(range(1, 11))
+            client.close()
+            log = err.read_text()
+            assert log.count("out of file descriptors") == 1  # once per 10 s, not per client
+            assert "accepting paused until below" in log
+            assert "out of system resource" not in log
+        finally:
+            for s in idle:
+                with contextlib.suppress(OSError):
+                    s.close()
+            proc.terminate()
+            proc.wait(15)
+
+
+def _server_info(admin: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/server_info", timeout=5) as r:
+        info: bytes = r.read()
+    return info.decode()

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from metamesh.runtime.fd_limits import PAUSED
 
 if TYPE_CHECKING:
     from metamesh.runtime.server import ProxyServer
@@ -53,6 +56,19 @@ class HandOverListener:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._closed = False
+        self._paused = False
+
+    def set_mode(self, mode: str) -> None:
+        """Follow the descriptor guard (runtime/fd_limits.py): read the listening socket
+        unless accepting is paused (connections then wait in the listen backlog). This loop
+        sees EMFILE itself, so its fast and careful modes are the same."""
+        paused = mode == PAUSED
+        if paused != self._paused and not self._closed:
+            self._paused = paused
+            if paused:
+                self._loop.remove_reader(self.sockets[0].fileno())
+            else:
+                self._loop.add_reader(self.sockets[0].fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
         sock = self.sockets[0]
@@ -61,10 +77,12 @@ class HandOverListener:
                 conn, _ = sock.accept()
             except BlockingIOError:
                 return
-            except OSError as exc:  # EMFILE/ENFILE and the like: counted as the loop would
-                self.server.accept_errors += 1
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.server.accept_failed(exc)  # counted, logged, accepting paused
+                    return
                 log.debug("listener %s: accept failed: %s", self.name, exc)
-                return
+                continue  # ECONNABORTED and the like: that client only
             self._deal(conn)
 
     def _deal(self, conn: socket.socket) -> None:
@@ -85,7 +103,8 @@ class HandOverListener:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._loop.remove_reader(self.sockets[0].fileno())
+            if not self._paused:
+                self._loop.remove_reader(self.sockets[0].fileno())
             self.sockets[0].close()
 
     async def wait_closed(self) -> None:

@@ -54,6 +54,13 @@ from metamesh.proxy.core import SPAN
 from metamesh.proxy.filters.ratelimit import RATELIMIT_CHECK
 from metamesh.proxy.upstream import Upstream, UpstreamState
 from metamesh.runtime.access_log import AccessLogFile
+from metamesh.runtime.fd_limits import (
+    ERROR_PAUSE,
+    FAST,
+    PAUSED,
+    DescriptorGuard,
+    GuardedListener,
+)
 from metamesh.runtime.intercept import marked_connection
 from metamesh.runtime.protocols import DownstreamProtocol, Turn, UpstreamProtocol
 from metamesh.runtime.ratelimit_client import RateLimitClient
@@ -144,7 +151,7 @@ class ProxyServer:
         self.last_nack: Callable[[], str | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.turn: Turn | None = None
-        self._servers: dict[str, asyncio.Server | HandOverListener] = {}
+        self._servers: dict[str, GuardedListener | HandOverListener] = {}
         self._admin: asyncio.Server | None = None
         self._connects: dict[Upstream, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -155,6 +162,10 @@ class ProxyServer:
         #: Accepts that failed for lack of file descriptors (see _on_loop_error).
         self.accept_errors = 0
         self._accept_error_logged_at = -1e9
+        #: How listeners accept near the open-file limit (set by :meth:`start`; fd_limits.py).
+        self.fd_guard: DescriptorGuard | None = None
+        self._fd_recount_at = 0.0
+        self._fd_check_due = False
         self.ratelimit = RateLimitClient(lambda: self.core.snapshot.clusters)
         #: Interception and DNS (runtime/sidecar.py): listeners then take their connections
         #: from the capture ports instead of binding, and upstream sockets carry its mark.
@@ -167,6 +178,7 @@ class ProxyServer:
         self._loop = asyncio.get_running_loop()
         self._loop.set_exception_handler(self._on_loop_error)
         self.turn = Turn(self.core, self._loop, self._execute)
+        self.fd_guard = DescriptorGuard.for_this_process()
         for name in self.core.listeners:
             await self._listen(name)
         if self.sidecar is not None:
@@ -181,6 +193,8 @@ class ProxyServer:
             await self.workers.start(self)
         if self.tune_gc:
             tune_gc()
+        if self.fd_guard is not None:  # what the listeners, admin and the rest hold
+            self.fd_guard.recount(self._fd_tracked())
         self.ready = True
 
     async def _listen(self, name: str) -> None:
@@ -196,17 +210,22 @@ class ProxyServer:
                 f"listener {name} asks for {cfg.tls_mode} TLS but the proxy has no certificate"
             )
         factory = self.protocol_factory(name)
+        counted = self._counting(factory)
         port = self.port_overrides.get(name, cfg.port)
         if self.workers is not None and self.workers.hands_over:
             from metamesh.runtime.handover import HandOverListener, listen_socket
 
             sock = listen_socket(cfg.address, port)
             targets = self.workers.handover_targets
-            self._servers[name] = HandOverListener(self, name, sock, factory, targets)
+            self._servers[name] = HandOverListener(self, name, sock, counted, targets)
+            self._servers[name].set_mode(self.fd_guard.mode if self.fd_guard else FAST)
             return
-        self._servers[name] = await loop.create_server(
-            factory, cfg.address, port, reuse_address=True, reuse_port=self.reuse_port or None
+        server = await loop.create_server(
+            counted, cfg.address, port, reuse_address=True, reuse_port=self.reuse_port or None
         )
+        listener = GuardedListener(self, loop, factory, counted, server)
+        self._servers[name] = listener
+        listener.set_mode(self.fd_guard.mode if self.fd_guard else FAST)
 
     def protocol_factory(self, name: str) -> Callable[[], asyncio.Protocol]:
         """The protocol of a new client connection of listener ``name``."""
@@ -226,6 +245,21 @@ class ProxyServer:
             return cast(asyncio.Protocol, TlsServerProtocol(self.tls, mode, inner))
 
         return factory
+
+    def _counting(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """``factory``, telling the descriptor guard of each connection accepted (for the
+        loop's own accept path: the guard is consulted after that callback, not in it)."""
+        guard = self.fd_guard
+        if guard is None:
+            return factory
+
+        def counted() -> asyncio.Protocol:
+            if guard.accepted(self._fd_tracked()) and not self._fd_check_due:
+                self._fd_check_due = True
+                asyncio.get_running_loop().call_soon(self._check_descriptors)
+            return factory()
+
+        return counted
 
     def _zero_ports(self) -> dict[str, int]:
         """The ports bound for listeners configured on port 0 (for the other workers)."""
@@ -521,6 +555,13 @@ class ProxyServer:
             if now >= due:
                 self.unbound[name] = (now + backoff, backoff)  # one attempt in flight at a time
                 self._spawn(self._rebind(name))
+        guard = self.fd_guard
+        if guard is not None and now >= self._fd_recount_at:
+            if guard.mode == PAUSED:
+                self._check_descriptors()
+            elif guard.mode != FAST or guard.estimate(self._fd_tracked()) >= guard.calm:
+                self._fd_recount_at = now + max(1.0, guard.counted / 20_000)  # O(descriptors)
+                self._check_descriptors()
         self._timer = loop.call_later(TIMER_INTERVAL, self._on_timer)
 
     def _client_context(self, config: Cluster) -> ssl.SSLContext | None:
@@ -559,18 +600,74 @@ class ProxyServer:
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
             self.accept_errors += 1
-            now = loop.time()
-            if now - self._accept_error_logged_at >= ACCEPT_ERROR_LOG_EVERY:
-                self._accept_error_logged_at = now
-                log.warning(
-                    "out of file descriptors while accepting (%s); %d time(s) so far, logged "
-                    "once per %.0f s",
-                    exc.strerror,
-                    self.accept_errors,
-                    ACCEPT_ERROR_LOG_EVERY,
-                )
+            self._log_accept_error(exc.strerror or "EMFILE")
             return
         loop.default_exception_handler(context)
+
+    def _fd_tracked(self) -> int:
+        """The core's connections less the clients it was ever told of (the guard's input)."""
+        core = self.core
+        stats = core.stats
+        return (
+            stats.active_downstream_connections
+            + len(core.upstreams)
+            - stats.downstream_connections_total
+        )
+
+    def count_accept(self) -> None:
+        """Our accept loop accepted a connection (see :class:`GuardedListener`)."""
+        guard = self.fd_guard
+        if guard is not None and guard.accepted(self._fd_tracked()):
+            self._check_descriptors()
+
+    def _check_descriptors(self) -> None:
+        """Count the descriptors in use and switch the listeners to the mode the guard says
+        (see :class:`~metamesh.runtime.fd_limits.DescriptorGuard`); a pause is counted as an
+        accept error and logged once per :data:`ACCEPT_ERROR_LOG_EVERY` s."""
+        self._fd_check_due = False
+        guard = self.fd_guard
+        if guard is None:
+            return
+        before = guard.mode
+        used = guard.recount(self._fd_tracked())
+        mode = guard.decide(used, self.now())
+        if mode != before:
+            self._set_accept_mode(mode)
+            if mode == PAUSED:
+                self.accept_errors += 1
+                self._log_accept_error(
+                    f"{used} of {guard.limit} in use, accepting paused until below {guard.low}"
+                )
+            else:
+                log.debug("accepting (%s): %d file descriptors in use", mode, used)
+
+    def accept_failed(self, exc: OSError) -> None:
+        """An accept of our own failed for lack of descriptors: counted, accepting paused."""
+        self.accept_errors += 1
+        guard = self.fd_guard
+        if guard is not None:  # the timer resumes once the guard allows
+            guard.accept_failed(self.now())
+        else:
+            asyncio.get_running_loop().call_later(ERROR_PAUSE, self._set_accept_mode, FAST)
+        self._set_accept_mode(PAUSED)
+        self._log_accept_error(f"{exc.strerror}, accepting paused")
+
+    def _set_accept_mode(self, mode: str) -> None:
+        if not self.draining:
+            for listener in self._servers.values():
+                listener.set_mode(mode)
+
+    def _log_accept_error(self, what: str) -> None:
+        now = self.now()
+        if now - self._accept_error_logged_at >= ACCEPT_ERROR_LOG_EVERY:
+            self._accept_error_logged_at = now
+            log.warning(
+                "out of file descriptors while accepting (%s); %d time(s) so far, logged once "
+                "per %.0f s",
+                what,
+                self.accept_errors,
+                ACCEPT_ERROR_LOG_EVERY,
+            )
 
     def set_upstream_congested(self, delta: int) -> None:
         """Pause reading from every client while any upstream's write buffer is full."""
