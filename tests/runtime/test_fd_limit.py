@@ -160,3 +160,48 @@ def _server_info(admin: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/server_info", timeout=5) as r:
         info: bytes = r.read()
     return info.decode()
+
+
+def test_a_listener_cap_evicts_its_idle_clients_for_a_new_thrift_client(
+    calc_gen: types.ModuleType, tmp_path: Path
+) -> None:
+    """``max_connections: 5`` on the listener (static YAML), 20 idle clients: each new one
+    takes the place of the listener's client idle longest, so 5 stay open and a real Thrift
+    client is served; counted per listener."""
+    port, admin = free_port(), free_port()
+    with ApacheServer(calc_gen.Calc.Processor(CalcHandler(calc_gen)), "framed", "binary") as up:
+        path = tmp_path / "proxy.yaml"
+        text = config(port, up.port)
+        assert text.count("      route_config_name: calc\n") == 1
+        path.write_text(
+            text.replace(
+                "      route_config_name: calc\n",
+                "      route_config_name: calc\n      max_connections: 5\n",
+            )
+        )
+        err = tmp_path / "proxy.err"
+        with open(err, "wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "metamesh", "proxy", "--config", str(path),
+                 "--admin-port", str(admin)],
+                stderr=stderr,
+            )  # fmt: skip
+        idle: list[socket.socket] = []
+        try:
+            wait_until(lambda: "admin on" in err.read_text(), "the proxy to start")
+            for _ in range(20):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            client = ThriftClient(calc_gen, "127.0.0.1", port)
+            assert [client.client.add(i, 1) for i in range(10)] == list(range(1, 11))
+            label = '{listener="calc"}'
+            assert _counter(admin, f"metamesh_listener_downstream_cx_evicted_total{label}") == 16
+            assert _counter(admin, f"metamesh_listener_downstream_cx_active{label}") == 5
+            client.close()
+            assert sum(not _still_open(s) for s in idle) == 16  # the idlest, closed
+            assert err.read_text().count("at listener calc's cap of 5") == 1
+        finally:
+            for s in idle:
+                with contextlib.suppress(OSError):
+                    s.close()
+            proc.terminate()
+            proc.wait(15)

@@ -164,6 +164,13 @@ def to_listener(listener: Any) -> cfg.Listener:
         if idle < 0:
             raise XdsConversionError(f"{where}: MetaProtocolProxy.idleTimeout is negative")
         extra["idle_timeout"] = idle  # 0 disables it, as in Envoy; absent: the proxy's default
+    if proxy.get("maxConnections") is not None:
+        cap = proxy["maxConnections"]
+        if not isinstance(cap, (int, float)) or cap != int(cap) or cap < 0:
+            raise XdsConversionError(
+                f"{where}: MetaProtocolProxy.maxConnections must be a whole number >= 0"
+            )
+        extra["max_connections"] = int(cap)  # TypedStruct numbers arrive as floats
     return cfg.Listener(
         name=listener.name,
         address=socket.address,

@@ -254,6 +254,10 @@ class Listener:
     #: flight for this long is closed; 0 = never, ``None`` = the proxy's default
     #: (``ConnectionLimits.idle_timeout``, ``--idle-timeout``).
     idle_timeout: float | None = None
+    #: Client connections held at once on this listener (0/``None``: no cap of its own; the
+    #: process-wide ``--max-connections`` applies to all listeners together). At the cap a new
+    #: client takes the place of this listener's client idle longest (proxy/client_cap.py).
+    max_connections: int | None = None
     #: Client connections: "" plaintext, "STRICT" mutual TLS required, "PERMISSIVE" either
     #: (detected per connection). The certificate is the proxy's workload certificate.
     tls_mode: str = ""

@@ -27,6 +27,7 @@ what xDS will later deliver. Layout (see ``examples/proxy-static.yaml``)::
                                    token_bucket: {max_tokens: 10, fill_interval: 1s}}]}
           - name: aeraki.meta_protocol.filters.router
           idle_timeout: 300s           # close a client with no request in flight this long
+          max_connections: 10000       # at this many clients, a new one replaces the idlest
       clusters:
       - name: outbound|19000|v1|kv.example
         connect_timeout: 1s            # "250ms", "1.5s" or seconds as a number

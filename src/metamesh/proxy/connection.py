@@ -64,6 +64,7 @@ class ConnectionManager(DownstreamSide):
         limits: ConnectionLimits | None = None,
     ) -> None:
         super().__init__(snapshot, resolve_codec, rng, access_log=access_log, limits=limits)
+        self.listener_clients = {}
         self.apply_snapshot(snapshot)
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
@@ -99,6 +100,9 @@ class ConnectionManager(DownstreamSide):
             state_.filters = filters
             listeners[name] = state_
         self.listeners = listeners
+        for name, clients in list(self.listener_clients.items()):
+            if name not in listeners and not clients.count:
+                del self.listener_clients[name]  # a removed listener's last client is gone
         self.clusters = clusters
         self.snapshot = snapshot
         default = self.limits.idle_timeout

@@ -30,6 +30,7 @@ from metamesh.codecs import (
     FrameTooLargeError,
     Message,
 )
+from metamesh.proxy.client_cap import ListenerClients
 from metamesh.proxy.core import (
     _HEARTBEAT,
     _ONEWAY,
@@ -53,6 +54,9 @@ CX_LIMIT_LOG_EVERY: Final = 10.0
 class DownstreamSide(Runs):
     """Client connections: accept, decode loop, heartbeats, close and truncation."""
 
+    #: Each listener's open clients and cap counters, by listener name (set by the manager).
+    listener_clients: dict[str, ListenerClients]
+
     def downstream_connected(
         self, listener_name: str, peer: str = "", now: float = 0.0, principal: str = ""
     ) -> Downstream:
@@ -63,23 +67,44 @@ class DownstreamSide(Runs):
         self.downstreams.add(d)
         self.stats.downstream_connections_total += 1
         self.stats.active_downstream_connections += 1
-        cap = self.limits.max_downstreams
-        if cap and len(self.downstreams) > cap:
-            self._make_room(d, now)
+        clients = self.listener_clients.get(listener_name)
+        if clients is None:
+            clients = self.listener_clients[listener_name] = ListenerClients()
+        clients.add(d)
+        cap = d.listener.config.max_connections
+        if cap and clients.count > cap:
+            self._make_room(d, clients, f"listener {listener_name}'s cap of {cap}", now, clients)
+        else:
+            cap = self.limits.max_downstreams
+            if cap and len(self.downstreams) > cap:
+                self._make_room(d, clients, f"the cap of {cap}", now)
         return d
 
-    def _make_room(self, new: Downstream, now: float) -> None:
-        """Over the connection cap: close the client idle longest, else refuse ``new``."""
-        oldest: Downstream | None = None
-        for d in self.downstreams:
-            idle = d is not new and not d.owed and not d.inbuf
-            if idle and (oldest is None or d.idle_since < oldest.idle_since):
-                oldest = d
+    def _make_room(
+        self,
+        new: Downstream,
+        clients: ListenerClients,
+        cap: str,
+        now: float,
+        among: ListenerClients | None = None,
+    ) -> None:
+        """Over a connection cap: close the client idle longest (of listener ``among``, else
+        of any listener), else refuse ``new`` (see :mod:`.client_cap`)."""
+        if among is not None:
+            oldest = among.longest_idle(new)
+        else:
+            oldest = None
+            for pool in self.listener_clients.values():
+                d = pool.longest_idle(new)
+                if d is not None and (oldest is None or d.idle_since < oldest.idle_since):
+                    oldest = d
         if oldest is not None:
             self.stats.downstream_cx_evicted += 1
+            self.listener_clients[oldest.listener.config.name].evicted += 1
             victim, what = oldest, "closing the client idle longest"
         else:
             self.stats.downstream_cx_overflow += 1
+            clients.refused += 1
             victim, what = new, "refusing a new client (none is idle)"
         self.actions.append((CLOSE_DOWNSTREAM, victim))
         self._forget_downstream(victim)
@@ -90,7 +115,7 @@ class DownstreamSide(Runs):
                 (
                     LOG,
                     WARNING,
-                    f"at the cap of {self.limits.max_downstreams} client connections: {what} "
+                    f"at {cap} client connections: {what} "
                     f"({stats.downstream_cx_evicted} evicted, {stats.downstream_cx_overflow} "
                     f"refused so far; logged once per {CX_LIMIT_LOG_EVERY:.0f} s)",
                 )
@@ -262,6 +287,9 @@ class DownstreamSide(Runs):
         d.order.clear()
         self.downstreams.discard(d)
         self.stats.active_downstream_connections -= 1
+        clients = self.listener_clients.get(d.listener.config.name)
+        if clients is not None:
+            clients.removed()
         tcp = d.tcp
         tcp.closed += 1
         tcp.received += d.bytes_in

@@ -50,6 +50,7 @@ from metamesh.runtime.redact import redact
 from metamesh.telemetry import view
 
 if TYPE_CHECKING:
+    from metamesh.proxy.client_cap import ListenerClients
     from metamesh.proxy.config import Snapshot
     from metamesh.proxy.listener import Downstream
     from metamesh.runtime.server import ProxyServer
@@ -100,6 +101,7 @@ class ProxyCollector:
             yield from self.server.sidecar.metrics()
         if self.server.workers is not None:  # --workers N (runtime/workers.py)
             yield from self.server.workers.metrics()
+        yield from _listener_clients(core.listener_clients)
         yield CounterMetricFamily(
             "metamesh_downstream_accept_errors",
             "Accepts that failed for lack of file descriptors (EMFILE/ENFILE)",
@@ -236,6 +238,30 @@ def istio_tcp_metrics(
         for family, value in zip(families, row, strict=True):
             family.add_metric(values, value)
     yield from families
+
+
+def _listener_clients(clients: dict[str, ListenerClients]) -> Iterator[Metric]:
+    """Client connections per listener, and what its ``max_connections`` cap did."""
+    active = GaugeMetricFamily(
+        "metamesh_listener_downstream_cx_active",
+        "Open client connections per listener",
+        labels=["listener"],
+    )
+    evicted = CounterMetricFamily(
+        "metamesh_listener_downstream_cx_evicted",
+        "Idle clients of a listener closed to make room for a new one (a connection cap)",
+        labels=["listener"],
+    )
+    refused = CounterMetricFamily(
+        "metamesh_listener_downstream_cx_overflow",
+        "New clients of a listener refused at a connection cap (no client was idle)",
+        labels=["listener"],
+    )
+    for name, c in sorted(clients.items()):
+        active.add_metric([name], c.count)
+        evicted.add_metric([name], c.evicted)
+        refused.add_metric([name], c.refused)
+    yield from (active, evicted, refused)
 
 
 def render_prometheus(server: ProxyServer) -> bytes:

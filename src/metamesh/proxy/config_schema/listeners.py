@@ -77,6 +77,8 @@ class _MetaProtocolProxy(_Model):
     rds: _Rds | None = None
     meta_protocol_filters: list[_Filter] = []
     idle_timeout: _Duration | None = None
+    #: Client connections held at once on this listener (0: no cap of its own).
+    max_connections: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_codec_one_routes(self) -> _MetaProtocolProxy:
@@ -121,5 +123,6 @@ def _listener(x: _Listener) -> cfg.Listener:
         codec_options=tuple(sorted((codec.options or {}).items())),
         filter_configs=filter_configs,
         idle_timeout=mpp.idle_timeout,
+        max_connections=mpp.max_connections,
         tls_mode="" if x.tls_mode == "DISABLE" else x.tls_mode,
     )
