@@ -134,10 +134,11 @@ class DownstreamSide(Runs):
                 if d.closed:
                     return
             end = len(data)
-            # tracing: where the read's last trace marker starts, found once per read (see
-            # RequestPath.trace_hint), -2 when not looked for
+            # tracing: where the read's last trace marker starts (-1: none), searched once for
+            # a read of several frames (see RequestPath.trace_hint); -2: not searched, as for a
+            # read of one frame, which the request path scans itself
             scan = self.tracer is not None and codec.carries_headers
-            last = data.rfind(MARKER, pos) if scan else -2
+            last = -2
             while pos < end:
                 try:
                     msg = codec.decode_at(data, pos)
@@ -148,10 +149,12 @@ class DownstreamSide(Runs):
                     break
                 start = pos
                 pos += len(msg.frame)
-                if last == -2:
+                if not scan:
                     self._downstream_message(d, msg, now)
                 else:
-                    self.trace_hint = frame_hint(start, pos, last)
+                    if last == -2 and pos < end:  # not the read's only frame
+                        last = data.rfind(MARKER, start) if start else data.rfind(MARKER)
+                    self.trace_hint = UNKNOWN if last == -2 else frame_hint(start, pos, last)
                     try:
                         self._downstream_message(d, msg, now)
                     finally:
