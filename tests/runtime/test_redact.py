@@ -74,3 +74,16 @@ def test_config_dump_is_redacted_unless_asked_from_loopback() -> None:
     assert b"s3cret" not in remote
     _, _, local = handle(server, "/config_dump?include_secrets", from_loopback=True)
     assert b"s3cret-match" in local and b"s3cret-mutation" in local
+
+
+def test_include_secrets_takes_1_and_true_as_well_as_the_bare_flag() -> None:
+    server = ProxyServer(parse_snapshot(CONFIG, "t.yaml"), admin_port=None, tune_gc=False)
+    for query in ("include_secrets", "include_secrets=1", "include_secrets=true",
+                  "include_secrets=TRUE", "x=1&include_secrets=1"):  # fmt: skip
+        _, _, body = handle(server, f"/config_dump?{query}", from_loopback=True)
+        assert b"s3cret-match" in body, query
+        _, _, remote = handle(server, f"/config_dump?{query}", from_loopback=False)
+        assert b"s3cret" not in remote, query
+    for query in ("include_secrets=0", "include_secrets=false", "include_secretsx", "x"):
+        _, _, body = handle(server, f"/config_dump?{query}", from_loopback=True)
+        assert b"s3cret" not in body, query

@@ -24,6 +24,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -424,9 +425,16 @@ def config_dump(snapshot: Snapshot, query: str, from_loopback: bool) -> bytes:
     """``/config_dump`` of ``snapshot``: secrets redacted unless ``include_secrets`` is asked
     from a loopback address."""
     dump: object = snapshot.to_dict()
-    if not (from_loopback and "include_secrets" in query.split("&")):
+    if not (from_loopback and wants_secrets(query)):
         dump = redact(dump)
     return json.dumps(dump, indent=2).encode()
+
+
+def wants_secrets(query: str) -> bool:
+    """``include_secrets`` in the query string, bare or ``=1``/``=true`` (``=0``, ``=false``
+    or anything else: not asked)."""
+    values = parse_qs(query, keep_blank_values=True).get("include_secrets", [])
+    return any(v.strip().lower() in ("", "1", "true") for v in values)
 
 
 async def answer(
