@@ -111,7 +111,7 @@ class DescriptorGuard:
     counted. So listeners leave libuv's accept path before the limit comes near:
 
     * below ``careful`` (half the limit) they accept the fast way (:data:`FAST`);
-    * from ``careful`` on, our own accept loop takes over (:data:`CAREFUL`, ~45 us more per
+    * from ``careful`` on, our own accept loop takes over (:data:`CAREFUL`, 45-65 us more per
       new connection): an ``EMFILE``/``ENFILE`` is seen there, counted, and pauses accepting
       for :data:`ERROR_PAUSE` s;
     * at ``high`` (the limit less a thirty-second, at least 8, kept for the upstream
