@@ -304,7 +304,10 @@ def measure(args: argparse.Namespace, workdir: Path, children: list[Any]) -> dic
     for shape in shapes:
         raw[shape] = {t.label: [] for t in targets}
         for rep in range(args.reps):
-            for t in targets:
+            # each repetition starts one target later, so that no target always runs in the
+            # same slot (after the same neighbour, at the same point of the box's load cycle)
+            turn = rep % len(targets) if targets else 0
+            for t in targets[turn:] + targets[:turn]:
                 watch = {"responder": responder.pid}
                 if t.pid is not None:
                     watch["proxy"] = t.pid
