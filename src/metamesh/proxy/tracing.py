@@ -13,8 +13,10 @@ Sampling: an incoming sampled flag is followed (parent-based, as OpenTelemetry's
 request without one is sampled with :attr:`TracingConfig.rate`, using the core's random
 generator. The decision comes first and costs almost nothing for a request that is not sampled
 (the path that must stay cheap: at 1%, 99 requests in 100): one scan of the frame's bytes for
-``trace`` (no header is looked up, no lazy metadata decoded, when it is absent) and one integer
-decrement (:attr:`Tracer.skip`); no span, no allocation, the request forwarded untouched. With
+``trace`` (no header is looked up, no lazy metadata decoded, when it is absent; a read of
+several pipelined frames is searched once as a whole, see ``RequestPath.trace_hint``) and one
+integer decrement (:attr:`Tracer.skip`); no span, no allocation, the request forwarded
+untouched. With
 :attr:`TracingConfig.errors`, a request without context that ends in an error gets its span at
 the end (:meth:`Tracer.late`, from the start time the request keeps anyway), so keeping errors
 costs nothing until one happens; a request that came with a context that says "not sampled"
