@@ -105,6 +105,7 @@ async def main():
     guard = server.fd_guard
     guard.decide(guard.careful, server.now())  # as if half the files were in use:
     server._set_accept_mode(CAREFUL)  # our accept loop
+    server._fd_recount_at = server.now() + 30  # no periodic count: the accept meets EMFILE
     hog = []
     try:
         while True:

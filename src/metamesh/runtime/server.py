@@ -556,10 +556,12 @@ class ProxyServer:
                 self.unbound[name] = (now + backoff, backoff)  # one attempt in flight at a time
                 self._spawn(self._rebind(name))
         guard = self.fd_guard
-        if guard is not None and now >= self._fd_recount_at:
-            if guard.mode == PAUSED:
+        if guard is not None:
+            if guard.mode == PAUSED:  # every tick, to resume soon
                 self._check_descriptors()
-            elif guard.mode != FAST or guard.estimate(self._fd_tracked()) >= guard.calm:
+            elif now >= self._fd_recount_at and (
+                guard.mode != FAST or guard.estimate(self._fd_tracked()) >= guard.calm
+            ):
                 self._fd_recount_at = now + max(1.0, guard.counted / 20_000)  # O(descriptors)
                 self._check_descriptors()
         self._timer = loop.call_later(TIMER_INTERVAL, self._on_timer)
