@@ -155,3 +155,55 @@ def test_emfile_on_uvloop_is_seen_counted_and_accepting_resumes(tmp_path: Path) 
 
 def _limit_to_64() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+_HANDOVER_SCRIPT = """
+import asyncio, logging, socket, sys, uvloop
+from metamesh.proxy.config_yaml import load_snapshot
+from metamesh.runtime.handover import receive_handed_over
+from metamesh.runtime.server import ProxyServer
+
+async def main():
+    server = ProxyServer(load_snapshot(sys.argv[1]), admin_port=None, tune_gc=False)
+    server.accepts_handed_over = True  # a worker of --worker-accept handover: binds nothing
+    await server.start()
+    worker0, here = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stop = receive_handed_over(server, here)
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    hog = []
+    try:
+        while True:
+            hog.append(open("/dev/null"))
+    except OSError:
+        pass
+    socket.send_fds(worker0, [b"calc"], [conn.fileno()])  # worker 0 hands a client over
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    for f in hog:
+        f.close()
+    print(server.accept_errors, server.core.stats.downstream_connections_total)
+    stop()
+    await server.close()
+
+logging.basicConfig(level=logging.WARNING)
+uvloop.install()
+asyncio.run(main())
+"""
+
+
+def test_a_hand_over_worker_out_of_descriptors_counts_the_lost_connection(
+    tmp_path: Path,
+) -> None:
+    """The kernel drops a descriptor sent to a process that has none left (the message
+    arrives truncated): the worker counts it as an accept error and logs it, not silence."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(0, 1))
+    run = subprocess.run(
+        [sys.executable, "-c", _HANDOVER_SCRIPT, str(path)],
+        capture_output=True, text=True, timeout=60, preexec_fn=_limit_to_64,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1", "0"]
+    assert run.stderr.count("out of file descriptors while accepting (Too many open files") == 1

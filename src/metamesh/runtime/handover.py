@@ -134,7 +134,7 @@ def receive_handed_over(server: ProxyServer, channel: socket.socket) -> Callable
     def on_readable() -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                data, fds, _, _ = socket.recv_fds(channel, 1024, 4)
+                data, fds, flags, _ = socket.recv_fds(channel, 1024, 4)
             except BlockingIOError:
                 return
             except OSError:
@@ -143,6 +143,9 @@ def receive_handed_over(server: ProxyServer, channel: socket.socket) -> Callable
             if not data and not fds:  # worker 0's end is closed
                 stop()
                 return
+            if flags & socket.MSG_CTRUNC and not fds:  # no descriptor left here for it
+                server.accept_failed(OSError(errno.EMFILE, "Too many open files (hand-over)"))
+                continue
             name = data.decode(errors="replace")
             for fd in fds:
                 _serve(server, loop, name, socket.socket(fileno=fd))
