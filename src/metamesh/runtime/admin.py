@@ -105,7 +105,8 @@ class ProxyCollector:
         yield from _listener_clients(core.listener_clients)
         yield CounterMetricFamily(
             "metamesh_downstream_accept_errors",
-            "Accepts that failed for lack of file descriptors (EMFILE/ENFILE)",
+            "Accepts that failed for lack of file descriptors (EMFILE/ENFILE), and pauses of "
+            "accepting near the open-file limit (runtime/fd_limits.py)",
             value=self.server.accept_errors,
         )
         yield GaugeMetricFamily(
