@@ -89,6 +89,9 @@ CAREFUL: Final = "careful"  # our accept loop, which sees EMFILE/ENFILE
 PAUSED: Final = "paused"  # nobody accepts: new connections wait in the listen backlog
 #: Seconds accepting stays paused after an accept failed with EMFILE/ENFILE.
 ERROR_PAUSE: Final = 0.5
+#: Seconds after a failed accept the listeners keep our accept loop, whatever the count (the
+#: shortage may be the system's, ENFILE, which the process's own count does not show).
+ERROR_CAREFUL: Final = 10.0
 
 
 def open_descriptors() -> int | None:
@@ -113,7 +116,7 @@ class DescriptorGuard:
     * below ``careful`` (half the limit) they accept the fast way (:data:`FAST`);
     * from ``careful`` on, our own accept loop takes over (:data:`CAREFUL`, 45-65 us more per
       new connection): an ``EMFILE``/``ENFILE`` is seen there, counted, and pauses accepting
-      for :data:`ERROR_PAUSE` s;
+      for :data:`ERROR_PAUSE` s (then stays on our loop for :data:`ERROR_CAREFUL` s);
     * at ``high`` (the limit less a thirty-second, at least 8, kept for the upstream
       connections of the clients already accepted) accepting pauses (:data:`PAUSED`) until the
       count is below ``low``; the kernel queues new clients in the listen backlog meanwhile.
@@ -136,6 +139,7 @@ class DescriptorGuard:
         self.calm = max(0, self.careful - room)
         self.mode: str = FAST
         self.paused_until = 0.0
+        self.failed_at = -1e9
         #: Times accepting was paused (at ``high``, or after a failed accept).
         self.pauses = 0
         self._count = count
@@ -172,7 +176,11 @@ class DescriptorGuard:
             mode = PAUSED
         elif mode == PAUSED and (used >= self.low or now < self.paused_until):
             pass
-        elif used >= self.careful or (mode != FAST and used >= self.calm):
+        elif (
+            used >= self.careful
+            or (mode != FAST and used >= self.calm)
+            or now - self.failed_at < ERROR_CAREFUL
+        ):
             mode = CAREFUL
         else:
             mode = FAST
@@ -185,6 +193,7 @@ class DescriptorGuard:
             self.pauses += 1
         self.mode = PAUSED
         self.paused_until = now + ERROR_PAUSE
+        self.failed_at = now
 
     @classmethod
     def for_this_process(cls) -> DescriptorGuard | None:
