@@ -65,6 +65,10 @@ class Codec(abc.ABC):
         #: attachments, THeader info headers). False (Thrift framed or unframed binary and
         #: compact): the tracer does not scan its frames for trace header names at all.
         self.carries_headers = True
+        #: :attr:`runs`, read once here: the client side asks it for every read, and in the
+        #: native build an instance attribute is a struct field, a class attribute a lookup
+        #: by name (~35 ns, per request for an unpipelined client).
+        self.takes_runs = self.runs
 
     @abc.abstractmethod
     def decode(self, buffer: bytearray) -> Message | None:

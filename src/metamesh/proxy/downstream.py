@@ -129,7 +129,7 @@ class DownstreamSide(Runs):
         codec = d.codec
         if not buf:  # whole frames straight from the bytes read (Codec.decode_at)
             pos = 0
-            if codec.runs and self.tracer is None and not self.access_log and not d.hear:
+            if codec.takes_runs and self.tracer is None and not self.access_log and not d.hear:
                 pos = self._forward_runs(d, data, now)  # runs of pipelined requests
                 if d.closed:
                     return
