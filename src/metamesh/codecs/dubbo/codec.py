@@ -187,7 +187,8 @@ class DubboCodec(Codec):
             else:
                 metadata = _RequestMetadata(self._parse_head(frame))
                 metadata._head_end = self._head_end
-            metadata._frame = frame  # _layout stays unset until needed (RequestMetadata.layout)
+            metadata._frame = frame
+            metadata._layout = None
             return Message(
                 _REQUEST if flags & FLAG_TWO_WAY else _ONEWAY,
                 request_id,

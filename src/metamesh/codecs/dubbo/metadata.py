@@ -44,12 +44,11 @@ class RequestMetadata(dict[str, str]):
 
     Built by :func:`request_metadata` (or inline by the decoder): ``dict``'s C constructor
     copies the four head fields from the dict the codec keeps for the connection's last head,
-    then two slot stores say where the attachments are: ``_frame`` (``None`` once they are
-    loaded) and ``_head_end`` (where the head strings end); the third slot, ``_layout``, the
-    frame's :class:`~metamesh.codecs.dubbo.body.BodyLayout`, is set on first need
-    (:meth:`layout`) and shared with ``encode`` so a mutation after a lookup walks the
-    arguments only once. The class has no ``__init__`` of its own: this path runs for every
-    request.
+    then three slot stores say where the attachments are: ``_frame`` (``None`` once they are
+    loaded), ``_head_end`` (where the head strings end) and ``_layout``, the frame's
+    :class:`~metamesh.codecs.dubbo.body.BodyLayout`, made on first need (:meth:`layout`) and
+    shared with ``encode`` so a mutation after a lookup walks the arguments only once. The
+    class has no ``__init__`` of its own: this path runs for every request.
 
     Not a native class in the native build: mypyc compiles a ``dict`` subclass into an
     extension type that ignores ``__slots__`` and gives every instance a ``__dict__`` for the
@@ -63,13 +62,8 @@ class RequestMetadata(dict[str, str]):
     _layout: BodyLayout | None
 
     def layout(self) -> BodyLayout:
-        """The request body's layout (offsets found so far), created on first use. The
-        decoder leaves ``_layout`` unset (an empty slot: one attribute store less per request,
-        ~25 ns in the native build, where this class's slots are set by name)."""
-        try:
-            layout = self._layout
-        except AttributeError:
-            layout = None
+        """The request body's layout (offsets found so far), created on first use."""
+        layout = self._layout
         if layout is None:
             layout = self._layout = BodyLayout(self._head_end)
         return layout
