@@ -164,6 +164,26 @@ class TlsConnection:
         """A record that does not decrypt: the connection is closed."""
         self.raw.close()
 
+    def handshake_step(self) -> bool:
+        """Advance the handshake with what has arrived, sending what it answers; True once
+        done. A refused handshake calls :meth:`handshake_failed` (its alert already sent)."""
+        sslobj = self.sslobj
+        assert sslobj is not None
+        try:
+            sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self.flush_outgoing()
+            return False
+        except ssl.SSLError as exc:
+            self.flush_outgoing()  # the alert tells the peer why
+            self.handshake_failed(exc)
+            return False
+        self.flush_outgoing()
+        return True
+
+    def handshake_failed(self, exc: ssl.SSLError) -> None:
+        self.raw.close()
+
     def flush_outgoing(self) -> None:
         out = self._outgoing.read()
         if out and not self.raw.is_closing():
@@ -226,20 +246,15 @@ class TlsServerProtocol(TlsConnection):
     def record_error(self, exc: ssl.SSLError) -> None:
         self._refuse("tls_error", str(exc.reason or exc))
 
+    def handshake_failed(self, exc: ssl.SSLError) -> None:
+        self._refuse(reason_of(exc), str(exc.reason or exc))
+
     def _handshake(self) -> bool:
         """Advance the handshake; True once done and the peer is accepted."""
         sslobj = self.sslobj
         assert sslobj is not None
-        try:
-            sslobj.do_handshake()
-        except ssl.SSLWantReadError:
-            self.flush_outgoing()
+        if not self.handshake_step():
             return False
-        except ssl.SSLError as exc:
-            self.flush_outgoing()  # the alert tells the client why
-            self._refuse(reason_of(exc), str(exc.reason or exc))
-            return False
-        self.flush_outgoing()
         credentials = self.credentials
         identity = credentials.identity(sslobj.getpeercert(binary_form=True))
         if identity is None or identity.trust_domain != credentials.trust_domain:
@@ -319,19 +334,12 @@ class TlsClientProtocol(TlsConnection):
             reason = "the upstream closed the connection during the TLS handshake"
             self.handshake.set_exception(ConnectionResetError(reason) if exc is None else exc)
 
+    def handshake_failed(self, exc: ssl.SSLError) -> None:
+        self._fail(exc)
+
     def _handshake(self) -> bool:
-        sslobj = self.sslobj
-        assert sslobj is not None
-        try:
-            sslobj.do_handshake()
-        except ssl.SSLWantReadError:
-            self.flush_outgoing()
+        if not self.handshake_step():
             return False
-        except ssl.SSLError as exc:
-            self.flush_outgoing()  # the alert tells the server why
-            self._fail(exc)
-            return False
-        self.flush_outgoing()
         self._ready = True
         self.inner.connection_made(TlsTransport(self))
         if not self.handshake.done():
