@@ -16,6 +16,7 @@ import subprocess
 import sys
 import types
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,37 @@ from tests.runtime.test_drain_e2e import config
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 IDLE_CLIENTS = 2000
+
+
+@contextlib.contextmanager
+def running_proxy(
+    tmp_path: Path,
+    config_text: str,
+    admin: int,
+    *args: str,
+    preexec: Callable[[], None] | None = None,
+) -> Iterator[tuple[Path, list[socket.socket]]]:
+    """``metamesh proxy --config`` on ``config_text``, started and ready: its stderr file and
+    a list for the test's idle client sockets, closed with the proxy at the end."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config_text)
+    err = tmp_path / "proxy.err"
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metamesh", "proxy", "--config", str(path),
+             "--admin-port", str(admin), *args],
+            stderr=stderr, preexec_fn=preexec,
+        )  # fmt: skip
+    idle: list[socket.socket] = []
+    try:
+        wait_until(lambda: "admin on" in err.read_text(), "the proxy to start")
+        yield err, idle
+    finally:
+        for s in idle:
+            with contextlib.suppress(OSError):
+                s.close()
+        proc.terminate()
+        proc.wait(15)
 
 
 def limit_to_1024() -> None:
@@ -40,19 +72,14 @@ def test_a_new_client_is_served_with_2000_idle_clients_and_1024_files(
         pytest.skip(f"this test process may hold only {hard} files")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     port, admin = free_port(), free_port()
-    with ApacheServer(calc_gen.Calc.Processor(CalcHandler(calc_gen)), "framed", "binary") as up:
-        path = tmp_path / "proxy.yaml"
-        path.write_text(config(port, up.port))
-        err = tmp_path / "proxy.err"
-        with open(err, "wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "metamesh", "proxy", "--config", str(path),
-                 "--admin-port", str(admin)],
-                stderr=stderr, preexec_fn=limit_to_1024,
-            )  # fmt: skip
-        idle: list[socket.socket] = []
+    with (
+        ApacheServer(calc_gen.Calc.Processor(CalcHandler(calc_gen)), "framed", "binary") as up,
+        running_proxy(tmp_path, config(port, up.port), admin, preexec=limit_to_1024) as (
+            err,
+            idle,
+        ),
+    ):
         try:
-            wait_until(lambda: "admin on" in err.read_text(), "the proxy to start")
             for _ in range(IDLE_CLIENTS):
                 idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
             client = ThriftClient(calc_gen, "127.0.0.1", port)
@@ -72,11 +99,6 @@ def test_a_new_client_is_served_with_2000_idle_clients_and_1024_files(
             assert log.count("at the cap of") <= 3  # one line per 10 s, not one per client
             assert "out of system resource" not in log
         finally:
-            for s in idle:
-                with contextlib.suppress(OSError):
-                    s.close()
-            proc.terminate()
-            proc.wait(15)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
@@ -114,46 +136,34 @@ def test_out_of_descriptors_on_uvloop_pauses_accepting_and_drops_nobody(
     below the limit: the clients past it wait in the listen backlog (none is closed), the pause
     is counted and logged once, and once the idle clients go a real Thrift client is served."""
     port, admin = free_port(), free_port()
-    with ApacheServer(calc_gen.Calc.Processor(CalcHandler(calc_gen)), "framed", "binary") as up:
-        path = tmp_path / "proxy.yaml"
-        path.write_text(config(port, up.port))
-        err = tmp_path / "proxy.err"
-        with open(err, "wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "metamesh", "proxy", "--config", str(path),
-                 "--admin-port", str(admin), "--max-connections", "0", "--idle-timeout", "0",
-                 "--log-level", "debug"],
-                stderr=stderr, preexec_fn=limit_to_64,
-            )  # fmt: skip
-        idle: list[socket.socket] = []
-        try:
-            wait_until(lambda: "admin on" in err.read_text(), "the proxy to start")
-            assert "uvloop" in _server_info(admin)
-            for _ in range(IDLE_FLOOD):
-                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-            wait_until(
-                lambda: _counter(admin, "metamesh_downstream_accept_errors_total") > 0,
-                "the proxy to pause accepting",
-            )
-            active = _counter(admin, "metamesh_active_downstream_connections")
-            assert 20 < active < 64  # accepted up to the high mark, the rest wait
-            assert all(_still_open(s) for s in idle)  # nobody dropped
-            for s in idle:
-                s.close()
-            idle.clear()
-            client = ThriftClient(calc_gen, "127.0.0.1", port)
-            assert [client.client.add(i, 1) for i in range(10)] == list(range(1, 11))
-            client.close()
-            log = err.read_text()
-            assert log.count("out of file descriptors") == 1  # once per 10 s, not per client
-            assert "accepting paused until below" in log
-            assert "out of system resource" not in log
-        finally:
-            for s in idle:
-                with contextlib.suppress(OSError):
-                    s.close()
-            proc.terminate()
-            proc.wait(15)
+    flags = ("--max-connections", "0", "--idle-timeout", "0", "--log-level", "debug")
+    with (
+        ApacheServer(calc_gen.Calc.Processor(CalcHandler(calc_gen)), "framed", "binary") as up,
+        running_proxy(tmp_path, config(port, up.port), admin, *flags, preexec=limit_to_64) as (
+            err,
+            idle,
+        ),
+    ):
+        assert "uvloop" in _server_info(admin)
+        for _ in range(IDLE_FLOOD):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        wait_until(
+            lambda: _counter(admin, "metamesh_downstream_accept_errors_total") > 0,
+            "the proxy to pause accepting",
+        )
+        active = _counter(admin, "metamesh_active_downstream_connections")
+        assert 20 < active < 64  # accepted up to the high mark, the rest wait
+        assert all(_still_open(s) for s in idle)  # nobody dropped
+        for s in idle:
+            s.close()
+        idle.clear()
+        client = ThriftClient(calc_gen, "127.0.0.1", port)
+        assert [client.client.add(i, 1) for i in range(10)] == list(range(1, 11))
+        client.close()
+        log = err.read_text()
+        assert log.count("out of file descriptors") == 1  # once per 10 s, not per client
+        assert "accepting paused until below" in log
+        assert "out of system resource" not in log
 
 
 def _server_info(admin: int) -> str:
@@ -170,25 +180,13 @@ def test_a_listener_cap_evicts_its_idle_clients_for_a_new_thrift_client(
     client is served; counted per listener."""
     port, admin = free_port(), free_port()
     with ApacheServer(calc_gen.Calc.Processor(CalcHandler(calc_gen)), "framed", "binary") as up:
-        path = tmp_path / "proxy.yaml"
         text = config(port, up.port)
         assert text.count("      route_config_name: calc\n") == 1
-        path.write_text(
-            text.replace(
-                "      route_config_name: calc\n",
-                "      route_config_name: calc\n      max_connections: 5\n",
-            )
+        capped = text.replace(
+            "      route_config_name: calc\n",
+            "      route_config_name: calc\n      max_connections: 5\n",
         )
-        err = tmp_path / "proxy.err"
-        with open(err, "wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "metamesh", "proxy", "--config", str(path),
-                 "--admin-port", str(admin)],
-                stderr=stderr,
-            )  # fmt: skip
-        idle: list[socket.socket] = []
-        try:
-            wait_until(lambda: "admin on" in err.read_text(), "the proxy to start")
+        with running_proxy(tmp_path, capped, admin) as (err, idle):
             for _ in range(20):
                 idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
             client = ThriftClient(calc_gen, "127.0.0.1", port)
@@ -199,9 +197,3 @@ def test_a_listener_cap_evicts_its_idle_clients_for_a_new_thrift_client(
             client.close()
             assert sum(not _still_open(s) for s in idle) == 16  # the idlest, closed
             assert err.read_text().count("at listener calc's cap of 5") == 1
-        finally:
-            for s in idle:
-                with contextlib.suppress(OSError):
-                    s.close()
-            proc.terminate()
-            proc.wait(15)
