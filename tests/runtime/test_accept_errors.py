@@ -148,18 +148,23 @@ def test_emfile_on_uvloop_is_seen_counted_and_accepting_resumes(tmp_path: Path) 
     """Our accept loop (the listeners' mode past half the limit) sees the EMFILE libuv would
     hide: counted, logged once, accepting paused; the client waits in the backlog and is
     served once descriptors are free again."""
-    path = tmp_path / "proxy.yaml"
-    path.write_text(config(0, 1))
-    run = subprocess.run(
-        [sys.executable, "-c", _EMFILE_SCRIPT, str(path)],
-        capture_output=True, text=True, timeout=60, preexec_fn=_limit_to_64,
-    )  # fmt: skip
+    run = _run_with_64_files(_EMFILE_SCRIPT, tmp_path)
     assert run.returncode == 0, run.stderr
     failed, pauses, served, mode = run.stdout.split()
     assert int(failed) >= 1 and int(pauses) >= 1
     assert served == "1"  # the client waited in the backlog, then was accepted
     assert mode == CAREFUL  # our accept loop served it; it stays on for ERROR_CAREFUL s
     assert run.stderr.count("out of file descriptors while accepting (Too many open files") == 1
+
+
+def _run_with_64_files(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` in a Python process limited to 64 open files, given a one-listener config."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(0, 1))
+    return subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True, text=True, timeout=60, preexec_fn=_limit_to_64,
+    )  # fmt: skip
 
 
 def _limit_to_64() -> None:
@@ -207,12 +212,7 @@ def test_a_hand_over_worker_out_of_descriptors_counts_the_lost_connection(
 ) -> None:
     """The kernel drops a descriptor sent to a process that has none left (the message
     arrives truncated): the worker counts it as an accept error and logs it, not silence."""
-    path = tmp_path / "proxy.yaml"
-    path.write_text(config(0, 1))
-    run = subprocess.run(
-        [sys.executable, "-c", _HANDOVER_SCRIPT, str(path)],
-        capture_output=True, text=True, timeout=60, preexec_fn=_limit_to_64,
-    )  # fmt: skip
+    run = _run_with_64_files(_HANDOVER_SCRIPT, tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["1", "0"]
     assert run.stderr.count("out of file descriptors while accepting (Too many open files") == 1
