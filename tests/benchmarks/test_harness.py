@@ -334,3 +334,19 @@ def test_a_mode_serving_other_routes_is_refused(
         assert '+"value":"sub"' in str(caught.value).replace(" ", "")
     finally:
         target.stop()
+
+
+def test_tls_reads_prints_the_three_costs() -> None:
+    """benchmarks/tls_reads.py runs and names each measured operation with a figure."""
+    run = subprocess.run(
+        [sys.executable, "-c", "import benchmarks.tls_reads as t; t.N = 200; t.main()"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "read raising SSLWantReadError",
+        "pending check instead",
+        "200 B request + reply (2 enc + 2 dec)",
+    ]
+    assert all(line.endswith(" ns") for line in lines)
