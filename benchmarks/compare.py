@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -64,6 +64,9 @@ from benchmarks.targets import (
 
 HERE = Path(__file__).resolve().parent
 NA = "\u2013"  # en dash: "no value" in the table
+
+
+T = TypeVar("T")
 
 
 def start_responder(protocol: str, workdir: Path, lifetime: float) -> tuple[Any, int]:
@@ -304,10 +307,7 @@ def measure(args: argparse.Namespace, workdir: Path, children: list[Any]) -> dic
     for shape in shapes:
         raw[shape] = {t.label: [] for t in targets}
         for rep in range(args.reps):
-            # each repetition starts one target later, so that no target always runs in the
-            # same slot (after the same neighbour, at the same point of the box's load cycle)
-            turn = rep % len(targets) if targets else 0
-            for t in targets[turn:] + targets[:turn]:
+            for t in rotated(targets, rep):
                 watch = {"responder": responder.pid}
                 if t.pid is not None:
                     watch["proxy"] = t.pid
@@ -338,6 +338,14 @@ def measure(args: argparse.Namespace, workdir: Path, children: list[Any]) -> dic
         "results": {s: {label: summarize(rs) for label, rs in by.items()} for s, by in raw.items()},
         "runs": raw,
     }
+
+
+def rotated(targets: list[T], rep: int) -> list[T]:
+    """The order of repetition ``rep``: each starts one target later (A B C, B C A, C A B...),
+    so that no target always runs in the same slot (after the same neighbour, at the same
+    point of the box's load cycle)."""
+    turn = rep % len(targets) if targets else 0
+    return targets[turn:] + targets[:turn]
 
 
 def _upstream_cx(t: Target) -> int | None:

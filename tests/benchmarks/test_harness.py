@@ -350,3 +350,11 @@ def test_tls_reads_prints_the_three_costs() -> None:
         "200 B request + reply (2 enc + 2 dec)",
     ]
     assert all(line.endswith(" ns") for line in lines)
+
+
+def test_each_repetition_starts_one_target_later() -> None:
+    from benchmarks.compare import rotated
+
+    orders = ["".join(rotated(list("ABC"), rep)) for rep in range(4)]
+    assert orders == ["ABC", "BCA", "CAB", "ABC"]
+    assert rotated([], 3) == []
