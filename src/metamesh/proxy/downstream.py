@@ -73,11 +73,11 @@ class DownstreamSide(Runs):
         clients.add(d)
         cap = d.listener.config.max_connections
         if cap and clients.count > cap:
-            self._make_room(d, clients, f"listener {listener_name}'s cap of {cap}", now, clients)
+            self._make_room(d, clients, f"listener {listener_name}'s cap of {cap}", now, True)
         else:
             cap = self.limits.max_downstreams
             if cap and len(self.downstreams) > cap:
-                self._make_room(d, clients, f"the cap of {cap}", now)
+                self._make_room(d, clients, f"the cap of {cap}", now, False)
         return d
 
     def _make_room(
@@ -86,12 +86,13 @@ class DownstreamSide(Runs):
         clients: ListenerClients,
         cap: str,
         now: float,
-        among: ListenerClients | None = None,
+        per_listener: bool,
     ) -> None:
-        """Over a connection cap: close the client idle longest (of listener ``among``, else
-        of any listener), else refuse ``new`` (see :mod:`.client_cap`)."""
-        if among is not None:
-            oldest = among.longest_idle(new)
+        """Over a connection cap: close the client idle longest (of ``new``'s listener, whose
+        ``clients`` they are, when the cap is the listener's; else of any listener), else refuse
+        ``new`` (see :mod:`.client_cap`)."""
+        if per_listener:
+            oldest = clients.longest_idle(new)
         else:
             oldest = None
             for pool in self.listener_clients.values():
