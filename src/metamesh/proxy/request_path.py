@@ -43,7 +43,6 @@ from metamesh.proxy.policy import (
 )
 from metamesh.proxy.pool import NO_HEALTHY, Refusal
 from metamesh.proxy.router import no_route_text
-from metamesh.proxy.stats import duration_bucket, size_bucket
 from metamesh.proxy.telemetry import NO_FLAGS
 from metamesh.proxy.tracing import HAS_MARKER, MARKER_SIZE
 from metamesh.proxy.upstream import ActiveRequest, Upstream, UpstreamState
@@ -241,16 +240,8 @@ class RequestPath(Attempts):
         code = 0 if (msg.status is _OK and msg.type is _RESPONSE) else 1
         stats = req.stats
         assert stats is not None
-        elapsed_ms = (now - req.start) * 1000.0
-        stats.count[code] += 1  # RequestStats.observe, inlined
-        stats.sum_ms[code] += elapsed_ms
-        stats.buckets[code][duration_bucket(elapsed_ms)] += 1
-        size = len(req.request.frame)
-        stats.request_bytes[code] += size
-        stats.request_buckets[code][size_bucket(size)] += 1
         size = len(msg.frame)
-        stats.response_bytes[code] += size
-        stats.response_buckets[code][size_bucket(size)] += 1
+        stats.observe(code, (now - req.start) * 1000.0, len(req.request.frame), size)
         d: Downstream = req.downstream  # typed here, so the native build reads it as a struct
         span = req.span
         if span is None and code and self.tracer is not None and self.tracer.errors:

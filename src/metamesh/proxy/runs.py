@@ -45,7 +45,7 @@ from metamesh.proxy.listener import Downstream, ListenerState
 from metamesh.proxy.policy import ROUTE_TIMEOUT, RequestExt
 from metamesh.proxy.request_path import RequestPath
 from metamesh.proxy.router import CompiledRoute
-from metamesh.proxy.stats import CommandStats, RequestStats, duration_bucket, size_bucket
+from metamesh.proxy.stats import CommandStats, RequestStats
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Upstream, UpstreamState
 
 #: The text of the local reply to a request of a run still unanswered at its route timeout
@@ -324,7 +324,6 @@ class Runs(RequestPath):
             stats = run.stats
             assert stats is not None
             elapsed_ms = (now - run.start) * 1000.0
-            bucket = duration_bucket(elapsed_ms)
             messages = run.messages
             rows = run.rows
             i = run.answered
@@ -337,15 +336,7 @@ class Runs(RequestPath):
                     skipped = True
                     at = end
                     continue
-                stats.count[code] += 1  # as in RequestPath._on_response
-                stats.sum_ms[code] += elapsed_ms
-                stats.buckets[code][bucket] += 1
-                size = len(messages[i].frame)
-                stats.request_bytes[code] += size
-                stats.request_buckets[code][size_bucket(size)] += 1
-                size = end - at
-                stats.response_bytes[code] += size
-                stats.response_buckets[code][size_bucket(size)] += 1
+                stats.observe(code, elapsed_ms, len(messages[i].frame), end - at)
                 if rows is not None:  # the command stats filter's on_response
                     rows[i].observe(code, elapsed_ms)
                 at = end

@@ -273,41 +273,107 @@ class ProxyStats:
 
 class RequestStats:
     """Request counts, duration and size histograms for one label set (response flags ``-``);
-    local replies are counted in ``flagged`` children, one per Envoy response flag."""
+    local replies are counted in ``flagged`` children, one per Envoy response flag.
+
+    Written once per reply, so each response code has fields of its own: in the native build
+    the counts, sums and byte totals are machine integers and floats in the object (an update
+    is an add, not a list item read, a new int object and a store), and each histogram is a
+    flat list per code. Readers take the per-code pairs (``count``, ``sum_ms``, ...) as
+    ``[ok, error]`` lists, built when read (at scrape time).
+    """
 
     __slots__ = (
-        "buckets",
-        "count",
+        "error_buckets",
+        "error_count",
+        "error_ms",
+        "error_request_buckets",
+        "error_request_bytes",
+        "error_response_buckets",
+        "error_response_bytes",
         "flagged",
         "labels",
-        "request_buckets",
-        "request_bytes",
-        "response_buckets",
-        "response_bytes",
-        "sum_ms",
+        "ok_buckets",
+        "ok_count",
+        "ok_ms",
+        "ok_request_buckets",
+        "ok_request_bytes",
+        "ok_response_buckets",
+        "ok_response_bytes",
     )
 
     def __init__(self, labels: tuple[str, ...] = ()) -> None:
         self.labels = labels
-        self.count = [0, 0]  # by response_code 0 / 1
-        # Non-cumulative counts per bucket (+1 for +Inf), for each response code.
-        self.buckets = [[0] * (len(DURATION_BUCKETS_MS) + 1) for _ in range(2)]
-        self.sum_ms = [0.0, 0.0]
-        self.request_buckets = [[0] * (len(SIZE_BUCKETS) + 1) for _ in range(2)]
-        self.request_bytes = [0, 0]
-        self.response_buckets = [[0] * (len(SIZE_BUCKETS) + 1) for _ in range(2)]
-        self.response_bytes = [0, 0]
+        self.ok_count = 0  # response_code 0
+        self.error_count = 0  # response_code 1
+        self.ok_ms = 0.0
+        self.error_ms = 0.0
+        self.ok_request_bytes = 0
+        self.error_request_bytes = 0
+        self.ok_response_bytes = 0
+        self.error_response_bytes = 0
+        # Non-cumulative counts per bucket (+1 for +Inf).
+        self.ok_buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)
+        self.error_buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)
+        self.ok_request_buckets = [0] * (len(SIZE_BUCKETS) + 1)
+        self.error_request_buckets = [0] * (len(SIZE_BUCKETS) + 1)
+        self.ok_response_buckets = [0] * (len(SIZE_BUCKETS) + 1)
+        self.error_response_buckets = [0] * (len(SIZE_BUCKETS) + 1)
         self.flagged: dict[str, RequestStats] = {}
 
     def observe(self, code: int, duration_ms: float, sent: int = 0, received: int = 0) -> None:
-        """One request: its response code, duration, request and response sizes in bytes."""
-        self.count[code] += 1
-        self.sum_ms[code] += duration_ms
-        self.buckets[code][duration_bucket(duration_ms)] += 1
-        self.request_bytes[code] += sent
-        self.request_buckets[code][size_bucket(sent)] += 1
-        self.response_bytes[code] += received
-        self.response_buckets[code][size_bucket(received)] += 1
+        """One request: its response code (0 ok, else error), duration, request and response
+        sizes in bytes. The request path calls this once per reply."""
+        if code:
+            self.error_count += 1
+            self.error_ms += duration_ms
+            self.error_buckets[duration_bucket(duration_ms)] += 1
+            self.error_request_bytes += sent
+            self.error_request_buckets[size_bucket(sent)] += 1
+            self.error_response_bytes += received
+            self.error_response_buckets[size_bucket(received)] += 1
+        else:
+            self.ok_count += 1
+            self.ok_ms += duration_ms
+            self.ok_buckets[duration_bucket(duration_ms)] += 1
+            self.ok_request_bytes += sent
+            self.ok_request_buckets[size_bucket(sent)] += 1
+            self.ok_response_bytes += received
+            self.ok_response_buckets[size_bucket(received)] += 1
+
+    @property
+    def count(self) -> list[int]:
+        """Requests, ``[ok, error]``."""
+        return [self.ok_count, self.error_count]
+
+    @property
+    def sum_ms(self) -> list[float]:
+        """Total duration in milliseconds, ``[ok, error]``."""
+        return [self.ok_ms, self.error_ms]
+
+    @property
+    def request_bytes(self) -> list[int]:
+        """Request bytes, ``[ok, error]``."""
+        return [self.ok_request_bytes, self.error_request_bytes]
+
+    @property
+    def response_bytes(self) -> list[int]:
+        """Response bytes, ``[ok, error]``."""
+        return [self.ok_response_bytes, self.error_response_bytes]
+
+    @property
+    def buckets(self) -> list[list[int]]:
+        """Duration histogram counts per bucket, ``[ok, error]`` (the live lists)."""
+        return [self.ok_buckets, self.error_buckets]
+
+    @property
+    def request_buckets(self) -> list[list[int]]:
+        """Request size histogram counts per bucket, ``[ok, error]`` (the live lists)."""
+        return [self.ok_request_buckets, self.error_request_buckets]
+
+    @property
+    def response_buckets(self) -> list[list[int]]:
+        """Response size histogram counts per bucket, ``[ok, error]`` (the live lists)."""
+        return [self.ok_response_buckets, self.error_response_buckets]
 
     def flag(self, flags: str) -> RequestStats:
         """The counters of this label set's requests answered locally with ``flags``."""
@@ -351,10 +417,32 @@ class TcpStats:
 
 def duration_bucket(duration_ms: float) -> int:
     """The index of the first bucket whose bound is at least ``duration_ms`` (the last index,
-    ``len(DURATION_BUCKETS_MS)``, is ``+Inf``). A forward scan: replies land in the first
-    buckets, which it reaches in a step or two, cheaper than a ``bisect`` call."""
-    index = 0
-    for bound in DURATION_BUCKETS_MS:
+    ``len(DURATION_BUCKETS_MS)``, is ``+Inf``). Comparisons with literal bounds, smallest
+    first: compiled, each is one machine comparison, and replies land in the first buckets
+    (a loop over the tuple would read and unbox each bound; ``bisect`` is a call).
+    ``tests/proxy/test_stats.py`` checks the bounds against :data:`DURATION_BUCKETS_MS`."""
+    if duration_ms <= 0.5:
+        return 0
+    if duration_ms <= 1.0:
+        return 1
+    if duration_ms <= 5.0:
+        return 2
+    if duration_ms <= 10.0:
+        return 3
+    if duration_ms <= 25.0:
+        return 4
+    if duration_ms <= 50.0:
+        return 5
+    if duration_ms <= 100.0:
+        return 6
+    if duration_ms <= 250.0:
+        return 7
+    if duration_ms <= 500.0:
+        return 8
+    if duration_ms <= 1000.0:
+        return 9
+    index = 10
+    for bound in DURATION_BUCKETS_MS[10:]:
         if duration_ms <= bound:
             return index
         index += 1
@@ -362,9 +450,16 @@ def duration_bucket(duration_ms: float) -> int:
 
 
 def size_bucket(size: int) -> int:
-    """The index of the first :data:`SIZE_BUCKETS` bound at least ``size`` (last: ``+Inf``)."""
-    index = 0
-    for bound in SIZE_BUCKETS:
+    """The index of the first :data:`SIZE_BUCKETS` bound at least ``size`` (last: ``+Inf``),
+    by literal comparisons as :func:`duration_bucket`."""
+    if size <= 100:
+        return 0 if size <= 1 else (1 if size <= 10 else 2)
+    if size <= 1000:
+        return 3
+    if size <= 10000:
+        return 4
+    index = 5
+    for bound in SIZE_BUCKETS[5:]:
         if size <= bound:
             return index
         index += 1
