@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.compare import median, run_loadgen, start_responder
 from benchmarks.loadgen import process_user_sys_seconds
-from benchmarks.mesh_tls_targets import KINDS, MeshCa, TwoHop, start
+from benchmarks.mesh_tls_targets import KINDS, OPT_IN, MeshCa, TwoHop, start
 from benchmarks.processes import Unavailable, stop_process
 from benchmarks.targets import probe
 
@@ -271,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [s for s in args.shapes.split(",") if s]
     kinds = [k for k in args.targets.split(",") if k]
     for k in kinds:
-        if k != "direct" and k not in KINDS:
-            p.error(f"unknown target {k!r}; known: direct, {', '.join(KINDS)}")
+        if k != "direct" and k not in KINDS + OPT_IN:
+            p.error(f"unknown target {k!r}; known: direct, {', '.join(KINDS + OPT_IN)}")
     workdir = Path(tempfile.mkdtemp(prefix="mesh-tls-bench-"))
     ca = MeshCa(workdir / "ca")
     ca.issue("client-ns", "sleep")  # s_time's client certificate
@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.handshake_seconds > 0:
             for _ in range(args.reps):
                 for target in targets:
+                    if not target.tls[1]:  # a plaintext floor
+                        continue
                     result = handshakes(target, ca, args.handshake_seconds)
                     shakes.setdefault(target.kind, []).append(result)
                     print(f"handshakes {target.kind}: {result}", file=sys.stderr)

@@ -10,7 +10,11 @@ summed per request), plus helpers (the control plane):
   ``bench``, service account ``server``; client: ``client-ns``/``sleep``), each ready when its
   admin ``/ready`` says LIVE, the pure tree or the native one (``--build``);
 - ``envoy`` / ``envoy-tcp``: :func:`~benchmarks.mesh_tls_configs.envoy_pair` as two Envoys,
-  ``--concurrency 1`` each, as the single-hop benchmark runs them.
+  ``--concurrency 1`` each, as the single-hop benchmark runs them;
+- ``floor-c`` (opt-in): two ``benchmarks/floor/floor.c`` forwarders in a row, in **plaintext**:
+  the same two hops with no TLS and no feature at all, so its CPU per request is what the
+  kernel alone charges two user-space hops at that shape (a lower bound for any proxy pair,
+  with or without TLS). It has no TLS port (no handshake measurement).
 
 ``port`` is where load goes (the client side, on 127.0.0.1); ``tls`` is the server side's mutual
 TLS port (host, port), where the handshake measurement connects.
@@ -43,13 +47,15 @@ from benchmarks.mesh_tls_configs import (
 )
 from benchmarks.metamesh_target import admin_get, native_tree, wait_ready
 from benchmarks.processes import Unavailable, fail_if_exited, free_port, spawn, stop_process
-from benchmarks.targets import _base_ids, envoy_version, find_envoy
+from benchmarks.targets import _base_ids, build_floor_c, envoy_version, find_envoy
 from metamesh.security.ca import CertificateAuthority
 from metamesh.security.csr import new_key_and_csr
 from metamesh.security.spiffe import SpiffeId
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("metamesh", "envoy", "envoy-tcp")
+#: Targets run only when named in ``--targets``.
+OPT_IN = ("floor-c",)
 _XDS_PORT = re.compile(r"control plane \(xDS\) on [^\s:]+:(\d+)")
 _ADMIN_PORT = re.compile(r"control plane admin on 127\.0\.0\.1:(\d+)")
 
@@ -113,6 +119,8 @@ class TwoHop:
             return f"Envoy {self.protocol}_proxy x2 + mTLS"
         if self.kind == "envoy-tcp":
             return "Envoy tcp_proxy x2 + mTLS (L4)"
+        if self.kind == "floor-c":
+            return "floor: C x2, plaintext, no features"
         return self.kind + " x2 + mTLS"
 
     def pids(self) -> dict[str, int]:
@@ -232,10 +240,27 @@ def start_envoys(target: TwoHop, ca: MeshCa, upstream: int, envoy_bin: str | Non
     target.version = envoy_version(str(binary))
 
 
+def start_floors(target: TwoHop, upstream: int) -> None:
+    """Two plaintext C floors in a row: client side -> server side -> ``upstream``."""
+    binary = str(build_floor_c(target.workdir))
+    ports = {"server": free_port(), "client": free_port()}
+    ports_upstream = {"server": upstream, "client": ports["server"]}
+    for who in ("server", "client"):
+        log = target.workdir / f"floor-c-{target.protocol}-{who}.log"
+        cmd = [binary, target.protocol, str(ports[who]), str(ports_upstream[who])]
+        target.procs[who] = spawn(cmd, log)
+        wait_accepting(("127.0.0.1", ports[who]), target.procs[who], 30.0, log)
+    target.port, target.tls = ports["client"], ("", 0)
+    target.version = "floor.c, cc -O2"
+
+
 def start(target: TwoHop, ca: MeshCa, upstream: int, options: dict[str, Any]) -> None:
-    if target.kind == "metamesh":
+    if target.kind == "floor-c":
+        start_floors(target, upstream)
+    elif target.kind == "metamesh":
         start_metamesh(target, ca, upstream, options.get("build", "native"))
     elif target.kind in ("envoy", "envoy-tcp"):
         start_envoys(target, ca, upstream, options.get("envoy_bin"))
     else:
-        raise ValueError(f"unknown target {target.kind!r}; known: {', '.join(KINDS)}")
+        known = ", ".join(KINDS + OPT_IN)
+        raise ValueError(f"unknown target {target.kind!r}; known: {known}")

@@ -136,6 +136,21 @@ def probe(protocol: str, port: int, count: int = 3, timeout: float = 5.0) -> Non
         raise Unavailable(f"probe: sent ids {want}, got {got} ({errors} error replies)")
 
 
+def build_floor_c(workdir: Path) -> Path:
+    """``benchmarks/floor/floor.c`` compiled with ``cc -O2`` into ``workdir`` (once)."""
+    binary = workdir / "floor"
+    if not binary.exists():
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            raise Unavailable("no C compiler (cc/gcc) to build benchmarks/floor/floor.c")
+        build = subprocess.run(
+            [cc, "-O2", "-o", str(binary), str(FLOOR / "floor.c")], capture_output=True, text=True
+        )
+        if build.returncode != 0:
+            raise Unavailable("floor.c does not build: " + last_line(build))
+    return binary
+
+
 @dataclass
 class Target:
     """One measured path. ``port`` is where load goes; ``pid`` is the proxy (None for direct)."""
@@ -206,19 +221,7 @@ class Target:
         self.port = free_port()
         log = self.workdir / f"{self.kind}-{self.protocol}.log"
         if self.kind == "floor-c":
-            binary = self.workdir / "floor"
-            if not binary.exists():
-                cc = shutil.which("cc") or shutil.which("gcc")
-                if cc is None:
-                    raise Unavailable("no C compiler (cc/gcc) to build benchmarks/floor/floor.c")
-                build = subprocess.run(
-                    [cc, "-O2", "-o", str(binary), str(FLOOR / "floor.c")],
-                    capture_output=True,
-                    text=True,
-                )
-                if build.returncode != 0:
-                    raise Unavailable("floor.c does not build: " + last_line(build))
-            cmd = [str(binary)]
+            cmd = [str(build_floor_c(self.workdir))]
             env = dict(os.environ)
             self.version = "floor.c, cc -O2"
         else:  # floor-py, floor-epoll: Python compiled with mypyc, as metamesh-native is
