@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                     two_hop(result)
                     if envoy:
                         result["new_upstream_conns"] = envoy_connections(target) - conns
-                    if target is not None and target.kind == "metamesh":
+                    if target is not None and target.kind.startswith("metamesh"):
                         result["local_replies"] = local_replies(target)
                     raw[shape][kind].append(result)
                     cpu = result.get("two_hop_us_per_req", "-")

@@ -35,6 +35,8 @@ NAMESPACE = "bench"
 CLIENT_NAMESPACE = "client-ns"
 #: The server workload's address: its proxy's inbound listeners (any 127/8 address works).
 WORKLOAD = "127.0.31.9"
+#: The server workload's address in the plaintext mesh (both meshes run side by side).
+PLAIN_WORKLOAD = "127.0.31.10"
 SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/server"
 TOKENS = {
     "sleep": {"namespace": CLIENT_NAMESPACE, "serviceAccount": "sleep"},
@@ -46,8 +48,10 @@ def host(protocol: str) -> str:
     return f"{protocol}.bench.upstream"
 
 
-def mesh_manifests(services: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
-    """``services``: protocol -> (service port on 127.0.0.1, responder port on 127.0.0.1)."""
+def mesh_manifests(services: dict[str, tuple[int, int]], mtls: bool = True) -> list[dict[str, Any]]:
+    """``services``: protocol -> (service port on 127.0.0.1, responder port on 127.0.0.1);
+    ``mtls`` False: the same mesh in plaintext (DestinationRule ``DISABLE``, PeerAuthentication
+    ``DISABLE``), to split what mutual TLS costs from the rest of the two hops."""
     docs: list[dict[str, Any]] = []
     ports: dict[str, int] = {}
     for protocol, (service_port, app_port) in services.items():
@@ -84,7 +88,7 @@ def mesh_manifests(services: dict[str, tuple[int, int]]) -> list[dict[str, Any]]
                     "trafficPolicy": {
                         "loadBalancer": {"simple": "ROUND_ROBIN"},
                         "connectionPool": {"tcp": {"connectTimeout": "1s"}},
-                        "tls": {"mode": "ISTIO_MUTUAL"},
+                        "tls": {"mode": "ISTIO_MUTUAL" if mtls else "DISABLE"},
                     },
                 },
             },
@@ -110,7 +114,7 @@ def mesh_manifests(services: dict[str, tuple[int, int]]) -> list[dict[str, Any]]
             "kind": "WorkloadEntry",
             "metadata": {"name": "server-1", "namespace": NAMESPACE},
             "spec": {
-                "address": WORKLOAD,
+                "address": WORKLOAD if mtls else PLAIN_WORKLOAD,
                 "ports": ports,
                 "labels": {"app": "server"},
                 "serviceAccount": "server",
@@ -120,15 +124,15 @@ def mesh_manifests(services: dict[str, tuple[int, int]]) -> list[dict[str, Any]]
             "apiVersion": "security.istio.io/v1beta1",
             "kind": "PeerAuthentication",
             "metadata": {"name": "default", "namespace": "istio-system"},
-            "spec": {"mtls": {"mode": "STRICT"}},
+            "spec": {"mtls": {"mode": "STRICT" if mtls else "DISABLE"}},
         },
     ]
     return docs
 
 
-def write_mesh(directory: Path, services: dict[str, tuple[int, int]]) -> Path:
+def write_mesh(directory: Path, services: dict[str, tuple[int, int]], mtls: bool = True) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump_all(mesh_manifests(services), sort_keys=False)
+    text = yaml.safe_dump_all(mesh_manifests(services, mtls), sort_keys=False)
     (directory / "bench.yaml").write_text(text)
     return directory
 

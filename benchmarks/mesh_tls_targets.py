@@ -11,6 +11,9 @@ summed per request), plus helpers (the control plane):
   admin ``/ready`` says LIVE, the pure tree or the native one (``--build``);
 - ``envoy`` / ``envoy-tcp``: :func:`~benchmarks.mesh_tls_configs.envoy_pair` as two Envoys,
   ``--concurrency 1`` each, as the single-hop benchmark runs them;
+- ``metamesh-plain`` (opt-in): the ``metamesh`` mesh with mutual TLS turned off
+  (DestinationRule ``DISABLE``, PeerAuthentication ``DISABLE``): what TLS costs is the
+  difference between the two;
 - ``floor-c`` (opt-in): two ``benchmarks/floor/floor.c`` forwarders in a row, in **plaintext**:
   the same two hops with no TLS and no feature at all, so its CPU per request is what the
   kernel alone charges two user-space hops at that shape (a lower bound for any proxy pair,
@@ -39,6 +42,7 @@ import yaml
 from benchmarks.mesh_tls_configs import (
     CLIENT_NAMESPACE,
     NAMESPACE,
+    PLAIN_WORKLOAD,
     TRUST_DOMAIN,
     WORKLOAD,
     envoy_pair,
@@ -55,7 +59,7 @@ from metamesh.security.spiffe import SpiffeId
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("metamesh", "envoy", "envoy-tcp")
 #: Targets run only when named in ``--targets``.
-OPT_IN = ("floor-c",)
+OPT_IN = ("floor-c", "metamesh-plain")
 _XDS_PORT = re.compile(r"control plane \(xDS\) on [^\s:]+:(\d+)")
 _ADMIN_PORT = re.compile(r"control plane admin on 127\.0\.0\.1:(\d+)")
 
@@ -121,6 +125,8 @@ class TwoHop:
             return "Envoy tcp_proxy x2 + mTLS (L4)"
         if self.kind == "floor-c":
             return "floor: C x2, plaintext, no features"
+        if self.kind == "metamesh-plain":
+            return "metamesh x2, plaintext"
         return self.kind + " x2 + mTLS"
 
     def pids(self) -> dict[str, int]:
@@ -143,11 +149,12 @@ def start_metamesh(
     build: str,
     cert_ttl: float = 86400.0,
     more: dict[str, int] | None = None,
+    mtls: bool = True,
 ) -> None:
     """The mesh: control plane (CA, TLS ADS) + server proxy + client proxy; ``upstream`` is the
     responder's port on 127.0.0.1, which is also the inbound port on :data:`WORKLOAD`;
     ``more``: other services (protocol -> their responder's port), served the same way."""
-    work = target.workdir / f"metamesh-{target.protocol}"
+    work = target.workdir / f"{target.kind}-{target.protocol}"
     work.mkdir(exist_ok=True)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
@@ -163,7 +170,7 @@ def start_metamesh(
     target.ports = {protocol: free_port() for protocol in upstreams}
     target.port = target.ports[target.protocol]
     services = {p: (target.ports[p], upstreams[p]) for p in upstreams}
-    mesh = write_mesh(work / "mesh", services)
+    mesh = write_mesh(work / "mesh", services, mtls)
     tokens = work / "tokens.yaml"
     write_tokens(tokens)
     log = work / "control-plane.log"
@@ -196,9 +203,10 @@ def start_metamesh(
         )  # fmt: skip
         target.admin[who] = admin
         wait_ready(admin, target.procs[who], 60.0, plog)
-    target.tls = (WORKLOAD, upstream)
+    workload = WORKLOAD if mtls else PLAIN_WORKLOAD
+    target.tls = (workload, upstream) if mtls else ("", 0)
     for protocol, port in target.ports.items():
-        inbound = (WORKLOAD, upstreams[protocol])
+        inbound = (workload, upstreams[protocol])
         wait_accepting(inbound, target.procs["server"], 30.0, work / "server.log")
         wait_accepting(("127.0.0.1", port), target.procs["client"], 30.0, work / "client.log")
     status, body = admin_get(target.admin["client"], "/server_info")
@@ -257,8 +265,9 @@ def start_floors(target: TwoHop, upstream: int) -> None:
 def start(target: TwoHop, ca: MeshCa, upstream: int, options: dict[str, Any]) -> None:
     if target.kind == "floor-c":
         start_floors(target, upstream)
-    elif target.kind == "metamesh":
-        start_metamesh(target, ca, upstream, options.get("build", "native"))
+    elif target.kind in ("metamesh", "metamesh-plain"):
+        build = options.get("build", "native")
+        start_metamesh(target, ca, upstream, build, mtls=target.kind == "metamesh")
     elif target.kind in ("envoy", "envoy-tcp"):
         start_envoys(target, ca, upstream, options.get("envoy_bin"))
     else:

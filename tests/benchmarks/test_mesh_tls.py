@@ -29,8 +29,10 @@ NATIVE = bool(os.environ.get("METAMESH_EXPECT_NATIVE"))
 pytestmark = pytest.mark.skipif(NATIVE, reason="the harness is the same on either build")
 
 
-def test_the_mesh_manifests_validate_without_warnings(tmp_path: Path) -> None:
-    mesh = write_mesh(tmp_path / "mesh", {"thrift": (15001, 15002), "dubbo": (15003, 15004)})
+@pytest.mark.parametrize("mtls", [True, False], ids=["mtls", "plaintext"])
+def test_the_mesh_manifests_validate_without_warnings(mtls: bool, tmp_path: Path) -> None:
+    services = {"thrift": (15001, 15002), "dubbo": (15003, 15004)}
+    mesh = write_mesh(tmp_path / "mesh", services, mtls)
     run = subprocess.run(
         [sys.executable, "-m", "metamesh", "validate", str(mesh)],
         capture_output=True, text=True, timeout=60,
