@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from types import TracebackType
 from typing import Any
@@ -62,4 +63,7 @@ class ProxyThread:
 
 
 async def _call(fn: Any, *args: Any) -> Any:
-    return fn(*args)
+    result = fn(*args)
+    if inspect.isawaitable(result):  # a coroutine of the loop (the exporter's flush)
+        result = await result
+    return result

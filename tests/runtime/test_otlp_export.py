@@ -1,5 +1,5 @@
-"""The span exporter: OTLP bytes the official classes read back, batches off the loop, failures
-counted (``metamesh.runtime.otlp``).
+"""The span exporter: OTLP bytes the official classes read back, batches sent from the loop,
+failures counted (``metamesh.runtime.otlp``).
 
 The encoder writes the span's framing by tag; every field is checked here by decoding with
 opentelemetry-proto's own ``ExportTraceServiceRequest``, and the exporter is run against the
@@ -8,6 +8,7 @@ official TraceService (gRPC) and OTLP/HTTP receiver of ``tests/support/otlp.py``
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
@@ -105,14 +106,43 @@ def test_the_exporter_delivers_to_a_real_receiver(protocol: str) -> None:
     receiver = OtlpReceiver()
     try:
         endpoint = receiver.grpc_address if protocol == "grpc" else receiver.http_address
-        exporter = otlp.SpanExporter(TracingSettings(endpoint, protocol), time.monotonic())
-        for i in range(1200):  # more than two batches
-            exporter.export(record(i + 1))
-        exporter.close()
+
+        async def run() -> otlp.SpanExporter:
+            exporter = otlp.SpanExporter(TracingSettings(endpoint, protocol), time.monotonic())
+            for i in range(1200):  # more than two batches
+                exporter.export(record(i + 1))
+            await exporter.close()
+            return exporter
+
+        exporter = asyncio.run(run())
         spans = receiver.wait_for(1200)
         assert exporter.exported == 1200 and exporter.dropped == 0
         assert sorted(int.from_bytes(s.span_id, "big") for _, s in spans) == list(range(1, 1201))
         assert {name for name, _ in spans} == {"metamesh"}
+    finally:
+        receiver.stop()
+
+
+def test_spans_go_out_on_the_timer_without_a_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp, "FLUSH_SECONDS", 0.05)
+    receiver = OtlpReceiver()
+    try:
+
+        async def run() -> otlp.SpanExporter:
+            exporter = otlp.SpanExporter(
+                TracingSettings(receiver.grpc_address, "grpc"), time.monotonic()
+            )
+            for i in range(3):  # fewer than a batch: only the timer sends them
+                exporter.export(record(i + 1))
+            deadline = time.monotonic() + 10
+            while exporter.exported < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await exporter.sender.close()
+            return exporter
+
+        exporter = asyncio.run(run())
+        assert exporter.exported == 3 and not exporter.pending
+        assert len(receiver.wait_for(3)) == 3
     finally:
         receiver.stop()
 
@@ -127,26 +157,34 @@ def closed_port() -> int:
 def test_an_absent_receiver_drops_and_counts(
     protocol: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    exporter = otlp.SpanExporter(
-        TracingSettings(f"127.0.0.1:{closed_port()}", protocol), time.monotonic()
-    )
-    for i in range(10):
-        exporter.export(record(i + 1))
-    exporter.flush()
-    assert exporter.exported == 0 and exporter.dropped == 10
+    async def run() -> otlp.SpanExporter:
+        exporter = otlp.SpanExporter(
+            TracingSettings(f"127.0.0.1:{closed_port()}", protocol), time.monotonic()
+        )
+        for i in range(10):
+            exporter.export(record(i + 1))
+        await exporter.flush()
+        assert exporter.exported == 0 and exporter.dropped == 10
+        await exporter.close()
+        return exporter
+
+    asyncio.run(run())
     assert "10 spans not exported" in caplog.text
-    exporter.close()
 
 
 def test_a_full_queue_drops_on_the_loop_without_blocking(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(otlp, "MAX_PENDING", 5)
-    monkeypatch.setattr(otlp, "FLUSH_SECONDS", 60.0)  # the thread sleeps: nothing is sent
-    exporter = otlp.SpanExporter(
-        TracingSettings(f"127.0.0.1:{closed_port()}", "grpc"), time.monotonic()
-    )
-    for i in range(8):
-        exporter.export(record(i + 1))
-    assert len(exporter.pending) == 5 and exporter.dropped == 3
-    exporter.close()
+    monkeypatch.setattr(otlp, "FLUSH_SECONDS", 60.0)  # the timer waits: nothing is sent
+
+    async def run() -> None:
+        exporter = otlp.SpanExporter(
+            TracingSettings(f"127.0.0.1:{closed_port()}", "grpc"), time.monotonic()
+        )
+        for i in range(8):
+            exporter.export(record(i + 1))
+        assert len(exporter.pending) == 5 and exporter.dropped == 3
+        await exporter.close()
+
+    asyncio.run(run())

@@ -1,27 +1,30 @@
-"""Spans out over OTLP (gRPC or HTTP): core span records batched off the proxy loop.
+"""Spans out over OTLP (gRPC or HTTP): core span records encoded and batched on the proxy loop.
 
 :class:`SpanExporter` takes each ``SpanRecord`` of the core (:mod:`metamesh.proxy.tracing`) on
-the proxy loop and only appends it to a list: that is all a sampled request pays there. A
-thread of its own wakes every :data:`FLUSH_SECONDS` (sooner once :data:`BATCH` records wait),
-turns the waiting records into one OTLP ``ExportTraceServiceRequest`` (the OpenTelemetry
-protocol's own messages, ``opentelemetry-proto``; the ids the core chose are kept, so
-the context written into the forwarded request names this very span) and sends it: ``grpc``
-with the official ``TraceService`` stub to ``HOST:PORT``, or ``http`` as a protobuf
-``POST /v1/traces`` to ``http://HOST:PORT`` (OTLP/HTTP).
+the proxy loop, serializes it at once (:class:`OtlpEncoder`, a few microseconds: attributes are
+serialized once per distinct key and value, and route, cluster, endpoint and method repeat
+across requests) and keeps the bytes. Every :data:`FLUSH_SECONDS` (sooner once :data:`BATCH`
+spans wait) one task on the same loop wraps the waiting spans into one OTLP
+``ExportTraceServiceRequest`` (the OpenTelemetry protocol's own messages,
+``opentelemetry-proto``; the ids the core chose are kept, so the context written into the
+forwarded request names this very span) and sends it: ``grpc`` with the official
+``TraceService`` stub over ``grpc.aio`` to ``HOST:PORT``, or ``http`` as a protobuf
+``POST /v1/traces`` to ``http://HOST:PORT`` (OTLP/HTTP; the blocking request runs in the
+default executor, the encoding does not).
 
-Why not the OpenTelemetry SDK's span processor and exporters, which this module used first:
-measured on this project's machine, building the SDK's ``ReadableSpan`` and queueing it cost
-about 29 us per span *on the proxy loop*, and the SDK's encoder about 100 us more per span in
-its thread (``encode_spans`` walks every attribute in Python); at the default 1% sampling that
-was +1.3 us per request, 40% of a pipelined Dubbo request's whole cost. Here the loop pays a
-list append and the thread about 3-4 us per span including the send (see :class:`OtlpEncoder`:
-attributes are serialized once per distinct key and value, and route, cluster, endpoint and
-method repeat across requests).
+Why on the loop and not in a thread of its own, as this module did first: a thread that
+encodes and sends must take the interpreter lock from a busy loop, and measured at 116,000
+requests/s with 1% sampled (Dubbo c4k32, ``docs/telemetry.md``) that thread spent about 25 us
+per span and woke thousands of times per second, against 3-4 us per span for the encoding
+itself. Why not the OpenTelemetry SDK's span processor and exporters, used before that:
+building the SDK's ``ReadableSpan`` and queueing it cost about 29 us per span on the loop, and
+the SDK's encoder about 100 us more per span (``encode_spans`` walks every attribute in Python).
 
-Failures never reach the loop: a batch the receiver refuses or cannot take (not listening,
-timeout, an HTTP error) is dropped, counted in :attr:`SpanExporter.dropped`, and logged at most
-once per :data:`LOG_EVERY` seconds; so is a record arriving while :data:`MAX_PENDING` wait (a
-receiver slower than the traffic). Spans are best-effort, as in every tracer.
+Failures never reach the request path: a batch the receiver refuses or cannot take (not
+listening, timeout, an HTTP error) is dropped, counted in :attr:`SpanExporter.dropped`, and
+logged at most once per :data:`LOG_EVERY` seconds; so is a span arriving while
+:data:`MAX_PENDING` wait (a receiver slower than the traffic). One batch is in flight at a time.
+Spans are best-effort, as in every tracer.
 
 Times: the core's clock is the loop's time, the monotonic clock (asyncio's and uvloop's); the
 exporter maps it to wall-clock nanoseconds with the offset taken when it is created.
@@ -29,12 +32,11 @@ exporter maps it to wall-clock nanoseconds with the offset taken when it is crea
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import logging
-import threading
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from metamesh import __version__
 from metamesh.proxy.tracing import SpanRecord
@@ -210,46 +212,63 @@ class OtlpEncoder:
         parts += (block, _STATUS_ERROR if r.error else _STATUS_OK)
         return b"".join(parts)
 
-    def encode(self, records: list[SpanRecord]) -> bytes:
-        """The ``ExportTraceServiceRequest`` of ``records``: one resource, one scope."""
-        spans = b"".join(_field(_T_SPANS, self.span(r)) for r in records)
-        scope_spans = _field(_T_SCOPE_SPANS, self._scope + spans)
+    def framed(self, r: SpanRecord) -> bytes:
+        """One span as an entry of ``ScopeSpans.spans``, ready for :meth:`request`."""
+        return _field(_T_SPANS, self.span(r))
+
+    def request(self, framed: list[bytes]) -> bytes:
+        """The ``ExportTraceServiceRequest`` of spans from :meth:`framed`: one resource, one
+        scope."""
+        scope_spans = _field(_T_SCOPE_SPANS, self._scope + b"".join(framed))
         return _field(_T_RESOURCE_SPANS, self._resource + scope_spans)
+
+    def encode(self, records: list[SpanRecord]) -> bytes:
+        """The ``ExportTraceServiceRequest`` of ``records``."""
+        return self.request([self.framed(r) for r in records])
 
 
 class _GrpcSender:
-    """``TraceService/Export`` with the official stub over one plaintext channel (the
-    receiver is a local collector)."""
+    """``TraceService/Export`` with the official stub over one plaintext ``grpc.aio`` channel
+    (the receiver is a local collector), made on the loop at the first send."""
 
     def __init__(self, endpoint: str) -> None:
-        import grpc
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-            ExportTraceServiceResponse,
-        )
+        self._endpoint = endpoint
+        self._channel: Any = None
+        self._export: Any = None
 
-        self._channel = grpc.insecure_channel(endpoint)
-        self._export = self._channel.unary_unary(
-            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-            request_serializer=None,  # the request is already serialized
-            response_deserializer=ExportTraceServiceResponse.FromString,
-        )
+    async def send(self, payload: bytes) -> None:
+        if self._channel is None:
+            import grpc
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                ExportTraceServiceResponse,
+            )
 
-    def send(self, payload: bytes) -> None:
-        self._export(payload, timeout=TIMEOUT_SECONDS)
+            self._channel = grpc.aio.insecure_channel(self._endpoint)
+            self._export = self._channel.unary_unary(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                request_serializer=None,  # the request is already serialized
+                response_deserializer=ExportTraceServiceResponse.FromString,
+            )
+        await self._export(payload, timeout=TIMEOUT_SECONDS)
 
-    def close(self) -> None:
-        self._channel.close()
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
 
 
 class _HttpSender:
-    """OTLP/HTTP: ``POST /v1/traces`` with a protobuf body, on one kept-alive connection."""
+    """OTLP/HTTP: ``POST /v1/traces`` with a protobuf body, on one kept-alive connection; the
+    blocking exchange runs in the loop's default executor (the body is already encoded)."""
 
     def __init__(self, endpoint: str) -> None:
         host, _, port = endpoint.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
         self._conn: http.client.HTTPConnection | None = None
 
-    def send(self, payload: bytes) -> None:
+    async def send(self, payload: bytes) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._post, payload)
+
+    def _post(self, payload: bytes) -> None:
         for attempt in (1, 2):  # a kept-alive connection the receiver closed: once more
             conn = self._conn
             if conn is None:
@@ -275,13 +294,16 @@ class _HttpSender:
                 raise OSError(f"HTTP {response.status} {response.reason}")
             return
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
 
 
 class SpanExporter:
-    """Queues core span records on the loop; a thread encodes and sends them in batches."""
+    """Encodes each span on the loop as it ends; one task on the loop sends them in batches.
+
+    :meth:`export` is called on the proxy loop; :meth:`flush` and :meth:`close` are coroutines
+    of that loop."""
 
     def __init__(self, settings: TracingSettings, loop_time: float) -> None:
         if settings.protocol not in PROTOCOLS:
@@ -297,54 +319,47 @@ class SpanExporter:
             if settings.protocol == "grpc"
             else _HttpSender(settings.endpoint)
         )
-        #: records waiting for the thread (a deque: append and popleft are atomic, so the
-        #: loop and the thread share it without a lock)
-        self.pending: deque[SpanRecord] = deque()
+        #: encoded spans waiting to be sent (:meth:`OtlpEncoder.framed`)
+        self.pending: list[bytes] = []
         #: spans handed to the receiver, and spans lost (queue full, or a batch refused)
         self.exported = 0
         self.dropped = 0
         self._last_log = -LOG_EVERY
-        self._wake = threading.Event()
-        self._sending = threading.Lock()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="metamesh-otlp", daemon=True)
-        self._thread.start()
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: asyncio.Task[None] | None = None
 
     def export(self, record: SpanRecord) -> None:
-        """Queue one finished span (on the proxy loop: an append, rarely a wake-up)."""
+        """Encode and queue one finished span (on the proxy loop)."""
         pending = self.pending
         n = len(pending)
         if n >= MAX_PENDING:
             self.dropped += 1
             self._warn("tracing: %d spans waiting, span dropped (receiver too slow?)", n)
             return
-        pending.append(record)
-        if n + 1 == BATCH:
-            self._wake.set()
+        pending.append(self.encoder.framed(record))
+        if n + 1 >= BATCH:
+            self._kick()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._kick)
 
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(FLUSH_SECONDS)
-            self._wake.clear()
-            stopping = self._stop
-            self._flush()
-            if stopping:
-                return
+    def _kick(self) -> None:
+        """Start sending what waits, unless a send is already running (it takes it all)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(self._send_pending())
 
-    def flush(self) -> None:
-        """Send every span queued so far, now (blocks: call it off the loop)."""
-        self._flush()
-
-    def _flush(self) -> None:
-        with self._sending:  # the thread's turn or a caller's flush, one at a time
-            self._send_pending()
-
-    def _send_pending(self) -> None:
+    async def _send_pending(self) -> None:
         pending = self.pending
         while pending:
-            part = [pending.popleft() for _ in range(min(len(pending), BATCH))]
+            part = pending[:BATCH]
+            del pending[:BATCH]
             try:
-                self.sender.send(self.encoder.encode(part))
+                await self.sender.send(self.encoder.request(part))
+            except asyncio.CancelledError:
+                self.dropped += len(part)
+                raise
             except Exception as e:  # any failure of the receiver or the encoding: drop
                 self.dropped += len(part)
                 self._warn(
@@ -353,15 +368,25 @@ class SpanExporter:
             else:
                 self.exported += len(part)
 
+    async def flush(self) -> None:
+        """Send every span queued so far, now, and return once the receiver has them (or
+        they were dropped)."""
+        while self.pending or (self._sending is not None and not self._sending.done()):
+            self._kick()
+            task = self._sending
+            if task is not None:
+                await task
+
     def _warn(self, message: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY:
             self._last_log = now
             log.warning(message, *args)
 
-    def close(self) -> None:
-        """Send what is queued and stop the thread (blocks: call it off the loop)."""
-        self._stop = True
-        self._wake.set()
-        self._thread.join(TIMEOUT_SECONDS * 2)
-        self.sender.close()
+    async def close(self) -> None:
+        """Send what is queued, then close the connection to the receiver."""
+        await self.flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self.sender.close()

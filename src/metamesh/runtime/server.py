@@ -426,7 +426,7 @@ class ProxyServer:
         if self.access_log is not None:
             self.access_log.flush()
         if self.tracing is not None:  # send the spans still queued
-            await asyncio.to_thread(self.tracing.close)
+            await self.tracing.close()
         self._stopped.set()
 
     async def serve_forever(self, drain_timeout: float = 10.0) -> None:
