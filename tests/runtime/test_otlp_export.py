@@ -188,3 +188,20 @@ def test_a_full_queue_drops_on_the_loop_without_blocking(
         await exporter.close()
 
     asyncio.run(run())
+
+
+def test_a_span_the_encoder_cannot_write_is_dropped_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def run() -> None:
+        exporter = otlp.SpanExporter(
+            TracingSettings(f"127.0.0.1:{closed_port()}", "grpc"), time.monotonic()
+        )
+        exporter.export(record(-1))  # not an unsigned 64-bit id
+        exporter.export(record(2))
+        assert exporter.dropped == 1 and len(exporter.pending) == 1
+        exporter.pending.clear()
+        await exporter.close()
+
+    asyncio.run(run())
+    assert "not encoded, dropped" in caplog.text

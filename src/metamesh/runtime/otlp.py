@@ -336,7 +336,13 @@ class SpanExporter:
             self.dropped += 1
             self._warn("tracing: %d spans waiting, span dropped (receiver too slow?)", n)
             return
-        pending.append(self.encoder.framed(record))
+        try:
+            framed = self.encoder.framed(record)
+        except Exception as e:  # a record the encoder cannot write: lost, never the request's
+            self.dropped += 1
+            self._warn("tracing: span %r not encoded, dropped: %.200r", record.name, e)
+            return
+        pending.append(framed)
         if n + 1 >= BATCH:
             self._kick()
         elif self._timer is None:
