@@ -48,6 +48,11 @@ def record(span_id: int, parent: int = 0, **kw: object) -> SpanRecord:
     return SpanRecord(**fields)  # type: ignore[arg-type]
 
 
+def encode(enc: otlp.OtlpEncoder, records: list[SpanRecord]) -> bytes:
+    """The exporter's way: each span framed as it ends, then one request of them."""
+    return enc.request([enc.framed(r) for r in records])
+
+
 def decode(payload: bytes) -> ExportTraceServiceRequest:
     request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(payload)
     return request
@@ -65,7 +70,7 @@ def test_every_field_reads_back_with_the_official_classes() -> None:
     enc = otlp.OtlpEncoder("reviews-v1", offset_ns=1_000)
     child = record(0x00F067AA0BA902B7, parent=0x1122334455667788, server=True)
     root = record(0x0102030405060708, error=True, name="svc")
-    request = decode(enc.encode([child, root]))
+    request = decode(encode(enc, [child, root]))
     (rs,) = request.resource_spans
     assert attributes(rs.resource.attributes) == {
         "service.name": "reviews-v1",
@@ -96,7 +101,7 @@ def test_a_long_name_and_many_distinct_attributes() -> None:
     enc = otlp.OtlpEncoder("s", 0)
     name = "x" * 300  # a two-byte length
     records = [record(i + 1, name=name, attributes={"k": f"v{i}", "n": i}) for i in range(300)]
-    spans = decode(enc.encode(records)).resource_spans[0].scope_spans[0].spans
+    spans = decode(encode(enc, records)).resource_spans[0].scope_spans[0].spans
     assert [attributes(s.attributes) for s in spans] == [{"k": f"v{i}", "n": i} for i in range(300)]
     assert {s.name for s in spans} == {name}
 

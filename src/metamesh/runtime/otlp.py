@@ -222,10 +222,6 @@ class OtlpEncoder:
         scope_spans = _field(_T_SCOPE_SPANS, self._scope + b"".join(framed))
         return _field(_T_RESOURCE_SPANS, self._resource + scope_spans)
 
-    def encode(self, records: list[SpanRecord]) -> bytes:
-        """The ``ExportTraceServiceRequest`` of ``records``."""
-        return self.request([self.framed(r) for r in records])
-
 
 class _GrpcSender:
     """``TraceService/Export`` with the official stub over one plaintext ``grpc.aio`` channel
