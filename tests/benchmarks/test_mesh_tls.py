@@ -3,8 +3,9 @@
 The mesh manifests pass ``metamesh validate`` without a warning (every field acted on); the
 Envoy pair's configs pass Envoy's own validation; and one tiny run of the harness (a second of
 ``c4k8`` and of handshakes, one repetition) measures metamesh, the Envoy L7 pair and the
-plaintext C floor pair with every reply's id matched, and every ``openssl s_time`` handshake
-completed by the server side (the floor has no TLS port, so two handshake rows). Only
+plaintext C floor pair and the plaintext metamesh mesh with every reply's id matched, and every
+``openssl s_time`` handshake completed by the server side (the plaintext targets have no TLS
+port, so two handshake rows). Only
 in the pure pass: the harness is the same for either build, and the mesh's native build is
 what the mesh e2e tests run in the native pass (this file's ~25 s are kept out of it).
 """
@@ -61,7 +62,8 @@ def test_the_envoy_pair_passes_envoy_validation(kind: str, tmp_path: Path) -> No
 @pytest.mark.skipif(ENVOY is None, reason="no Envoy (benchmarks/setup.sh)")
 def test_a_tiny_run_measures_both_two_hop_paths(capsys: pytest.CaptureFixture[str]) -> None:
     code = mesh_tls.main(
-        ["--protocol", "thrift", "--targets", "metamesh,envoy,floor-c", "--shapes", "c4k8",
+        ["--protocol", "thrift", "--targets", "metamesh,envoy,floor-c,metamesh-plain",
+         "--shapes", "c4k8",
          "--reps", "1", "--warmup", "0.5", "--duration", "1", "--handshake-seconds", "1",
          "--build", "pure", "--no-save"]
     )  # fmt: skip
@@ -69,10 +71,11 @@ def test_a_tiny_run_measures_both_two_hop_paths(capsys: pytest.CaptureFixture[st
     assert code == 0 and "Unavailable" not in out, out
     rows = {line.split("|")[2].strip(): line for line in out.splitlines() if "| c4k8 |" in line}
     floor = "floor: C x2, plaintext, no features"
-    assert set(rows) == {"metamesh x2 + mTLS", "Envoy thrift_proxy x2 + mTLS", floor}, out
+    plain = "metamesh x2, plaintext"
+    assert set(rows) == {"metamesh x2 + mTLS", "Envoy thrift_proxy x2 + mTLS", floor, plain}, out
     for row in rows.values():
         assert "failed" not in row and "errors" not in row and "id mismatches" not in row, row
-    for measured in ("metamesh x2 + mTLS", floor):
+    for measured in ("metamesh x2 + mTLS", floor, plain):
         assert re.fullmatch(r"\d+\.\d\dx", rows[measured].split("|")[9].strip()), out
     done = re.findall(r"\| ([\d,]+) of ([\d,]+) \|", out)
     assert len(done) == 2 and all(a == b and a != "0" for a, b in done), out
