@@ -81,7 +81,8 @@ class Watcher:
 
     async def start(self) -> None:
         self.source.start()
-        assert await self.source.wait_synced(10.0)
+        synced = await self.source.wait_synced(10.0)
+        assert synced, f"no first complete read within 10 s: {self.source.status()}"
 
     async def until(
         self, check: Callable[[dict[str, list[tuple[str, int, str]]]], bool], budget: float

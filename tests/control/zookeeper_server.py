@@ -4,8 +4,9 @@
 directory, short ticks so sessions can expire in seconds, no admin server) and runs
 ``java -cp <conf>:/usr/share/java/zookeeper.jar org.apache.zookeeper.server.ZooKeeperServerMain``
 (the jar's manifest names every dependency jar), so no system service is involved. It is ready
-when it answers ``ruok`` with ``imok``. :meth:`ZooKeeperServer.stop` and ``start`` again keep the
-data directory, so sessions and ephemeral nodes survive a restart as they do in production.
+when ``srvr`` reports its mode, i.e. it serves sessions. :meth:`ZooKeeperServer.stop` and
+``start`` again keep the data directory, so sessions and ephemeral nodes survive a restart as
+they do in production.
 
 The ``zookeeper`` fixture starts one per test and always stops it; tests skip (with how to
 install it) when java or the package is missing. Also here, for the tests that need them:
@@ -85,11 +86,16 @@ class ZooKeeperServer:
             time.sleep(0.05)
 
     def ok(self) -> bool:
-        """Whether the server answers ``ruok`` with ``imok``."""
+        """Whether the server serves sessions: ``srvr`` reports its mode. (``ruok`` answers
+        ``imok`` a few hundred ms earlier, while the server still drops every session request,
+        longer on a loaded machine: a client started then spends that time in back-off.)"""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-                s.sendall(b"ruok")
-                return s.recv(16) == b"imok"
+                s.sendall(b"srvr")
+                answer = b""
+                while chunk := s.recv(4096):
+                    answer += chunk
+                return b"\nMode: " in answer
         except OSError:
             return False
 
