@@ -18,6 +18,10 @@ summed per request), plus helpers (the control plane):
   the same two hops with no TLS and no feature at all, so its CPU per request is what the
   kernel alone charges two user-space hops at that shape (a lower bound for any proxy pair,
   with or without TLS). It has no TLS port (no handshake measurement).
+- ``metamesh-static`` (opt-in): two ``proxy --config`` processes in a row, each with the
+  single-hop benchmark's static config (:func:`~benchmarks.mesh_configs.metamesh_config`), in
+  plaintext: metamesh's core without the mesh (no xDS, no workload identity, no inbound side,
+  no CA), so ``metamesh-plain`` minus it is what the mesh's own features cost two hops.
 
 ``port`` is where load goes (the client side, on 127.0.0.1); ``tls`` is the server side's mutual
 TLS port (host, port), where the handshake measurement connects.
@@ -39,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.mesh_configs import metamesh_config
 from benchmarks.mesh_tls_configs import (
     CLIENT_NAMESPACE,
     NAMESPACE,
@@ -59,7 +64,7 @@ from metamesh.security.spiffe import SpiffeId
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("metamesh", "envoy", "envoy-tcp")
 #: Targets run only when named in ``--targets``.
-OPT_IN = ("floor-c", "metamesh-plain")
+OPT_IN = ("floor-c", "metamesh-plain", "metamesh-static")
 _XDS_PORT = re.compile(r"control plane \(xDS\) on [^\s:]+:(\d+)")
 _ADMIN_PORT = re.compile(r"control plane admin on 127\.0\.0\.1:(\d+)")
 
@@ -127,6 +132,8 @@ class TwoHop:
             return "floor: C x2, plaintext, no features"
         if self.kind == "metamesh-plain":
             return "metamesh x2, plaintext"
+        if self.kind == "metamesh-static":
+            return "metamesh static x2, plaintext, no mesh"
         return self.kind + " x2 + mTLS"
 
     def pids(self) -> dict[str, int]:
@@ -140,6 +147,16 @@ class TwoHop:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
                 raise Unavailable(f"{self.kind} {name} exited with code {proc.returncode}")
+
+
+def _environment(workdir: Path, build: str) -> dict[str, str]:
+    """The metamesh processes' environment for ``--build``: pure, native, or native@DIR."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    kind, _, tree = build.partition("@")  # native@DIR: a native tree built elsewhere
+    if kind == "native":
+        env["PYTHONPATH"] = tree or str(native_tree(workdir))
+    return env
 
 
 def start_metamesh(
@@ -156,15 +173,11 @@ def start_metamesh(
     ``more``: other services (protocol -> their responder's port), served the same way."""
     work = target.workdir / f"{target.kind}-{target.protocol}"
     work.mkdir(exist_ok=True)
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    build, _, tree = build.partition("@")  # native@DIR: a native tree built elsewhere
-    if build == "native":
-        env["PYTHONPATH"] = tree or str(native_tree(target.workdir))
+    env = _environment(target.workdir, build)
     binary = [sys.executable, "-m", "metamesh"]
     run = subprocess.run([*binary, "--version"], capture_output=True, text=True, env=env)
     target.version = run.stdout.strip()
-    if build == "native" and "native" not in target.version:
+    if build.startswith("native") and "native" not in target.version:
         raise Unavailable(f"the native build does not load: {target.version!r}")
     upstreams = {target.protocol: upstream, **(more or {})}
     target.ports = {protocol: free_port() for protocol in upstreams}
@@ -262,9 +275,36 @@ def start_floors(target: TwoHop, upstream: int) -> None:
     target.version = "floor.c, cc -O2"
 
 
+def start_static_pair(target: TwoHop, upstream: int, build: str) -> None:
+    """Two static metamesh proxies in a row: client side -> server side -> ``upstream``."""
+    env = _environment(target.workdir, build)
+    binary = [sys.executable, "-m", "metamesh"]
+    run = subprocess.run([*binary, "--version"], capture_output=True, text=True, env=env)
+    target.version = run.stdout.strip()
+    if build.startswith("native") and "native" not in target.version:
+        raise Unavailable(f"the native build does not load: {target.version!r}")
+    ports = {"server": free_port(), "client": free_port()}
+    ports_upstream = {"server": upstream, "client": ports["server"]}
+    for who in ("server", "client"):
+        base = target.workdir / f"metamesh-static-{target.protocol}-{who}"
+        config = metamesh_config(target.protocol, ports[who], ports_upstream[who])
+        base.with_suffix(".yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        admin = free_port()
+        cmd = [*binary, "proxy", "--config", str(base.with_suffix(".yaml")),
+               "--admin-port", str(admin), "--log-level", "WARNING"]  # fmt: skip
+        log = base.with_suffix(".log")
+        target.procs[who] = spawn(cmd, log, env=env)
+        target.admin[who] = admin
+        wait_ready(admin, target.procs[who], 60.0, log)
+        wait_accepting(("127.0.0.1", ports[who]), target.procs[who], 30.0, log)
+    target.port, target.tls = ports["client"], ("", 0)
+
+
 def start(target: TwoHop, ca: MeshCa, upstream: int, options: dict[str, Any]) -> None:
     if target.kind == "floor-c":
         start_floors(target, upstream)
+    elif target.kind == "metamesh-static":
+        start_static_pair(target, upstream, options.get("build", "native"))
     elif target.kind in ("metamesh", "metamesh-plain"):
         build = options.get("build", "native")
         start_metamesh(target, ca, upstream, build, mtls=target.kind == "metamesh")

@@ -62,7 +62,8 @@ def test_the_envoy_pair_passes_envoy_validation(kind: str, tmp_path: Path) -> No
 @pytest.mark.skipif(ENVOY is None, reason="no Envoy (benchmarks/setup.sh)")
 def test_a_tiny_run_measures_both_two_hop_paths(capsys: pytest.CaptureFixture[str]) -> None:
     code = mesh_tls.main(
-        ["--protocol", "thrift", "--targets", "metamesh,envoy,floor-c,metamesh-plain",
+        ["--protocol", "thrift",
+         "--targets", "metamesh,envoy,floor-c,metamesh-plain,metamesh-static",
          "--shapes", "c4k8",
          "--reps", "1", "--warmup", "0.5", "--duration", "1", "--handshake-seconds", "1",
          "--build", "pure", "--no-save"]
@@ -72,10 +73,12 @@ def test_a_tiny_run_measures_both_two_hop_paths(capsys: pytest.CaptureFixture[st
     rows = {line.split("|")[2].strip(): line for line in out.splitlines() if "| c4k8 |" in line}
     floor = "floor: C x2, plaintext, no features"
     plain = "metamesh x2, plaintext"
-    assert set(rows) == {"metamesh x2 + mTLS", "Envoy thrift_proxy x2 + mTLS", floor, plain}, out
+    static = "metamesh static x2, plaintext, no mesh"
+    mesh = "metamesh x2 + mTLS"
+    assert set(rows) == {mesh, "Envoy thrift_proxy x2 + mTLS", floor, plain, static}, out
     for row in rows.values():
         assert "failed" not in row and "errors" not in row and "id mismatches" not in row, row
-    for measured in ("metamesh x2 + mTLS", floor, plain):
+    for measured in (mesh, floor, plain, static):
         assert re.fullmatch(r"\d+\.\d\dx", rows[measured].split("|")[9].strip()), out
     done = re.findall(r"\| ([\d,]+) of ([\d,]+) \|", out)
     assert len(done) == 2 and all(a == b and a != "0" for a, b in done), out

@@ -198,15 +198,22 @@ def test_a_full_queue_drops_on_the_loop_without_blocking(
 def test_a_span_the_encoder_cannot_write_is_dropped_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def run() -> None:
-        exporter = otlp.SpanExporter(
-            TracingSettings(f"127.0.0.1:{closed_port()}", "grpc"), time.monotonic()
-        )
-        exporter.export(record(-1))  # not an unsigned 64-bit id
-        exporter.export(record(2))
-        assert exporter.dropped == 1 and len(exporter.pending) == 1
-        exporter.pending.clear()
-        await exporter.close()
+    receiver = OtlpReceiver()
+    try:
 
-    asyncio.run(run())
+        async def run() -> otlp.SpanExporter:
+            exporter = otlp.SpanExporter(
+                TracingSettings(receiver.grpc_address, "grpc"), time.monotonic()
+            )
+            exporter.export(record(-1))  # not an unsigned 64-bit id
+            exporter.export(record(2))
+            assert exporter.dropped == 0 and len(exporter.pending) == 2  # queued as they are
+            await exporter.close()
+            return exporter
+
+        exporter = asyncio.run(run())
+        assert exporter.dropped == 1 and exporter.exported == 1  # the rest of the batch went
+        assert [int.from_bytes(s.span_id, "big") for _, s in receiver.wait_for(1)] == [2]
+    finally:
+        receiver.stop()
     assert "not encoded, dropped" in caplog.text

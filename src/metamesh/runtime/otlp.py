@@ -1,10 +1,10 @@
-"""Spans out over OTLP (gRPC or HTTP): core span records encoded and batched on the proxy loop.
+"""Spans out over OTLP (gRPC or HTTP): core span records batched and encoded on the proxy loop.
 
-:class:`SpanExporter` takes each ``SpanRecord`` of the core (:mod:`metamesh.proxy.tracing`) on
-the proxy loop, serializes it at once (:class:`OtlpEncoder`, a few microseconds: attributes are
-serialized once per distinct key and value, and route, cluster, endpoint and method repeat
-across requests) and keeps the bytes. Every :data:`FLUSH_SECONDS` (sooner once :data:`BATCH`
-spans wait) one task on the same loop wraps the waiting spans into one OTLP
+:class:`SpanExporter` queues each ``SpanRecord`` of the core (:mod:`metamesh.proxy.tracing`) on
+the proxy loop as it ends, as it is. Every :data:`FLUSH_SECONDS` (sooner once :data:`BATCH`
+spans wait) one task on the same loop serializes the waiting records (:class:`OtlpEncoder`, a
+few microseconds each: attributes are serialized once per distinct key and value, and route,
+cluster, endpoint and method repeat across requests), wraps them into one OTLP
 ``ExportTraceServiceRequest`` (the OpenTelemetry protocol's own messages,
 ``opentelemetry-proto``; the ids the core chose are kept, so the context written into the
 forwarded request names this very span) and sends it: ``grpc`` with the official
@@ -16,14 +16,19 @@ Why on the loop and not in a thread of its own, as this module did first: a thre
 encodes and sends must take the interpreter lock from a busy loop, and measured at 116,000
 requests/s with 1% sampled (Dubbo c4k32, ``docs/telemetry.md``) that thread spent about 25 us
 per span and woke thousands of times per second, against 3-4 us per span for the encoding
-itself. Why not the OpenTelemetry SDK's span processor and exporters, used before that:
-building the SDK's ``ReadableSpan`` and queueing it cost about 29 us per span on the loop, and
-the SDK's encoder about 100 us more per span (``encode_spans`` walks every attribute in Python).
+itself. Why the records wait unencoded, and are encoded together when a batch goes: at 1%
+sampling a span ends once in a hundred requests, with the encoder's code and caches cold by
+then; encoded as it ended, a span cost about 25 us of CPU on the loop (``docs/telemetry.md``),
+encoded in a batch about 3-5 us. Why not the OpenTelemetry SDK's span processor and exporters,
+used before that: building the SDK's ``ReadableSpan`` and queueing it cost about 29 us per span
+on the loop, and the SDK's encoder about 100 us more per span (``encode_spans`` walks every
+attribute in Python).
 
 Failures never reach the request path: a batch the receiver refuses or cannot take (not
 listening, timeout, an HTTP error) is dropped, counted in :attr:`SpanExporter.dropped`, and
 logged at most once per :data:`LOG_EVERY` seconds; so is a span arriving while
-:data:`MAX_PENDING` wait (a receiver slower than the traffic). One batch is in flight at a time.
+:data:`MAX_PENDING` wait (a receiver slower than the traffic), and a record the encoder cannot
+write (the rest of its batch goes). One batch is in flight at a time.
 Spans are best-effort, as in every tracer.
 
 Times: the core's clock is the loop's time, the monotonic clock (asyncio's and uvloop's); the
@@ -296,7 +301,8 @@ class _HttpSender:
 
 
 class SpanExporter:
-    """Encodes each span on the loop as it ends; one task on the loop sends them in batches.
+    """Queues each span on the loop as it ends; one task on the loop encodes and sends them in
+    batches.
 
     :meth:`export` is called on the proxy loop; :meth:`flush` and :meth:`close` are coroutines
     of that loop."""
@@ -315,9 +321,10 @@ class SpanExporter:
             if settings.protocol == "grpc"
             else _HttpSender(settings.endpoint)
         )
-        #: encoded spans waiting to be sent (:meth:`OtlpEncoder.framed`)
-        self.pending: list[bytes] = []
-        #: spans handed to the receiver, and spans lost (queue full, or a batch refused)
+        #: finished spans waiting to be encoded and sent
+        self.pending: list[SpanRecord] = []
+        #: spans handed to the receiver, and spans lost (queue full, not encodable, or a batch
+        #: refused)
         self.exported = 0
         self.dropped = 0
         self._last_log = -LOG_EVERY
@@ -325,20 +332,14 @@ class SpanExporter:
         self._sending: asyncio.Task[None] | None = None
 
     def export(self, record: SpanRecord) -> None:
-        """Encode and queue one finished span (on the proxy loop)."""
+        """Queue one finished span (on the proxy loop)."""
         pending = self.pending
         n = len(pending)
         if n >= MAX_PENDING:
             self.dropped += 1
             self._warn("tracing: %d spans waiting, span dropped (receiver too slow?)", n)
             return
-        try:
-            framed = self.encoder.framed(record)
-        except Exception as e:  # a record the encoder cannot write: lost, never the request's
-            self.dropped += 1
-            self._warn("tracing: span %r not encoded, dropped: %.200r", record.name, e)
-            return
-        pending.append(framed)
+        pending.append(record)
         if n + 1 >= BATCH:
             self._kick()
         elif self._timer is None:
@@ -352,17 +353,32 @@ class SpanExporter:
         if self._sending is None or self._sending.done():
             self._sending = asyncio.get_running_loop().create_task(self._send_pending())
 
+    def _encode(self, records: list[SpanRecord]) -> list[bytes]:
+        """The records' framed spans; a record the encoder cannot write is dropped, counted
+        and logged, never raised."""
+        framed = self.encoder.framed
+        out: list[bytes] = []
+        for record in records:
+            try:
+                out.append(framed(record))
+            except Exception as e:  # lost, never the request's nor the batch's
+                self.dropped += 1
+                self._warn("tracing: span %r not encoded, dropped: %.200r", record.name, e)
+        return out
+
     async def _send_pending(self) -> None:
         pending = self.pending
         while pending:
-            part = pending[:BATCH]
+            part = self._encode(pending[:BATCH])
             del pending[:BATCH]
+            if not part:
+                continue
             try:
                 await self.sender.send(self.encoder.request(part))
             except asyncio.CancelledError:
                 self.dropped += len(part)
                 raise
-            except Exception as e:  # any failure of the receiver or the encoding: drop
+            except Exception as e:  # any failure of the receiver: drop
                 self.dropped += len(part)
                 self._warn(
                     "tracing: %d spans not exported to %s: %.200r", len(part), self.endpoint, e
