@@ -18,6 +18,9 @@ summed per request), plus helpers (the control plane):
   the same two hops with no TLS and no feature at all, so its CPU per request is what the
   kernel alone charges two user-space hops at that shape (a lower bound for any proxy pair,
   with or without TLS). It has no TLS port (no handshake measurement).
+- ``floor-py`` (opt-in): the same with two ``benchmarks/floor/floor_py.py`` forwarders
+  (compiled with mypyc, on uvloop, as metamesh-native runs): what CPython and uvloop alone
+  charge two hops, before any proxy feature and before TLS.
 - ``metamesh-static`` (opt-in): two ``proxy --config`` processes in a row, each with the
   single-hop benchmark's static config (:func:`~benchmarks.mesh_configs.metamesh_config`), in
   plaintext: metamesh's core without the mesh (no xDS, no workload identity, no inbound side,
@@ -56,7 +59,7 @@ from benchmarks.mesh_tls_configs import (
 )
 from benchmarks.metamesh_target import admin_get, native_tree, wait_ready
 from benchmarks.processes import Unavailable, fail_if_exited, free_port, spawn, stop_process
-from benchmarks.targets import _base_ids, build_floor_c, envoy_version, find_envoy
+from benchmarks.targets import _base_ids, envoy_version, find_envoy, floor_command
 from metamesh.security.ca import CertificateAuthority
 from metamesh.security.csr import new_key_and_csr
 from metamesh.security.spiffe import SpiffeId
@@ -64,7 +67,7 @@ from metamesh.security.spiffe import SpiffeId
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("metamesh", "envoy", "envoy-tcp")
 #: Targets run only when named in ``--targets``.
-OPT_IN = ("floor-c", "metamesh-plain", "metamesh-static")
+OPT_IN = ("floor-c", "floor-py", "metamesh-plain", "metamesh-static")
 _XDS_PORT = re.compile(r"control plane \(xDS\) on [^\s:]+:(\d+)")
 _ADMIN_PORT = re.compile(r"control plane admin on 127\.0\.0\.1:(\d+)")
 
@@ -130,6 +133,8 @@ class TwoHop:
             return "Envoy tcp_proxy x2 + mTLS (L4)"
         if self.kind == "floor-c":
             return "floor: C x2, plaintext, no features"
+        if self.kind == "floor-py":
+            return "floor: Python (mypyc)+uvloop x2, plaintext, no features"
         if self.kind == "metamesh-plain":
             return "metamesh x2, plaintext"
         if self.kind == "metamesh-static":
@@ -262,17 +267,17 @@ def start_envoys(target: TwoHop, ca: MeshCa, upstream: int, envoy_bin: str | Non
 
 
 def start_floors(target: TwoHop, upstream: int) -> None:
-    """Two plaintext C floors in a row: client side -> server side -> ``upstream``."""
-    binary = str(build_floor_c(target.workdir))
+    """Two plaintext floors of ``target.kind`` in a row: client side -> server side ->
+    ``upstream``."""
     ports = {"server": free_port(), "client": free_port()}
     ports_upstream = {"server": upstream, "client": ports["server"]}
     for who in ("server", "client"):
-        log = target.workdir / f"floor-c-{target.protocol}-{who}.log"
-        cmd = [binary, target.protocol, str(ports[who]), str(ports_upstream[who])]
-        target.procs[who] = spawn(cmd, log)
+        log = target.workdir / f"{target.kind}-{target.protocol}-{who}.log"
+        cmd, env, target.version = floor_command(target.kind, target.workdir)
+        cmd += [target.protocol, str(ports[who]), str(ports_upstream[who])]
+        target.procs[who] = spawn(cmd, log, env=env)
         wait_accepting(("127.0.0.1", ports[who]), target.procs[who], 30.0, log)
     target.port, target.tls = ports["client"], ("", 0)
-    target.version = "floor.c, cc -O2"
 
 
 def start_static_pair(target: TwoHop, upstream: int, build: str) -> None:
@@ -301,7 +306,7 @@ def start_static_pair(target: TwoHop, upstream: int, build: str) -> None:
 
 
 def start(target: TwoHop, ca: MeshCa, upstream: int, options: dict[str, Any]) -> None:
-    if target.kind == "floor-c":
+    if target.kind in ("floor-c", "floor-py"):
         start_floors(target, upstream)
     elif target.kind == "metamesh-static":
         start_static_pair(target, upstream, options.get("build", "native"))

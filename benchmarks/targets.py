@@ -136,6 +136,34 @@ def probe(protocol: str, port: int, count: int = 3, timeout: float = 5.0) -> Non
         raise Unavailable(f"probe: sent ids {want}, got {got} ({errors} error replies)")
 
 
+def floor_command(kind: str, workdir: Path) -> tuple[list[str], dict[str, str], str]:
+    """A floor's command (``PROTOCOL PORT UPSTREAM_PORT`` to be added), environment and
+    description: ``floor-c`` (built here once), or ``floor-py`` / ``floor-epoll`` (Python
+    compiled with mypyc, as metamesh-native is, built into ``workdir`` once)."""
+    if kind == "floor-c":
+        return [str(build_floor_c(workdir))], dict(os.environ), "floor.c, cc -O2"
+    module = kind.replace("-", "_")
+    tree = workdir / f"{module}_native"
+    if not any(tree.glob(f"{module}.*.so")):  # not built yet, or a failed build
+        tree.mkdir(exist_ok=True)
+        shutil.copy(FLOOR / f"{module}.py", tree)
+        shutil.copy(FLOOR / "floor_frames.py", tree)
+        build = subprocess.run(
+            [str(Path(sys.executable).parent / "mypyc"), f"{module}.py", "floor_frames.py"],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+        )
+        if build.returncode != 0:
+            raise Unavailable(f"{module}.py does not compile: " + last_line(build))
+    run = f"import {module}, floor_frames, sys; "
+    run += f"assert all(m.__file__.endswith('.so') for m in ({module}, floor_frames)); "
+    run += f"sys.exit({module}.main(sys.argv[1:]))"
+    loop = "uvloop" if kind == "floor-py" else "select.epoll, no asyncio"
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    return [sys.executable, "-c", run], env, f"{module}.py compiled by mypyc, {loop}"
+
+
 def build_floor_c(workdir: Path) -> Path:
     """``benchmarks/floor/floor.c`` compiled with ``cc -O2`` into ``workdir`` (once)."""
     binary = workdir / "floor"
@@ -220,32 +248,7 @@ class Target:
     def _start_floor(self, upstream_port: int) -> None:
         self.port = free_port()
         log = self.workdir / f"{self.kind}-{self.protocol}.log"
-        if self.kind == "floor-c":
-            cmd = [str(build_floor_c(self.workdir))]
-            env = dict(os.environ)
-            self.version = "floor.c, cc -O2"
-        else:  # floor-py, floor-epoll: Python compiled with mypyc, as metamesh-native is
-            module = self.kind.replace("-", "_")
-            tree = self.workdir / f"{module}_native"
-            if not any(tree.glob(f"{module}.*.so")):  # not built yet, or a failed build
-                tree.mkdir(exist_ok=True)
-                shutil.copy(FLOOR / f"{module}.py", tree)
-                shutil.copy(FLOOR / "floor_frames.py", tree)
-                build = subprocess.run(
-                    [str(Path(sys.executable).parent / "mypyc"), f"{module}.py", "floor_frames.py"],
-                    cwd=tree,
-                    capture_output=True,
-                    text=True,
-                )
-                if build.returncode != 0:
-                    raise Unavailable(f"{module}.py does not compile: " + last_line(build))
-            run = f"import {module}, floor_frames, sys; "
-            run += f"assert all(m.__file__.endswith('.so') for m in ({module}, floor_frames)); "
-            run += f"sys.exit({module}.main(sys.argv[1:]))"
-            cmd = [sys.executable, "-c", run]
-            env = dict(os.environ, PYTHONPATH=str(tree))
-            loop = "uvloop" if self.kind == "floor-py" else "select.epoll, no asyncio"
-            self.version = f"{module}.py compiled by mypyc, {loop}"
+        cmd, env, self.version = floor_command(self.kind, self.workdir)
         cmd += [self.protocol, str(self.port), str(upstream_port)]
         self.proc = spawn(cmd, log, env=env)
         wait_listening(self.port, self.proc, 30.0, log)
