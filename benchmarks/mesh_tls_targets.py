@@ -164,6 +164,15 @@ def _environment(workdir: Path, build: str) -> dict[str, str]:
     return env
 
 
+def _version(binary: list[str], env: dict[str, str], build: str) -> str:
+    """``metamesh --version`` in ``env``; a native build that does not load is unavailable."""
+    run = subprocess.run([*binary, "--version"], capture_output=True, text=True, env=env)
+    version = run.stdout.strip()
+    if build.startswith("native") and "native" not in version:
+        raise Unavailable(f"the native build does not load: {version!r}")
+    return version
+
+
 def start_metamesh(
     target: TwoHop,
     ca: MeshCa,
@@ -180,10 +189,7 @@ def start_metamesh(
     work.mkdir(exist_ok=True)
     env = _environment(target.workdir, build)
     binary = [sys.executable, "-m", "metamesh"]
-    run = subprocess.run([*binary, "--version"], capture_output=True, text=True, env=env)
-    target.version = run.stdout.strip()
-    if build.startswith("native") and "native" not in target.version:
-        raise Unavailable(f"the native build does not load: {target.version!r}")
+    target.version = _version(binary, env, build)
     upstreams = {target.protocol: upstream, **(more or {})}
     target.ports = {protocol: free_port() for protocol in upstreams}
     target.port = target.ports[target.protocol]
@@ -284,10 +290,7 @@ def start_static_pair(target: TwoHop, upstream: int, build: str) -> None:
     """Two static metamesh proxies in a row: client side -> server side -> ``upstream``."""
     env = _environment(target.workdir, build)
     binary = [sys.executable, "-m", "metamesh"]
-    run = subprocess.run([*binary, "--version"], capture_output=True, text=True, env=env)
-    target.version = run.stdout.strip()
-    if build.startswith("native") and "native" not in target.version:
-        raise Unavailable(f"the native build does not load: {target.version!r}")
+    target.version = _version(binary, env, build)
     ports = {"server": free_port(), "client": free_port()}
     ports_upstream = {"server": upstream, "client": ports["server"]}
     for who in ("server", "client"):
