@@ -136,15 +136,22 @@ def probe(protocol: str, port: int, count: int = 3, timeout: float = 5.0) -> Non
         raise Unavailable(f"probe: sent ids {want}, got {got} ({errors} error replies)")
 
 
+#: floor module -> the directory it was compiled into by this process (see floor_command)
+_floor_trees: dict[str, Path] = {}
+
+
 def floor_command(kind: str, workdir: Path) -> tuple[list[str], dict[str, str], str]:
     """A floor's command (``PROTOCOL PORT UPSTREAM_PORT`` to be added), environment and
     description: ``floor-c`` (built here once), or ``floor-py`` / ``floor-epoll`` (Python
-    compiled with mypyc, as metamesh-native is, built into ``workdir`` once)."""
+    compiled with mypyc, as metamesh-native is, built into ``workdir`` once per process: a
+    later call reuses the first tree while it is there, so the harness tests and the two
+    hops of a two-hop floor compile each floor once)."""
     if kind == "floor-c":
         return [str(build_floor_c(workdir))], dict(os.environ), "floor.c, cc -O2"
     module = kind.replace("-", "_")
-    tree = workdir / f"{module}_native"
+    tree = _floor_trees.get(module, workdir / f"{module}_native")
     if not any(tree.glob(f"{module}.*.so")):  # not built yet, or a failed build
+        tree = workdir / f"{module}_native"
         tree.mkdir(exist_ok=True)
         shutil.copy(FLOOR / f"{module}.py", tree)
         shutil.copy(FLOOR / "floor_frames.py", tree)
@@ -156,6 +163,7 @@ def floor_command(kind: str, workdir: Path) -> tuple[list[str], dict[str, str], 
         )
         if build.returncode != 0:
             raise Unavailable(f"{module}.py does not compile: " + last_line(build))
+    _floor_trees[module] = tree
     run = f"import {module}, floor_frames, sys; "
     run += f"assert all(m.__file__.endswith('.so') for m in ({module}, floor_frames)); "
     run += f"sys.exit({module}.main(sys.argv[1:]))"
