@@ -63,7 +63,7 @@ def test_the_envoy_pair_passes_envoy_validation(kind: str, tmp_path: Path) -> No
 def test_a_tiny_run_measures_both_two_hop_paths(capsys: pytest.CaptureFixture[str]) -> None:
     code = mesh_tls.main(
         ["--protocol", "thrift",
-         "--targets", "metamesh,envoy,floor-c,metamesh-plain,metamesh-static",
+         "--targets", "metamesh,envoy,floor-c,floor-py,metamesh-plain,metamesh-static",
          "--shapes", "c4k8",
          "--reps", "1", "--warmup", "0.5", "--duration", "1", "--handshake-seconds", "1",
          "--build", "pure", "--no-save"]
@@ -75,10 +75,12 @@ def test_a_tiny_run_measures_both_two_hop_paths(capsys: pytest.CaptureFixture[st
     plain = "metamesh x2, plaintext"
     static = "metamesh static x2, plaintext, no mesh"
     mesh = "metamesh x2 + mTLS"
-    assert set(rows) == {mesh, "Envoy thrift_proxy x2 + mTLS", floor, plain, static}, out
+    floor_py = "floor: Python (mypyc)+uvloop x2, plaintext, no features"
+    envoy = "Envoy thrift_proxy x2 + mTLS"
+    assert set(rows) == {mesh, envoy, floor, floor_py, plain, static}, out
     for row in rows.values():
         assert "failed" not in row and "errors" not in row and "id mismatches" not in row, row
-    for measured in (mesh, floor, plain, static):
+    for measured in (mesh, floor, floor_py, plain, static):
         assert re.fullmatch(r"\d+\.\d\dx", rows[measured].split("|")[9].strip()), out
     done = re.findall(r"\| ([\d,]+) of ([\d,]+) \|", out)
     assert len(done) == 2 and all(a == b and a != "0" for a, b in done), out
