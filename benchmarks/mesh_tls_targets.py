@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import socket
 import subprocess
@@ -57,7 +56,8 @@ from benchmarks.mesh_tls_configs import (
     write_mesh,
     write_tokens,
 )
-from benchmarks.metamesh_target import admin_get, native_tree, wait_ready
+from benchmarks.metamesh_target import _environment as metamesh_environment
+from benchmarks.metamesh_target import admin_get, wait_ready
 from benchmarks.processes import Unavailable, fail_if_exited, free_port, spawn, stop_process
 from benchmarks.targets import _base_ids, envoy_version, find_envoy, floor_command
 from metamesh.security.ca import CertificateAuthority
@@ -155,13 +155,10 @@ class TwoHop:
 
 
 def _environment(workdir: Path, build: str) -> dict[str, str]:
-    """The metamesh processes' environment for ``--build``: pure, native, or native@DIR."""
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
+    """The metamesh processes' environment for ``--build``: pure, native, or native@DIR (as
+    the single-hop targets get it)."""
     kind, _, tree = build.partition("@")  # native@DIR: a native tree built elsewhere
-    if kind == "native":
-        env["PYTHONPATH"] = tree or str(native_tree(workdir))
-    return env
+    return metamesh_environment(kind == "native", Path(tree) if tree else None, workdir)
 
 
 def _version(binary: list[str], env: dict[str, str], build: str) -> str:
