@@ -21,7 +21,8 @@ proxy core in the native build (see ``setup.py``) and kept to plain attribute wo
   the ``bytes`` object decoded from the socket, so nothing is copied) or joined once otherwise;
   ``bytes`` also spares uvloop the memoryview it makes of anything else. It then hands the
   core's control actions to the server and keeps a single ``call_at`` armed for the core's
-  earliest deadline (re-armed only when an earlier one appears).
+  earliest deadline (re-armed only when an earlier one appears). While draining, a client
+  the flush closes has its last reply corked (:func:`cork`), so the FIN travels with it.
 
 Writes never happen in the adapters: they only feed the core; the flush writes.
 """
@@ -29,14 +30,44 @@ Writes never happen in the adapters: they only feed the core; the flush writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from metamesh.proxy.connection import ConnectionManager, Downstream
+from metamesh.proxy.connection import CLOSE_DOWNSTREAM, ConnectionManager, Downstream
 from metamesh.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
     from metamesh.runtime.server import ProxyServer
+
+
+#: ``TCP_CORK`` (Linux): while set, written data waits in the kernel for more.
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+
+
+def _drain_closes(core: ConnectionManager) -> set[int]:
+    """The ids of the clients this flush closes for a drain (after writing their last replies)."""
+    return {id(a[1]) for a in core.actions if a[0] == CLOSE_DOWNSTREAM}
+
+
+def cork(transport: Any) -> None:
+    """Hold what is written next to ``transport``'s socket until its FIN, so both leave in one
+    segment.
+
+    A drained client is closed right after its last reply. Written apart, the reply and the FIN
+    are two segments, and a client that reads the reply and sends its next call before the FIN
+    lands (a preempted proxy, uvloop's shutdown running one loop iteration after the write)
+    loses that call. Corked, Linux tacks the FIN onto the queued reply (``tcp_send_fin``) and
+    sends them together at the shutdown: whoever sees the reply sees the FIN with it. Only a
+    draining client's last write is corked; elsewhere (no ``TCP_CORK``, not TCP) this does
+    nothing.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or _TCP_CORK is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
 
 
 class Turn:
@@ -79,6 +110,7 @@ class Turn:
         dirty = core.dirty
         if dirty:
             core.dirty = []
+            ending = _drain_closes(core) if core.draining and core.actions else None
             for peer in dirty:
                 peer.dirty = False
                 handle = peer.handle
@@ -92,6 +124,8 @@ class Turn:
                 data = out[0] if len(out) == 1 else b"".join(out)
                 if handle.behind and handle.over_unread_cap(len(data)):
                     continue  # closed: the client was behind and would pass the cap
+                if ending and id(peer) in ending:
+                    cork(transport)
                 transport.write(data)
         if core.actions:
             for action in core.take_actions():
