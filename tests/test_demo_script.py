@@ -7,6 +7,12 @@ Its output before the demo's first line must be its own two "demo:" lines (pip's
 a log), the venv must hold the demo's libraries and none of the test suite's tools, and neither
 npm's node_modules nor Envoy's venv may appear. Slow: pip downloads and installs metamesh's
 dependencies.
+
+The script's ``pip install .`` is a build with build isolation, as users run it, so this test
+also holds the wheel checks of the native build (one isolated compile in CI, not two): the venv
+has every ``HOT_PATH_MODULES`` extension and one mypyc shared library of metamesh's own, none
+of an earlier build's extensions left in the checkout's ``build/`` (of a module no longer
+compiled), no pure-build notice in pip's log, and ``metamesh --version`` names them all.
 """
 
 from __future__ import annotations
@@ -15,9 +21,13 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
+
+from tests.test_native_build import HOT_PATH, NOTICE_START
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_DEMO_LINE = "metamesh demo: an embedded mesh routing real Thrift and Dubbo traffic, live."
@@ -35,6 +45,27 @@ def copy_checkout(dest: Path) -> Path:
     for name in ("package.json", "package-lock.json"):
         shutil.copy2(ROOT / "tests" / "peers" / "node" / name, node / name)
     return dest
+
+
+def plant_stale_extensions(project: Path) -> None:
+    """An earlier build's extensions in the checkout's setuptools build directory: one of a
+    module no longer compiled, one mypyc shared library of another source set. Neither may
+    ship."""
+    build_lib = project / "build" / f"lib.{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+    suffix = EXTENSION_SUFFIXES[0]
+    for stale in (f"metamesh/proxy/retired{suffix}", f"0123456789abcdef__mypyc{suffix}"):
+        (build_lib / stale).parent.mkdir(parents=True, exist_ok=True)
+        (build_lib / stale).write_bytes(b"stale")
+
+
+def metamesh_extensions(venv: Path) -> tuple[set[str], list[str]]:
+    """The modules installed compiled by metamesh's distribution (its RECORD), and its
+    top-level shared libraries."""
+    (record,) = venv.glob("lib/python3*/site-packages/metamesh-*.dist-info/RECORD")
+    files = [line.split(",")[0] for line in record.read_text().splitlines()]
+    names = [f for f in files if f.endswith((".so", ".pyd"))]
+    compiled = {n.split(".")[0].replace("/", ".") for n in names if n.startswith("metamesh/")}
+    return compiled, [n for n in names if "/" not in n]
 
 
 def run_demo_script(project: Path) -> subprocess.CompletedProcess[str]:
@@ -58,6 +89,7 @@ def before_demo(output: str) -> list[str]:
 @pytest.mark.slow
 def test_demo_script_installs_only_the_demo_and_runs_it(tmp_path: Path) -> None:
     project = copy_checkout(tmp_path / "checkout")
+    plant_stale_extensions(project)
     first = run_demo_script(project)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert first.stderr == ""
@@ -80,10 +112,14 @@ def test_demo_script_installs_only_the_demo_and_runs_it(tmp_path: Path) -> None:
     assert not (project / ".venv-envoy").exists()
     assert (venv / "pip-demo.log").is_file()
     # the quick start runs the native build (issue 14): compiled where a compiler is, as here
+    assert NOTICE_START not in (venv / "pip-demo.log").read_text()
+    compiled, shared = metamesh_extensions(venv)
+    assert compiled == HOT_PATH
+    assert len(shared) == 1 and "__mypyc" in shared[0], shared
     version = subprocess.run(
         [str(venv / "bin" / "metamesh"), "--version"], capture_output=True, text=True, check=True
     ).stdout
-    assert "native (mypyc" in version, version
+    assert version.strip().endswith(f"native (mypyc, {len(HOT_PATH)} modules compiled)"), version
     # a fresh venv's pip may let xds-protos' older opentelemetry/proto overwrite
     # opentelemetry-proto's (it did here); the script repairs it, so tracing can load
     subprocess.run(
