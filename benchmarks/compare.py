@@ -12,6 +12,13 @@ a window) that also reads the proxy's and the responder's CPU time at the window
 over the repetitions go into a Markdown table (printed, and saved under ``benchmarks/results/``
 with the command line, date and machine facts) and a JSON file next to it.
 
+``--alternate SECONDS`` measures the targets together instead: each repetition is one load
+generator (``loadgen.py --alternate``) whose load takes turns of SECONDS between the targets
+until each has had its window, so that they share the machine's ups and downs. The column "CPU
+vs first" is each target's proxy CPU per request over the first proxy target's in the same
+repetition, median (lowest..highest): the number for "what does this change cost" when a
+single run of this box swings a cell by 15 points (see benchmarks/README.md, "Paired runs").
+
 metamesh is measured the ways it is deployed (``static-*``: ``proxy --config``; ``xds-*``:
 ``control-plane`` + ``proxy --xds``; ``up-*``: ``up DIR``), each on the pure or the native build
 and each checked to serve the same config; the machine facts and the JSON's ``targets`` record
@@ -111,6 +118,72 @@ def run_loadgen(
     return result
 
 
+def run_loadgen_alternating(
+    protocol: str,
+    targets: list[Target],
+    shape: str,
+    args: argparse.Namespace,
+    watch: dict[str, int],
+) -> dict[str, dict[str, Any]]:
+    """One ``loadgen.py --alternate`` run over ``targets`` (in this order): {label: result}."""
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--protocol", protocol, "--shape", shape]
+    cmd += ["--warmup", str(args.warmup), "--duration", str(args.duration)]
+    cmd += ["--rate-connections", str(args.rate_connections), "--alternate", str(args.alternate)]
+    for t in targets:
+        cmd += ["--side", f"{t.label}={t.port}" + (f":{t.pid}" if t.pid is not None else "")]
+    for name, pid in watch.items():
+        cmd += ["--watch", f"{name}={pid}"]
+    run = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=len(targets) * (args.warmup + args.duration) + 60,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        results: dict[str, dict[str, Any]] = json.loads(run.stdout)["alternating"]
+    except (json.JSONDecodeError, KeyError):
+        failed = {"failed": f"loadgen exit {run.returncode}: {run.stderr.strip()[-500:]}"}
+        return {t.label: dict(failed) for t in targets}
+    if run.returncode != 0:
+        for result in results.values():
+            result["failed"] = f"loadgen exit {run.returncode}"
+    return results
+
+
+def paired_ratios(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each target's proxy CPU per request over the first proxy target's (``direct`` has no
+    proxy), repetition by repetition (the two measured side by side: the same turns when
+    alternating, neighbouring windows otherwise): median, lowest and highest ratio."""
+
+    def cpu(r: dict[str, Any]) -> float | None:
+        if "failed" in r or "proxy" not in r.get("cpu", {}):
+            return None
+        value = r["cpu"]["proxy"]["us_per_req"]
+        return value if value == value and value > 0 else None
+
+    labels = [label for label, rs in runs.items() if any(cpu(r) is not None for r in rs)]
+    if len(labels) < 2:
+        return {}
+    base = labels[0]
+    found: dict[str, dict[str, Any]] = {}
+    for label in labels[1:]:
+        ratios = []
+        for mine, theirs in zip(runs[label], runs[base], strict=False):
+            a, b = cpu(mine), cpu(theirs)
+            if a is not None and b is not None:
+                ratios.append(a / b)
+        if ratios:
+            found[label] = {
+                "base": base,
+                "median": round(statistics.median(ratios), 4),
+                "low": round(min(ratios), 4),
+                "high": round(max(ratios), 4),
+                "reps": len(ratios),
+            }
+    return found
+
+
 def median(values: list[float]) -> float:
     values = [v for v in values if v == v]  # drop NaN
     return statistics.median(values) if values else float("nan")
@@ -200,6 +273,16 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _vs_first(p: dict[str, Any] | None) -> str:
+    if not p:
+        return NA
+
+    def pct(r: float) -> str:
+        return f"{(r - 1) * 100:+.1f}%"
+
+    return f"{pct(p['median'])} ({pct(p['low'])}..{pct(p['high'])})"
+
+
 def _syscalls(s: dict[str, Any]) -> str:
     """Read + write system calls per request, as "total (reads + writes)"."""
     reads, writes = s.get("proxy_reads_per_req"), s.get("proxy_writes_per_req")
@@ -226,21 +309,30 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Method: warm-up {report['warmup_s']} s, window {report['duration_s']} s, "
         f"{report['reps']} interleaved repetition(s), medians; one responder for all targets; "
+        + (
+            f"each repetition one load generator, the targets taking turns of "
+            f"{report['alternate_s']:g} s (every target {report['duration_s']} s in all); "
+            if report.get("alternate_s")
+            else ""
+        )
+        + "CPU vs first = proxy CPU per request over the first proxy's in the same repetition, "
+        "median (lowest..highest) over the repetitions; "
         "proxy CPU = utime+stime (all threads) over the window / requests completed in it; "
         "of which kernel = its stime share (socket syscalls, the TCP stack over loopback); "
         "proxy syscalls/req = its read + write system calls (/proc/PID/io) per request; "
         "sleeps / preempts per req = its voluntary / involuntary context switches.",
         "",
         "| load | target | req/s | p50 µs | p99 µs | +p50 µs | +p99 µs | proxy CPU µs/req "
-        "| of which kernel | proxy syscalls/req | sleeps / preempts per req "
+        "| of which kernel | CPU vs first | proxy syscalls/req | sleeps / preempts per req "
         "| responder µs/req | loadgen µs/req | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape, rows in report["results"].items():
         direct = rows.get("direct", {})
+        paired = report.get("paired", {}).get(shape, {})
         for label, s in rows.items():
             if "failed" in s:
-                lines.append(f"| {shape} | {label} |" + f" {NA} |" * 11 + f" {s['failed']} |")
+                lines.append(f"| {shape} | {label} |" + f" {NA} |" * 12 + f" {s['failed']} |")
                 continue
             add50 = s["p50_us"] - direct["p50_us"] if "p50_us" in direct else None
             add99 = s["p99_us"] - direct["p99_us"] if "p99_us" in direct else None
@@ -258,6 +350,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {_fmt(add99) if label != 'direct' else NA} "
                 f"| {_fmt(s.get('proxy_cpu_us_per_req'), 2)} "
                 f"| {_fmt(s.get('proxy_sys_us_per_req'), 2)} "
+                f"| {_vs_first(paired.get(label))} "
                 f"| {_syscalls(s)} | {_switches(s)} "
                 f"| {_fmt(s.get('responder_cpu_us_per_req'), 2)} "
                 f"| {_fmt(s.get('loadgen_cpu_us_per_req'), 2)} | {'; '.join(notes)} |"
@@ -307,6 +400,24 @@ def measure(args: argparse.Namespace, workdir: Path, children: list[Any]) -> dic
     for shape in shapes:
         raw[shape] = {t.label: [] for t in targets}
         for rep in range(args.reps):
+            if args.alternate > 0 and len(targets) > 1:
+                order = rotated(targets, rep)
+                cx0 = {t.label: _upstream_cx(t) for t in order}
+                results = run_loadgen_alternating(
+                    args.protocol, order, shape, args, {"responder": responder.pid}
+                )
+                for t in order:
+                    result = results[t.label]
+                    cx1 = _upstream_cx(t)
+                    if cx0[t.label] is not None and cx1 is not None:
+                        result["upstream_cx_opened"] = cx1 - cx0[t.label]
+                    raw[shape][t.label].append(result)
+                    print(
+                        f"[bench] {shape} rep {rep + 1}/{args.reps} {t.label} (alternating):"
+                        f" {_brief(result)}",
+                        file=sys.stderr,
+                    )
+                continue
             for t in rotated(targets, rep):
                 watch = {"responder": responder.pid}
                 if t.pid is not None:
@@ -335,7 +446,9 @@ def measure(args: argparse.Namespace, workdir: Path, children: list[Any]) -> dic
         "machine": machine_facts(targets),
         "targets": {t.label: target_facts(t) for t in targets},
         "unavailable": unavailable,
+        "alternate_s": args.alternate if len(targets) > 1 else 0.0,
         "results": {s: {label: summarize(rs) for label, rs in by.items()} for s, by in raw.items()},
+        "paired": {s: paired_ratios(by) for s, by in raw.items()},
         "runs": raw,
     }
 
@@ -382,6 +495,15 @@ def main(argv: list[str] | None = None) -> int:
         " and static-native[@DIR]",
     )
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--alternate",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="measure the targets together: one load generator per repetition, the targets"
+        " taking turns of SECONDS (1 is a good choice) until each has had --duration; for"
+        " differences of a few percent on a noisy machine (default 0: one window per target)",
+    )
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rate-connections", type=int, default=4)

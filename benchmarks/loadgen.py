@@ -35,7 +35,8 @@ import re
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -329,30 +330,191 @@ def _start_ticker(
     rate: float,
     start: float,
     max_outstanding: int,
+    to: list[tuple[list[LoadConnection], Stats] | None] | None = None,
 ) -> None:
-    """Open loop: every tick, send what is due since ``start``, spread round-robin."""
+    """Open loop: every tick, send what is due since ``start``, spread round-robin.
+
+    ``to`` (alternating runs) is a one-item box holding the connections and stats that get the
+    load now, or ``None`` for a pause (nothing sent, nothing owed later); ``conns`` and ``stats``
+    are then ignored, and emptying the box stops the ticker.
+    """
     state = {"issued": 0, "next_conn": 0}
-    n = len(conns)
 
     def tick() -> None:
-        if stats.phase == DONE:
+        if to is not None and not to:  # the alternating run is over
             return
         now = time.perf_counter()
         due = int((now - start) * rate) - state["issued"]
+        current = (conns, stats) if to is None else to[0]
+        if current is None:  # paused: what falls due now is skipped
+            state["issued"] += max(due, 0)
+            loop.call_later(TICK_S, tick)
+            return
+        targets, counts = current
+        if counts.phase == DONE:
+            return
+        n = len(targets)
         if due > 0:
             state["issued"] += due
-            first = state["next_conn"]
+            first = state["next_conn"] % n
             for i in range(n):
                 count = due // n + (1 if (i - first) % n < due % n else 0)
-                conn = conns[i]
+                conn = targets[i]
                 if len(conn.outstanding) + count > max_outstanding:
-                    stats.not_sent += count
+                    counts.not_sent += count
                 else:
                     conn.send(count, now)
             state["next_conn"] = (first + due) % n
         loop.call_later(TICK_S, tick)
 
     tick()
+
+
+def _connection_factory(
+    stats: Stats, template: RequestTemplate, protocol: str
+) -> Callable[[], LoadConnection]:
+    return lambda: LoadConnection(stats, template, protocol, refill=False)
+
+
+@dataclass
+class Side:
+    """One target of an alternating run: its own connections, stats and active seconds."""
+
+    name: str
+    port: int
+    pid: int | None
+    stats: Stats = field(default_factory=Stats)
+    conns: list[LoadConnection] = field(default_factory=list)
+    active_s: float = 0.0
+
+
+async def run_alternating(cfg: Config, sides: list[Side], slot: float) -> dict[str, dict[str, Any]]:
+    """Measure several targets in one process, taking turns of ``slot`` seconds.
+
+    Each target gets the same load shape on connections of its own, in turns: a closed loop's
+    connections refill only while their target has the turn (at a turn's start it is topped up
+    to ``in_flight`` per connection; the others' requests still out complete and count), an
+    open loop's ticker sends to the target whose turn it is. Turns go round in an order that
+    starts one target later each round, until every target has had ``cfg.duration`` seconds;
+    the warm-up gives each ``cfg.warmup`` seconds in a row first.
+
+    Targets measured this way share the machine's state minute by minute (another tenant's
+    load, CPU frequency, a neighbour's cache traffic), which separate windows do not: on a
+    noisy box a difference of a few percent between two builds shows in one run. A target's
+    own process (``Side.pid``) is charged its CPU over the whole measured period, its idle
+    turns included (a metamesh proxy's idle timers cost well under 0.1% of a busy second);
+    the shared processes of ``cfg.watch`` (the responder) and the load generator itself are
+    read at every turn's edges and charged to the target whose turn it was.
+    """
+    loop = asyncio.get_running_loop()
+    template = request_template(cfg.protocol)
+    shape = cfg.shape
+    for side in sides:
+        for _ in range(shape.connections):
+            _, conn = await loop.create_connection(
+                _connection_factory(side.stats, template, cfg.protocol), cfg.host, side.port
+            )
+            side.conns.append(conn)
+
+    box: list[tuple[list[LoadConnection], Stats] | None] = [None]
+
+    def give_turn(side: Side | None) -> None:
+        now = time.perf_counter()
+        for other in sides:
+            for conn in other.conns:
+                conn.refill = shape.closed and other is side
+        if side is None:
+            box[0] = None
+            return
+        if shape.closed:
+            for conn in side.conns:
+                conn.send(shape.in_flight - len(conn.outstanding), now)
+        box[0] = (side.conns, side.stats)
+
+    def own_cpu() -> dict[str, tuple[float, float]]:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = {"loadgen": (ru.ru_utime, ru.ru_stime)}
+        for name, pid in cfg.watch.items():
+            try:
+                cpu[name] = process_user_sys_seconds(pid)
+            except OSError:
+                cpu[name] = (float("nan"), float("nan"))
+        return cpu
+
+    def side_marks() -> dict[str, tuple[Any, Any]]:
+        marks: dict[str, tuple[Any, Any]] = {}
+        for side in sides:
+            if side.pid is None:
+                continue
+            cpu: Any = (float("nan"), float("nan"))
+            counts: Any = None
+            with contextlib.suppress(OSError):
+                cpu = process_user_sys_seconds(side.pid)
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                counts = process_counters(side.pid)
+            marks[side.name] = (cpu, counts)
+        return marks
+
+    shared: dict[str, dict[str, list[float]]] = {
+        side.name: {name: [0.0, 0.0] for name in ("loadgen", *cfg.watch)} for side in sides
+    }
+    start = time.perf_counter()
+    if not shape.closed:
+        _start_ticker(loop, [], Stats(), shape.rate, start, cfg.max_outstanding, to=box)
+    for side in sides:  # warm-up: each in turn, nothing recorded
+        give_turn(side)
+        await asyncio.sleep(cfg.warmup)
+    before = side_marks()
+    for side in sides:
+        side.stats.phase = MEASURE
+    rounds = max(1, round(cfg.duration / slot))
+    for r in range(rounds):
+        for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
+            edge0, t0 = own_cpu(), time.perf_counter()
+            give_turn(side)
+            await asyncio.sleep(cfg.duration / rounds)
+            t1, edge1 = time.perf_counter(), own_cpu()
+            side.active_s += t1 - t0
+            for name, (u1, s1) in edge1.items():
+                u0, s0 = edge0[name]
+                shared[side.name][name][0] += u1 - u0
+                shared[side.name][name][1] += s1 - s0
+    give_turn(None)
+    for _ in range(100):  # the last turn's requests still out (and the others', if any)
+        if not any(c.outstanding for side in sides for c in side.conns):
+            break
+        await asyncio.sleep(0.005)
+    after = side_marks()
+    box.clear()
+    results: dict[str, dict[str, Any]] = {}
+    for side in sides:
+        side.stats.phase = DONE
+        cpu0: dict[str, Any] = {name: (0.0, 0.0) for name in shared[side.name]}
+        cpu1: dict[str, Any] = {k: (u, s) for k, (u, s) in shared[side.name].items()}
+        counters0: dict[str, Any] = {}
+        counters1: dict[str, Any] = {}
+        if side.name in before and side.name in after:
+            cpu0["proxy"], cpu1["proxy"] = before[side.name][0], after[side.name][0]
+            if before[side.name][1] is not None and after[side.name][1] is not None:
+                counters0["proxy"], counters1["proxy"] = before[side.name][1], after[side.name][1]
+        marks = {
+            "t0": 0.0,
+            "t1": side.active_s,
+            "cpu0": cpu0,
+            "cpu1": cpu1,
+            "counters0": counters0,
+            "counters1": counters1,
+        }
+        left = sum(len(c.outstanding) for c in side.conns)
+        result = _report(replace(cfg, port=side.port), side.stats, marks, left)
+        result["alternating_slot_s"] = round(cfg.duration / rounds, 4)
+        results[side.name] = result
+    for side in sides:
+        for conn in side.conns:
+            if conn.transport is not None:
+                conn.transport.close()
+    await asyncio.sleep(0)
+    return results
 
 
 def _report(cfg: Config, stats: Stats, marks: dict[str, Any], left: int) -> dict[str, Any]:
@@ -409,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--protocol", choices=["thrift", "dubbo"], required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--shape", default="c4k32", help="c<C>k<K> (closed) or r<rate> (open)")
     parser.add_argument("--rate-connections", type=int, default=4)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds, not recorded")
@@ -418,7 +580,25 @@ def main(argv: list[str] | None = None) -> int:
         "--watch", action="append", default=[], metavar="NAME=PID", help="report CPU of PID"
     )
     parser.add_argument("--asyncio", action="store_true", help="plain asyncio instead of uvloop")
+    parser.add_argument(
+        "--side",
+        action="append",
+        default=[],
+        metavar="NAME=PORT[:PID]",
+        help="with --alternate: a target taking turns (its proxy's PID is charged its CPU);"
+        " --port is then unused",
+    )
+    parser.add_argument(
+        "--alternate",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="take turns of about SECONDS between the --side targets (see run_alternating);"
+        ' prints {NAME: result} under "alternating"',
+    )
     args = parser.parse_args(argv)
+    if args.alternate <= 0 and args.port <= 0:
+        parser.error("--port is required (or --alternate with --side targets)")
     watch = {}
     for item in args.watch:
         name, _, pid = item.partition("=")
@@ -433,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         watch=watch,
     )
     loop_name = "asyncio" if args.asyncio else install_event_loop()
+    if args.alternate > 0:
+        return _main_alternating(cfg, args.side, args.alternate, loop_name)
     deadline = cfg.warmup + cfg.duration + 15.0
 
     async def bounded() -> dict[str, Any]:
@@ -443,6 +625,30 @@ def main(argv: list[str] | None = None) -> int:
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0 if result["completed"] and not result["id_mismatches"] else 1
+
+
+def _main_alternating(cfg: Config, specs: list[str], slot: float, loop_name: str) -> int:
+    sides = []
+    for spec in specs:
+        name, _, where = spec.partition("=")
+        port, _, pid = where.partition(":")
+        sides.append(Side(name, int(port), int(pid) if pid else None))
+    if len(sides) < 2 or len({s.name for s in sides}) < len(sides):
+        raise SystemExit(
+            "loadgen: --alternate needs two or more --side NAME=PORT[:PID], names distinct"
+        )
+    deadline = len(sides) * (cfg.warmup + cfg.duration) + 15.0
+
+    async def bounded() -> dict[str, dict[str, Any]]:
+        return await asyncio.wait_for(run_alternating(cfg, sides, slot), deadline)
+
+    results = asyncio.run(bounded())
+    for result in results.values():
+        result["loop"] = loop_name
+    json.dump({"alternating": results}, sys.stdout)
+    sys.stdout.write("\n")
+    ok = all(r["completed"] and not r["id_mismatches"] for r in results.values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -358,3 +359,79 @@ def test_each_repetition_starts_one_target_later() -> None:
     orders = ["".join(rotated(list("ABC"), rep)) for rep in range(4)]
     assert orders == ["ABC", "BCA", "CAB", "ABC"]
     assert rotated([], 3) == []
+
+
+@pytest.mark.parametrize("shape", ["c2k4", "r400"])
+def test_loadgen_alternating_gives_each_target_its_turns(shape: str, tmp_path: Path) -> None:
+    """Two responders as two targets taking 0.2 s turns: each gets its own window of the
+    duration, clean replies, its process's CPU and counters; an open loop's rate goes to one
+    target at a time (each sent about its share, not the whole rate all along)."""
+    protocol = "dubbo"
+    first, first_port = start_responder(protocol, tmp_path, lifetime=60)
+    second, second_port = start_responder(protocol, tmp_path, lifetime=60)
+    try:
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), "--protocol", protocol,
+             "--shape", shape, "--warmup", "0.2", "--duration", "0.8", "--alternate", "0.2",
+             "--side", f"a={first_port}:{first.pid}", "--side", f"b={second_port}:{second.pid}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        stop_process(first)
+        stop_process(second)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout)["alternating"]
+    assert set(results) == {"a", "b"}
+    for result in results.values():
+        assert result["completed"] > 0
+        assert result["id_mismatches"] == result["errors"] == result["connections_lost"] == 0
+        assert result["outstanding_at_end"] == 0
+        assert 0.7 <= result["window_s"] <= 1.2  # its four turns of 0.2 s
+        assert result["alternating_slot_s"] == 0.2
+        assert set(result["cpu"]) == {"loadgen", "proxy"}
+        assert result["calls"]["proxy"]["reads_per_req"] > 0
+        if shape == "r400":  # its warm-up and its turns: 1 s of the 2 s at 400/s, not 2 s
+            assert result["sent"] <= 400 * 1.0 * 1.25 + 10
+
+
+def test_paired_ratios_compare_each_proxy_to_the_first_in_the_same_repetition() -> None:
+    from benchmarks.compare import paired_ratios
+
+    def run(us: float | None) -> dict[str, Any]:
+        return {"cpu": {} if us is None else {"proxy": {"us_per_req": us}}}
+
+    runs = {
+        "direct": [run(None), run(None), run(None)],
+        "before": [run(10.0), run(20.0), run(10.0)],
+        "after": [run(11.0), run(21.0), run(12.0)],
+        "broken": [{"failed": "loadgen exit 1"}, run(30.0), run(10.0)],
+    }
+    found = paired_ratios(runs)
+    assert set(found) == {"after", "broken"}  # direct has no proxy, before is the base
+    assert found["after"] == {"base": "before", "median": 1.1, "low": 1.05, "high": 1.2, "reps": 3}
+    assert found["broken"]["reps"] == 2 and found["broken"]["median"] == 1.25
+    assert paired_ratios({"direct": [run(None)], "before": [run(10.0)]}) == {}
+
+
+def test_compare_alternating_reports_paired_ratios(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--protocol", "thrift",
+         "--targets", "direct,metamesh,static-pure+jsonlog", "--shapes", "c2k2",
+         "--warmup", "0.2", "--duration", "0.6", "--reps", "2", "--alternate", "0.2",
+         "--results-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "taking turns of 0.2 s" in run.stdout
+    (js,) = tmp_path.glob("*-thrift.json")
+    report = json.loads(js.read_text())
+    assert report["alternate_s"] == 0.2
+    for label in ("direct", "static-pure", "static-pure+jsonlog"):
+        runs = report["runs"]["c2k2"][label]
+        assert len(runs) == 2 and all(r["completed"] > 0 and not r["id_mismatches"] for r in runs)
+    paired = report["paired"]["c2k2"]
+    assert set(paired) == {"static-pure+jsonlog"}
+    assert paired["static-pure+jsonlog"]["base"] == "static-pure"
+    assert paired["static-pure+jsonlog"]["reps"] == 2
+    row = next(line for line in run.stdout.splitlines() if "| static-pure+jsonlog |" in line)
+    assert re.search(r"\| [+-]\d+\.\d% \([+-]\d+\.\d%\.\.[+-]\d+\.\d%\) \|", row), row
