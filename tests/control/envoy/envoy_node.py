@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -123,6 +124,14 @@ class EnvoyNode:
         with urllib.request.urlopen(f"{self.admin}{path}", timeout=5) as response:
             text: str = response.read().decode()
             return text
+
+    def server_state(self) -> str:
+        """``/ready``'s state (LIVE, PRE_INITIALIZING, INITIALIZING, ...): Envoy answers it with
+        503 until LIVE, so the body is read from the error too."""
+        try:
+            return self.get("/ready").strip()
+        except urllib.error.HTTPError as exc:
+            return exc.read().decode().strip()
 
     def config_dump(self) -> dict[str, Any]:
         parsed: dict[str, Any] = json.loads(self.get("/config_dump?include_eds"))

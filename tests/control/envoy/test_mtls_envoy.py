@@ -146,7 +146,7 @@ def test_an_envoy_sidecar_serves_strict_mtls_with_sds_certificates_and_rbac(
         )  # fmt: skip
         client_proxy.wait_for(f"{VIP}:{port}")
         try:
-            wait_until(lambda: envoy.get("/ready").strip() == "LIVE", "Envoy's SDS secrets", 30)
+            wait_until(lambda: envoy.server_state() == "LIVE", "Envoy's SDS secrets", 30)
             inbound = f"inbound_{WORKLOAD}_{server.port}"
             wait_until(lambda: inbound in envoy.get("/listeners"), "Envoy's inbound listener", 20)
         except AssertionError as e:
