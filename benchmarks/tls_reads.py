@@ -1,7 +1,9 @@
 """What a TLS read costs when nothing is left to decrypt: raising ``SSLWantReadError`` (what
 uvloop's TLS does on every read) against checking the BIO and the TLS object for pending bytes
-(what ``runtime/tls_protocols.py`` does), and one 200-byte request/reply round trip over two
-connected ``ssl.SSLObject`` s (two encryptions, two decryptions), for scale.
+(what ``runtime/tls_protocols.py`` does); one 200-byte record written and read back (what each
+hop pays per message: one encryption, one decryption), read into a fresh 64 KiB ``bytes`` and
+into a preallocated buffer; and one 200-byte request/reply round trip over two connected
+``ssl.SSLObject`` s (two encryptions, two decryptions), for scale.
 
 No sockets, no event loop: two memory-BIO TLS objects of this Python's OpenSSL, handshaken in
 process with an ECDSA P-256 certificate of a throwaway mesh CA.
@@ -66,9 +68,23 @@ def main() -> None:
         c_in.write(s_out.read())
         c.read(65536)
 
+    def one_record() -> None:
+        c.write(msg)
+        s_in.write(c_out.read())
+        s.read(65536)
+
+    buffer = bytearray(65536)
+
+    def one_record_into_buffer() -> None:
+        c.write(msg)
+        s_in.write(c_out.read())
+        s.read(65536, buffer)
+
     for name, fn in (
         ("read raising SSLWantReadError", raising),
         ("pending check instead", checking),
+        ("200 B record written and read back (1 enc + 1 dec)", one_record),
+        ("the same, read into a preallocated buffer", one_record_into_buffer),
         ("200 B request + reply (2 enc + 2 dec)", round_trip),
     ):
         ns = min(timeit.repeat(fn, number=N, repeat=5)) / N * 1e9
