@@ -16,9 +16,11 @@ A metamesh target kind is ``<mode>-<build>``, optionally ``@DIR`` (native builds
 A ``+VARIANT`` suffix runs the same target with an observability feature on, for the cost of
 telemetry (issue 19) measured interleaved against the plain target: ``+tracing`` (spans
 sampled at 1%, ``--tracing-sample-rate 0.01``, the default), ``+tracing100`` (every request
-traced), both exported over OTLP/gRPC to :mod:`benchmarks.otlp_sink` (a helper process whose
-span count is checked when the target stops), and ``+jsonlog`` (``--access-log FILE``, JSON
-lines on disk). The requests carry no trace context, so the rate decides.
+traced), ``+tracing0`` (nothing sampled), all exported over OTLP/gRPC to
+:mod:`benchmarks.otlp_sink` (a helper process whose span count is checked when the target
+stops), ``+tracinghttp`` and ``+tracinghttp100`` (the same over OTLP/HTTP), and ``+jsonlog``
+(``--access-log FILE``, JSON lines on disk). The requests carry no trace context, so the rate
+decides.
 
 ``DIR`` for the control plane is :func:`mesh_configs.write_mesh_dir`. Every target is ready
 when its admin ``/ready`` says LIVE and its listener accepts; then ``/server_info`` must report
@@ -69,13 +71,16 @@ _REFERENCE_DUMP = (
     "print(json.dumps(load_snapshot(sys.argv[1]).to_dict()))"
 )
 _native_copies: dict[Path, Path] = {}
-#: ``+VARIANT`` -> (sample rate for tracing or None, JSON access log).
-VARIANTS: dict[str, tuple[float | None, bool]] = {
-    "tracing": (0.01, False),
-    "tracing100": (1.0, False),
+#: ``+VARIANT`` -> (sample rate for tracing or None, JSON access log, OTLP protocol).
+VARIANTS: dict[str, tuple[float | None, bool, str]] = {
+    "tracing": (0.01, False, "grpc"),
+    "tracing100": (1.0, False, "grpc"),
     # tracing on, nothing sampled: the unsampled path and the idle exporter alone
-    "tracing0": (0.0, False),
-    "jsonlog": (None, True),
+    "tracing0": (0.0, False, "grpc"),
+    # the same over OTLP/HTTP
+    "tracinghttp": (0.01, False, "http"),
+    "tracinghttp100": (1.0, False, "http"),
+    "jsonlog": (None, True, "grpc"),
 }
 
 
@@ -174,7 +179,7 @@ def _variant_options(target: Target, variant: str, slug: str) -> list[str]:
     """The options of a ``+VARIANT`` target (the OTLP sink is started here as a helper)."""
     if not variant:
         return []
-    rate, json_log = VARIANTS[variant]
+    rate, json_log, protocol = VARIANTS[variant]
     if json_log:
         path = target.workdir / f"{slug}-access.log"
         target.extra["access_log"] = str(path)
@@ -182,7 +187,8 @@ def _variant_options(target: Target, variant: str, slug: str) -> list[str]:
     counts = target.workdir / f"{slug}-spans"
     log = target.workdir / f"{slug}-otlp-sink.log"
     sink = spawn(
-        [sys.executable, str(ROOT / "benchmarks" / "otlp_sink.py"), "--count-file", str(counts)],
+        [sys.executable, str(ROOT / "benchmarks" / "otlp_sink.py"), "--count-file", str(counts)]
+        + (["--http"] if protocol == "http" else []),
         log,
     )
     target.helpers.append(sink)
@@ -196,7 +202,7 @@ def _variant_options(target: Target, variant: str, slug: str) -> list[str]:
                 f"127.0.0.1:{found.group(1)}",
                 "--tracing-sample-rate",
                 str(rate),
-            ]
+            ] + (["--tracing-protocol", "http"] if protocol == "http" else [])
         fail_if_exited(sink, log, "serving OTLP")
         time.sleep(0.05)
     raise Unavailable(f"the OTLP sink reported no port in 20s (log: {log})")

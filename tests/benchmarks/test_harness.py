@@ -437,3 +437,23 @@ def test_compare_alternating_reports_paired_ratios(tmp_path: Path) -> None:
     assert paired["static-pure+jsonlog"]["reps"] == 2
     row = next(line for line in run.stdout.splitlines() if "| static-pure+jsonlog |" in line)
     assert re.search(r"\| [+-]\d+\.\d% \([+-]\d+\.\d%\.\.[+-]\d+\.\d%\) \|", row), row
+
+
+def test_traced_variants_export_over_grpc_and_http(tmp_path: Path) -> None:
+    """``+tracing100`` and ``+tracinghttp100``: every request traced, exported to the OTLP sink
+    over gRPC and over OTLP/HTTP; the sink counted them (spans_received in the report)."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--protocol", "dubbo",
+         "--targets", "metamesh+tracing100,metamesh+tracinghttp100", "--shapes", "c2k2",
+         "--warmup", "0.2", "--duration", "0.6", "--reps", "1", "--alternate", "0.3",
+         "--results-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (js,) = tmp_path.glob("*-dubbo.json")
+    report = json.loads(js.read_text())
+    for label in ("static-pure+tracing100", "static-pure+tracinghttp100"):
+        completed = report["runs"]["c2k2"][label][0]["completed"]
+        assert completed > 0
+        # every request of the warm-up and the window, each a span (the checks' requests too)
+        assert report["targets"][label]["spans_received"] >= completed, report["targets"][label]

@@ -9,8 +9,7 @@ cluster, endpoint and method repeat across requests), wraps them into one OTLP
 ``opentelemetry-proto``; the ids the core chose are kept, so the context written into the
 forwarded request names this very span) and sends it: ``grpc`` with the official
 ``TraceService`` stub over ``grpc.aio`` to ``HOST:PORT``, or ``http`` as a protobuf
-``POST /v1/traces`` to ``http://HOST:PORT`` (OTLP/HTTP; the blocking request runs in the
-default executor, the encoding does not).
+``POST /v1/traces`` to ``http://HOST:PORT`` (OTLP/HTTP, with ``aiohttp``'s client on the loop).
 
 Why on the loop and not in a thread of its own, as this module did first: a thread that
 encodes and sends must take the interpreter lock from a busy loop, and measured at 116,000
@@ -38,7 +37,6 @@ exporter maps it to wall-clock nanoseconds with the offset taken when it is crea
 from __future__ import annotations
 
 import asyncio
-import http.client
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
@@ -258,46 +256,41 @@ class _GrpcSender:
 
 
 class _HttpSender:
-    """OTLP/HTTP: ``POST /v1/traces`` with a protobuf body, on one kept-alive connection; the
-    blocking exchange runs in the loop's default executor (the body is already encoded)."""
+    """OTLP/HTTP: ``POST /v1/traces`` with a protobuf body, through ``aiohttp``'s client on the
+    proxy loop itself (one kept-alive connection, made at the first send): no thread, so no
+    other thread to wake nor to take the interpreter lock from the loop."""
 
     def __init__(self, endpoint: str) -> None:
         host, _, port = endpoint.rpartition(":")
-        self._host, self._port = host.strip("[]"), int(port)
-        self._conn: http.client.HTTPConnection | None = None
+        host = host.strip("[]")
+        self._url = f"http://{f'[{host}]' if ':' in host else host}:{int(port)}/v1/traces"
+        self._session: Any = None
 
     async def send(self, payload: bytes) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._post, payload)
+        import aiohttp
 
-    def _post(self, payload: bytes) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1),
+                timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS),
+            )
         for attempt in (1, 2):  # a kept-alive connection the receiver closed: once more
-            conn = self._conn
-            if conn is None:
-                conn = self._conn = http.client.HTTPConnection(
-                    self._host, self._port, timeout=TIMEOUT_SECONDS
-                )
             try:
-                conn.request(
-                    "POST",
-                    "/v1/traces",
-                    body=payload,
-                    headers={"Content-Type": "application/x-protobuf"},
-                )
-                response = conn.getresponse()
-                response.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                self._conn = None
+                async with self._session.post(
+                    self._url, data=payload, headers={"Content-Type": "application/x-protobuf"}
+                ) as response:
+                    await response.read()
+                    if response.status // 100 != 2:
+                        raise OSError(f"HTTP {response.status} {response.reason}")
+                    return
+            except aiohttp.ServerDisconnectedError:
                 if attempt == 2:
                     raise
-                continue
-            if response.status // 100 != 2:
-                raise OSError(f"HTTP {response.status} {response.reason}")
-            return
 
     async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 class SpanExporter:
