@@ -100,14 +100,16 @@ def run_loadgen(
     cmd = [sys.executable, str(HERE / "loadgen.py"), "--protocol", protocol, "--port", str(port)]
     cmd += ["--shape", shape, "--warmup", str(args.warmup), "--duration", str(args.duration)]
     cmd += ["--rate-connections", str(args.rate_connections)]
+    return _loadgen_json(cmd, watch, args.warmup + args.duration + 60)
+
+
+def _loadgen_json(cmd: list[str], watch: dict[str, int], timeout: float) -> dict[str, Any]:
+    """Run ``loadgen.py`` (``cmd`` plus the ``--watch`` options): its JSON, with ``failed``
+    set when it exited non-zero, or only ``failed`` when it printed none."""
     for name, pid in watch.items():
-        cmd += ["--watch", f"{name}={pid}"]
+        cmd = [*cmd, "--watch", f"{name}={pid}"]
     run = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=args.warmup + args.duration + 60,
-        preexec_fn=die_with_parent,
+        cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=die_with_parent
     )
     try:
         result: dict[str, Any] = json.loads(run.stdout)
@@ -131,23 +133,13 @@ def run_loadgen_alternating(
     cmd += ["--rate-connections", str(args.rate_connections), "--alternate", str(args.alternate)]
     for t in targets:
         cmd += ["--side", f"{t.label}={t.port}" + (f":{t.pid}" if t.pid is not None else "")]
-    for name, pid in watch.items():
-        cmd += ["--watch", f"{name}={pid}"]
-    run = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=len(targets) * (args.warmup + args.duration) + 60,
-        preexec_fn=die_with_parent,
-    )
-    try:
-        results: dict[str, dict[str, Any]] = json.loads(run.stdout)["alternating"]
-    except (json.JSONDecodeError, KeyError):
-        failed = {"failed": f"loadgen exit {run.returncode}: {run.stderr.strip()[-500:]}"}
-        return {t.label: dict(failed) for t in targets}
-    if run.returncode != 0:
+    out = _loadgen_json(cmd, watch, len(targets) * (args.warmup + args.duration) + 60)
+    results: dict[str, dict[str, Any]] | None = out.get("alternating")
+    if results is None:
+        return {t.label: {"failed": out.get("failed", "no results")} for t in targets}
+    if "failed" in out:
         for result in results.values():
-            result["failed"] = f"loadgen exit {run.returncode}"
+            result["failed"] = out["failed"]
     return results
 
 

@@ -126,6 +126,19 @@ def process_counters(pid: int) -> tuple[int, int, int, int]:
     return int(io[b"syscr"]), int(io[b"syscw"]), sleeps, preempts
 
 
+def cpu_snapshot(watch: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds of this process ("loadgen") and of every watched one (NaN
+    for one that is gone)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = {"loadgen": (ru.ru_utime, ru.ru_stime)}
+    for name, pid in watch.items():
+        try:
+            cpu[name] = process_user_sys_seconds(pid)
+        except OSError:
+            cpu[name] = (float("nan"), float("nan"))
+    return cpu
+
+
 @dataclass
 class Stats:
     phase: int = WARMUP
@@ -276,14 +289,7 @@ async def run(cfg: Config) -> dict[str, Any]:
     marks: dict[str, Any] = {}
 
     def snapshot() -> dict[str, tuple[float, float]]:
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = {"loadgen": (ru.ru_utime, ru.ru_stime)}
-        for name, pid in cfg.watch.items():
-            try:
-                cpu[name] = process_user_sys_seconds(pid)
-            except OSError:
-                cpu[name] = (float("nan"), float("nan"))
-        return cpu
+        return cpu_snapshot(cfg.watch)
 
     def counters() -> dict[str, tuple[int, int, int, int]]:
         found = {}
@@ -431,16 +437,6 @@ async def run_alternating(cfg: Config, sides: list[Side], slot: float) -> dict[s
                 conn.send(shape.in_flight - len(conn.outstanding), now)
         box[0] = (side.conns, side.stats)
 
-    def own_cpu() -> dict[str, tuple[float, float]]:
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = {"loadgen": (ru.ru_utime, ru.ru_stime)}
-        for name, pid in cfg.watch.items():
-            try:
-                cpu[name] = process_user_sys_seconds(pid)
-            except OSError:
-                cpu[name] = (float("nan"), float("nan"))
-        return cpu
-
     def side_marks() -> dict[str, tuple[Any, Any]]:
         marks: dict[str, tuple[Any, Any]] = {}
         for side in sides:
@@ -470,10 +466,10 @@ async def run_alternating(cfg: Config, sides: list[Side], slot: float) -> dict[s
     rounds = max(1, round(cfg.duration / slot))
     for r in range(rounds):
         for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
-            edge0, t0 = own_cpu(), time.perf_counter()
+            edge0, t0 = cpu_snapshot(cfg.watch), time.perf_counter()
             give_turn(side)
             await asyncio.sleep(cfg.duration / rounds)
-            t1, edge1 = time.perf_counter(), own_cpu()
+            t1, edge1 = time.perf_counter(), cpu_snapshot(cfg.watch)
             side.active_s += t1 - t0
             for name, (u1, s1) in edge1.items():
                 u0, s0 = edge0[name]
