@@ -392,36 +392,32 @@ def measure(args: argparse.Namespace, workdir: Path, children: list[Any]) -> dic
     for shape in shapes:
         raw[shape] = {t.label: [] for t in targets}
         for rep in range(args.reps):
-            if args.alternate > 0 and len(targets) > 1:
-                order = rotated(targets, rep)
-                cx0 = {t.label: _upstream_cx(t) for t in order}
-                results = run_loadgen_alternating(
+            order = rotated(targets, rep)
+            together = args.alternate > 0 and len(targets) > 1  # one loadgen for them all
+            cx0 = {t.label: _upstream_cx(t) for t in order} if together else {}
+            results = (
+                run_loadgen_alternating(
                     args.protocol, order, shape, args, {"responder": responder.pid}
                 )
-                for t in order:
+                if together
+                else {}
+            )
+            for t in order:
+                if together:
                     result = results[t.label]
-                    cx1 = _upstream_cx(t)
-                    if cx0[t.label] is not None and cx1 is not None:
-                        result["upstream_cx_opened"] = cx1 - cx0[t.label]
-                    raw[shape][t.label].append(result)
-                    print(
-                        f"[bench] {shape} rep {rep + 1}/{args.reps} {t.label} (alternating):"
-                        f" {_brief(result)}",
-                        file=sys.stderr,
-                    )
-                continue
-            for t in rotated(targets, rep):
-                watch = {"responder": responder.pid}
-                if t.pid is not None:
-                    watch["proxy"] = t.pid
-                cx_before = _upstream_cx(t)
-                result = run_loadgen(args.protocol, t.port, shape, args, watch)
-                cx_after = _upstream_cx(t)
-                if cx_before is not None and cx_after is not None:
-                    result["upstream_cx_opened"] = cx_after - cx_before
+                else:
+                    watch = {"responder": responder.pid}
+                    if t.pid is not None:
+                        watch["proxy"] = t.pid
+                    cx0[t.label] = _upstream_cx(t)
+                    result = run_loadgen(args.protocol, t.port, shape, args, watch)
+                cx1 = _upstream_cx(t)
+                if cx0[t.label] is not None and cx1 is not None:
+                    result["upstream_cx_opened"] = cx1 - cx0[t.label]
                 raw[shape][t.label].append(result)
                 print(
-                    f"[bench] {shape} rep {rep + 1}/{args.reps} {t.label}: {_brief(result)}",
+                    f"[bench] {shape} rep {rep + 1}/{args.reps} {t.label}"
+                    f"{' (alternating)' if together else ''}: {_brief(result)}",
                     file=sys.stderr,
                 )
     if any(t.extra.get("span_counts") for t in targets):

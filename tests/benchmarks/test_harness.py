@@ -415,18 +415,27 @@ def test_paired_ratios_compare_each_proxy_to_the_first_in_the_same_repetition() 
     assert paired_ratios({"direct": [run(None)], "before": [run(10.0)]}) == {}
 
 
-def test_compare_alternating_reports_paired_ratios(tmp_path: Path) -> None:
+def _alternating_compare(
+    tmp_path: Path, protocol: str, targets: str, reps: int, slot: float
+) -> tuple[str, dict[str, Any]]:
+    """A tiny ``compare.py --alternate`` run at c2k2: its Markdown output and JSON report."""
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--protocol", "thrift",
-         "--targets", "direct,metamesh,static-pure+jsonlog", "--shapes", "c2k2",
-         "--warmup", "0.2", "--duration", "0.6", "--reps", "2", "--alternate", "0.2",
-         "--results-dir", str(tmp_path)],
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--protocol", protocol,
+         "--targets", targets, "--shapes", "c2k2", "--warmup", "0.2", "--duration", "0.6",
+         "--reps", str(reps), "--alternate", str(slot), "--results-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "taking turns of 0.2 s" in run.stdout
-    (js,) = tmp_path.glob("*-thrift.json")
-    report = json.loads(js.read_text())
+    (js,) = tmp_path.glob(f"*-{protocol}.json")
+    report: dict[str, Any] = json.loads(js.read_text())
+    return run.stdout, report
+
+
+def test_compare_alternating_reports_paired_ratios(tmp_path: Path) -> None:
+    stdout, report = _alternating_compare(
+        tmp_path, "thrift", "direct,metamesh,static-pure+jsonlog", reps=2, slot=0.2
+    )
+    assert "taking turns of 0.2 s" in stdout
     assert report["alternate_s"] == 0.2
     for label in ("direct", "static-pure", "static-pure+jsonlog"):
         runs = report["runs"]["c2k2"][label]
@@ -435,23 +444,16 @@ def test_compare_alternating_reports_paired_ratios(tmp_path: Path) -> None:
     assert set(paired) == {"static-pure+jsonlog"}
     assert paired["static-pure+jsonlog"]["base"] == "static-pure"
     assert paired["static-pure+jsonlog"]["reps"] == 2
-    row = next(line for line in run.stdout.splitlines() if "| static-pure+jsonlog |" in line)
+    row = next(line for line in stdout.splitlines() if "| static-pure+jsonlog |" in line)
     assert re.search(r"\| [+-]\d+\.\d% \([+-]\d+\.\d%\.\.[+-]\d+\.\d%\) \|", row), row
 
 
 def test_traced_variants_export_over_grpc_and_http(tmp_path: Path) -> None:
     """``+tracing100`` and ``+tracinghttp100``: every request traced, exported to the OTLP sink
     over gRPC and over OTLP/HTTP; the sink counted them (spans_received in the report)."""
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--protocol", "dubbo",
-         "--targets", "metamesh+tracing100,metamesh+tracinghttp100", "--shapes", "c2k2",
-         "--warmup", "0.2", "--duration", "0.6", "--reps", "1", "--alternate", "0.3",
-         "--results-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    (js,) = tmp_path.glob("*-dubbo.json")
-    report = json.loads(js.read_text())
+    _, report = _alternating_compare(
+        tmp_path, "dubbo", "metamesh+tracing100,metamesh+tracinghttp100", reps=1, slot=0.3
+    )
     for label in ("static-pure+tracing100", "static-pure+tracinghttp100"):
         completed = report["runs"]["c2k2"][label][0]["completed"]
         assert completed > 0
