@@ -18,7 +18,8 @@ telemetry (issue 19) measured interleaved against the plain target: ``+tracing``
 sampled at 1%, ``--tracing-sample-rate 0.01``, the default), ``+tracing100`` (every request
 traced), ``+tracing0`` (nothing sampled), all exported over OTLP/gRPC to
 :mod:`benchmarks.otlp_sink` (a helper process whose span count is checked when the target
-stops), ``+tracinghttp`` and ``+tracinghttp100`` (the same over OTLP/HTTP), and ``+jsonlog``
+stops), ``+tracinghttp`` and ``+tracinghttp100`` (the same over OTLP/HTTP, the default export
+since the ninth session; the names are kept so that older results read the same), and ``+jsonlog``
 (``--access-log FILE``, JSON lines on disk). The requests carry no trace context, so the rate
 decides.
 
@@ -202,7 +203,9 @@ def _variant_options(target: Target, variant: str, slug: str) -> list[str]:
                 f"127.0.0.1:{found.group(1)}",
                 "--tracing-sample-rate",
                 str(rate),
-            ] + (["--tracing-protocol", "http"] if protocol == "http" else [])
+                "--tracing-protocol",
+                protocol,
+            ]
         fail_if_exited(sink, log, "serving OTLP")
         time.sleep(0.05)
     raise Unavailable(f"the OTLP sink reported no port in 20s (log: {log})")

@@ -394,7 +394,11 @@ def _add_tracing_options(parser: argparse.ArgumentParser) -> None:
         help="trace requests and export the spans to this OTLP receiver (default: no tracing)",
     )
     parser.add_argument(
-        "--tracing-protocol", choices=("grpc", "http"), default="grpc", help="OTLP transport"
+        "--tracing-protocol",
+        choices=("grpc", "http"),
+        default="http",
+        help="OTLP transport: http (protobuf POST /v1/traces, OpenTelemetry's default; "
+        "receivers listen on 4318) or grpc (4317); default: http",
     )
     parser.add_argument(
         "--tracing-sample-rate",

@@ -17,6 +17,7 @@ import pytest
 
 from metamesh import cli
 from metamesh.runtime import otlp
+from metamesh.runtime.tracing import TracingSettings
 
 
 def shadow_protos(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,3 +59,18 @@ def test_without_tracing_nothing_is_checked(monkeypatch: pytest.MonkeyPatch) -> 
     shadow_protos(monkeypatch)
     args = argparse.Namespace(tracing_endpoint=None)
     assert cli._tracing(args) is None
+
+
+@pytest.mark.parametrize("command", [["proxy", "--config", "x.yaml"], ["up", "DIR"]])
+def test_the_default_export_is_otlp_http(command: list[str]) -> None:
+    """OTLP/HTTP unless ``--tracing-protocol grpc``: OpenTelemetry's default, and the export
+    that runs on the proxy loop (docs/telemetry.md)."""
+    parser = cli.build_parser()
+    args = parser.parse_args([*command, "--tracing-endpoint", "127.0.0.1:4318"])
+    settings = cli._tracing(args)
+    assert settings is not None and settings.protocol == "http"
+    assert TracingSettings("127.0.0.1:4318").protocol == "http"
+    grpc = parser.parse_args(
+        [*command, "--tracing-endpoint", "h:4317", "--tracing-protocol", "grpc"]
+    )
+    assert cli._tracing(grpc) == TracingSettings("h:4317", "grpc")

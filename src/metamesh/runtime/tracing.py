@@ -27,7 +27,10 @@ class TracingSettings:
     [--tracing-errors]``; ``service_name`` is the proxy's workload."""
 
     endpoint: str
-    protocol: str = "grpc"
+    #: OTLP/HTTP by default, as OpenTelemetry's exporters (``http/protobuf``); it is also the
+    #: cheaper one here: it runs on the proxy loop, where grpcio wakes threads of its own
+    #: (docs/telemetry.md, "Paired runs")
+    protocol: str = "http"
     sample_rate: float = 0.01
     errors: bool = False
     service_name: str = "metamesh"
