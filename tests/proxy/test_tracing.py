@@ -72,8 +72,8 @@ def test_a_sampled_request_carries_the_proxy_span_as_parent() -> None:
     assert got["tracestate"] == "k=v"
     assert span.parent_id == int(PARENT, 16) and span.trace_id == int(TRACE, 16)  # type: ignore[attr-defined]
     assert not span.server and not span.error  # type: ignore[attr-defined]
-    assert span.attributes["metamesh.cluster"] == V1  # type: ignore[attr-defined]
-    assert span.attributes["metamesh.route"] == "to-get"  # type: ignore[attr-defined]
+    assert dict(span.attributes)["metamesh.cluster"] == V1  # type: ignore[attr-defined]
+    assert dict(span.attributes)["metamesh.route"] == "to-get"  # type: ignore[attr-defined]
 
 
 def test_b3_in_b3_out() -> None:
@@ -118,7 +118,7 @@ def test_errors_are_exported_when_asked_even_unsampled() -> None:
         assert len(spans) == expected
         if errors:
             [span] = spans
-            assert span.error and span.attributes["metamesh.response_flags"] == "NR"  # type: ignore[attr-defined]
+            assert span.error and dict(span.attributes)["metamesh.response_flags"] == "NR"  # type: ignore[attr-defined]
 
 
 def test_a_failed_reply_gets_its_span_at_the_end_and_unsampled_contexts_keep_their_parent() -> None:
@@ -141,5 +141,40 @@ def test_a_failed_reply_gets_its_span_at_the_end_and_unsampled_contexts_keep_the
     h.respond(up, reply(uid))  # a success, not sampled: no span
     late, kept = spans
     assert late.error and late.parent_id == 0 and (late.start, late.end) == (5.0, 5.25)  # type: ignore[attr-defined]
-    assert late.attributes["metamesh.route"]  # type: ignore[attr-defined]
+    assert dict(late.attributes)["metamesh.route"]  # type: ignore[attr-defined]
     assert kept.trace_id == int(TRACE, 16) and kept.parent_id == int(PARENT, 16)  # type: ignore[attr-defined]
+
+
+def test_spans_of_one_route_endpoint_and_outcome_share_their_attributes() -> None:
+    """One tuple per route, endpoint, outcome and method, not a mapping per sampled request;
+    the cache is bounded (MAX_SPAN_ATTRIBUTES)."""
+    h, spans = traced(rate=1.0, errors=True)
+    d = h.client()
+    for i in range(3):
+        forwarded(h, d, i + 1)
+    h.send(d, call(9, method="zzz"))  # no route: an error span
+    a, b, c, failed = spans
+    assert a.attributes is b.attributes is c.attributes  # type: ignore[attr-defined]
+    assert a.name == "svc.test/get"  # type: ignore[attr-defined]
+    assert dict(a.attributes) == {  # type: ignore[attr-defined]
+        "rpc.system": "kvrpc",
+        "rpc.service": "svc.test",
+        "rpc.method": "get",
+        "metamesh.listener": "l",
+        "metamesh.response_code": 0,
+        "metamesh.response_flags": "-",
+        "metamesh.route": "to-get",
+        "metamesh.cluster": V1,
+        "server.address": "127.0.0.1",
+        "server.port": 1001,
+    }
+    assert dict(failed.attributes)["metamesh.response_flags"] == "NR"  # type: ignore[attr-defined]
+    assert dict(failed.attributes)["metamesh.response_code"] == 1  # type: ignore[attr-defined]
+    assert len(h.core.span_attributes) == 2
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr("metamesh.proxy.core.MAX_SPAN_ATTRIBUTES", 2)
+    try:
+        h.send(d, call(10, method="yyy"))  # a third key: the cache starts again
+    finally:
+        monkey.undo()
+    assert len(h.core.span_attributes) == 1

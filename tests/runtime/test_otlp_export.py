@@ -217,3 +217,19 @@ def test_a_span_the_encoder_cannot_write_is_dropped_and_counted(
     finally:
         receiver.stop()
     assert "not encoded, dropped" in caplog.text
+
+
+def test_shared_and_equal_attribute_tuples_encode_the_same() -> None:
+    """The encoder keeps each attribute tuple's bytes by identity (the core shares one tuple
+    between many spans) and by value; a tuple made later with the same id reads right."""
+    enc = otlp.OtlpEncoder("s", 0)
+    shared = tuple(ATTRS.items())
+    first = [record(i + 1, attributes=shared) for i in range(3)]
+    again = record(9, attributes=tuple(ATTRS.items()))  # equal, not the same object
+    other = record(10, attributes=(("k", "v"),))
+    spans = decode(encode(enc, [*first, again, other])).resource_spans[0].scope_spans[0].spans
+    assert [attributes(s.attributes) for s in spans] == [ATTRS] * 4 + [{"k": "v"}]
+    for n in range(50):  # fresh tuples, freed at once: their ids are reused
+        spans = decode(encode(enc, [record(1, attributes=(("n", n),))]))
+        got = spans.resource_spans[0].scope_spans[0].spans[0]
+        assert attributes(got.attributes) == {"n": n}

@@ -55,7 +55,7 @@ from metamesh.proxy.telemetry import (
     principal_workload,
     request_labels,
 )
-from metamesh.proxy.tracing import Span, SpanRecord, Tracer
+from metamesh.proxy.tracing import Attributes, Span, SpanRecord, Tracer
 from metamesh.proxy.upstream import ActiveRequest, ClusterState, Peer, Upstream, UpstreamState
 
 # Actions (first item of each tuple in ``actions``) and log levels. ``Final``, like the names
@@ -67,6 +67,8 @@ LOG: Final = 3
 ACCESS_LOG: Final = 4
 #: ``(SPAN, SpanRecord)``: a finished trace span for the runtime's exporter.
 SPAN: Final = 5
+#: Entries of ``CoreState.span_attributes`` before it is emptied.
+MAX_SPAN_ATTRIBUTES: Final = 1024
 INFO: Final = 20
 WARNING: Final = 30
 
@@ -135,6 +137,9 @@ class CoreState:
         self.draining = False
         #: When a refused or evicted connection was last logged (one line per interval).
         self.cx_limit_logged_at = -1e9
+        #: (listener, route, cluster, endpoint index, flags, error, service, method) -> a
+        #: span's name and attributes (:meth:`_end_span`).
+        self.span_attributes: dict[tuple[Any, ...], tuple[str, Attributes]] = {}
 
     # -- hooks implemented by the attempts layer -------------------------------------------
 
@@ -220,32 +225,59 @@ class CoreState:
             metadata_get(md, "interface") or metadata_get(md, "service") or listener.config.service
         )
         method = metadata_get(md, "method") or ""
-        attributes: dict[str, str | int] = {
-            "rpc.system": listener.protocol,
-            "rpc.service": service,
-            "rpc.method": method,
-            "metamesh.listener": listener.config.name,
-            "metamesh.response_code": 1 if error else 0,
-            "metamesh.response_flags": flags,
-        }
-        if route is not None:
-            attributes["metamesh.route"] = route.name
-        if up is not None:
-            attributes["metamesh.cluster"] = up.cluster.config.name
-            attributes["server.address"] = up.endpoint.address
-            attributes["server.port"] = up.endpoint.port
+        # the endpoint as its cluster (identity) and index: Endpoint hashes by its fields
+        cs = up.cluster if up is not None else None
+        idx = up.endpoint_index if up is not None else -1
+        key = (listener, route, cs, idx, flags, error, service, method)
+        cache = self.span_attributes
+        found = cache.get(key)
+        if found is None:
+            found = self._span_attributes(listener, route, up, flags, error, service, method)
+            cache[key] = found
         record = SpanRecord(
             span.trace_id,
             span.span_id,
             span.parent_id,
             span.server,
-            f"{service}/{method}" if method else service or "request",
+            found[0],
             span.start,
             now,
             error,
-            attributes,
+            found[1],
         )
         self.actions.append((SPAN, record))
+
+    def _span_attributes(
+        self,
+        listener: ListenerState,
+        route: CompiledRoute | None,
+        up: Upstream | None,
+        flags: str,
+        error: bool,
+        service: str,
+        method: str,
+    ) -> tuple[str, Attributes]:
+        """The name and attributes of the spans of one listener, route, endpoint, outcome and
+        method (kept in :attr:`span_attributes`, which is emptied when it holds
+        :data:`MAX_SPAN_ATTRIBUTES`: a config change leaves its old keys behind)."""
+        if len(self.span_attributes) >= MAX_SPAN_ATTRIBUTES:
+            self.span_attributes.clear()
+        pairs: list[tuple[str, str | int]] = [
+            ("rpc.system", listener.protocol),
+            ("rpc.service", service),
+            ("rpc.method", method),
+            ("metamesh.listener", listener.config.name),
+            ("metamesh.response_code", 1 if error else 0),
+            ("metamesh.response_flags", flags),
+        ]
+        if route is not None:
+            pairs.append(("metamesh.route", route.name))
+        if up is not None:
+            pairs.append(("metamesh.cluster", up.cluster.config.name))
+            pairs.append(("server.address", up.endpoint.address))
+            pairs.append(("server.port", up.endpoint.port))
+        name = f"{service}/{method}" if method else service or "request"
+        return name, tuple(pairs)
 
     def _request_stats(self, d: Downstream, cs: ClusterState | None, idx: int) -> RequestStats:
         """Istio request statistics of a request from ``d`` to endpoint ``idx`` of ``cs``

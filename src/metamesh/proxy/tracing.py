@@ -127,9 +127,17 @@ class Span:
         return out
 
 
+#: A span's attributes: (key, value) pairs in their order. The core shares one tuple between
+#: the spans of the same listener, route, endpoint, outcome and method (``CoreState.
+#: span_attributes``), so a sampled request builds no mapping of its own and the exporter
+#: serializes each distinct tuple once.
+Attributes = tuple[tuple[str, str | int], ...]
+
+
 class SpanRecord:
     """A finished span, for the runtime's exporter (not changed once made). A plain class for
-    the same reason as :class:`Span`."""
+    the same reason as :class:`Span`. ``attributes`` is kept as :data:`Attributes` (a mapping
+    given is turned into its pairs)."""
 
     __slots__ = (
         "attributes",
@@ -153,7 +161,7 @@ class SpanRecord:
         start: float,
         end: float,
         error: bool,
-        attributes: Mapping[str, str | int] | None = None,
+        attributes: Attributes | Mapping[str, str | int] = (),
     ) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
@@ -163,7 +171,9 @@ class SpanRecord:
         self.start = start
         self.end = end
         self.error = error
-        self.attributes: Mapping[str, str | int] = {} if attributes is None else attributes
+        self.attributes: Attributes = (
+            attributes if isinstance(attributes, tuple) else tuple(attributes.items())
+        )
 
     def __repr__(self) -> str:
         return (

@@ -42,7 +42,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from metamesh import __version__
-from metamesh.proxy.tracing import SpanRecord
+from metamesh.proxy.tracing import Attributes, SpanRecord
 from metamesh.runtime.tracing import PROTOCOLS, TracingSettings
 
 if TYPE_CHECKING:
@@ -157,7 +157,8 @@ class OtlpEncoder:
         scope = InstrumentationScope(name="metamesh", version=__version__)
         self._scope = _field(_T_SCOPE, scope.SerializeToString())
         self._attributes: dict[tuple[str, str | int], bytes] = {}
-        self._blocks: dict[tuple[tuple[str, str | int], ...], bytes] = {}
+        self._blocks: dict[Attributes, bytes] = {}
+        self._by_identity: dict[int, tuple[Attributes, bytes]] = {}
 
     @staticmethod
     def _key_value(key: str, value: str | int | bool) -> KeyValue:
@@ -206,12 +207,22 @@ class OtlpEncoder:
             _T_END,
             (int(r.end * 1e9) + offset).to_bytes(8, "little"),
         )
-        items = tuple(r.attributes.items())
-        block = self._blocks.get(items)  # the whole set repeats too: one lookup, not ten
-        if block is None:
-            if len(self._blocks) >= _ATTRIBUTE_CACHE:
-                self._blocks.clear()
-            block = self._blocks[items] = b"".join(self._attribute(k, v) for k, v in items)
+        # The whole set repeats too, as the very same tuple (the core shares one between the
+        # spans of a route, endpoint and outcome): found by identity, then by value.
+        items = r.attributes
+        kept = self._by_identity.get(id(items))
+        if kept is not None and kept[0] is items:  # held in kept: its id is not reused
+            block = kept[1]
+        else:
+            found = self._blocks.get(items)
+            if found is None:
+                if len(self._blocks) >= _ATTRIBUTE_CACHE:
+                    self._blocks.clear()
+                found = self._blocks[items] = b"".join(self._attribute(k, v) for k, v in items)
+            block = found
+            if len(self._by_identity) >= _ATTRIBUTE_CACHE:
+                self._by_identity.clear()
+            self._by_identity[id(items)] = (items, block)
         parts += (block, _STATUS_ERROR if r.error else _STATUS_OK)
         return b"".join(parts)
 
