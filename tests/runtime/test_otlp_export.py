@@ -233,3 +233,48 @@ def test_shared_and_equal_attribute_tuples_encode_the_same() -> None:
         spans = decode(encode(enc, [record(1, attributes=(("n", n),))]))
         got = spans.resource_spans[0].scope_spans[0].spans[0]
         assert attributes(got.attributes) == {"n": n}
+
+
+def test_full_batches_go_at_once_and_the_rest_waits_for_the_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real OTLP/HTTP receiver: a full batch is sent as it fills, spans that end during the
+    send go out as the next full batch, and a remainder waits for the timer instead of a
+    small request of its own."""
+    monkeypatch.setattr(otlp, "BATCH", 4)
+    monkeypatch.setattr(otlp, "FLUSH_SECONDS", 0.3)
+    receiver = OtlpReceiver()
+    try:
+
+        async def run() -> tuple[list[int], list[int]]:
+            exporter = otlp.SpanExporter(
+                TracingSettings(receiver.http_address, "http"), time.monotonic()
+            )
+            sizes: list[int] = []
+            send = exporter.sender.send
+
+            async def counted(payload: bytes) -> None:
+                sizes.append(len(decode(payload).resource_spans[0].scope_spans[0].spans))
+                await send(payload)
+
+            exporter.sender.send = counted  # type: ignore[method-assign]
+            for i in range(4):  # a full batch: its send starts
+                exporter.export(record(i + 1))
+            await asyncio.sleep(0)
+            for i in range(4, 10):  # during that send: one more full batch and 2 left
+                exporter.export(record(i + 1))
+            deadline = time.monotonic() + 10
+            while exporter.exported < 8 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            before_timer = list(sizes)
+            while exporter.exported < 10 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await exporter.close()
+            return before_timer, sizes
+
+        before_timer, sizes = asyncio.run(run())
+        assert before_timer == [4, 4]
+        assert sizes == [4, 4, 2]  # the remainder, on the timer
+        assert len(receiver.wait_for(10)) == 10
+    finally:
+        receiver.stop()

@@ -334,6 +334,8 @@ class SpanExporter:
         self._last_log = -LOG_EVERY
         self._timer: asyncio.TimerHandle | None = None
         self._sending: asyncio.Task[None] | None = None
+        #: the timer or a flush asked for everything waiting, not only full batches
+        self._due = False
 
     def export(self, record: SpanRecord) -> None:
         """Queue one finished span (on the proxy loop)."""
@@ -345,15 +347,20 @@ class SpanExporter:
             return
         pending.append(record)
         if n + 1 >= BATCH:
-            self._kick()
+            self._start()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._kick)
 
     def _kick(self) -> None:
-        """Start sending what waits, unless a send is already running (it takes it all)."""
+        """The timer, or a flush: send everything that waits."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._due = True
+        self._start()
+
+    def _start(self) -> None:
+        """Start sending, unless a send is already running (it goes on while there is work)."""
         if self._sending is None or self._sending.done():
             self._sending = asyncio.get_running_loop().create_task(self._send_pending())
 
@@ -371,8 +378,15 @@ class SpanExporter:
         return out
 
     async def _send_pending(self) -> None:
+        """Send what waits: every full batch, and the rest when the timer or a flush asked
+        (``_due``). Spans that end during a send and make no full batch wait for the timer
+        rather than go in a small request of their own: a request costs the loop about 0.4 ms
+        of aiohttp's code (measured in a Dubbo c4k32 run: ~300 us to send, ~80 us for the
+        answer), so a batch of 440 spans pays 0.9 us per span, one of 200 twice that."""
         pending = self.pending
-        while pending:
+        while pending and (self._due or len(pending) >= BATCH):
+            if len(pending) <= BATCH:
+                self._due = False
             part = self._encode(pending[:BATCH])
             del pending[:BATCH]
             if not part:
@@ -389,6 +403,8 @@ class SpanExporter:
                 )
             else:
                 self.exported += len(part)
+        if pending and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._kick)
 
     async def flush(self) -> None:
         """Send every span queued so far, now, and return once the receiver has them (or
