@@ -9,6 +9,7 @@ exporter later.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import types
 
@@ -74,3 +75,21 @@ def test_the_default_export_is_otlp_http(command: list[str]) -> None:
         [*command, "--tracing-endpoint", "h:4317", "--tracing-protocol", "grpc"]
     )
     assert cli._tracing(grpc) == TracingSettings("h:4317", "grpc")
+
+
+@pytest.mark.parametrize(("protocol", "module"), [("http", "aiohttp"), ("grpc", "grpc")])
+def test_the_transport_is_imported_at_start_not_by_the_first_span(
+    protocol: str, module: str
+) -> None:
+    """Importing aiohttp takes ~90 ms of CPU: at the first sampled span it would stall the
+    proxy loop; an exporter made at start has it already."""
+    code = (
+        "import sys, time\n"
+        "from metamesh.runtime.otlp import SpanExporter\n"
+        "from metamesh.runtime.tracing import TracingSettings\n"
+        f"assert {module!r} not in sys.modules\n"
+        f"SpanExporter(TracingSettings('127.0.0.1:1', {protocol!r}), time.monotonic())\n"
+        f"assert {module!r} in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -242,6 +242,8 @@ class _GrpcSender:
     (the receiver is a local collector), made on the loop at the first send."""
 
     def __init__(self, endpoint: str) -> None:
+        import grpc  # noqa: F401  (imported now, at start, not by the first span)
+
         self._endpoint = endpoint
         self._channel: Any = None
         self._export: Any = None
@@ -272,6 +274,10 @@ class _HttpSender:
     other thread to wake nor to take the interpreter lock from the loop."""
 
     def __init__(self, endpoint: str) -> None:
+        # imported now, at start: importing aiohttp takes ~90 ms of CPU, which at the first
+        # span would stall the proxy loop and every request on it
+        import aiohttp  # noqa: F401
+
         host, _, port = endpoint.rpartition(":")
         host = host.strip("[]")
         self._url = f"http://{f'[{host}]' if ':' in host else host}:{int(port)}/v1/traces"
