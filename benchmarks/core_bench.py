@@ -92,7 +92,8 @@ def run(
         nonlocal upstream
         for d, batch in work:
             core.downstream_data(d, batch, 0.0)
-        for action in core.take_actions():  # SPAN records are dropped: exporting is not core
+        core.spans.clear()  # finished spans are dropped: exporting is not the core's work
+        for action in core.take_actions():
             if action[0] == CONNECT:
                 upstream = action[1]
                 core.upstream_connected(upstream, 0.0)

@@ -19,9 +19,7 @@ PARENT = "00f067aa0ba902b7"
 def traced(rate: float, errors: bool = False) -> tuple[Harness, list[object]]:
     h = Harness(snapshot([by_method("get", V1)], [cluster(V1, 1001)], stat_prefix="svc.test"))
     h.core.tracer = Tracer(TracingConfig(rate, errors), random.Random(7))
-    spans: list[object] = []
-    h.on_action.append(lambda a: spans.append(a[1]) if a[0] == SPAN else None)
-    return h, spans
+    return h, h.core.spans  # type: ignore[return-value]  # the exporter's queue
 
 
 def forwarded(h: Harness, d: object, rid: int, **headers: str) -> dict[str, str]:
@@ -178,3 +176,20 @@ def test_spans_of_one_route_endpoint_and_outcome_share_their_attributes() -> Non
     finally:
         monkey.undo()
     assert len(h.core.span_attributes) == 1
+
+
+def test_the_exporter_is_told_when_spans_start_to_wait_and_once_a_batch_waits() -> None:
+    """Spans go into the exporter's queue (``core.spans``); a SPAN action says so when the
+    queue goes from empty to one span (the exporter arms its timer) and for every span once
+    a batch waits (it sends), not for each span."""
+    h, spans = traced(rate=1.0)
+    h.core.span_batch = 3
+    waiting: list[int] = []
+    h.on_action.append(lambda a: waiting.append(len(spans)) if a[0] == SPAN else None)
+    d = h.client()
+    for i in range(4):
+        forwarded(h, d, i + 1)
+    assert waiting == [1, 3, 4]
+    spans.clear()  # the exporter took them
+    forwarded(h, d, 5)
+    assert waiting == [1, 3, 4, 1]

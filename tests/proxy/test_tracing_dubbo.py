@@ -14,7 +14,6 @@ import pytest
 
 from metamesh.codecs.dubbo import DubboCodec
 from metamesh.proxy.config import Route, RouteAction
-from metamesh.proxy.core import SPAN
 from metamesh.proxy.request_path import CLEAN, MARKED, UNKNOWN, frame_hint
 from metamesh.proxy.tracing import Tracer, TracingConfig
 from tests.codecs.dubbo.frames import IFACE, request, response
@@ -61,8 +60,7 @@ def test_contexts_in_pipelined_reads_are_found_however_they_are_split(step: int 
         )
     )
     h.core.tracer = Tracer(TracingConfig(0.0), random.Random(7))
-    spans: list[object] = []
-    h.on_action.append(lambda a: spans.append(a[1]) if a[0] == SPAN else None)
+    spans: list[object] = h.core.spans  # type: ignore[assignment]  # the exporter's queue
     d = h.client()
     for a, b in itertools.pairwise(cuts):
         h.send(d, stream[a:b])

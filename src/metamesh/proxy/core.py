@@ -65,7 +65,9 @@ CLOSE_DOWNSTREAM: Final = 1
 CLOSE_UPSTREAM: Final = 2
 LOG: Final = 3
 ACCESS_LOG: Final = 4
-#: ``(SPAN, SpanRecord)``: a finished trace span for the runtime's exporter.
+#: ``(SPAN,)``: finished trace spans wait in ``CoreState.spans`` for the runtime's exporter.
+#: Said when the list goes from empty to one span and for every span once it holds
+#: ``CoreState.span_batch``: the exporter arms its timer, or sends, and needs no call per span.
 SPAN: Final = 5
 #: Entries of ``CoreState.span_attributes`` before it is emptied.
 MAX_SPAN_ATTRIBUTES: Final = 1024
@@ -140,6 +142,11 @@ class CoreState:
         #: (listener, route, cluster, endpoint index, flags, error, service, method) -> a
         #: span's name and attributes (:meth:`_end_span`).
         self.span_attributes: dict[tuple[Any, ...], tuple[str, Attributes]] = {}
+        #: Finished spans for the runtime's exporter, which takes them from this list (it is
+        #: the exporter's own queue, ``SpanExporter.pending``) and sets ``span_batch`` to its
+        #: batch size (see :data:`SPAN`).
+        self.spans: list[SpanRecord] = []
+        self.span_batch = 512
 
     # -- hooks implemented by the attempts layer -------------------------------------------
 
@@ -245,7 +252,11 @@ class CoreState:
             error,
             found[1],
         )
-        self.actions.append((SPAN, record))
+        spans = self.spans
+        spans.append(record)
+        n = len(spans)
+        if n == 1 or n >= self.span_batch:
+            self.actions.append((SPAN,))
 
     def _span_attributes(
         self,

@@ -23,8 +23,10 @@ costs nothing until one happens; a request that came with a context that says "n
 keeps its span from the start (its parent ids), its context not propagated (the request went
 out unchanged).
 
-The core never exports: a finished span is a :class:`SpanRecord` in the ``(SPAN, record)``
-action, which the runtime exports over OTLP (:mod:`metamesh.runtime.otlp`).
+The core never exports: a finished span is a :class:`SpanRecord` appended to the core's
+``spans`` list, the runtime exporter's queue, with a ``(SPAN,)`` action only when the exporter
+has something to do (see ``metamesh.proxy.core.SPAN``); the runtime exports them over OTLP
+(:mod:`metamesh.runtime.otlp`).
 Times are the core's ``now`` (loop time, seconds); the runtime maps them to wall time.
 """
 

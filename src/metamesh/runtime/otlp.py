@@ -331,8 +331,11 @@ class SpanExporter:
             if settings.protocol == "grpc"
             else _HttpSender(settings.endpoint)
         )
-        #: finished spans waiting to be encoded and sent
+        #: finished spans waiting to be encoded and sent (the proxy core appends to this list
+        #: itself: see :meth:`arrived`)
         self.pending: list[SpanRecord] = []
+        #: the batch size, which the core reads to know when to call :meth:`arrived`
+        self.batch = BATCH
         #: spans handed to the receiver, and spans lost (queue full, not encodable, or a batch
         #: refused)
         self.exported = 0
@@ -345,16 +348,25 @@ class SpanExporter:
 
     def export(self, record: SpanRecord) -> None:
         """Queue one finished span (on the proxy loop)."""
+        self.pending.append(record)
+        self.arrived()
+
+    def arrived(self) -> None:
+        """Spans were added to :attr:`pending` (by :meth:`export`, or by the proxy core, which
+        appends to this very list and calls this when it goes from empty to one span and for
+        each span once a batch waits): arm the timer, send a full batch, drop what is over
+        :data:`MAX_PENDING`."""
         pending = self.pending
         n = len(pending)
-        if n >= MAX_PENDING:
-            self.dropped += 1
-            self._warn("tracing: %d spans waiting, span dropped (receiver too slow?)", n)
-            return
-        pending.append(record)
-        if n + 1 >= BATCH:
+        if n > MAX_PENDING:
+            over = n - MAX_PENDING
+            del pending[MAX_PENDING:]
+            self.dropped += over
+            self._warn("tracing: %d spans waiting, %d dropped (receiver too slow?)", n, over)
+            n = MAX_PENDING
+        if n >= BATCH:
             self._start()
-        elif self._timer is None:
+        elif n and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._kick)
 
     def _kick(self) -> None:

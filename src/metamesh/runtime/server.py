@@ -479,7 +479,7 @@ class ProxyServer:
         elif op == LOG:
             log.log(action[1], "%s", action[2])
         elif op == SPAN and self.tracing is not None:
-            self.tracing.export(action[1])
+            self.tracing.arrived()
         elif op == ACCESS_LOG and self.access_log is not None:
             if isinstance(self.access_log, AccessLogFile):  # --access-log-format
                 self.access_log.record(action[1], action[2])

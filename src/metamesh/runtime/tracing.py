@@ -1,7 +1,8 @@
 """Tracing settings of a proxy, and turning tracing on (``--tracing-*`` options).
 
 The sans-IO core decides, ids and times its spans (:mod:`metamesh.proxy.tracing`) and hands
-each finished one over as a ``(SPAN, SpanRecord)`` action; the runtime exports them with the
+each finished one over in the exporter's queue (``CoreState.spans``, with a ``SPAN`` action when
+the exporter has something to do); the runtime exports them with the
 OTLP exporter (:mod:`metamesh.runtime.otlp`, imported only when tracing is on).
 """
 
@@ -56,5 +57,7 @@ def enable_tracing(server: ProxyServer, settings: TracingSettings) -> SpanExport
         time.monotonic(),
     )
     server.core.tracer = Tracer(settings.config, server.core.rng)
+    server.core.spans = exporter.pending  # the core queues its spans for the exporter
+    server.core.span_batch = exporter.batch
     server.tracing = exporter
     return exporter
