@@ -229,6 +229,8 @@ class Tracer:
         self.rng = rng
         self.rate = config.rate
         self.errors = config.errors
+        #: log(1 - rate), the geometric draw's divisor (:meth:`_gap`), computed once
+        self._log_miss = math.log(1.0 - self.rate) if 0.0 < self.rate < 1.0 else -1.0
         #: Requests without context to pass over before the next one the rate samples: a
         #: geometric draw per sampled request, the same law as one draw per request, for an
         #: integer decrement per request (:meth:`draw`).
@@ -240,7 +242,7 @@ class Tracer:
             return 0
         if rate <= 0.0:
             return NEVER
-        return min(int(math.log(1.0 - self.rng.random()) / math.log(1.0 - rate)), NEVER)
+        return min(int(math.log(1.0 - self.rng.random()) / self._log_miss), NEVER)
 
     def draw(self) -> bool:
         """The rate's decision for one request without context (the request path inlines the
