@@ -1,10 +1,12 @@
 """Spans out over OTLP (gRPC or HTTP): core span records batched and encoded on the proxy loop.
 
-:class:`SpanExporter` queues each ``SpanRecord`` of the core (:mod:`metamesh.proxy.tracing`) on
-the proxy loop as it ends, as it is. Every :data:`FLUSH_SECONDS` (sooner once :data:`BATCH`
-spans wait) one task on the same loop serializes the waiting records (:class:`OtlpEncoder`, a
-few microseconds each: attributes are serialized once per distinct key and value, and route,
-cluster, endpoint and method repeat across requests), wraps them into one OTLP
+:class:`SpanExporter` keeps the queue of finished ``SpanRecord`` objects, into which the core
+(:mod:`metamesh.proxy.tracing`) appends each span as it ends, as it is, on the proxy loop (a
+``SPAN`` action only when the queue starts to fill or a batch waits). Each full batch of
+:data:`BATCH` spans, and what is left every :data:`FLUSH_SECONDS`, one task on the same loop
+serializes (:class:`OtlpEncoder`, a few microseconds a span: attributes are serialized once
+per distinct tuple of them, which the core shares between the spans of a route, endpoint and
+outcome), wraps into one OTLP
 ``ExportTraceServiceRequest`` (the OpenTelemetry protocol's own messages,
 ``opentelemetry-proto``; the ids the core chose are kept, so the context written into the
 forwarded request names this very span) and sends it: ``grpc`` with the official
