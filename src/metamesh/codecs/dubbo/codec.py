@@ -261,7 +261,7 @@ class DubboCodec(Codec):
         body_length = 0
         for part in parts:
             body_length += len(part)
-        parts[0] = with_body_length(frame[:HEADER_SIZE], body_length)
+        parts[0] = with_body_length(frame, body_length)
         return b"".join(parts)
 
     # -- local replies --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ _HEADER: Final = struct.Struct(">HBBQi")
 unpack_header: Final = _HEADER.unpack_from
 _unpack_header: Final = unpack_header
 _pack_header: Final = _HEADER.pack
+_pack_length: Final = struct.Struct(">i").pack
 
 
 class DubboStatus(enum.IntEnum):
@@ -110,8 +111,10 @@ def pack_header(flags: int, status: int, request_id: int, body_length: int) -> b
 
 
 def with_body_length(header: bytes | bytearray, body_length: int) -> bytes:
-    """``header`` (16 bytes) with bytes 12-15 replaced by ``body_length``."""
-    return bytes(header[:12]) + body_length.to_bytes(4, "big", signed=True)
+    """The 16-byte header at the front of ``header`` (a header, or a whole frame) with bytes
+    12-15 replaced by ``body_length``. A ``Struct``'s ``pack``: ``int.to_bytes`` with its
+    keyword is a call by name with parsed arguments in the native build."""
+    return bytes(header[:12]) + _pack_length(body_length)
 
 
 def with_request_id(frame: bytes, request_id: int) -> bytes:
