@@ -221,7 +221,7 @@ def test_a_span_the_encoder_cannot_write_is_dropped_and_counted(
 
 def test_shared_and_equal_attribute_tuples_encode_the_same() -> None:
     """The encoder keeps each attribute tuple's bytes by identity (the core shares one tuple
-    between many spans) and by value; a tuple made later with the same id reads right."""
+    between many spans); an equal tuple, and a tuple made later with the same id, read right."""
     enc = otlp.OtlpEncoder("s", 0)
     shared = tuple(ATTRS.items())
     first = [record(i + 1, attributes=shared) for i in range(3)]

@@ -159,8 +159,8 @@ class OtlpEncoder:
         scope = InstrumentationScope(name="metamesh", version=__version__)
         self._scope = _field(_T_SCOPE, scope.SerializeToString())
         self._attributes: dict[tuple[str, str | int], bytes] = {}
-        self._blocks: dict[Attributes, bytes] = {}
-        self._by_identity: dict[int, tuple[Attributes, bytes]] = {}
+        #: id(attributes tuple) -> (the tuple, kept so its id is not reused; its bytes)
+        self._blocks: dict[int, tuple[Attributes, bytes]] = {}
 
     @staticmethod
     def _key_value(key: str, value: str | int | bool) -> KeyValue:
@@ -210,21 +210,17 @@ class OtlpEncoder:
             (int(r.end * 1e9) + offset).to_bytes(8, "little"),
         )
         # The whole set repeats too, as the very same tuple (the core shares one between the
-        # spans of a route, endpoint and outcome): found by identity, then by value.
+        # spans of a route, endpoint and outcome): found by identity; another tuple is joined
+        # from its pairs' kept bytes.
         items = r.attributes
-        kept = self._by_identity.get(id(items))
+        kept = self._blocks.get(id(items))
         if kept is not None and kept[0] is items:  # held in kept: its id is not reused
             block = kept[1]
         else:
-            found = self._blocks.get(items)
-            if found is None:
-                if len(self._blocks) >= _ATTRIBUTE_CACHE:
-                    self._blocks.clear()
-                found = self._blocks[items] = b"".join(self._attribute(k, v) for k, v in items)
-            block = found
-            if len(self._by_identity) >= _ATTRIBUTE_CACHE:
-                self._by_identity.clear()
-            self._by_identity[id(items)] = (items, block)
+            block = b"".join(self._attribute(k, v) for k, v in items)
+            if len(self._blocks) >= _ATTRIBUTE_CACHE:
+                self._blocks.clear()
+            self._blocks[id(items)] = (items, block)
         parts += (block, _STATUS_ERROR if r.error else _STATUS_OK)
         return b"".join(parts)
 
@@ -368,7 +364,12 @@ class SpanExporter:
             n = MAX_PENDING
         if n >= BATCH:
             self._start()
-        elif n and self._timer is None:
+        elif n:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Send what waits within :data:`FLUSH_SECONDS`, unless the timer is already set."""
+        if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._kick)
 
     def _kick(self) -> None:
@@ -423,8 +424,8 @@ class SpanExporter:
                 )
             else:
                 self.exported += len(part)
-        if pending and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._kick)
+        if pending:
+            self._arm()
 
     async def flush(self) -> None:
         """Send every span queued so far, now, and return once the receiver has them (or
